@@ -1,0 +1,246 @@
+//! The one error type of the server, mapped to the contract's envelope (contract section 5).
+//!
+//! Every handler returns [`Result<T>`]; the [`IntoResponse`] impl below is the only place that
+//! turns an error into an HTTP response. A 5xx body never says more than the code: the cause is
+//! logged once, inside the request span, and never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// `Result` with the server's [`Error`] as default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way a request can fail, one variant per contract code.
+///
+/// Messages are written for the client and never contain a secret: no key, token, proof or
+/// hash is ever formatted into one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: malformed JSON, wrong types, limits exceeded.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 400: an API key appeared in the query string.
+    #[error("API keys must not be sent in the URL; this key has been flagged")]
+    ApiKeyInUrl,
+    /// 400: a DPoP nonce is required or the presented one is stale; carries a fresh nonce.
+    #[error("a fresh DPoP nonce is required; use the one in the DPoP-Nonce header")]
+    UseDpopNonce {
+        /// The nonce to send back in the `DPoP-Nonce` header.
+        nonce: String,
+    },
+    /// 400: the requested audience is not in the allowed list.
+    #[error("the requested audience is not allowed")]
+    InvalidAudience,
+    /// 401: no API key was presented.
+    #[error("an API key is required (X-API-Key or Authorization: Bearer)")]
+    MissingApiKey,
+    /// 401: one message for malformed, unknown, wrong secret, expired, suspended or revoked keys.
+    #[error("the API key is invalid")]
+    InvalidApiKey,
+    /// 401: the DPoP proof failed a check; the reason names the check, never the proof.
+    #[error("invalid DPoP proof: {0}")]
+    InvalidDpopProof(String),
+    /// 401: the proof's `jti` was already seen within its window.
+    #[error("the DPoP proof was already used")]
+    DpopReplay,
+    /// 401: unknown, expired, or bound to another device key.
+    #[error("the refresh token is invalid")]
+    InvalidRefreshToken,
+    /// 401: a spent refresh token was presented again; its family is now revoked.
+    #[error("the refresh token was already used; all tokens of this session are revoked")]
+    RefreshTokenReused,
+    /// 401: the admin API was called without the right token.
+    #[error("invalid admin token")]
+    InvalidAdminToken,
+    /// 403: the client IP is outside the key's allow list.
+    #[error("requests from this IP address are not allowed for this key")]
+    IpNotAllowed,
+    /// 403: the `Origin` is outside the key's allow list.
+    #[error("requests from this origin are not allowed for this key")]
+    OriginNotAllowed,
+    /// 403: a scope the key does not hold was requested.
+    #[error("the key does not hold the requested scope")]
+    InsufficientScope,
+    /// 403: a new device beyond the key's `max_devices`.
+    #[error("the key has reached its device limit")]
+    DeviceLimitReached,
+    /// 403: the device was revoked.
+    #[error("this device has been revoked")]
+    DeviceRevoked,
+    /// 403: the device's trust score is below the deny threshold.
+    #[error("this device is not trusted")]
+    DeviceUntrusted,
+    /// 404: unknown route or object; the admin API when it is off.
+    #[error("not found")]
+    NotFound,
+    /// 405: wrong method on a known route.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: body over 16 KiB.
+    #[error("the request body is larger than 16 KiB")]
+    PayloadTooLarge,
+    /// 415: the body is not JSON.
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// 429: a rate limit or failure budget is spent.
+    #[error("rate limit exceeded; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a retry can succeed (the `Retry-After` header).
+        retry_after_secs: u64,
+    },
+    /// 503: storage (or Redis) is unreachable; nothing was issued.
+    #[error("a storage dependency is unavailable")]
+    Unavailable(#[source] Cause),
+    /// 500: a bug. The cause is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] Cause),
+}
+
+/// A boxed cause for 5xx errors, so they can carry any source without leaking it to clients.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    /// An internal error from any cause.
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        Error::Internal(cause.into())
+    }
+
+    /// A dependency-unavailable error from any cause.
+    pub fn unavailable(cause: impl Into<Cause>) -> Self {
+        Error::Unavailable(cause.into())
+    }
+
+    /// The contract's HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        use Error::*;
+        match self {
+            InvalidRequest(_) | ApiKeyInUrl | UseDpopNonce { .. } | InvalidAudience => {
+                StatusCode::BAD_REQUEST
+            }
+            MissingApiKey | InvalidApiKey | InvalidDpopProof(_) | DpopReplay
+            | InvalidRefreshToken | RefreshTokenReused | InvalidAdminToken => {
+                StatusCode::UNAUTHORIZED
+            }
+            IpNotAllowed | OriginNotAllowed | InsufficientScope | DeviceLimitReached
+            | DeviceRevoked | DeviceUntrusted => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The contract's error code for this error.
+    pub fn code(&self) -> &'static str {
+        use Error::*;
+        match self {
+            InvalidRequest(_) => "INVALID_REQUEST",
+            ApiKeyInUrl => "API_KEY_IN_URL",
+            UseDpopNonce { .. } => "USE_DPOP_NONCE",
+            InvalidAudience => "INVALID_AUDIENCE",
+            MissingApiKey => "MISSING_API_KEY",
+            InvalidApiKey => "INVALID_API_KEY",
+            InvalidDpopProof(_) => "INVALID_DPOP_PROOF",
+            DpopReplay => "DPOP_REPLAY",
+            InvalidRefreshToken => "INVALID_REFRESH_TOKEN",
+            RefreshTokenReused => "REFRESH_TOKEN_REUSED",
+            InvalidAdminToken => "INVALID_ADMIN_TOKEN",
+            IpNotAllowed => "IP_NOT_ALLOWED",
+            OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
+            InsufficientScope => "INSUFFICIENT_SCOPE",
+            DeviceLimitReached => "DEVICE_LIMIT_REACHED",
+            DeviceRevoked => "DEVICE_REVOKED",
+            DeviceUntrusted => "DEVICE_UNTRUSTED",
+            NotFound => "NOT_FOUND",
+            MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            RateLimited { .. } => "RATE_LIMITED",
+            Unavailable(_) => "UNAVAILABLE",
+            Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// Whether this error counts as a failed authentication for the per-IP failure budget.
+    pub fn is_auth_failure(&self) -> bool {
+        use Error::*;
+        matches!(
+            self,
+            InvalidApiKey
+                | InvalidDpopProof(_)
+                | DpopReplay
+                | InvalidRefreshToken
+                | RefreshTokenReused
+                | InvalidAdminToken
+        )
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        // Connection-level failures mean "storage unreachable": fail closed with 503. Anything
+        // else (a constraint we did not map, a decoding error) is a bug: 500.
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => Error::unavailable(e),
+            sqlx::Error::Database(ref db)
+                if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) =>
+            {
+                // SQLITE_BUSY / SQLITE_LOCKED (and extended codes): the database is held by
+                // another writer beyond the busy timeout.
+                Error::unavailable(e)
+            }
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
+                // PostgreSQL connection exceptions (class 08) and operator intervention (57P).
+                Error::unavailable(e)
+            }
+            other => Error::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Error::Internal(cause) => tracing::error!(error = %cause, "internal error"),
+            Error::Unavailable(cause) => tracing::warn!(error = %cause, "dependency unavailable"),
+            _ => tracing::debug!(code = self.code(), "request refused"),
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut res = (status, axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            Error::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Error::UseDpopNonce { nonce } => {
+                if let Ok(v) = HeaderValue::from_str(nonce) {
+                    headers.insert("dpop-nonce", v);
+                }
+            }
+            Error::InvalidDpopProof(_) | Error::DpopReplay => {
+                // RFC 9449 section 7.1: tell the client which scheme and algorithms we accept.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "DPoP error=\"invalid_dpop_proof\", algs=\"EdDSA Ed25519 ES256\"",
+                    ),
+                );
+            }
+            _ => {}
+        }
+        res
+    }
+}

@@ -1,0 +1,440 @@
+//! Storage: one [`Store`] trait, a SQLite implementation (the embedded default) and a
+//! PostgreSQL one (for several instances). Both run the same migrations' shape and must behave
+//! the same; `tests/api` runs every storage test against both.
+//!
+//! Times are unix seconds (`i64`) everywhere, so both databases store plain integers and no
+//! timezone handling can differ between them. Lists (scopes, CIDRs, origins, attributes) are
+//! stored as JSON text.
+
+mod postgres;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crate::error::Result;
+
+/// Opens the database named by `url` (`sqlite://…` or `postgres://…`), creating it when
+/// needed, and applies the embedded migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        PostgresStore::connect(url).await
+    } else if url.starts_with("sqlite:") {
+        SqliteStore::connect(url).await
+    } else {
+        Err(crate::Error::InvalidRequest(
+            "the database URL must start with sqlite:// or postgres://".into(),
+        ))
+    }
+}
+
+/// Lifecycle status of an API key. Expiry is not a status: it is `expires_at` in the past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Temporarily refused; `resume` makes it active again.
+    Suspended,
+    /// Permanently refused.
+    Revoked,
+}
+
+impl KeyStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Suspended => "suspended",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "suspended" => Some(KeyStatus::Suspended),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// An API key's stored record. Holds the secret's hash, never the secret; the hash is
+/// `#[serde(skip)]` so no response or audit row can carry it by accident.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyRecord {
+    /// `ak_<env>_<id>`.
+    pub key_id: String,
+    /// `prod`, `test` or `dev`.
+    pub env: String,
+    /// Human name.
+    pub name: String,
+    /// Optional description.
+    pub description: Option<String>,
+    /// SHA-256 of the secret part of the key.
+    #[serde(skip)]
+    pub secret_hash: Vec<u8>,
+    /// Scopes the key may be granted.
+    pub scopes: Vec<String>,
+    /// Scopes for `limited` devices; `None` means the default (the `read:` scopes).
+    pub limited_scopes: Option<Vec<String>>,
+    /// Token requests per minute.
+    pub rate_limit_per_minute: i64,
+    /// CIDR allow list; empty allows every address.
+    pub allowed_ips: Vec<String>,
+    /// Origin allow list; empty allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// Most devices the key may enroll.
+    pub max_devices: i64,
+    /// Newly enrolled devices start `trusted` instead of `limited`.
+    pub trust_on_enroll: bool,
+    /// Lifecycle status.
+    pub status: KeyStatus,
+    /// Why the status last changed (revoke reason, leak report, …).
+    pub status_reason: Option<String>,
+    /// When the status last changed.
+    pub status_changed_at: Option<i64>,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry time; `None` never expires.
+    pub expires_at: Option<i64>,
+    /// Last successful use (batched, approximate).
+    pub last_used_at: Option<i64>,
+    /// The key this one replaced by rotation.
+    pub rotated_from: Option<String>,
+    /// The key that replaced this one by rotation.
+    pub rotated_to: Option<String>,
+}
+
+impl KeyRecord {
+    /// Whether the key may be used at `now` (active and not expired).
+    pub fn usable_at(&self, now: i64) -> bool {
+        self.status == KeyStatus::Active && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// Lifecycle status of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Enrolled and usable.
+    Active,
+    /// Refused for good.
+    Revoked,
+}
+
+impl DeviceStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Active => "active",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(DeviceStatus::Active),
+            "revoked" => Some(DeviceStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A device: one DPoP public key (by its RFC 7638 thumbprint) enrolled under one API key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceRecord {
+    /// Device id (`dev_…`), shown to operators and put in the `did` claim.
+    pub device_id: String,
+    /// The API key it is enrolled under.
+    pub key_id: String,
+    /// RFC 7638 thumbprint of the device's public key.
+    pub jkt: String,
+    /// Name the app gave it.
+    pub name: Option<String>,
+    /// Fingerprint attributes as first enrolled (and updated on accepted drift).
+    pub attributes: BTreeMap<String, String>,
+    /// Lifecycle status.
+    pub status: DeviceStatus,
+    /// An operator approved it: `trusted` unless its stable attributes change.
+    pub approved: bool,
+    /// Enrollment time.
+    pub created_at: i64,
+    /// Last successful exchange or refresh.
+    pub last_seen_at: i64,
+    /// Successful exchanges so far.
+    pub exchange_count: i64,
+    /// Exchanges whose stable attributes did not match.
+    pub mismatch_count: i64,
+    /// Network prefixes seen (most recent last, bounded).
+    pub networks: Vec<String>,
+    /// Last trust score (0..1).
+    pub trust_score: f64,
+    /// Last trust level (`trusted`, `limited`, `denied`).
+    pub trust_level: String,
+    /// The factors behind the last score, so an operator can see why.
+    pub trust_factors: serde_json::Value,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// Outcome of [`Store::enroll_device`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enrollment {
+    /// The device was new and is now enrolled.
+    Enrolled,
+    /// A device with this thumbprint already exists under the key.
+    Exists(DeviceRecord),
+    /// The key already has `max_devices` active devices.
+    LimitReached,
+}
+
+/// A refresh token's stored record (the token itself is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshRecord {
+    /// SHA-256 of the opaque token.
+    pub token_hash: Vec<u8>,
+    /// All tokens descending from one exchange share a family.
+    pub family_id: String,
+    /// Key it was issued under.
+    pub key_id: String,
+    /// Device it was issued to.
+    pub device_id: String,
+    /// Thumbprint of the device key it is bound to.
+    pub jkt: String,
+    /// Scope granted at the exchange (space separated).
+    pub scope: String,
+    /// Audience granted at the exchange.
+    pub audience: String,
+    /// Issue time.
+    pub issued_at: i64,
+    /// Expiry time.
+    pub expires_at: i64,
+    /// When it was exchanged for a new one.
+    pub spent_at: Option<i64>,
+    /// When its family was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// A JWT signing key: the public half in the clear, the private half sealed by the master key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKeyRecord {
+    /// Key id (`kid` header), stable across restarts.
+    pub kid: String,
+    /// Raw 32-byte Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// The private key sealed with the master key (AEAD, kid as associated data).
+    pub sealed_private: Vec<u8>,
+    /// Creation time.
+    pub created_at: i64,
+    /// When it stopped signing; still published until its last token expires.
+    pub retired_at: Option<i64>,
+}
+
+/// One audit event, before it is chained.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// When it happened.
+    pub at: i64,
+    /// Who did it: `admin-api`, `cli`, `system`, `client:<key id>`.
+    pub actor: String,
+    /// What was done, e.g. `key.create`, `key.revoke`, `device.approve`.
+    pub action: String,
+    /// The object acted on (key id, device id).
+    pub target: Option<String>,
+    /// Client IP, when the action came over HTTP.
+    pub ip: Option<String>,
+    /// Details without secrets.
+    pub details: serde_json::Value,
+}
+
+/// A stored audit row: the entry, its position and its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRow {
+    /// Position in the log, from 1, without gaps.
+    pub seq: i64,
+    /// The event.
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    /// Hash of the previous row (32 zero bytes for the first), hex in JSON.
+    #[serde(serialize_with = "hex")]
+    pub prev_hash: Vec<u8>,
+    /// SHA-256 over `prev_hash` and this row's canonical content, hex in JSON.
+    #[serde(serialize_with = "hex")]
+    pub hash: Vec<u8>,
+}
+
+fn hex<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// An anomaly alert.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertRecord {
+    /// Alert id.
+    pub id: String,
+    /// When it was raised.
+    pub at: i64,
+    /// Kind, e.g. `NEW_DEVICE`, `DPOP_REPLAY`, `REFRESH_TOKEN_REUSED`, `KEY_LEAKED`.
+    pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// Key concerned, if any.
+    pub key_id: Option<String>,
+    /// Device concerned, if any.
+    pub device_id: Option<String>,
+    /// Client IP, if any.
+    pub ip: Option<String>,
+    /// Details without secrets.
+    pub details: serde_json::Value,
+}
+
+/// Filter for [`Store::list_alerts`].
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this key.
+    pub key_id: Option<String>,
+    /// Only alerts at or after this time.
+    pub since: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+/// One entry of the revocation feed (contract 3.3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RevocationRecord {
+    /// Position in the feed; the cursor.
+    #[serde(skip)]
+    pub seq: i64,
+    /// `key`, `device` or `refresh_family`.
+    pub kind: String,
+    /// Key id, device thumbprint or family id.
+    pub id: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// Everything keybound keeps. Every mutation an operator makes takes the [`AuditEntry`] that
+/// records it and writes both in one transaction, so no change exists without its audit row.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    // ---- API keys ----
+    /// Inserts a new key and its audit row.
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()>;
+    /// One key by id.
+    async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>>;
+    /// Keys ordered by id, after `after` (keyset pagination), at most `limit`.
+    async fn list_keys(&self, after: Option<&str>, limit: i64) -> Result<Vec<KeyRecord>>;
+    /// Replaces a key's mutable metadata (name, description, scopes, limits, lists, expiry).
+    async fn update_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()>;
+    /// Sets a key's status; a move to suspended or revoked also appends a `key` entry to the
+    /// revocation feed. Returns the updated record, `None` if the key does not exist.
+    async fn set_key_status(
+        &self,
+        key_id: &str,
+        status: crate::store::KeyStatus,
+        reason: Option<&str>,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<KeyRecord>>;
+    /// Inserts `new` and marks `old_id` as rotated to it, expiring at `old_expires_at`.
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        old_expires_at: i64,
+        new: &KeyRecord,
+        audit: &AuditEntry,
+    ) -> Result<()>;
+    /// Records last use for many keys at once (batched bookkeeping).
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()>;
+    /// Deletes keys expired before `before` together with their devices and refresh tokens;
+    /// returns how many keys went.
+    async fn purge_expired_keys(&self, before: i64) -> Result<u64>;
+
+    // ---- devices ----
+    /// The device with thumbprint `jkt` under `key_id`.
+    async fn get_device_by_jkt(&self, key_id: &str, jkt: &str) -> Result<Option<DeviceRecord>>;
+    /// One device by id.
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>>;
+    /// Devices of a key, oldest first.
+    async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>>;
+    /// Enrolls `device` unless its thumbprint already exists under the key or the key has
+    /// `max_devices` active devices; atomic against concurrent enrollments.
+    async fn enroll_device(&self, device: &DeviceRecord, max_devices: i64) -> Result<Enrollment>;
+    /// Saves the history fields of a device after an exchange (last seen, counts, networks,
+    /// trust score/level/factors, attributes).
+    async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()>;
+    /// Revokes a device (and appends its thumbprint to the revocation feed) or approves it.
+    /// Returns the updated record, `None` if unknown.
+    async fn set_device_status(
+        &self,
+        device_id: &str,
+        change: DeviceChange,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<DeviceRecord>>;
+
+    // ---- refresh tokens ----
+    /// Stores a new refresh token.
+    async fn insert_refresh(&self, token: &RefreshRecord) -> Result<()>;
+    /// One refresh token by hash.
+    async fn get_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>>;
+    /// Marks the token spent if it was not; `true` when this call spent it (exactly one
+    /// concurrent caller wins).
+    async fn spend_refresh(&self, token_hash: &[u8], at: i64) -> Result<bool>;
+    /// Atomically spends `old` and inserts `new`; `false` (and nothing inserted) if `old`
+    /// was already spent or revoked.
+    async fn rotate_refresh(&self, old_hash: &[u8], new: &RefreshRecord, at: i64) -> Result<bool>;
+    /// Revokes every token of a family and appends it to the revocation feed; returns how
+    /// many tokens were revoked.
+    async fn revoke_refresh_family(&self, family_id: &str, at: i64) -> Result<u64>;
+
+    // ---- signing keys ----
+    /// All signing keys, newest first.
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Inserts a new active signing key and retires every other active one at `at`.
+    async fn insert_signing_key(&self, key: &SigningKeyRecord, at: i64) -> Result<()>;
+
+    // ---- audit ----
+    /// Appends an audit row outside any other change (e.g. a refused admin call).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow>;
+    /// Rows with `seq > after`, in order, at most `limit`.
+    async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>>;
+
+    // ---- alerts ----
+    /// Stores an alert.
+    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()>;
+    /// Alerts matching the filter, newest first.
+    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
+
+    // ---- revocation feed ----
+    /// Appends an entry to the revocation feed (used for things without their own method).
+    async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()>;
+    /// Feed entries with `seq > after`, oldest first, at most `limit`.
+    async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>>;
+}
+
+/// A change to a device's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// Refuse the device for good.
+    Revoke,
+    /// Make the device `trusted`.
+    Approve,
+}

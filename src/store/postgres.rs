@@ -1,0 +1,11 @@
+//! PostgreSQL implementation of [`Store`](super::Store) — placeholder until the storage branch lands.
+
+/// PostgreSQL-backed store.
+pub struct PostgresStore;
+
+impl PostgresStore {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn connect(_url: &str) -> crate::Result<std::sync::Arc<dyn super::Store>> {
+        unimplemented!()
+    }
+}
