@@ -199,7 +199,9 @@ impl From<sqlx::Error> for Error {
                 Error::unavailable(e)
             }
             sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
             {
                 // PostgreSQL connection exceptions (class 08) and operator intervention (57P).
                 Error::unavailable(e)

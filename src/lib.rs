@@ -16,3 +16,15 @@ pub mod keys;
 pub mod store;
 
 pub use error::{Error, Result};
+/// Command-line subcommands.
+pub mod cli;
+/// Command line and configuration.
+pub mod config;
+/// HTTP routes, extractors and error mapping.
+pub mod http;
+/// Starting and stopping the server.
+pub mod server;
+/// Shared application state.
+pub mod state;
+/// Logging setup.
+pub mod telemetry;

@@ -74,7 +74,10 @@ pub async fn verify(store: &dyn Store) -> Result<Verdict> {
             expected_seq += 1;
         }
     }
-    Ok(Verdict::Intact { rows: expected_seq - 1, head_hash: to_hex(&prev) })
+    Ok(Verdict::Intact {
+        rows: expected_seq - 1,
+        head_hash: to_hex(&prev),
+    })
 }
 
 fn check_row(row: &AuditRow, expected_seq: i64, prev: &[u8]) -> Option<Verdict> {
@@ -125,7 +128,12 @@ mod tests {
             .map(|seq| {
                 let e = entry(&format!("a{seq}"));
                 let hash = chain_hash(&prev, seq, &e).to_vec();
-                let row = AuditRow { seq, entry: e, prev_hash: prev.clone(), hash: hash.clone() };
+                let row = AuditRow {
+                    seq,
+                    entry: e,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
                 prev = hash;
                 row
             })
@@ -142,9 +150,15 @@ mod tests {
         }
         let mut edited = rows[1].clone();
         edited.entry.actor = "someone-else".into();
-        assert!(matches!(check_row(&edited, 2, &rows[0].hash), Some(Verdict::Broken { seq: 2, .. })));
+        assert!(matches!(
+            check_row(&edited, 2, &rows[0].hash),
+            Some(Verdict::Broken { seq: 2, .. })
+        ));
         // Deleting row 2: row 3 arrives where 2 was expected.
-        assert!(matches!(check_row(&rows[2], 2, &rows[0].hash), Some(Verdict::Broken { seq: 2, .. })));
+        assert!(matches!(
+            check_row(&rows[2], 2, &rows[0].hash),
+            Some(Verdict::Broken { seq: 2, .. })
+        ));
     }
 
     #[test]

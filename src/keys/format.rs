@@ -57,7 +57,9 @@ impl std::str::FromStr for KeyEnv {
             "prod" => Ok(KeyEnv::Prod),
             "test" => Ok(KeyEnv::Test),
             "dev" => Ok(KeyEnv::Dev),
-            _ => Err(format!("unknown environment {s:?} (expected prod, test or dev)")),
+            _ => Err(format!(
+                "unknown environment {s:?} (expected prod, test or dev)"
+            )),
         }
     }
 }
@@ -106,7 +108,11 @@ impl KeyId {
 
     /// The environment encoded in the id.
     pub fn env(&self) -> KeyEnv {
-        self.0[3..].split('_').next().and_then(|e| e.parse().ok()).unwrap_or(KeyEnv::Dev)
+        self.0[3..]
+            .split('_')
+            .next()
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(KeyEnv::Dev)
     }
 }
 
@@ -127,7 +133,10 @@ pub struct ApiKey {
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKey").field("id", &self.id).field("secret", &"[REDACTED]").finish()
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("secret", &"[REDACTED]")
+            .finish()
     }
 }
 
@@ -137,14 +146,26 @@ impl ApiKey {
         let mut rng = OsRng;
         let mut random = |n: usize| -> Zeroizing<String> {
             // Uniform over the alphabet: `gen_range` rejects out-of-range draws, no modulo bias.
-            Zeroizing::new((0..n).map(|_| BASE62[rng.gen_range(0..62)] as char).collect())
+            Zeroizing::new(
+                (0..n)
+                    .map(|_| BASE62[rng.gen_range(0..62)] as char)
+                    .collect(),
+            )
         };
         let id = random(ID_LEN);
         let secret = random(SECRET_LEN);
-        let mut s = Zeroizing::new(format!("sk_{}_{}{}", env.as_str(), id.as_str(), secret.as_str()));
+        let mut s = Zeroizing::new(format!(
+            "sk_{}_{}{}",
+            env.as_str(),
+            id.as_str(),
+            secret.as_str()
+        ));
         let sum = checksum(s.as_bytes());
         s.push_str(&sum);
-        ApiKey { id: KeyId::from_parts(env, &id), plaintext: SecretString::from(s.as_str()) }
+        ApiKey {
+            id: KeyId::from_parts(env, &id),
+            plaintext: SecretString::from(s.as_str()),
+        }
     }
 
     /// Parses a presented key: format first, then checksum. Touches no storage.
@@ -193,7 +214,8 @@ fn split(s: &str) -> Option<(KeyEnv, &str)> {
     let rest = s.strip_prefix("sk_")?;
     let (env, body) = rest.split_once('_')?;
     let env = env.parse::<KeyEnv>().ok()?;
-    (body.len() == BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((env, body))
+    (body.len() == BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some((env, body))
 }
 
 /// The 6-character base62 checksum of `sk_<env>_<id><secret>`.
@@ -223,8 +245,13 @@ pub fn find_keys(text: &[u8]) -> Vec<(usize, KeyId)> {
                 continue;
             }
             let len = 3 + env.len() + 1 + BODY_LEN;
-            let Some(cand) = text.get(pos..pos + len) else { continue };
-            if text.get(pos + len).is_some_and(|&b| b.is_ascii_alphanumeric()) {
+            let Some(cand) = text.get(pos..pos + len) else {
+                continue;
+            };
+            if text
+                .get(pos + len)
+                .is_some_and(|&b| b.is_ascii_alphanumeric())
+            {
                 continue;
             }
             if let Ok(s) = std::str::from_utf8(cand)
@@ -243,7 +270,10 @@ fn is_key_char(b: u8) -> bool {
 }
 
 fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
 }
 
 #[cfg(test)]
@@ -255,14 +285,24 @@ mod tests {
     /// (see docs/key-format.md): they pin CRC-32/IEEE, big-endian base62 and the padding.
     #[test]
     fn checksum_matches_independent_vectors() {
-        assert_eq!(checksum(b"The quick brown fox jumps over the lazy dog"), "1C9bYH");
-        assert_eq!(checksum(b""), "000000", "crc32 of the empty string is 0: all padding");
+        assert_eq!(
+            checksum(b"The quick brown fox jumps over the lazy dog"),
+            "1C9bYH"
+        );
+        assert_eq!(
+            checksum(b""),
+            "000000",
+            "crc32 of the empty string is 0: all padding"
+        );
         let key = format!("sk_test_AAAAAAAAAAAA{}2yuqjJ", "B".repeat(43));
         let parsed = ApiKey::parse(&key).expect("independently computed key is valid");
         assert_eq!(parsed.id().as_str(), "ak_test_AAAAAAAAAAAA");
         assert_eq!(parsed.env(), KeyEnv::Test);
         let wrong = format!("sk_test_AAAAAAAAAAAA{}2yuqjK", "B".repeat(43));
-        assert_eq!(ApiKey::parse(&wrong).err(), Some(KeyFormatError::BadChecksum));
+        assert_eq!(
+            ApiKey::parse(&wrong).err(),
+            Some(KeyFormatError::BadChecksum)
+        );
     }
 
     #[test]
@@ -275,7 +315,11 @@ mod tests {
             let parsed = ApiKey::parse(s).expect("a generated key parses");
             assert_eq!(parsed.id(), key.id());
             assert_eq!(parsed.secret_hash(), key.secret_hash());
-            assert!(key.id().as_str().starts_with(&format!("ak_{}_", env.as_str())));
+            assert!(
+                key.id()
+                    .as_str()
+                    .starts_with(&format!("ak_{}_", env.as_str()))
+            );
             assert_eq!(KeyId::parse(key.id().as_str()).as_ref(), Some(key.id()));
         }
     }
@@ -286,15 +330,47 @@ mod tests {
         let g = good.expose().to_owned();
         let cases: Vec<(String, KeyFormatError, &str)> = vec![
             (String::new(), KeyFormatError::Malformed, "empty"),
-            (g[..g.len() - 1].to_owned(), KeyFormatError::Malformed, "truncated"),
-            (format!("{g}0"), KeyFormatError::Malformed, "one char too long"),
-            (g.replacen("sk_test_", "sk_live_", 1), KeyFormatError::Malformed, "unknown env"),
-            (g.replacen("sk_", "SK_", 1), KeyFormatError::Malformed, "uppercase prefix"),
-            (g.replacen("sk_test_", "pk_test_", 1), KeyFormatError::Malformed, "wrong prefix"),
+            (
+                g[..g.len() - 1].to_owned(),
+                KeyFormatError::Malformed,
+                "truncated",
+            ),
+            (
+                format!("{g}0"),
+                KeyFormatError::Malformed,
+                "one char too long",
+            ),
+            (
+                g.replacen("sk_test_", "sk_live_", 1),
+                KeyFormatError::Malformed,
+                "unknown env",
+            ),
+            (
+                g.replacen("sk_", "SK_", 1),
+                KeyFormatError::Malformed,
+                "uppercase prefix",
+            ),
+            (
+                g.replacen("sk_test_", "pk_test_", 1),
+                KeyFormatError::Malformed,
+                "wrong prefix",
+            ),
             (format!(" {g}"), KeyFormatError::Malformed, "leading space"),
-            (format!("{}-{}", &g[..20], &g[21..]), KeyFormatError::Malformed, "non-base62 char"),
-            (format!("{}é{}", &g[..20], &g[22..]), KeyFormatError::Malformed, "non-ascii"),
-            (g.replacen("sk_test_", "sk_test__", 1)[..g.len()].to_owned(), KeyFormatError::Malformed, "double underscore"),
+            (
+                format!("{}-{}", &g[..20], &g[21..]),
+                KeyFormatError::Malformed,
+                "non-base62 char",
+            ),
+            (
+                format!("{}é{}", &g[..20], &g[22..]),
+                KeyFormatError::Malformed,
+                "non-ascii",
+            ),
+            (
+                g.replacen("sk_test_", "sk_test__", 1)[..g.len()].to_owned(),
+                KeyFormatError::Malformed,
+                "double underscore",
+            ),
         ];
         for (input, want, why) in cases {
             assert_eq!(ApiKey::parse(&input).err(), Some(want), "{why}");
@@ -303,14 +379,20 @@ mod tests {
         let mut bytes = g.clone().into_bytes();
         bytes[20] = if bytes[20] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(bytes).unwrap();
-        assert_eq!(ApiKey::parse(&typo).err(), Some(KeyFormatError::BadChecksum));
+        assert_eq!(
+            ApiKey::parse(&typo).err(),
+            Some(KeyFormatError::BadChecksum)
+        );
         // Swap two adjacent characters.
         let mut bytes = g.into_bytes();
         let (a, b) = (30, 31);
         if bytes[a] != bytes[b] {
             bytes.swap(a, b);
             let swapped = String::from_utf8(bytes).unwrap();
-            assert_eq!(ApiKey::parse(&swapped).err(), Some(KeyFormatError::BadChecksum));
+            assert_eq!(
+                ApiKey::parse(&swapped).err(),
+                Some(KeyFormatError::BadChecksum)
+            );
         }
     }
 
@@ -336,7 +418,10 @@ mod tests {
             String::from_utf8(bad).unwrap(),
             k1.expose()
         );
-        let ids: Vec<_> = find_keys(text.as_bytes()).into_iter().map(|(_, id)| id).collect();
+        let ids: Vec<_> = find_keys(text.as_bytes())
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         assert_eq!(ids, vec![k1.id().clone(), k2.id().clone()]);
     }
 

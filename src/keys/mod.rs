@@ -4,3 +4,4 @@
 pub mod format;
 
 pub use format::{ApiKey, KeyEnv, KeyFormatError, KeyId};
+pub mod service;

@@ -1,0 +1,374 @@
+//! Command line and configuration (contract section 1). Every `serve` option is also an
+//! environment variable `KEYBOUND_<NAME>`; the doc comments here are the `--help` text.
+//! Nothing else in the crate reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use secrecy::SecretString;
+
+/// Default database: an embedded SQLite file relative to the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keybound-data/keybound.db";
+
+/// keybound: exchanges long-lived API keys for short-lived, device-bound access tokens.
+#[derive(Debug, Parser)]
+#[command(name = "keybound", version, about)]
+pub struct Cli {
+    /// Database URL: `sqlite://PATH` (default, created on first use) or `postgres://…`.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYBOUND_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The database URL: `--database-url`, then `KEYBOUND_DATABASE_URL`, then `DATABASE_URL`,
+    /// then the embedded default.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (creates and migrates the database on first start).
+    Serve(Box<ServeArgs>),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage devices.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Manage JWT signing keys.
+    #[command(subcommand, name = "signing-keys")]
+    SigningKeys(SigningKeysCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Find keybound API keys in files (or stdin with `-`); exit 1 if any is found.
+    Scan(ScanArgs),
+}
+
+/// Deployment profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// Easy local use: generated master key file, text logs.
+    Dev,
+    /// Production: TLS or a trusted proxy, a master key from the environment.
+    Prod,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `keybound serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYBOUND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Public base URL: the `iss` claim and the base of every DPoP `htu` (default `http://<listen>`).
+    #[arg(long, env = "KEYBOUND_ISSUER")]
+    pub issuer: Option<String>,
+    /// Deployment profile.
+    #[arg(long, env = "KEYBOUND_PROFILE", value_enum, default_value_t = Profile::Dev)]
+    pub profile: Profile,
+    /// Bearer token for the admin API; the admin API answers 404 when unset.
+    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+    /// Redis URL for state shared by several instances (replay, rate limits, cache invalidation).
+    #[arg(long, env = "KEYBOUND_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "KEYBOUND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KEYBOUND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Proxy addresses whose `X-Forwarded-For` is believed (repeatable).
+    #[arg(long, env = "KEYBOUND_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<IpNet>,
+    /// Access token lifetime in seconds (at most 3600).
+    #[arg(long, env = "KEYBOUND_ACCESS_TTL_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub access_ttl_seconds: u64,
+    /// Refresh token lifetime in seconds.
+    #[arg(long, env = "KEYBOUND_REFRESH_TTL_SECONDS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub refresh_ttl_seconds: u64,
+    /// Demand a server-issued DPoP nonce in every proof (RFC 9449 section 8).
+    #[arg(long, env = "KEYBOUND_REQUIRE_DPOP_NONCE")]
+    pub require_dpop_nonce: bool,
+    /// DPoP proof `iat` acceptance window, in seconds either side of server time.
+    #[arg(long, env = "KEYBOUND_DPOP_IAT_WINDOW_SECONDS", default_value_t = 60)]
+    pub dpop_iat_window_seconds: i64,
+    /// URL that receives alerts as signed JSON POSTs.
+    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+    /// Log format.
+    #[arg(long, env = "KEYBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Allowed token audiences (repeatable); the first is the default. None: the issuer only.
+    #[arg(long = "audience", env = "KEYBOUND_AUDIENCE", value_delimiter = ',')]
+    pub audiences: Vec<String>,
+    /// Failed authentications per minute per client IP before it gets 429 on token endpoints.
+    #[arg(long, env = "KEYBOUND_IP_FAILURE_BUDGET", default_value_t = 20)]
+    pub ip_failure_budget: u32,
+    /// 32-byte master key (base64) that seals signing keys at rest. Required in `prod`.
+    #[arg(long, env = "KEYBOUND_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<SecretString>,
+    /// Where the dev profile keeps its generated master key when none is given.
+    #[arg(
+        long,
+        env = "KEYBOUND_MASTER_KEY_FILE",
+        default_value = "keybound-data/master.key"
+    )]
+    pub master_key_file: PathBuf,
+    /// Entries in each validation cache (keys, devices).
+    #[arg(long, env = "KEYBOUND_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+}
+
+impl ServeArgs {
+    /// The issuer URL without a trailing slash.
+    pub fn issuer(&self) -> String {
+        let s = self
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen));
+        s.trim_end_matches('/').to_owned()
+    }
+
+    /// The allowed audiences; the issuer alone when none is configured.
+    pub fn audiences(&self) -> Vec<String> {
+        if self.audiences.is_empty() {
+            vec![self.issuer()]
+        } else {
+            self.audiences.clone()
+        }
+    }
+
+    /// Checks the profile's rules before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.profile == Profile::Prod {
+            if self.tls_cert.is_none() && self.trusted_proxy.is_empty() {
+                return Err("--profile prod needs --tls-cert/--tls-key or --trusted-proxy".into());
+            }
+            if self.master_key.is_none() {
+                return Err("--profile prod needs KEYBOUND_MASTER_KEY".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Defaults for tests and embedding: loopback on an OS-chosen port, dev profile.
+    pub fn for_tests() -> ServeArgs {
+        let cli = Cli::parse_from(["keybound", "serve", "--listen", "127.0.0.1:0"]);
+        match cli.command {
+            Command::Serve(args) => *args,
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Shared `--json` flag.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `keybound keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its plaintext once.
+    Create(CreateKeyArgs),
+    /// List keys.
+    List(OutputArgs),
+    /// Show one key.
+    Show {
+        /// Key id (`ak_…`).
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        /// Key id (`ak_…`).
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Suspend a key until it is resumed.
+    Suspend {
+        /// Key id (`ak_…`).
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Resume a suspended key.
+    Resume {
+        /// Key id (`ak_…`).
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Issue a new key with the same settings; the old one works until the grace period ends.
+    Rotate {
+        /// Key id (`ak_…`).
+        id: String,
+        /// Seconds the old key keeps working.
+        #[arg(long, default_value_t = 86_400)]
+        grace_seconds: i64,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+/// `keybound keys create` options.
+#[derive(Debug, Clone, Args)]
+pub struct CreateKeyArgs {
+    /// Human name.
+    #[arg(long)]
+    pub name: String,
+    /// Space-separated scopes.
+    #[arg(long)]
+    pub scopes: String,
+    /// Environment.
+    #[arg(long, default_value = "prod", value_parser = ["prod", "test", "dev"])]
+    pub env: String,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Days until the key expires (0: never).
+    #[arg(long, default_value_t = 90)]
+    pub expires_in_days: i64,
+    /// Token requests per minute.
+    #[arg(long, default_value_t = 600)]
+    pub rate_limit_per_minute: i64,
+    /// Allowed client networks (CIDR, repeatable).
+    #[arg(long = "allowed-ip")]
+    pub allowed_ips: Vec<IpNet>,
+    /// Allowed browser origins (repeatable).
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+    /// Most devices the key may enroll.
+    #[arg(long, default_value_t = 5)]
+    pub max_devices: i64,
+    /// Space-separated scopes for limited devices (default: the `read:` scopes).
+    #[arg(long)]
+    pub limited_scopes: Option<String>,
+    /// New devices start trusted.
+    #[arg(long)]
+    pub trust_on_enroll: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// `keybound devices …`
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List a key's devices.
+    List {
+        /// Key id (`ak_…`).
+        key_id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Revoke a device.
+    Revoke {
+        /// Device id.
+        device_id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Approve a device (it becomes trusted).
+    Approve {
+        /// Device id.
+        device_id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+/// `keybound signing-keys …`
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCommand {
+    /// List signing keys.
+    List(SigningKeyArgs),
+    /// Make a new active signing key; the old one stays published until its tokens expire.
+    Rotate(SigningKeyArgs),
+}
+
+/// Options for signing-key commands (they need the master key).
+#[derive(Debug, Clone, Args)]
+pub struct SigningKeyArgs {
+    /// 32-byte master key (base64).
+    #[arg(long, env = "KEYBOUND_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<SecretString>,
+    /// The dev profile's generated master key file.
+    #[arg(
+        long,
+        env = "KEYBOUND_MASTER_KEY_FILE",
+        default_value = "keybound-data/master.key"
+    )]
+    pub master_key_file: PathBuf,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// `keybound audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain; exit non-zero naming the first bad row.
+    Verify(OutputArgs),
+}
+
+/// `keybound scan` options.
+#[derive(Debug, Clone, Args)]
+pub struct ScanArgs {
+    /// Files or directories to scan (`-` for stdin; default: the current directory).
+    pub paths: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttl_above_an_hour_is_refused() {
+        let r = Cli::try_parse_from(["keybound", "serve", "--access-ttl-seconds", "3601"]);
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! Extractors: JSON bodies in our envelope, the admin bearer token, the client IP.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, header, request::Parts};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::Error;
+use crate::state::AppState;
+
+/// A JSON body whose every rejection uses the contract's envelope: 413 over 16 KiB, 415 when
+/// the content type is not JSON, 400 for malformed JSON or wrong types. An empty body is `{}`.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let json_type = is_json(req.headers());
+        let has_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge
+            } else {
+                Error::InvalidRequest("could not read the request body".into())
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        if bytes != b"{}" && (!json_type || !has_type) {
+            return Err(Error::UnsupportedMediaType);
+        }
+        serde_json::from_slice(bytes)
+            .map(Json)
+            .map_err(|e| Error::InvalidRequest(describe(&e)))
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// A serde error for the client, with quoted input values cut out: a body may carry a
+/// secret in the wrong field, and an error message must never echo it.
+fn describe(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quotes = false;
+    for c in msg.chars() {
+        if c == '"' {
+            in_quotes = !in_quotes;
+            if in_quotes {
+                out.push_str("\"…\"");
+            }
+        } else if !in_quotes {
+            out.push(c);
+        }
+    }
+    format!("invalid JSON body: {out}")
+}
+
+/// Proof that the request carried the admin token. The admin API answers 404 when no token
+/// is configured, so its existence is not advertised.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let Some(expected) = &state.admin_token_hash else {
+            return Err(Error::NotFound);
+        };
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or(Error::InvalidAdminToken)?;
+        // Compare digests, so neither the content nor the length of the token leaks by timing.
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(AdminAuth)
+        } else {
+            Err(Error::InvalidAdminToken)
+        }
+    }
+}
+
+/// The client's IP: the socket peer, unless the peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Ok(ClientIp(client_ip(
+            peer,
+            &parts.headers,
+            &state.settings.trusted_proxies,
+        )))
+    }
+}
+
+/// See [`ClientIp`]. Only the right-most untrusted hop can be believed: every hop to its left
+/// was written by the client or by a proxy we do not control.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "1.2.3.4, 5.6.7.8, 10.0.0.2".parse().unwrap(),
+        );
+        let untrusted_peer: IpAddr = "9.9.9.9".parse().unwrap();
+        assert_eq!(
+            client_ip(untrusted_peer, &h, &trusted),
+            untrusted_peer,
+            "untrusted peer"
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(proxy, &HeaderMap::new(), &trusted),
+            proxy,
+            "no header"
+        );
+    }
+
+    #[test]
+    fn serde_messages_do_not_echo_values() {
+        let e = serde_json::from_str::<u32>("\"sk_prod_secret\"").unwrap_err();
+        let d = describe(&e);
+        assert!(!d.contains("sk_prod_secret"), "{d}");
+    }
+}
