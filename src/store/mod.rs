@@ -193,7 +193,7 @@ pub enum Enrollment {
     /// The device was new and is now enrolled.
     Enrolled,
     /// A device with this thumbprint already exists under the key.
-    Exists(DeviceRecord),
+    Exists(Box<DeviceRecord>),
     /// The key already has `max_devices` active devices.
     LimitReached,
 }
