@@ -90,6 +90,9 @@ impl Default for Thresholds {
     }
 }
 
+/// Distinct device ids and networks seen for one key.
+type Spread = (HashSet<String>, HashSet<String>);
+
 /// Raises alerts and runs the windowed detectors.
 pub struct Alerts {
     store: Arc<dyn Store>,
@@ -97,7 +100,7 @@ pub struct Alerts {
     /// Per key: (minute, count) for the spike detector.
     per_minute: Cache<String, Arc<Mutex<(i64, u64)>>>,
     /// Per key: distinct devices and networks seen in the last hour.
-    spread: Cache<String, Arc<Mutex<(HashSet<String>, HashSet<String>)>>>,
+    spread: Cache<String, Arc<Mutex<Spread>>>,
     /// Kinds already raised for a subject within the quiet period (no alert storms).
     quiet: Cache<(AlertKind, String), ()>,
 }
