@@ -1,8 +1,10 @@
 //! HTTP: the router, one module per resource, extractors and the error mapping.
 
 pub mod admin;
+pub mod discovery;
 pub mod extract;
 pub mod health;
+pub mod token;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,10 +23,13 @@ pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::router())
+        .merge(token::router())
+        .merge(discovery::router())
         .nest("/admin/v1", admin::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), discovery::reject_keys_in_url))
         .layer(
             // The span records method, route and request id; never headers or bodies, which
             // carry API keys, tokens and proofs.
