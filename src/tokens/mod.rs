@@ -1,11 +1,15 @@
 //! What keybound issues: EdDSA-signed access tokens bound to a device key, opaque refresh
 //! tokens, and the signing keys (sealed at rest, published as a JWKS) behind them.
 //!
-//! * [`signing`] — Ed25519 signing keys, `kid`s, the JWKS, and the master key that seals
-//!   private keys for storage.
+//! * [`signing`](crate::tokens::signing) — Ed25519 signing keys, `kid`s, the JWKS, and the
+//!   master key that seals private keys for storage.
+//! * [`refresh`](crate::tokens::refresh) — opaque `rt_…` refresh tokens and the hash storage
+//!   keeps of them.
 
+pub mod refresh;
 pub mod signing;
 
+pub use refresh::{hash_refresh_token, is_well_formed_refresh_token, new_refresh_token};
 pub use signing::{
     Jwks, KeyError, MasterKey, PublicJwk, SigningKey, ed25519_jwk_thumbprint, jwks_json,
 };
