@@ -1,6 +1,6 @@
 //! Devices: a device is its DPoP public key. This module decides how far to trust one.
 //!
-//! * [`trust`] — the deterministic trust score and level of contract section 6.
+//! * [`trust`](crate::devices::trust) — the deterministic trust score and level of contract section 6.
 
 pub mod trust;
 
