@@ -7,8 +7,8 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Profile, ServeArgs};
 use crate::alerts::{Alerts, Thresholds};
+use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
 use crate::limits::{FailureBudget, KeyLimits};
@@ -100,7 +100,11 @@ impl AppState {
         )?;
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
         let replay: Arc<dyn ReplayStore> = match &args.redis_url {
-            Some(url) => Arc::new(RedisReplayStore::connect(url).await.map_err(Error::unavailable)?),
+            Some(url) => Arc::new(
+                RedisReplayStore::connect(url)
+                    .await
+                    .map_err(Error::unavailable)?,
+            ),
             None => Arc::new(MemoryReplayStore::new()),
         };
         let mut nonce_secret = [0u8; 32];
@@ -111,7 +115,10 @@ impl AppState {
                 ..VerifyOptions::default()
             }),
             key_limits: Arc::new(KeyLimits::new(args.cache_capacity)),
-            failures: Arc::new(FailureBudget::new(settings.ip_failure_budget, args.cache_capacity)),
+            failures: Arc::new(FailureBudget::new(
+                settings.ip_failure_budget,
+                args.cache_capacity,
+            )),
             alerts: Arc::new(Alerts::new(store.clone(), Thresholds::default())),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
             settings,

@@ -18,7 +18,9 @@ use subtle::ConstantTimeEq;
 pub use request::{DeviceInfo, RefreshRequest, TokenRequest};
 
 use crate::alerts::{AlertKind, network_of};
-use crate::devices::trust::{self, DeviceHistory, NetworkSignals, TrustDecision, TrustInputs, TrustLevel};
+use crate::devices::trust::{
+    self, DeviceHistory, NetworkSignals, TrustDecision, TrustInputs, TrustLevel,
+};
 use crate::dpop::{self, VerifiedProof};
 use crate::error::{Error, Result};
 use crate::keys::ApiKey;
@@ -76,14 +78,21 @@ pub struct TrustSummary {
 }
 
 /// `POST /v1/token`.
-pub async fn exchange(state: &AppState, p: Presented<'_>, body: TokenRequest) -> Result<TokenResponse> {
+pub async fn exchange(
+    state: &AppState,
+    p: Presented<'_>,
+    body: TokenRequest,
+) -> Result<TokenResponse> {
     let now = crate::state::now();
     body.validate()?;
     let key = authenticate_key(state, p.api_key, now).await?;
     check_allow_lists(&key, p.ip, p.origin)?;
     state
         .key_limits
-        .check(&key.key_id, key.rate_limit_per_minute.clamp(1, u32::MAX as i64) as u32)
+        .check(
+            &key.key_id,
+            key.rate_limit_per_minute.clamp(1, u32::MAX as i64) as u32,
+        )
         .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })?;
     let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
 
@@ -100,23 +109,39 @@ pub async fn exchange(state: &AppState, p: Presented<'_>, body: TokenRequest) ->
         None => state.settings.audiences[0].clone(),
     };
 
-    let presented = body.device.as_ref().map(|d| d.attributes.clone()).unwrap_or_default();
+    let presented = body
+        .device
+        .as_ref()
+        .map(|d| d.attributes.clone())
+        .unwrap_or_default();
     let device_name = body.device.as_ref().and_then(|d| d.name.clone());
-    let (device, decision) = device_and_trust(state, &key, &proof, presented, device_name, p.ip, now).await?;
+    let (device, decision) =
+        device_and_trust(state, &key, &proof, presented, device_name, p.ip, now).await?;
     let granted = grant_scopes(&key, &requested, decision.level);
     let family = format!("rf_{}", uuid::Uuid::new_v4().simple());
-    issue(state, &key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now).await
+    issue(
+        state, &key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now,
+    )
+    .await
 }
 
 /// `POST /v1/token/refresh`.
-pub async fn refresh(state: &AppState, p: Presented<'_>, body: RefreshRequest) -> Result<TokenResponse> {
+pub async fn refresh(
+    state: &AppState,
+    p: Presented<'_>,
+    body: RefreshRequest,
+) -> Result<TokenResponse> {
     let now = crate::state::now();
     let proof = verify_proof(state, p.proof, REFRESH_PATH, now, None, p.ip).await?;
     if !tokens::is_well_formed_refresh_token(&body.refresh_token) {
         return Err(Error::InvalidRefreshToken);
     }
     let hash = tokens::hash_refresh_token(&body.refresh_token);
-    let old = state.store.get_refresh(&hash).await?.ok_or(Error::InvalidRefreshToken)?;
+    let old = state
+        .store
+        .get_refresh(&hash)
+        .await?
+        .ok_or(Error::InvalidRefreshToken)?;
     // A token bound to another device key is useless to whoever stole it: refuse it as
     // unknown, and do not let the thief burn the family (the owner keeps their session).
     if !bool::from(old.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) || old.revoked_at.is_some() {
@@ -128,22 +153,43 @@ pub async fn refresh(state: &AppState, p: Presented<'_>, body: RefreshRequest) -
     if old.expires_at <= now {
         return Err(Error::InvalidRefreshToken);
     }
-    let key = state.cache.key(&old.key_id).await?.ok_or(Error::InvalidApiKey)?;
+    let key = state
+        .cache
+        .key(&old.key_id)
+        .await?
+        .ok_or(Error::InvalidApiKey)?;
     if !key.usable_at(now) {
         return Err(Error::InvalidApiKey);
     }
     check_allow_lists(&key, p.ip, p.origin)?;
-    let device = state.cache.device(&old.key_id, &old.jkt).await?.ok_or(Error::InvalidRefreshToken)?;
+    let device = state
+        .cache
+        .device(&old.key_id, &old.jkt)
+        .await?
+        .ok_or(Error::InvalidRefreshToken)?;
     if device.status == DeviceStatus::Revoked {
         return Err(Error::DeviceRevoked);
     }
     // The fingerprint was checked at the exchange; a refresh re-scores history and network.
     let stored = device.attributes.clone();
-    let (device, decision) = score_and_record(state, &key, (*device).clone(), &stored, false, p.ip, now)?;
+    let (device, decision) =
+        score_and_record(state, &key, (*device).clone(), &stored, false, p.ip, now)?;
     let scope: Vec<String> = old.scope.split_whitespace().map(str::to_owned).collect();
     let granted = grant_scopes(&key, &scope, decision.level);
-    issue(state, &key, &device, &proof.jkt, &granted, &old.audience, &decision, old.family_id.clone(), Some(&old), p.ip, now)
-        .await
+    issue(
+        state,
+        &key,
+        &device,
+        &proof.jkt,
+        &granted,
+        &old.audience,
+        &decision,
+        old.family_id.clone(),
+        Some(&old),
+        p.ip,
+        now,
+    )
+    .await
 }
 
 /// Spent token presented again: the family is compromised (RFC 9700 section 4.14.2).
@@ -163,7 +209,11 @@ async fn reuse_detected(state: &AppState, old: &RefreshRecord, ip: IpAddr, now: 
 
 /// Parses and checks the API key. Unknown ids and wrong secrets do the same work: a hash
 /// compared in constant time (against a fixed dummy for unknown ids), one cache lookup.
-async fn authenticate_key(state: &AppState, presented: Option<&str>, now: i64) -> Result<Arc<KeyRecord>> {
+async fn authenticate_key(
+    state: &AppState,
+    presented: Option<&str>,
+    now: i64,
+) -> Result<Arc<KeyRecord>> {
     let presented = presented.ok_or(Error::MissingApiKey)?;
     let key = ApiKey::parse(presented.trim()).map_err(|_| Error::InvalidApiKey)?;
     let record = state.cache.key(key.id().as_str()).await?;
@@ -182,7 +232,11 @@ async fn authenticate_key(state: &AppState, presented: Option<&str>, now: i64) -
 
 fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Result<()> {
     if !key.allowed_ips.is_empty()
-        && !key.allowed_ips.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()).any(|n| n.contains(&ip))
+        && !key
+            .allowed_ips
+            .iter()
+            .filter_map(|c| c.parse::<ipnet::IpNet>().ok())
+            .any(|n| n.contains(&ip))
     {
         return Err(Error::IpNotAllowed);
     }
@@ -210,15 +264,24 @@ async fn verify_proof(
     let proof = match proof {
         Ok(Some(p)) => p,
         Ok(None) => return Err(Error::InvalidDpopProof("the DPoP header is missing".into())),
-        Err(()) => return Err(Error::InvalidDpopProof("exactly one DPoP header is allowed".into())),
+        Err(()) => {
+            return Err(Error::InvalidDpopProof(
+                "exactly one DPoP header is allowed".into(),
+            ));
+        }
     };
     let htu = format!("{}{}", state.settings.issuer, path);
     let verified = dpop::verify_proof(proof, "POST", &htu, now, &state.dpop_options)
         .map_err(|e| Error::InvalidDpopProof(e.to_string()))?;
     if state.settings.require_dpop_nonce
-        && !verified.nonce.as_deref().is_some_and(|n| state.nonces.is_valid(n, now))
+        && !verified
+            .nonce
+            .as_deref()
+            .is_some_and(|n| state.nonces.is_valid(n, now))
     {
-        return Err(Error::UseDpopNonce { nonce: state.nonces.issue(now) });
+        return Err(Error::UseDpopNonce {
+            nonce: state.nonces.issue(now),
+        });
     }
     let fresh = state
         .replay
@@ -226,7 +289,13 @@ async fn verify_proof(
         .await
         .map_err(Error::unavailable)?;
     if !fresh {
-        state.alerts.raise(AlertKind::DpopReplay, key_id, None, Some(ip), json!({"jkt": verified.jkt}));
+        state.alerts.raise(
+            AlertKind::DpopReplay,
+            key_id,
+            None,
+            Some(ip),
+            json!({"jkt": verified.jkt}),
+        );
         return Err(Error::DpopReplay);
     }
     Ok(verified)
@@ -324,7 +393,9 @@ fn score_and_record(
         device.mismatch_count += 1;
     } else {
         // Accepted drift (an OS or app update) becomes the new baseline.
-        device.attributes.extend(presented.iter().map(|(k, v)| (k.clone(), v.clone())));
+        device
+            .attributes
+            .extend(presented.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     if !seen {
         if !is_new && !device.networks.is_empty() {
@@ -350,7 +421,9 @@ fn score_and_record(
         return Err(Error::DeviceUntrusted);
     }
     device.exchange_count += 1;
-    state.alerts.observe_exchange(&key.key_id, &device.device_id, &network, now);
+    state
+        .alerts
+        .observe_exchange(&key.key_id, &device.device_id, &network, now);
     Ok((device, decision))
 }
 
@@ -360,8 +433,15 @@ fn grant_scopes(key: &KeyRecord, requested: &[String], level: TrustLevel) -> Vec
     match level {
         TrustLevel::Trusted => requested.to_vec(),
         _ => {
-            let allowed = key.limited_scopes.clone().unwrap_or_else(|| trust::limited_scopes_default(&key.scopes));
-            requested.iter().filter(|s| allowed.contains(s)).cloned().collect()
+            let allowed = key
+                .limited_scopes
+                .clone()
+                .unwrap_or_else(|| trust::limited_scopes_default(&key.scopes));
+            requested
+                .iter()
+                .filter(|s| allowed.contains(s))
+                .cloned()
+                .collect()
         }
     }
 }
@@ -416,7 +496,12 @@ async fn issue(
     let write_refresh = async {
         match spent {
             None => state.store.insert_refresh(&record).await.map(|()| true),
-            Some(old) => state.store.rotate_refresh(&old.token_hash, &record, now).await,
+            Some(old) => {
+                state
+                    .store
+                    .rotate_refresh(&old.token_hash, &record, now)
+                    .await
+            }
         }
     };
     let (rotated, ()) = tokio::try_join!(write_refresh, state.store.update_device_usage(device))?;
@@ -432,6 +517,9 @@ async fn issue(
         refresh_token: refresh_plain.expose_secret().to_owned(),
         refresh_expires_in: state.settings.refresh_ttl_secs,
         device_id: device.device_id.clone(),
-        trust: TrustSummary { score: decision.score, level: granted },
+        trust: TrustSummary {
+            score: decision.score,
+            level: granted,
+        },
     })
 }

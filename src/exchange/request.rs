@@ -58,14 +58,20 @@ impl TokenRequest {
                 return bad("device.name: at most 256 characters".into());
             }
             if d.attributes.len() > MAX_ATTRIBUTES {
-                return bad(format!("device.attributes: at most {MAX_ATTRIBUTES} entries"));
+                return bad(format!(
+                    "device.attributes: at most {MAX_ATTRIBUTES} entries"
+                ));
             }
             for (k, v) in &d.attributes {
                 if k.is_empty() || k.chars().count() > MAX_ATTRIBUTE_NAME {
-                    return bad(format!("device.attributes: names are 1 to {MAX_ATTRIBUTE_NAME} characters"));
+                    return bad(format!(
+                        "device.attributes: names are 1 to {MAX_ATTRIBUTE_NAME} characters"
+                    ));
                 }
                 if v.chars().count() > MAX_ATTRIBUTE_VALUE {
-                    return bad(format!("device.attributes: values are at most {MAX_ATTRIBUTE_VALUE} characters"));
+                    return bad(format!(
+                        "device.attributes: values are at most {MAX_ATTRIBUTE_VALUE} characters"
+                    ));
                 }
             }
         }

@@ -1,12 +1,12 @@
 //! Discovery and verification support (contract 3.3): JWKS, RFC 8414 metadata, the signed
 //! revocation feed, leak reports, and the guard against API keys in URLs.
 
+use axum::Router;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -54,8 +54,10 @@ async fn metadata(State(state): State<AppState>) -> Response {
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
     }))
     .into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
     res
 }
 
@@ -66,7 +68,10 @@ struct FeedQuery {
 
 /// The revocation feed: a JWS over the entries after the cursor. The cursor is the feed
 /// position as a decimal string; clients must treat it as opaque.
-async fn revocations(State(state): State<AppState>, Query(q): Query<FeedQuery>) -> Result<Response> {
+async fn revocations(
+    State(state): State<AppState>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Response> {
     let after = match q.since.as_deref() {
         None | Some("") => 0,
         Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
@@ -82,9 +87,15 @@ async fn revocations(State(state): State<AppState>, Query(q): Query<FeedQuery>) 
         "next": next.to_string(),
         "more": entries.len() as i64 == FEED_PAGE,
     });
-    let jws = state.keyring.active().sign_jws(crate::tokens::TYP_REVOCATIONS, &claims);
+    let jws = state
+        .keyring
+        .active()
+        .sign_jws(crate::tokens::signing::TYP_REVOCATIONS, &claims);
     Ok((
-        [(header::CONTENT_TYPE, "application/jwt"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, "application/jwt"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         jws,
     )
         .into_response())
@@ -104,14 +115,25 @@ async fn leaks(
     ClientIp(ip): ClientIp,
     Json(report): Json<LeakReport>,
 ) -> Result<Response> {
-    let source: String = report.source.unwrap_or_default().chars().take(512).collect();
+    let source: String = report
+        .source
+        .unwrap_or_default()
+        .chars()
+        .take(512)
+        .collect();
     if let Ok(key) = ApiKey::parse(report.key.trim())
         && let Some(record) = state.cache.key(key.id().as_str()).await?
-        && bool::from(subtle::ConstantTimeEq::ct_eq(&key.secret_hash()[..], &record.secret_hash[..]))
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            &key.secret_hash()[..],
+            &record.secret_hash[..],
+        ))
     {
         let now = crate::state::now();
         if record.status == KeyStatus::Active {
-            let actor = crate::keys::service::Actor { name: "leak-report".into(), ip: Some(ip.to_string()) };
+            let actor = crate::keys::service::Actor {
+                name: "leak-report".into(),
+                ip: Some(ip.to_string()),
+            };
             crate::keys::service::set_status(
                 &*state.store,
                 &record.key_id,
@@ -130,12 +152,20 @@ async fn leaks(
             json!({"source": source}),
         );
     }
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"status": "received"}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": "received"})),
+    )
+        .into_response())
 }
 
 /// Middleware: a request whose query string holds an API key is refused before routing, and
 /// the key is flagged with a `KEY_IN_URL` alert (URLs end up in proxy and server logs).
-pub async fn reject_keys_in_url(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn reject_keys_in_url(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(query) = req.uri().query() {
         let decoded = percent_decode(query);
         let found = find_keys(&decoded);
@@ -143,7 +173,13 @@ pub async fn reject_keys_in_url(State(state): State<AppState>, req: Request, nex
             let ip = req
                 .extensions()
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| super::extract::client_ip(c.0.ip(), req.headers(), &state.settings.trusted_proxies));
+                .map(|c| {
+                    super::extract::client_ip(
+                        c.0.ip(),
+                        req.headers(),
+                        &state.settings.trusted_proxies,
+                    )
+                });
             for (_, id) in found {
                 state.alerts.raise(
                     AlertKind::KeyInUrl,

@@ -29,7 +29,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), discovery::reject_keys_in_url))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            discovery::reject_keys_in_url,
+        ))
         .layer(
             // The span records method, route and request id; never headers or bodies, which
             // carry API keys, tokens and proofs.

@@ -1,11 +1,11 @@
 //! `POST /v1/token` and `POST /v1/token/refresh`: header extraction and the per-IP failure
 //! budget around [`crate::exchange`].
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 
 use super::extract::{ClientIp, Json};
 use crate::alerts::AlertKind;
@@ -26,7 +26,10 @@ fn presented<'a>(headers: &'a HeaderMap, ip: std::net::IpAddr) -> Presented<'a> 
         headers
             .get(header::AUTHORIZATION)
             .and_then(text)
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
     });
     let mut proofs = headers.get_all("dpop").iter();
     let proof = match (proofs.next(), proofs.next()) {
@@ -34,7 +37,12 @@ fn presented<'a>(headers: &'a HeaderMap, ip: std::net::IpAddr) -> Presented<'a> 
         (Some(p), None) => Ok(Some(p.to_str().unwrap_or(""))),
         (Some(_), Some(_)) => Err(()),
     };
-    Presented { api_key, proof, origin: headers.get(header::ORIGIN).and_then(text), ip }
+    Presented {
+        api_key,
+        proof,
+        origin: headers.get(header::ORIGIN).and_then(text),
+        ip,
+    }
 }
 
 async fn token(
@@ -70,7 +78,10 @@ async fn guarded(
     ip: std::net::IpAddr,
     work: impl Future<Output = Result<exchange::TokenResponse>>,
 ) -> Result<Response> {
-    state.failures.check(ip).map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })?;
+    state
+        .failures
+        .check(ip)
+        .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })?;
     let started = std::time::Instant::now();
     let result = work.await;
     metrics::histogram!("keybound_exchange_seconds").record(started.elapsed().as_secs_f64());

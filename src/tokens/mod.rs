@@ -9,6 +9,7 @@
 //!   keeps of them.
 
 pub mod access;
+pub mod keyring;
 pub mod refresh;
 pub mod signing;
 
