@@ -1,4 +1,4 @@
 //! keybound
 
-/// RFC 9449 DPoP proof verification and RFC 7638 JWK thumbprints.
+/// RFC 9449 DPoP proof verification, JWK thumbprints and stateless server nonces.
 pub mod dpop;

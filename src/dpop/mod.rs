@@ -7,7 +7,7 @@
 //! * `jti` must be recorded in the [replay store](crate::replay) for
 //!   [`VerifyOptions::replay_ttl`](crate::dpop::VerifyOptions::replay_ttl), keyed by [`VerifiedProof::replay_key`](crate::dpop::VerifiedProof::replay_key), and a proof seen
 //!   before refused (`DPOP_REPLAY`);
-//! * `nonce` must be checked against the server's nonce when it demands one
+//! * `nonce` must be checked with a [`NonceIssuer`](crate::dpop::NonceIssuer) when the server demands nonces
 //!   (`USE_DPOP_NONCE`);
 //! * `ath` must be compared with the access token when a proof accompanies one (resource
 //!   servers; the token endpoints get none).
@@ -18,11 +18,13 @@
 mod error;
 mod htu;
 mod jwk;
+mod nonce;
 #[cfg(test)]
 mod tests;
 
 pub use error::DpopError;
 pub use jwk::jwk_thumbprint;
+pub use nonce::NonceIssuer;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
