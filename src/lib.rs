@@ -2,5 +2,5 @@
 
 /// RFC 9449 DPoP proof verification, JWK thumbprints and stateless server nonces.
 pub mod dpop;
-/// Replay store for DPoP `jti`s behind one trait; in memory for one instance.
+/// Replay stores for DPoP `jti`s: in memory for one instance, Redis for several.
 pub mod replay;

@@ -1,5 +1,5 @@
 //! In-process replay store: enough for a single instance, useless across several (each
-//! instance would accept a proof once). Use a shared store when
+//! instance would accept a proof once). Use [`RedisReplayStore`](super::RedisReplayStore) when
 //! more than one instance serves the token endpoints.
 
 use moka::Expiry;

@@ -9,8 +9,10 @@
 //! and must refuse the request (`503 UNAVAILABLE`), never treat the proof as new.
 
 mod memory;
+mod redis_store;
 
 pub use memory::MemoryReplayStore;
+pub use redis_store::RedisReplayStore;
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;
