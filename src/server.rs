@@ -31,6 +31,7 @@ impl Running {
 
 /// Builds the state and starts serving on `args.listen` in a background task.
 pub async fn start(mut args: ServeArgs, store: Arc<dyn Store>) -> Result<Running> {
+    crate::telemetry::metrics();
     args.validate().map_err(Error::InvalidRequest)?;
     let listener = TcpListener::bind(args.listen)
         .await
