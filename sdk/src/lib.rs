@@ -11,9 +11,11 @@ mod error;
 mod http;
 mod jose;
 mod trust;
+mod verifier;
 
 pub use device_key::{DeviceKey, Ed25519DeviceKey, Es256DeviceKey};
 pub use dpop::DpopProofBuilder;
 pub use error::{Error, ErrorKind, InvalidTokenReason, Result};
 pub use jose::jwk_thumbprint;
 pub use trust::TrustLevel;
+pub use verifier::{VerifiedToken, Verifier, VerifierBuilder};
