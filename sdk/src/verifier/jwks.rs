@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::error_from_response;
 
-/// At most one fetch per this interval, whatever triggers it: a stream of tokens with made-up
-/// `kid`s must not turn the verifier into a flood against the issuer.
-pub(crate) const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Cache lifetime when the JWKS answer has no `max-age`.
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 /// Bounds on the server's `max-age`: `no-cache` must not mean a fetch per request, and a huge
@@ -25,6 +22,9 @@ const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub(crate) struct Jwks {
     /// Where to fetch the keys from; `None` for a static set given at build time.
     uri: Option<String>,
+    /// At most one fetch per this interval, whatever triggers it: a stream of tokens with
+    /// made-up `kid`s must not turn the verifier into a flood against the issuer.
+    min_refresh_interval: Duration,
     current: RwLock<Arc<KeySet>>,
     /// Serialises fetches and remembers when the last one started.
     fetch: tokio::sync::Mutex<Option<Instant>>,
@@ -41,6 +41,7 @@ impl Jwks {
     pub(crate) fn fixed(jwks: &Value) -> Result<Self> {
         Ok(Self {
             uri: None,
+            min_refresh_interval: Duration::MAX,
             current: RwLock::new(Arc::new(KeySet {
                 keys: parse(jwks)?,
                 fresh_until: None,
@@ -50,10 +51,15 @@ impl Jwks {
     }
 
     /// Keys fetched from `uri`; the first fetch happens here and must succeed.
-    pub(crate) async fn remote(http: &reqwest::Client, uri: String) -> Result<Self> {
+    pub(crate) async fn remote(
+        http: &reqwest::Client,
+        uri: String,
+        min_refresh_interval: Duration,
+    ) -> Result<Self> {
         let set = fetch(http, &uri).await?;
         Ok(Self {
             uri: Some(uri),
+            min_refresh_interval,
             current: RwLock::new(Arc::new(set)),
             fetch: tokio::sync::Mutex::new(Some(Instant::now())),
         })
@@ -67,7 +73,7 @@ impl Jwks {
     }
 
     /// The key for `kid`, refreshing the set first when it is past its `max-age` or does not
-    /// know `kid` (each at most once per [`MIN_REFRESH_INTERVAL`]).
+    /// know `kid` (at most one fetch per `min_refresh_interval`).
     pub(crate) async fn key(&self, http: &reqwest::Client, kid: &str) -> Option<DecodingKey> {
         let mut set = self.snapshot();
         if set.fresh_until.is_some_and(|t| Instant::now() >= t) {
@@ -86,7 +92,7 @@ impl Jwks {
         let Some(uri) = &self.uri else { return };
         let mut last_start = self.fetch.lock().await;
         // Whoever waited on the lock sees the fetch that just finished and does not repeat it.
-        if last_start.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
+        if last_start.is_some_and(|t| t.elapsed() < self.min_refresh_interval) {
             return;
         }
         *last_start = Some(Instant::now());

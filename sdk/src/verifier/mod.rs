@@ -95,6 +95,7 @@ pub struct VerifierBuilder {
     leeway: Duration,
     proof_window: Duration,
     jwks: Option<Value>,
+    jwks_refresh_interval: Duration,
     poll_interval: Option<Duration>,
     replay_capacity: usize,
     http_timeout: Duration,
@@ -112,6 +113,7 @@ impl Verifier {
             leeway: Duration::from_secs(30),
             proof_window: Duration::from_secs(60),
             jwks: None,
+            jwks_refresh_interval: Duration::from_secs(10),
             poll_interval: Some(Duration::from_secs(5)),
             replay_capacity: 100_000,
             http_timeout: Duration::from_secs(5),
@@ -347,6 +349,14 @@ impl VerifierBuilder {
         self
     }
 
+    /// The least time between two JWKS fetches, whatever triggers them (an unknown `kid`, an
+    /// expired cache). Default: 10 s, so tokens with made-up `kid`s cannot make this verifier
+    /// flood the issuer.
+    pub fn jwks_refresh_interval(mut self, interval: Duration) -> Self {
+        self.jwks_refresh_interval = interval;
+        self
+    }
+
     /// How often to poll the revocation feed (`GET /v1/revocations`). Default: every 5 s,
     /// which bounds how long a revoked key or device keeps working here.
     pub fn revocation_poll_interval(mut self, interval: Duration) -> Self {
@@ -416,7 +426,7 @@ impl VerifierBuilder {
             None => {
                 let jwks_uri = discover_jwks_uri(&http, &self.issuer, &issuer_url).await?;
                 let jwks_uri = parse_service_url(&jwks_uri, self.allow_insecure_http)?;
-                Jwks::remote(&http, jwks_uri.into()).await?
+                Jwks::remote(&http, jwks_uri.into(), self.jwks_refresh_interval).await?
             }
         };
 
