@@ -5,6 +5,7 @@
 //! device's key.
 #![deny(missing_docs)]
 
+mod client;
 mod device_key;
 mod dpop;
 mod error;
@@ -13,6 +14,7 @@ mod jose;
 mod trust;
 mod verifier;
 
+pub use client::{AccessToken, Client, ClientBuilder, RetryPolicy};
 pub use device_key::{DeviceKey, Ed25519DeviceKey, Es256DeviceKey};
 pub use dpop::DpopProofBuilder;
 pub use error::{Error, ErrorKind, InvalidTokenReason, Result};

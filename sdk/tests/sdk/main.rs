@@ -3,5 +3,6 @@
 
 mod helpers;
 
+mod client;
 mod revocations;
 mod verifier;
