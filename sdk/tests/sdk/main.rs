@@ -3,6 +3,9 @@
 
 mod helpers;
 
+#[cfg(feature = "axum")]
+mod extractor;
+
 mod client;
 mod revocations;
 mod verifier;
