@@ -308,6 +308,19 @@ impl Error {
         }
     }
 
+    /// A copy for a second receiver of the same failure; the source is left out (it is
+    /// not clonable), kind, status and message are kept.
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            inner: Box::new(Inner {
+                kind: self.inner.kind.clone(),
+                status: self.inner.status,
+                message: self.inner.message.clone(),
+                source: None,
+            }),
+        }
+    }
+
     pub(crate) fn invalid_token(reason: InvalidTokenReason) -> Self {
         Self::new(ErrorKind::InvalidToken(reason))
     }

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -78,8 +79,11 @@ struct Inner {
     exchange_body: Value,
     retry: RetryPolicy,
     cached: Mutex<Option<Cached>>,
-    /// Held while a token is being obtained, so concurrent callers share one request.
-    renewing: tokio::sync::Mutex<()>,
+    /// Held while a token is being obtained, so concurrent callers share one request; holds
+    /// the outcome of the last renewal for those who waited on it.
+    renewing: tokio::sync::Mutex<Option<Result<AccessToken>>>,
+    /// How many renewals have finished; tells a waiter whether one finished while it waited.
+    renewals: AtomicU64,
     /// The latest `DPoP-Nonce` the server sent; used in every later proof.
     nonce: Mutex<Option<String>>,
 }
@@ -153,46 +157,28 @@ impl Client {
     /// passing reason (network, 5xx) while the current token still has some life, that token
     /// is returned and the failure logged.
     pub async fn token(&self) -> Result<AccessToken> {
-        if let Some(token) = self.inner.fresh_token() {
+        let inner = &*self.inner;
+        if let Some(token) = inner.fresh_token() {
             return Ok(token);
         }
-        let _renewing = self.inner.renewing.lock().await;
-        // Whoever held the lock before us may have renewed already.
-        if let Some(token) = self.inner.fresh_token() {
+        let seen = inner.renewals.load(Ordering::Acquire);
+        let mut last = inner.renewing.lock().await;
+        // Whoever held the lock before us may have renewed already ...
+        if let Some(token) = inner.fresh_token() {
             return Ok(token);
         }
-        let (current, refresh) = {
-            let cached = self.inner.cached.lock().unwrap_or_else(|e| e.into_inner());
-            match cached.as_ref() {
-                Some(c) => (
-                    (c.left() >= MIN_USABLE_LIFE).then(|| c.token.clone()),
-                    c.refresh
-                        .as_ref()
-                        .filter(|(_, until)| Instant::now() < *until)
-                        .map(|(secret, _)| secret.clone()),
-                ),
-                None => (None, None),
-            }
-        };
-
-        let renewed = match refresh {
-            Some(refresh_token) => match self.inner.refresh(&refresh_token).await {
-                Err(e) if falls_back_to_exchange(e.kind()) => {
-                    tracing::debug!(error = %e, "refresh failed; exchanging the API key instead");
-                    self.inner.exchange().await
-                }
-                other => other,
-            },
-            None => self.inner.exchange().await,
-        };
-        match renewed {
-            Ok(token) => Ok(token),
-            Err(e) if is_transient(e.kind()) && current.is_some() => {
-                tracing::warn!(error = %e, "token renewal failed; using the current token a little longer");
-                Ok(current.expect("checked above"))
-            }
-            Err(e) => Err(e),
+        // ... or failed while we waited: share that outcome instead of repeating the request.
+        // A hundred callers must not turn one refused key into a hundred failed
+        // authentications (and a 429 from the server's per-IP failure budget).
+        if inner.renewals.load(Ordering::Acquire) != seen
+            && let Some(outcome) = last.as_ref()
+        {
+            return share(outcome);
         }
+        let outcome = inner.renew().await;
+        *last = Some(share(&outcome));
+        inner.renewals.fetch_add(1, Ordering::Release);
+        outcome
     }
 
     /// The headers for one request with HTTP `method` to `url` at a resource server:
@@ -221,6 +207,14 @@ impl std::fmt::Debug for Client {
             .field("token_url", &self.inner.token_url.as_str())
             .field("device_key", &self.inner.device_key)
             .finish_non_exhaustive()
+    }
+}
+
+/// A copy of a renewal's outcome for another caller.
+fn share(outcome: &Result<AccessToken>) -> Result<AccessToken> {
+    match outcome {
+        Ok(token) => Ok(token.clone()),
+        Err(e) => Err(e.duplicate()),
     }
 }
 
@@ -261,6 +255,41 @@ fn is_transient(kind: &ErrorKind) -> bool {
 }
 
 impl Inner {
+    /// Renews the token: refresh first, full exchange when the refresh token is dead.
+    async fn renew(&self) -> Result<AccessToken> {
+        let (current, refresh) = {
+            let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+            match cached.as_ref() {
+                Some(c) => (
+                    (c.left() >= MIN_USABLE_LIFE).then(|| c.token.clone()),
+                    c.refresh
+                        .as_ref()
+                        .filter(|(_, until)| Instant::now() < *until)
+                        .map(|(secret, _)| secret.clone()),
+                ),
+                None => (None, None),
+            }
+        };
+
+        let renewed = match refresh {
+            Some(refresh_token) => match self.refresh(&refresh_token).await {
+                Err(e) if falls_back_to_exchange(e.kind()) => {
+                    tracing::debug!(error = %e, "refresh failed; exchanging the API key instead");
+                    self.exchange().await
+                }
+                other => other,
+            },
+            None => self.exchange().await,
+        };
+        match (renewed, current) {
+            (Err(e), Some(current)) if is_transient(e.kind()) => {
+                tracing::warn!(error = %e, "token renewal failed; using the current token a little longer");
+                Ok(current)
+            }
+            (renewed, _) => renewed,
+        }
+    }
+
     fn fresh_token(&self) -> Option<AccessToken> {
         let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         let cached = cached.as_ref()?;
@@ -595,7 +624,8 @@ impl ClientBuilder {
                 exchange_body: Value::Object(body),
                 retry: self.retry,
                 cached: Mutex::new(None),
-                renewing: tokio::sync::Mutex::new(()),
+                renewing: tokio::sync::Mutex::new(None),
+                renewals: AtomicU64::new(0),
                 nonce: Mutex::new(None),
             }),
         })

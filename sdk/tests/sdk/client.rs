@@ -277,6 +277,37 @@ async fn a_hundred_concurrent_callers_cause_one_exchange() {
 }
 
 #[tokio::test]
+async fn concurrent_callers_share_a_failure_too() {
+    let fake = fake_keybound().await;
+    fake.delay_ms.store(100, Ordering::SeqCst);
+    fake.exchange_script
+        .lock()
+        .unwrap()
+        .push_back(scripted(401, "INVALID_API_KEY"));
+    let client = client(&fake, device());
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.token().await.map(|_| ()) })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidApiKey);
+    }
+
+    assert_eq!(
+        fake.exchanges.load(Ordering::SeqCst),
+        1,
+        "one failed authentication, not a hundred"
+    );
+    // A later call tries again.
+    client.token().await.unwrap();
+    assert_eq!(fake.exchanges.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn the_token_is_refreshed_when_less_than_20_percent_is_left() {
     // Arrange: 2 s tokens, so renewal is due after 1.6 s.
     let fake = fake_keybound().await;
