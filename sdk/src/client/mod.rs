@@ -275,6 +275,9 @@ impl Inner {
             Some(refresh_token) => match self.refresh(&refresh_token).await {
                 Err(e) if falls_back_to_exchange(e.kind()) => {
                     tracing::debug!(error = %e, "refresh failed; exchanging the API key instead");
+                    // The refresh token is dead or possibly spent: presenting it again would
+                    // only look like reuse to the server, even if the exchange fails too.
+                    self.forget_refresh_token();
                     self.exchange().await
                 }
                 other => other,
@@ -287,6 +290,17 @@ impl Inner {
                 Ok(current)
             }
             (renewed, _) => renewed,
+        }
+    }
+
+    fn forget_refresh_token(&self) {
+        if let Some(cached) = self
+            .cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            cached.refresh = None;
         }
     }
 

@@ -354,6 +354,34 @@ async fn a_refused_refresh_token_falls_back_to_a_full_exchange() {
 }
 
 #[tokio::test]
+async fn a_refused_refresh_token_is_not_presented_again() {
+    let fake = fake_keybound().await;
+    fake.expires_in.store(1, Ordering::SeqCst);
+    let client = client(&fake, device());
+    client.token().await.unwrap();
+    fake.refresh_script
+        .lock()
+        .unwrap()
+        .push_back(scripted(401, "INVALID_REFRESH_TOKEN"));
+    fake.exchange_script
+        .lock()
+        .unwrap()
+        .push_back(scripted(403, "DEVICE_UNTRUSTED"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+
+    let err = client.token().await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::DeviceUntrusted);
+    client.token().await.unwrap();
+
+    assert_eq!(
+        fake.refreshes.load(Ordering::SeqCst),
+        1,
+        "the dead refresh token was dropped"
+    );
+    assert_eq!(fake.exchanges.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
 async fn a_503_is_retried_with_backoff_then_succeeds() {
     let fake = fake_keybound().await;
     for _ in 0..2 {
