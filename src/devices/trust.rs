@@ -247,7 +247,7 @@ fn normalized(attributes: &Attributes, name: &str) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-fn compare(inputs: &TrustInputs<'_>, name: &str) -> Option<Comparison> {
+fn compare(inputs: &TrustInputs<'_>, name: &str, class: Class) -> Option<Comparison> {
     let presented = normalized(inputs.presented, name);
     if inputs.is_new {
         return presented.map(|_| Comparison::Enrolled);
@@ -255,7 +255,7 @@ fn compare(inputs: &TrustInputs<'_>, name: &str) -> Option<Comparison> {
     match (normalized(inputs.stored, name), presented) {
         (None, None) => None,
         (Some(s), Some(p)) if s == p => Some(Comparison::Same),
-        (Some(s), Some(p)) if class_of(name) == Some(Class::Version) && is_upgrade(&s, &p) => {
+        (Some(s), Some(p)) if class == Class::Version && is_upgrade(&s, &p) => {
             Some(Comparison::Upgraded)
         }
         (Some(_), Some(_)) => Some(Comparison::Changed),
@@ -264,17 +264,13 @@ fn compare(inputs: &TrustInputs<'_>, name: &str) -> Option<Comparison> {
     }
 }
 
-fn class_of(name: &str) -> Option<Class> {
-    ATTRIBUTES
-        .iter()
-        .find(|&&(n, ..)| n == name)
-        .map(|&(_, class, _)| class)
-}
-
-/// Dotted version components (`"17.1.2"` → `[17, 1, 2]`), reading each component's leading
-/// digits (`"3-beta"` → 3); `None` when a component has none, so odd schemes never compare.
+/// Dotted version components (`"17.1.2"` or `"v17.1.2"` → `[17, 1, 2]`), reading each
+/// component's leading digits (`"3-beta"` → 3); `None` when a component has none, so odd
+/// schemes never compare.
 fn version_components(version: &str) -> Option<Vec<u64>> {
     version
+        .strip_prefix('v')
+        .unwrap_or(version)
         .split('.')
         .map(|part| {
             let digits = part.bytes().take_while(u8::is_ascii_digit).count();
@@ -361,7 +357,7 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
     let compared: Vec<(&str, Class, f64, Comparison)> = ATTRIBUTES
         .iter()
         .filter_map(|&(name, class, weight)| {
-            compare(inputs, name).map(|c| (name, class, weight, c))
+            compare(inputs, name, class).map(|c| (name, class, weight, c))
         })
         .collect();
     let total_weight: f64 = compared.iter().map(|&(_, _, w, _)| w).sum();
@@ -1027,6 +1023,7 @@ mod tests {
             ("17.1", "17.1.1", true),
             ("2.9.0", "2.10.0", true),
             ("1.0", "2", true),
+            ("v2.3.0", "v2.4.0", true),
             ("17.1", "17.1.0", false),
             ("17.2", "17.1", false),
             ("2.3.0", "2.3.0-beta", false),

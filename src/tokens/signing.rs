@@ -341,9 +341,15 @@ impl MasterKey {
         Ok(Self(Zeroizing::new(array)))
     }
 
-    /// The key as standard base64, for writing the key file. Handle the result as a secret.
-    fn to_base64(&self) -> Zeroizing<String> {
-        Zeroizing::new(STANDARD.encode(self.0.as_ref()))
+    /// The key file's contents: standard base64 of the key and a newline. Sized up front so
+    /// no reallocation leaves an unzeroized copy of the key text behind.
+    fn to_file_text(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(String::with_capacity(
+            base64::encoded_len(MASTER_KEY_LEN, true).unwrap_or(0) + 1,
+        ));
+        STANDARD.encode_string(self.0.as_ref(), &mut text);
+        text.push('\n');
+        text
     }
 
     /// Reads the master key from `path`, or creates the file with a fresh key when it does not
@@ -375,8 +381,7 @@ impl MasterKey {
 
         let key = Self::generate();
         let tmp = TempFile::create_in(dir, path).map_err(io_err(dir))?;
-        let mut text = key.to_base64();
-        text.push('\n');
+        let text = key.to_file_text();
         tmp.write_all(text.as_bytes()).map_err(io_err(&tmp.path))?;
 
         match std::fs::hard_link(&tmp.path, path) {
@@ -399,7 +404,14 @@ impl MasterKey {
         };
         let mut file = std::fs::File::open(path).map_err(io_err)?;
         warn_if_readable_by_others(path, &file);
-        let mut text = Zeroizing::new(String::new());
+        // Sized from the file so reading does not reallocate and strand copies of the key.
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut text = Zeroizing::new(String::with_capacity(
+            usize::try_from(len)
+                .unwrap_or(0)
+                .saturating_add(1)
+                .min(4096),
+        ));
         file.read_to_string(&mut text).map_err(io_err)?;
         Self::from_base64(&text)
     }
@@ -842,6 +854,7 @@ mod tests {
             MasterKey::from_base64(&text).is_ok(),
             "the file is base64 of the key"
         );
+        assert_eq!(text.len(), 45, "44 base64 characters and a newline");
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
