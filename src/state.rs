@@ -107,8 +107,8 @@ impl AppState {
             ),
             None => Arc::new(MemoryReplayStore::new()),
         };
-        let mut nonce_secret = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce_secret);
+        // Derived from the master key, so a nonce issued by one instance is valid on all.
+        let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
         let state = AppState {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,

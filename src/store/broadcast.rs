@@ -38,10 +38,16 @@ pub async fn spawn(cache: Arc<CachedStore>, url: &str) -> Result<(), redis::Redi
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Invalidation::All,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            let payload = serde_json::to_string(&Message { origin: me.clone(), inv })
-                .expect("invalidations serialize");
-            let sent: Result<(), _> =
-                redis::cmd("PUBLISH").arg(CHANNEL).arg(payload).query_async(&mut publisher).await;
+            let payload = serde_json::to_string(&Message {
+                origin: me.clone(),
+                inv,
+            })
+            .expect("invalidations serialize");
+            let sent: Result<(), _> = redis::cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(payload)
+                .query_async(&mut publisher)
+                .await;
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "could not publish a cache invalidation");
             }
@@ -62,7 +68,9 @@ async fn subscribe_forever(client: redis::Client, cache: Arc<CachedStore>, origi
                     backoff = Duration::from_millis(100);
                     let mut stream = pubsub.on_message();
                     while let Some(msg) = stream.next().await {
-                        let Ok(payload) = msg.get_payload::<String>() else { continue };
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
                         match serde_json::from_str::<Message>(&payload) {
                             Ok(m) if m.origin != origin => cache.apply(&m.inv).await,
                             Ok(_) => {}

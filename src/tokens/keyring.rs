@@ -53,6 +53,11 @@ impl KeyRing {
         Ok(())
     }
 
+    /// A secret derived from the master key for `label` (the same on every instance).
+    pub fn derive(&self, label: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        self.master.derive(label)
+    }
+
     /// The key that signs new tokens.
     pub fn active(&self) -> Arc<SigningKey> {
         self.ring.read().expect("not poisoned").active.clone()

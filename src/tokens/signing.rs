@@ -442,6 +442,16 @@ impl MasterKey {
         sealed
     }
 
+    /// A 32-byte subkey for `label` (HMAC-SHA256 keyed by the master key), so every instance
+    /// sharing the master key derives the same secret, e.g. for DPoP server nonces.
+    pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..])
+            .expect("HMAC takes keys of any length");
+        mac.update(label.as_bytes());
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
     /// Decrypts and authenticates a blob from [`MasterKey::seal`] with the same `aad`.
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let Some((&version, rest)) = sealed.split_first() else {
