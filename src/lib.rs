@@ -16,12 +16,16 @@ pub mod keys;
 pub mod store;
 
 pub use error::{Error, Result};
+/// Anomaly detection and alerts.
+pub mod alerts;
 /// Command-line subcommands.
 pub mod cli;
 /// Command line and configuration.
 pub mod config;
 /// HTTP routes, extractors and error mapping.
 pub mod http;
+/// Rate limits and failure budgets.
+pub mod limits;
 /// Starting and stopping the server.
 pub mod server;
 /// Shared application state.

@@ -1,0 +1,235 @@
+//! Anomaly alerts (contract section 7): raised on the request path, stored for
+//! `GET /admin/v1/alerts` and logged as structured events.
+//!
+//! Raising never blocks or fails a request: the write is handed to a task and lands within
+//! milliseconds (the contract allows 1 s). Alerts carry ids, kinds and IPs, never secrets.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use serde_json::Value;
+
+use crate::store::{AlertRecord, Store};
+
+/// The kinds of anomaly keybound reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    /// A device key enrolled for the first time.
+    NewDevice,
+    /// A known device appeared from a network it was not seen on before.
+    NewNetwork,
+    /// A key's request rate jumped over the spike threshold.
+    UsageSpike,
+    /// An IP spent its failed-authentication budget.
+    FailureBurst,
+    /// A DPoP proof was replayed.
+    DpopReplay,
+    /// A spent refresh token was presented again.
+    RefreshTokenReused,
+    /// A device key presented different stable fingerprint attributes.
+    FingerprintMismatch,
+    /// An API key was sent in a URL.
+    KeyInUrl,
+    /// A scanner reported the key as leaked.
+    KeyLeaked,
+    /// One key used from unusually many devices or networks.
+    ManyDevicesOrNetworks,
+}
+
+impl AlertKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::NewDevice => "NEW_DEVICE",
+            AlertKind::NewNetwork => "NEW_NETWORK",
+            AlertKind::UsageSpike => "USAGE_SPIKE",
+            AlertKind::FailureBurst => "FAILURE_BURST",
+            AlertKind::DpopReplay => "DPOP_REPLAY",
+            AlertKind::RefreshTokenReused => "REFRESH_TOKEN_REUSED",
+            AlertKind::FingerprintMismatch => "FINGERPRINT_MISMATCH",
+            AlertKind::KeyInUrl => "KEY_IN_URL",
+            AlertKind::KeyLeaked => "KEY_LEAKED",
+            AlertKind::ManyDevicesOrNetworks => "MANY_DEVICES_OR_NETWORKS",
+        }
+    }
+
+    /// How urgent it is.
+    pub fn severity(self) -> &'static str {
+        match self {
+            AlertKind::NewDevice | AlertKind::NewNetwork => "info",
+            AlertKind::UsageSpike | AlertKind::FailureBurst | AlertKind::ManyDevicesOrNetworks => {
+                "warning"
+            }
+            AlertKind::DpopReplay
+            | AlertKind::RefreshTokenReused
+            | AlertKind::FingerprintMismatch
+            | AlertKind::KeyInUrl
+            | AlertKind::KeyLeaked => "critical",
+        }
+    }
+}
+
+/// Thresholds for the rate-based detectors.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Exchanges per minute per key that count as a spike.
+    pub usage_spike_per_minute: u64,
+    /// Distinct devices or networks per key within an hour that count as "many".
+    pub many_per_hour: usize,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            usage_spike_per_minute: 1000,
+            many_per_hour: 20,
+        }
+    }
+}
+
+/// Distinct device ids and networks seen for one key.
+type Spread = (HashSet<String>, HashSet<String>);
+
+/// Raises alerts and runs the windowed detectors.
+pub struct Alerts {
+    store: Arc<dyn Store>,
+    thresholds: Thresholds,
+    /// Per key: (minute, count) for the spike detector.
+    per_minute: Cache<String, Arc<Mutex<(i64, u64)>>>,
+    /// Per key: distinct devices and networks seen in the last hour.
+    spread: Cache<String, Arc<Mutex<Spread>>>,
+    /// Kinds already raised for a subject within the quiet period (no alert storms).
+    quiet: Cache<(AlertKind, String), ()>,
+}
+
+impl Alerts {
+    /// Alerts stored in `store`.
+    pub fn new(store: Arc<dyn Store>, thresholds: Thresholds) -> Alerts {
+        Alerts {
+            store,
+            thresholds,
+            per_minute: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(120))
+                .build(),
+            spread: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            quiet: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// Raises an alert: logged now, stored by a background task.
+    pub fn raise(
+        &self,
+        kind: AlertKind,
+        key_id: Option<&str>,
+        device_id: Option<&str>,
+        ip: Option<IpAddr>,
+        details: Value,
+    ) {
+        let alert = AlertRecord {
+            id: format!("al_{}", uuid::Uuid::now_v7().simple()),
+            at: crate::state::now(),
+            kind: kind.as_str().into(),
+            severity: kind.severity().into(),
+            key_id: key_id.map(str::to_owned),
+            device_id: device_id.map(str::to_owned),
+            ip: ip.map(|i| i.to_string()),
+            details,
+        };
+        tracing::warn!(
+            target: "keybound::alert",
+            alert = %alert.kind,
+            severity = %alert.severity,
+            key_id = alert.key_id.as_deref().unwrap_or("-"),
+            device_id = alert.device_id.as_deref().unwrap_or("-"),
+            ip = alert.ip.as_deref().unwrap_or("-"),
+            "anomaly detected"
+        );
+        metrics::counter!("keybound_alerts_total", "kind" => kind.as_str()).increment(1);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.insert_alert(&alert).await {
+                tracing::error!(error = %e, kind = %alert.kind, "could not store alert");
+            }
+        });
+    }
+
+    /// Raises `kind` for `subject` at most once per minute.
+    pub fn raise_once(
+        &self,
+        kind: AlertKind,
+        subject: &str,
+        key_id: Option<&str>,
+        ip: Option<IpAddr>,
+        details: Value,
+    ) {
+        let k = (kind, subject.to_owned());
+        if self.quiet.contains_key(&k) {
+            return;
+        }
+        self.quiet.insert(k, ());
+        self.raise(kind, key_id, None, ip, details);
+    }
+
+    /// Feeds the windowed detectors with one successful exchange.
+    pub fn observe_exchange(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
+        let minute = now / 60;
+        let count = {
+            let slot = self
+                .per_minute
+                .get_with(key_id.to_owned(), || Arc::new(Mutex::new((minute, 0))));
+            let mut s = slot.lock().expect("no panics while held");
+            if s.0 != minute {
+                *s = (minute, 0);
+            }
+            s.1 += 1;
+            s.1
+        };
+        if count > self.thresholds.usage_spike_per_minute {
+            self.raise_once(
+                AlertKind::UsageSpike,
+                key_id,
+                Some(key_id),
+                None,
+                serde_json::json!({"exchanges_this_minute": count,
+                                   "threshold": self.thresholds.usage_spike_per_minute}),
+            );
+        }
+        let (devices, networks) = {
+            let slot = self.spread.get_with(key_id.to_owned(), Default::default);
+            let mut s = slot.lock().expect("no panics while held");
+            s.0.insert(device_id.to_owned());
+            s.1.insert(network.to_owned());
+            (s.0.len(), s.1.len())
+        };
+        if devices > self.thresholds.many_per_hour || networks > self.thresholds.many_per_hour {
+            self.raise_once(
+                AlertKind::ManyDevicesOrNetworks,
+                key_id,
+                Some(key_id),
+                None,
+                serde_json::json!({"devices_last_hour": devices, "networks_last_hour": networks,
+                                   "threshold": self.thresholds.many_per_hour}),
+            );
+        }
+    }
+}
+
+/// The network an IP belongs to, for "new network" signals: its /24 (IPv4) or /64 (IPv6).
+pub fn network_of(ip: IpAddr) -> String {
+    let net = match ip {
+        IpAddr::V4(_) => ipnet::IpNet::new(ip, 24),
+        IpAddr::V6(_) => ipnet::IpNet::new(ip, 64),
+    };
+    net.map(|n| n.trunc().to_string())
+        .unwrap_or_else(|_| ip.to_string())
+}

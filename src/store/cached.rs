@@ -1,0 +1,279 @@
+//! The validation cache: a [`Store`] decorator that keeps key and device records in memory.
+//!
+//! The token path reads a key record and a device record on every exchange; both change
+//! rarely. Reads are served from moka caches for at most [`TTL`] (the contract's bound for
+//! changes made by another process, such as the CLI). Changes made through this store evict
+//! the affected entries at once, and are announced on the [`Invalidations`] channel so other
+//! instances (through Redis) evict theirs too. Unknown key ids are cached as absent, so a flood
+//! of made-up ids does not reach the database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moka::future::Cache;
+use tokio::sync::broadcast;
+
+use super::*;
+
+/// How long a cached record may be served without re-reading storage.
+pub const TTL: Duration = Duration::from_secs(5);
+
+/// An eviction to apply on every instance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
+pub enum Invalidation {
+    /// A key record changed.
+    Key(String),
+    /// A device record changed (by key id and thumbprint).
+    Device(String, String),
+    /// Drop everything (e.g. after a lost connection to the broadcast channel).
+    All,
+}
+
+/// Fan-out of local changes, for a broadcaster (Redis pub/sub) to forward.
+pub type Invalidations = broadcast::Sender<Invalidation>;
+
+/// Caching decorator around any [`Store`].
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    keys: Cache<String, Option<Arc<KeyRecord>>>,
+    devices: Cache<(String, String), Option<Arc<DeviceRecord>>>,
+    changes: Invalidations,
+}
+
+impl CachedStore {
+    /// Wraps `inner` with caches of `capacity` entries each.
+    pub fn new(inner: Arc<dyn Store>, capacity: u64) -> CachedStore {
+        let (changes, _) = broadcast::channel(1024);
+        CachedStore {
+            inner,
+            keys: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(TTL)
+                .build(),
+            devices: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(TTL)
+                .build(),
+            changes,
+        }
+    }
+
+    /// Subscribes to local changes (to forward them to other instances).
+    pub fn changes(&self) -> broadcast::Receiver<Invalidation> {
+        self.changes.subscribe()
+    }
+
+    /// Applies an eviction that came from another instance (or from here).
+    pub async fn apply(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::Key(id) => self.keys.invalidate(id).await,
+            Invalidation::Device(key_id, jkt) => {
+                self.devices
+                    .invalidate(&(key_id.clone(), jkt.clone()))
+                    .await
+            }
+            Invalidation::All => {
+                self.keys.invalidate_all();
+                self.devices.invalidate_all();
+            }
+        }
+    }
+
+    async fn changed(&self, inv: Invalidation) {
+        self.apply(&inv).await;
+        let _ = self.changes.send(inv);
+    }
+
+    /// Cached key lookup (also used directly by the token path, with `Arc` to avoid copies).
+    pub async fn key(&self, key_id: &str) -> Result<Option<Arc<KeyRecord>>> {
+        let inner = &self.inner;
+        self.keys
+            .try_get_with_by_ref(key_id, async move {
+                inner.get_key(key_id).await.map(|k| k.map(Arc::new))
+            })
+            .await
+            .map_err(unshare)
+    }
+
+    /// Cached device lookup.
+    pub async fn device(&self, key_id: &str, jkt: &str) -> Result<Option<Arc<DeviceRecord>>> {
+        let inner = &self.inner;
+        self.devices
+            .try_get_with((key_id.to_owned(), jkt.to_owned()), async move {
+                inner
+                    .get_device_by_jkt(key_id, jkt)
+                    .await
+                    .map(|d| d.map(Arc::new))
+            })
+            .await
+            .map_err(unshare)
+    }
+
+    /// Entries in the key cache, for metrics.
+    pub fn key_entries(&self) -> u64 {
+        self.keys.entry_count()
+    }
+}
+
+/// moka shares one loader error between concurrent waiters; turn it back into ours.
+fn unshare(e: Arc<crate::Error>) -> crate::Error {
+    match Arc::try_unwrap(e) {
+        Ok(e) => e,
+        Err(shared) => match &*shared {
+            crate::Error::Unavailable(c) => crate::Error::unavailable(c.to_string()),
+            other => crate::Error::internal(other.to_string()),
+        },
+    }
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()> {
+        self.inner.create_key(key, audit).await?;
+        // Evict a negative entry someone may have cached for this id.
+        self.changed(Invalidation::Key(key.key_id.clone())).await;
+        Ok(())
+    }
+    async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>> {
+        Ok(self.key(key_id).await?.map(|k| (*k).clone()))
+    }
+    async fn list_keys(&self, after: Option<&str>, limit: i64) -> Result<Vec<KeyRecord>> {
+        self.inner.list_keys(after, limit).await
+    }
+    async fn update_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()> {
+        self.inner.update_key(key, audit).await?;
+        self.changed(Invalidation::Key(key.key_id.clone())).await;
+        Ok(())
+    }
+    async fn set_key_status(
+        &self,
+        key_id: &str,
+        status: KeyStatus,
+        reason: Option<&str>,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<KeyRecord>> {
+        let r = self
+            .inner
+            .set_key_status(key_id, status, reason, at, audit)
+            .await?;
+        self.changed(Invalidation::Key(key_id.to_owned())).await;
+        Ok(r)
+    }
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        old_expires_at: i64,
+        new: &KeyRecord,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.inner
+            .rotate_key(old_id, old_expires_at, new, audit)
+            .await?;
+        self.changed(Invalidation::Key(old_id.to_owned())).await;
+        self.changed(Invalidation::Key(new.key_id.clone())).await;
+        Ok(())
+    }
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
+        // last_used_at is bookkeeping: cached records may show an older value for up to TTL.
+        self.inner.touch_keys(used).await
+    }
+    async fn purge_expired_keys(&self, before: i64) -> Result<u64> {
+        let n = self.inner.purge_expired_keys(before).await?;
+        if n > 0 {
+            self.changed(Invalidation::All).await;
+        }
+        Ok(n)
+    }
+    async fn get_device_by_jkt(&self, key_id: &str, jkt: &str) -> Result<Option<DeviceRecord>> {
+        Ok(self.device(key_id, jkt).await?.map(|d| (*d).clone()))
+    }
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>> {
+        self.inner.get_device(device_id).await
+    }
+    async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>> {
+        self.inner.list_devices(key_id).await
+    }
+    async fn enroll_device(&self, device: &DeviceRecord, max_devices: i64) -> Result<Enrollment> {
+        let r = self.inner.enroll_device(device, max_devices).await?;
+        self.devices
+            .invalidate(&(device.key_id.clone(), device.jkt.clone()))
+            .await;
+        Ok(r)
+    }
+    async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()> {
+        self.inner.update_device_usage(device).await?;
+        // Write-through: this instance keeps serving the record it just wrote.
+        self.devices
+            .insert(
+                (device.key_id.clone(), device.jkt.clone()),
+                Some(Arc::new(device.clone())),
+            )
+            .await;
+        Ok(())
+    }
+    async fn set_device_status(
+        &self,
+        device_id: &str,
+        change: DeviceChange,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<DeviceRecord>> {
+        let r = self
+            .inner
+            .set_device_status(device_id, change, at, audit)
+            .await?;
+        if let Some(d) = &r {
+            self.changed(Invalidation::Device(d.key_id.clone(), d.jkt.clone()))
+                .await;
+        }
+        Ok(r)
+    }
+    async fn insert_refresh(&self, token: &RefreshRecord) -> Result<()> {
+        self.inner.insert_refresh(token).await
+    }
+    async fn get_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>> {
+        self.inner.get_refresh(token_hash).await
+    }
+    async fn spend_refresh(&self, token_hash: &[u8], at: i64) -> Result<bool> {
+        self.inner.spend_refresh(token_hash, at).await
+    }
+    async fn rotate_refresh(&self, old_hash: &[u8], new: &RefreshRecord, at: i64) -> Result<bool> {
+        self.inner.rotate_refresh(old_hash, new, at).await
+    }
+    async fn revoke_refresh_family(&self, family_id: &str, at: i64) -> Result<u64> {
+        self.inner.revoke_refresh_family(family_id, at).await
+    }
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        self.inner.list_signing_keys().await
+    }
+    async fn insert_signing_key(&self, key: &SigningKeyRecord, at: i64) -> Result<()> {
+        self.inner.insert_signing_key(key, at).await
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow> {
+        self.inner.append_audit(entry).await
+    }
+    async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        self.inner.list_audit(after, limit).await
+    }
+    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
+        self.inner.insert_alert(alert).await
+    }
+    async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
+        self.inner.list_alerts(filter).await
+    }
+    async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
+        self.inner.append_revocation(kind, id, at).await
+    }
+    async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>> {
+        self.inner.list_revocations(after, limit).await
+    }
+}
