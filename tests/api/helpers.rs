@@ -206,6 +206,33 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 pub async fn spawn_app_with(db: &TestDb, admin_token: Option<&str>) -> TestApp {
     let mut args = ServeArgs::for_tests();
     args.admin_token = admin_token.map(SecretString::from);
+    start_with(db, args).await
+}
+
+/// Starts a server on `db` with [`ADMIN_TOKEN`] and the settings `configure` makes.
+pub async fn spawn_app_args(db: &TestDb, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let mut args = ServeArgs::for_tests();
+    args.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+    configure(&mut args);
+    start_with(db, args).await
+}
+
+/// The Redis for tests, from `KEYBOUND_TEST_REDIS_URL`; `None` (skip) when unset, except
+/// under `CI=true`, where a missing Redis fails the run.
+pub fn redis_test_url() -> Option<String> {
+    match std::env::var("KEYBOUND_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but KEYBOUND_TEST_REDIS_URL is not set")
+        }
+        _ => {
+            eprintln!("skipped: set KEYBOUND_TEST_REDIS_URL to run the Redis tests");
+            None
+        }
+    }
+}
+
+async fn start_with(db: &TestDb, args: ServeArgs) -> TestApp {
     let store = db.store().await;
     let running = keybound::server::start(args, store.clone())
         .await
