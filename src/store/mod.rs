@@ -10,6 +10,7 @@ pub mod broadcast;
 pub mod cached;
 mod postgres;
 mod sqlite;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
