@@ -9,6 +9,8 @@
 pub mod broadcast;
 pub mod cached;
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
 mod writer;
 
