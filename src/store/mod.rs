@@ -12,6 +12,8 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 mod writer;
 
 use std::collections::BTreeMap;
