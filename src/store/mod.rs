@@ -14,6 +14,8 @@ mod sql;
 mod sqlite;
 #[doc(hidden)]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::collections::BTreeMap;
