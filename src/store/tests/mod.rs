@@ -25,12 +25,19 @@ use tokens::*;
 
 // ---- harness ----
 
+/// How many PostgreSQL tests run at once. Each store's pool may open 10 connections and some
+/// tests open two stores; on a many-core CI runner, unbounded parallel tests would exceed the
+/// server's default `max_connections` (100). Tokio's semaphore works across the tests' runtimes.
+static POSTGRES_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// One test's database: its URL and an open store on it.
 struct TestDb {
     url: String,
     store: Arc<dyn Store>,
     /// Holds the SQLite file's directory until the test ends.
     _dir: Option<tempfile::TempDir>,
+    /// Holds a PostgreSQL test's slot until the test ends.
+    _slot: Option<tokio::sync::SemaphorePermit<'static>>,
 }
 
 impl TestDb {
@@ -42,6 +49,7 @@ impl TestDb {
             url,
             store,
             _dir: Some(dir),
+            _slot: None,
         }
     }
 
@@ -50,12 +58,14 @@ impl TestDb {
             println!("skipped: KEYBOUND_TEST_POSTGRES_URL not set");
             return None;
         };
+        let slot = POSTGRES_SLOTS.acquire().await.unwrap();
         let url = fresh_postgres_url(&base).await;
         let store = open(&url).await.unwrap();
         Some(TestDb {
             url,
             store,
             _dir: None,
+            _slot: Some(slot),
         })
     }
 
