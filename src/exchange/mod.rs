@@ -45,6 +45,8 @@ pub struct Presented<'a> {
     pub origin: Option<&'a str>,
     /// The client IP (after trusted-proxy resolution).
     pub ip: IpAddr,
+    /// Set to the key id once the request is known to come from a valid key (for usage).
+    pub key_seen: &'a std::sync::OnceLock<String>,
 }
 
 /// The successful answer of both endpoints (contract 3.1).
@@ -86,6 +88,7 @@ pub async fn exchange(
     let now = crate::state::now();
     body.validate()?;
     let key = authenticate_key(state, p.api_key, now).await?;
+    let _ = p.key_seen.set(key.key_id.clone());
     check_allow_lists(&key, p.ip, p.origin)?;
     state
         .key_limits
