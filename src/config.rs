@@ -184,7 +184,18 @@ impl ServeArgs {
 
     /// Defaults for tests and embedding: loopback on an OS-chosen port, dev profile.
     pub fn for_tests() -> ServeArgs {
-        let cli = Cli::parse_from(["keybound", "serve", "--listen", "127.0.0.1:0"]);
+        // A random master key, so tests never write a key file into the working directory.
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+        let mk = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k);
+        let cli = Cli::parse_from([
+            "keybound",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--master-key",
+            &mk,
+        ]);
         match cli.command {
             Command::Serve(args) => *args,
             _ => unreachable!(),

@@ -1,34 +1,45 @@
 //! keybound: exchanges long-lived API keys for short-lived, device-bound (DPoP) EdDSA tokens.
 //!
 //! A request's path through the code, by folder: [`http`] (routes, extractors, the error
-//! envelope) → [`keys`] (parse and check the API key) → [`dpop`] (verify the device's proof) →
-//! [`replay`] (refuse a proof seen before) → [`devices`] (enroll, score trust) → [`tokens`]
-//! (sign the access token, rotate refresh tokens) → [`store`] (SQLite or PostgreSQL), with
-//! every operator action in the [`audit`] log.
+//! envelope) → [`exchange`] (the token use cases) → [`keys`] (parse and check the API key) →
+//! [`dpop`] (verify the device's proof) → [`replay`] (refuse a proof seen before) →
+//! [`devices`] (score trust) → [`tokens`] (sign the access token, rotate refresh tokens) →
+//! [`store`] (SQLite or PostgreSQL, behind a validation cache), with every operator action in
+//! the [`audit`] log and every anomaly in [`alerts`].
 
-/// The tamper-evident, hash-chained audit log.
-pub mod audit;
-/// One error type mapped to the contract's envelope, statuses and codes.
-pub mod error;
-/// API key format and lifecycle.
-pub mod keys;
-/// Storage trait with SQLite and PostgreSQL implementations.
-pub mod store;
-
-pub use error::{Error, Result};
 /// Anomaly detection and alerts.
 pub mod alerts;
+/// The tamper-evident, hash-chained audit log.
+pub mod audit;
 /// Command-line subcommands.
 pub mod cli;
 /// Command line and configuration.
 pub mod config;
+/// Device trust scoring (contract section 6).
+pub mod devices;
+/// RFC 9449 DPoP proof verification and server nonces.
+pub mod dpop;
+/// One error type mapped to the contract's envelope, statuses and codes.
+pub mod error;
+/// The token exchange and refresh use cases.
+pub mod exchange;
 /// HTTP routes, extractors and error mapping.
 pub mod http;
+/// API key format and lifecycle.
+pub mod keys;
 /// Rate limits and failure budgets.
 pub mod limits;
+/// The replay store for DPoP proof ids (in-process or Redis).
+pub mod replay;
 /// Starting and stopping the server.
 pub mod server;
 /// Shared application state.
 pub mod state;
+/// Storage trait with SQLite and PostgreSQL implementations.
+pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// Signing keys, access tokens, refresh tokens.
+pub mod tokens;
+
+pub use error::{Error, Result};

@@ -31,6 +31,7 @@ impl Running {
 
 /// Builds the state and starts serving on `args.listen` in a background task.
 pub async fn start(mut args: ServeArgs, store: Arc<dyn Store>) -> Result<Running> {
+    crate::telemetry::metrics();
     args.validate().map_err(Error::InvalidRequest)?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -40,7 +41,7 @@ pub async fn start(mut args: ServeArgs, store: Arc<dyn Store>) -> Result<Running
         // The default issuer names the real port, so `htu` checks match what clients call.
         args.issuer = Some(format!("http://{addr}"));
     }
-    let state = AppState::new(&args, store);
+    let state = AppState::build(&args, store).await?;
     let app = http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

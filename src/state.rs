@@ -1,13 +1,21 @@
 //! The application state shared by every handler: one struct of `Arc`s, built once at start.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::alerts::{Alerts, Thresholds};
 use crate::config::{Profile, ServeArgs};
-use crate::store::Store;
+use crate::dpop::{NonceIssuer, VerifyOptions};
+use crate::error::{Error, Result};
+use crate::limits::{FailureBudget, KeyLimits};
+use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
+use crate::store::cached::CachedStore;
+use crate::store::{DeviceRecord, Store};
+use crate::tokens::keyring::{self, KeyRing};
 
 /// Settings derived from the command line, immutable while serving.
 #[derive(Debug, Clone)]
@@ -54,22 +62,134 @@ impl Settings {
 pub struct AppState {
     /// Immutable settings.
     pub settings: Arc<Settings>,
-    /// Storage.
+    /// Storage, through the validation cache (the same object as `cache`).
     pub store: Arc<dyn Store>,
+    /// The validation cache, for `Arc` reads on the token path.
+    pub cache: Arc<CachedStore>,
     /// SHA-256 of the admin token; `None` turns the admin API off (404).
     pub admin_token_hash: Option<[u8; 32]>,
+    /// Signing keys.
+    pub keyring: Arc<KeyRing>,
+    /// Seen DPoP proofs.
+    pub replay: Arc<dyn ReplayStore>,
+    /// Server nonces (RFC 9449 section 8).
+    pub nonces: Arc<NonceIssuer>,
+    /// DPoP proof checks.
+    pub dpop_options: Arc<VerifyOptions>,
+    /// Per-key request rates.
+    pub key_limits: Arc<KeyLimits>,
+    /// Per-IP failure budgets.
+    pub failures: Arc<FailureBudget>,
+    /// Anomaly alerts.
+    pub alerts: Arc<Alerts>,
+    /// `last_used_at` updates waiting for the next batch.
+    touched: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl AppState {
-    /// Builds the state from arguments and an opened store.
-    pub fn new(args: &ServeArgs, store: Arc<dyn Store>) -> AppState {
-        AppState {
-            settings: Arc::new(Settings::from_args(args)),
+    /// Builds the state from arguments and an opened store: loads (or creates) the signing
+    /// key, connects the replay store, and starts the background bookkeeping tasks.
+    pub async fn build(args: &ServeArgs, store: Arc<dyn Store>) -> Result<AppState> {
+        let settings = Arc::new(Settings::from_args(args));
+        let cache = Arc::new(CachedStore::new(store, args.cache_capacity));
+        let store: Arc<dyn Store> = cache.clone();
+        let master = keyring::master_key(
+            args.master_key.as_ref(),
+            &args.master_key_file,
+            args.profile == Profile::Prod,
+        )?;
+        let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
+        let replay: Arc<dyn ReplayStore> = match &args.redis_url {
+            Some(url) => Arc::new(
+                RedisReplayStore::connect(url)
+                    .await
+                    .map_err(Error::unavailable)?,
+            ),
+            None => Arc::new(MemoryReplayStore::new()),
+        };
+        // Derived from the master key, so a nonce issued by one instance is valid on all.
+        let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
+        let state = AppState {
+            dpop_options: Arc::new(VerifyOptions {
+                iat_leeway_secs: settings.dpop_iat_window_secs,
+                ..VerifyOptions::default()
+            }),
+            key_limits: Arc::new(KeyLimits::new(args.cache_capacity)),
+            failures: Arc::new(FailureBudget::new(
+                settings.ip_failure_budget,
+                args.cache_capacity,
+            )),
+            alerts: Arc::new(Alerts::new(store.clone(), Thresholds::default())),
+            nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
+            settings,
             store,
+            cache,
             admin_token_hash: args.admin_token.as_ref().map(hash_token),
+            keyring,
+            replay,
+            touched: Arc::default(),
+        };
+        state.spawn_background();
+        Ok(state)
+    }
+
+    /// Notes that a key was used; written in batches by a background task.
+    pub fn touch_key(&self, key_id: &str, at: i64) {
+        let mut t = self.touched.lock().expect("not poisoned");
+        t.insert(key_id.to_owned(), at);
+    }
+
+    /// Saves a device's history without holding up the response (used on refusals, where
+    /// nothing is issued; successful exchanges write it before answering).
+    pub fn record_device(&self, device: DeviceRecord) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.update_device_usage(&device).await {
+                tracing::warn!(error = %e, "could not record device usage");
+            }
+        });
+    }
+
+    fn spawn_background(&self) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut last_purge = 0;
+            loop {
+                tick.tick().await;
+                state.flush_touched().await;
+                if let Err(e) = state.keyring.reload(&*state.store).await {
+                    tracing::warn!(error = %e, "could not reload signing keys");
+                }
+                let t = now();
+                if t - last_purge >= 3600 {
+                    last_purge = t;
+                    match state.store.purge_expired_keys(t - PURGE_AFTER_EXPIRY).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(keys = n, "purged expired keys"),
+                        Err(e) => tracing::warn!(error = %e, "could not purge expired keys"),
+                    }
+                }
+            }
+        });
+    }
+
+    /// Writes the pending `last_used_at` batch.
+    pub async fn flush_touched(&self) {
+        let batch: Vec<(String, i64)> = {
+            let mut t = self.touched.lock().expect("not poisoned");
+            t.drain().collect()
+        };
+        if !batch.is_empty()
+            && let Err(e) = self.store.touch_keys(&batch).await
+        {
+            tracing::warn!(error = %e, "could not record key usage");
         }
     }
 }
+
+/// Expired keys are kept this long (for the audit trail and support questions), then purged.
+pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
 
 fn hash_token(t: &SecretString) -> [u8; 32] {
     Sha256::digest(t.expose_secret().as_bytes()).into()

@@ -6,6 +6,7 @@
 //! timezone handling can differ between them. Lists (scopes, CIDRs, origins, attributes) are
 //! stored as JSON text.
 
+pub mod broadcast;
 pub mod cached;
 mod postgres;
 mod sqlite;

@@ -1,0 +1,201 @@
+//! Discovery and verification support (contract 3.3): JWKS, RFC 8414 metadata, the signed
+//! revocation feed, leak reports, and the guard against API keys in URLs.
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{ClientIp, Json};
+use crate::alerts::AlertKind;
+use crate::error::{Error, Result};
+use crate::keys::{ApiKey, format::find_keys};
+use crate::state::AppState;
+use crate::store::KeyStatus;
+
+/// How long verifiers may cache the JWKS. Short, so a rotation propagates quickly; verifiers
+/// also refetch on an unknown `kid`.
+const JWKS_MAX_AGE: u32 = 300;
+/// Most feed entries per page.
+const FEED_PAGE: i64 = 1000;
+
+/// Discovery routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/v1/revocations", get(revocations))
+        .route("/v1/leaks", post(leaks))
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let mut res = axum::Json(state.keyring.jwks()).into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&format!("public, max-age={JWKS_MAX_AGE}")).expect("ascii"),
+    );
+    res
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    let iss = &state.settings.issuer;
+    let mut res = axum::Json(json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}/v1/token"),
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "revocation_feed_endpoint": format!("{iss}/v1/revocations"),
+        "grant_types_supported": ["urn:keybound:params:oauth:grant-type:api-key", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["api_key"],
+        "dpop_signing_alg_values_supported": ["EdDSA", "Ed25519", "ES256"],
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+    }))
+    .into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    res
+}
+
+#[derive(Deserialize)]
+struct FeedQuery {
+    since: Option<String>,
+}
+
+/// The revocation feed: a JWS over the entries after the cursor. The cursor is the feed
+/// position as a decimal string; clients must treat it as opaque.
+async fn revocations(
+    State(state): State<AppState>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Response> {
+    let after = match q.since.as_deref() {
+        None | Some("") => 0,
+        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            Error::InvalidRequest("since: not a cursor returned by this feed".into())
+        })?,
+    };
+    let entries = state.store.list_revocations(after, FEED_PAGE).await?;
+    let next = entries.last().map_or(after, |e| e.seq);
+    let claims = json!({
+        "iss": state.settings.issuer,
+        "iat": crate::state::now(),
+        "revocations": entries,
+        "next": next.to_string(),
+        "more": entries.len() as i64 == FEED_PAGE,
+    });
+    let jws = state
+        .keyring
+        .active()
+        .sign_jws(crate::tokens::signing::TYP_REVOCATIONS, &claims);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/jwt"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        jws,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct LeakReport {
+    key: String,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// A scanner reports a leaked key: a valid one is suspended at once. The answer is the same
+/// whether or not the key was valid, so the endpoint cannot be used to test keys.
+async fn leaks(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(report): Json<LeakReport>,
+) -> Result<Response> {
+    let source: String = report
+        .source
+        .unwrap_or_default()
+        .chars()
+        .take(512)
+        .collect();
+    if let Ok(key) = ApiKey::parse(report.key.trim())
+        && let Some(record) = state.cache.key(key.id().as_str()).await?
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            &key.secret_hash()[..],
+            &record.secret_hash[..],
+        ))
+    {
+        let now = crate::state::now();
+        if record.status == KeyStatus::Active {
+            let actor = crate::keys::service::Actor {
+                name: "leak-report".into(),
+                ip: Some(ip.to_string()),
+            };
+            crate::keys::service::set_status(
+                &*state.store,
+                &record.key_id,
+                KeyStatus::Suspended,
+                Some("leak reported"),
+                &actor,
+                now,
+            )
+            .await?;
+        }
+        state.alerts.raise(
+            AlertKind::KeyLeaked,
+            Some(&record.key_id),
+            None,
+            Some(ip),
+            json!({"source": source}),
+        );
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": "received"})),
+    )
+        .into_response())
+}
+
+/// Middleware: a request whose query string holds an API key is refused before routing, and
+/// the key is flagged with a `KEY_IN_URL` alert (URLs end up in proxy and server logs).
+pub async fn reject_keys_in_url(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(query) = req.uri().query() {
+        let decoded = percent_decode(query);
+        let found = find_keys(&decoded);
+        if !found.is_empty() {
+            let ip = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| {
+                    super::extract::client_ip(
+                        c.0.ip(),
+                        req.headers(),
+                        &state.settings.trusted_proxies,
+                    )
+                });
+            for (_, id) in found {
+                state.alerts.raise(
+                    AlertKind::KeyInUrl,
+                    Some(id.as_str()),
+                    None,
+                    ip,
+                    json!({"path": req.uri().path()}),
+                );
+            }
+            return Error::ApiKeyInUrl.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Percent-decodes a query, so a key that was URL-encoded is still seen.
+fn percent_decode(q: &str) -> Vec<u8> {
+    percent_encoding::percent_decode_str(q).collect()
+}
