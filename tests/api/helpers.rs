@@ -53,6 +53,9 @@ pub struct TestDb {
     pub dir: TempDir,
     /// The server URL and database name to drop afterwards.
     pg: Option<(String, String)>,
+    /// The master key sealing this database's signing keys: every server started on the
+    /// database must use the same one, as in production.
+    master_key: String,
 }
 
 impl TestDb {
@@ -65,6 +68,7 @@ impl TestDb {
             backend: Backend::Sqlite,
             dir,
             pg: None,
+            master_key: random_master_key(),
         }
     }
 
@@ -93,6 +97,7 @@ impl TestDb {
             backend: Backend::Postgres,
             dir: tempfile::tempdir().expect("temp dir"),
             pg: Some((base, name)),
+            master_key: random_master_key(),
         })
     }
 
@@ -153,6 +158,14 @@ impl Drop for TestDb {
     }
 }
 
+fn random_master_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut k = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut k);
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
 async fn pg_connect(url: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
     sqlx::PgConnection::connect(url)
@@ -206,6 +219,7 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 pub async fn spawn_app_with(db: &TestDb, admin_token: Option<&str>) -> TestApp {
     let mut args = ServeArgs::for_tests();
     args.admin_token = admin_token.map(SecretString::from);
+    args.master_key = Some(SecretString::from(db.master_key.clone()));
     let store = db.store().await;
     let running = keybound::server::start(args, store.clone())
         .await
