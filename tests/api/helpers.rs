@@ -56,7 +56,15 @@ pub struct TestDb {
     /// The master key sealing this database's signing keys: every server started on the
     /// database must use the same one, as in production.
     master_key: String,
+    /// A PostgreSQL test's slot, held until the test ends.
+    _slot: Option<tokio::sync::SemaphorePermit<'static>>,
 }
+
+/// How many PostgreSQL tests run at once. A test may hold a server's pool (up to 10
+/// connections), a second store and CLI processes; unbounded parallel tests on a many-core CI
+/// runner would exceed PostgreSQL's default `max_connections` (100). A tokio semaphore works
+/// across the tests' separate runtimes.
+static POSTGRES_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 impl TestDb {
     /// A new SQLite database file in a temporary directory (created by the first open).
@@ -69,6 +77,7 @@ impl TestDb {
             dir,
             pg: None,
             master_key: random_master_key(),
+            _slot: None,
         }
     }
 
@@ -86,6 +95,10 @@ impl TestDb {
                 return None;
             }
         };
+        let slot = POSTGRES_SLOTS
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         let name = format!("keybound_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = pg_connect(&base).await;
         sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
@@ -98,6 +111,7 @@ impl TestDb {
             dir: tempfile::tempdir().expect("temp dir"),
             pg: Some((base, name)),
             master_key: random_master_key(),
+            _slot: Some(slot),
         })
     }
 
