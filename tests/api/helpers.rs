@@ -115,6 +115,11 @@ impl TestDb {
         })
     }
 
+    /// The master key the servers of this database use (base64).
+    pub fn master_key(&self) -> &str {
+        &self.master_key
+    }
+
     /// Opens the store the way every subcommand does (creating and migrating).
     pub async fn store(&self) -> Arc<dyn Store> {
         keybound::store::open(&self.url)

@@ -14,3 +14,4 @@ mod health;
 mod persistence;
 mod scan;
 mod secrets;
+mod signing_keys;
