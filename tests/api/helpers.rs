@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use keybound::config::ServeArgs;
 use keybound::server::Running;
-use keybound::store::Store;
+use keybound::store::{Store, testing};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -51,8 +51,6 @@ pub struct TestDb {
     pub backend: Backend,
     /// Holds the SQLite file (and is a scratch directory for any test).
     pub dir: TempDir,
-    /// The server URL and database name to drop afterwards.
-    pg: Option<(String, String)>,
     /// The master key sealing this database's signing keys: every server started on the
     /// database must use the same one, as in production.
     master_key: String,
@@ -75,7 +73,6 @@ impl TestDb {
             url,
             backend: Backend::Sqlite,
             dir,
-            pg: None,
             master_key: random_master_key(),
             _slot: None,
         }
@@ -85,31 +82,18 @@ impl TestDb {
     /// `KEYBOUND_TEST_POSTGRES_URL`. `None` (the test is skipped) when that is unset, except
     /// under `CI=true`, where a missing PostgreSQL must fail the run rather than hide it.
     pub async fn postgres() -> Option<TestDb> {
-        let base = match std::env::var("KEYBOUND_TEST_POSTGRES_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true but KEYBOUND_TEST_POSTGRES_URL is not set")
-            }
-            _ => {
-                eprintln!("skipped: set KEYBOUND_TEST_POSTGRES_URL to run the PostgreSQL tests");
-                return None;
-            }
+        let Some(base) = testing::postgres_test_url() else {
+            eprintln!("skipped: set KEYBOUND_TEST_POSTGRES_URL to run the PostgreSQL tests");
+            return None;
         };
         let slot = POSTGRES_SLOTS
             .acquire()
             .await
             .expect("semaphore never closed");
-        let name = format!("keybound_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = pg_connect(&base).await;
-        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
         Some(TestDb {
-            url: with_database(&base, &name),
+            url: testing::fresh_postgres_url(&base).await,
             backend: Backend::Postgres,
             dir: tempfile::tempdir().expect("temp dir"),
-            pg: Some((base, name)),
             master_key: random_master_key(),
             _slot: Some(slot),
         })
@@ -154,16 +138,17 @@ impl TestDb {
 
     /// Drops the PostgreSQL database now, terminating every connection to it.
     pub async fn drop_postgres_database(&self) {
-        let (base, name) = self.pg.as_ref().expect("a PostgreSQL test database");
-        drop_database(base, name).await;
+        assert_eq!(self.backend, Backend::Postgres);
+        testing::drop_postgres_database(&self.url).await;
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((base, name)) = self.pg.take() else {
+        if self.backend != Backend::Postgres {
             return;
-        };
+        }
+        let url = self.url.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on; a short-lived
         // runtime on its own thread can.
         let _ = std::thread::spawn(move || {
@@ -171,7 +156,7 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(drop_database(&base, &name));
+                .block_on(testing::drop_postgres_database(&url));
         })
         .join();
     }
@@ -192,32 +177,6 @@ async fn pg_connect(url: &str) -> sqlx::PgConnection {
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at KEYBOUND_TEST_POSTGRES_URL: {e}"))
 }
 
-async fn drop_database(base: &str, name: &str) {
-    let mut admin = pg_connect(base).await;
-    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-        .execute(&mut admin)
-        .await
-        .expect("drop test database");
-}
-
-/// `url` with its database (the path) replaced by `name`, keeping any query string.
-fn with_database(url: &str, name: &str) -> String {
-    let (main, query) = match url.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = main.find("://").map_or(0, |i| i + 3);
-    let path_start = main[authority_start..]
-        .find('/')
-        .map_or(main.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &main[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 // ---- the server ----
 
 /// A server running in-process on its own database.
@@ -236,9 +195,43 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 
 /// Starts a server on `db`; `admin_token: None` leaves the admin API off.
 pub async fn spawn_app_with(db: &TestDb, admin_token: Option<&str>) -> TestApp {
-    let mut args = ServeArgs::for_tests();
+    let mut args = test_args(db);
     args.admin_token = admin_token.map(SecretString::from);
+    start_with(db, args).await
+}
+
+/// Starts a server on `db` with [`ADMIN_TOKEN`] and the settings `configure` makes.
+pub async fn spawn_app_args(db: &TestDb, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let mut args = test_args(db);
+    args.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+    configure(&mut args);
+    start_with(db, args).await
+}
+
+/// The Redis for tests, from `KEYBOUND_TEST_REDIS_URL`; `None` (skip) when unset, except
+/// under `CI=true`, where a missing Redis fails the run.
+pub fn redis_test_url() -> Option<String> {
+    match std::env::var("KEYBOUND_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but KEYBOUND_TEST_REDIS_URL is not set")
+        }
+        _ => {
+            eprintln!("skipped: set KEYBOUND_TEST_REDIS_URL to run the Redis tests");
+            None
+        }
+    }
+}
+
+/// Test defaults, with the database's own master key: every server started on a database
+/// uses the same one, as in production, so a restarted server can unseal its signing key.
+fn test_args(db: &TestDb) -> ServeArgs {
+    let mut args = ServeArgs::for_tests();
     args.master_key = Some(SecretString::from(db.master_key.clone()));
+    args
+}
+
+async fn start_with(db: &TestDb, args: ServeArgs) -> TestApp {
     let store = db.store().await;
     let running = keybound::server::start(args, store.clone())
         .await
@@ -420,20 +413,5 @@ pub async fn run_binary(cwd: &std::path::Path, args: &[&str], stdin: Option<&[u8
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-#[test]
-fn database_names_replace_the_path_only() {
-    let cases = [
-        ("postgres://u@h:5432/test", "postgres://u@h:5432/x"),
-        ("postgres://u@h:5432", "postgres://u@h:5432/x"),
-        (
-            "postgres://u@h/test?sslmode=disable",
-            "postgres://u@h/x?sslmode=disable",
-        ),
-    ];
-    for (base, want) in cases {
-        assert_eq!(with_database(base, "x"), want, "{base}");
     }
 }

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin_auth;
+mod alerts;
 mod api_keys;
 mod audit;
 mod cli_keys;
@@ -12,6 +13,8 @@ mod devices;
 mod envelope;
 mod health;
 mod persistence;
+mod proofs;
 mod scan;
 mod secrets;
 mod signing_keys;
+mod token;
