@@ -11,7 +11,7 @@ use crate::alerts::{Alerts, Thresholds};
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
-use crate::limits::{FailureBudget, KeyLimits};
+use crate::limits::{Backend, FailureBudget, IpFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
@@ -79,7 +79,9 @@ pub struct AppState {
     /// Per-key request rates.
     pub key_limits: Arc<KeyLimits>,
     /// Per-IP failure budgets.
-    pub failures: Arc<FailureBudget>,
+    pub failures: Arc<IpFailures>,
+    /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
+    pub key_failures: Arc<FailureBudget<String>>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
     /// `last_used_at` updates waiting for the next batch.
@@ -99,13 +101,21 @@ impl AppState {
             args.profile == Profile::Prod,
         )?;
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
-        let replay: Arc<dyn ReplayStore> = match &args.redis_url {
-            Some(url) => Arc::new(
-                RedisReplayStore::connect(url)
+        let (replay, limits): (Arc<dyn ReplayStore>, Backend) = match &args.redis_url {
+            Some(url) => {
+                crate::store::broadcast::spawn(cache.clone(), url)
                     .await
-                    .map_err(Error::unavailable)?,
-            ),
-            None => Arc::new(MemoryReplayStore::new()),
+                    .map_err(Error::unavailable)?;
+                (
+                    Arc::new(
+                        RedisReplayStore::connect(url)
+                            .await
+                            .map_err(Error::unavailable)?,
+                    ),
+                    Backend::Redis(RedisGcra::connect(url).await.map_err(Error::unavailable)?),
+                )
+            }
+            None => (Arc::new(MemoryReplayStore::new()), Backend::Local),
         };
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
@@ -114,9 +124,17 @@ impl AppState {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
                 ..VerifyOptions::default()
             }),
-            key_limits: Arc::new(KeyLimits::new(args.cache_capacity)),
+            key_limits: Arc::new(KeyLimits::new(limits.clone(), args.cache_capacity)),
             failures: Arc::new(FailureBudget::new(
+                limits.clone(),
+                "keybound:fail:ip",
                 settings.ip_failure_budget,
+                args.cache_capacity,
+            )),
+            key_failures: Arc::new(FailureBudget::new(
+                limits,
+                "keybound:fail:key",
+                KEY_FAILURE_BUDGET,
                 args.cache_capacity,
             )),
             alerts: Arc::new(Alerts::new(store.clone(), Thresholds::default())),
@@ -187,6 +205,11 @@ impl AppState {
         }
     }
 }
+
+/// Wrong secrets per minute for one key id, from all IPs together, before a failure-burst
+/// alert. Only failures are refused once it is spent: refusing the right secret too would let
+/// anyone who knows a key id (it is every token's `sub`) lock its owner out.
+pub const KEY_FAILURE_BUDGET: u32 = 10;
 
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;

@@ -89,11 +89,8 @@ pub async fn exchange(
     check_allow_lists(&key, p.ip, p.origin)?;
     state
         .key_limits
-        .check(
-            &key.key_id,
-            key.rate_limit_per_minute.clamp(1, u32::MAX as i64) as u32,
-        )
-        .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })?;
+        .check(&key.key_id, key.rate_limit_per_minute)
+        .await?;
     let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
 
     let requested = match &body.scope {
@@ -162,6 +159,10 @@ pub async fn refresh(
         return Err(Error::InvalidApiKey);
     }
     check_allow_lists(&key, p.ip, p.origin)?;
+    state
+        .key_limits
+        .check(&key.key_id, key.rate_limit_per_minute)
+        .await?;
     let device = state
         .cache
         .device(&old.key_id, &old.jkt)
@@ -226,7 +227,21 @@ async fn authenticate_key(
             state.touch_key(&r.key_id, now);
             Ok(r)
         }
-        _ => Err(Error::InvalidApiKey),
+        _ => {
+            // Failures for one id from anywhere (a botnet spreads over IPs) spend its budget.
+            let id = key.id().to_string();
+            if state.key_failures.record_failure(&id).await? {
+                state.alerts.raise_once(
+                    AlertKind::FailureBurst,
+                    &id,
+                    Some(&id),
+                    None,
+                    json!({"scope": "key_id", "budget_per_minute": crate::state::KEY_FAILURE_BUDGET}),
+                );
+            }
+            state.key_failures.check(&id).await?;
+            Err(Error::InvalidApiKey)
+        }
     }
 }
 

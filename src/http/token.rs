@@ -9,7 +9,7 @@ use axum::routing::post;
 
 use super::extract::{ClientIp, Json};
 use crate::alerts::AlertKind;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exchange::{self, Presented, RefreshRequest, TokenRequest};
 use crate::state::AppState;
 
@@ -78,17 +78,14 @@ async fn guarded(
     ip: std::net::IpAddr,
     work: impl Future<Output = Result<exchange::TokenResponse>>,
 ) -> Result<Response> {
-    state
-        .failures
-        .check(ip)
-        .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })?;
+    state.failures.check(&ip).await?;
     let started = std::time::Instant::now();
     let result = work.await;
     metrics::histogram!("keybound_exchange_seconds").record(started.elapsed().as_secs_f64());
     let mut res = match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
-            if e.is_auth_failure() && state.failures.record_failure(ip) {
+            if e.is_auth_failure() && state.failures.record_failure(&ip).await? {
                 state.alerts.raise_once(
                     AlertKind::FailureBurst,
                     &ip.to_string(),

@@ -337,8 +337,12 @@ macro_rules! sql_store {
                 conn: &mut Conn,
                 device_id: &str,
             ) -> Result<Option<DeviceRecord>> {
+                // Approval re-baselines the fingerprint: an operator vouching for a device
+                // (say, after a reinstall changed its install_id) makes the attributes it
+                // presents next the new reference, and forgives earlier mismatches.
                 Ok(sqlx::query_as(
-                    "UPDATE devices SET approved = TRUE WHERE device_id = $1 RETURNING *",
+                    "UPDATE devices SET approved = TRUE, attributes = '{}', mismatch_count = 0 \
+                     WHERE device_id = $1 RETURNING *",
                 )
                 .bind(device_id)
                 .fetch_optional(conn)

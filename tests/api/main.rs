@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod abuse;
 mod admin_auth;
 mod alerts;
 mod api_keys;
