@@ -143,7 +143,11 @@ impl Store for CachedStore {
         Ok(())
     }
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>> {
-        Ok(self.key(key_id).await?.map(|k| (*k).clone()))
+        // Reads through the trait come from the admin API's read-modify-write operations
+        // (show, patch, status changes, rotation). They must see what the CLI or another
+        // instance wrote a moment ago, not a record up to TTL old: a patch built on a stale
+        // record would write it back. The token path reads through `key()`.
+        self.inner.get_key(key_id).await
     }
     async fn list_keys(&self, after: Option<&str>, limit: i64) -> Result<Vec<KeyRecord>> {
         self.inner.list_keys(after, limit).await
