@@ -221,8 +221,8 @@ impl AppState {
 }
 
 /// Wrong secrets per minute for one key id, from all IPs together, before a failure-burst
-/// alert. Only failures are refused once it is spent: refusing the right secret too would let
-/// anyone who knows a key id (it is every token's `sub`) lock its owner out.
+/// alert. Only wrong secrets are refused once it is spent: refusing the right secret too would
+/// let anyone who knows a key id (it is every token's `sub`) lock its owner out.
 pub const KEY_FAILURE_BUDGET: u32 = 10;
 
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.

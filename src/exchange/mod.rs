@@ -230,8 +230,12 @@ async fn authenticate_key(
             state.touch_key(&r.key_id, now);
             Ok(r)
         }
+        // The right secret of a suspended, revoked or expired key: not a guess.
+        Some(_) if matches => Err(Error::InvalidApiKey),
         _ => {
-            // Failures for one id from anywhere (a botnet spreads over IPs) spend its budget.
+            // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
+            // budget. Unknown ids and wrong secrets take this same path, so they stay
+            // indistinguishable.
             let id = key.id().to_string();
             if state.key_failures.record_failure(&id).await? {
                 state.alerts.raise_once(
