@@ -50,7 +50,7 @@ pub struct Presented<'a> {
 }
 
 /// The successful answer of both endpoints (contract 3.1).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     /// The signed access token.
     pub access_token: String,
@@ -71,7 +71,7 @@ pub struct TokenResponse {
 }
 
 /// Score and level, as returned to the client.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TrustSummary {
     /// 0..1.
     pub score: f64,

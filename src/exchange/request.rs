@@ -14,7 +14,7 @@ pub const MAX_ATTRIBUTE_NAME: usize = 64;
 pub const MAX_ATTRIBUTE_VALUE: usize = 256;
 
 /// `POST /v1/token` body; every field optional, an empty body is `{}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct TokenRequest {
     /// Space-separated scopes; default all of the key's.
     pub scope: Option<String>,
@@ -25,7 +25,7 @@ pub struct TokenRequest {
 }
 
 /// The device part of a token request.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {
     /// Display name.
     pub name: Option<String>,
@@ -35,7 +35,7 @@ pub struct DeviceInfo {
 }
 
 /// `POST /v1/token/refresh` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {
     /// The refresh token to spend.
     pub refresh_token: String,

@@ -14,12 +14,15 @@ use std::net::IpAddr;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use axum::{Router, middleware};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use utoipa::{IntoParams, ToSchema};
+
 use super::extract::{AdminAuth, ClientIp, Json, Query};
+use super::openapi::{AdminErrors, BodyErrors, ErrorBody};
 use crate::error::{Error, Result};
 use crate::keys::KeyId;
 use crate::keys::service::{self, Actor, KeyPatch, NewKey};
@@ -38,20 +41,14 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/keys", post(create_key).get(list_keys))
         .route("/keys/{key_id}", get(show_key).patch(update_key))
-        .route("/keys/{key_id}/revoke", status_route(KeyStatus::Revoked))
-        .route("/keys/{key_id}/suspend", status_route(KeyStatus::Suspended))
-        .route("/keys/{key_id}/resume", status_route(KeyStatus::Active))
+        .route("/keys/{key_id}/revoke", post(revoke_key))
+        .route("/keys/{key_id}/suspend", post(suspend_key))
+        .route("/keys/{key_id}/resume", post(resume_key))
         .route("/keys/{key_id}/rotate", post(rotate_key))
         .route("/keys/{key_id}/devices", get(list_devices))
         .route("/keys/{key_id}/usage", get(key_usage))
-        .route(
-            "/devices/{device_id}/revoke",
-            device_route(DeviceChange::Revoke),
-        )
-        .route(
-            "/devices/{device_id}/approve",
-            device_route(DeviceChange::Approve),
-        )
+        .route("/devices/{device_id}/revoke", post(revoke_device))
+        .route("/devices/{device_id}/approve", post(approve_device))
         .route("/audit", get(list_audit))
         .route("/alerts", get(list_alerts))
         // A wrong method is a 405 only for callers holding the token: without it the admin
@@ -59,6 +56,117 @@ pub fn router() -> Router<AppState> {
         .method_not_allowed_fallback(|_: AdminAuth| async { Error::MethodNotAllowed })
         .layer(middleware::map_response(no_store))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create_key,
+    list_keys,
+    show_key,
+    update_key,
+    revoke_key,
+    suspend_key,
+    resume_key,
+    rotate_key,
+    list_devices,
+    key_usage,
+    revoke_device,
+    approve_device,
+    list_audit,
+    list_alerts
+))]
+pub(super) struct Doc;
+
+/// Shapes of the answers built with `json!`, for the OpenAPI document only.
+#[allow(dead_code)]
+mod schemas {
+    use std::collections::BTreeMap;
+
+    use utoipa::ToSchema;
+
+    use crate::store::{AlertRecord, AuditRow, DeviceRecord, KeyRecord, KeyStatus, UsageBucket};
+
+    /// A created or rotated key: its record and the plaintext, shown this once.
+    #[derive(ToSchema)]
+    pub struct CreatedKey {
+        #[schema(inline)]
+        #[serde(flatten)]
+        pub record: KeyRecord,
+        /// The plaintext key. It is never shown again.
+        pub key: String,
+    }
+
+    /// A rotated key: the new key, and when the old one stops working.
+    #[derive(ToSchema)]
+    pub struct RotatedKey {
+        #[schema(inline)]
+        #[serde(flatten)]
+        pub record: KeyRecord,
+        /// The new plaintext key. It is never shown again.
+        pub key: String,
+        /// When the old key stops working (the end of the grace period).
+        pub old_key_expires_at: Option<i64>,
+    }
+
+    /// A page of keys, ordered by id.
+    #[derive(ToSchema)]
+    pub struct KeysPage {
+        pub keys: Vec<KeyRecord>,
+        /// Pass as `after` for the next page; `null` on the last page.
+        pub next: Option<String>,
+    }
+
+    /// A key's devices, oldest first.
+    #[derive(ToSchema)]
+    pub struct DeviceList {
+        pub devices: Vec<DeviceRecord>,
+    }
+
+    /// A page of the audit log, oldest first.
+    #[derive(ToSchema)]
+    pub struct AuditPage {
+        pub entries: Vec<AuditRow>,
+        /// Pass as `after` for the next page; `null` on the last page.
+        pub next: Option<i64>,
+    }
+
+    /// Alerts, newest first.
+    #[derive(ToSchema)]
+    pub struct AlertList {
+        pub alerts: Vec<AlertRecord>,
+    }
+
+    /// Device counts of a key.
+    #[derive(ToSchema)]
+    pub struct DeviceCounts {
+        pub total: u64,
+        pub active: u64,
+        pub revoked: u64,
+        pub trusted: u64,
+        /// The key's `max_devices`.
+        pub max: i64,
+    }
+
+    /// How much a key is used.
+    #[derive(ToSchema)]
+    pub struct KeyUsage {
+        pub key_id: String,
+        pub status: KeyStatus,
+        pub last_used_at: Option<i64>,
+        pub rate_limit_per_minute: i64,
+        pub devices: DeviceCounts,
+        /// Successful exchanges by all its devices.
+        pub exchanges: i64,
+        pub last_device_seen_at: Option<i64>,
+        /// Alerts of the last 24 hours by kind.
+        pub alerts_last_24h: BTreeMap<String, u64>,
+        pub bucket_seconds: i64,
+        pub since: i64,
+        pub buckets: Vec<UsageBucket>,
+    }
+}
+
+use schemas::*;
 
 async fn no_store(mut res: Response) -> Response {
     res.headers_mut()
@@ -92,6 +200,14 @@ fn paginate<T, C>(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> C) -> (V
 
 // ---- keys ----
 
+/// Creates a key; the answer carries its plaintext, the only time it is shown.
+#[utoipa::path(post, path = "/admin/v1/keys", tag = "admin", security(("admin_token" = [])),
+    request_body(content = NewKey, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created.", body = CreatedKey),
+        BodyErrors,
+        AdminErrors,
+    ))]
 async fn create_key(
     _: AdminAuth,
     State(st): State<AppState>,
@@ -102,17 +218,29 @@ async fn create_key(
     Ok((StatusCode::CREATED, axum::Json(created.reveal())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct KeysPage {
+#[into_params(parameter_in = Query)]
+struct KeysQuery {
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<i64>,
+    /// The `next` of the previous page.
     after: Option<String>,
 }
 
+/// Lists keys by id, a page at a time. Never a secret or a hash.
+#[utoipa::path(get, path = "/admin/v1/keys", tag = "admin", security(("admin_token" = [])),
+    params(KeysQuery),
+    responses(
+        (status = 200, description = "A page of keys.", body = KeysPage),
+        (status = 400, description = "`INVALID_REQUEST`: bad `limit` or `after`; `API_KEY_IN_URL`.",
+         body = ErrorBody),
+        AdminErrors,
+    ))]
 async fn list_keys(
     _: AdminAuth,
     State(st): State<AppState>,
-    Query(q): Query<KeysPage>,
+    Query(q): Query<KeysQuery>,
 ) -> Result<JsonResponse> {
     let limit = page_limit(q.limit)?;
     if let Some(after) = &q.after
@@ -127,6 +255,13 @@ async fn list_keys(
     Ok(axum::Json(json!({ "keys": keys, "next": next })))
 }
 
+/// One key. Never a secret or a hash.
+#[utoipa::path(get, path = "/admin/v1/keys/{key_id}", tag = "admin", security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
+    responses(
+        (status = 200, description = "The key.", body = KeyRecord),
+        AdminErrors,
+    ))]
 async fn show_key(
     _: AdminAuth,
     State(st): State<AppState>,
@@ -135,6 +270,16 @@ async fn show_key(
     Ok(axum::Json(service::get(&*st.store, &key_id).await?))
 }
 
+/// Updates a key's metadata and limits; `null` clears `description`, `limited_scopes` and
+/// `expires_at`.
+#[utoipa::path(patch, path = "/admin/v1/keys/{key_id}", tag = "admin", security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
+    request_body(content = KeyPatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The updated key.", body = KeyRecord),
+        BodyErrors,
+        AdminErrors,
+    ))]
 async fn update_key(
     _: AdminAuth,
     State(st): State<AppState>,
@@ -148,41 +293,111 @@ async fn update_key(
 
 /// Body of `/revoke` (where `reason` is required), `/suspend` and `/resume` (where the body
 /// may be empty).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusBody {
+    /// Why (kept in the audit log). Required to revoke.
     #[serde(default)]
     reason: Option<String>,
 }
 
-/// The `POST` route that moves a key to `status`.
-fn status_route(status: KeyStatus) -> MethodRouter<AppState> {
-    post(
-        move |_: AdminAuth,
-              State(st): State<AppState>,
-              ClientIp(ip): ClientIp,
-              Path(key_id): Path<String>,
-              Json(body): Json<StatusBody>| async move {
-            if status == KeyStatus::Revoked && body.reason.is_none() {
-                return Err(Error::InvalidRequest(
-                    "reason is required to revoke a key".into(),
-                ));
-            }
-            let reason = body.reason.as_deref();
-            let r =
-                service::set_status(&*st.store, &key_id, status, reason, &actor(ip), now()).await?;
-            Ok::<_, Error>(axum::Json(r))
-        },
-    )
+/// Revokes a key for good; in force on every instance within 1 s.
+#[utoipa::path(post, path = "/admin/v1/keys/{key_id}/revoke", tag = "admin",
+    security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
+    request_body(content = StatusBody, description = "`reason` is required.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The revoked key.", body = KeyRecord),
+        BodyErrors,
+        AdminErrors,
+    ))]
+async fn revoke_key(
+    _: AdminAuth,
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(key_id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> Result<axum::Json<KeyRecord>> {
+    if body.reason.is_none() {
+        return Err(Error::InvalidRequest(
+            "reason is required to revoke a key".into(),
+        ));
+    }
+    change_status(&st, ip, &key_id, KeyStatus::Revoked, body).await
 }
 
-#[derive(Deserialize)]
+/// Suspends a key until it is resumed; in force on every instance within 1 s.
+#[utoipa::path(post, path = "/admin/v1/keys/{key_id}/suspend", tag = "admin",
+    security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
+    request_body(content = Option<StatusBody>, description = "May be empty.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The suspended key.", body = KeyRecord),
+        BodyErrors,
+        AdminErrors,
+    ))]
+async fn suspend_key(
+    _: AdminAuth,
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(key_id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> Result<axum::Json<KeyRecord>> {
+    change_status(&st, ip, &key_id, KeyStatus::Suspended, body).await
+}
+
+/// Makes a suspended key usable again.
+#[utoipa::path(post, path = "/admin/v1/keys/{key_id}/resume", tag = "admin",
+    security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
+    request_body(content = Option<StatusBody>, description = "May be empty.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The resumed key.", body = KeyRecord),
+        BodyErrors,
+        AdminErrors,
+    ))]
+async fn resume_key(
+    _: AdminAuth,
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(key_id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> Result<axum::Json<KeyRecord>> {
+    change_status(&st, ip, &key_id, KeyStatus::Active, body).await
+}
+
+/// Moves a key to `status` on behalf of the admin API caller at `ip`.
+async fn change_status(
+    st: &AppState,
+    ip: IpAddr,
+    key_id: &str,
+    status: KeyStatus,
+    body: StatusBody,
+) -> Result<axum::Json<KeyRecord>> {
+    let reason = body.reason.as_deref();
+    let r = service::set_status(&*st.store, key_id, status, reason, &actor(ip), now()).await?;
+    Ok(axum::Json(r))
+}
+
+/// Body of `/rotate`; may be empty.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
+    /// Seconds the old key keeps working (default 86400).
     #[serde(default)]
     grace_seconds: Option<i64>,
 }
 
+/// Issues a new key (new id, same settings); the old one works until the grace period ends.
+#[utoipa::path(post, path = "/admin/v1/keys/{key_id}/rotate", tag = "admin",
+    security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
+    request_body(content = Option<RotateBody>, description = "May be empty.", content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new key, with its plaintext shown this once.", body = RotatedKey),
+        BodyErrors,
+        AdminErrors,
+    ))]
 async fn rotate_key(
     _: AdminAuth,
     State(st): State<AppState>,
@@ -202,6 +417,14 @@ async fn rotate_key(
 
 // ---- devices ----
 
+/// A key's devices, oldest first.
+#[utoipa::path(get, path = "/admin/v1/keys/{key_id}/devices", tag = "admin",
+    security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
+    responses(
+        (status = 200, description = "The devices.", body = DeviceList),
+        AdminErrors,
+    ))]
 async fn list_devices(
     _: AdminAuth,
     State(st): State<AppState>,
@@ -211,24 +434,56 @@ async fn list_devices(
     Ok(axum::Json(json!({ "devices": devices })))
 }
 
-/// The `POST` route that revokes or approves a device.
-fn device_route(change: DeviceChange) -> MethodRouter<AppState> {
-    post(
-        move |_: AdminAuth,
-              State(st): State<AppState>,
-              ClientIp(ip): ClientIp,
-              Path(device_id): Path<String>| async move {
-            let d = service::set_device_status(&*st.store, &device_id, change, &actor(ip), now())
-                .await?;
-            Ok::<_, Error>(axum::Json(d))
-        },
-    )
+/// Revokes a device; in force on every instance within 1 s.
+#[utoipa::path(post, path = "/admin/v1/devices/{device_id}/revoke", tag = "admin",
+    security(("admin_token" = [])),
+    params(("device_id" = String, Path, description = "`dev_…`")),
+    responses(
+        (status = 200, description = "The revoked device.", body = DeviceRecord),
+        AdminErrors,
+    ))]
+async fn revoke_device(
+    _: AdminAuth,
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(device_id): Path<String>,
+) -> Result<axum::Json<DeviceRecord>> {
+    change_device(&st, ip, &device_id, DeviceChange::Revoke).await
+}
+
+/// Approves a device: it becomes `trusted` (unless its stable attributes change).
+#[utoipa::path(post, path = "/admin/v1/devices/{device_id}/approve", tag = "admin",
+    security(("admin_token" = [])),
+    params(("device_id" = String, Path, description = "`dev_…`")),
+    responses(
+        (status = 200, description = "The approved device.", body = DeviceRecord),
+        AdminErrors,
+    ))]
+async fn approve_device(
+    _: AdminAuth,
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(device_id): Path<String>,
+) -> Result<axum::Json<DeviceRecord>> {
+    change_device(&st, ip, &device_id, DeviceChange::Approve).await
+}
+
+/// Applies `change` to a device on behalf of the admin API caller at `ip`.
+async fn change_device(
+    st: &AppState,
+    ip: IpAddr,
+    device_id: &str,
+    change: DeviceChange,
+) -> Result<axum::Json<DeviceRecord>> {
+    let d = service::set_device_status(&*st.store, device_id, change, &actor(ip), now()).await?;
+    Ok(axum::Json(d))
 }
 
 // ---- usage ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct UsageQuery {
     /// `minute` (default) or `hour`.
     bucket: Option<String>,
@@ -238,6 +493,15 @@ struct UsageQuery {
 
 /// How much a key is used: token requests per minute or hour (from the usage events, written
 /// in batches, so up to a second behind), its devices and their exchanges, recent alerts.
+#[utoipa::path(get, path = "/admin/v1/keys/{key_id}/usage", tag = "admin",
+    security(("admin_token" = [])),
+    params(("key_id" = String, Path, description = "`ak_<env>_<id>`"), UsageQuery),
+    responses(
+        (status = 200, description = "The key's usage.", body = KeyUsage),
+        (status = 400, description = "`INVALID_REQUEST`: bad `bucket` or `since`; `API_KEY_IN_URL`.",
+         body = ErrorBody),
+        AdminErrors,
+    ))]
 async fn key_usage(
     _: AdminAuth,
     State(st): State<AppState>,
@@ -298,19 +562,30 @@ async fn key_usage(
 
 // ---- audit log and alerts ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct AuditPage {
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// Rows after this `seq` (the `next` of the previous page).
     after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<i64>,
 }
 
 /// Audit rows with `seq > after`, oldest first, each with its `prev_hash` and `hash` so a
 /// client can check the chain itself (see [`crate::audit`]).
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "admin", security(("admin_token" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of the audit log.", body = AuditPage),
+        (status = 400, description = "`INVALID_REQUEST`: bad `after` or `limit`; `API_KEY_IN_URL`.",
+         body = ErrorBody),
+        AdminErrors,
+    ))]
 async fn list_audit(
     _: AdminAuth,
     State(st): State<AppState>,
-    Query(q): Query<AuditPage>,
+    Query(q): Query<AuditQuery>,
 ) -> Result<JsonResponse> {
     let limit = page_limit(q.limit)?;
     let rows = st.store.list_audit(q.after.unwrap_or(0), limit + 1).await?;
@@ -318,16 +593,28 @@ async fn list_audit(
     Ok(axum::Json(json!({ "entries": rows, "next": next })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AlertsQuery {
+    /// Only this kind, e.g. `NEW_DEVICE`.
     kind: Option<String>,
+    /// Only this key.
     key_id: Option<String>,
+    /// Only alerts at or after this time (unix seconds).
     since: Option<i64>,
+    /// At most this many, 1 to 1000 (default 100).
     limit: Option<i64>,
 }
 
 /// Alerts, newest first, filtered by kind, key and time.
+#[utoipa::path(get, path = "/admin/v1/alerts", tag = "admin", security(("admin_token" = [])),
+    params(AlertsQuery),
+    responses(
+        (status = 200, description = "The alerts.", body = AlertList),
+        (status = 400, description = "`INVALID_REQUEST`: bad query; `API_KEY_IN_URL`.", body = ErrorBody),
+        AdminErrors,
+    ))]
 async fn list_alerts(
     _: AdminAuth,
     State(st): State<AppState>,

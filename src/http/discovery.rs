@@ -10,12 +10,17 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use utoipa::{IntoParams, ToSchema};
+
 use super::extract::{ClientIp, Json};
+use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
 use crate::keys::{ApiKey, format::find_keys};
 use crate::state::AppState;
 use crate::store::KeyStatus;
+use crate::store::RevocationRecord;
+use crate::tokens::Jwks;
 
 /// How long verifiers may cache the JWKS. Short, so a rotation propagates quickly; verifiers
 /// also refetch on an unknown `kid`.
@@ -32,6 +37,18 @@ pub fn router() -> Router<AppState> {
         .route("/v1/leaks", post(leaks))
 }
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(jwks, metadata, revocations, leaks),
+    components(schemas(RevocationRecord))
+)]
+pub(super) struct Doc;
+
+/// The public keys that verify access tokens: the active signing key and every retired key
+/// whose tokens may not have expired yet.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "discovery", responses(
+    (status = 200, description = "RFC 7517 JWK Set of Ed25519 OKP keys; cacheable.", body = Jwks)))]
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut res = axum::Json(state.keyring.jwks()).into_response();
     res.headers_mut().insert(
@@ -41,18 +58,39 @@ async fn jwks(State(state): State<AppState>) -> Response {
     res
 }
 
+/// RFC 8414 authorization server metadata.
+#[derive(serde::Serialize, ToSchema)]
+struct Metadata {
+    issuer: String,
+    token_endpoint: String,
+    jwks_uri: String,
+    /// The signed revocation feed (`GET /v1/revocations`).
+    revocation_feed_endpoint: String,
+    grant_types_supported: Vec<&'static str>,
+    token_endpoint_auth_methods_supported: Vec<&'static str>,
+    dpop_signing_alg_values_supported: Vec<&'static str>,
+    token_endpoint_auth_signing_alg_values_supported: Vec<&'static str>,
+}
+
+/// RFC 8414 metadata: where the token endpoint and the keys are, and which DPoP algorithms
+/// are accepted.
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "discovery",
+    responses((status = 200, description = "RFC 8414 metadata; cacheable.", body = Metadata)))]
 async fn metadata(State(state): State<AppState>) -> Response {
     let iss = &state.settings.issuer;
-    let mut res = axum::Json(json!({
-        "issuer": iss,
-        "token_endpoint": format!("{iss}/v1/token"),
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
-        "revocation_feed_endpoint": format!("{iss}/v1/revocations"),
-        "grant_types_supported": ["urn:keybound:params:oauth:grant-type:api-key", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["api_key"],
-        "dpop_signing_alg_values_supported": ["EdDSA", "Ed25519", "ES256"],
-        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
-    }))
+    let mut res = axum::Json(Metadata {
+        issuer: iss.clone(),
+        token_endpoint: format!("{iss}/v1/token"),
+        jwks_uri: format!("{iss}/.well-known/jwks.json"),
+        revocation_feed_endpoint: format!("{iss}/v1/revocations"),
+        grant_types_supported: vec![
+            "urn:keybound:params:oauth:grant-type:api-key",
+            "refresh_token",
+        ],
+        token_endpoint_auth_methods_supported: vec!["api_key"],
+        dpop_signing_alg_values_supported: vec!["EdDSA", "Ed25519", "ES256"],
+        token_endpoint_auth_signing_alg_values_supported: vec!["EdDSA"],
+    })
     .into_response();
     res.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -61,13 +99,23 @@ async fn metadata(State(state): State<AppState>) -> Response {
     res
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FeedQuery {
+    /// The `next` cursor of the previous answer; absent: from the beginning.
     since: Option<String>,
 }
 
 /// The revocation feed: a JWS over the entries after the cursor. The cursor is the feed
 /// position as a decimal string; clients must treat it as opaque.
+#[utoipa::path(get, path = "/v1/revocations", tag = "discovery", params(FeedQuery), responses(
+    (status = 200, description = "A JWS (`typ: revocations+jwt`, signed like access tokens) whose \
+claims are `iss`, `iat`, `revocations` (an array of `RevocationRecord`, oldest first), `next` (the \
+cursor for `since`) and `more`.", body = String, content_type = "application/jwt"),
+    (status = 400, description = "`INVALID_REQUEST`: `since` is not a cursor of this feed; \
+`API_KEY_IN_URL`.", body = ErrorBody),
+    (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),
+))]
 async fn revocations(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
@@ -101,15 +149,35 @@ async fn revocations(
         .into_response())
 }
 
-#[derive(Deserialize)]
+/// A leaked key, reported by a secret scanner.
+#[derive(Deserialize, ToSchema)]
 struct LeakReport {
+    /// The plaintext key as found.
     key: String,
+    /// Where it was found (URL or note).
     #[serde(default)]
     source: Option<String>,
 }
 
+/// The answer to every leak report, valid key or not.
+#[derive(serde::Serialize, ToSchema)]
+struct LeakReceived {
+    /// Always `received`.
+    status: &'static str,
+}
+
 /// A scanner reports a leaked key: a valid one is suspended at once. The answer is the same
 /// whether or not the key was valid, so the endpoint cannot be used to test keys.
+#[utoipa::path(post, path = "/v1/leaks", tag = "discovery",
+    request_body(content = LeakReport, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Received. The same answer whether or not the key was valid; \
+a valid key is suspended at once and a `KEY_LEAKED` alert raised.", body = LeakReceived),
+        (status = 400, description = "`INVALID_REQUEST`, `API_KEY_IN_URL`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
+        (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),
+    ))]
 async fn leaks(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -154,7 +222,7 @@ async fn leaks(
     }
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(json!({"status": "received"})),
+        axum::Json(LeakReceived { status: "received" }),
     )
         .into_response())
 }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod discovery;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod token;
 
 use axum::Router;
@@ -23,6 +24,7 @@ pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(health::router())
+        .merge(openapi::router())
         .merge(token::router())
         .merge(discovery::router())
         .nest("/admin/v1", admin::router())

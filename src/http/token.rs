@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::extract::{ClientIp, Json};
+use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::Result;
 use crate::exchange::{self, Presented, RefreshRequest, TokenRequest};
@@ -20,6 +21,11 @@ pub fn router() -> Router<AppState> {
         .route(exchange::TOKEN_PATH, post(token))
         .route(exchange::REFRESH_PATH, post(refresh))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(token, refresh))]
+pub(super) struct Doc;
 
 fn presented<'a>(
     headers: &'a HeaderMap,
@@ -51,6 +57,27 @@ fn presented<'a>(
     }
 }
 
+/// Exchanges an API key and a DPoP proof for a device-bound access token and a refresh token
+/// (contract 3.1). The first exchange by a new device key enrolls the device.
+#[utoipa::path(post, path = "/v1/token", tag = "token",
+    request_body(content = Option<TokenRequest>, description = "Every field is optional; an empty body is `{}`.",
+                 content_type = "application/json"),
+    security(("api_key" = [], "dpop" = []), ("api_key_bearer" = [], "dpop" = [])),
+    responses(
+        (status = 200, description = "Issued (`Cache-Control: no-store`).", body = exchange::TokenResponse),
+        (status = 400, description = "`INVALID_REQUEST` (body limits), `USE_DPOP_NONCE` (the `DPoP-Nonce` \
+header carries a fresh nonce), `INVALID_AUDIENCE`, `API_KEY_IN_URL`.", body = ErrorBody),
+        (status = 401, description = "`MISSING_API_KEY`, `INVALID_API_KEY`, `INVALID_DPOP_PROOF`, \
+`DPOP_REPLAY`.", body = ErrorBody),
+        (status = 403, description = "`IP_NOT_ALLOWED`, `ORIGIN_NOT_ALLOWED`, `INSUFFICIENT_SCOPE`, \
+`DEVICE_LIMIT_REACHED`, `DEVICE_REVOKED`, `DEVICE_UNTRUSTED`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: body over 16 KiB.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not JSON.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: the key's rate or the client IP's failure budget \
+is spent; `Retry-After` is set.", body = ErrorBody),
+        (status = 503, description = "`UNAVAILABLE`: storage or Redis unreachable; nothing was issued.",
+         body = ErrorBody),
+    ))]
 async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -65,6 +92,24 @@ async fn token(
     guarded(&state, ip, exchange::TOKEN_PATH, &headers, &seen, work).await
 }
 
+/// Rotates a refresh token: the old one is spent, a new pair is issued (contract 3.2). The
+/// proof must come from the device key the refresh token was issued to.
+#[utoipa::path(post, path = "/v1/token/refresh", tag = "token",
+    request_body(content = RefreshRequest, content_type = "application/json"),
+    security(("dpop" = [])),
+    responses(
+        (status = 200, description = "Rotated (`Cache-Control: no-store`).", body = exchange::TokenResponse),
+        (status = 400, description = "`INVALID_REQUEST`, `USE_DPOP_NONCE`, `API_KEY_IN_URL`.", body = ErrorBody),
+        (status = 401, description = "`INVALID_DPOP_PROOF`, `DPOP_REPLAY`, `INVALID_REFRESH_TOKEN`, \
+`REFRESH_TOKEN_REUSED` (the whole family is now revoked), `INVALID_API_KEY` (the key was revoked, \
+suspended or expired).", body = ErrorBody),
+        (status = 403, description = "`IP_NOT_ALLOWED`, `ORIGIN_NOT_ALLOWED`, `DEVICE_REVOKED`, \
+`DEVICE_UNTRUSTED`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`; `Retry-After` is set.", body = ErrorBody),
+        (status = 503, description = "`UNAVAILABLE`: nothing was issued.", body = ErrorBody),
+    ))]
 async fn refresh(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

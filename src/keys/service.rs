@@ -69,7 +69,7 @@ impl Actor {
 }
 
 /// Settings of a new key (admin API body, CLI flags). Unknown fields are refused.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     /// Human name.
@@ -106,7 +106,7 @@ pub struct NewKey {
 }
 
 /// A metadata update (admin `PATCH`): every field optional; `null` clears optional ones.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
     /// New name.

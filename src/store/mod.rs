@@ -44,7 +44,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 }
 
 /// Lifecycle status of an API key. Expiry is not a status: it is `expires_at` in the past.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
     /// Usable.
@@ -78,7 +78,7 @@ impl KeyStatus {
 
 /// An API key's stored record. Holds the secret's hash, never the secret; the hash is
 /// `#[serde(skip)]` so no response or audit row can carry it by accident.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct KeyRecord {
     /// `ak_<env>_<id>`.
     pub key_id: String,
@@ -131,7 +131,7 @@ impl KeyRecord {
 }
 
 /// Lifecycle status of a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {
     /// Enrolled and usable.
@@ -160,7 +160,7 @@ impl DeviceStatus {
 }
 
 /// A device: one DPoP public key (by its RFC 7638 thumbprint) enrolled under one API key.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeviceRecord {
     /// Device id (`dev_…`), shown to operators and put in the `did` claim.
     pub device_id: String,
@@ -250,7 +250,7 @@ pub struct SigningKeyRecord {
 }
 
 /// One audit event, before it is chained.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// When it happened.
     pub at: i64,
@@ -267,7 +267,7 @@ pub struct AuditEntry {
 }
 
 /// A stored audit row: the entry, its position and its place in the hash chain.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     /// Position in the log, from 1, without gaps.
     pub seq: i64,
@@ -276,9 +276,11 @@ pub struct AuditRow {
     pub entry: AuditEntry,
     /// Hash of the previous row (32 zero bytes for the first), hex in JSON.
     #[serde(serialize_with = "hex")]
+    #[schema(value_type = String)]
     pub prev_hash: Vec<u8>,
     /// SHA-256 over `prev_hash` and this row's canonical content, hex in JSON.
     #[serde(serialize_with = "hex")]
+    #[schema(value_type = String)]
     pub hash: Vec<u8>,
 }
 
@@ -287,7 +289,7 @@ fn hex<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S
 }
 
 /// An anomaly alert.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AlertRecord {
     /// Alert id.
     pub id: String,
@@ -321,7 +323,7 @@ pub struct AlertFilter {
 }
 
 /// One entry of the revocation feed (contract 3.3).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RevocationRecord {
     /// Position in the feed; the cursor.
     #[serde(skip)]
@@ -474,7 +476,7 @@ pub struct UsageEvent {
 }
 
 /// Usage of one key in one time bucket.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct UsageBucket {
     /// Start of the bucket, unix seconds.
     pub start: i64,

@@ -29,7 +29,7 @@ pub struct Cnf {
 
 /// The trust level written into a token. A denied device gets no token, so there is no
 /// `denied` here: holding a `GrantedTrust` proves the device was not denied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GrantedTrust {
     /// Full scopes and TTL.

@@ -234,7 +234,7 @@ fn signing_key_aad(kid: &str) -> Vec<u8> {
 }
 
 /// A public Ed25519 key as an RFC 8037 OKP JWK, with the members the contract publishes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicJwk {
     /// Always `OKP` (RFC 8037 section 2).
     pub kty: String,
@@ -271,7 +271,7 @@ impl PublicJwk {
 }
 
 /// A JWK Set (RFC 7517 section 5): `{"keys": [...]}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Jwks {
     /// The published keys: the active one and every retired key whose tokens may not have
     /// expired yet (contract section 3.3).

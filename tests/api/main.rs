@@ -15,6 +15,7 @@ mod devices;
 mod envelope;
 mod health;
 mod lifecycle;
+mod openapi;
 mod persistence;
 mod proofs;
 mod scan;
