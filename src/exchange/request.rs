@@ -16,9 +16,11 @@ pub const MAX_ATTRIBUTE_VALUE: usize = 256;
 /// `POST /v1/token` body; every field optional, an empty body is `{}`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct TokenRequest {
-    /// Space-separated scopes; default all of the key's.
+    /// Space-separated scopes (at most 64); default all of the key's.
+    #[schema(max_length = 4096)]
     pub scope: Option<String>,
     /// Audience; default the first allowed one.
+    #[schema(max_length = 1024)]
     pub audience: Option<String>,
     /// The device's name and fingerprint.
     pub device: Option<DeviceInfo>,
@@ -28,9 +30,12 @@ pub struct TokenRequest {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {
     /// Display name.
+    #[schema(max_length = 256)]
     pub name: Option<String>,
-    /// Flat string→string fingerprint.
+    /// Flat string→string fingerprint: at most 32 entries, names of 1 to 64 characters, values
+    /// of at most 256.
     #[serde(default)]
+    #[schema(schema_with = attributes_schema)]
     pub attributes: BTreeMap<String, String>,
 }
 
@@ -39,6 +44,23 @@ pub struct DeviceInfo {
 pub struct RefreshRequest {
     /// The refresh token to spend.
     pub refresh_token: String,
+}
+
+/// The contract's limits on `attributes`, as JSON Schema.
+fn attributes_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let string = |min: usize, max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(max))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(MAX_ATTRIBUTES))
+        .property_names(Some(string(1, MAX_ATTRIBUTE_NAME).build()))
+        .additional_properties(Some(string(0, MAX_ATTRIBUTE_VALUE)))
+        .build()
 }
 
 impl TokenRequest {

@@ -108,6 +108,15 @@ mod schemas {
         pub old_key_expires_at: Option<i64>,
     }
 
+    /// Body of `/revoke`: unlike `/suspend` and `/resume`, a reason is required.
+    #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct RevokeBody {
+        /// Why (kept in the audit log).
+        #[schema(value_type = crate::keys::service::fields::Text)]
+        pub reason: String,
+    }
+
     /// A page of keys, ordered by id.
     #[derive(ToSchema)]
     pub struct KeysPage {
@@ -134,6 +143,16 @@ mod schemas {
     #[derive(ToSchema)]
     pub struct AlertList {
         pub alerts: Vec<AlertRecord>,
+    }
+
+    /// The size of a usage bucket.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    pub enum BucketSize {
+        /// Per minute, for the last hour by default.
+        Minute,
+        /// Per hour, for the last day by default.
+        Hour,
     }
 
     /// Device counts of a key.
@@ -223,8 +242,10 @@ async fn create_key(
 #[into_params(parameter_in = Query)]
 struct KeysQuery {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// The `next` of the previous page.
+    #[param(pattern = "^ak_(prod|test|dev)_[0-9A-Za-z]{12}$")]
     after: Option<String>,
 }
 
@@ -274,7 +295,8 @@ async fn show_key(
 /// `expires_at`.
 #[utoipa::path(patch, path = "/admin/v1/keys/{key_id}", tag = "admin", security(("admin_token" = [])),
     params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
-    request_body(content = KeyPatch, content_type = "application/json"),
+    request_body(content = Option<KeyPatch>, description = "An empty body changes nothing.",
+                 content_type = "application/json"),
     responses(
         (status = 200, description = "The updated key.", body = KeyRecord),
         BodyErrors,
@@ -298,6 +320,7 @@ async fn update_key(
 struct StatusBody {
     /// Why (kept in the audit log). Required to revoke.
     #[serde(default)]
+    #[schema(value_type = Option<crate::keys::service::fields::Text>)]
     reason: Option<String>,
 }
 
@@ -305,7 +328,7 @@ struct StatusBody {
 #[utoipa::path(post, path = "/admin/v1/keys/{key_id}/revoke", tag = "admin",
     security(("admin_token" = [])),
     params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
-    request_body(content = StatusBody, description = "`reason` is required.", content_type = "application/json"),
+    request_body(content = RevokeBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The revoked key.", body = KeyRecord),
         BodyErrors,
@@ -384,7 +407,8 @@ async fn change_status(
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// Seconds the old key keeps working (default 86400).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "service::integer::opt")]
+    #[schema(minimum = 0, maximum = 31536000)]
     grace_seconds: Option<i64>,
 }
 
@@ -486,6 +510,7 @@ async fn change_device(
 #[into_params(parameter_in = Query)]
 struct UsageQuery {
     /// `minute` (default) or `hour`.
+    #[param(inline, value_type = Option<BucketSize>)]
     bucket: Option<String>,
     /// Unix seconds; default one hour (minute buckets) or one day (hour buckets) ago.
     since: Option<i64>,
@@ -569,6 +594,7 @@ struct AuditQuery {
     /// Rows after this `seq` (the `next` of the previous page).
     after: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -604,6 +630,7 @@ struct AlertsQuery {
     /// Only alerts at or after this time (unix seconds).
     since: Option<i64>,
     /// At most this many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -2,7 +2,7 @@
 //! revocation feed, leak reports, and the guard against API keys in URLs.
 
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use serde_json::json;
 
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ClientIp, Json};
+use super::extract::{ClientIp, Json, Query};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
@@ -103,6 +103,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
 #[into_params(parameter_in = Query)]
 struct FeedQuery {
     /// The `next` cursor of the previous answer; absent: from the beginning.
+    #[param(pattern = "^[0-9]{0,18}$")]
     since: Option<String>,
 }
 
@@ -111,7 +112,7 @@ struct FeedQuery {
 #[utoipa::path(get, path = "/v1/revocations", tag = "discovery", params(FeedQuery), responses(
     (status = 200, description = "A JWS (`typ: revocations+jwt`, signed like access tokens) whose \
 claims are `iss`, `iat`, `revocations` (an array of `RevocationRecord`, oldest first), `next` (the \
-cursor for `since`) and `more`.", body = String, content_type = "application/jwt"),
+cursor for `since`) and `more`.", content_type = "application/jwt"),
     (status = 400, description = "`INVALID_REQUEST`: `since` is not a cursor of this feed; \
 `API_KEY_IN_URL`.", body = ErrorBody),
     (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),

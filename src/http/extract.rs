@@ -37,6 +37,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
         if bytes != b"{}" && (!json_type || !has_type) {
             return Err(Error::UnsupportedMediaType);
         }
+        // Every body of the API is an object. serde would also read a struct from an array
+        // (`[]` as an empty struct), which is not what the client meant.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Error::InvalidRequest(
+                "invalid JSON body: expected a JSON object".into(),
+            ));
+        }
         serde_json::from_slice(bytes)
             .map(Json)
             .map_err(|e| Error::InvalidRequest(describe(&e)))

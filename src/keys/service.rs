@@ -73,32 +73,42 @@ impl Actor {
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     /// Human name.
+    #[schema(value_type = fields::Text)]
     pub name: String,
     /// Scopes the key may be granted.
+    #[schema(value_type = Vec<fields::Scope>, min_items = 1, max_items = 64)]
     pub scopes: Vec<String>,
     /// `prod` (default), `test` or `dev`.
     #[serde(default)]
+    #[schema(value_type = Option<fields::Env>)]
     pub env: Option<String>,
     /// Description.
     #[serde(default)]
+    #[schema(value_type = Option<fields::Text>)]
     pub description: Option<String>,
     /// Days until expiry (default 90; 0 never expires).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::opt")]
+    #[schema(minimum = 0, maximum = 36500)]
     pub expires_in_days: Option<i64>,
     /// Token requests per minute (default 600).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::opt")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<i64>,
     /// CIDR allow list.
     #[serde(default)]
+    #[schema(value_type = Vec<fields::Cidr>, max_items = 64)]
     pub allowed_ips: Vec<String>,
     /// Origin allow list.
     #[serde(default)]
+    #[schema(value_type = Vec<fields::Origin>, max_items = 64)]
     pub allowed_origins: Vec<String>,
     /// Most devices (default 5).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::opt")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub max_devices: Option<i64>,
     /// Scopes for limited devices (default: the `read:` scopes).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<fields::Scope>>, max_items = 64)]
     pub limited_scopes: Option<Vec<String>>,
     /// New devices start trusted.
     #[serde(default)]
@@ -110,28 +120,93 @@ pub struct NewKey {
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
     /// New name.
+    #[schema(value_type = Option<fields::Text>)]
     pub name: Option<String>,
     /// New description.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<fields::Text>)]
     pub description: Option<Option<String>>,
     /// New scopes.
+    #[schema(value_type = Option<Vec<fields::Scope>>, min_items = 1, max_items = 64)]
     pub scopes: Option<Vec<String>>,
     /// New limited scopes (`null`: back to the default).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<fields::Scope>>, max_items = 64)]
     pub limited_scopes: Option<Option<Vec<String>>>,
     /// New rate limit.
+    #[serde(default, deserialize_with = "integer::opt")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<i64>,
     /// New CIDR allow list.
+    #[schema(value_type = Option<Vec<fields::Cidr>>, max_items = 64)]
     pub allowed_ips: Option<Vec<String>>,
     /// New origin allow list.
+    #[schema(value_type = Option<Vec<fields::Origin>>, max_items = 64)]
     pub allowed_origins: Option<Vec<String>>,
     /// New device limit.
+    #[serde(default, deserialize_with = "integer::opt")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub max_devices: Option<i64>,
     /// New trust-on-enroll flag.
     pub trust_on_enroll: Option<bool>,
     /// New expiry (unix seconds; `null`: never).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "integer::present")]
     pub expires_at: Option<Option<i64>>,
+}
+
+/// JSON integers as JSON Schema counts them: `5.0` is the integer 5 (JSON Schema validation,
+/// section 6.1.1), so a client that writes every number with a fraction (as JavaScript's
+/// `JSON.stringify` never does, but other serializers may) is not refused. `5.5` still is.
+pub mod integer {
+    use serde::{Deserialize, Deserializer};
+
+    fn whole<E: serde::de::Error>(n: serde_json::Number) -> Result<i64, E> {
+        if let Some(i) = n.as_i64() {
+            return Ok(i);
+        }
+        match n.as_f64() {
+            // Strictly inside ±2^63: a number just outside the range rounds to ±2^63 as a
+            // float, and must not become i64::MIN. (i64::MIN itself parses as an integer above.)
+            Some(f) if f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64 => {
+                Ok(f as i64)
+            }
+            _ => Err(E::custom("expected an integer")),
+        }
+    }
+
+    /// An optional integer (absent or `null`: `None`).
+    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(whole)
+            .transpose()
+    }
+
+    /// A patch field: present (`Some`), even when `null` (`Some(None)`).
+    pub fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+        opt(d).map(Some)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn whole_floats_are_integers_and_fractions_are_not() {
+            #[derive(serde::Deserialize)]
+            struct T {
+                #[serde(default, deserialize_with = "super::opt")]
+                n: Option<i64>,
+            }
+            let n = |json: &str| serde_json::from_str::<T>(json).map(|t| t.n);
+            assert_eq!(n(r#"{"n": 5}"#).unwrap(), Some(5));
+            assert_eq!(n(r#"{"n": -288.0}"#).unwrap(), Some(-288));
+            assert_eq!(n(r#"{"n": null}"#).unwrap(), None);
+            assert_eq!(n("{}").unwrap(), None);
+            assert!(n(r#"{"n": 5.5}"#).is_err());
+            assert!(n(r#"{"n": "5"}"#).is_err());
+            assert!(n(r#"{"n": 1e300}"#).is_err());
+            assert!(n(r#"{"n": -9223372036854775809}"#).is_err());
+            assert_eq!(n(r#"{"n": -9223372036854775808}"#).unwrap(), Some(i64::MIN));
+        }
+    }
 }
 
 /// For `Option<Option<T>>` patch fields: a present field is `Some`, even when it is `null`.
@@ -169,7 +244,9 @@ fn bad(msg: impl Into<String>) -> Error {
 }
 
 fn text(field: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.len() > MAX_TEXT || s.chars().any(char::is_control) {
+    // Characters, not bytes: the limit is the one the OpenAPI document states (JSON Schema
+    // `maxLength` counts characters).
+    if s.is_empty() || s.chars().count() > MAX_TEXT || s.chars().any(char::is_control) {
         return Err(bad(format!(
             "{field} must be 1 to {MAX_TEXT} printable characters"
         )));
@@ -223,11 +300,7 @@ pub fn parse_origins(list: &[String]) -> Result<Vec<String>> {
         .enumerate()
         .map(|(i, o)| {
             let lower = o.trim_end_matches('/').to_ascii_lowercase();
-            let valid = (lower.starts_with("https://") || lower.starts_with("http://"))
-                && !lower
-                    .split_once("://")
-                    .is_some_and(|(_, h)| h.is_empty() || h.contains('/'))
-                && lower.len() <= MAX_TEXT;
+            let valid = o.len() <= MAX_TEXT && is_origin(&lower);
             if valid {
                 Ok(lower)
             } else {
@@ -237,6 +310,41 @@ pub fn parse_origins(list: &[String]) -> Result<Vec<String>> {
             }
         })
         .collect()
+}
+
+/// `http(s)://host[:port]` in lowercase: a host of letters, digits, `.` and `-`, or a
+/// bracketed IPv6 address, and a port of 1 to 5 digits. ASCII only (RFC 6454 section 6.1:
+/// hosts in their IDNA form; an IPv6 literal as in RFC 3986). The grammar of
+/// [`fields::Origin`].
+fn is_origin(lower: &str) -> bool {
+    let Some(rest) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host_ok, port) = match rest.strip_prefix('[') {
+        Some(literal) => match literal.split_once(']') {
+            Some((ip, port)) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), port),
+            None => (false, ""),
+        },
+        None => {
+            let end = rest.find(':').unwrap_or(rest.len());
+            let (host, port) = rest.split_at(end);
+            (
+                !host.is_empty()
+                    && host.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                    }),
+                port,
+            )
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 fn positive(field: &str, v: i64, max: i64) -> Result<i64> {
@@ -496,6 +604,55 @@ pub async fn set_device_status(
         .set_device_status(device_id, change, now, &audit)
         .await?
         .ok_or(Error::NotFound)
+}
+
+/// The rules above as JSON Schema, for the OpenAPI document: the request fields name these
+/// types with `#[schema(value_type = …)]`. Keep them in step with the checks they describe
+/// (the schemathesis run, `scripts/schemathesis.sh`, finds any drift).
+pub mod fields {
+    use utoipa::ToSchema;
+
+    /// 1 to 256 characters, none of them a control character (`text`).
+    #[derive(ToSchema)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub struct Text(pub String);
+
+    /// An RFC 6749 scope token: 1 to 128 printable ASCII characters, no space, `"` or `\`
+    /// (`validate_scopes`).
+    #[derive(ToSchema)]
+    #[schema(pattern = "^[\\x21\\x23-\\x5B\\x5D-\\x7E]{1,128}$")]
+    pub struct Scope(pub String);
+
+    /// An IPv4 or IPv6 address, or a network in CIDR notation (`parse_cidrs`).
+    #[derive(ToSchema)]
+    #[schema(
+        pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?|(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}|:((:[0-9a-fA-F]{1,4}){1,7}|:))(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$"
+    )]
+    pub struct Cidr(pub String);
+
+    /// A browser origin `http(s)://host[:port]`, ASCII, no path (`parse_origins`).
+    #[derive(ToSchema)]
+    #[schema(
+        max_length = 256,
+        pattern = "^[Hh][Tt][Tt][Pp]([Ss])?://([A-Za-z0-9.-]+|\\[(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}|:((:[0-9a-fA-F]{1,4}){1,7}|:))\\])(:[0-9]{1,5})?/*$"
+    )]
+    pub struct Origin(pub String);
+
+    /// A key's environment.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    pub enum Env {
+        /// Production.
+        Prod,
+        /// Testing.
+        Test,
+        /// Development.
+        Dev,
+    }
 }
 
 #[cfg(test)]
