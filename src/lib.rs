@@ -25,6 +25,9 @@ pub mod dpop;
 pub mod error;
 /// The token exchange and refresh use cases.
 pub mod exchange;
+/// The bodies of the fuzz targets (`fuzz/`) and of their property-test twins.
+#[doc(hidden)]
+pub mod fuzzing;
 /// HTTP routes, extractors and error mapping.
 pub mod http;
 /// API key format and lifecycle.

@@ -13,6 +13,7 @@ mod cli_keys;
 mod cluster;
 mod devices;
 mod envelope;
+mod fuzz;
 mod health;
 mod lifecycle;
 mod openapi;
