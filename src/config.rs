@@ -338,6 +338,20 @@ pub enum SigningKeysCommand {
     List(SigningKeyArgs),
     /// Make a new active signing key; the old one stays published until its tokens expire.
     Rotate(SigningKeyArgs),
+    /// Re-seal every signing key under a new master key (master key rotation; see
+    /// docs/deployment.md for the rolling procedure).
+    Reseal(ResealArgs),
+}
+
+/// `keybound signing-keys reseal` options.
+#[derive(Debug, Clone, Args)]
+pub struct ResealArgs {
+    /// The current master key, and output options.
+    #[command(flatten)]
+    pub current: SigningKeyArgs,
+    /// The new 32-byte master key (base64). Servers must be restarted with it afterwards.
+    #[arg(long, env = "KEYBOUND_NEW_MASTER_KEY", hide_env_values = true)]
+    pub new_master_key: SecretString,
 }
 
 /// Options for signing-key commands (they need the master key).

@@ -1,4 +1,4 @@
-//! `keybound signing-keys list|rotate`: the Ed25519 keys that sign access tokens.
+//! `keybound signing-keys list|rotate|reseal`: the Ed25519 keys that sign access tokens.
 //!
 //! Listing shows public facts only (kid, state, times); no command prints key material.
 //! Rotation makes a new active key; the previous one keeps being published in the JWKS until
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::output;
-use crate::config::{SigningKeyArgs, SigningKeysCommand};
+use crate::config::{ResealArgs, SigningKeyArgs, SigningKeysCommand};
 use crate::error::{Error, Result};
 use crate::state::now;
 use crate::store::{AuditEntry, SigningKeyRecord, Store};
@@ -22,6 +22,7 @@ pub async fn run(store: &dyn Store, cmd: SigningKeysCommand) -> Result<ExitCode>
     match cmd {
         SigningKeysCommand::List(args) => list(store, args.out.json).await?,
         SigningKeysCommand::Rotate(args) => rotate(store, &args).await?,
+        SigningKeysCommand::Reseal(args) => reseal(store, &args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -109,6 +110,57 @@ async fn rotate(store: &dyn Store, args: &SigningKeyArgs) -> Result<()> {
         ),
         None => println!("Created signing key {}.", record.kid),
     }
+    Ok(())
+}
+
+/// Master key rotation: opens every signing key with the current master key and seals it again
+/// under the new one, in one transaction with its audit row. Nothing is written unless every
+/// key opens, so a wrong current key changes nothing. The keys themselves (and their kids, the
+/// JWKS, every issued token) stay the same; only their sealing changes.
+async fn reseal(store: &dyn Store, args: &ResealArgs) -> Result<()> {
+    use secrecy::ExposeSecret;
+    let current = master_key(&args.current)?;
+    let new = MasterKey::from_base64(args.new_master_key.expose_secret().trim()).map_err(|_| {
+        Error::InvalidRequest("the new master key must be 32 bytes in base64".into())
+    })?;
+    let records = store.list_signing_keys().await?;
+    let mut sealed = Vec::with_capacity(records.len());
+    for r in &records {
+        let key = crate::tokens::SigningKey::open_sealed(
+            &current,
+            &r.kid,
+            &r.sealed_private,
+            r.created_at.max(0) as u64,
+        )
+        .map_err(|_| {
+            Error::InvalidRequest(format!(
+                "signing key {} does not open with the current master key; nothing was changed",
+                r.kid
+            ))
+        })?;
+        sealed.push((r.kid.clone(), key.seal(&new)));
+    }
+    let kids: Vec<&str> = records.iter().map(|r| r.kid.as_str()).collect();
+    let audit = AuditEntry {
+        at: now(),
+        actor: "cli".into(),
+        action: "signing_key.reseal".into(),
+        target: None,
+        ip: None,
+        details: json!({ "kids": kids }),
+    };
+    store.reseal_signing_keys(&sealed, &audit).await?;
+    if !records.is_empty() {
+        // Prove the servers will open the active key with the new master key.
+        KeyRing::load(store, new, now()).await?;
+    }
+    if args.current.out.json {
+        return output::json(&json!({ "resealed": kids }));
+    }
+    println!(
+        "Re-sealed {} signing key(s) under the new master key. Restart every server with it now.",
+        kids.len()
+    );
     Ok(())
 }
 

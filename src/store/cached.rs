@@ -262,6 +262,13 @@ impl Store for CachedStore {
     async fn insert_signing_key(&self, key: &SigningKeyRecord, at: i64) -> Result<()> {
         self.inner.insert_signing_key(key, at).await
     }
+    async fn reseal_signing_keys(
+        &self,
+        sealed: &[(String, Vec<u8>)],
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.inner.reseal_signing_keys(sealed, audit).await
+    }
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow> {
         self.inner.append_audit(entry).await
     }

@@ -421,6 +421,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     /// Inserts a new active signing key and retires every other active one at `at`.
     async fn insert_signing_key(&self, key: &SigningKeyRecord, at: i64) -> Result<()>;
+    /// Replaces the sealed private halves of signing keys (`(kid, sealed)` pairs: a master key
+    /// rotation re-seals each under the new master key) and writes the audit row, all in one
+    /// transaction: either every key is re-sealed or none.
+    async fn reseal_signing_keys(
+        &self,
+        sealed: &[(String, Vec<u8>)],
+        audit: &AuditEntry,
+    ) -> Result<()>;
 
     // ---- audit ----
     /// Appends an audit row outside any other change (e.g. a refused admin call).

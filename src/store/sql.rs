@@ -448,6 +448,15 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn update_signing_key_seal(conn: &mut Conn, kid: &str, sealed: &[u8]) -> Result<u64> {
+                Ok(sqlx::query("UPDATE signing_keys SET sealed_private = $1 WHERE kid = $2")
+                    .bind(sealed)
+                    .bind(kid)
+                    .execute(conn)
+                    .await?
+                    .rows_affected())
+            }
+
             // ---- statements: audit log ----
 
             async fn select_audit_head(conn: &mut Conn) -> Result<Option<(i64, Vec<u8>)>> {
@@ -880,6 +889,22 @@ macro_rules! sql_store {
                     let mut tx = self.begin_ordered().await?;
                     retire_signing_keys(&mut tx, at).await?;
                     insert_signing_key_row(&mut tx, key).await?;
+                    Ok(tx.commit().await?)
+                }
+
+                async fn reseal_signing_keys(
+                    &self,
+                    sealed: &[(String, Vec<u8>)],
+                    audit: &AuditEntry,
+                ) -> Result<()> {
+                    // Ordered like a rotation, so a rotation and a reseal never interleave.
+                    let mut tx = self.begin_ordered().await?;
+                    for (kid, blob) in sealed {
+                        if update_signing_key_seal(&mut tx, kid, blob).await? != 1 {
+                            return Err(crate::Error::NotFound);
+                        }
+                    }
+                    chain_audit(&mut tx, audit).await?;
                     Ok(tx.commit().await?)
                 }
 

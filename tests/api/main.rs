@@ -16,6 +16,7 @@ mod envelope;
 mod fuzz;
 mod health;
 mod lifecycle;
+mod master_key;
 mod openapi;
 mod persistence;
 mod proofs;

@@ -11,7 +11,7 @@ use crate::on_both_backends;
 
 on_both_backends!(rotation_reaches_the_running_server);
 
-async fn jwks_kids(app: &crate::helpers::TestApp) -> Vec<String> {
+pub async fn jwks_kids(app: &crate::helpers::TestApp) -> Vec<String> {
     let res = app
         .client
         .get(app.url("/.well-known/jwks.json"))
