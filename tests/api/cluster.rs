@@ -647,3 +647,41 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
     let out = cli(&c.db, &["audit", "verify"]).await;
     assert_eq!(out.code, 0, "audit verify after SIGKILL: {out:?}");
 }
+
+// ---- start-up ----
+
+/// Redis down at start: `serve` does not come up half-configured; it exits quickly with an
+/// error that names Redis (and never the URL, which may carry a password).
+#[tokio::test]
+async fn serve_refuses_to_start_without_redis() {
+    let Some((db, _)) = Cluster::services().await else {
+        return;
+    };
+    let closed = format!("redis://:hunter2@127.0.0.1:{}/", free_port().await);
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_keybound"))
+        .args([
+            "--database-url",
+            &db.url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--redis-url", &closed, "--master-key", db.master_key()])
+        .current_dir(db.dir.path())
+        .env_remove("KEYBOUND_DATABASE_URL")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run keybound serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("redis"), "names the dependency: {stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
