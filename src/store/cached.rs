@@ -37,8 +37,8 @@ pub type Invalidations = broadcast::Sender<Invalidation>;
 /// Caching decorator around any [`Store`].
 pub struct CachedStore {
     inner: Arc<dyn Store>,
-    keys: Cache<String, Option<Arc<KeyRecord>>>,
-    devices: Cache<(String, String), Option<Arc<DeviceRecord>>>,
+    keys: KeyCache,
+    devices: DeviceCache,
     changes: Invalidations,
 }
 
@@ -65,20 +65,20 @@ impl CachedStore {
         self.changes.subscribe()
     }
 
-    /// Applies an eviction that came from another instance (or from here).
+    /// Applies an eviction that came from another instance (or from here), now and once more
+    /// after [`REEVICT_AFTER`].
+    ///
+    /// Why twice: a lookup that read storage just before the change committed may still be in
+    /// flight when the eviction arrives, and would then cache the old record (say, an active
+    /// key that was just revoked) for a whole [`TTL`]. moka cannot cancel a load in flight, so
+    /// the second eviction, after any such read has finished, removes what it cached.
     pub async fn apply(&self, inv: &Invalidation) {
-        match inv {
-            Invalidation::Key(id) => self.keys.invalidate(id).await,
-            Invalidation::Device(key_id, jkt) => {
-                self.devices
-                    .invalidate(&(key_id.clone(), jkt.clone()))
-                    .await
-            }
-            Invalidation::All => {
-                self.keys.invalidate_all();
-                self.devices.invalidate_all();
-            }
-        }
+        evict(&self.keys, &self.devices, inv).await;
+        let (keys, devices, inv) = (self.keys.clone(), self.devices.clone(), inv.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(REEVICT_AFTER).await;
+            evict(&keys, &devices, &inv).await;
+        });
     }
 
     async fn changed(&self, inv: Invalidation) {
@@ -114,6 +114,26 @@ impl CachedStore {
     /// Entries in the key cache, for metrics.
     pub fn key_entries(&self) -> u64 {
         self.keys.entry_count()
+    }
+}
+
+/// When an eviction is applied the second time (see [`CachedStore::apply`]): longer than a
+/// storage read takes, well inside the 1 s in which a revocation must be in force everywhere.
+pub const REEVICT_AFTER: Duration = Duration::from_millis(250);
+
+type KeyCache = Cache<String, Option<Arc<KeyRecord>>>;
+type DeviceCache = Cache<(String, String), Option<Arc<DeviceRecord>>>;
+
+async fn evict(keys: &KeyCache, devices: &DeviceCache, inv: &Invalidation) {
+    match inv {
+        Invalidation::Key(id) => keys.invalidate(id).await,
+        Invalidation::Device(key_id, jkt) => {
+            devices.invalidate(&(key_id.clone(), jkt.clone())).await
+        }
+        Invalidation::All => {
+            keys.invalidate_all();
+            devices.invalidate_all();
+        }
     }
 }
 
