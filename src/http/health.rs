@@ -3,16 +3,15 @@
 //! `/metrics` (Prometheus text format).
 
 use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::openapi::{ErrorCode, ErrorDetail};
-
 use crate::state::AppState;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 /// Health routes.
 pub fn router() -> Router<AppState> {
