@@ -155,13 +155,7 @@ async fn wrong_secrets_for_one_key_id_from_many_ips_raise_an_alert_but_never_loc
     .await;
     let (key, key_id) = new_key(&app, json!({})).await;
     let dev = Device::new();
-    let forged = {
-        let head = format!("{}{}", &key[.."sk_test_".len() + 12], "Z".repeat(43));
-        format!(
-            "{head}{}",
-            keybound::keys::format::checksum(head.as_bytes())
-        )
-    };
+    let forged = crate::token::forge_same_id(&key);
     let mut limited = 0;
     for i in 0..(keybound::state::KEY_FAILURE_BUDGET + 3) {
         let res = exchange_from(&app, &format!("203.0.113.{i}"), &forged, &dev).await;
