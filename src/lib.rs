@@ -41,5 +41,7 @@ pub mod store;
 pub mod telemetry;
 /// Signing keys, access tokens, refresh tokens.
 pub mod tokens;
+/// Per-request usage records, written in batches.
+pub mod usage;
 
 pub use error::{Error, Result};

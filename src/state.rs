@@ -16,6 +16,7 @@ use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
 use crate::tokens::keyring::{self, KeyRing};
+use crate::usage::UsageRecorder;
 
 /// Settings derived from the command line, immutable while serving.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Settings {
     pub ip_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
+    /// Days usage events are kept.
+    pub usage_retention_days: i64,
 }
 
 impl Settings {
@@ -53,6 +56,7 @@ impl Settings {
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
             profile: args.profile,
+            usage_retention_days: args.usage_retention_days,
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct AppState {
     pub key_failures: Arc<FailureBudget<String>>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
+    /// Usage events, written in batches.
+    pub usage: UsageRecorder,
     /// `last_used_at` updates waiting for the next batch.
     touched: Arc<Mutex<HashMap<String, i64>>>,
 }
@@ -119,6 +125,7 @@ impl AppState {
         };
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
+        let usage = UsageRecorder::start(store.clone());
         let state = AppState {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
@@ -145,6 +152,7 @@ impl AppState {
             admin_token_hash: args.admin_token.as_ref().map(hash_token),
             keyring,
             replay,
+            usage,
             touched: Arc::default(),
         };
         state.spawn_background();
@@ -182,6 +190,12 @@ impl AppState {
                 let t = now();
                 if t - last_purge >= 3600 {
                     last_purge = t;
+                    let retention = state.settings.usage_retention_days * 86_400;
+                    match state.store.purge_usage(t - retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(events = n, "purged old usage events"),
+                        Err(e) => tracing::warn!(error = %e, "could not purge usage events"),
+                    }
                     match state.store.purge_expired_keys(t - PURGE_AFTER_EXPIRY).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(keys = n, "purged expired keys"),
@@ -207,8 +221,8 @@ impl AppState {
 }
 
 /// Wrong secrets per minute for one key id, from all IPs together, before a failure-burst
-/// alert. Only failures are refused once it is spent: refusing the right secret too would let
-/// anyone who knows a key id (it is every token's `sub`) lock its owner out.
+/// alert. Only wrong secrets are refused once it is spent: refusing the right secret too would
+/// let anyone who knows a key id (it is every token's `sub`) lock its owner out.
 pub const KEY_FAILURE_BUDGET: u32 = 10;
 
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.

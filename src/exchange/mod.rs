@@ -45,6 +45,8 @@ pub struct Presented<'a> {
     pub origin: Option<&'a str>,
     /// The client IP (after trusted-proxy resolution).
     pub ip: IpAddr,
+    /// Set to the key id once the request is known to come from a valid key (for usage).
+    pub key_seen: &'a std::sync::OnceLock<String>,
 }
 
 /// The successful answer of both endpoints (contract 3.1).
@@ -86,6 +88,7 @@ pub async fn exchange(
     let now = crate::state::now();
     body.validate()?;
     let key = authenticate_key(state, p.api_key, now).await?;
+    let _ = p.key_seen.set(key.key_id.clone());
     check_allow_lists(&key, p.ip, p.origin)?;
     state
         .key_limits
@@ -227,8 +230,12 @@ async fn authenticate_key(
             state.touch_key(&r.key_id, now);
             Ok(r)
         }
+        // The right secret of a suspended, revoked or expired key: not a guess.
+        Some(_) if matches => Err(Error::InvalidApiKey),
         _ => {
-            // Failures for one id from anywhere (a botnet spreads over IPs) spend its budget.
+            // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
+            // budget. Unknown ids and wrong secrets take this same path, so they stay
+            // indistinguishable.
             let id = key.id().to_string();
             if state.key_failures.record_failure(&id).await? {
                 state.alerts.raise_once(

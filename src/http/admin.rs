@@ -227,15 +227,38 @@ fn device_route(change: DeviceChange) -> MethodRouter<AppState> {
 
 // ---- usage ----
 
-/// How much a key is used: its devices, their exchanges, recent alerts. Counted from the
-/// records the token path keeps anyway (`last_used_at` is batched, so up to a few seconds
-/// behind); request rates live in `/metrics`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    /// `minute` (default) or `hour`.
+    bucket: Option<String>,
+    /// Unix seconds; default one hour (minute buckets) or one day (hour buckets) ago.
+    since: Option<i64>,
+}
+
+/// How much a key is used: token requests per minute or hour (from the usage events, written
+/// in batches, so up to a second behind), its devices and their exchanges, recent alerts.
 async fn key_usage(
     _: AdminAuth,
     State(st): State<AppState>,
     Path(key_id): Path<String>,
+    Query(q): Query<UsageQuery>,
 ) -> Result<JsonResponse> {
     let key = service::get(&*st.store, &key_id).await?;
+    let (bucket, span) = match q.bucket.as_deref() {
+        None | Some("minute") => (60, 3_600),
+        Some("hour") => (3_600, 86_400),
+        Some(_) => {
+            return Err(Error::InvalidRequest(
+                "bucket must be minute or hour".into(),
+            ));
+        }
+    };
+    let buckets_since = q.since.unwrap_or_else(|| now() - span);
+    let buckets = st
+        .store
+        .usage_summary(&key.key_id, bucket, buckets_since)
+        .await?;
     let devices = st.store.list_devices(&key_id).await?;
     let since = now() - 86_400;
     let alerts = st
@@ -267,6 +290,9 @@ async fn key_usage(
         "exchanges": devices.iter().map(|d| d.exchange_count).sum::<i64>(),
         "last_device_seen_at": devices.iter().map(|d| d.last_seen_at).max(),
         "alerts_last_24h": by_kind,
+        "bucket_seconds": bucket,
+        "since": buckets_since,
+        "buckets": buckets,
     })))
 }
 

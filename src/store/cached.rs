@@ -274,6 +274,20 @@ impl Store for CachedStore {
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
         self.inner.list_alerts(filter).await
     }
+    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()> {
+        self.inner.insert_usage(events).await
+    }
+    async fn usage_summary(
+        &self,
+        key_id: &str,
+        bucket_secs: i64,
+        since: i64,
+    ) -> Result<Vec<UsageBucket>> {
+        self.inner.usage_summary(key_id, bucket_secs, since).await
+    }
+    async fn purge_usage(&self, before: i64) -> Result<u64> {
+        self.inner.purge_usage(before).await
+    }
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
         self.inner.append_revocation(kind, id, at).await
     }

@@ -180,3 +180,59 @@ async fn wrong_secrets_for_one_key_id_from_many_ips_raise_an_alert_but_never_loc
     // The owner, with the right secret, is not locked out.
     expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await;
 }
+
+#[tokio::test]
+async fn usage_is_recorded_off_the_request_path_and_aggregated() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |_| {}).await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    for _ in 0..3 {
+        expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await;
+    }
+    expect_error(
+        exchange(&app, &key, &dev, json!({"scope": "admin:all"})).await,
+        StatusCode::FORBIDDEN,
+        "INSUFFICIENT_SCOPE",
+        "counted as an error",
+    )
+    .await;
+    // Unknown keys are not recorded (a flood of made-up keys must not fill the table).
+    let stranger = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+    exchange(&app, stranger.expose(), &dev, json!({})).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let usage = loop {
+        let usage = expect_json(
+            app.admin_get(&format!("/keys/{key_id}/usage?bucket=minute"))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        let total: i64 = usage["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["requests"].as_i64().unwrap())
+            .sum();
+        if total >= 4 || std::time::Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let buckets = usage["buckets"].as_array().unwrap();
+    let total: i64 = buckets
+        .iter()
+        .map(|b| b["requests"].as_i64().unwrap())
+        .sum();
+    let errors: i64 = buckets.iter().map(|b| b["errors"].as_i64().unwrap()).sum();
+    assert_eq!((total, errors), (4, 1), "{usage}");
+    expect_error(
+        app.admin_get(&format!("/keys/{key_id}/usage?bucket=week"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+        "bad bucket",
+    )
+    .await;
+}
