@@ -88,7 +88,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYBOUND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Public base URL: the `iss` claim and the base of every DPoP `htu` (default `http://<listen>`).
+    /// Public base URL: the `iss` claim and the base of every DPoP `htu` (default `http://<listen>`,
+    /// `https://<listen>` with TLS).
     #[arg(long, env = "KEYBOUND_ISSUER")]
     pub issuer: Option<String>,
     /// Deployment profile.
@@ -156,7 +157,14 @@ impl ServeArgs {
         let s = self
             .issuer
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen));
+            .unwrap_or_else(|| {
+                let scheme = if self.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", self.listen)
+            });
         s.trim_end_matches('/').to_owned()
     }
 
