@@ -1,20 +1,47 @@
 //! Logging setup. Secrets never reach a log because they are typed (`SecretString`, `ApiKey`)
-//! and request spans record no headers or bodies; see `http::app`.
+//! and request spans record no headers or bodies; see `http::app`. As a last resort every
+//! byte also passes through [`redact`], which masks anything shaped like a key or token.
+
+pub mod redact;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`), text or JSON lines on stderr.
 pub fn init(format: LogFormat) {
+    init_with_writer(format, std::io::stderr);
+}
+
+/// Installs the global subscriber writing to `writer` (through the redaction filter); `false`
+/// when one was already installed.
+pub fn init_with_writer<W>(format: LogFormat, writer: W) -> bool
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    subscriber(format, filter, writer).try_init().is_ok()
+}
+
+/// The subscriber [`init`] installs, for callers that scope it themselves (tests use
+/// `tracing::subscriber::set_default` with a filter of their own).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+        .with_writer(redact::Redacting(writer));
+    match format {
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+        LogFormat::Text => Box::new(builder.finish()),
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use. Labels are bounded by
