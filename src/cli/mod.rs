@@ -12,7 +12,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let url = cli.database_url();
     match cli.command {
         Command::Serve(args) => {
-            crate::telemetry::init(args.log_format);
+            crate::telemetry::init(args.effective_log_format());
             let store = crate::store::open(&url).await?;
             crate::server::serve(*args, store).await?;
             Ok(ExitCode::SUCCESS)
