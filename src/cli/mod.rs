@@ -1,16 +1,35 @@
 //! The command-line subcommands other than `serve`: key, device and signing-key management,
 //! audit verification and the leak scanner. They open the database directly, so they work
 //! without a running server; servers see their changes within the validation cache lifetime.
+//!
+//! Exit codes: 0 success; 1 a finding (`scan` found a key, `audit verify` found a bad row);
+//! 2 an error, written to stderr as `error: <message> (<CODE>)`. With `--json`, stdout holds
+//! exactly one JSON object and nothing else.
+
+/// `keybound audit …`
+pub mod audit;
+/// `keybound devices …`
+pub mod devices;
+/// `keybound keys …`
+pub mod keys;
+/// Tables, `key value` blocks and JSON.
+pub mod output;
+/// `keybound scan`
+pub mod scan;
 
 use std::process::ExitCode;
 
-use crate::config::{Cli, Command};
-use crate::error::Result;
+use crate::config::{Cli, Command, DevicesCommand, KeysCommand};
+use crate::error::{Error, Result};
+
+/// Exit code for errors (`main` uses the same one for errors returned from here).
+const EXIT_ERROR: u8 = 2;
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let url = cli.database_url();
-    match cli.command {
+    let subject = subject(&cli.command);
+    let result = match cli.command {
         Command::Serve(args) => {
             crate::telemetry::init(args.effective_log_format());
             let store = crate::store::open(&url).await?;
@@ -22,9 +41,44 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             println!("migrations applied ({})", store.backend());
             Ok(ExitCode::SUCCESS)
         }
-        _ => {
-            eprintln!("not implemented yet");
-            Ok(ExitCode::from(2))
+        // The scanner runs in pre-commit hooks and CI jobs that have no database: it must
+        // not open (and so create) one.
+        Command::Scan(args) => Ok(scan::run(args)),
+        Command::SigningKeys(_) => {
+            eprintln!(
+                "error: signing-keys commands are not available yet in this build; the server creates and uses its signing key itself"
+            );
+            Ok(ExitCode::from(EXIT_ERROR))
         }
+        Command::Keys(cmd) => keys::run(&*crate::store::open(&url).await?, cmd).await,
+        Command::Devices(cmd) => devices::run(&*crate::store::open(&url).await?, cmd).await,
+        Command::Audit(cmd) => audit::run(&*crate::store::open(&url).await?, cmd).await,
+    };
+    match (result, subject) {
+        // `not found` alone does not say what was missing; the command line does.
+        (Err(Error::NotFound), Some(subject)) => {
+            eprintln!("error: {subject} not found (NOT_FOUND)");
+            Ok(ExitCode::from(EXIT_ERROR))
+        }
+        (result, _) => result,
+    }
+}
+
+/// What a command acts on, to name it in a `NOT_FOUND` message.
+fn subject(cmd: &Command) -> Option<String> {
+    let key = |id: &str| Some(format!("key {id}"));
+    match cmd {
+        Command::Keys(
+            KeysCommand::Show { id, .. }
+            | KeysCommand::Revoke { id, .. }
+            | KeysCommand::Suspend { id, .. }
+            | KeysCommand::Resume { id, .. }
+            | KeysCommand::Rotate { id, .. },
+        ) => key(id),
+        Command::Devices(DevicesCommand::List { key_id, .. }) => key(key_id),
+        Command::Devices(
+            DevicesCommand::Revoke { device_id, .. } | DevicesCommand::Approve { device_id, .. },
+        ) => Some(format!("device {device_id}")),
+        _ => None,
     }
 }

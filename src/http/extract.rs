@@ -59,10 +59,17 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// A serde error for the client, with quoted input values cut out: a body may carry a
-/// secret in the wrong field, and an error message must never echo it.
+/// A serde error for the client, with input values cut out: a body may carry a secret in the
+/// wrong field (or as a field name), and an error message must never echo it.
 fn describe(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
+    format!("invalid JSON body: {}", redact(&e.to_string()))
+}
+
+/// `msg` without the client's input: serde writes input strings in double quotes, and an
+/// unknown field or variant name in backticks right after `unknown field`/`unknown variant`.
+/// Other backtick-quoted names are ours (`missing field `name``, `expected one of …`) and
+/// stay, so the message still says what to fix.
+fn redact(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut in_quotes = false;
     for c in msg.chars() {
@@ -75,7 +82,31 @@ fn describe(e: &serde_json::Error) -> String {
             out.push(c);
         }
     }
-    format!("invalid JSON body: {out}")
+    for marker in ["unknown field `", "unknown variant `"] {
+        if let Some(start) = out.find(marker).map(|i| i + marker.len())
+            && let Some(len) = out[start..].find('`')
+        {
+            out.replace_range(start..start + len, "…");
+        }
+    }
+    out
+}
+
+/// A query string parsed into `T`, refused with a 400 in our envelope. Like [`Json`], the
+/// message never echoes an input value.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| {
+                Error::InvalidRequest(format!("invalid query string: {}", redact(&e.body_text())))
+            })
+    }
 }
 
 /// Proof that the request carried the admin token. The admin API answers 404 when no token
@@ -189,5 +220,37 @@ mod tests {
         let e = serde_json::from_str::<u32>("\"sk_prod_secret\"").unwrap_err();
         let d = describe(&e);
         assert!(!d.contains("sk_prod_secret"), "{d}");
+    }
+
+    #[test]
+    fn unknown_names_are_cut_but_our_field_names_stay() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            name: String,
+            kind: Kind,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        enum Kind {
+            A,
+        }
+        let cases = [
+            (
+                r#"{"sk_prod_secret": 1}"#,
+                "unknown field `…`, expected `name` or `kind`",
+            ),
+            (
+                r#"{"name": "n", "kind": "sk_prod_secret"}"#,
+                "unknown variant `…`",
+            ),
+            (r#"{"kind": "A"}"#, "missing field `name`"),
+        ];
+        for (body, want) in cases {
+            let e = serde_json::from_str::<Body>(body).unwrap_err();
+            let d = describe(&e);
+            assert!(!d.contains("sk_prod_secret"), "{d}");
+            assert!(d.contains(want), "{d}");
+        }
     }
 }

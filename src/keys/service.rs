@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::format::{ApiKey, KeyEnv};
 use crate::error::{Error, Result};
-use crate::store::{AuditEntry, KeyRecord, KeyStatus, Store};
+use crate::store::{AuditEntry, DeviceChange, DeviceRecord, KeyRecord, KeyStatus, Store};
 
 /// Default lifetime of a new key.
 pub const DEFAULT_EXPIRES_IN_DAYS: i64 = 90;
@@ -137,6 +137,18 @@ pub struct Created {
     pub key: ApiKey,
     /// The stored record.
     pub record: KeyRecord,
+}
+
+impl Created {
+    /// The record's fields plus `key`, the plaintext: the answer to a create or a rotate, and
+    /// the only serialization anywhere that carries a secret. Callers print or send it once.
+    pub fn reveal(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.record).expect("a KeyRecord always serializes");
+        if let Some(map) = v.as_object_mut() {
+            map.insert("key".into(), self.key.expose().into());
+        }
+        v
+    }
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -420,4 +432,42 @@ pub async fn rotate(
     );
     store.rotate_key(key_id, old_expires, &new, &audit).await?;
     Ok(Created { key, record: new })
+}
+
+/// A key's devices, oldest first; `NOT_FOUND` when the key does not exist (rather than an
+/// empty list that would hide a typo in the id).
+pub async fn list_devices(store: &dyn Store, key_id: &str) -> Result<Vec<DeviceRecord>> {
+    get(store, key_id).await?;
+    store.list_devices(key_id).await
+}
+
+/// Revokes a device (final) or approves it (it becomes `trusted`). Approving a revoked
+/// device is refused, like resuming a revoked key.
+pub async fn set_device_status(
+    store: &dyn Store,
+    device_id: &str,
+    change: DeviceChange,
+    actor: &Actor,
+    now: i64,
+) -> Result<DeviceRecord> {
+    let device = store.get_device(device_id).await?.ok_or(Error::NotFound)?;
+    let action = match change {
+        DeviceChange::Revoke => "device.revoke",
+        DeviceChange::Approve => {
+            if device.status == crate::store::DeviceStatus::Revoked {
+                return Err(bad("a revoked device cannot be approved"));
+            }
+            "device.approve"
+        }
+    };
+    let audit = actor.entry(
+        now,
+        action,
+        device_id,
+        serde_json::json!({ "key_id": device.key_id, "jkt": device.jkt }),
+    );
+    store
+        .set_device_status(device_id, change, now, &audit)
+        .await?
+        .ok_or(Error::NotFound)
 }

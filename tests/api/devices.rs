@@ -1,0 +1,177 @@
+//! Device management through the admin API and the CLI. Devices are enrolled by token
+//! exchanges; here they are arranged directly in the store.
+
+use std::collections::BTreeMap;
+
+use keybound::store::{DeviceRecord, DeviceStatus};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestDb, cli, expect_error, expect_json, key_body, now, spawn_app};
+use crate::on_both_backends;
+
+on_both_backends!(devices_via_api, devices_via_cli);
+
+fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
+    DeviceRecord {
+        device_id: format!("dev_{}", uuid::Uuid::new_v4().simple()),
+        key_id: key_id.into(),
+        jkt: format!("thumbprint-{n}-{}", uuid::Uuid::new_v4().simple()),
+        name: Some(format!("phone {n}")),
+        attributes: BTreeMap::from([("platform".to_owned(), "ios".to_owned())]),
+        status: DeviceStatus::Active,
+        approved: false,
+        created_at,
+        last_seen_at: created_at,
+        exchange_count: 1,
+        mismatch_count: 0,
+        networks: vec!["127.0.0.0/24".into()],
+        trust_score: 0.5,
+        trust_level: "limited".into(),
+        trust_factors: json!({}),
+        revoked_at: None,
+    }
+}
+
+async fn devices_via_api(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let k = app.create_key(key_body("with devices")).await;
+    let key_id = k["key_id"].as_str().unwrap();
+    let (d1, d2) = (device(key_id, 1, now() - 10), device(key_id, 2, now()));
+    for d in [&d1, &d2] {
+        app.store.enroll_device(d, 5).await.unwrap();
+    }
+
+    let list = expect_json(
+        app.admin_get(&format!("/keys/{key_id}/devices")).await,
+        StatusCode::OK,
+    )
+    .await;
+    let ids: Vec<&str> = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [d1.device_id.as_str(), d2.device_id.as_str()],
+        "oldest first"
+    );
+
+    let approved = expect_json(
+        app.admin_post(&format!("/devices/{}/approve", d1.device_id), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(approved["approved"], true);
+    assert_eq!(approved["status"], "active");
+
+    let revoked = expect_json(
+        app.admin_post(&format!("/devices/{}/revoke", d2.device_id), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(revoked["status"], "revoked");
+    assert!(revoked["revoked_at"].as_i64().is_some());
+    expect_error(
+        app.admin_post(&format!("/devices/{}/approve", d2.device_id), json!({}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+        "approving a revoked device",
+    )
+    .await;
+
+    for (path, why) in [
+        ("/devices/dev_unknown/revoke", "revoke unknown device"),
+        ("/devices/dev_unknown/approve", "approve unknown device"),
+    ] {
+        expect_error(
+            app.admin_post(path, json!({})).await,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            why,
+        )
+        .await;
+    }
+    expect_error(
+        app.admin_get("/keys/ak_test_AAAAAAAAAAAA/devices").await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "devices of an unknown key",
+    )
+    .await;
+
+    let log = expect_json(app.admin_get("/audit").await, StatusCode::OK).await;
+    let rows: Vec<(String, String)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().into(),
+                e["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows[1..],
+        [
+            ("device.approve".into(), d1.device_id.clone()),
+            ("device.revoke".into(), d2.device_id.clone())
+        ]
+    );
+}
+
+async fn devices_via_cli(db: TestDb) {
+    let key = cli(
+        &db,
+        &["keys", "create", "--name", "k", "--scopes", "s", "--json"],
+    )
+    .await
+    .ok()
+    .json();
+    let key_id = key["key_id"].as_str().unwrap();
+    let store = db.store().await;
+    let d = device(key_id, 1, now());
+    store.enroll_device(&d, 5).await.unwrap();
+
+    let table = cli(&db, &["devices", "list", key_id]).await.ok();
+    assert!(table.stdout.starts_with("DEVICE_ID"), "{table:?}");
+    assert!(table.stdout.contains(&d.device_id) && table.stdout.contains("phone 1"));
+    let list = cli(&db, &["devices", "list", key_id, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(list["devices"][0]["device_id"], d.device_id.as_str());
+
+    let approved = cli(&db, &["devices", "approve", &d.device_id, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(approved["approved"], true);
+    let revoked = cli(&db, &["devices", "revoke", &d.device_id]).await.ok();
+    assert!(
+        revoked
+            .stdout
+            .contains(&format!("Revoked device {}", d.device_id)),
+        "{revoked:?}"
+    );
+    let after = cli(&db, &["devices", "list", key_id, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(after["devices"][0]["status"], "revoked");
+
+    let out = cli(&db, &["devices", "approve", "dev_nope"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("device dev_nope not found"), "{out:?}");
+
+    let audit = store.list_audit(0, 100).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|r| r.entry.action.as_str()).collect();
+    assert_eq!(actions, ["key.create", "device.approve", "device.revoke"]);
+    assert!(audit.iter().all(|r| r.entry.actor == "cli"));
+}

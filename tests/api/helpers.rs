@@ -1,0 +1,433 @@
+//! Test harness: a fresh database per test (SQLite file, or a new PostgreSQL database when
+//! `KEYBOUND_TEST_POSTGRES_URL` is set), the server in-process on a loopback port chosen by
+//! the OS, typed request helpers, and the real `keybound` binary for CLI tests.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use keybound::config::ServeArgs;
+use keybound::server::Running;
+use keybound::store::Store;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The admin token every `spawn_app` server is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-with-enough-entropy-0123456789";
+
+/// Generates, for each listed `async fn name(db: TestDb)`, a module `name` holding one test
+/// per backend: `name::sqlite` always, `name::postgres` when PostgreSQL is configured.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::helpers::TestDb::sqlite().await).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = $crate::helpers::TestDb::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test; a PostgreSQL one is dropped when this is dropped.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    /// Holds the SQLite file (and is a scratch directory for any test).
+    pub dir: TempDir,
+    /// The server URL and database name to drop afterwards.
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A new SQLite database file in a temporary directory (created by the first open).
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("keybound.db").display());
+        TestDb {
+            url,
+            backend: Backend::Sqlite,
+            dir,
+            pg: None,
+        }
+    }
+
+    /// A new, uniquely named PostgreSQL database on the server named by
+    /// `KEYBOUND_TEST_POSTGRES_URL`. `None` (the test is skipped) when that is unset, except
+    /// under `CI=true`, where a missing PostgreSQL must fail the run rather than hide it.
+    pub async fn postgres() -> Option<TestDb> {
+        let base = match std::env::var("KEYBOUND_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but KEYBOUND_TEST_POSTGRES_URL is not set")
+            }
+            _ => {
+                eprintln!("skipped: set KEYBOUND_TEST_POSTGRES_URL to run the PostgreSQL tests");
+                return None;
+            }
+        };
+        let name = format!("keybound_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = pg_connect(&base).await;
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        Some(TestDb {
+            url: with_database(&base, &name),
+            backend: Backend::Postgres,
+            dir: tempfile::tempdir().expect("temp dir"),
+            pg: Some((base, name)),
+        })
+    }
+
+    /// Opens the store the way every subcommand does (creating and migrating).
+    pub async fn store(&self) -> Arc<dyn Store> {
+        keybound::store::open(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("open {:?} store: {e}", self.backend))
+    }
+
+    /// Runs one raw SQL statement on the database, behind keybound's back (to tamper with it).
+    pub async fn execute(&self, sql: &str) -> u64 {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect to sqlite");
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .expect(sql)
+                    .rows_affected()
+            }
+            Backend::Postgres => {
+                let mut c = pg_connect(&self.url).await;
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .expect(sql)
+                    .rows_affected()
+            }
+        }
+    }
+
+    /// Drops the PostgreSQL database now, terminating every connection to it.
+    pub async fn drop_postgres_database(&self) {
+        let (base, name) = self.pg.as_ref().expect("a PostgreSQL test database");
+        drop_database(base, name).await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((base, name)) = self.pg.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on; a short-lived
+        // runtime on its own thread can.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(drop_database(&base, &name));
+        })
+        .join();
+    }
+}
+
+async fn pg_connect(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at KEYBOUND_TEST_POSTGRES_URL: {e}"))
+}
+
+async fn drop_database(base: &str, name: &str) {
+    let mut admin = pg_connect(base).await;
+    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
+}
+
+/// `url` with its database (the path) replaced by `name`, keeping any query string.
+fn with_database(url: &str, name: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = main.find("://").map_or(0, |i| i + 3);
+    let path_start = main[authority_start..]
+        .find('/')
+        .map_or(main.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &main[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+// ---- the server ----
+
+/// A server running in-process on its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// The server's store, for arranging what the API cannot (devices) and for checks.
+    pub store: Arc<dyn Store>,
+    running: Option<Running>,
+}
+
+/// Starts a server on `db` with [`ADMIN_TOKEN`].
+pub async fn spawn_app(db: &TestDb) -> TestApp {
+    spawn_app_with(db, Some(ADMIN_TOKEN)).await
+}
+
+/// Starts a server on `db`; `admin_token: None` leaves the admin API off.
+pub async fn spawn_app_with(db: &TestDb, admin_token: Option<&str>) -> TestApp {
+    let mut args = ServeArgs::for_tests();
+    args.admin_token = admin_token.map(SecretString::from);
+    start_with(db, args).await
+}
+
+/// Starts a server on `db` with [`ADMIN_TOKEN`] and the settings `configure` makes.
+pub async fn spawn_app_args(db: &TestDb, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let mut args = ServeArgs::for_tests();
+    args.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+    configure(&mut args);
+    start_with(db, args).await
+}
+
+/// The Redis for tests, from `KEYBOUND_TEST_REDIS_URL`; `None` (skip) when unset, except
+/// under `CI=true`, where a missing Redis fails the run.
+pub fn redis_test_url() -> Option<String> {
+    match std::env::var("KEYBOUND_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but KEYBOUND_TEST_REDIS_URL is not set")
+        }
+        _ => {
+            eprintln!("skipped: set KEYBOUND_TEST_REDIS_URL to run the Redis tests");
+            None
+        }
+    }
+}
+
+async fn start_with(db: &TestDb, args: ServeArgs) -> TestApp {
+    let store = db.store().await;
+    let running = keybound::server::start(args, store.clone())
+        .await
+        .expect("server starts");
+    assert!(running.addr.ip().is_loopback());
+    TestApp {
+        addr: running.addr,
+        client: reqwest::Client::new(),
+        store,
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(&format!("/admin/v1{path}")))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    // These build the request before returning the future, so the future borrows `self`
+    // only, not `path`: a caller can pass a `&format!(…)` temporary from a closure.
+    pub fn admin_get(&self, path: &str) -> impl Future<Output = reqwest::Response> + use<'_> {
+        send(self.admin(reqwest::Method::GET, path))
+    }
+
+    pub fn admin_post(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> impl Future<Output = reqwest::Response> + use<'_> {
+        send(self.admin(reqwest::Method::POST, path).json(&body))
+    }
+
+    pub fn admin_patch(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> impl Future<Output = reqwest::Response> + use<'_> {
+        send(self.admin(reqwest::Method::PATCH, path).json(&body))
+    }
+
+    /// Creates a key through the API and returns the 201 body (`key`, `key_id`, metadata).
+    pub async fn create_key(&self, body: Value) -> Value {
+        let res = self.admin_post("/keys", body).await;
+        expect_json(res, StatusCode::CREATED).await
+    }
+
+    /// `GET /admin/v1/keys/{id}`, expecting 200.
+    pub async fn get_key(&self, key_id: &str) -> Value {
+        expect_json(
+            self.admin_get(&format!("/keys/{key_id}")).await,
+            StatusCode::OK,
+        )
+        .await
+    }
+
+    /// Stops the server gracefully (the database stays).
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.expect("request")
+}
+
+/// Asserts the status and returns the JSON body.
+pub async fn expect_json(res: reqwest::Response, status: StatusCode) -> Value {
+    let got = res.status();
+    let url = res.url().clone();
+    let text = res.text().await.expect("body");
+    assert_eq!(got, status, "{url}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"))
+}
+
+/// Asserts the contract's error envelope with `status` and `code`.
+pub async fn expect_error(res: reqwest::Response, status: StatusCode, code: &str, why: &str) {
+    let got = res.status();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let text = res.text().await.expect("body");
+    assert_eq!(got, status, "{why}: {text}");
+    assert_eq!(ct.as_deref(), Some("application/json"), "{why}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{why}: {e}: {text}"));
+    assert_eq!(v["error"]["code"], code, "{why}: {text}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{why}: message missing: {text}"
+    );
+}
+
+/// A minimal valid create body.
+pub fn key_body(name: &str) -> Value {
+    serde_json::json!({"name": name, "scopes": ["read:users", "write:orders"], "env": "test"})
+}
+
+/// Current unix time.
+pub fn now() -> i64 {
+    keybound::state::now()
+}
+
+// ---- the command line ----
+
+/// What a run of the `keybound` binary printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Asserts exit 0 and returns self.
+    #[track_caller]
+    pub fn ok(self) -> CliOutput {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        self
+    }
+
+    /// stdout as the one JSON object it must be.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {self:?}"))
+    }
+
+    /// Everything printed.
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `keybound --database-url <db> ARGS…` in the test's scratch directory.
+pub async fn cli(db: &TestDb, args: &[&str]) -> CliOutput {
+    let mut full = vec!["--database-url", db.url.as_str()];
+    full.extend_from_slice(args);
+    run_binary(db.dir.path(), &full, None).await
+}
+
+/// Runs the `keybound` binary in `cwd` with no database settings from the environment,
+/// optionally feeding `stdin`.
+pub async fn run_binary(cwd: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybound"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("KEYBOUND_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run keybound");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input).await.expect("write stdin");
+        drop(pipe);
+    }
+    let out = child.wait_with_output().await.expect("keybound exits");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn database_names_replace_the_path_only() {
+    let cases = [
+        ("postgres://u@h:5432/test", "postgres://u@h:5432/x"),
+        ("postgres://u@h:5432", "postgres://u@h:5432/x"),
+        (
+            "postgres://u@h/test?sslmode=disable",
+            "postgres://u@h/x?sslmode=disable",
+        ),
+    ];
+    for (base, want) in cases {
+        assert_eq!(with_database(base, "x"), want, "{base}");
+    }
+}
