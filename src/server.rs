@@ -109,29 +109,30 @@ pub async fn start(mut args: ServeArgs, store: Arc<dyn Store>) -> Result<Running
 
 /// Serves until Ctrl-C or SIGTERM; SIGHUP reloads the TLS certificate and key.
 pub async fn serve(args: ServeArgs, store: Arc<dyn Store>) -> Result<()> {
+    // Listen for SIGHUP before starting: one that arrives while we start is then held for the
+    // reload loop instead of killing the process (the default action).
+    #[cfg(unix)]
+    let hup = match args.tls_cert {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(Error::internal)?,
+        ),
+        None => None,
+    };
     let running = start(args, store).await?;
     #[cfg(unix)]
-    if let Some(tls) = running.tls.clone() {
-        reload_on_sighup(tls)?;
+    if let (Some(mut hup), Some(tls)) = (hup, running.tls.clone()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = tls.reload() {
+                    tracing::error!(error = %e, "TLS reload on SIGHUP failed");
+                }
+            }
+        });
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
-    Ok(())
-}
-
-/// Reloads `tls` on every SIGHUP; a failed reload is logged and the old certificate kept.
-#[cfg(unix)]
-fn reload_on_sighup(tls: Tls) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).map_err(Error::internal)?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            if let Err(e) = tls.reload() {
-                tracing::error!(error = %e, "TLS reload on SIGHUP failed");
-            }
-        }
-    });
     Ok(())
 }
 
