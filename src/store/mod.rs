@@ -9,7 +9,14 @@
 pub mod broadcast;
 pub mod cached;
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,11 +1,106 @@
-//! PostgreSQL implementation of [`Store`](super::Store) — placeholder until the storage branch lands.
+//! PostgreSQL implementation of [`Store`](super::Store), for several instances sharing one
+//! database.
+//!
+//! Transactions run at READ COMMITTED. Where writers need one order across every process (the
+//! audit chain, the revocation feed, signing key rotation), they take a transaction-scoped
+//! advisory lock; enrollments under one key take turns on a row lock of that key.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use super::Store;
+use super::sql::{Backend, invalid_url, migrate_error};
+use super::writer::GroupWriter;
+use crate::error::Result;
+
+/// How long a request waits for a pooled connection before failing with 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The advisory lock key of [`Backend::lock_write_order`]: "kbwrite\0" as a big-endian i64, so
+/// it is unlikely to collide with another application's locks in a shared database.
+const WRITE_ORDER_LOCK: i64 = i64::from_be_bytes(*b"kbwrite\0");
 
 /// PostgreSQL-backed store.
-pub struct PostgresStore;
+pub struct PostgresStore {
+    pool: PgPool,
+    writer: GroupWriter,
+}
 
 impl PostgresStore {
-    /// Opens (creating if needed) and migrates the database.
-    pub async fn connect(_url: &str) -> crate::Result<std::sync::Arc<dyn super::Store>> {
-        unimplemented!()
+    /// Opens (creating the database if it does not exist) and migrates the database.
+    pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(Self::open(url).await?))
+    }
+
+    /// [`connect`](Self::connect), returning the concrete type.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(invalid_url)?;
+        let pool = match pool_options().connect_with(options.clone()).await {
+            Err(e) if has_code(&e, "3D000") => {
+                // invalid_catalog_name: the database does not exist yet. Another process may be
+                // creating it at the same moment (duplicate_database), which is as good.
+                match Postgres::create_database(url).await {
+                    Err(e) if !has_code(&e, "42P04") => return Err(e.into()),
+                    _ => pool_options().connect_with(options).await?,
+                }
+            }
+            pool => pool?,
+        };
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(migrate_error)?;
+        Ok(PostgresStore {
+            writer: GroupWriter::spawn(pool.clone()),
+            pool,
+        })
     }
 }
+
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT)
+}
+
+/// Whether `e` is a database error with SQLSTATE `code`.
+fn has_code(e: &sqlx::Error, code: &str) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == code)
+}
+
+impl Backend for PostgresStore {
+    type Db = Postgres;
+    const NAME: &'static str = "postgres";
+
+    async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+        Ok(pool.begin().await?)
+    }
+
+    async fn lock_write_order(conn: &mut PgConnection) -> Result<()> {
+        // Released at commit or rollback, after the transaction's rows became visible, so the
+        // next holder's first statement (a new snapshot at READ COMMITTED) sees them.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_ORDER_LOCK)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_key(conn: &mut PgConnection, key_id: &str) -> Result<()> {
+        // NO KEY UPDATE conflicts with itself but not with the KEY SHARE locks that foreign key
+        // checks take, so token writes under the key go on while enrollments take turns.
+        sqlx::query("SELECT 1 FROM api_keys WHERE key_id = $1 FOR NO KEY UPDATE")
+            .bind(key_id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+super::rows::decode_rows!(sqlx::postgres::PgRow);
+super::sql::sql_store!(PostgresStore);

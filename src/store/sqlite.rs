@@ -1,11 +1,122 @@
-//! SQLite implementation of [`Store`](super::Store) — placeholder until the storage branch lands.
+//! SQLite implementation of [`Store`](super::Store): the embedded default.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a commit returns only once it is on disk;
+//! the group-commit writer ([`super::writer`]) keeps that affordable on the token hot path.
+//! Every writing transaction starts with `BEGIN IMMEDIATE`, which takes SQLite's single write
+//! lock at once: writers in this process and in others (the CLI next to a running server) wait
+//! their turn on `busy_timeout` instead of failing.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+use super::Store;
+use super::sql::{Backend, invalid_url, migrate_error};
+use super::writer::GroupWriter;
+use crate::error::{Error, Result};
+
+/// How long a writer waits for another one (in any process) to release the write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a request waits for a pooled connection before failing with 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite-backed store.
-pub struct SqliteStore;
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: GroupWriter,
+}
 
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database.
-    pub async fn connect(_url: &str) -> crate::Result<std::sync::Arc<dyn super::Store>> {
-        unimplemented!()
+    /// Opens (creating the file and its directory if needed) and migrates the database.
+    pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(Self::open(url).await?))
+    }
+
+    /// [`connect`](Self::connect), returning the concrete type.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(invalid_url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        // SQLite creates the file but not its directory (`keybound-data/` by default).
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(Error::unavailable)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(migrate_error)?;
+        Ok(SqliteStore {
+            writer: GroupWriter::spawn(pool.clone()),
+            pool,
+        })
+    }
+}
+
+impl Backend for SqliteStore {
+    type Db = Sqlite;
+    const NAME: &'static str = "sqlite";
+
+    async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
+        // A plain (deferred) BEGIN takes the write lock only at the first write; if another
+        // connection committed in between, that upgrade fails with SQLITE_BUSY at once,
+        // without waiting on busy_timeout. IMMEDIATE takes the lock up front, waiting for it.
+        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn lock_write_order(_: &mut SqliteConnection) -> Result<()> {
+        // BEGIN IMMEDIATE already holds the one write lock of the database file.
+        Ok(())
+    }
+
+    async fn lock_key(_: &mut SqliteConnection, _: &str) -> Result<()> {
+        // BEGIN IMMEDIATE already holds the one write lock of the database file.
+        Ok(())
+    }
+}
+
+super::rows::decode_rows!(sqlx::sqlite::SqliteRow);
+super::sql::sql_store!(SqliteStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_connection_is_durable_and_waits_for_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("kb.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let pragmas = [
+            ("PRAGMA synchronous", 2), // FULL
+            ("PRAGMA foreign_keys", 1),
+            ("PRAGMA busy_timeout", 5000),
+        ];
+        for (pragma, want) in pragmas {
+            let value: i64 = sqlx::query_scalar(pragma)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(value, want, "{pragma}");
+        }
     }
 }

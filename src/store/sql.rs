@@ -1,0 +1,928 @@
+//! The SQL both backends share, written once.
+//!
+//! SQLite and PostgreSQL accept the same SQL for everything keybound does (`$n` placeholders,
+//! `RETURNING`, partial indexes, `CASE`), so every statement is written once, in the
+//! [`sql_store!`] macro, and the macro is expanded in each backend module for that backend's
+//! concrete sqlx types. A macro rather than generic functions: sqlx's generic executor bounds
+//! (`for<'c> &'c mut DB::Connection: Executor<'c>`, `Encode + Type` for every bound value, …)
+//! would outweigh the SQL itself.
+//!
+//! What differs between the backends is the [`Backend`] trait: how a writing transaction
+//! starts, how writers that need a total order take turns across processes, and how
+//! enrollments under one key are serialized.
+//!
+//! Rows decode into records by column name ([`rows`](super::rows)), so statements read whole
+//! records with `SELECT *` and `RETURNING *`.
+
+use crate::error::Result;
+
+/// What the shared SQL needs from a backend.
+pub(super) trait Backend {
+    /// The sqlx database type.
+    type Db: sqlx::Database;
+
+    /// `Store::backend`'s answer.
+    const NAME: &'static str;
+
+    /// Starts a transaction that will write.
+    async fn begin_write(
+        pool: &sqlx::Pool<Self::Db>,
+    ) -> Result<sqlx::Transaction<'static, Self::Db>>;
+
+    /// Called first in a writing transaction whose writes need one order across every process
+    /// using the database: audit rows (`seq = last + 1`), revocation feed entries (a poller's
+    /// cursor must never pass an entry that commits later) and signing key rotation. Held
+    /// until the transaction ends.
+    async fn lock_write_order(conn: &mut <Self::Db as sqlx::Database>::Connection) -> Result<()>;
+
+    /// Called first in an enrollment: enrollments under `key_id` take turns, so counting the
+    /// key's devices and inserting one cannot interleave.
+    async fn lock_key(
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        key_id: &str,
+    ) -> Result<()>;
+}
+
+/// Whether `e` is a unique-constraint violation, by the database's error kind (never by its
+/// message text, which varies with version and locale).
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+/// Implements [`Store`](super::Store) for `$Store`, which implements [`Backend`] and has the
+/// fields `pool: sqlx::Pool<Db>` and `writer: GroupWriter`, and the group-commit
+/// [`Batch`](super::writer::Batch) for its pool. Expands to a private module; the records'
+/// `FromRow` impls come from [`decode_rows!`](super::rows::decode_rows).
+macro_rules! sql_store {
+    ($Store:ident) => {
+        mod shared_sql {
+            use async_trait::async_trait;
+
+            use super::$Store;
+            use $crate::audit::{GENESIS, chain_hash};
+            use $crate::error::{Error, Result};
+            use $crate::store::rows::to_json;
+            use $crate::store::sql::{Backend, is_unique_violation};
+            use $crate::store::writer::{Batch, BatchError, WriteOp};
+            use $crate::store::{
+                AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceChange, DeviceRecord,
+                Enrollment, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
+                SigningKeyRecord, Store,
+            };
+
+            type Db = <$Store as Backend>::Db;
+            type Conn = <Db as sqlx::Database>::Connection;
+            type Tx = sqlx::Transaction<'static, Db>;
+
+            // ---- statements: API keys ----
+
+            async fn insert_key(conn: &mut Conn, k: &KeyRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO api_keys (key_id, env, name, description, secret_hash, scopes, \
+                     limited_scopes, rate_limit_per_minute, allowed_ips, allowed_origins, \
+                     max_devices, trust_on_enroll, status, status_reason, status_changed_at, \
+                     created_at, expires_at, last_used_at, rotated_from, rotated_to) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                     $16, $17, $18, $19, $20)",
+                )
+                .bind(&k.key_id)
+                .bind(&k.env)
+                .bind(&k.name)
+                .bind(&k.description)
+                .bind(&k.secret_hash)
+                .bind(to_json(&k.scopes))
+                .bind(k.limited_scopes.as_ref().map(to_json))
+                .bind(k.rate_limit_per_minute)
+                .bind(to_json(&k.allowed_ips))
+                .bind(to_json(&k.allowed_origins))
+                .bind(k.max_devices)
+                .bind(k.trust_on_enroll)
+                .bind(k.status.as_str())
+                .bind(&k.status_reason)
+                .bind(k.status_changed_at)
+                .bind(k.created_at)
+                .bind(k.expires_at)
+                .bind(k.last_used_at)
+                .bind(&k.rotated_from)
+                .bind(&k.rotated_to)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn select_key<'c>(
+                ex: impl sqlx::Executor<'c, Database = Db>,
+                key_id: &str,
+            ) -> Result<Option<KeyRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM api_keys WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_optional(ex)
+                    .await?)
+            }
+
+            async fn select_keys_after(
+                pool: &sqlx::Pool<Db>,
+                after: &str,
+                limit: i64,
+            ) -> Result<Vec<KeyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM api_keys WHERE key_id > $1 ORDER BY key_id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit.max(0))
+                .fetch_all(pool)
+                .await?)
+            }
+
+            /// `false` when the key does not exist.
+            async fn update_key_metadata(conn: &mut Conn, k: &KeyRecord) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE api_keys SET name = $2, description = $3, scopes = $4, \
+                     limited_scopes = $5, rate_limit_per_minute = $6, allowed_ips = $7, \
+                     allowed_origins = $8, max_devices = $9, trust_on_enroll = $10, \
+                     expires_at = $11 WHERE key_id = $1",
+                )
+                .bind(&k.key_id)
+                .bind(&k.name)
+                .bind(&k.description)
+                .bind(to_json(&k.scopes))
+                .bind(k.limited_scopes.as_ref().map(to_json))
+                .bind(k.rate_limit_per_minute)
+                .bind(to_json(&k.allowed_ips))
+                .bind(to_json(&k.allowed_origins))
+                .bind(k.max_devices)
+                .bind(k.trust_on_enroll)
+                .bind(k.expires_at)
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn update_key_status(
+                conn: &mut Conn,
+                key_id: &str,
+                status: KeyStatus,
+                reason: Option<&str>,
+                at: i64,
+            ) -> Result<Option<KeyRecord>> {
+                Ok(sqlx::query_as(
+                    "UPDATE api_keys SET status = $2, status_reason = $3, status_changed_at = $4 \
+                     WHERE key_id = $1 RETURNING *",
+                )
+                .bind(key_id)
+                .bind(status.as_str())
+                .bind(reason)
+                .bind(at)
+                .fetch_optional(conn)
+                .await?)
+            }
+
+            /// Links the old key of a rotation to its successor and shortens its life to the
+            /// grace period. Never lengthens it: a key due to expire before the grace period
+            /// ends keeps its own expiry. `false` when the key does not exist.
+            async fn mark_key_rotated(
+                conn: &mut Conn,
+                old_id: &str,
+                new_id: &str,
+                expires_at: i64,
+            ) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE api_keys SET rotated_to = $2, expires_at = CASE \
+                     WHEN expires_at IS NULL OR expires_at > $3 THEN $3 ELSE expires_at END \
+                     WHERE key_id = $1",
+                )
+                .bind(old_id)
+                .bind(new_id)
+                .bind(expires_at)
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            /// Moves `last_used_at` forward only, so batches applied out of order never move
+            /// it back.
+            async fn touch_key(conn: &mut Conn, key_id: &str, at: i64) -> Result<()> {
+                sqlx::query(
+                    "UPDATE api_keys SET last_used_at = $2 \
+                     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+                )
+                .bind(key_id)
+                .bind(at)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Devices and refresh tokens go with their key by `ON DELETE CASCADE`.
+            async fn delete_keys_expired_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM api_keys WHERE expires_at < $1")
+                    .bind(before)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            // ---- statements: devices ----
+
+            async fn insert_device(conn: &mut Conn, d: &DeviceRecord) -> sqlx::Result<()> {
+                sqlx::query(
+                    "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
+                     approved, created_at, last_seen_at, exchange_count, mismatch_count, \
+                     networks, trust_score, trust_level, trust_factors, revoked_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                     $16)",
+                )
+                .bind(&d.device_id)
+                .bind(&d.key_id)
+                .bind(&d.jkt)
+                .bind(&d.name)
+                .bind(to_json(&d.attributes))
+                .bind(d.status.as_str())
+                .bind(d.approved)
+                .bind(d.created_at)
+                .bind(d.last_seen_at)
+                .bind(d.exchange_count)
+                .bind(d.mismatch_count)
+                .bind(to_json(&d.networks))
+                .bind(d.trust_score)
+                .bind(&d.trust_level)
+                .bind(to_json(&d.trust_factors))
+                .bind(d.revoked_at)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn select_device<'c>(
+                ex: impl sqlx::Executor<'c, Database = Db>,
+                device_id: &str,
+            ) -> Result<Option<DeviceRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM devices WHERE device_id = $1")
+                    .bind(device_id)
+                    .fetch_optional(ex)
+                    .await?)
+            }
+
+            async fn select_device_by_jkt<'c>(
+                ex: impl sqlx::Executor<'c, Database = Db>,
+                key_id: &str,
+                jkt: &str,
+            ) -> Result<Option<DeviceRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM devices WHERE key_id = $1 AND jkt = $2")
+                    .bind(key_id)
+                    .bind(jkt)
+                    .fetch_optional(ex)
+                    .await?)
+            }
+
+            async fn select_devices_of_key(
+                pool: &sqlx::Pool<Db>,
+                key_id: &str,
+            ) -> Result<Vec<DeviceRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM devices WHERE key_id = $1 ORDER BY created_at, device_id",
+                )
+                .bind(key_id)
+                .fetch_all(pool)
+                .await?)
+            }
+
+            async fn count_active_devices(conn: &mut Conn, key_id: &str) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM devices WHERE key_id = $1 AND status = 'active'",
+                )
+                .bind(key_id)
+                .fetch_one(conn)
+                .await?)
+            }
+
+            async fn update_device_history(conn: &mut Conn, d: &DeviceRecord) -> Result<()> {
+                sqlx::query(
+                    "UPDATE devices SET last_seen_at = $2, exchange_count = $3, \
+                     mismatch_count = $4, networks = $5, trust_score = $6, trust_level = $7, \
+                     trust_factors = $8, attributes = $9 WHERE device_id = $1",
+                )
+                .bind(&d.device_id)
+                .bind(d.last_seen_at)
+                .bind(d.exchange_count)
+                .bind(d.mismatch_count)
+                .bind(to_json(&d.networks))
+                .bind(d.trust_score)
+                .bind(&d.trust_level)
+                .bind(to_json(&d.trust_factors))
+                .bind(to_json(&d.attributes))
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            /// A second revocation keeps the first `revoked_at`.
+            async fn revoke_device(
+                conn: &mut Conn,
+                device_id: &str,
+                at: i64,
+            ) -> Result<Option<DeviceRecord>> {
+                Ok(sqlx::query_as(
+                    "UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, $2) \
+                     WHERE device_id = $1 RETURNING *",
+                )
+                .bind(device_id)
+                .bind(at)
+                .fetch_optional(conn)
+                .await?)
+            }
+
+            async fn approve_device(
+                conn: &mut Conn,
+                device_id: &str,
+            ) -> Result<Option<DeviceRecord>> {
+                Ok(sqlx::query_as(
+                    "UPDATE devices SET approved = TRUE WHERE device_id = $1 RETURNING *",
+                )
+                .bind(device_id)
+                .fetch_optional(conn)
+                .await?)
+            }
+
+            // ---- statements: refresh tokens ----
+
+            async fn insert_refresh_token(conn: &mut Conn, t: &RefreshRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, family_id, key_id, device_id, jkt, \
+                     scope, audience, issued_at, expires_at, spent_at, revoked_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&t.token_hash)
+                .bind(&t.family_id)
+                .bind(&t.key_id)
+                .bind(&t.device_id)
+                .bind(&t.jkt)
+                .bind(&t.scope)
+                .bind(&t.audience)
+                .bind(t.issued_at)
+                .bind(t.expires_at)
+                .bind(t.spent_at)
+                .bind(t.revoked_at)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn select_refresh_token(
+                pool: &sqlx::Pool<Db>,
+                token_hash: &[u8],
+            ) -> Result<Option<RefreshRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .fetch_optional(pool)
+                    .await?)
+            }
+
+            /// One conditional update, so of concurrent spenders exactly one sees a row
+            /// change: the database, not a read-then-write in our code, decides the winner.
+            async fn spend_refresh_token<'c>(
+                ex: impl sqlx::Executor<'c, Database = Db>,
+                token_hash: &[u8],
+                at: i64,
+            ) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE refresh_tokens SET spent_at = $2 \
+                     WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL",
+                )
+                .bind(token_hash)
+                .bind(at)
+                .execute(ex)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn revoke_family_tokens(
+                conn: &mut Conn,
+                family_id: &str,
+                at: i64,
+            ) -> Result<u64> {
+                let done = sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $2 \
+                     WHERE family_id = $1 AND revoked_at IS NULL",
+                )
+                .bind(family_id)
+                .bind(at)
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            // ---- statements: signing keys ----
+
+            async fn select_signing_keys(pool: &sqlx::Pool<Db>) -> Result<Vec<SigningKeyRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM signing_keys ORDER BY created_at DESC, kid DESC")
+                    .fetch_all(pool)
+                    .await?)
+            }
+
+            async fn retire_signing_keys(conn: &mut Conn, at: i64) -> Result<()> {
+                sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+                    .bind(at)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_signing_key_row(conn: &mut Conn, k: &SigningKeyRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, public_key, sealed_private, created_at, \
+                     retired_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&k.kid)
+                .bind(&k.public_key)
+                .bind(&k.sealed_private)
+                .bind(k.created_at)
+                .bind(k.retired_at)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            // ---- statements: audit log ----
+
+            async fn select_audit_head(conn: &mut Conn) -> Result<Option<(i64, Vec<u8>)>> {
+                Ok(sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(conn)
+                    .await?)
+            }
+
+            async fn insert_audit_row(conn: &mut Conn, row: &AuditRow) -> Result<()> {
+                let e = &row.entry;
+                sqlx::query(
+                    "INSERT INTO audit_log (seq, at, actor, action, target, ip, details, \
+                     prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(row.seq)
+                .bind(e.at)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.target)
+                .bind(&e.ip)
+                .bind(to_json(&e.details))
+                .bind(&row.prev_hash)
+                .bind(&row.hash)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn select_audit_after(
+                pool: &sqlx::Pool<Db>,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<AuditRow>> {
+                Ok(sqlx::query_as("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after)
+                    .bind(limit.max(0))
+                    .fetch_all(pool)
+                    .await?)
+            }
+
+            /// Chains `entry` after the newest row. The caller holds the write-order lock
+            /// ([`Backend::lock_write_order`]), so no other appender reads the same head.
+            async fn chain_audit(conn: &mut Conn, entry: &AuditEntry) -> Result<AuditRow> {
+                let (seq, prev_hash) = match select_audit_head(conn).await? {
+                    Some((seq, hash)) => (seq + 1, hash),
+                    None => (1, GENESIS.to_vec()),
+                };
+                let hash = chain_hash(&prev_hash, seq, entry).to_vec();
+                let row = AuditRow { seq, entry: entry.clone(), prev_hash, hash };
+                insert_audit_row(conn, &row).await?;
+                Ok(row)
+            }
+
+            // ---- statements: alerts ----
+
+            async fn insert_alert_row(pool: &sqlx::Pool<Db>, a: &AlertRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO alerts (id, at, kind, severity, key_id, device_id, ip, details) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&a.id)
+                .bind(a.at)
+                .bind(&a.kind)
+                .bind(&a.severity)
+                .bind(&a.key_id)
+                .bind(&a.device_id)
+                .bind(&a.ip)
+                .bind(to_json(&a.details))
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn select_alerts(
+                pool: &sqlx::Pool<Db>,
+                f: &AlertFilter,
+            ) -> Result<Vec<AlertRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM alerts WHERE ($1 IS NULL OR kind = $1) \
+                     AND ($2 IS NULL OR key_id = $2) AND at >= $3 \
+                     ORDER BY at DESC, id DESC LIMIT $4",
+                )
+                .bind(&f.kind)
+                .bind(&f.key_id)
+                .bind(f.since.unwrap_or(i64::MIN))
+                .bind(f.limit.max(0))
+                .fetch_all(pool)
+                .await?)
+            }
+
+            // ---- statements: revocation feed ----
+
+            /// The caller holds the write-order lock ([`Backend::lock_write_order`]).
+            async fn insert_revocation(
+                conn: &mut Conn,
+                kind: &str,
+                id: &str,
+                at: i64,
+            ) -> Result<()> {
+                sqlx::query("INSERT INTO revocations (kind, subject, at) VALUES ($1, $2, $3)")
+                    .bind(kind)
+                    .bind(id)
+                    .bind(at)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn select_revocations_after(
+                pool: &sqlx::Pool<Db>,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<RevocationRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT seq, kind, subject, at FROM revocations WHERE seq > $1 \
+                     ORDER BY seq LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit.max(0))
+                .fetch_all(pool)
+                .await?)
+            }
+
+            // ---- transactions ----
+
+            impl $Store {
+                /// A writing transaction holding the write-order lock.
+                async fn begin_ordered(&self) -> Result<Tx> {
+                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                    <$Store as Backend>::lock_write_order(&mut tx).await?;
+                    Ok(tx)
+                }
+            }
+
+            #[async_trait]
+            impl Store for $Store {
+                async fn ping(&self) -> Result<()> {
+                    sqlx::query("SELECT 1").execute(&self.pool).await?;
+                    Ok(())
+                }
+
+                fn backend(&self) -> &'static str {
+                    <$Store as Backend>::NAME
+                }
+
+                #[tracing::instrument(skip_all, fields(key_id = %key.key_id))]
+                async fn create_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()> {
+                    let mut tx = self.begin_ordered().await?;
+                    insert_key(&mut tx, key).await?;
+                    chain_audit(&mut tx, audit).await?;
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(skip_all, fields(key_id = %key_id))]
+                async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>> {
+                    select_key(&self.pool, key_id).await
+                }
+
+                #[tracing::instrument(skip_all, fields(limit = limit))]
+                async fn list_keys(
+                    &self,
+                    after: Option<&str>,
+                    limit: i64,
+                ) -> Result<Vec<KeyRecord>> {
+                    // Every key id sorts after "" (ids are `ak_…`).
+                    select_keys_after(&self.pool, after.unwrap_or(""), limit).await
+                }
+
+                #[tracing::instrument(skip_all, fields(key_id = %key.key_id))]
+                async fn update_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()> {
+                    let mut tx = self.begin_ordered().await?;
+                    if !update_key_metadata(&mut tx, key).await? {
+                        return Err(Error::NotFound);
+                    }
+                    chain_audit(&mut tx, audit).await?;
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(
+                    skip_all,
+                    fields(key_id = %key_id, status = status.as_str())
+                )]
+                async fn set_key_status(
+                    &self,
+                    key_id: &str,
+                    status: KeyStatus,
+                    reason: Option<&str>,
+                    at: i64,
+                    audit: &AuditEntry,
+                ) -> Result<Option<KeyRecord>> {
+                    let mut tx = self.begin_ordered().await?;
+                    let Some(key) = update_key_status(&mut tx, key_id, status, reason, at).await?
+                    else {
+                        return Ok(None);
+                    };
+                    if status != KeyStatus::Active {
+                        insert_revocation(&mut tx, "key", key_id, at).await?;
+                    }
+                    chain_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(Some(key))
+                }
+
+                #[tracing::instrument(skip_all, fields(old_id = %old_id, new_id = %new.key_id))]
+                async fn rotate_key(
+                    &self,
+                    old_id: &str,
+                    old_expires_at: i64,
+                    new: &KeyRecord,
+                    audit: &AuditEntry,
+                ) -> Result<()> {
+                    let mut tx = self.begin_ordered().await?;
+                    if !mark_key_rotated(&mut tx, old_id, &new.key_id, old_expires_at).await? {
+                        return Err(Error::NotFound);
+                    }
+                    insert_key(&mut tx, new).await?;
+                    chain_audit(&mut tx, audit).await?;
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(skip_all, fields(keys = used.len()))]
+                async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
+                    if !used.is_empty() {
+                        self.writer.submit(WriteOp::TouchKeys(used.to_vec())).await?;
+                    }
+                    Ok(())
+                }
+
+                #[tracing::instrument(skip_all, fields(before = before))]
+                async fn purge_expired_keys(&self, before: i64) -> Result<u64> {
+                    delete_keys_expired_before(&self.pool, before).await
+                }
+
+                #[tracing::instrument(skip_all, fields(key_id = %key_id))]
+                async fn get_device_by_jkt(
+                    &self,
+                    key_id: &str,
+                    jkt: &str,
+                ) -> Result<Option<DeviceRecord>> {
+                    select_device_by_jkt(&self.pool, key_id, jkt).await
+                }
+
+                #[tracing::instrument(skip_all, fields(device_id = %device_id))]
+                async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>> {
+                    select_device(&self.pool, device_id).await
+                }
+
+                #[tracing::instrument(skip_all, fields(key_id = %key_id))]
+                async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>> {
+                    select_devices_of_key(&self.pool, key_id).await
+                }
+
+                #[tracing::instrument(
+                    skip_all,
+                    fields(key_id = %device.key_id, device_id = %device.device_id)
+                )]
+                async fn enroll_device(
+                    &self,
+                    device: &DeviceRecord,
+                    max_devices: i64,
+                ) -> Result<Enrollment> {
+                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                    <$Store as Backend>::lock_key(&mut tx, &device.key_id).await?;
+                    if let Some(existing) =
+                        select_device_by_jkt(&mut *tx, &device.key_id, &device.jkt).await?
+                    {
+                        return Ok(Enrollment::Exists(Box::new(existing)));
+                    }
+                    if count_active_devices(&mut tx, &device.key_id).await? >= max_devices {
+                        return Ok(Enrollment::LimitReached);
+                    }
+                    match insert_device(&mut tx, device).await {
+                        Ok(()) => {
+                            tx.commit().await?;
+                            Ok(Enrollment::Enrolled)
+                        }
+                        // The lock above makes this unreachable for one key and thumbprint;
+                        // should it happen anyway, the device that won is the answer.
+                        Err(e) if is_unique_violation(&e) => {
+                            tx.rollback().await?;
+                            select_device_by_jkt(&self.pool, &device.key_id, &device.jkt)
+                                .await?
+                                .map(|d| Enrollment::Exists(Box::new(d)))
+                                .ok_or_else(|| Error::internal(e))
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+
+                #[tracing::instrument(skip_all, fields(device_id = %device.device_id))]
+                async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()> {
+                    self.writer.submit(WriteOp::UpdateDeviceUsage(device.clone())).await?;
+                    Ok(())
+                }
+
+                #[tracing::instrument(skip_all, fields(device_id = %device_id, change = ?change))]
+                async fn set_device_status(
+                    &self,
+                    device_id: &str,
+                    change: DeviceChange,
+                    at: i64,
+                    audit: &AuditEntry,
+                ) -> Result<Option<DeviceRecord>> {
+                    let mut tx = self.begin_ordered().await?;
+                    let device = match change {
+                        DeviceChange::Revoke => revoke_device(&mut tx, device_id, at).await?,
+                        DeviceChange::Approve => approve_device(&mut tx, device_id).await?,
+                    };
+                    let Some(device) = device else {
+                        return Ok(None);
+                    };
+                    if change == DeviceChange::Revoke {
+                        insert_revocation(&mut tx, "device", &device.jkt, at).await?;
+                    }
+                    chain_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(Some(device))
+                }
+
+                #[tracing::instrument(
+                    skip_all,
+                    fields(family_id = %token.family_id, device_id = %token.device_id)
+                )]
+                async fn insert_refresh(&self, token: &RefreshRecord) -> Result<()> {
+                    self.writer.submit(WriteOp::InsertRefresh(token.clone())).await?;
+                    Ok(())
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn get_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>> {
+                    select_refresh_token(&self.pool, token_hash).await
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn spend_refresh(&self, token_hash: &[u8], at: i64) -> Result<bool> {
+                    spend_refresh_token(&self.pool, token_hash, at).await
+                }
+
+                #[tracing::instrument(skip_all, fields(family_id = %new.family_id))]
+                async fn rotate_refresh(
+                    &self,
+                    old_hash: &[u8],
+                    new: &RefreshRecord,
+                    at: i64,
+                ) -> Result<bool> {
+                    let old_hash = old_hash.to_vec();
+                    let op = WriteOp::RotateRefresh { old_hash, new: new.clone(), at };
+                    self.writer.submit(op).await
+                }
+
+                #[tracing::instrument(skip_all, fields(family_id = %family_id))]
+                async fn revoke_refresh_family(&self, family_id: &str, at: i64) -> Result<u64> {
+                    let mut tx = self.begin_ordered().await?;
+                    let revoked = revoke_family_tokens(&mut tx, family_id, at).await?;
+                    // A family revoked before (a second reuse) is already in the feed.
+                    if revoked > 0 {
+                        insert_revocation(&mut tx, "refresh_family", family_id, at).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(revoked)
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+                    select_signing_keys(&self.pool).await
+                }
+
+                #[tracing::instrument(skip_all, fields(kid = %key.kid))]
+                async fn insert_signing_key(&self, key: &SigningKeyRecord, at: i64) -> Result<()> {
+                    // Ordered, so two instances rotating at once leave one active key, not two.
+                    let mut tx = self.begin_ordered().await?;
+                    retire_signing_keys(&mut tx, at).await?;
+                    insert_signing_key_row(&mut tx, key).await?;
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(skip_all, fields(action = %entry.action))]
+                async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow> {
+                    let mut tx = self.begin_ordered().await?;
+                    let row = chain_audit(&mut tx, entry).await?;
+                    tx.commit().await?;
+                    Ok(row)
+                }
+
+                #[tracing::instrument(skip_all, fields(after = after, limit = limit))]
+                async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
+                    select_audit_after(&self.pool, after, limit).await
+                }
+
+                #[tracing::instrument(skip_all, fields(kind = %alert.kind))]
+                async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
+                    insert_alert_row(&self.pool, alert).await
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
+                    select_alerts(&self.pool, filter).await
+                }
+
+                #[tracing::instrument(skip_all, fields(kind = %kind))]
+                async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
+                    let mut tx = self.begin_ordered().await?;
+                    insert_revocation(&mut tx, kind, id, at).await?;
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(skip_all, fields(after = after, limit = limit))]
+                async fn list_revocations(
+                    &self,
+                    after: i64,
+                    limit: i64,
+                ) -> Result<Vec<RevocationRecord>> {
+                    select_revocations_after(&self.pool, after, limit).await
+                }
+            }
+
+            // ---- group commit ----
+
+            /// The group-commit writer's transactions (see [`writer`]($crate::store::writer)).
+            #[async_trait]
+            impl Batch for sqlx::Pool<Db> {
+                async fn run(&self, ops: &[WriteOp]) -> Result<Vec<bool>, BatchError> {
+                    let mut tx = <$Store as Backend>::begin_write(self)
+                        .await
+                        .map_err(BatchError::Transaction)?;
+                    let mut answers = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        match apply(&mut tx, op).await {
+                            Ok(answer) => answers.push(answer),
+                            Err(e) => {
+                                // Release the write lock now, not when the connection is next used.
+                                let _ = tx.rollback().await;
+                                return Err(BatchError::Statement(e));
+                            }
+                        }
+                    }
+                    tx.commit().await.map_err(|e| BatchError::Transaction(e.into()))?;
+                    Ok(answers)
+                }
+            }
+
+            async fn apply(conn: &mut Conn, op: &WriteOp) -> Result<bool> {
+                match op {
+                    WriteOp::InsertRefresh(token) => insert_refresh_token(conn, token).await?,
+                    WriteOp::RotateRefresh { old_hash, new, at } => {
+                        if !spend_refresh_token(&mut *conn, old_hash, *at).await? {
+                            return Ok(false);
+                        }
+                        insert_refresh_token(conn, new).await?;
+                    }
+                    WriteOp::UpdateDeviceUsage(device) => {
+                        update_device_history(conn, device).await?
+                    }
+                    WriteOp::TouchKeys(used) => {
+                        for (key_id, at) in used {
+                            touch_key(conn, key_id, *at).await?;
+                        }
+                    }
+                }
+                Ok(true)
+            }
+        }
+    };
+}
+
+pub(super) use sql_store;
+
+/// A failed migration as the server's error: a database error keeps its class (unreachable →
+/// 503); anything else (a missing or edited migration) is a bug or a broken install.
+pub(super) fn migrate_error(e: sqlx::migrate::MigrateError) -> crate::Error {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => e.into(),
+        other => crate::Error::internal(other),
+    }
+}
+
+/// An unparsable database URL. sqlx's parse errors name the problem, not the URL, so no
+/// password can end up in the message.
+pub(super) fn invalid_url(e: sqlx::Error) -> crate::Error {
+    crate::Error::InvalidRequest(format!("invalid database URL: {e}"))
+}

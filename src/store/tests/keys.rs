@@ -1,0 +1,312 @@
+//! API keys: records, pagination, updates, status changes, rotation, purge, last use.
+
+use super::*;
+
+pub(super) async fn keys_round_trip_and_page_in_id_order(db: &mut TestDb) {
+    let store = &*db.store;
+    // Upper case sorts before lower case in byte order, whatever the database's locale.
+    let ids: Vec<String> = ['b', 'A', 'z', 'C', '0'].into_iter().map(key_id).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let mut k = key(id);
+        if i % 2 == 1 {
+            // Every optional field empty on some keys.
+            k.description = None;
+            k.limited_scopes = None;
+            k.expires_at = None;
+            k.allowed_ips = vec![];
+            k.trust_on_enroll = true;
+        }
+        store
+            .create_key(&k, &audit("key.create", Some(id)))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_key(id).await.unwrap(),
+            Some(k),
+            "round trip of {id}"
+        );
+    }
+    assert_eq!(store.get_key(&key_id('x')).await.unwrap(), None);
+
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_keys(after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.key_id.clone());
+        paged.extend(page.into_iter().map(|k| k.key_id));
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        paged, sorted,
+        "keyset pagination visits every key once, in byte order"
+    );
+
+    let log = all_audit(store).await;
+    assert_eq!(log.len(), ids.len(), "one audit row per created key");
+    assert!(log.iter().all(|r| r.entry.action == "key.create"));
+}
+
+pub(super) async fn key_updates_are_audited(db: &mut TestDb) {
+    let store = &*db.store;
+    let mut k = key(&key_id('u'));
+    store
+        .create_key(&k, &audit("key.create", Some(&k.key_id)))
+        .await
+        .unwrap();
+
+    k.name = "renamed".into();
+    k.description = None;
+    k.scopes = vec!["read:users".into()];
+    k.limited_scopes = None;
+    k.rate_limit_per_minute = 60;
+    k.allowed_ips = vec![];
+    k.allowed_origins = vec!["https://other.example.com".into()];
+    k.max_devices = 2;
+    k.trust_on_enroll = true;
+    k.expires_at = None;
+    store
+        .update_key(&k, &audit("key.update", Some(&k.key_id)))
+        .await
+        .unwrap();
+    assert_eq!(store.get_key(&k.key_id).await.unwrap(), Some(k.clone()));
+
+    let unknown = key(&key_id('v'));
+    let err = store
+        .update_key(&unknown, &audit("key.update", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound), "{err:?}");
+
+    let actions = audit_actions(store).await;
+    assert_eq!(
+        actions,
+        ["key.create", "key.update"],
+        "a failed update leaves no audit row"
+    );
+}
+
+pub(super) async fn status_changes_are_audited_and_fed_to_verifiers(db: &mut TestDb) {
+    let store = &*db.store;
+    let k = key(&key_id('s'));
+    store
+        .create_key(&k, &audit("key.create", Some(&k.key_id)))
+        .await
+        .unwrap();
+
+    let changes = [
+        (KeyStatus::Suspended, Some("leak reported"), "key.suspend"),
+        (KeyStatus::Active, None, "key.resume"),
+        (KeyStatus::Revoked, Some("offboarding"), "key.revoke"),
+    ];
+    for (i, (status, reason, action)) in changes.into_iter().enumerate() {
+        let at = T0 + 10 * (i as i64 + 1);
+        let updated = store
+            .set_key_status(
+                &k.key_id,
+                status,
+                reason,
+                at,
+                &audit(action, Some(&k.key_id)),
+            )
+            .await
+            .unwrap()
+            .expect("the key exists");
+        assert_eq!(updated.status, status, "{action}");
+        assert_eq!(updated.status_reason.as_deref(), reason, "{action}");
+        assert_eq!(updated.status_changed_at, Some(at), "{action}");
+        assert_eq!(
+            store.get_key(&k.key_id).await.unwrap(),
+            Some(updated),
+            "{action}"
+        );
+    }
+
+    let unknown = store
+        .set_key_status(
+            &key_id('t'),
+            KeyStatus::Revoked,
+            None,
+            T0,
+            &audit("key.revoke", None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown, None);
+
+    let actions = audit_actions(store).await;
+    assert_eq!(
+        actions,
+        ["key.create", "key.suspend", "key.resume", "key.revoke"]
+    );
+    assert_eq!(
+        all_revocations(store).await,
+        [
+            ("key".into(), k.key_id.clone(), T0 + 10),
+            ("key".into(), k.key_id.clone(), T0 + 30)
+        ],
+        "suspension and revocation are fed, resumption is not"
+    );
+}
+
+pub(super) async fn rotation_links_keys_and_never_extends_the_old_one(db: &mut TestDb) {
+    let store = &*db.store;
+    let old = key(&key_id('o'));
+    store
+        .create_key(&old, &audit("key.create", Some(&old.key_id)))
+        .await
+        .unwrap();
+
+    let mut new = key(&key_id('n'));
+    new.rotated_from = Some(old.key_id.clone());
+    let grace_end = T0 + 86_400;
+    store
+        .rotate_key(
+            &old.key_id,
+            grace_end,
+            &new,
+            &audit("key.rotate", Some(&old.key_id)),
+        )
+        .await
+        .unwrap();
+
+    let old_now = store.get_key(&old.key_id).await.unwrap().unwrap();
+    assert_eq!(old_now.rotated_to.as_deref(), Some(new.key_id.as_str()));
+    assert_eq!(old_now.expires_at, Some(grace_end));
+    assert_eq!(store.get_key(&new.key_id).await.unwrap(), Some(new.clone()));
+
+    // Rotating again with a longer grace does not give the old key more time.
+    let newer = key(&key_id('N'));
+    store
+        .rotate_key(
+            &old.key_id,
+            grace_end + 1_000,
+            &newer,
+            &audit("key.rotate", None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_key(&old.key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at,
+        Some(grace_end)
+    );
+
+    // An unknown old key: nothing inserted, nothing audited.
+    let orphan = key(&key_id('p'));
+    let err = store
+        .rotate_key(&key_id('q'), grace_end, &orphan, &audit("key.rotate", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound), "{err:?}");
+    assert_eq!(store.get_key(&orphan.key_id).await.unwrap(), None);
+    assert_eq!(all_audit(store).await.len(), 3);
+}
+
+pub(super) async fn purge_takes_devices_and_tokens_along(db: &mut TestDb) {
+    let store = &*db.store;
+    let (mut expired, d) = key_with_device(store, 'e').await;
+    store
+        .insert_refresh(&refresh(&d, "fam-e", 1))
+        .await
+        .unwrap();
+    expired.expires_at = Some(T0 + 100);
+    store
+        .update_key(&expired, &audit("key.update", None))
+        .await
+        .unwrap();
+
+    let (_, live_device) = key_with_device(store, 'l').await;
+    store
+        .insert_refresh(&refresh(&live_device, "fam-l", 2))
+        .await
+        .unwrap();
+    let mut forever = key(&key_id('f'));
+    forever.expires_at = None;
+    store
+        .create_key(&forever, &audit("key.create", None))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.purge_expired_keys(T0 + 100).await.unwrap(),
+        0,
+        "expiry is exclusive"
+    );
+    assert_eq!(store.purge_expired_keys(T0 + 101).await.unwrap(), 1);
+    assert_eq!(store.get_key(&expired.key_id).await.unwrap(), None);
+    assert_eq!(store.get_device(&d.device_id).await.unwrap(), None);
+    assert_eq!(store.get_refresh(&[1; 32]).await.unwrap(), None);
+
+    assert!(store.get_key(&forever.key_id).await.unwrap().is_some());
+    assert!(
+        store
+            .get_device(&live_device.device_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.get_refresh(&[2; 32]).await.unwrap().is_some());
+}
+
+pub(super) async fn touch_only_moves_last_use_forward(db: &mut TestDb) {
+    let store = &*db.store;
+    let (a, b) = (key(&key_id('a')), key(&key_id('b')));
+    for k in [&a, &b] {
+        store
+            .create_key(k, &audit("key.create", None))
+            .await
+            .unwrap();
+    }
+    store.touch_keys(&[]).await.unwrap();
+    store
+        .touch_keys(&[(a.key_id.clone(), T0 + 50), (b.key_id.clone(), T0 + 60)])
+        .await
+        .unwrap();
+    store
+        .touch_keys(&[(a.key_id.clone(), T0 + 40), (key_id('x'), T0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_key(&a.key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(T0 + 50)
+    );
+    assert_eq!(
+        store
+            .get_key(&b.key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(T0 + 60)
+    );
+
+    // Many concurrent touches (one group-commit batch or a few): the latest time wins.
+    let touches = (0..50).map(|i| {
+        let (store, id) = (db.store.clone(), a.key_id.clone());
+        tokio::spawn(async move { store.touch_keys(&[(id, T0 + 100 + i)]).await })
+    });
+    for t in touches.collect::<Vec<_>>() {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        db.store
+            .get_key(&a.key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(T0 + 149)
+    );
+}

@@ -1,0 +1,212 @@
+//! The audit chain, alerts, the revocation feed, and durability across a reopen.
+
+use super::*;
+
+pub(super) async fn concurrent_audit_appends_stay_chained(db: &mut TestDb) {
+    let other_process = db.other_process().await;
+    let appends = (0..50).map(|i| {
+        let store = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            other_process.clone()
+        };
+        tokio::spawn(async move { store.append_audit(&audit(&format!("test.{i}"), None)).await })
+    });
+    let mut seqs = Vec::new();
+    for a in appends.collect::<Vec<_>>() {
+        seqs.push(a.await.unwrap().unwrap().seq);
+    }
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (1..=50).collect::<Vec<_>>(),
+        "every append got its own seq, no gaps"
+    );
+
+    let rows = all_audit(&*db.store).await;
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(rows[0].prev_hash, audit::GENESIS);
+    let verdict = audit::verify(&*db.store).await.unwrap();
+    assert!(
+        matches!(verdict, Verdict::Intact { rows: 50, .. }),
+        "{verdict:?}"
+    );
+    assert_eq!(db.store.list_audit(48, 10).await.unwrap().len(), 2);
+}
+
+async fn append_five(store: &dyn Store) {
+    for i in 1..=5 {
+        store
+            .append_audit(&audit(&format!("test.{i}"), Some("ak_test_x")))
+            .await
+            .unwrap();
+    }
+    let verdict = audit::verify(store).await.unwrap();
+    assert!(
+        matches!(verdict, Verdict::Intact { rows: 5, .. }),
+        "{verdict:?}"
+    );
+}
+
+pub(super) async fn edited_audit_row_is_detected(db: &mut TestDb) {
+    append_five(&*db.store).await;
+    db.tamper("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3")
+        .await;
+    let verdict = audit::verify(&*db.store).await.unwrap();
+    assert!(
+        matches!(verdict, Verdict::Broken { seq: 3, .. }),
+        "{verdict:?}"
+    );
+}
+
+pub(super) async fn deleted_audit_row_is_detected(db: &mut TestDb) {
+    append_five(&*db.store).await;
+    db.tamper("DELETE FROM audit_log WHERE seq = 3").await;
+    let verdict = audit::verify(&*db.store).await.unwrap();
+    assert!(
+        matches!(verdict, Verdict::Broken { seq: 3, .. }),
+        "{verdict:?}"
+    );
+}
+
+// ---- alerts ----
+
+pub(super) async fn alerts_filter_newest_first(db: &mut TestDb) {
+    let store = &*db.store;
+    let (a, b) = (key_id('a'), key_id('b'));
+    let alert = |id: &str, at: i64, kind: &str, key: &str| AlertRecord {
+        id: id.into(),
+        at,
+        kind: kind.into(),
+        severity: "warning".into(),
+        key_id: Some(key.to_owned()),
+        device_id: None,
+        ip: Some("203.0.113.9".into()),
+        details: json!({"score": 0.17302078100154195}),
+    };
+    let alerts = [
+        alert("al1", T0, "NEW_DEVICE", &a),
+        alert("al2", T0 + 1, "DPOP_REPLAY", &a),
+        alert("al3", T0 + 2, "NEW_DEVICE", &b),
+        alert("al4", T0 + 3, "NEW_DEVICE", &a),
+    ];
+    for al in &alerts {
+        store.insert_alert(al).await.unwrap();
+    }
+    let ids = |found: Vec<AlertRecord>| found.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    let cases = [
+        (
+            AlertFilter {
+                limit: 10,
+                ..AlertFilter::default()
+            },
+            vec!["al4", "al3", "al2", "al1"],
+        ),
+        (
+            AlertFilter {
+                limit: 2,
+                ..AlertFilter::default()
+            },
+            vec!["al4", "al3"],
+        ),
+        (
+            AlertFilter {
+                kind: Some("NEW_DEVICE".into()),
+                limit: 10,
+                ..AlertFilter::default()
+            },
+            vec!["al4", "al3", "al1"],
+        ),
+        (
+            AlertFilter {
+                key_id: Some(a.clone()),
+                limit: 10,
+                ..AlertFilter::default()
+            },
+            vec!["al4", "al2", "al1"],
+        ),
+        (
+            AlertFilter {
+                since: Some(T0 + 2),
+                limit: 10,
+                ..AlertFilter::default()
+            },
+            vec!["al4", "al3"],
+        ),
+        (
+            AlertFilter {
+                kind: Some("NEW_DEVICE".into()),
+                key_id: Some(a.clone()),
+                since: Some(T0 + 1),
+                limit: 10,
+            },
+            vec!["al4"],
+        ),
+    ];
+    for (filter, want) in cases {
+        assert_eq!(
+            ids(store.list_alerts(&filter).await.unwrap()),
+            want,
+            "{filter:?}"
+        );
+    }
+    let all = store
+        .list_alerts(&AlertFilter {
+            limit: 10,
+            ..AlertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.last(), Some(&alerts[0]), "round trip");
+}
+
+// ---- revocation feed ----
+
+pub(super) async fn revocation_feed_pages_by_cursor(db: &mut TestDb) {
+    let store = &*db.store;
+    for i in 0..5 {
+        store
+            .append_revocation("device", &format!("jkt-{i}"), T0 + i)
+            .await
+            .unwrap();
+    }
+    let first = store.list_revocations(0, 2).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["jkt-0", "jkt-1"]);
+    let rest = store.list_revocations(first[1].seq, 10).await.unwrap();
+    let ids: Vec<_> = rest.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["jkt-2", "jkt-3", "jkt-4"]);
+    assert_eq!(rest[2].kind, "device");
+    assert_eq!(rest[2].at, T0 + 4);
+    assert!(
+        store
+            .list_revocations(rest[2].seq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+// ---- durability ----
+
+pub(super) async fn data_survives_reopen(db: &mut TestDb) {
+    let (k, d) = key_with_device(&*db.store, 'p').await;
+    let t = refresh(&d, "fam-p", 1);
+    db.store.insert_refresh(&t).await.unwrap();
+    db.store
+        .append_revocation("key", &k.key_id, T0)
+        .await
+        .unwrap();
+
+    db.reopen().await;
+    let store = &*db.store;
+    assert_eq!(store.get_key(&k.key_id).await.unwrap(), Some(k));
+    assert_eq!(store.get_device(&d.device_id).await.unwrap(), Some(d));
+    assert_eq!(store.get_refresh(&t.token_hash).await.unwrap(), Some(t));
+    assert_eq!(store.list_revocations(0, 10).await.unwrap().len(), 1);
+    let verdict = audit::verify(store).await.unwrap();
+    assert!(
+        matches!(verdict, Verdict::Intact { rows: 1, .. }),
+        "{verdict:?}"
+    );
+}

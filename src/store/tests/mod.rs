@@ -1,0 +1,308 @@
+//! Conformance tests: every test function runs against SQLite (a temporary file) and against
+//! PostgreSQL (a fresh database per test on the server named by `KEYBOUND_TEST_POSTGRES_URL`),
+//! so both backends are held to the same behaviour.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use sqlx::Connection as _;
+
+use super::testing::{drop_postgres_database, fresh_postgres_url, postgres_test_url};
+use super::*;
+use crate::audit::{self, Verdict};
+use crate::error::Error;
+
+mod devices;
+mod keys;
+mod logs;
+mod tokens;
+
+use devices::*;
+use keys::*;
+use logs::*;
+use tokens::*;
+
+// ---- harness ----
+
+/// How many PostgreSQL tests run at once. Each store's pool may open 10 connections and some
+/// tests open two stores; on a many-core CI runner, unbounded parallel tests would exceed the
+/// server's default `max_connections` (100). Tokio's semaphore works across the tests' runtimes.
+static POSTGRES_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// One test's database: its URL and an open store on it.
+struct TestDb {
+    url: String,
+    store: Arc<dyn Store>,
+    /// Holds the SQLite file's directory until the test ends.
+    _dir: Option<tempfile::TempDir>,
+    /// Holds a PostgreSQL test's slot until the test ends.
+    _slot: Option<tokio::sync::SemaphorePermit<'static>>,
+}
+
+impl TestDb {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keybound.db").display());
+        let store = open(&url).await.unwrap();
+        TestDb {
+            url,
+            store,
+            _dir: Some(dir),
+            _slot: None,
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let Some(base) = postgres_test_url() else {
+            println!("skipped: KEYBOUND_TEST_POSTGRES_URL not set");
+            return None;
+        };
+        let slot = POSTGRES_SLOTS.acquire().await.unwrap();
+        let url = fresh_postgres_url(&base).await;
+        let store = open(&url).await.unwrap();
+        Some(TestDb {
+            url,
+            store,
+            _dir: None,
+            _slot: Some(slot),
+        })
+    }
+
+    /// A second, independent store on the same database, as another process would have.
+    async fn other_process(&self) -> Arc<dyn Store> {
+        open(&self.url).await.unwrap()
+    }
+
+    /// Closes the store and opens the database again.
+    async fn reopen(&mut self) {
+        self.store = open(&self.url).await.unwrap();
+    }
+
+    /// Runs raw SQL outside the store, as someone with database access could.
+    async fn tamper(&self, sql: &str) {
+        if self.store.backend() == "sqlite" {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+
+    /// Drops a PostgreSQL test database (only reached when the test passed, so a failed
+    /// test's database stays for inspection).
+    async fn finish(self) {
+        let TestDb { url, store, .. } = self;
+        let backend = store.backend();
+        drop(store);
+        if backend == "postgres" {
+            drop_postgres_database(&url).await;
+        }
+    }
+}
+
+/// Declares each test function once per backend: `store::tests::sqlite::NAME` and
+/// `store::tests::postgres::NAME`.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let mut db = super::TestDb::sqlite().await;
+                    super::$test(&mut db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let Some(mut db) = super::TestDb::postgres().await else { return };
+                    super::$test(&mut db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    keys_round_trip_and_page_in_id_order,
+    key_updates_are_audited,
+    status_changes_are_audited_and_fed_to_verifiers,
+    rotation_links_keys_and_never_extends_the_old_one,
+    purge_takes_devices_and_tokens_along,
+    touch_only_moves_last_use_forward,
+    enrollment_new_existing_and_limit,
+    concurrent_enrollments_respect_the_limit,
+    device_revoke_and_approve,
+    device_usage_is_saved,
+    refresh_tokens_spend_once,
+    concurrent_spends_have_one_winner,
+    rotation_spends_once_and_inserts_the_successor,
+    concurrent_rotations_have_one_winner,
+    family_revocation_is_fed_once,
+    one_bad_write_fails_only_its_caller,
+    signing_key_insert_retires_the_previous,
+    concurrent_audit_appends_stay_chained,
+    edited_audit_row_is_detected,
+    deleted_audit_row_is_detected,
+    alerts_filter_newest_first,
+    revocation_feed_pages_by_cursor,
+    data_survives_reopen,
+);
+
+// ---- records ----
+
+const T0: i64 = 1_700_000_000;
+
+/// A key id with a 12-character body made of `c`.
+fn key_id(c: char) -> String {
+    format!("ak_test_{}", c.to_string().repeat(12))
+}
+
+fn key(id: &str) -> KeyRecord {
+    KeyRecord {
+        key_id: id.to_owned(),
+        env: "test".into(),
+        name: format!("key {id}"),
+        description: Some("for the tests".into()),
+        secret_hash: vec![7; 32],
+        scopes: vec!["read:users".into(), "write:orders".into()],
+        limited_scopes: Some(vec!["read:users".into()]),
+        rate_limit_per_minute: 600,
+        allowed_ips: vec!["10.0.0.0/8".into()],
+        allowed_origins: vec!["https://app.example.com".into()],
+        max_devices: 5,
+        trust_on_enroll: false,
+        status: KeyStatus::Active,
+        status_reason: None,
+        status_changed_at: None,
+        created_at: T0,
+        expires_at: Some(T0 + 90 * 86_400),
+        last_used_at: None,
+        rotated_from: None,
+        rotated_to: None,
+    }
+}
+
+fn device(key_id: &str, n: u32) -> DeviceRecord {
+    DeviceRecord {
+        device_id: format!("dev_{key_id}_{n}"),
+        key_id: key_id.to_owned(),
+        jkt: format!("jkt-{key_id}-{n}"),
+        name: Some(format!("phone {n}")),
+        attributes: BTreeMap::from([
+            ("platform".into(), "ios".into()),
+            ("model".into(), "iPhone15,2".into()),
+        ]),
+        status: DeviceStatus::Active,
+        approved: false,
+        created_at: T0 + i64::from(n),
+        last_seen_at: T0 + i64::from(n),
+        exchange_count: 1,
+        mismatch_count: 0,
+        networks: vec!["203.0.113.0/24".into()],
+        trust_score: 0.17302078100154195,
+        trust_level: "limited".into(),
+        trust_factors: json!({"attributes": 1.0, "history": 0.1}),
+        revoked_at: None,
+    }
+}
+
+fn refresh(d: &DeviceRecord, family: &str, n: u8) -> RefreshRecord {
+    RefreshRecord {
+        token_hash: vec![n; 32],
+        family_id: family.to_owned(),
+        key_id: d.key_id.clone(),
+        device_id: d.device_id.clone(),
+        jkt: d.jkt.clone(),
+        scope: "read:users".into(),
+        audience: "https://api.example.com".into(),
+        issued_at: T0,
+        expires_at: T0 + 86_400,
+        spent_at: None,
+        revoked_at: None,
+    }
+}
+
+fn audit(action: &str, target: Option<&str>) -> AuditEntry {
+    AuditEntry {
+        at: T0,
+        actor: "cli".into(),
+        action: action.into(),
+        target: target.map(str::to_owned),
+        ip: Some("127.0.0.1".into()),
+        // A float that serde_json only reads back exactly with `float_roundtrip`.
+        details: json!({"reason": "test", "score": 0.17302078100154195, "n": [1, 2]}),
+    }
+}
+
+/// A key with one enrolled device.
+async fn key_with_device(store: &dyn Store, c: char) -> (KeyRecord, DeviceRecord) {
+    let k = key(&key_id(c));
+    store
+        .create_key(&k, &audit("key.create", Some(&k.key_id)))
+        .await
+        .unwrap();
+    let d = device(&k.key_id, 1);
+    assert_eq!(
+        store.enroll_device(&d, 5).await.unwrap(),
+        Enrollment::Enrolled
+    );
+    (k, d)
+}
+
+async fn audit_actions(store: &dyn Store) -> Vec<String> {
+    all_audit(store)
+        .await
+        .into_iter()
+        .map(|r| r.entry.action)
+        .collect()
+}
+
+async fn all_audit(store: &dyn Store) -> Vec<AuditRow> {
+    store.list_audit(0, 10_000).await.unwrap()
+}
+
+async fn all_revocations(store: &dyn Store) -> Vec<(String, String, i64)> {
+    let feed = store.list_revocations(0, 10_000).await.unwrap();
+    feed.into_iter().map(|r| (r.kind, r.id, r.at)).collect()
+}
+
+// ---- backend specifics ----
+
+#[tokio::test]
+async fn sqlite_creates_the_file_and_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/data/keybound.db");
+    let store = open(&format!("sqlite://{}", path.display())).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    store.ping().await.unwrap();
+    assert!(path.exists());
+}
+
+#[tokio::test]
+async fn postgres_creates_a_missing_database() {
+    let Some(base) = postgres_test_url() else {
+        println!("skipped: KEYBOUND_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let url = fresh_postgres_url(&base).await;
+    drop_postgres_database(&url).await;
+    let store = open(&url).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    store.ping().await.unwrap();
+    drop(store);
+    drop_postgres_database(&url).await;
+}
+
+#[tokio::test]
+async fn an_unknown_url_scheme_is_refused() {
+    let err = open("mysql://localhost/x").await.err().unwrap();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
+}

@@ -1,0 +1,219 @@
+//! Refresh tokens (spend, rotate, family revocation, group commit) and signing keys.
+
+use super::*;
+
+pub(super) async fn refresh_tokens_spend_once(db: &mut TestDb) {
+    let store = &*db.store;
+    let (_, d) = key_with_device(store, 'k').await;
+    let t = refresh(&d, "fam-1", 1);
+    store.insert_refresh(&t).await.unwrap();
+    assert_eq!(
+        store.get_refresh(&t.token_hash).await.unwrap(),
+        Some(t.clone())
+    );
+    assert_eq!(store.get_refresh(&[9; 32]).await.unwrap(), None);
+
+    assert!(store.spend_refresh(&t.token_hash, T0 + 5).await.unwrap());
+    assert!(!store.spend_refresh(&t.token_hash, T0 + 6).await.unwrap());
+    assert_eq!(
+        store
+            .get_refresh(&t.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .spent_at,
+        Some(T0 + 5)
+    );
+    assert!(
+        !store.spend_refresh(&[9; 32], T0).await.unwrap(),
+        "unknown tokens are not spent"
+    );
+}
+
+pub(super) async fn concurrent_spends_have_one_winner(db: &mut TestDb) {
+    let (_, d) = key_with_device(&*db.store, 'w').await;
+    let t = refresh(&d, "fam-w", 1);
+    db.store.insert_refresh(&t).await.unwrap();
+    let spends = (0..10).map(|i| {
+        let store = db.store.clone();
+        tokio::spawn(async move { store.spend_refresh(&[1; 32], T0 + i).await })
+    });
+    let mut wins = 0;
+    for s in spends.collect::<Vec<_>>() {
+        wins += usize::from(s.await.unwrap().unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+pub(super) async fn rotation_spends_once_and_inserts_the_successor(db: &mut TestDb) {
+    let store = &*db.store;
+    let (_, d) = key_with_device(store, 'g').await;
+    let first = refresh(&d, "fam-g", 1);
+    store.insert_refresh(&first).await.unwrap();
+
+    let second = refresh(&d, "fam-g", 2);
+    assert!(
+        store
+            .rotate_refresh(&first.token_hash, &second, T0 + 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_refresh(&first.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .spent_at,
+        Some(T0 + 10)
+    );
+    assert_eq!(
+        store.get_refresh(&second.token_hash).await.unwrap(),
+        Some(second.clone())
+    );
+
+    // The spent token cannot be rotated again, and its would-be successor is not stored.
+    let stray = refresh(&d, "fam-g", 3);
+    assert!(
+        !store
+            .rotate_refresh(&first.token_hash, &stray, T0 + 11)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_refresh(&stray.token_hash).await.unwrap(), None);
+
+    // Nor can a revoked one.
+    store.revoke_refresh_family("fam-g", T0 + 12).await.unwrap();
+    assert!(
+        !store
+            .rotate_refresh(&second.token_hash, &stray, T0 + 13)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_refresh(&stray.token_hash).await.unwrap(), None);
+}
+
+pub(super) async fn concurrent_rotations_have_one_winner(db: &mut TestDb) {
+    let (_, d) = key_with_device(&*db.store, 'y').await;
+    db.store
+        .insert_refresh(&refresh(&d, "fam-y", 1))
+        .await
+        .unwrap();
+    let rotations = (0..10u8).map(|i| {
+        let (store, next) = (db.store.clone(), refresh(&d, "fam-y", 10 + i));
+        tokio::spawn(async move { store.rotate_refresh(&[1; 32], &next, T0).await })
+    });
+    let mut wins = 0;
+    for r in rotations.collect::<Vec<_>>() {
+        wins += usize::from(r.await.unwrap().unwrap());
+    }
+    assert_eq!(wins, 1);
+    let mut successors = 0;
+    for i in 0..10u8 {
+        successors += usize::from(db.store.get_refresh(&[10 + i; 32]).await.unwrap().is_some());
+    }
+    assert_eq!(successors, 1, "only the winner's successor is stored");
+}
+
+pub(super) async fn family_revocation_is_fed_once(db: &mut TestDb) {
+    let store = &*db.store;
+    let (_, d) = key_with_device(store, 'm').await;
+    for n in 1..=3 {
+        store
+            .insert_refresh(&refresh(&d, "fam-m", n))
+            .await
+            .unwrap();
+    }
+    store
+        .insert_refresh(&refresh(&d, "fam-other", 4))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.revoke_refresh_family("fam-m", T0 + 7).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .get_refresh(&[2; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(T0 + 7)
+    );
+    assert_eq!(
+        store
+            .get_refresh(&[4; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+    assert_eq!(
+        store.revoke_refresh_family("fam-m", T0 + 8).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        all_revocations(store).await,
+        [("refresh_family".into(), "fam-m".into(), T0 + 7)]
+    );
+}
+
+pub(super) async fn one_bad_write_fails_only_its_caller(db: &mut TestDb) {
+    let (_, d) = key_with_device(&*db.store, 'j').await;
+    // 40 concurrent inserts, most likely sharing transactions; one names a device that does
+    // not exist and breaks a foreign key.
+    let inserts = (0..40u8).map(|n| {
+        let store = db.store.clone();
+        let mut t = refresh(&d, "fam-j", n);
+        if n == 17 {
+            t.device_id = "dev_missing".into();
+        }
+        tokio::spawn(async move { store.insert_refresh(&t).await })
+    });
+    for (n, i) in inserts.collect::<Vec<_>>().into_iter().enumerate() {
+        let result = i.await.unwrap();
+        assert_eq!(result.is_err(), n == 17, "insert {n}: {result:?}");
+        let stored = db.store.get_refresh(&[n as u8; 32]).await.unwrap();
+        assert_eq!(
+            stored.is_some(),
+            n != 17,
+            "insert {n} acknowledged means stored"
+        );
+    }
+}
+
+// ---- signing keys ----
+
+pub(super) async fn signing_key_insert_retires_the_previous(db: &mut TestDb) {
+    let store = &*db.store;
+    let signing = |kid: &str, at: i64| SigningKeyRecord {
+        kid: kid.into(),
+        public_key: vec![1; 32],
+        sealed_private: vec![2; 60],
+        created_at: at,
+        retired_at: None,
+    };
+    store
+        .insert_signing_key(&signing("k1", T0), T0)
+        .await
+        .unwrap();
+    store
+        .insert_signing_key(&signing("k2", T0 + 100), T0 + 100)
+        .await
+        .unwrap();
+
+    let listed = store.list_signing_keys().await.unwrap();
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|k| (k.kid.as_str(), k.retired_at))
+        .collect();
+    assert_eq!(
+        summary,
+        [("k2", None), ("k1", Some(T0 + 100))],
+        "newest first, old one retired"
+    );
+    assert_eq!(listed[0], signing("k2", T0 + 100));
+}
