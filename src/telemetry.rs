@@ -10,27 +10,37 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber: `RUST_LOG` (default `info`), text or JSON lines on stderr.
+/// Installs the global subscriber: `RUST_LOG` (default `info`), text or JSON lines on stderr
+/// (text in colour only when stderr is a terminal).
 pub fn init(format: LogFormat) {
-    init_with_writer(format, std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = subscriber(format, default_filter(), std::io::stderr, ansi).try_init();
 }
 
-/// Installs the global subscriber writing to `writer` (through the redaction filter); `false`
-/// when one was already installed.
+/// Installs the global subscriber writing to `writer` (through the redaction filter, without
+/// colour); `false` when one was already installed.
 pub fn init_with_writer<W>(format: LogFormat, writer: W) -> bool
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    subscriber(format, filter, writer).try_init().is_ok()
+    subscriber(format, default_filter(), writer, false)
+        .try_init()
+        .is_ok()
+}
+
+/// `RUST_LOG`, or `info` when it is unset or invalid.
+fn default_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// The subscriber [`init`] installs, for callers that scope it themselves (tests use
-/// `tracing::subscriber::set_default` with a filter of their own).
+/// `tracing::subscriber::set_default` with a filter of their own). Every byte goes through
+/// [`redact::Redacting`].
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
     writer: W,
+    ansi: bool,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -40,7 +50,7 @@ where
         .with_writer(redact::Redacting(writer));
     match format {
         LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
-        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
     }
 }
 

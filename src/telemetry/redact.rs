@@ -199,7 +199,7 @@ mod tests {
         ] {
             let sink = Sink::default();
             let filter = tracing_subscriber::EnvFilter::new("trace");
-            let sub = super::super::subscriber(format, filter, sink.clone());
+            let sub = super::super::subscriber(format, filter, sink.clone(), false);
             tracing::subscriber::with_default(sub, || {
                 let _span = tracing::info_span!("request", token = RT).entered();
                 tracing::debug!(key = KEY, header = ?format!("DPoP {JWT}"), "event {KEY}");
