@@ -28,8 +28,9 @@
 //! non-2xx answer is final. An alert is dropped, and counted in
 //! `keybound_webhook_dropped_total{reason}`, when the queue is full (`queue_full`), its
 //! attempts run out (`attempts_exhausted`) or the receiver refuses it (`rejected`). Alerts are
-//! stored in the database before and regardless of delivery, so a drop loses a notification,
-//! never the alert. Redirects are not followed (a signed POST should not wander).
+//! stored in the database independently of delivery, so a drop loses a notification,
+//! never the alert. Redirects are not followed (a signed POST should not wander). The body passes
+//! the log redaction filter first, since details can hold text a client chose.
 
 use std::time::Duration;
 
@@ -152,7 +153,7 @@ async fn run(mut rx: mpsc::Receiver<AlertRecord>, client: reqwest::Client, confi
 }
 
 async fn deliver(client: &reqwest::Client, config: &WebhookConfig, alert: &AlertRecord) -> Outcome {
-    let body = serde_json::to_vec(alert).expect("an alert always serializes");
+    let body = body_of(alert);
     let mut backoff = config.first_backoff;
     for attempt in 1..=config.max_attempts.max(1) {
         // A fresh timestamp per attempt, so a retry is not refused as stale by the receiver.
@@ -194,6 +195,13 @@ async fn deliver(client: &reqwest::Client, config: &WebhookConfig, alert: &Alert
     Outcome::Exhausted
 }
 
+/// The JSON body. Alert details can hold text a client chose (a leak report's `source`), so the
+/// log filter's masking applies here too: the body leaves the process.
+fn body_of(alert: &AlertRecord) -> Vec<u8> {
+    let json = serde_json::to_vec(alert).expect("an alert always serializes");
+    crate::telemetry::redact::redact(&json).into_owned()
+}
+
 /// Answers that say "try again later" rather than "no".
 fn retryable(status: StatusCode) -> bool {
     status.is_server_error()
@@ -229,6 +237,24 @@ mod tests {
             hex(&mac.finalize().into_bytes()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn secret_shapes_in_details_are_masked() {
+        let key = format!("sk_prod_{}", "a".repeat(61));
+        let alert = AlertRecord {
+            id: "al_1".into(),
+            at: 0,
+            kind: "KEY_LEAKED".into(),
+            severity: "critical".into(),
+            key_id: None,
+            device_id: None,
+            ip: None,
+            details: serde_json::json!({"source": format!("found {key} in a gist")}),
+        };
+        let body = body_of(&alert);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("still JSON");
+        assert_eq!(v["details"]["source"], "found sk_prod_[REDACTED] in a gist");
     }
 
     #[test]
