@@ -151,8 +151,9 @@ pub async fn wait_until_up(client: &reqwest::Client, url: &str) {
 /// Sends `signal` (e.g. `HUP`, `TERM`) to a child process.
 pub fn send_signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
+    // The shell's built-in `kill`: present wherever `sh` is, unlike procps.
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
         .status()
         .expect("kill")
         .success();
