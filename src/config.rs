@@ -156,6 +156,10 @@ pub struct ServeArgs {
         default_value = "keybound-data/master.key"
     )]
     pub master_key_file: PathBuf,
+    /// Days per-request usage events are kept before an hourly task deletes them.
+    #[arg(long, env = "KEYBOUND_USAGE_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub usage_retention_days: i64,
     /// Entries in each validation cache (keys, devices).
     #[arg(long, env = "KEYBOUND_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,

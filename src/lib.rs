@@ -43,5 +43,7 @@ pub mod telemetry;
 pub mod tls;
 /// Signing keys, access tokens, refresh tokens.
 pub mod tokens;
+/// Per-request usage records, written in batches.
+pub mod usage;
 
 pub use error::{Error, Result};

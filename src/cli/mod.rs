@@ -16,6 +16,8 @@ pub mod keys;
 pub mod output;
 /// `keybound scan`
 pub mod scan;
+/// `keybound signing-keys …`
+pub mod signing_keys;
 
 use std::process::ExitCode;
 
@@ -44,11 +46,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         // The scanner runs in pre-commit hooks and CI jobs that have no database: it must
         // not open (and so create) one.
         Command::Scan(args) => Ok(scan::run(args)),
-        Command::SigningKeys(_) => {
-            eprintln!(
-                "error: signing-keys commands are not available yet in this build; the server creates and uses its signing key itself"
-            );
-            Ok(ExitCode::from(EXIT_ERROR))
+        Command::SigningKeys(cmd) => {
+            signing_keys::run(&*crate::store::open(&url).await?, cmd).await
         }
         Command::Keys(cmd) => keys::run(&*crate::store::open(&url).await?, cmd).await,
         Command::Devices(cmd) => devices::run(&*crate::store::open(&url).await?, cmd).await,

@@ -143,7 +143,11 @@ impl Store for CachedStore {
         Ok(())
     }
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>> {
-        Ok(self.key(key_id).await?.map(|k| (*k).clone()))
+        // Reads through the trait come from the admin API's read-modify-write operations
+        // (show, patch, status changes, rotation). They must see what the CLI or another
+        // instance wrote a moment ago, not a record up to TTL old: a patch built on a stale
+        // record would write it back. The token path reads through `key()`.
+        self.inner.get_key(key_id).await
     }
     async fn list_keys(&self, after: Option<&str>, limit: i64) -> Result<Vec<KeyRecord>> {
         self.inner.list_keys(after, limit).await
@@ -269,6 +273,20 @@ impl Store for CachedStore {
     }
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
         self.inner.list_alerts(filter).await
+    }
+    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()> {
+        self.inner.insert_usage(events).await
+    }
+    async fn usage_summary(
+        &self,
+        key_id: &str,
+        bucket_secs: i64,
+        since: i64,
+    ) -> Result<Vec<UsageBucket>> {
+        self.inner.usage_summary(key_id, bucket_secs, since).await
+    }
+    async fn purge_usage(&self, before: i64) -> Result<u64> {
+        self.inner.purge_usage(before).await
     }
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
         self.inner.append_revocation(kind, id, at).await

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod abuse;
 mod admin_auth;
 mod alerts;
 mod api_keys;
@@ -13,11 +14,13 @@ mod containment;
 mod devices;
 mod envelope;
 mod health;
+mod lifecycle;
 mod persistence;
 mod proofs;
 mod redaction;
 mod scan;
 mod secrets;
+mod signing_keys;
 mod tls;
 mod token;
 mod webhook;

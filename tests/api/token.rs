@@ -416,12 +416,19 @@ async fn a_proof_replayed_on_another_instance_sharing_redis_is_refused() {
         return;
     };
     let db = TestDb::sqlite().await;
-    let a = spawn_app_args(&db, |args| args.redis_url = Some(redis.clone())).await;
-    // The second instance must accept proofs for the first one's URL: same issuer.
+    let mut master = None;
+    let a = spawn_app_args(&db, |args| {
+        args.redis_url = Some(redis.clone());
+        master = args.master_key.clone();
+    })
+    .await;
+    // The second instance shares the database, the master key and the issuer (a load
+    // balancer's name in production): a proof for one is a proof for the other.
     let issuer = a.url("");
     let b = spawn_app_args(&db, |args| {
         args.redis_url = Some(redis.clone());
         args.issuer = Some(issuer.clone());
+        args.master_key = master.clone();
     })
     .await;
     let (key, _) = new_key(&a, json!({})).await;
