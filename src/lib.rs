@@ -39,6 +39,8 @@ pub mod state;
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// HTTPS: rustls configuration from PEM files, reloadable while serving.
+pub mod tls;
 /// Signing keys, access tokens, refresh tokens.
 pub mod tokens;
 /// Per-request usage records, written in batches.

@@ -7,6 +7,8 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::alerts::containment::Containment;
+use crate::alerts::webhook::{Webhook, WebhookConfig};
 use crate::alerts::{Alerts, Thresholds};
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
@@ -144,7 +146,11 @@ impl AppState {
                 KEY_FAILURE_BUDGET,
                 args.cache_capacity,
             )),
-            alerts: Arc::new(Alerts::new(store.clone(), Thresholds::default())),
+            alerts: Arc::new(
+                Alerts::new(store.clone(), Thresholds::default())
+                    .with_webhook(webhook(args)?)
+                    .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
+            ),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
             settings,
             store,
@@ -227,6 +233,20 @@ pub const KEY_FAILURE_BUDGET: u32 = 10;
 
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
+
+/// Starts the alert webhook when `--alert-webhook` is set.
+fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
+    let Some(url) = &args.alert_webhook else {
+        return Ok(None);
+    };
+    if args.alert_webhook_secret.is_none() {
+        tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
+    }
+    WebhookConfig::new(url, args.alert_webhook_secret.clone())
+        .and_then(Webhook::start)
+        .map(Some)
+        .map_err(Error::InvalidRequest)
+}
 
 fn hash_token(t: &SecretString) -> [u8; 32] {
     Sha256::digest(t.expose_secret().as_bytes()).into()

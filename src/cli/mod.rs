@@ -33,7 +33,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let subject = subject(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => {
-            crate::telemetry::init(args.log_format);
+            crate::telemetry::init(args.effective_log_format());
             let store = crate::store::open(&url).await?;
             crate::server::serve(*args, store).await?;
             Ok(ExitCode::SUCCESS)
