@@ -210,11 +210,7 @@ async fn device_scoped_kinds_revoke_the_device_and_keep_the_key() {
             rows[0]["details"]["reason"],
             format!("auto-revoked: {}", kind.as_str())
         );
-        // Refused from now on. After FINGERPRINT_MISMATCH the device is left idle for the
-        // validation cache's lifetime first: see the ignored test below for why.
-        if kind == AlertKind::FingerprintMismatch {
-            tokio::time::sleep(keybound::store::cached::TTL + Duration::from_millis(200)).await;
-        }
+        // Refused from now on, even though the revocation landed mid-exchange (see below).
         expect_error(
             exchange(&app, &key, &dev, json!({"device": ios("i-1")})).await,
             StatusCode::FORBIDDEN,
@@ -233,16 +229,12 @@ async fn device_scoped_kinds_revoke_the_device_and_keep_the_key() {
 }
 
 /// A device revoked while one of its exchanges is in flight must stay revoked (contract 3.4:
-/// in force within 1 s). It does not yet: the exchange's write-through of device usage
-/// (`CachedStore::update_device_usage`) puts the record it read before the revocation, still
-/// active, back into the cache, and every later exchange by the device renews that entry, so
-/// on that instance the revocation never takes effect while the device keeps exchanging.
-/// Containment of FINGERPRINT_MISMATCH always hits this race (the alert is raised mid-
-/// exchange); an admin revocation hits it whenever the device is busy. The fix belongs in
-/// store/cached.rs (evict on update_device_usage instead of inserting the caller's record):
-/// reported to the lead, who owns that file.
+/// in force within 1 s). The exchange's write-through of device usage
+/// (`CachedStore::update_device_usage`) used to put the record it read before the
+/// revocation, still active, back into the cache; it now keeps the lifecycle fields of the
+/// cached record and never re-creates an evicted one. Containment of FINGERPRINT_MISMATCH
+/// always hits this race (the alert is raised mid-exchange).
 #[tokio::test]
-#[ignore = "store/cached.rs write-through resurrects a device revoked mid-exchange"]
 async fn a_device_revoked_during_an_exchange_stays_revoked_in_the_cache() {
     use keybound::store::{AuditEntry, DeviceChange, DeviceStatus, Store};
     let db = TestDb::sqlite().await;
