@@ -15,5 +15,6 @@ mod health;
 mod persistence;
 mod proofs;
 mod scan;
+mod sdk;
 mod secrets;
 mod token;
