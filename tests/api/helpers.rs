@@ -249,7 +249,12 @@ fn test_args(db: &TestDb) -> ServeArgs {
 }
 
 async fn start_with(db: &TestDb, args: ServeArgs) -> TestApp {
-    let store = db.store().await;
+    spawn_app_on(db.store().await, args).await
+}
+
+/// Starts a server with `args` on a store the test opened itself (through a proxy it
+/// controls, say).
+pub async fn spawn_app_on(store: Arc<dyn Store>, args: ServeArgs) -> TestApp {
     let running = keybound::server::start(args, store.clone())
         .await
         .expect("server starts");

@@ -19,6 +19,7 @@ mod persistence;
 mod proofs;
 mod redaction;
 mod scan;
+mod sdk;
 mod secrets;
 mod signing_keys;
 mod tls;
