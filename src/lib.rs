@@ -13,6 +13,8 @@ pub mod alerts;
 pub mod audit;
 /// Command-line subcommands.
 pub mod cli;
+/// Cluster mode: the Redis connection several instances share state through.
+pub mod cluster;
 /// Command line and configuration.
 pub mod config;
 /// Device trust scoring (contract section 6).

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::alerts::containment::Containment;
 use crate::alerts::webhook::{Webhook, WebhookConfig};
 use crate::alerts::{Alerts, Thresholds};
+use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
@@ -78,6 +79,8 @@ pub struct AppState {
     pub keyring: Arc<KeyRing>,
     /// Seen DPoP proofs.
     pub replay: Arc<dyn ReplayStore>,
+    /// The shared Redis connection in cluster mode (`--redis-url`), for `/readyz`.
+    pub redis: Option<Arc<RedisLink>>,
     /// Server nonces (RFC 9449 section 8).
     pub nonces: Arc<NonceIssuer>,
     /// DPoP proof checks.
@@ -109,18 +112,18 @@ impl AppState {
             args.profile == Profile::Prod,
         )?;
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
-        let (replay, limits): (Arc<dyn ReplayStore>, Backend) = match &args.redis_url {
-            Some(url) => {
-                crate::store::broadcast::spawn(cache.clone(), url)
-                    .await
-                    .map_err(Error::unavailable)?;
+        let redis = match &args.redis_url {
+            Some(url) => Some(Arc::new(
+                RedisLink::connect(url).await.map_err(Error::unavailable)?,
+            )),
+            None => None,
+        };
+        let (replay, limits): (Arc<dyn ReplayStore>, Backend) = match &redis {
+            Some(link) => {
+                crate::store::broadcast::spawn_on(cache.clone(), link);
                 (
-                    Arc::new(
-                        RedisReplayStore::connect(url)
-                            .await
-                            .map_err(Error::unavailable)?,
-                    ),
-                    Backend::Redis(RedisGcra::connect(url).await.map_err(Error::unavailable)?),
+                    Arc::new(RedisReplayStore::from_manager(link.manager())),
+                    Backend::Redis(RedisGcra::from_manager(link.manager())),
                 )
             }
             None => (Arc::new(MemoryReplayStore::new()), Backend::Local),
@@ -158,6 +161,7 @@ impl AppState {
             admin_token_hash: args.admin_token.as_ref().map(hash_token),
             keyring,
             replay,
+            redis,
             usage,
             touched: Arc::default(),
         };

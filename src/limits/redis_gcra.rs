@@ -36,19 +36,26 @@ pub struct RedisGcra {
 }
 
 impl RedisGcra {
-    /// Connects to `url`.
+    /// Connects to `url` with the process-wide connection settings
+    /// ([`crate::cluster::manager_config`]).
     pub async fn connect(url: &str) -> Result<RedisGcra, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), ConnectionManager::new(client))
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))
-            })??;
-        Ok(RedisGcra {
+        let conn = tokio::time::timeout(
+            crate::cluster::CONNECT_TIMEOUT,
+            ConnectionManager::new_with_config(client, crate::cluster::manager_config()),
+        )
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out")))??;
+        Ok(RedisGcra::from_manager(conn))
+    }
+
+    /// Runs on an existing connection (the instance's shared one, [`crate::cluster`]).
+    pub fn from_manager(conn: ConnectionManager) -> RedisGcra {
+        RedisGcra {
             conn,
             script: redis::Script::new(TAKE),
-            timeout: Duration::from_millis(500),
-        })
+            timeout: crate::cluster::OP_TIMEOUT,
+        }
     }
 
     /// Takes one unit from bucket `key` of `per_minute`; 0 or the milliseconds to wait.

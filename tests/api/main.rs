@@ -10,6 +10,7 @@ mod alerts;
 mod api_keys;
 mod audit;
 mod cli_keys;
+mod cluster;
 mod containment;
 mod devices;
 mod envelope;
