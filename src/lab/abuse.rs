@@ -93,12 +93,22 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
     let mut accepted = 0;
     for i in 0..abuse_sent {
         let r = t
-            .exchange(&abused, &abuser, &json!({}), Target::client_ip(51, 0, i as u8))
+            .exchange(
+                &abused,
+                &abuser,
+                &json!({}),
+                Target::client_ip(51, 0, i as u8),
+            )
             .await?;
         accepted += usize::from(r.ok());
     }
     let owner = t
-        .exchange(&abused, &LabDevice::new(), &json!({}), Target::client_ip(52, 0, 1))
+        .exchange(
+            &abused,
+            &LabDevice::new(),
+            &json!({}),
+            Target::client_ip(52, 0, 1),
+        )
         .await?;
 
     // The latency cost: a full exchange, and the two limiter checks alone.
@@ -139,7 +149,10 @@ fn limiter_cost() -> f64 {
     let started = Instant::now();
     for _ in 0..n {
         black_box(budget.check(black_box(ip)).is_ok());
-        black_box(keys.check(black_box("ak_test_AAAAAAAAAAAA"), u32::MAX).is_ok());
+        black_box(
+            keys.check(black_box("ak_test_AAAAAAAAAAAA"), u32::MAX)
+                .is_ok(),
+        );
     }
     started.elapsed().as_nanos() as f64 / f64::from(n)
 }
@@ -187,7 +200,10 @@ impl RateLimits {
                 "{} accepted, {} refused ({} stopped)",
                 self.abuse_accepted,
                 self.abuse_sent - self.abuse_accepted,
-                pct((self.abuse_sent - self.abuse_accepted) as u64, self.abuse_sent as u64)
+                pct(
+                    (self.abuse_sent - self.abuse_accepted) as u64,
+                    self.abuse_sent as u64
+                )
             ),
         );
         s.row(

@@ -57,12 +57,17 @@ pub async fn insider(t: &Target, binary: Option<&Path>) -> Result<Insider> {
         .await?;
     let device_id = r.body["device_id"].as_str().unwrap_or("").to_owned();
     let rotated = t
-        .admin_post(&format!("/keys/{key_id}/rotate"), &json!({"grace_seconds": 600}))
+        .admin_post(
+            &format!("/keys/{key_id}/rotate"),
+            &json!({"grace_seconds": 600}),
+        )
         .await?;
     let new_key = rotated.body["key"].as_str().unwrap_or("").to_owned();
     let new_id = rotated.body["key_id"].as_str().unwrap_or("").to_owned();
-    t.admin_post(&format!("/keys/{new_id}/suspend"), &json!({})).await?;
-    t.admin_post(&format!("/keys/{new_id}/resume"), &json!({})).await?;
+    t.admin_post(&format!("/keys/{new_id}/suspend"), &json!({}))
+        .await?;
+    t.admin_post(&format!("/keys/{new_id}/resume"), &json!({}))
+        .await?;
 
     // Every read an insider has.
     let mut outputs: Vec<(String, String)> = Vec::new();
@@ -74,7 +79,10 @@ pub async fn insider(t: &Target, binary: Option<&Path>) -> Result<Insider> {
         "/audit".into(),
         "/alerts".into(),
     ] {
-        outputs.push((format!("GET /admin/v1{path}"), t.admin_get(&path).await?.text));
+        outputs.push((
+            format!("GET /admin/v1{path}"),
+            t.admin_get(&path).await?.text,
+        ));
     }
     for path in [
         "/.well-known/jwks.json",
@@ -172,7 +180,9 @@ fn run_cli(bin: &Path, db: &str, args: &[&str]) -> Result<(i32, String)> {
 /// Every table, every row, every column as text (blobs as hex and as lossy text), as an
 /// insider with a copy of the database file would read it. Also returns the tables' names.
 async fn dump_database(url: &str) -> Result<(String, String)> {
-    let mut c = SqliteConnection::connect(url).await.map_err(Error::internal)?;
+    let mut c = SqliteConnection::connect(url)
+        .await
+        .map_err(Error::internal)?;
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
             .fetch_all(&mut c)
@@ -286,7 +296,9 @@ async fn tamper(db: &str, binary: Option<&Path>) -> Result<Vec<Tamper>> {
     if rows < 3 {
         return Err(Error::internal("too few audit rows to tamper with"));
     }
-    let mut c = SqliteConnection::connect(db).await.map_err(Error::internal)?;
+    let mut c = SqliteConnection::connect(db)
+        .await
+        .map_err(Error::internal)?;
     let mid = rows / 2;
     let mut out = Vec::new();
     let judge = async |attack: &str| -> Result<Tamper> {
@@ -354,7 +366,9 @@ async fn mint_key(t: &Target, db: &str, _device: &str) -> Result<(bool, bool)> {
     let store = crate::store::open(db).await?;
     let minted = ApiKey::generate(crate::keys::KeyEnv::Test);
     let (_, template) = t.create_key(json!({"trust_on_enroll": true})).await?;
-    let mut c = SqliteConnection::connect(db).await.map_err(Error::internal)?;
+    let mut c = SqliteConnection::connect(db)
+        .await
+        .map_err(Error::internal)?;
     sqlx::query(
         "INSERT INTO api_keys (key_id, env, name, description, secret_hash, scopes, limited_scopes, \
          rate_limit_per_minute, allowed_ips, allowed_origins, max_devices, trust_on_enroll, status, \
@@ -423,7 +437,8 @@ impl Insider {
                 format!(
                     "{}{}",
                     t.verdict,
-                    t.cli_exit.map_or(String::new(), |c| format!("; CLI exit {c}"))
+                    t.cli_exit
+                        .map_or(String::new(), |c| format!("; CLI exit {c}"))
                 ),
             );
         }
@@ -436,25 +451,44 @@ impl Insider {
             );
         }
         s.row(
-            format!("read a key's plaintext through {} commands, endpoints and the database", self.reads.len()),
+            format!(
+                "read a key's plaintext through {} commands, endpoints and the database",
+                self.reads.len()
+            ),
             "only SHA-256(secret) is stored; plaintext shown once at creation/rotation",
-            if self.plaintext_found() == 0 { Outcome::Blocked } else { Outcome::NotBlocked },
+            if self.plaintext_found() == 0 {
+                Outcome::Blocked
+            } else {
+                Outcome::NotBlocked
+            },
             format!(
                 "plaintext obtainable from {} of {} sources; hash visible in: {}",
                 self.plaintext_found(),
                 self.reads.len(),
-                if self.hash_seen_in.is_empty() { "none".into() } else { self.hash_seen_in.join(", ") }
+                if self.hash_seen_in.is_empty() {
+                    "none".into()
+                } else {
+                    self.hash_seen_in.join(", ")
+                }
             ),
         );
         if let Some((usable, intact)) = self.minted {
             s.row(
                 "write a key row with a chosen secret straight into the database",
                 "none: database write access is outside what the audit chain covers",
-                if usable && intact { Outcome::NotBlocked } else { Outcome::Detected },
+                if usable && intact {
+                    Outcome::NotBlocked
+                } else {
+                    Outcome::Detected
+                },
                 format!(
                     "minted key {} at the token endpoint; audit verify {} — known limit",
                     if usable { "accepted" } else { "refused" },
-                    if intact { "intact (not detected)" } else { "broken" }
+                    if intact {
+                        "intact (not detected)"
+                    } else {
+                        "broken"
+                    }
                 ),
             );
         }
@@ -462,7 +496,11 @@ impl Insider {
             "Sources searched for the plaintext and its secret part: {}.",
             self.reads
                 .iter()
-                .map(|(s, found)| if *found { format!("**{s} (FOUND)**") } else { s.clone() })
+                .map(|(s, found)| if *found {
+                    format!("**{s} (FOUND)**")
+                } else {
+                    s.clone()
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         ));
@@ -477,7 +515,10 @@ impl Insider {
              tampered with was put back and the chain verified intact afterwards."
                 .to_owned(),
         );
-        s.check(self.holds(), "tampering went unnoticed or a plaintext was found");
+        s.check(
+            self.holds(),
+            "tampering went unnoticed or a plaintext was found",
+        );
         s
     }
 }

@@ -152,7 +152,10 @@ pub struct Learning {
 }
 
 fn value(c: u8) -> usize {
-    BASE62.iter().position(|&b| b == c).expect("a base62 character")
+    BASE62
+        .iter()
+        .position(|&b| b == c)
+        .expect("a base62 character")
 }
 
 fn deflate_ratio(data: &[u8]) -> f64 {
@@ -249,25 +252,40 @@ impl Learning {
     /// The report section.
     pub fn section(&self) -> Section {
         let mut s = Section::new("I guessing by learning");
-        let verdict = |p: f64| if p > P_FLOOR { Outcome::Blocked } else { Outcome::NotBlocked };
+        let verdict = |p: f64| {
+            if p > P_FLOOR {
+                Outcome::Blocked
+            } else {
+                Outcome::NotBlocked
+            }
+        };
         let n = thousands(self.keys as u64);
         s.row(
             format!("character frequencies of {n} secrets"),
             "uniform draws (gen_range: rejection sampling, no modulo bias)",
             verdict(self.secret_chi.2),
-            format!("chi² = {:.1} (df {}), p = {:.3}", self.secret_chi.0, self.secret_chi.1, self.secret_chi.2),
+            format!(
+                "chi² = {:.1} (df {}), p = {:.3}",
+                self.secret_chi.0, self.secret_chi.1, self.secret_chi.2
+            ),
         );
         s.row(
             "… per position (43 positions)",
             "the same",
             verdict(self.worst_position_p),
-            format!("worst position p = {:.3} (Bonferroni-adjusted)", self.worst_position_p),
+            format!(
+                "worst position p = {:.3} (Bonferroni-adjusted)",
+                self.worst_position_p
+            ),
         );
         s.row(
             format!("character frequencies of {n} ids"),
             "the same",
             verdict(self.id_chi.2),
-            format!("chi² = {:.1} (df {}), p = {:.3}", self.id_chi.0, self.id_chi.1, self.id_chi.2),
+            format!(
+                "chi² = {:.1} (df {}), p = {:.3}",
+                self.id_chi.0, self.id_chi.1, self.id_chi.2
+            ),
         );
         s.row(
             "serial correlation of successive characters",
@@ -279,12 +297,17 @@ impl Learning {
             "common two-character prefixes",
             "the same",
             verdict(self.prefix_chi.2),
-            format!("chi² = {:.1} (df {}), p = {:.3}", self.prefix_chi.0, self.prefix_chi.1, self.prefix_chi.2),
+            format!(
+                "chi² = {:.1} (df {}), p = {:.3}",
+                self.prefix_chi.0, self.prefix_chi.1, self.prefix_chi.2
+            ),
         );
         s.row(
             "longest prefix shared by two secrets; duplicates",
             "256-bit secrets",
-            if self.duplicates == 0 && (self.longest_shared_prefix as f64) <= self.expected_shared_prefix + 3.0 {
+            if self.duplicates == 0
+                && (self.longest_shared_prefix as f64) <= self.expected_shared_prefix + 3.0
+            {
                 Outcome::Blocked
             } else {
                 Outcome::NotBlocked
@@ -454,9 +477,14 @@ pub async fn checksum(n: usize, target: Option<&Target>) -> Result<Checksum> {
 impl Checksum {
     /// Every accidental error was caught, and every tampered key refused by the server.
     pub fn holds(&self) -> bool {
-        [self.substitution, self.transposition, self.length, self.env_swap]
-            .iter()
-            .all(|(t, c)| t == c)
+        [
+            self.substitution,
+            self.transposition,
+            self.length,
+            self.env_swap,
+        ]
+        .iter()
+        .all(|(t, c)| t == c)
             && self.tampered.0 == self.tampered.1
     }
 
@@ -467,19 +495,55 @@ impl Checksum {
             s.row(
                 format!("{attack} ({} keys)", thousands(t)),
                 "CRC-32 checksum, checked before storage",
-                if t == c { Outcome::Blocked } else { Outcome::Limited },
-                format!("caught {} ({}/{}); {expected}", pct(c, t), thousands(c), thousands(t)),
+                if t == c {
+                    Outcome::Blocked
+                } else {
+                    Outcome::Limited
+                },
+                format!(
+                    "caught {} ({}/{}); {expected}",
+                    pct(c, t),
+                    thousands(c),
+                    thousands(t)
+                ),
             );
         };
-        row("typo: one character replaced", self.substitution, "CRC-32 catches every burst ≤ 32 bits");
-        row("typo: two adjacent characters swapped", self.transposition, "a 16-bit burst: always caught");
-        row("typo: a character dropped or doubled", self.length, "refused as malformed (length)");
-        row("2–8 random characters changed", self.random, "undetected with probability 2^-32");
-        row("environment prefix changed (sk_test_ → sk_prod_)", self.env_swap, "the prefix is covered");
+        row(
+            "typo: one character replaced",
+            self.substitution,
+            "CRC-32 catches every burst ≤ 32 bits",
+        );
+        row(
+            "typo: two adjacent characters swapped",
+            self.transposition,
+            "a 16-bit burst: always caught",
+        );
+        row(
+            "typo: a character dropped or doubled",
+            self.length,
+            "refused as malformed (length)",
+        );
+        row(
+            "2–8 random characters changed",
+            self.random,
+            "undetected with probability 2^-32",
+        );
+        row(
+            "environment prefix changed (sk_test_ → sk_prod_)",
+            self.env_swap,
+            "the prefix is covered",
+        );
         s.row(
-            format!("tampering: new secret, recomputed checksum ({} sent)", self.tampered.0),
+            format!(
+                "tampering: new secret, recomputed checksum ({} sent)",
+                self.tampered.0
+            ),
             "not the checksum (no MAC, anyone computes it): the stored hash",
-            if self.tampered.0 == self.tampered.1 { Outcome::Blocked } else { Outcome::NotBlocked },
+            if self.tampered.0 == self.tampered.1 {
+                Outcome::Blocked
+            } else {
+                Outcome::NotBlocked
+            },
             format!(
                 "passes the format check; server refused {}/{} with INVALID_API_KEY",
                 self.tampered.1, self.tampered.0
@@ -492,7 +556,10 @@ impl Checksum {
              in files with no false positives.",
             thousands(self.refusals_per_second as u64)
         ));
-        s.check(self.holds(), "an accidental error slipped through or a tampered key was accepted");
+        s.check(
+            self.holds(),
+            "an accidental error slipped through or a tampered key was accepted",
+        );
         s
     }
 }

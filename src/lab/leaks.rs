@@ -97,23 +97,27 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
     // The attack: first use of the leaked key by a new device key.
     let attacker = LabDevice::new();
     let first_use = Instant::now();
-    let reply = t.exchange(&key, &attacker, &attacker_attrs, attacker_net).await?;
+    let reply = t
+        .exchange(&key, &attacker, &attacker_attrs, attacker_net)
+        .await?;
     let default_key = Grant::of(&reply);
     let attacker_device = reply.body["device_id"].as_str().unwrap_or("").to_owned();
     let alert_after = wait_for_device_alert(t, &key_id, &attacker_device, first_use).await?;
     let access = reply.body["access_token"].as_str().unwrap_or("").to_owned();
-    let refresh = reply.body["refresh_token"].as_str().unwrap_or("").to_owned();
+    let refresh = reply.body["refresh_token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let url = rs.url("/v1/users");
-    let read_before = rs
-        .call(
+    let read_before =
+        rs.call(
             "GET",
             &url,
             Some(&format!("DPoP {access}")),
             Some(&attacker.proof_for_token("GET", &url, &access)),
         )
         .await?
-        .0
-        == 200;
+        .0 == 200;
 
     // Containment: a secret scanner reports the key (POST /v1/leaks), which suspends it.
     let reported = Instant::now();
@@ -130,7 +134,9 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
     let mut contained_exchange_after = None;
     let mut exchange_after = String::new();
     while reported.elapsed() < Duration::from_secs(10) {
-        let r = t.exchange(&key, &attacker, &attacker_attrs, attacker_net).await?;
+        let r = t
+            .exchange(&key, &attacker, &attacker_attrs, attacker_net)
+            .await?;
         exchange_after = r.summary();
         if !r.ok() {
             contained_exchange_after = Some(reported.elapsed());
@@ -138,7 +144,10 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let refresh_after = t.refresh(&refresh, &attacker, attacker_net).await?.summary();
+    let refresh_after = t
+        .refresh(&refresh, &attacker, attacker_net)
+        .await?
+        .summary();
     let mut verifier_refuses_after = None;
     while reported.elapsed() < poll * 10 {
         let (status, _) = rs
@@ -159,7 +168,12 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
     // The same leak with a key created with trust_on_enroll.
     let (tkey, _) = t.create_key(json!({"trust_on_enroll": true})).await?;
     let r = t
-        .exchange(tkey.expose_secret(), &LabDevice::new(), &attacker_attrs, attacker_net)
+        .exchange(
+            tkey.expose_secret(),
+            &LabDevice::new(),
+            &attacker_attrs,
+            attacker_net,
+        )
         .await?;
     let trust_on_enroll = Grant::of(&r);
 
@@ -225,7 +239,9 @@ async fn wait_for_device_alert(
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("not seen".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+    d.map_or("not seen".into(), |d| {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    })
 }
 
 impl SourceLeak {
@@ -243,17 +259,34 @@ impl SourceLeak {
         s.row(
             "leaked key used from the attacker's own device and network",
             "device binding: a new device key is enrolled `limited` (read scopes, TTL ≤ 60 s)",
-            if self.limited() { Outcome::Limited } else { Outcome::NotBlocked },
+            if self.limited() {
+                Outcome::Limited
+            } else {
+                Outcome::NotBlocked
+            },
             format!(
                 "{} {} (score {:.2}), scopes \"{}\" of \"{}\", TTL {} s (trusted devices: {} s)",
-                g.status, g.level, g.score, g.scope, self.key_scopes, g.expires_in, self.configured_ttl
+                g.status,
+                g.level,
+                g.score,
+                g.scope,
+                self.key_scopes,
+                g.expires_in,
+                self.configured_ttl
             ),
         );
         s.row(
             "first use of the leaked key",
             "NEW_DEVICE alert",
-            if self.alert_after.is_some() { Outcome::Detected } else { Outcome::NotBlocked },
-            format!("alert visible in GET /admin/v1/alerts {} after first use", ms(self.alert_after)),
+            if self.alert_after.is_some() {
+                Outcome::Detected
+            } else {
+                Outcome::NotBlocked
+            },
+            format!(
+                "alert visible in GET /admin/v1/alerts {} after first use",
+                ms(self.alert_after)
+            ),
         );
         s.row(
             "keep using the key after a scanner reports it (POST /v1/leaks)",
@@ -276,7 +309,11 @@ impl SourceLeak {
         s.row(
             "the same leak, key created with trust_on_enroll",
             "none: the key's owner chose to trust new devices",
-            if t.level == "trusted" { Outcome::NotBlocked } else { Outcome::Limited },
+            if t.level == "trusted" {
+                Outcome::NotBlocked
+            } else {
+                Outcome::Limited
+            },
             format!(
                 "{} {}, scopes \"{}\", TTL {} s — known limit of trust_on_enroll",
                 t.status, t.level, t.scope, t.expires_in
@@ -287,8 +324,16 @@ impl SourceLeak {
              Left alone, the attacker's device {} `trusted` after {} exchanges over {} h with a \
              consistent fingerprint (the same `trust::evaluate` the server runs): device binding \
              limits a leaked key and raises an alert, it does not stop it; containment does.",
-            if self.read_before { "accepted (read scopes only)" } else { "refused" },
-            if self.earns_trust_unless_contained { "earns" } else { "does not earn" },
+            if self.read_before {
+                "accepted (read scopes only)"
+            } else {
+                "refused"
+            },
+            if self.earns_trust_unless_contained {
+                "earns"
+            } else {
+                "does not earn"
+            },
             trust::EARN_MIN_EXCHANGES,
             trust::EARN_MIN_AGE_SECONDS / 3600
         ));
@@ -301,7 +346,10 @@ impl SourceLeak {
              poll interval for tokens already issued."
                 .to_owned(),
         );
-        s.check(self.limited(), "the attacker's device was not held to limited");
+        s.check(
+            self.limited(),
+            "the attacker's device was not held to limited",
+        );
         s.check(self.alert_after.is_some(), "no NEW_DEVICE alert within 5 s");
         s.check(
             self.contained_exchange_after.is_some(),
@@ -440,7 +488,10 @@ async fn drive_traffic(server: &SpawnedServer) -> Result<(Secrets, usize)> {
     };
 
     let created = t
-        .admin_post("/keys", &json!({"name": "b", "scopes": ["read:users", "write:x"], "env": "test"}))
+        .admin_post(
+            "/keys",
+            &json!({"name": "b", "scopes": ["read:users", "write:x"], "env": "test"}),
+        )
         .await?;
     track(&created, &mut secrets);
     let key = created.body["key"].as_str().unwrap_or("").to_owned();
@@ -487,9 +538,18 @@ async fn drive_traffic(server: &SpawnedServer) -> Result<(Secrets, usize)> {
     track(&r, &mut secrets);
     let malformed = format!("{}x", &key[..key.len() - 1]);
     secrets.add("malformed key", &malformed);
-    let r = t.exchange_with(&malformed, "not.a.proof", &json!({}), ip).await?;
+    let r = t
+        .exchange_with(&malformed, "not.a.proof", &json!({}), ip)
+        .await?;
     track(&r, &mut secrets);
-    let r = t.exchange_with(&key, "eyJhbGciOiJub25lIn0.eyJ4IjoxfQ.c2lnbmF0dXJlLXNlY3JldA", &json!({}), ip).await?;
+    let r = t
+        .exchange_with(
+            &key,
+            "eyJhbGciOiJub25lIn0.eyJ4IjoxfQ.c2lnbmF0dXJlLXNlY3JldA",
+            &json!({}),
+            ip,
+        )
+        .await?;
     track(&r, &mut secrets);
     // A key in a URL.
     let r = t
@@ -500,11 +560,18 @@ async fn drive_traffic(server: &SpawnedServer) -> Result<(Secrets, usize)> {
     let wrong_admin = "wrong-admin-token-0123456789abcdef";
     secrets.add("wrong admin token", wrong_admin);
     let r = t
-        .send(t.client().get(t.url("/admin/v1/keys")).bearer_auth(wrong_admin))
+        .send(
+            t.client()
+                .get(t.url("/admin/v1/keys"))
+                .bearer_auth(wrong_admin),
+        )
         .await?;
     track(&r, &mut secrets);
     let rotated = t
-        .admin_post(&format!("/keys/{key_id}/rotate"), &json!({"grace_seconds": 60}))
+        .admin_post(
+            &format!("/keys/{key_id}/rotate"),
+            &json!({"grace_seconds": 60}),
+        )
         .await?;
     track(&rotated, &mut secrets);
     for path in ["/keys", &format!("/keys/{key_id}"), "/audit", "/alerts"] {
@@ -554,7 +621,11 @@ impl LogLeak {
                     r.requests, r.level, r.format
                 ),
                 "secret types (SecretString, ApiKey), spans without headers or bodies",
-                if r.hits.is_empty() { Outcome::Blocked } else { Outcome::NotBlocked },
+                if r.hits.is_empty() {
+                    Outcome::Blocked
+                } else {
+                    Outcome::NotBlocked
+                },
                 format!(
                     "{} secrets found in {} log lines ({} distinct secrets looked for)",
                     r.hits.len(),
@@ -729,7 +800,11 @@ fn scan_memory(pid: u32, needles: &Needles<'_>) -> std::result::Result<MemorySca
             continue;
         };
         let name = parts.nth(3).unwrap_or("").to_owned();
-        if !perms.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" || name == "[vvar_vclock]" {
+        if !perms.starts_with('r')
+            || name == "[vvar]"
+            || name == "[vsyscall]"
+            || name == "[vvar_vclock]"
+        {
             continue;
         }
         // Code and read-only data of the binary cannot hold a runtime secret.
@@ -754,12 +829,18 @@ fn scan_memory(pid: u32, needles: &Needles<'_>) -> std::result::Result<MemorySca
         scan.key_copies += count(&buf, needles.key);
         scan.hash_copies += count(&buf, needles.hash);
         if found > 0 {
-            let kind = if name.is_empty() { "anonymous".to_owned() } else { name };
+            let kind = if name.is_empty() {
+                "anonymous".to_owned()
+            } else {
+                name
+            };
             *regions.entry(kind).or_default() += found;
         }
     }
     if !readable_any {
-        return Err(format!("no mapping of pid {pid} was readable (ptrace not permitted?)"));
+        return Err(format!(
+            "no mapping of pid {pid} was readable (ptrace not permitted?)"
+        ));
     }
     scan.regions = regions.into_iter().collect();
     Ok(scan)
@@ -773,7 +854,10 @@ fn count(hay: &[u8], needle: &[u8]) -> usize {
     let mut n = 0;
     let mut i = 0;
     while i + needle.len() <= hay.len() {
-        match hay[i..hay.len() - needle.len() + 1].iter().position(|&b| b == first) {
+        match hay[i..hay.len() - needle.len() + 1]
+            .iter()
+            .position(|&b| b == first)
+        {
             None => break,
             Some(p) => {
                 i += p;
@@ -798,27 +882,45 @@ impl MemoryDump {
             return s;
         }
         let line = |m: &MemoryScan| {
-            let where_: Vec<String> = m.regions.iter().map(|(r, n)| format!("{n} in {r}")).collect();
+            let where_: Vec<String> = m
+                .regions
+                .iter()
+                .map(|(r, n)| format!("{n} in {r}"))
+                .collect();
             format!(
                 "{} copies of the secret ({} whole keys){}; hash {} (cache); {} MiB read",
                 m.secret_copies,
                 m.key_copies,
-                if where_.is_empty() { String::new() } else { format!(" — {}", where_.join(", ")) },
+                if where_.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", where_.join(", "))
+                },
                 m.hash_copies,
                 m.bytes / (1 << 20)
             )
         };
         let outcome = |m: &MemoryScan| {
-            if m.secret_copies == 0 { Outcome::Blocked } else { Outcome::Limited }
+            if m.secret_copies == 0 {
+                Outcome::Blocked
+            } else {
+                Outcome::Limited
+            }
         };
         s.row(
-            format!("read the server's memory after {} exchanges (connection open)", self.exchanges),
+            format!(
+                "read the server's memory after {} exchanges (connection open)",
+                self.exchanges
+            ),
             "key cache holds only SHA-256 hashes; parsed keys are SecretString (zeroized on drop)",
             outcome(&self.after_exchanges),
             line(&self.after_exchanges),
         );
         s.row(
-            format!("… after {} more requests by another key, same connection", self.exchanges),
+            format!(
+                "… after {} more requests by another key, same connection",
+                self.exchanges
+            ),
             "the connection's read buffer is reused for the next request",
             outcome(&self.after_other_traffic),
             line(&self.after_other_traffic),

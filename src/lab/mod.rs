@@ -40,7 +40,9 @@ use crate::config::LabArgs;
 use crate::error::{Error, Result};
 
 /// Every scenario letter, in report order.
-pub const SCENARIOS: &[&str] = &["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "P"];
+pub const SCENARIOS: &[&str] = &[
+    "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "P",
+];
 
 /// Runs the lab as `keybound lab` does: exit 0 when every scenario held, 1 when one did not.
 pub async fn run(args: LabArgs) -> Result<ExitCode> {
@@ -69,16 +71,18 @@ pub async fn run(args: LabArgs) -> Result<ExitCode> {
 /// Runs the selected scenarios. `binary` is the `keybound` executable for the scenarios that
 /// need a server process of their own (B, C, and the CLI half of H); they are skipped without.
 pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Report> {
-    let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(s));
+    let wanted =
+        |s: &str| args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(s));
     let needs_target = ["A", "D", "E", "G", "H", "J", "K", "L"]
         .iter()
         .any(|s| wanted(s));
     let target = match (&args.url, needs_target) {
         (_, false) => None,
         (Some(url), true) => {
-            let token = args.admin_token.clone().ok_or_else(|| {
-                Error::InvalidRequest("--url needs --admin-token".into())
-            })?;
+            let token = args
+                .admin_token
+                .clone()
+                .ok_or_else(|| Error::InvalidRequest("--url needs --admin-token".into()))?;
             Some(Target::remote(url, token).await?)
         }
         (None, true) => Some(Target::in_process().await?),
@@ -141,7 +145,9 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
             ("H", Some(t), bin) => insider::insider(t, bin.as_deref()).await?.section(),
             ("I", _, _) => keyspace::learning(args.keys).section(),
             ("J", Some(t), _) => tokens::replay(t).await?.section(),
-            ("K", t, _) => keyspace::checksum(args.typo_keys, t.as_ref()).await?.section(),
+            ("K", t, _) => keyspace::checksum(args.typo_keys, t.as_ref())
+                .await?
+                .section(),
             ("L", Some(t), _) => abuse::rate_limits(t).await?.section(),
             ("P", _, _) => population::study(&population::Params {
                 devices: args.devices,
@@ -161,5 +167,8 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
 }
 
 fn skip_binary(skipped: &impl Fn(&str, &str) -> Section, title: &str) -> Section {
-    skipped(title, "needs the keybound binary (run through `keybound lab`)")
+    skipped(
+        title,
+        "needs the keybound binary (run through `keybound lab`)",
+    )
 }

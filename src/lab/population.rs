@@ -85,16 +85,25 @@ impl Drift {
             Drift::HomeRenumbered => "home network renumbered (new /24)",
             Drift::ReinstallKeepKey => "reinstall, key kept in keychain (new install_id)",
             Drift::ReinstallNewKey => "reinstall, key lost (new device)",
-            Drift::NewPhoneRestored => "new phone restored from backup with the key (new model + install_id)",
+            Drift::NewPhoneRestored => {
+                "new phone restored from backup with the key (new model + install_id)"
+            }
             Drift::NewPhoneFresh => "new phone set up fresh (new device)",
         }
     }
 }
 
 const IOS_MODELS: [&str; 6] = [
-    "iPhone12,1", "iPhone13,2", "iPhone14,5", "iPhone15,2", "iPhone15,4", "iPhone16,1",
+    "iPhone12,1",
+    "iPhone13,2",
+    "iPhone14,5",
+    "iPhone15,2",
+    "iPhone15,4",
+    "iPhone16,1",
 ];
-const ANDROID_MODELS: [&str; 6] = ["Pixel 7", "Pixel 8", "SM-S911B", "SM-A546B", "moto g84", "CPH2451"];
+const ANDROID_MODELS: [&str; 6] = [
+    "Pixel 7", "Pixel 8", "SM-S911B", "SM-A546B", "moto g84", "CPH2451",
+];
 const PLACES: [(&str, &str); 8] = [
     ("en-US", "America/New_York"),
     ("en-GB", "Europe/London"),
@@ -134,7 +143,13 @@ impl Record {
 
     /// One exchange (or refresh, with `presented` = the stored attributes), recorded the way
     /// `exchange::score_and_record` records it.
-    fn score_and_record(&mut self, presented: &Attributes, network: &str, now: i64, is_new: bool) -> TrustDecision {
+    fn score_and_record(
+        &mut self,
+        presented: &Attributes,
+        network: &str,
+        now: i64,
+        is_new: bool,
+    ) -> TrustDecision {
         let seen = self.networks.iter().any(|n| n == network);
         let decision = trust::evaluate(&TrustInputs {
             stored: &self.attributes,
@@ -212,7 +227,11 @@ impl Phone {
             platform: if ios { "ios" } else { "android" },
             model: pick(rng, if ios { &IOS_MODELS } else { &ANDROID_MODELS }),
             install_id: rng.r#gen(),
-            os: if ios { (17, rng.gen_range(0..6)) } else { (14, rng.gen_range(0..3)) },
+            os: if ios {
+                (17, rng.gen_range(0..6))
+            } else {
+                (14, rng.gen_range(0..3))
+            },
             app: (rng.gen_range(0..4), rng.gen_range(0..10)),
             locale: 0,
             zone: 0,
@@ -289,9 +308,14 @@ impl Phone {
                 self.record = None;
             }
             Drift::NewPhoneRestored => {
-                let models = if self.platform == "ios" { &IOS_MODELS[..] } else { &ANDROID_MODELS[..] };
+                let models = if self.platform == "ios" {
+                    &IOS_MODELS[..]
+                } else {
+                    &ANDROID_MODELS[..]
+                };
                 let current = self.model;
-                let others: Vec<&'static str> = models.iter().copied().filter(|m| *m != current).collect();
+                let others: Vec<&'static str> =
+                    models.iter().copied().filter(|m| *m != current).collect();
                 self.model = pick(rng, &others);
                 self.install_id = rng.r#gen();
             }
@@ -322,8 +346,28 @@ pub struct Legit {
     pub phones_false_limited: u64,
     /// Phones with at least one false denial.
     pub phones_false_denied: u64,
-    /// Per drift kind: (phones that had it, of those later falsely limited, later denied).
-    pub by_drift: BTreeMap<Drift, (u64, u64, u64)>,
+    /// Phones that went through each drift kind.
+    pub by_drift: BTreeMap<Drift, u64>,
+    /// Per cause of a false limit or denial: (limited events, denied events, phones).
+    pub by_cause: BTreeMap<&'static str, (u64, u64, u64)>,
+}
+
+/// Why an established legitimate device was limited or denied, read from the decision.
+fn cause(d: &TrustDecision, earlier_mismatches: i64) -> &'static str {
+    if d.stable_mismatch {
+        let m = &d.mismatched;
+        if m.iter().any(|x| x == "platform") || m.len() >= 2 {
+            "platform or two stable attributes changed (a new phone restored with the key)"
+        } else if m.iter().any(|x| x == "install_id") {
+            "install_id changed (a reinstall that kept the device key)"
+        } else {
+            "model changed or a stable attribute withheld"
+        }
+    } else if earlier_mismatches > 0 {
+        "earlier mismatches (penalty P), attributes now matching"
+    } else {
+        "drift and network churn alone (low score)"
+    }
 }
 
 /// What one kind of clone attacker achieved.
@@ -370,8 +414,7 @@ pub fn study(p: &Params) -> Population {
         let mut phone = Phone::new(&mut rng);
         let mut false_limited_on: Option<u32> = None;
         let mut false_denied_on: Option<u32> = None;
-        let mut limited_days = Vec::new();
-        let mut denied_days = Vec::new();
+        let mut causes: std::collections::BTreeSet<&'static str> = Default::default();
         for day in 0..p.days {
             if matches!(phone.travel, Some((until, _)) if day >= until) {
                 phone.travel = None;
@@ -399,7 +442,9 @@ pub fn study(p: &Params) -> Population {
                         legit.events += 1;
                         legit.device_limit += 1;
                         false_denied_on.get_or_insert(day);
-                        denied_days.push(day);
+                        let c = "DEVICE_LIMIT_REACHED (five devices enrolled)";
+                        legit.by_cause.entry(c).or_default().1 += 1;
+                        causes.insert(c);
                         continue;
                     }
                     phone.enrolled += 1;
@@ -411,6 +456,7 @@ pub fn study(p: &Params) -> Population {
                 let mut first = true;
                 loop {
                     let established = record.established(t);
+                    let earlier = record.mismatch_count;
                     let decision = if first {
                         record.score_and_record(&presented, &network, t, is_new)
                     } else {
@@ -423,14 +469,18 @@ pub fn study(p: &Params) -> Population {
                         TrustLevel::Denied => {
                             legit.false_denied += 1;
                             false_denied_on.get_or_insert(day);
-                            denied_days.push(day);
+                            let c = cause(&decision, earlier);
+                            legit.by_cause.entry(c).or_default().1 += 1;
+                            causes.insert(c);
                             break;
                         }
                         TrustLevel::Limited if established => {
                             legit.established_events += 1;
                             legit.false_limited += 1;
                             false_limited_on.get_or_insert(day);
-                            limited_days.push(day);
+                            let c = cause(&decision, earlier);
+                            legit.by_cause.entry(c).or_default().0 += 1;
+                            causes.insert(c);
                         }
                         TrustLevel::Limited => legit.earning_limited += 1,
                         TrustLevel::Trusted => {
@@ -439,7 +489,11 @@ pub fn study(p: &Params) -> Population {
                     }
                     // Tokens are renewed before they run out: 300 s when trusted, 60 s when
                     // limited.
-                    let ttl = if decision.level == TrustLevel::Trusted { 300 } else { 60 };
+                    let ttl = if decision.level == TrustLevel::Trusted {
+                        300
+                    } else {
+                        60
+                    };
                     t += ttl;
                     first = false;
                     if (t - now) as f64 > minutes * 60.0 {
@@ -451,11 +505,11 @@ pub fn study(p: &Params) -> Population {
         legit.phones += 1;
         legit.phones_false_limited += u64::from(false_limited_on.is_some());
         legit.phones_false_denied += u64::from(false_denied_on.is_some());
-        for (&drift, &first_day) in &phone.events {
-            let e = legit.by_drift.entry(drift).or_default();
-            e.0 += 1;
-            e.1 += u64::from(limited_days.iter().any(|&d| d >= first_day));
-            e.2 += u64::from(denied_days.iter().any(|&d| d >= first_day));
+        for drift in phone.events.keys() {
+            *legit.by_drift.entry(*drift).or_default() += 1;
+        }
+        for c in causes {
+            legit.by_cause.entry(c).or_default().2 += 1;
         }
         finals.push((phone, p.days));
     }
@@ -483,7 +537,10 @@ fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> u32 {
 /// Attackers who copied a device key (and hold the API key) use it from their own phones,
 /// against the victim's record as it stands at the end of the simulation.
 fn clone_attacks(rng: &mut ChaCha8Rng, finals: &[(Phone, u32)], p: &Params) -> Vec<CloneResult> {
-    let victims: Vec<&(Phone, u32)> = finals.iter().filter(|(ph, _)| ph.record.is_some()).collect();
+    let victims: Vec<&(Phone, u32)> = finals
+        .iter()
+        .filter(|(ph, _)| ph.record.is_some())
+        .collect();
     let kinds: [&'static str; 4] = [
         "own phone (its own attributes)",
         "own phone claiming the victim's platform and model",
@@ -599,16 +656,27 @@ impl Population {
             );
         }
         let mut table = String::from(
-            "| drift event | chance per phone per day | phones | of those later limited | later denied |\n|---|---|---|---|---|\n",
+            "| drift event (assumed) | chance per phone per day | phones that had it |\n|---|---|---|\n",
         );
         for (drift, chance) in DRIFT {
-            let (n, lim, den) = l.by_drift.get(&drift).copied().unwrap_or_default();
+            let n = l.by_drift.get(&drift).copied().unwrap_or_default();
             table.push_str(&format!(
-                "| {} | {chance:.4} | {} | {} | {} |\n",
+                "| {} | {chance:.4} | {} ({}) |\n",
                 drift.describe(),
                 thousands(n),
-                pct(lim, n),
-                pct(den, n)
+                pct(n, l.phones)
+            ));
+        }
+        let mut causes = String::from(
+            "| why a legitimate, established device was refused full trust | limited events | denied events | phones |\n|---|---|---|---|\n",
+        );
+        for (c, (lim, den, phones)) in &l.by_cause {
+            causes.push_str(&format!(
+                "| {c} | {} | {} | {} ({}) |\n",
+                thousands(*lim),
+                thousands(*den),
+                thousands(*phones),
+                pct(*phones, l.phones)
             ));
         }
         s.note(format!(
@@ -626,6 +694,7 @@ impl Population {
             thousands(l.mismatch_alerts)
         ));
         s.note(table);
+        s.note(causes);
         s.note(
             "Clones: an attacker holding a copy of an established device's key (and the API \
              key) exchanges from their own phone on their own network, against the victim's \
@@ -670,12 +739,19 @@ mod tests {
             r.score_and_record(&attrs, "home", i * 3600, false);
         }
         let d = r.score_and_record(&attrs, "home", DAY + 1, false);
-        assert_eq!(d.level, TrustLevel::Trusted, "earned after a day and 5 exchanges");
+        assert_eq!(
+            d.level,
+            TrustLevel::Trusted,
+            "earned after a day and 5 exchanges"
+        );
         let mut other = attrs.clone();
         other.insert("install_id".into(), "new".into());
         let d = r.score_and_record(&other, "home", DAY + 2, false);
         assert!(d.stable_mismatch);
-        assert_eq!(r.attributes["install_id"], attrs["install_id"], "baseline kept");
+        assert_eq!(
+            r.attributes["install_id"], attrs["install_id"],
+            "baseline kept"
+        );
         assert_eq!(r.mismatch_count, 1);
     }
 }

@@ -169,11 +169,7 @@ impl Report {
         };
         let _ = writeln!(out, "{}", line(headers));
         for r in &rows {
-            let _ = writeln!(
-                out,
-                "{}",
-                line([&r[0], &r[1], &r[2], &r[3], &r[4]])
-            );
+            let _ = writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
         }
         out
     }
@@ -184,7 +180,9 @@ impl Report {
         for line in &self.header {
             let _ = writeln!(out, "{line}  ");
         }
-        out.push_str("\n| scenario | attack | defense | outcome | figure |\n|---|---|---|---|---|\n");
+        out.push_str(
+            "\n| scenario | attack | defense | outcome | figure |\n|---|---|---|---|---|\n",
+        );
         for f in self.sections.iter().flat_map(|s| &s.findings) {
             let _ = writeln!(
                 out,
@@ -264,7 +262,10 @@ mod tests {
             sections: vec![s],
         };
         let md = r.to_markdown();
-        assert!(md.contains("| X test | a\\|b | d | **blocked** | 0 accepted |"), "{md}");
+        assert!(
+            md.contains("| X test | a\\|b | d | **blocked** | 0 accepted |"),
+            "{md}"
+        );
         assert!(md.contains("## X test\n\nwhy it holds"));
         assert!(r.to_text().contains("blocked"));
     }

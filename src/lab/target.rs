@@ -166,9 +166,7 @@ impl Target {
             .await;
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            let alerts = self
-                .alerts("KEY_IN_URL", Some(fake.id().as_str()))
-                .await?;
+            let alerts = self.alerts("KEY_IN_URL", Some(fake.id().as_str())).await?;
             if let Some(a) = alerts.first() {
                 return Ok(a["ip"] == ip.to_string());
             }
@@ -300,7 +298,12 @@ impl Target {
     }
 
     /// `POST /v1/token/refresh` with `proof`.
-    pub async fn refresh_with(&self, refresh_token: &str, proof: &str, from: IpAddr) -> Result<Reply> {
+    pub async fn refresh_with(
+        &self,
+        refresh_token: &str,
+        proof: &str,
+        from: IpAddr,
+    ) -> Result<Reply> {
         self.send(
             self.request(reqwest::Method::POST, "/v1/token/refresh", Some(from))
                 .header("dpop", proof)
@@ -310,7 +313,12 @@ impl Target {
     }
 
     /// `POST /v1/token/refresh` with a fresh proof by `device`.
-    pub async fn refresh(&self, refresh_token: &str, device: &LabDevice, from: IpAddr) -> Result<Reply> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        device: &LabDevice,
+        from: IpAddr,
+    ) -> Result<Reply> {
         let proof = device.proof("POST", &self.url("/v1/token/refresh"));
         self.refresh_with(refresh_token, &proof, from).await
     }
@@ -388,7 +396,9 @@ impl LabDevice {
 
     /// The key's RFC 7638 thumbprint.
     pub fn jkt(&self) -> String {
-        self.key.thumbprint().expect("an Ed25519 JWK has a thumbprint")
+        self.key
+            .thumbprint()
+            .expect("an Ed25519 JWK has a thumbprint")
     }
 }
 

@@ -4,7 +4,6 @@
 //! `VerifiedToken` extractor, so a request goes through the same URL reconstruction, header
 //! checks and [`keybound_sdk::Verifier`] a deployment would use.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,10 +65,7 @@ impl ResourceServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::internal)?;
-        let base = format!(
-            "http://{}",
-            listener.local_addr().map_err(Error::internal)?
-        );
+        let base = format!("http://{}", listener.local_addr().map_err(Error::internal)?);
         let verifier = Verifier::builder(issuer)
             .resource_url(base.clone())
             .revocation_poll_interval(poll)
@@ -207,11 +203,7 @@ impl Attempts {
                 } else {
                     Outcome::Blocked
                 },
-                format!(
-                    "accepted {}/1 ({})",
-                    u8::from(a.accepted),
-                    a.answer
-                ),
+                format!("accepted {}/1 ({})", u8::from(a.accepted), a.answer),
             );
         }
         for a in &self.known_limits {
@@ -236,7 +228,10 @@ impl Attempts {
         for f in &self.facts {
             s.note(f.clone());
         }
-        s.check(self.control.accepted, "the control request was refused, so the attacks prove nothing");
+        s.check(
+            self.control.accepted,
+            "the control request was refused, so the attacks prove nothing",
+        );
         s.check(self.accepted() == 0, "an attack was accepted");
         s
     }
@@ -294,8 +289,13 @@ pub async fn sniffed_token(t: &Target) -> Result<Attempts> {
     let mut attacks = vec![
         Attempt::resource(
             "captured token sent as a Bearer token, no proof",
-            rs.call("GET", &url, Some(&format!("Bearer {}", v.access_token)), None)
-                .await?,
+            rs.call(
+                "GET",
+                &url,
+                Some(&format!("Bearer {}", v.access_token)),
+                None,
+            )
+            .await?,
         ),
         Attempt::resource(
             "captured token under the DPoP scheme, no proof",
@@ -372,7 +372,11 @@ pub async fn malicious_proxy(t: &Target) -> Result<Attempts> {
     // At the token endpoint: a captured exchange proof reused for a refresh.
     let exchange_proof = v.device.proof("POST", &t.url("/v1/token"));
     let reply = t
-        .refresh_with(&v.refresh_token, &exchange_proof, Target::client_ip(44, 0, 1))
+        .refresh_with(
+            &v.refresh_token,
+            &exchange_proof,
+            Target::client_ip(44, 0, 1),
+        )
         .await?;
     attacks.push(Attempt::token(
         "a captured /v1/token proof used at /v1/token/refresh",
@@ -434,11 +438,13 @@ pub async fn replay(t: &Target) -> Result<Attempts> {
 
     // The same fresh proof raced 16 times: exactly one may win.
     let raced = device.proof("POST", &t.url("/v1/token"));
-    let replies = futures::future::join_all(
-        (0..16).map(|_| t.exchange_with(&key, &raced, &body, from)),
-    )
-    .await;
-    let wins = replies.iter().filter(|r| r.as_ref().is_ok_and(Reply::ok)).count();
+    let replies =
+        futures::future::join_all((0..16).map(|_| t.exchange_with(&key, &raced, &body, from)))
+            .await;
+    let wins = replies
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(Reply::ok))
+        .count();
     attacks.push(Attempt {
         attack: "one fresh exchange proof sent 16 times concurrently (15 replays)".into(),
         accepted: wins > 1,
@@ -446,16 +452,25 @@ pub async fn replay(t: &Target) -> Result<Attempts> {
     });
 
     // Refresh: a replayed refresh proof, then a reused refresh token.
-    let rt1 = first.body["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let rt1 = first.body["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let refresh_proof = device.proof("POST", &t.url("/v1/token/refresh"));
     let second = t.refresh_with(&rt1, &refresh_proof, from).await?;
-    let rt2 = second.body["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let rt2 = second.body["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     attacks.push(Attempt::token(
         "a refresh proof replayed (with the new refresh token)",
         &t.refresh_with(&rt2, &refresh_proof, from).await?,
     ));
     let reuse = t.refresh(&rt1, &device, from).await?;
-    attacks.push(Attempt::token("a spent refresh token presented again", &reuse));
+    attacks.push(Attempt::token(
+        "a spent refresh token presented again",
+        &reuse,
+    ));
     let descendant = t.refresh(&rt2, &device, from).await?;
     attacks.push(Attempt::token(
         "the spent token's successor after the reuse (family revoked)",
@@ -464,9 +479,15 @@ pub async fn replay(t: &Target) -> Result<Attempts> {
 
     // A fresh family raced by 8 concurrent refreshes with distinct proofs.
     let fresh = t.exchange(&key, &device, &body, from).await?;
-    let rt = fresh.body["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let rt = fresh.body["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let replies = futures::future::join_all((0..8).map(|_| t.refresh(&rt, &device, from))).await;
-    let wins = replies.iter().filter(|r| r.as_ref().is_ok_and(Reply::ok)).count();
+    let wins = replies
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(Reply::ok))
+        .count();
     let codes: Vec<String> = replies
         .iter()
         .filter_map(|r| r.as_ref().ok())
@@ -476,10 +497,7 @@ pub async fn replay(t: &Target) -> Result<Attempts> {
     attacks.push(Attempt {
         attack: "one refresh token redeemed 8 times concurrently (7 reuses)".into(),
         accepted: wins > 1,
-        answer: format!(
-            "{wins} of 8 accepted; refused: {}",
-            summarize_codes(&codes)
-        ),
+        answer: format!("{wins} of 8 accepted; refused: {}", summarize_codes(&codes)),
     });
     let mut facts = vec![format!(
         "Sequence: exchange {} → refresh {} → replayed refresh proof {} → spent token again \
@@ -516,4 +534,3 @@ fn summarize_codes(codes: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-

@@ -12,6 +12,7 @@ mod cli_keys;
 mod devices;
 mod envelope;
 mod health;
+mod lab;
 mod persistence;
 mod proofs;
 mod scan;
