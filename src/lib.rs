@@ -29,6 +29,8 @@ pub mod exchange;
 pub mod http;
 /// API key format and lifecycle.
 pub mod keys;
+/// `keybound lab`: attacks on keybound's own defenses, measured (out of the request path).
+pub mod lab;
 /// Rate limits and failure budgets.
 pub mod limits;
 /// The replay store for DPoP proof ids (in-process or Redis).

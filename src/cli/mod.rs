@@ -46,6 +46,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         // The scanner runs in pre-commit hooks and CI jobs that have no database: it must
         // not open (and so create) one.
         Command::Scan(args) => Ok(scan::run(args)),
+        // The lab makes its own temporary databases; it never opens the configured one.
+        Command::Lab(args) => crate::lab::run(*args).await,
         Command::SigningKeys(cmd) => {
             signing_keys::run(&*crate::store::open(&url).await?, cmd).await
         }

@@ -97,6 +97,25 @@ impl CachedStore {
             .map_err(unshare)
     }
 
+    /// Like [`key`](Self::key), also saying whether the answer came from the cache (`true`) or
+    /// from a storage read made by this call (`false`).
+    pub async fn key_and_source(&self, key_id: &str) -> Result<(Option<Arc<KeyRecord>>, bool)> {
+        let inner = &self.inner;
+        let entry = self
+            .keys
+            .entry_by_ref(key_id)
+            .or_try_insert_with(async move { inner.get_key(key_id).await.map(|k| k.map(Arc::new)) })
+            .await
+            .map_err(unshare)?;
+        let cached = !entry.is_fresh();
+        Ok((entry.into_value(), cached))
+    }
+
+    /// Reads a key record from storage, neither using nor filling the cache.
+    pub async fn key_from_storage(&self, key_id: &str) -> Result<Option<KeyRecord>> {
+        self.inner.get_key(key_id).await
+    }
+
     /// Cached device lookup.
     pub async fn device(&self, key_id: &str, jkt: &str) -> Result<Option<Arc<DeviceRecord>>> {
         let inner = &self.inner;

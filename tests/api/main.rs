@@ -15,6 +15,7 @@ mod containment;
 mod devices;
 mod envelope;
 mod health;
+mod lab;
 mod lifecycle;
 mod persistence;
 mod proofs;
