@@ -149,6 +149,10 @@ pub struct ServeArgs {
     /// Failed authentications per minute per client IP before it gets 429 on token endpoints.
     #[arg(long, env = "KEYBOUND_IP_FAILURE_BUDGET", default_value_t = 20)]
     pub ip_failure_budget: u32,
+    /// Wrong secrets per minute for one key id (from all IPs together) before FAILURE_BURST;
+    /// past it, wrong secrets for that id get 429 (the right secret always works).
+    #[arg(long, env = "KEYBOUND_KEY_FAILURE_BUDGET", default_value_t = crate::state::KEY_FAILURE_BUDGET)]
+    pub key_failure_budget: u32,
     /// 32-byte master key (base64) that seals signing keys at rest. Required in `prod`.
     #[arg(long, env = "KEYBOUND_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<SecretString>,

@@ -14,7 +14,7 @@ use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
-use crate::limits::{Backend, FailureBudget, IpFailures, KeyLimits, RedisGcra};
+use crate::limits::{Backend, FailureBudget, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
@@ -40,6 +40,8 @@ pub struct Settings {
     pub dpop_iat_window_secs: i64,
     /// Failed authentications per minute per IP.
     pub ip_failure_budget: u32,
+    /// Wrong secrets per minute per key id.
+    pub key_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
     /// Days usage events are kept.
@@ -58,6 +60,7 @@ impl Settings {
             require_dpop_nonce: args.require_dpop_nonce,
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
+            key_failure_budget: args.key_failure_budget,
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
         }
@@ -90,7 +93,7 @@ pub struct AppState {
     /// Per-IP failure budgets.
     pub failures: Arc<IpFailures>,
     /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
-    pub key_failures: Arc<FailureBudget<String>>,
+    pub key_failures: Arc<KeyIdFailures>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
     /// Usage events, written in batches.
@@ -143,12 +146,7 @@ impl AppState {
                 settings.ip_failure_budget,
                 args.cache_capacity,
             )),
-            key_failures: Arc::new(FailureBudget::new(
-                limits,
-                "keybound:fail:key",
-                KEY_FAILURE_BUDGET,
-                args.cache_capacity,
-            )),
+            key_failures: Arc::new(KeyIdFailures::new(limits, settings.key_failure_budget)),
             alerts: Arc::new(
                 Alerts::new(store.clone(), Thresholds::default())
                     .with_webhook(webhook(args)?)
@@ -230,8 +228,8 @@ impl AppState {
     }
 }
 
-/// Wrong secrets per minute for one key id, from all IPs together, before a failure-burst
-/// alert. Only wrong secrets are refused once it is spent: refusing the right secret too would
+/// Default wrong secrets per minute for one key id, from all IPs together, before a
+/// failure-burst alert (`--key-failure-budget`). Only wrong secrets are refused once it is spent: refusing the right secret too would
 /// let anyone who knows a key id (it is every token's `sub`) lock its owner out.
 pub const KEY_FAILURE_BUDGET: u32 = 10;
 

@@ -165,10 +165,6 @@ pub async fn refresh(
         return Err(Error::InvalidApiKey);
     }
     check_allow_lists(&key, p.ip, p.origin)?;
-    state
-        .key_limits
-        .check(&key.key_id, key.rate_limit_per_minute)
-        .await?;
     let device = state
         .cache
         .device(&old.key_id, &old.jkt)
@@ -246,19 +242,24 @@ async fn authenticate_key(
                 let _ = state.cache.key_from_storage(ABSENT_KEY_ID).await;
             }
             // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
-            // budget. Unknown ids and wrong secrets take this same path, so they stay
-            // indistinguishable.
-            let id = key.id().to_string();
-            if state.key_failures.record_failure(&id).await? {
-                state.alerts.raise_once(
-                    AlertKind::FailureBurst,
-                    &id,
-                    Some(&id),
-                    None,
-                    json!({"scope": "key_id", "budget_per_minute": crate::state::KEY_FAILURE_BUDGET}),
-                );
+            // budget, at the same fixed cost for unknown and real ids (see KeyIdFailures).
+            let id = key.id().as_str();
+            if !state.key_failures.record(id).await? {
+                if let Some(r) = &record {
+                    // Alert for real keys only: made-up ids are noise, not a target.
+                    state.alerts.raise_once(
+                        AlertKind::FailureBurst,
+                        &r.key_id,
+                        Some(&r.key_id),
+                        None,
+                        json!({"scope": "key_id", "budget_per_minute": state.settings.key_failure_budget}),
+                    );
+                }
+                let budget = u64::from(state.settings.key_failure_budget.max(1));
+                return Err(Error::RateLimited {
+                    retry_after_secs: (60 / budget).max(1),
+                });
             }
-            state.key_failures.check(&id).await?;
             Err(Error::InvalidApiKey)
         }
     }
