@@ -933,18 +933,19 @@ impl MemoryDump {
         );
         s.note(
             "What remains, and why. keybound never stores the plaintext: the validation cache \
-             holds the SHA-256 of the secret, and `ApiKey` keeps the presented key in a \
-             `SecretString` that is zeroized when the request ends. But the key arrives in an \
-             HTTP header, and hyper reads the request into a per-connection buffer whose header \
-             values axum hands out as slices of it: that buffer is neither owned nor zeroized \
-             by keybound. The copies counted are those request bytes — the most recent request \
-             on a live connection (overwritten by the next request on it), and buffers of \
-             earlier connections that were freed but not yet reused by the allocator. An \
-             attacker who can read the server's memory (root, or ptrace as the same user) sees \
-             the keys of the last requests, plus the signing keys and the master key, which a \
-             process must hold to work. Mitigations are operational: no core dumps \
-             (`ulimit -c 0`, `PR_SET_DUMPABLE` 0 via systemd's defaults), no ptrace \
-             (`kernel.yama.ptrace_scope` ≥ 1), a dedicated user."
+             holds the SHA-256 of the secret (the one hash copy counted), and `ApiKey` keeps \
+             the presented key in a `SecretString` that is zeroized when the request ends. But \
+             the key arrives in an HTTP header: hyper reads each request into a per-connection \
+             buffer, and the header map axum hands to keybound is made of slices of it. Those \
+             buffers are neither owned nor zeroized by keybound, and when they are freed the \
+             allocator does not clear them. Every copy counted is a whole key — request bytes — \
+             never the secret part on its own, and none sits in a cache or a long-lived \
+             structure. They do not vanish on a schedule: they stay until the allocator hands \
+             the memory out again (compare the three rows). An attacker who can read the \
+             server's memory (root, or ptrace as the same user) sees the keys of recent \
+             requests — and the signing keys and the master key, which the process must hold \
+             to work at all. Mitigations are operational: no core dumps (`ulimit -c 0`, \
+             `LimitCORE=0`), no ptrace (`kernel.yama.ptrace_scope` ≥ 1), a dedicated user."
                 .to_owned(),
         );
         s

@@ -237,8 +237,9 @@ impl TimingTest {
 
 /// Over HTTP, a difference below this share of the response time is reported as `limited`
 /// (visible on loopback to dudect's crops, lost in any real network's jitter) rather than as
-/// a leak. Before the fix in `exchange::authenticate_key` the gap was about 40 %.
-pub const HTTP_RELATIVE_GAP: f64 = 0.10;
+/// a leak. Before the fix in `exchange::authenticate_key` the gap was 30–40 % (debug and
+/// release builds); after it, 1–10 % on a loaded 2-core machine.
+pub const HTTP_RELATIVE_GAP: f64 = 0.15;
 
 impl Timing {
     /// The report section.
@@ -292,7 +293,7 @@ impl Timing {
                 .iter()
                 .map(|t| format!(
                     "{}: {}",
-                    t.classes.0,
+                    t.what,
                     t.dudect
                         .crops
                         .iter()
