@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use secrecy::SecretString;
 
+use crate::alerts::AlertKind;
+
 /// Default database: an embedded SQLite file relative to the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keybound-data/keybound.db";
 
@@ -91,7 +93,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYBOUND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Public base URL: the `iss` claim and the base of every DPoP `htu` (default `http://<listen>`).
+    /// Public base URL: the `iss` claim and the base of every DPoP `htu` (default `http://<listen>`,
+    /// `https://<listen>` with TLS).
     #[arg(long, env = "KEYBOUND_ISSUER")]
     pub issuer: Option<String>,
     /// Deployment profile.
@@ -126,9 +129,17 @@ pub struct ServeArgs {
     /// DPoP proof `iat` acceptance window, in seconds either side of server time.
     #[arg(long, env = "KEYBOUND_DPOP_IAT_WINDOW_SECONDS", default_value_t = 60)]
     pub dpop_iat_window_seconds: i64,
-    /// URL that receives alerts as signed JSON POSTs.
-    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK")]
+    /// URL that receives every alert as a signed JSON POST (see docs/configuration.md).
+    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK", hide_env_values = true)]
     pub alert_webhook: Option<String>,
+    /// HMAC-SHA256 key for the webhook's `X-Keybound-Signature` header. Required in `prod`.
+    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub alert_webhook_secret: Option<SecretString>,
+    /// Alert kinds that contain at once: revoke the device (device-scoped kinds) or suspend the
+    /// key (comma separated, e.g. KEY_LEAKED,REFRESH_TOKEN_REUSED).
+    #[arg(long, env = "KEYBOUND_AUTO_SUSPEND_ON", value_delimiter = ',',
+          value_parser = crate::alerts::containment::parse_kind)]
+    pub auto_suspend_on: Vec<AlertKind>,
     /// Log format.
     #[arg(long, env = "KEYBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -148,6 +159,10 @@ pub struct ServeArgs {
         default_value = "keybound-data/master.key"
     )]
     pub master_key_file: PathBuf,
+    /// Days per-request usage events are kept before an hourly task deletes them.
+    #[arg(long, env = "KEYBOUND_USAGE_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub usage_retention_days: i64,
     /// Entries in each validation cache (keys, devices).
     #[arg(long, env = "KEYBOUND_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
@@ -156,10 +171,14 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The issuer URL without a trailing slash.
     pub fn issuer(&self) -> String {
-        let s = self
-            .issuer
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen));
+        let s = self.issuer.clone().unwrap_or_else(|| {
+            let scheme = if self.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", self.listen)
+        });
         s.trim_end_matches('/').to_owned()
     }
 
@@ -181,8 +200,22 @@ impl ServeArgs {
             if self.master_key.is_none() {
                 return Err("--profile prod needs KEYBOUND_MASTER_KEY".into());
             }
+            if self.alert_webhook.is_some() && self.alert_webhook_secret.is_none() {
+                return Err(
+                    "--profile prod needs KEYBOUND_ALERT_WEBHOOK_SECRET with --alert-webhook"
+                        .into(),
+                );
+            }
         }
         Ok(())
+    }
+
+    /// The log format in force: `prod` always writes JSON lines, for log pipelines.
+    pub fn effective_log_format(&self) -> LogFormat {
+        match self.profile {
+            Profile::Prod => LogFormat::Json,
+            Profile::Dev => self.log_format,
+        }
     }
 
     /// Defaults for tests and embedding: loopback on an OS-chosen port, dev profile.
@@ -425,6 +458,132 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec!["keybound", "serve"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| match c.command {
+            Command::Serve(a) => *a,
+            _ => unreachable!(),
+        })
+    }
+
+    #[test]
+    fn prod_rules() {
+        let cases: &[(&[&str], bool, &str)] = &[
+            (&["--profile", "dev"], true, "dev needs nothing"),
+            (&["--profile", "prod"], false, "prod without TLS or proxy"),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--trusted-proxy",
+                    "10.0.0.0/8",
+                    "--master-key",
+                    "x",
+                ],
+                true,
+                "prod behind a proxy",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--master-key",
+                    "x",
+                ],
+                true,
+                "prod with TLS",
+            ),
+            (
+                &["--profile", "prod", "--tls-cert", "c", "--tls-key", "k"],
+                false,
+                "prod without master key",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--master-key",
+                    "x",
+                    "--alert-webhook",
+                    "https://h.example/",
+                ],
+                false,
+                "prod webhook without secret",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--master-key",
+                    "x",
+                    "--alert-webhook",
+                    "https://h.example/",
+                    "--alert-webhook-secret",
+                    "s",
+                ],
+                true,
+                "prod webhook with secret",
+            ),
+            (
+                &["--alert-webhook", "http://127.0.0.1:1/"],
+                true,
+                "dev webhook without secret",
+            ),
+        ];
+        for (args, ok, case) in cases {
+            let a = serve(args).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(a.validate().is_ok(), *ok, "{case}");
+        }
+    }
+
+    #[test]
+    fn prod_logs_json_whatever_the_flag() {
+        let prod = serve(&["--profile", "prod", "--log-format", "text"]).unwrap();
+        assert_eq!(prod.effective_log_format(), LogFormat::Json);
+        let dev = serve(&["--log-format", "text"]).unwrap();
+        assert_eq!(dev.effective_log_format(), LogFormat::Text);
+    }
+
+    #[test]
+    fn tls_makes_the_default_issuer_https() {
+        let a = serve(&[
+            "--listen",
+            "127.0.0.1:8443",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(a.issuer(), "https://127.0.0.1:8443");
+        assert_eq!(serve(&[]).unwrap().issuer(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn auto_suspend_on_takes_a_list_of_containable_kinds() {
+        let a = serve(&["--auto-suspend-on", "KEY_LEAKED,dpop_replay"]).unwrap();
+        assert_eq!(
+            a.auto_suspend_on,
+            [AlertKind::KeyLeaked, AlertKind::DpopReplay]
+        );
+        assert!(serve(&["--auto-suspend-on", "NEW_DEVICE"]).is_err());
+        assert!(serve(&["--auto-suspend-on", "BOGUS"]).is_err());
+        assert!(serve(&[]).unwrap().auto_suspend_on.is_empty());
     }
 
     #[test]

@@ -199,11 +199,17 @@ impl From<sqlx::Error> for Error {
                 Error::unavailable(e)
             }
             sqlx::Error::Database(ref db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || c.starts_with("57P")
+                        || (c.len() == 5 && c.starts_with("53"))
+                        || c == "3D000"
+                }) =>
             {
-                // PostgreSQL connection exceptions (class 08) and operator intervention (57P).
+                // PostgreSQL connection exceptions (class 08), operator intervention (57P: the
+                // server shutting down, our connections terminated), insufficient resources
+                // (class 53: too many connections, disk full) and a database that no longer
+                // exists (3D000, what a reconnect meets after DROP DATABASE).
                 Error::unavailable(e)
             }
             other => Error::internal(other),

@@ -13,6 +13,8 @@ pub mod alerts;
 pub mod audit;
 /// Command-line subcommands.
 pub mod cli;
+/// Cluster mode: the Redis connection several instances share state through.
+pub mod cluster;
 /// Command line and configuration.
 pub mod config;
 /// Device trust scoring (contract section 6).
@@ -41,7 +43,11 @@ pub mod state;
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// HTTPS: rustls configuration from PEM files, reloadable while serving.
+pub mod tls;
 /// Signing keys, access tokens, refresh tokens.
 pub mod tokens;
+/// Per-request usage records, written in batches.
+pub mod usage;
 
 pub use error::{Error, Result};

@@ -11,7 +11,12 @@ async fn main() -> ExitCode {
     match keybound::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e} ({})", e.code());
+            // The operator at the terminal also gets the cause that an HTTP client never sees
+            // (a 5xx body says nothing internal; here nobody else is listening).
+            match std::error::Error::source(&e) {
+                Some(cause) => eprintln!("error: {e}: {cause} ({})", e.code()),
+                None => eprintln!("error: {e} ({})", e.code()),
+            }
             ExitCode::from(2)
         }
     }

@@ -7,15 +7,19 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::alerts::containment::Containment;
+use crate::alerts::webhook::{Webhook, WebhookConfig};
 use crate::alerts::{Alerts, Thresholds};
+use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
-use crate::limits::{FailureBudget, KeyLimits};
+use crate::limits::{Backend, FailureBudget, IpFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
 use crate::tokens::keyring::{self, KeyRing};
+use crate::usage::UsageRecorder;
 
 /// Settings derived from the command line, immutable while serving.
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub struct Settings {
     pub ip_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
+    /// Days usage events are kept.
+    pub usage_retention_days: i64,
 }
 
 impl Settings {
@@ -53,6 +59,7 @@ impl Settings {
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
             profile: args.profile,
+            usage_retention_days: args.usage_retention_days,
         }
     }
 }
@@ -72,6 +79,8 @@ pub struct AppState {
     pub keyring: Arc<KeyRing>,
     /// Seen DPoP proofs.
     pub replay: Arc<dyn ReplayStore>,
+    /// The shared Redis connection in cluster mode (`--redis-url`), for `/readyz`.
+    pub redis: Option<Arc<RedisLink>>,
     /// Server nonces (RFC 9449 section 8).
     pub nonces: Arc<NonceIssuer>,
     /// DPoP proof checks.
@@ -79,9 +88,13 @@ pub struct AppState {
     /// Per-key request rates.
     pub key_limits: Arc<KeyLimits>,
     /// Per-IP failure budgets.
-    pub failures: Arc<FailureBudget>,
+    pub failures: Arc<IpFailures>,
+    /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
+    pub key_failures: Arc<FailureBudget<String>>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
+    /// Usage events, written in batches.
+    pub usage: UsageRecorder,
     /// `last_used_at` updates waiting for the next batch.
     touched: Arc<Mutex<HashMap<String, i64>>>,
 }
@@ -99,27 +112,48 @@ impl AppState {
             args.profile == Profile::Prod,
         )?;
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
-        let replay: Arc<dyn ReplayStore> = match &args.redis_url {
-            Some(url) => Arc::new(
-                RedisReplayStore::connect(url)
-                    .await
-                    .map_err(Error::unavailable)?,
-            ),
-            None => Arc::new(MemoryReplayStore::new()),
+        let redis = match &args.redis_url {
+            Some(url) => Some(Arc::new(
+                RedisLink::connect(url).await.map_err(Error::unavailable)?,
+            )),
+            None => None,
+        };
+        let (replay, limits): (Arc<dyn ReplayStore>, Backend) = match &redis {
+            Some(link) => {
+                crate::store::broadcast::spawn_on(cache.clone(), link);
+                (
+                    Arc::new(RedisReplayStore::from_manager(link.manager())),
+                    Backend::Redis(RedisGcra::from_manager(link.manager())),
+                )
+            }
+            None => (Arc::new(MemoryReplayStore::new()), Backend::Local),
         };
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
+        let usage = UsageRecorder::start(store.clone());
         let state = AppState {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
                 ..VerifyOptions::default()
             }),
-            key_limits: Arc::new(KeyLimits::new(args.cache_capacity)),
+            key_limits: Arc::new(KeyLimits::new(limits.clone(), args.cache_capacity)),
             failures: Arc::new(FailureBudget::new(
+                limits.clone(),
+                "keybound:fail:ip",
                 settings.ip_failure_budget,
                 args.cache_capacity,
             )),
-            alerts: Arc::new(Alerts::new(store.clone(), Thresholds::default())),
+            key_failures: Arc::new(FailureBudget::new(
+                limits,
+                "keybound:fail:key",
+                KEY_FAILURE_BUDGET,
+                args.cache_capacity,
+            )),
+            alerts: Arc::new(
+                Alerts::new(store.clone(), Thresholds::default())
+                    .with_webhook(webhook(args)?)
+                    .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
+            ),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
             settings,
             store,
@@ -127,6 +161,8 @@ impl AppState {
             admin_token_hash: args.admin_token.as_ref().map(hash_token),
             keyring,
             replay,
+            redis,
+            usage,
             touched: Arc::default(),
         };
         state.spawn_background();
@@ -164,6 +200,12 @@ impl AppState {
                 let t = now();
                 if t - last_purge >= 3600 {
                     last_purge = t;
+                    let retention = state.settings.usage_retention_days * 86_400;
+                    match state.store.purge_usage(t - retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(events = n, "purged old usage events"),
+                        Err(e) => tracing::warn!(error = %e, "could not purge usage events"),
+                    }
                     match state.store.purge_expired_keys(t - PURGE_AFTER_EXPIRY).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(keys = n, "purged expired keys"),
@@ -188,8 +230,27 @@ impl AppState {
     }
 }
 
+/// Wrong secrets per minute for one key id, from all IPs together, before a failure-burst
+/// alert. Only wrong secrets are refused once it is spent: refusing the right secret too would
+/// let anyone who knows a key id (it is every token's `sub`) lock its owner out.
+pub const KEY_FAILURE_BUDGET: u32 = 10;
+
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
+
+/// Starts the alert webhook when `--alert-webhook` is set.
+fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
+    let Some(url) = &args.alert_webhook else {
+        return Ok(None);
+    };
+    if args.alert_webhook_secret.is_none() {
+        tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
+    }
+    WebhookConfig::new(url, args.alert_webhook_secret.clone())
+        .and_then(Webhook::start)
+        .map(Some)
+        .map_err(Error::InvalidRequest)
+}
 
 fn hash_token(t: &SecretString) -> [u8; 32] {
     Sha256::digest(t.expose_secret().as_bytes()).into()

@@ -16,6 +16,8 @@ pub mod keys;
 pub mod output;
 /// `keybound scan`
 pub mod scan;
+/// `keybound signing-keys …`
+pub mod signing_keys;
 
 use std::process::ExitCode;
 
@@ -31,7 +33,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let subject = subject(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => {
-            crate::telemetry::init(args.log_format);
+            crate::telemetry::init(args.effective_log_format());
             let store = crate::store::open(&url).await?;
             crate::server::serve(*args, store).await?;
             Ok(ExitCode::SUCCESS)
@@ -46,11 +48,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Scan(args) => Ok(scan::run(args)),
         // The lab makes its own temporary databases; it never opens the configured one.
         Command::Lab(args) => crate::lab::run(*args).await,
-        Command::SigningKeys(_) => {
-            eprintln!(
-                "error: signing-keys commands are not available yet in this build; the server creates and uses its signing key itself"
-            );
-            Ok(ExitCode::from(EXIT_ERROR))
+        Command::SigningKeys(cmd) => {
+            signing_keys::run(&*crate::store::open(&url).await?, cmd).await
         }
         Command::Keys(cmd) => keys::run(&*crate::store::open(&url).await?, cmd).await,
         Command::Devices(cmd) => devices::run(&*crate::store::open(&url).await?, cmd).await,

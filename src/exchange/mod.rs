@@ -48,6 +48,8 @@ pub struct Presented<'a> {
     pub origin: Option<&'a str>,
     /// The client IP (after trusted-proxy resolution).
     pub ip: IpAddr,
+    /// Set to the key id once the request is known to come from a valid key (for usage).
+    pub key_seen: &'a std::sync::OnceLock<String>,
 }
 
 /// The successful answer of both endpoints (contract 3.1).
@@ -89,14 +91,12 @@ pub async fn exchange(
     let now = crate::state::now();
     body.validate()?;
     let key = authenticate_key(state, p.api_key, now).await?;
+    let _ = p.key_seen.set(key.key_id.clone());
     check_allow_lists(&key, p.ip, p.origin)?;
     state
         .key_limits
-        .check(
-            &key.key_id,
-            key.rate_limit_per_minute.clamp(1, u32::MAX as i64) as u32,
-        )
-        .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })?;
+        .check(&key.key_id, key.rate_limit_per_minute)
+        .await?;
     let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
 
     let requested = match &body.scope {
@@ -165,6 +165,10 @@ pub async fn refresh(
         return Err(Error::InvalidApiKey);
     }
     check_allow_lists(&key, p.ip, p.origin)?;
+    state
+        .key_limits
+        .check(&key.key_id, key.rate_limit_per_minute)
+        .await?;
     let device = state
         .cache
         .device(&old.key_id, &old.jkt)
@@ -230,6 +234,8 @@ async fn authenticate_key(
             state.touch_key(&r.key_id, now);
             Ok(r)
         }
+        // The right secret of a suspended, revoked or expired key: not a guess.
+        Some(_) if matches => Err(Error::InvalidApiKey),
         _ => {
             // A made-up id misses the cache and costs a storage read that finds nothing; a real
             // id with a wrong secret is usually cached and was answered ~20 µs sooner, which
@@ -239,6 +245,20 @@ async fn authenticate_key(
             if cached {
                 let _ = state.cache.key_from_storage(ABSENT_KEY_ID).await;
             }
+            // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
+            // budget. Unknown ids and wrong secrets take this same path, so they stay
+            // indistinguishable.
+            let id = key.id().to_string();
+            if state.key_failures.record_failure(&id).await? {
+                state.alerts.raise_once(
+                    AlertKind::FailureBurst,
+                    &id,
+                    Some(&id),
+                    None,
+                    json!({"scope": "key_id", "budget_per_minute": crate::state::KEY_FAILURE_BUDGET}),
+                );
+            }
+            state.key_failures.check(&id).await?;
             Err(Error::InvalidApiKey)
         }
     }

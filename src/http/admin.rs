@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::keys::KeyId;
 use crate::keys::service::{self, Actor, KeyPatch, NewKey};
 use crate::state::{AppState, now};
-use crate::store::{AlertFilter, DeviceChange, KeyRecord, KeyStatus};
+use crate::store::{AlertFilter, DeviceChange, DeviceRecord, DeviceStatus, KeyRecord, KeyStatus};
 
 /// Page size when the client gives none.
 const DEFAULT_LIMIT: i64 = 100;
@@ -43,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .route("/keys/{key_id}/resume", status_route(KeyStatus::Active))
         .route("/keys/{key_id}/rotate", post(rotate_key))
         .route("/keys/{key_id}/devices", get(list_devices))
+        .route("/keys/{key_id}/usage", get(key_usage))
         .route(
             "/devices/{device_id}/revoke",
             device_route(DeviceChange::Revoke),
@@ -222,6 +223,77 @@ fn device_route(change: DeviceChange) -> MethodRouter<AppState> {
             Ok::<_, Error>(axum::Json(d))
         },
     )
+}
+
+// ---- usage ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    /// `minute` (default) or `hour`.
+    bucket: Option<String>,
+    /// Unix seconds; default one hour (minute buckets) or one day (hour buckets) ago.
+    since: Option<i64>,
+}
+
+/// How much a key is used: token requests per minute or hour (from the usage events, written
+/// in batches, so up to a second behind), its devices and their exchanges, recent alerts.
+async fn key_usage(
+    _: AdminAuth,
+    State(st): State<AppState>,
+    Path(key_id): Path<String>,
+    Query(q): Query<UsageQuery>,
+) -> Result<JsonResponse> {
+    let key = service::get(&*st.store, &key_id).await?;
+    let (bucket, span) = match q.bucket.as_deref() {
+        None | Some("minute") => (60, 3_600),
+        Some("hour") => (3_600, 86_400),
+        Some(_) => {
+            return Err(Error::InvalidRequest(
+                "bucket must be minute or hour".into(),
+            ));
+        }
+    };
+    let buckets_since = q.since.unwrap_or_else(|| now() - span);
+    let buckets = st
+        .store
+        .usage_summary(&key.key_id, bucket, buckets_since)
+        .await?;
+    let devices = st.store.list_devices(&key_id).await?;
+    let since = now() - 86_400;
+    let alerts = st
+        .store
+        .list_alerts(&AlertFilter {
+            key_id: Some(key_id.clone()),
+            since: Some(since),
+            limit: MAX_LIMIT,
+            ..AlertFilter::default()
+        })
+        .await?;
+    let mut by_kind = std::collections::BTreeMap::<&str, u64>::new();
+    for a in &alerts {
+        *by_kind.entry(a.kind.as_str()).or_default() += 1;
+    }
+    let count = |f: &dyn Fn(&DeviceRecord) -> bool| devices.iter().filter(|d| f(d)).count();
+    Ok(axum::Json(json!({
+        "key_id": key.key_id,
+        "status": key.status,
+        "last_used_at": key.last_used_at,
+        "rate_limit_per_minute": key.rate_limit_per_minute,
+        "devices": {
+            "total": devices.len(),
+            "active": count(&|d| d.status == DeviceStatus::Active),
+            "revoked": count(&|d| d.status == DeviceStatus::Revoked),
+            "trusted": count(&|d| d.status == DeviceStatus::Active && d.trust_level == "trusted"),
+            "max": key.max_devices,
+        },
+        "exchanges": devices.iter().map(|d| d.exchange_count).sum::<i64>(),
+        "last_device_seen_at": devices.iter().map(|d| d.last_seen_at).max(),
+        "alerts_last_24h": by_kind,
+        "bucket_seconds": bucket,
+        "since": buckets_since,
+        "buckets": buckets,
+    })))
 }
 
 // ---- audit log and alerts ----

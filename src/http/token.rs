@@ -9,9 +9,10 @@ use axum::routing::post;
 
 use super::extract::{ClientIp, Json};
 use crate::alerts::AlertKind;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exchange::{self, Presented, RefreshRequest, TokenRequest};
 use crate::state::AppState;
+use crate::store::UsageEvent;
 
 /// Token routes.
 pub fn router() -> Router<AppState> {
@@ -20,7 +21,11 @@ pub fn router() -> Router<AppState> {
         .route(exchange::REFRESH_PATH, post(refresh))
 }
 
-fn presented<'a>(headers: &'a HeaderMap, ip: std::net::IpAddr) -> Presented<'a> {
+fn presented<'a>(
+    headers: &'a HeaderMap,
+    ip: std::net::IpAddr,
+    key_seen: &'a std::sync::OnceLock<String>,
+) -> Presented<'a> {
     let text = |v: &'a HeaderValue| v.to_str().ok();
     let api_key = headers.get("x-api-key").and_then(text).or_else(|| {
         headers
@@ -42,6 +47,7 @@ fn presented<'a>(headers: &'a HeaderMap, ip: std::net::IpAddr) -> Presented<'a> 
         proof,
         origin: headers.get(header::ORIGIN).and_then(text),
         ip,
+        key_seen,
     }
 }
 
@@ -51,11 +57,12 @@ async fn token(
     headers: HeaderMap,
     body: Result<Json<TokenRequest>>,
 ) -> Result<Response> {
-    guarded(&state, ip, async {
+    let seen = std::sync::OnceLock::new();
+    let work = async {
         let Json(body) = body?;
-        exchange::exchange(&state, presented(&headers, ip), body).await
-    })
-    .await
+        exchange::exchange(&state, presented(&headers, ip, &seen), body).await
+    };
+    guarded(&state, ip, exchange::TOKEN_PATH, &headers, &seen, work).await
 }
 
 async fn refresh(
@@ -64,31 +71,52 @@ async fn refresh(
     headers: HeaderMap,
     body: Result<Json<RefreshRequest>>,
 ) -> Result<Response> {
-    guarded(&state, ip, async {
+    let seen = std::sync::OnceLock::new();
+    let work = async {
         let Json(body) = body?;
-        exchange::refresh(&state, presented(&headers, ip), body).await
-    })
-    .await
+        exchange::refresh(&state, presented(&headers, ip, &seen), body).await
+    };
+    guarded(&state, ip, exchange::REFRESH_PATH, &headers, &seen, work).await
 }
 
-/// Refuses an IP that spent its failure budget, counts this request's failure against it, and
-/// writes the response headers both endpoints share.
+/// Refuses an IP that spent its failure budget, counts this request's failure against it,
+/// records usage for an identified key, and writes the response headers both endpoints share.
 async fn guarded(
     state: &AppState,
     ip: std::net::IpAddr,
+    endpoint: &'static str,
+    headers: &HeaderMap,
+    key_seen: &std::sync::OnceLock<String>,
     work: impl Future<Output = Result<exchange::TokenResponse>>,
 ) -> Result<Response> {
-    state
-        .failures
-        .check(ip)
-        .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })?;
+    state.failures.check(&ip).await?;
     let started = std::time::Instant::now();
     let result = work.await;
-    metrics::histogram!("keybound_exchange_seconds").record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    metrics::histogram!("keybound_exchange_seconds").record(elapsed.as_secs_f64());
+    if let Some(key_id) = key_seen.get() {
+        let status = match &result {
+            Ok(_) => 200,
+            Err(e) => i64::from(e.status().as_u16()),
+        };
+        state.usage.record(UsageEvent {
+            key_id: key_id.clone(),
+            at: crate::state::now(),
+            endpoint: endpoint.into(),
+            method: "POST".into(),
+            status,
+            latency_us: elapsed.as_micros() as i64,
+            ip: Some(ip.to_string()),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| ua.chars().take(256).collect()),
+        });
+    }
     let mut res = match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
-            if e.is_auth_failure() && state.failures.record_failure(ip) {
+            if e.is_auth_failure() && state.failures.record_failure(&ip).await? {
                 state.alerts.raise_once(
                     AlertKind::FailureBurst,
                     &ip.to_string(),

@@ -112,10 +112,12 @@ pub struct KeyPatch {
     /// New name.
     pub name: Option<String>,
     /// New description.
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<Option<String>>,
     /// New scopes.
     pub scopes: Option<Vec<String>>,
     /// New limited scopes (`null`: back to the default).
+    #[serde(default, deserialize_with = "present")]
     pub limited_scopes: Option<Option<Vec<String>>>,
     /// New rate limit.
     pub rate_limit_per_minute: Option<i64>,
@@ -128,7 +130,18 @@ pub struct KeyPatch {
     /// New trust-on-enroll flag.
     pub trust_on_enroll: Option<bool>,
     /// New expiry (unix seconds; `null`: never).
+    #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<i64>>,
+}
+
+/// For `Option<Option<T>>` patch fields: a present field is `Some`, even when it is `null`.
+/// (serde alone reads `null` as an absent field, so `null` could never clear anything.)
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A key just created or rotated: the plaintext (to show once) and the record.
@@ -169,13 +182,17 @@ pub fn validate_scopes(field: &str, scopes: &[String]) -> Result<()> {
     if scopes.len() > MAX_LIST {
         return Err(bad(format!("{field}: at most {MAX_LIST} scopes")));
     }
-    for s in scopes {
+    for (i, s) in scopes.iter().enumerate() {
         let ok = !s.is_empty()
             && s.len() <= 128
             && s.bytes()
                 .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
         if !ok {
-            return Err(bad(format!("{field}: invalid scope {s:?}")));
+            // Name the position, not the value: a misplaced secret must not come back in
+            // an error message (or land in a log that records them).
+            return Err(bad(format!(
+                "{field}[{i}] is not a scope (1 to 128 printable ASCII characters, no space, quote or backslash)"
+            )));
         }
     }
     Ok(())
@@ -187,11 +204,12 @@ pub fn parse_cidrs(list: &[String]) -> Result<Vec<String>> {
         return Err(bad(format!("allowed_ips: at most {MAX_LIST} entries")));
     }
     list.iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
                 .map(|n| n.trunc().to_string())
-                .map_err(|_| bad(format!("allowed_ips: {s:?} is not a CIDR")))
+                .map_err(|_| bad(format!("allowed_ips[{i}] is not a CIDR or an IP address")))
         })
         .collect()
 }
@@ -202,7 +220,8 @@ pub fn parse_origins(list: &[String]) -> Result<Vec<String>> {
         return Err(bad(format!("allowed_origins: at most {MAX_LIST} entries")));
     }
     list.iter()
-        .map(|o| {
+        .enumerate()
+        .map(|(i, o)| {
             let lower = o.trim_end_matches('/').to_ascii_lowercase();
             let valid = (lower.starts_with("https://") || lower.starts_with("http://"))
                 && !lower
@@ -212,7 +231,9 @@ pub fn parse_origins(list: &[String]) -> Result<Vec<String>> {
             if valid {
                 Ok(lower)
             } else {
-                Err(bad(format!("allowed_origins: {o:?} is not an origin")))
+                Err(bad(format!(
+                    "allowed_origins[{i}] is not an origin (http(s)://host[:port], no path)"
+                )))
             }
         })
         .collect()
@@ -239,7 +260,12 @@ pub async fn create(store: &dyn Store, new: NewKey, actor: &Actor, now: i64) -> 
     if let Some(ls) = &new.limited_scopes {
         validate_scopes("limited_scopes", ls)?;
     }
-    let env: KeyEnv = new.env.as_deref().unwrap_or("prod").parse().map_err(bad)?;
+    let env: KeyEnv = new
+        .env
+        .as_deref()
+        .unwrap_or("prod")
+        .parse()
+        .map_err(|_| bad("env must be prod, test or dev"))?;
     let days = new.expires_in_days.unwrap_or(DEFAULT_EXPIRES_IN_DAYS);
     if !(0..=36_500).contains(&days) {
         return Err(bad("expires_in_days must be 0 (never) to 36500"));
@@ -470,4 +496,34 @@ pub async fn set_device_status(
         .set_device_status(device_id, change, now, &audit)
         .await?
         .ok_or(Error::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_tells_null_from_absent() {
+        let p: KeyPatch =
+            serde_json::from_str(r#"{"description": null, "expires_at": 5}"#).expect("valid patch");
+        assert_eq!(p.description, Some(None), "null clears");
+        assert_eq!(p.expires_at, Some(Some(5)));
+        assert_eq!(p.limited_scopes, None, "absent leaves alone");
+        assert_eq!(p.name, None);
+    }
+
+    #[test]
+    fn validation_messages_do_not_echo_values() {
+        let planted = "sk_prod_planted_secret_value".to_owned();
+        let errors = [
+            validate_scopes("scopes", std::slice::from_ref(&format!("{planted} x"))),
+            parse_cidrs(std::slice::from_ref(&planted)).map(|_| ()),
+            parse_origins(std::slice::from_ref(&planted)).map(|_| ()),
+        ];
+        for e in errors {
+            let msg = e.expect_err("invalid").to_string();
+            assert!(!msg.contains("planted"), "{msg}");
+            assert!(msg.contains("[0]"), "names the position: {msg}");
+        }
+    }
 }

@@ -122,7 +122,7 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
             times.push(started.elapsed().as_nanos() as f64 / 1e3);
         }
     }
-    let limiter_ns = limiter_cost();
+    let limiter_ns = limiter_cost().await;
     Ok(RateLimits {
         guesses,
         guesses_evaluated: evaluated,
@@ -141,16 +141,18 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
 
 /// Nanoseconds for what every token request pays: the per-IP budget check and one take from
 /// the key's rate (the failure record is paid by failures only).
-fn limiter_cost() -> f64 {
-    let keys = KeyLimits::new(1000);
-    let budget = FailureBudget::new(20, 1000);
+async fn limiter_cost() -> f64 {
+    use crate::limits::Backend;
+    let keys = KeyLimits::new(Backend::Local, 1000);
+    let budget = FailureBudget::new(Backend::Local, "lab", 20, 1000);
     let ip: std::net::IpAddr = [127, 0, 0, 1].into();
     let n = 200_000u32;
     let started = Instant::now();
     for _ in 0..n {
-        black_box(budget.check(black_box(ip)).is_ok());
+        black_box(budget.check(black_box(&ip)).await.is_ok());
         black_box(
-            keys.check(black_box("ak_test_AAAAAAAAAAAA"), u32::MAX)
+            keys.check(black_box("ak_test_AAAAAAAAAAAA"), i64::from(u32::MAX))
+                .await
                 .is_ok(),
         );
     }

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 use super::{ReplayError, ReplayStore, effective_ttl, hash_id};
@@ -56,13 +56,9 @@ impl RedisReplayStore {
     pub async fn connect(url: &str) -> Result<Self, ReplayError> {
         let client = redis::Client::open(url)
             .map_err(|_| ReplayError::Unavailable("invalid redis url".to_owned()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(Self::DEFAULT_OP_TIMEOUT)
-            // Reconnection attempts are short and few: a request never waits for them
-            // (op_timeout bounds it), and the next request triggers another attempt.
-            .set_number_of_retries(1)
-            .set_max_delay(1_000);
+        // The process-wide settings: no background retry schedule, so a Redis that comes back
+        // is used by the next request (see `crate::cluster`).
+        let config = crate::cluster::manager_config();
         let conn = tokio::time::timeout(
             Self::CONNECT_TIMEOUT,
             ConnectionManager::new_with_config(client, config),

@@ -26,41 +26,98 @@ struct Message {
 
 /// Starts the publisher and the subscriber for `cache` on the Redis at `url`.
 pub async fn spawn(cache: Arc<CachedStore>, url: &str) -> Result<(), redis::RedisError> {
-    let client = redis::Client::open(url)?;
+    let link = crate::cluster::RedisLink::connect(url).await.map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::IoError, "redis", e.to_string()))
+    })?;
+    spawn_on(cache, &link);
+    Ok(())
+}
+
+/// Starts the publisher (on the instance's shared connection) and the subscriber (on a
+/// connection of its own: a subscribed connection can do nothing else) for `cache`.
+pub fn spawn_on(cache: Arc<CachedStore>, link: &crate::cluster::RedisLink) {
     let origin = uuid::Uuid::new_v4().simple().to_string();
-    let mut publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
-    let mut changes = cache.changes();
-    let me = origin.clone();
-    tokio::spawn(async move {
-        loop {
-            let inv = match changes.recv().await {
+    tokio::spawn(publish_forever(
+        link.manager(),
+        cache.changes(),
+        origin.clone(),
+    ));
+    tokio::spawn(subscribe_forever(link.client().clone(), cache, origin));
+}
+
+/// How often a publish that failed is tried again.
+const REPUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Forwards local changes to the channel. A change that could not be published (Redis was
+/// unreachable) is not dropped: the other instances would keep serving the old record for
+/// up to the cache TTL. Instead an `All` is published as soon as Redis answers again, so
+/// they drop everything they cached in the meantime.
+async fn publish_forever(
+    mut conn: redis::aio::ConnectionManager,
+    mut changes: tokio::sync::broadcast::Receiver<Invalidation>,
+    origin: String,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut owed_all = false;
+    loop {
+        let inv = if owed_all {
+            match tokio::time::timeout(REPUBLISH_EVERY, changes.recv()).await {
+                Ok(Err(RecvError::Closed)) => return,
+                // Whatever came (or nothing did), everything is owed anyway.
+                _ => Invalidation::All,
+            }
+        } else {
+            match changes.recv().await {
                 Ok(inv) => inv,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Invalidation::All,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
-            let payload = serde_json::to_string(&Message {
-                origin: me.clone(),
-                inv,
-            })
-            .expect("invalidations serialize");
-            let sent: Result<(), _> = redis::cmd("PUBLISH")
+                Err(RecvError::Lagged(_)) => Invalidation::All,
+                Err(RecvError::Closed) => return,
+            }
+        };
+        let payload = serde_json::to_string(&Message {
+            origin: origin.clone(),
+            inv,
+        })
+        .expect("invalidations serialize");
+        let sent = tokio::time::timeout(
+            crate::cluster::OP_TIMEOUT,
+            redis::cmd("PUBLISH")
                 .arg(CHANNEL)
                 .arg(payload)
-                .query_async(&mut publisher)
-                .await;
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "could not publish a cache invalidation");
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {
+                if owed_all {
+                    tracing::info!("cache invalidations published again after an outage");
+                }
+                owed_all = false;
+            }
+            _ => {
+                if !owed_all {
+                    tracing::warn!("could not publish a cache invalidation; will retry");
+                }
+                owed_all = true;
             }
         }
-    });
-    tokio::spawn(subscribe_forever(client, cache, origin));
-    Ok(())
+    }
 }
 
 async fn subscribe_forever(client: redis::Client, cache: Arc<CachedStore>, origin: String) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client.get_async_pubsub().await {
+        // Bounded: a Redis that accepts connections but never answers must not park this
+        // task forever.
+        let connected =
+            tokio::time::timeout(crate::cluster::CONNECT_TIMEOUT, client.get_async_pubsub())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "connect timed out",
+                    )))
+                });
+        match connected {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(CHANNEL).await.is_ok() {
                     // Whatever changed while we were not listening is unknown: start afresh.

@@ -162,7 +162,11 @@ impl Store for CachedStore {
         Ok(())
     }
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>> {
-        Ok(self.key(key_id).await?.map(|k| (*k).clone()))
+        // Reads through the trait come from the admin API's read-modify-write operations
+        // (show, patch, status changes, rotation). They must see what the CLI or another
+        // instance wrote a moment ago, not a record up to TTL old: a patch built on a stale
+        // record would write it back. The token path reads through `key()`.
+        self.inner.get_key(key_id).await
     }
     async fn list_keys(&self, after: Option<&str>, limit: i64) -> Result<Vec<KeyRecord>> {
         self.inner.list_keys(after, limit).await
@@ -230,12 +234,27 @@ impl Store for CachedStore {
     }
     async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()> {
         self.inner.update_device_usage(device).await?;
-        // Write-through: this instance keeps serving the record it just wrote.
+        // Write-through, so this instance keeps serving the history it just wrote — but never
+        // the lifecycle fields: `device` was read before this exchange, and an operator may
+        // have revoked (or approved) the device since. So only an entry that is still cached
+        // is updated (a revocation evicts it), and its status, approval and revocation time
+        // are kept from the cached record, which a revocation re-read from storage.
+        let fresh = device.clone();
         self.devices
-            .insert(
-                (device.key_id.clone(), device.jkt.clone()),
-                Some(Arc::new(device.clone())),
-            )
+            .entry((device.key_id.clone(), device.jkt.clone()))
+            .and_compute_with(|current| async move {
+                use moka::ops::compute::Op;
+                match current.map(|e| e.into_value()) {
+                    Some(Some(cached)) => {
+                        let mut d = fresh;
+                        d.status = cached.status;
+                        d.approved = cached.approved;
+                        d.revoked_at = cached.revoked_at;
+                        Op::Put(Some(Arc::new(d)))
+                    }
+                    _ => Op::Nop,
+                }
+            })
             .await;
         Ok(())
     }
@@ -288,6 +307,20 @@ impl Store for CachedStore {
     }
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
         self.inner.list_alerts(filter).await
+    }
+    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()> {
+        self.inner.insert_usage(events).await
+    }
+    async fn usage_summary(
+        &self,
+        key_id: &str,
+        bucket_secs: i64,
+        since: i64,
+    ) -> Result<Vec<UsageBucket>> {
+        self.inner.usage_summary(key_id, bucket_secs, since).await
+    }
+    async fn purge_usage(&self, before: i64) -> Result<u64> {
+        self.inner.purge_usage(before).await
     }
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
         self.inner.append_revocation(kind, id, at).await

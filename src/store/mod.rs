@@ -432,11 +432,60 @@ pub trait Store: Send + Sync + 'static {
     /// Alerts matching the filter, newest first.
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
 
+    // ---- usage ----
+    /// Stores a batch of usage events in one transaction.
+    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()>;
+    /// A key's usage since `since`, in buckets of `bucket_secs`, oldest first.
+    async fn usage_summary(
+        &self,
+        key_id: &str,
+        bucket_secs: i64,
+        since: i64,
+    ) -> Result<Vec<UsageBucket>>;
+    /// Deletes usage events older than `before`; returns how many went.
+    async fn purge_usage(&self, before: i64) -> Result<u64>;
+
     // ---- revocation feed ----
     /// Appends an entry to the revocation feed (used for things without their own method).
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()>;
     /// Feed entries with `seq > after`, oldest first, at most `limit`.
     async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>>;
+}
+
+/// One request by a key, for usage reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageEvent {
+    /// The key.
+    pub key_id: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// The matched route, e.g. `/v1/token`.
+    pub endpoint: String,
+    /// HTTP method.
+    pub method: String,
+    /// Response status.
+    pub status: i64,
+    /// Time spent answering, in microseconds.
+    pub latency_us: i64,
+    /// Client IP.
+    pub ip: Option<String>,
+    /// `User-Agent`, cut to 256 characters.
+    pub user_agent: Option<String>,
+}
+
+/// Usage of one key in one time bucket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageBucket {
+    /// Start of the bucket, unix seconds.
+    pub start: i64,
+    /// Requests in the bucket.
+    pub requests: i64,
+    /// Of which answered with a 4xx or 5xx status.
+    pub errors: i64,
+    /// Mean latency in microseconds.
+    pub mean_latency_us: f64,
+    /// Slowest request in microseconds.
+    pub max_latency_us: i64,
 }
 
 /// A change to a device's status.

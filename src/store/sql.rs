@@ -68,7 +68,7 @@ macro_rules! sql_store {
             use $crate::store::{
                 AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceChange, DeviceRecord,
                 Enrollment, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
-                SigningKeyRecord, Store,
+                SigningKeyRecord, Store, UsageBucket, UsageEvent,
             };
 
             type Db = <$Store as Backend>::Db;
@@ -337,8 +337,12 @@ macro_rules! sql_store {
                 conn: &mut Conn,
                 device_id: &str,
             ) -> Result<Option<DeviceRecord>> {
+                // Approval re-baselines the fingerprint: an operator vouching for a device
+                // (say, after a reinstall changed its install_id) makes the attributes it
+                // presents next the new reference, and forgives earlier mismatches.
                 Ok(sqlx::query_as(
-                    "UPDATE devices SET approved = TRUE WHERE device_id = $1 RETURNING *",
+                    "UPDATE devices SET approved = TRUE, attributes = '{}', mismatch_count = 0 \
+                     WHERE device_id = $1 RETURNING *",
                 )
                 .bind(device_id)
                 .fetch_optional(conn)
@@ -532,6 +536,65 @@ macro_rules! sql_store {
                 .bind(f.limit.max(0))
                 .fetch_all(pool)
                 .await?)
+            }
+
+            // ---- statements: usage ----
+
+            async fn insert_usage_row(conn: &mut Conn, u: &UsageEvent) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO usage_events (key_id, at, endpoint, method, status, latency_us, \
+                     ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&u.key_id)
+                .bind(u.at)
+                .bind(&u.endpoint)
+                .bind(&u.method)
+                .bind(u.status)
+                .bind(u.latency_us)
+                .bind(&u.ip)
+                .bind(&u.user_agent)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn select_usage_buckets(
+                pool: &sqlx::Pool<Db>,
+                key_id: &str,
+                bucket_secs: i64,
+                since: i64,
+            ) -> Result<Vec<UsageBucket>> {
+                let rows: Vec<(i64, i64, i64, f64, i64)> = sqlx::query_as(
+                    "SELECT (at / $2) * $2 AS start, COUNT(*) AS requests, \
+                     SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, \
+                     CAST(AVG(latency_us) AS DOUBLE PRECISION) AS mean_latency_us, \
+                     MAX(latency_us) AS max_latency_us \
+                     FROM usage_events WHERE key_id = $1 AND at >= $3 \
+                     GROUP BY (at / $2) * $2 ORDER BY start",
+                )
+                .bind(key_id)
+                .bind(bucket_secs.max(1))
+                .bind(since)
+                .fetch_all(pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(start, requests, errors, mean_latency_us, max_latency_us)| UsageBucket {
+                        start,
+                        requests,
+                        errors,
+                        mean_latency_us,
+                        max_latency_us,
+                    })
+                    .collect())
+            }
+
+            async fn delete_usage_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM usage_events WHERE at < $1")
+                    .bind(before)
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
             }
 
             // ---- statements: revocation feed ----
@@ -841,6 +904,30 @@ macro_rules! sql_store {
                 #[tracing::instrument(skip_all)]
                 async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
                     select_alerts(&self.pool, filter).await
+                }
+
+                #[tracing::instrument(skip_all, fields(events = events.len()))]
+                async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()> {
+                    let mut tx = self.pool.begin().await?;
+                    for e in events {
+                        insert_usage_row(&mut tx, e).await?;
+                    }
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(skip_all, fields(bucket_secs = bucket_secs))]
+                async fn usage_summary(
+                    &self,
+                    key_id: &str,
+                    bucket_secs: i64,
+                    since: i64,
+                ) -> Result<Vec<UsageBucket>> {
+                    select_usage_buckets(&self.pool, key_id, bucket_secs, since).await
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn purge_usage(&self, before: i64) -> Result<u64> {
+                    delete_usage_before(&self.pool, before).await
                 }
 
                 #[tracing::instrument(skip_all, fields(kind = %kind))]

@@ -47,9 +47,21 @@ pub async fn fresh_postgres_url(base_url: &str) -> String {
 ///
 /// When the database cannot be dropped: this is for tests.
 pub async fn drop_postgres_database(url: &str) {
-    sqlx::Postgres::force_drop_database(url)
-        .await
-        .unwrap_or_else(|e| panic!("dropping test database: {e}"));
+    // `DROP DATABASE … WITH (FORCE)` terminates the connections it finds, then waits 5 s for
+    // them to go; a server still running in the test (its pool reconnecting, its background
+    // tasks) can open a new one meanwhile, and the drop fails with object_in_use (55006).
+    // Trying again is enough: the race is narrow.
+    for attempt in 1.. {
+        match sqlx::Postgres::force_drop_database(url).await {
+            Ok(()) => return,
+            Err(e)
+                if attempt < 3
+                    && e.as_database_error()
+                        .and_then(|d| d.code())
+                        .is_some_and(|c| c == "55006") => {}
+            Err(e) => panic!("dropping test database: {e}"),
+        }
+    }
 }
 
 /// `url` with its database (the path) replaced by `database`.

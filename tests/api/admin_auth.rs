@@ -16,6 +16,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/keys/ak_test_AAAAAAAAAAAA/resume"),
     ("POST", "/keys/ak_test_AAAAAAAAAAAA/rotate"),
     ("GET", "/keys/ak_test_AAAAAAAAAAAA/devices"),
+    ("GET", "/keys/ak_test_AAAAAAAAAAAA/usage"),
     ("POST", "/devices/dev_x/revoke"),
     ("POST", "/devices/dev_x/approve"),
     ("GET", "/audit"),

@@ -3,14 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use keybound::store::{DeviceRecord, DeviceStatus};
+use keybound::store::{AlertRecord, DeviceRecord, DeviceStatus};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestDb, cli, expect_error, expect_json, key_body, now, spawn_app};
 use crate::on_both_backends;
 
-on_both_backends!(devices_via_api, devices_via_cli);
+on_both_backends!(
+    devices_via_api,
+    devices_via_cli,
+    usage_counts_devices_exchanges_and_alerts
+);
 
 fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
     DeviceRecord {
@@ -174,4 +178,74 @@ async fn devices_via_cli(db: TestDb) {
     let actions: Vec<&str> = audit.iter().map(|r| r.entry.action.as_str()).collect();
     assert_eq!(actions, ["key.create", "device.approve", "device.revoke"]);
     assert!(audit.iter().all(|r| r.entry.actor == "cli"));
+}
+
+async fn usage_counts_devices_exchanges_and_alerts(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let k = app.create_key(key_body("used")).await;
+    let key_id = k["key_id"].as_str().unwrap();
+    let fresh = expect_json(
+        app.admin_get(&format!("/keys/{key_id}/usage")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(fresh["devices"]["total"], 0);
+    assert_eq!(fresh["exchanges"], 0);
+    assert_eq!(fresh["last_device_seen_at"], serde_json::Value::Null);
+    assert_eq!(fresh["alerts_last_24h"], json!({}));
+
+    let t = now();
+    let mut a = device(key_id, 1, t - 100);
+    a.exchange_count = 3;
+    a.trust_level = "trusted".into();
+    let mut b = device(key_id, 2, t - 50);
+    b.exchange_count = 4;
+    for d in [&a, &b] {
+        app.store.enroll_device(d, 5).await.unwrap();
+    }
+    app.admin_post(&format!("/devices/{}/revoke", b.device_id), json!({}))
+        .await;
+    for (id, at, kind) in [
+        ("x1", t - 10, "NEW_DEVICE"),
+        ("x2", t - 5, "NEW_DEVICE"),
+        ("x3", t - 3, "DPOP_REPLAY"),
+        ("old", t - 90_000, "NEW_DEVICE"),
+    ] {
+        let alert = AlertRecord {
+            id: id.into(),
+            at,
+            kind: kind.into(),
+            severity: "warning".into(),
+            key_id: Some(key_id.into()),
+            device_id: None,
+            ip: None,
+            details: json!({}),
+        };
+        app.store.insert_alert(&alert).await.unwrap();
+    }
+
+    let usage = expect_json(
+        app.admin_get(&format!("/keys/{key_id}/usage")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        usage["devices"],
+        json!({"total": 2, "active": 1, "revoked": 1, "trusted": 1, "max": 5})
+    );
+    assert_eq!(usage["exchanges"], 7);
+    assert_eq!(
+        usage["alerts_last_24h"],
+        json!({"NEW_DEVICE": 2, "DPOP_REPLAY": 1}),
+        "older alerts not counted"
+    );
+    assert!(usage["last_device_seen_at"].as_i64().unwrap() >= t - 50);
+    assert_eq!(usage["status"], "active");
+    expect_error(
+        app.admin_get("/keys/ak_test_AAAAAAAAAAAA/usage").await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "usage of an unknown key",
+    )
+    .await;
 }

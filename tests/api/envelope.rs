@@ -109,6 +109,10 @@ async fn error_messages_do_not_echo_submitted_values() {
         serde_json::json!({"name": "x", "scopes": planted.expose()}),
         serde_json::json!({"name": "x", "scopes": ["a"], "env": planted.expose()}),
         serde_json::json!({"name": "x", "scopes": ["a"], planted.expose(): 1}),
+        serde_json::json!({"name": "x", "scopes": [format!("{} x", planted.expose())]}),
+        serde_json::json!({"name": "x", "scopes": ["a"], "allowed_ips": [planted.expose()]}),
+        serde_json::json!({"name": "x", "scopes": ["a"], "allowed_origins": [planted.expose()]}),
+        serde_json::json!({"name": "x", "scopes": ["a"], "max_devices": planted.expose()}),
     ];
     for body in bodies {
         let res = app.admin_post("/keys", body.clone()).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use keybound::config::ServeArgs;
 use keybound::server::Running;
-use keybound::store::Store;
+use keybound::store::{Store, testing};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -51,9 +51,18 @@ pub struct TestDb {
     pub backend: Backend,
     /// Holds the SQLite file (and is a scratch directory for any test).
     pub dir: TempDir,
-    /// The server URL and database name to drop afterwards.
-    pg: Option<(String, String)>,
+    /// The master key sealing this database's signing keys: every server started on the
+    /// database must use the same one, as in production.
+    master_key: String,
+    /// A PostgreSQL test's slot, held until the test ends.
+    _slot: Option<tokio::sync::SemaphorePermit<'static>>,
 }
+
+/// How many PostgreSQL tests run at once. A test may hold a server's pool (up to 10
+/// connections), a second store and CLI processes; unbounded parallel tests on a many-core CI
+/// runner would exceed PostgreSQL's default `max_connections` (100). A tokio semaphore works
+/// across the tests' separate runtimes.
+static POSTGRES_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 impl TestDb {
     /// A new SQLite database file in a temporary directory (created by the first open).
@@ -64,7 +73,8 @@ impl TestDb {
             url,
             backend: Backend::Sqlite,
             dir,
-            pg: None,
+            master_key: random_master_key(),
+            _slot: None,
         }
     }
 
@@ -72,28 +82,26 @@ impl TestDb {
     /// `KEYBOUND_TEST_POSTGRES_URL`. `None` (the test is skipped) when that is unset, except
     /// under `CI=true`, where a missing PostgreSQL must fail the run rather than hide it.
     pub async fn postgres() -> Option<TestDb> {
-        let base = match std::env::var("KEYBOUND_TEST_POSTGRES_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true but KEYBOUND_TEST_POSTGRES_URL is not set")
-            }
-            _ => {
-                eprintln!("skipped: set KEYBOUND_TEST_POSTGRES_URL to run the PostgreSQL tests");
-                return None;
-            }
+        let Some(base) = testing::postgres_test_url() else {
+            eprintln!("skipped: set KEYBOUND_TEST_POSTGRES_URL to run the PostgreSQL tests");
+            return None;
         };
-        let name = format!("keybound_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = pg_connect(&base).await;
-        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
-            .execute(&mut admin)
+        let slot = POSTGRES_SLOTS
+            .acquire()
             .await
-            .expect("create test database");
+            .expect("semaphore never closed");
         Some(TestDb {
-            url: with_database(&base, &name),
+            url: testing::fresh_postgres_url(&base).await,
             backend: Backend::Postgres,
             dir: tempfile::tempdir().expect("temp dir"),
-            pg: Some((base, name)),
+            master_key: random_master_key(),
+            _slot: Some(slot),
         })
+    }
+
+    /// The master key the servers of this database use (base64).
+    pub fn master_key(&self) -> &str {
+        &self.master_key
     }
 
     /// Opens the store the way every subcommand does (creating and migrating).
@@ -130,16 +138,17 @@ impl TestDb {
 
     /// Drops the PostgreSQL database now, terminating every connection to it.
     pub async fn drop_postgres_database(&self) {
-        let (base, name) = self.pg.as_ref().expect("a PostgreSQL test database");
-        drop_database(base, name).await;
+        assert_eq!(self.backend, Backend::Postgres);
+        force_drop(&self.url).await;
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((base, name)) = self.pg.take() else {
+        if self.backend != Backend::Postgres {
             return;
-        };
+        }
+        let url = self.url.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on; a short-lived
         // runtime on its own thread can.
         let _ = std::thread::spawn(move || {
@@ -147,10 +156,35 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(drop_database(&base, &name));
+                .block_on(force_drop(&url));
         })
         .join();
     }
+}
+
+/// `DROP DATABASE … WITH (FORCE)` (PostgreSQL 13+): terminating the connections and dropping
+/// in one statement. Doing it in two (what sqlx's `force_drop_database` does) races with a
+/// running server's background tasks, which reconnect in between.
+async fn force_drop(url: &str) {
+    let base = testing::postgres_test_url().expect("a PostgreSQL test database has a server");
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name");
+    let mut admin = pg_connect(&base).await;
+    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
+}
+
+fn random_master_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut k = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut k);
+    base64::engine::general_purpose::STANDARD.encode(k)
 }
 
 async fn pg_connect(url: &str) -> sqlx::PgConnection {
@@ -158,32 +192,6 @@ async fn pg_connect(url: &str) -> sqlx::PgConnection {
     sqlx::PgConnection::connect(url)
         .await
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at KEYBOUND_TEST_POSTGRES_URL: {e}"))
-}
-
-async fn drop_database(base: &str, name: &str) {
-    let mut admin = pg_connect(base).await;
-    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-        .execute(&mut admin)
-        .await
-        .expect("drop test database");
-}
-
-/// `url` with its database (the path) replaced by `name`, keeping any query string.
-fn with_database(url: &str, name: &str) -> String {
-    let (main, query) = match url.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = main.find("://").map_or(0, |i| i + 3);
-    let path_start = main[authority_start..]
-        .find('/')
-        .map_or(main.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &main[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 // ---- the server ----
@@ -204,14 +212,14 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 
 /// Starts a server on `db`; `admin_token: None` leaves the admin API off.
 pub async fn spawn_app_with(db: &TestDb, admin_token: Option<&str>) -> TestApp {
-    let mut args = ServeArgs::for_tests();
+    let mut args = test_args(db);
     args.admin_token = admin_token.map(SecretString::from);
     start_with(db, args).await
 }
 
 /// Starts a server on `db` with [`ADMIN_TOKEN`] and the settings `configure` makes.
 pub async fn spawn_app_args(db: &TestDb, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let mut args = ServeArgs::for_tests();
+    let mut args = test_args(db);
     args.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     configure(&mut args);
     start_with(db, args).await
@@ -232,8 +240,21 @@ pub fn redis_test_url() -> Option<String> {
     }
 }
 
+/// Test defaults, with the database's own master key: every server started on a database
+/// uses the same one, as in production, so a restarted server can unseal its signing key.
+fn test_args(db: &TestDb) -> ServeArgs {
+    let mut args = ServeArgs::for_tests();
+    args.master_key = Some(SecretString::from(db.master_key.clone()));
+    args
+}
+
 async fn start_with(db: &TestDb, args: ServeArgs) -> TestApp {
-    let store = db.store().await;
+    spawn_app_on(db.store().await, args).await
+}
+
+/// Starts a server with `args` on a store the test opened itself (through a proxy it
+/// controls, say).
+pub async fn spawn_app_on(store: Arc<dyn Store>, args: ServeArgs) -> TestApp {
     let running = keybound::server::start(args, store.clone())
         .await
         .expect("server starts");
@@ -414,20 +435,5 @@ pub async fn run_binary(cwd: &std::path::Path, args: &[&str], stdin: Option<&[u8
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-#[test]
-fn database_names_replace_the_path_only() {
-    let cases = [
-        ("postgres://u@h:5432/test", "postgres://u@h:5432/x"),
-        ("postgres://u@h:5432", "postgres://u@h:5432/x"),
-        (
-            "postgres://u@h/test?sslmode=disable",
-            "postgres://u@h/x?sslmode=disable",
-        ),
-    ];
-    for (base, want) in cases {
-        assert_eq!(with_database(base, "x"), want, "{base}");
     }
 }

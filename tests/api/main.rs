@@ -4,17 +4,26 @@
 
 mod helpers;
 
+mod abuse;
 mod admin_auth;
 mod alerts;
 mod api_keys;
 mod audit;
 mod cli_keys;
+mod cluster;
+mod containment;
 mod devices;
 mod envelope;
 mod health;
 mod lab;
+mod lifecycle;
 mod persistence;
 mod proofs;
+mod redaction;
 mod scan;
+mod sdk;
 mod secrets;
+mod signing_keys;
+mod tls;
 mod token;
+mod webhook;

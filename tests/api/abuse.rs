@@ -1,0 +1,232 @@
+//! Brute force, allow lists and the client IP (contract sections 1 and 5): each defence shown
+//! working, and failing for the right reason.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestDb, expect_error, expect_json, spawn_app_args};
+use crate::proofs::Device;
+use crate::token::{exchange, new_key};
+
+/// An exchange from `ip`, as a trusted proxy on loopback reports it in `X-Forwarded-For`.
+async fn exchange_from(
+    app: &crate::helpers::TestApp,
+    ip: &str,
+    key: &str,
+    dev: &Device,
+) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/token"))
+        .header("X-API-Key", key)
+        .header("DPoP", dev.proof("POST", &app.url("/v1/token")))
+        .header("X-Forwarded-For", ip)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn brute_force_from_one_ip_is_cut_off_while_another_ip_keeps_working() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.ip_failure_budget = 5;
+    })
+    .await;
+    let (key, _) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    let attacker = "203.0.113.7";
+    for i in 0..6 {
+        let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+        let res = exchange_from(&app, attacker, guess.expose(), &dev).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::UNAUTHORIZED,
+            "guess {i} is a plain failure"
+        );
+    }
+    // The budget (5/min) is spent: even the right key is refused from that IP now.
+    let res = exchange_from(&app, attacker, &key, &dev).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(
+        res,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "attacker IP after its budget",
+    )
+    .await;
+    crate::alerts::wait_for_alert(&app, "FAILURE_BURST").await;
+    // Another IP is unaffected.
+    expect_json(
+        exchange_from(&app, "198.51.100.20", &key, &dev).await,
+        StatusCode::OK,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let db = TestDb::sqlite().await;
+    // No trusted proxy: X-Forwarded-For is the client's own claim and must not be believed.
+    let app = spawn_app_args(&db, |a| a.ip_failure_budget = 3).await;
+    let (key, _) = new_key(&app, json!({"allowed_ips": ["198.51.100.0/24"]})).await;
+    let dev = Device::new();
+    // Claiming an allow-listed address does not help.
+    let res = exchange_from(&app, "198.51.100.9", &key, &dev).await;
+    expect_error(
+        res,
+        StatusCode::FORBIDDEN,
+        "IP_NOT_ALLOWED",
+        "spoofed X-Forwarded-For",
+    )
+    .await;
+    // Rotating the claimed address does not escape the failure budget either.
+    for i in 0..4 {
+        let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+        let res = exchange_from(&app, &format!("192.0.2.{i}"), guess.expose(), &dev).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+    let res = exchange_from(&app, "192.0.2.99", guess.expose(), &dev).await;
+    expect_error(
+        res,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "same socket peer, new XFF",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn allow_lists_refuse_other_networks_and_origins() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()]
+    })
+    .await;
+    let (key, _) = new_key(
+        &app,
+        json!({"allowed_ips": ["198.51.100.0/24"], "allowed_origins": ["https://app.example.com"]}),
+    )
+    .await;
+    let dev = Device::new();
+    expect_error(
+        exchange_from(&app, "203.0.113.1", &key, &dev).await,
+        StatusCode::FORBIDDEN,
+        "IP_NOT_ALLOWED",
+        "outside the CIDR",
+    )
+    .await;
+    expect_json(
+        exchange_from(&app, "198.51.100.77", &key, &dev).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    let with_origin = |origin: &'static str| {
+        app.client
+            .post(app.url("/v1/token"))
+            .header("X-API-Key", &key)
+            .header("DPoP", dev.proof("POST", &app.url("/v1/token")))
+            .header("X-Forwarded-For", "198.51.100.77")
+            .header("Origin", origin)
+    };
+    expect_error(
+        with_origin("https://evil.example").send().await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "ORIGIN_NOT_ALLOWED",
+        "foreign origin",
+    )
+    .await;
+    expect_json(
+        with_origin("https://app.example.com").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_secrets_for_one_key_id_from_many_ips_raise_an_alert_but_never_lock_the_owner_out() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.ip_failure_budget = 1000;
+    })
+    .await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    let forged = crate::token::forge_same_id(&key);
+    let mut limited = 0;
+    for i in 0..(keybound::state::KEY_FAILURE_BUDGET + 3) {
+        let res = exchange_from(&app, &format!("203.0.113.{i}"), &forged, &dev).await;
+        match res.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(
+        limited >= 2,
+        "wrong secrets past the per-id budget are throttled"
+    );
+    let alert = crate::alerts::wait_for_alert(&app, "FAILURE_BURST").await;
+    assert_eq!(alert["key_id"], key_id);
+    // The owner, with the right secret, is not locked out.
+    expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn usage_is_recorded_off_the_request_path_and_aggregated() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |_| {}).await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    for _ in 0..3 {
+        expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await;
+    }
+    expect_error(
+        exchange(&app, &key, &dev, json!({"scope": "admin:all"})).await,
+        StatusCode::FORBIDDEN,
+        "INSUFFICIENT_SCOPE",
+        "counted as an error",
+    )
+    .await;
+    // Unknown keys are not recorded (a flood of made-up keys must not fill the table).
+    let stranger = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+    exchange(&app, stranger.expose(), &dev, json!({})).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let usage = loop {
+        let usage = expect_json(
+            app.admin_get(&format!("/keys/{key_id}/usage?bucket=minute"))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        let total: i64 = usage["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["requests"].as_i64().unwrap())
+            .sum();
+        if total >= 4 || std::time::Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let buckets = usage["buckets"].as_array().unwrap();
+    let total: i64 = buckets
+        .iter()
+        .map(|b| b["requests"].as_i64().unwrap())
+        .sum();
+    let errors: i64 = buckets.iter().map(|b| b["errors"].as_i64().unwrap()).sum();
+    assert_eq!((total, errors), (4, 1), "{usage}");
+    expect_error(
+        app.admin_get(&format!("/keys/{key_id}/usage?bucket=week"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+        "bad bucket",
+    )
+    .await;
+}
