@@ -33,7 +33,13 @@ async fn a_leaked_key_from_another_device_is_limited_alerted_and_contained() {
         a.trust_on_enroll.level, "trusted",
         "the documented limit of trust_on_enroll"
     );
-    assert!(a.section().holds);
+    let (revoked_after, answers) = a.auto_contained_clone.clone().expect("in-process");
+    assert!(
+        revoked_after.is_some(),
+        "auto-suspend revokes a copied device: {answers}"
+    );
+    let section = a.section();
+    assert!(section.holds, "{:#?}", section.notes);
 }
 
 #[tokio::test]
@@ -160,6 +166,8 @@ async fn rate_limits_cut_bursts_and_their_cost_is_measured() {
     let l = lab::abuse::rate_limits(&t).await.unwrap();
     assert!(l.holds(), "{l:#?}");
     assert!(l.guesses_evaluated <= 21, "{l:#?}");
+    assert!(l.botnet_evaluated <= 11, "{l:#?}");
+    assert_eq!(l.owner_after_botnet, "200", "the owner is not locked out");
     assert_eq!(l.abuse_accepted, l.key_rate as usize, "{l:#?}");
     assert_eq!(l.same_ip_legit, "429 RATE_LIMITED");
     assert_eq!(l.other_ip_legit, "200");
