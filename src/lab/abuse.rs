@@ -20,6 +20,10 @@ pub struct RateLimits {
     pub guesses: usize,
     /// Of those, evaluated (401) rather than refused up front (429).
     pub guesses_evaluated: usize,
+    /// Guesses at one key id, each from its own address, that were evaluated (not 429).
+    pub botnet_evaluated: usize,
+    /// The key's owner right after that botnet: its answer.
+    pub owner_after_botnet: String,
     /// `Retry-After` on the first 429.
     pub guess_retry_after: Option<u64>,
     /// A legitimate client at the attacker's address (one NAT) right after: its answer.
@@ -50,9 +54,29 @@ fn retry_after(r: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// L: a brute-force burst from one address, a leaked key used in a burst, and the cost.
+/// One guess: the status and `Retry-After`.
+async fn guess_once(
+    t: &Target,
+    presented: &str,
+    from: std::net::IpAddr,
+) -> Result<(u16, Option<u64>)> {
+    let res = t
+        .client()
+        .post(t.url("/v1/token"))
+        .header("x-api-key", presented)
+        .header("x-forwarded-for", from.to_string())
+        .json(&json!({}))
+        .send()
+        .await
+        .map_err(crate::Error::internal)?;
+    Ok((res.status().as_u16(), retry_after(&res)))
+}
+
+/// L: guessing bursts from one address and from a botnet, a leaked key used in a burst, and
+/// what the limits cost.
 pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
-    // Online guessing: well-formed keys for a real id with random secrets, one address.
+    // Online guessing from one address: well-formed keys with random ids and secrets, so
+    // only the per-IP budget stands in the way.
     let (key, _) = t.create_key(json!({"trust_on_enroll": true})).await?;
     let key = key.expose_secret().to_owned();
     let attacker = Target::client_ip(50, 0, 66);
@@ -60,18 +84,10 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
     let mut evaluated = 0;
     let mut first_retry = None;
     for _ in 0..guesses {
-        let forged = super::leaks::forge_same_id(&key);
-        let res = t
-            .client()
-            .post(t.url("/v1/token"))
-            .header("x-api-key", forged)
-            .header("x-forwarded-for", attacker.to_string())
-            .json(&json!({}))
-            .send()
-            .await
-            .map_err(crate::Error::internal)?;
-        if res.status().as_u16() == 429 {
-            first_retry = first_retry.or(retry_after(&res));
+        let guess = crate::keys::ApiKey::generate(crate::keys::KeyEnv::Test);
+        let (status, retry) = guess_once(t, guess.expose(), attacker).await?;
+        if status == 429 {
+            first_retry = first_retry.or(retry);
         } else {
             evaluated += 1;
         }
@@ -80,6 +96,20 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
     let same_ip = t.exchange(&key, &legit, &json!({}), attacker).await?;
     let other_ip = t
         .exchange(&key, &legit, &json!({}), Target::client_ip(50, 1, 1))
+        .await?;
+
+    // A botnet: guesses at one real key id, each from its own address, so the per-IP budget
+    // never trips; the per-key-id budget does. The key's owner still gets in.
+    let mut botnet_evaluated = 0;
+    for i in 0..guesses {
+        let forged = super::leaks::forge_same_id(&key);
+        let from = Target::client_ip(54, (i / 250) as u8, (i % 250) as u8);
+        if guess_once(t, &forged, from).await?.0 != 429 {
+            botnet_evaluated += 1;
+        }
+    }
+    let owner_after_botnet = t
+        .exchange(&key, &legit, &json!({}), Target::client_ip(50, 2, 1))
         .await?;
 
     // A leaked key used in a burst: the per-key rate caps it, for the owner too.
@@ -126,6 +156,8 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
     Ok(RateLimits {
         guesses,
         guesses_evaluated: evaluated,
+        botnet_evaluated,
+        owner_after_botnet: owner_after_botnet.summary(),
         guess_retry_after: first_retry,
         same_ip_legit: same_ip.summary(),
         other_ip_legit: other_ip.summary(),
@@ -162,7 +194,7 @@ async fn limiter_cost() -> f64 {
 impl RateLimits {
     /// The budget and the key rate both cut the bursts.
     pub fn holds(&self) -> bool {
-        (!self.distinct_ips || self.guesses_evaluated <= 25)
+        (!self.distinct_ips || (self.guesses_evaluated <= 21 && self.botnet_evaluated <= 11))
             && self.abuse_accepted <= self.key_rate as usize + 1
     }
 
@@ -171,7 +203,7 @@ impl RateLimits {
         let mut s = Section::new("L rate limiting");
         let stopped = self.guesses - self.guesses_evaluated;
         s.row(
-            format!("{} key guesses in a burst from one address", self.guesses),
+            format!("{} guesses at random key ids in a burst from one address", self.guesses),
             "per-IP failure budget (20 failures/min, then 429 before any work)",
             Outcome::Limited,
             format!(
@@ -180,6 +212,24 @@ impl RateLimits {
                 stopped,
                 pct(stopped as u64, self.guesses as u64),
                 self.guess_retry_after.map_or("-".into(), |r| r.to_string())
+            ),
+        );
+        s.row(
+            format!(
+                "{} guesses at one key id, each from its own address (a botnet)",
+                self.guesses
+            ),
+            "per-key-id failure budget (10 wrong secrets/min for an id, from anywhere)",
+            Outcome::Limited,
+            format!(
+                "{} evaluated, {} refused with 429 ({} stopped); the key's owner right after: {}",
+                self.botnet_evaluated,
+                self.guesses - self.botnet_evaluated,
+                pct(
+                    (self.guesses - self.botnet_evaluated) as u64,
+                    self.guesses as u64
+                ),
+                self.owner_after_botnet
             ),
         );
         s.row(
@@ -236,7 +286,9 @@ impl RateLimits {
             "The failure budget does not make guessing harder than the 256-bit secret already \
              does (scenario F); what it stops is cheap load: a refused address costs the server \
              a cache lookup instead of a key check, and a FAILURE_BURST alert names it. Its \
-             cost lands on whoever shares the address. The per-key rate bounds what a leaked \
+             cost lands on whoever shares the address. The per-key-id budget caps guesses at one \
+             id however many addresses send them, and costs the owner nothing: it is spent and \
+             checked only by wrong secrets. The per-key rate bounds what a leaked \
              key can be used for per minute, and its cost lands on the key's own devices: a \
              rate-limited owner is also a signal that the key is being abused."
                 .to_owned(),

@@ -430,9 +430,10 @@ pub async fn checksum(n: usize, target: Option<&Target>) -> Result<Checksum> {
         len.1 += u64::from(caught(&s));
         for _ in 0..4 {
             let s = mutate(key, |b, at| {
-                for _ in 0..rng.gen_range(2..=8) {
-                    let i = at + rng.gen_range(0..body);
-                    b[i] = other_char(&mut rng, b[i]);
+                // Distinct positions: changing one twice could put the original back.
+                let n = rng.gen_range(2..=8);
+                for i in rand::seq::index::sample(&mut rng, body, n) {
+                    b[at + i] = other_char(&mut rng, b[at + i]);
                 }
             });
             ran.0 += 1;

@@ -74,6 +74,10 @@ pub struct SourceLeak {
     pub verifier_poll: Duration,
     /// The attacker's read request accepted at the resource server before containment.
     pub read_before: bool,
+    /// With `--auto-suspend-on FINGERPRINT_MISMATCH`: a copied device key used with the
+    /// attacker's own fingerprint → the device revoked (the copy's next exchange answers
+    /// `DEVICE_REVOKED`). `None` when not measured (a `--url` target).
+    pub auto_contained_clone: Option<(Option<Duration>, String)>,
 }
 
 /// A: the attacker found a key in a public repository and uses it from their own phone, on
@@ -179,7 +183,7 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
 
     // Left alone, does the attacker's device earn trust? The same pure function the server
     // runs, with the history the attacker would build: 5 exchanges over a day, same phone.
-    let stored: trust::Attributes = attacker_attrs["attributes"]
+    let stored: trust::Attributes = attacker_attrs["device"]["attributes"]
         .as_object()
         .map(|m| {
             m.iter()
@@ -204,7 +208,14 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
         is_new: false,
     });
 
+    let auto_contained_clone = if t.running().is_some() {
+        Some(auto_contained_clone(&victim_attrs, &attacker_attrs).await?)
+    } else {
+        None
+    };
+
     Ok(SourceLeak {
+        auto_contained_clone,
         key_scopes: "read:users write:orders".into(),
         configured_ttl: t
             .running()
@@ -220,6 +231,48 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
         verifier_poll: poll,
         read_before,
     })
+}
+
+/// A server with `--auto-suspend-on FINGERPRINT_MISMATCH`: the victim's device key is copied
+/// along with the API key and used with the attacker's fingerprint. Time from that first use
+/// until the device is revoked (the copy's next exchange answers `DEVICE_REVOKED`).
+async fn auto_contained_clone(
+    victim_attrs: &Value,
+    attacker_attrs: &Value,
+) -> Result<(Option<Duration>, String)> {
+    let t = Target::in_process_with(|a| {
+        a.auto_suspend_on = vec![crate::alerts::AlertKind::FingerprintMismatch];
+    })
+    .await?;
+    let (key, _) = t.create_key(json!({})).await?;
+    let key = key.expose_secret().to_owned();
+    let shared_device_key = LabDevice::new();
+    let victim_net = Target::client_ip(10, 1, 5);
+    let attacker_net = Target::client_ip(66, 1, 7);
+    t.exchange(&key, &shared_device_key, victim_attrs, victim_net)
+        .await?;
+    let first_use = Instant::now();
+    let first = t
+        .exchange(&key, &shared_device_key, attacker_attrs, attacker_net)
+        .await?;
+    let mut contained = None;
+    let mut last = first.summary();
+    while first_use.elapsed() < Duration::from_secs(5) {
+        let r = t
+            .exchange(&key, &shared_device_key, attacker_attrs, attacker_net)
+            .await?;
+        last = r.summary();
+        if r.code() == "DEVICE_REVOKED" {
+            contained = Some(first_use.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t.stop().await;
+    Ok((
+        contained,
+        format!("first use {}; then {last}", first.summary()),
+    ))
 }
 
 async fn wait_for_device_alert(
@@ -305,6 +358,14 @@ impl SourceLeak {
                 self.verifier_poll.as_secs()
             ),
         );
+        if let Some((after, answers)) = &self.auto_contained_clone {
+            s.row(
+                "the leaked key together with a copy of the victim's device key, used with the attacker's fingerprint",
+                "FINGERPRINT_MISMATCH + --auto-suspend-on FINGERPRINT_MISMATCH (revokes the device)",
+                if after.is_some() { Outcome::Blocked } else { Outcome::NotBlocked },
+                format!("device revoked {} after first use ({answers})", ms(*after)),
+            );
+        }
         let t = &self.trust_on_enroll;
         s.row(
             "the same leak, key created with trust_on_enroll",
@@ -338,12 +399,16 @@ impl SourceLeak {
             trust::EARN_MIN_AGE_SECONDS / 3600
         ));
         s.note(
-            "Containment with `--auto-suspend-on` (branch `ops`) is not in this build: the \
-             figure above is containment by a leak report, which suspends at once. `NEW_DEVICE` \
-             alone cannot trigger automatic suspension by design (every legitimate new phone \
-             raises it); with auto-suspend the chain is alert → suspension in the same request, \
-             so time to containment equals the alert latency above plus the revocation feed's \
-             poll interval for tokens already issued."
+            "Automatic containment (`--auto-suspend-on`) cannot act on this leak by design: the \
+             attacker's new device key raises only `NEW_DEVICE`, which every legitimate new \
+             phone raises too and which `--auto-suspend-on` refuses. What contains a leaked key \
+             is a leak report (a secret scanner calling POST /v1/leaks: suspension at once, \
+             measured above), an operator's suspension, or `USAGE_SPIKE` / \
+             `MANY_DEVICES_OR_NETWORKS` when the abuse is loud. What auto-containment does stop \
+             at once is a copied device key used with another fingerprint (the row above). \
+             Tokens already issued stay usable at resource servers until their verifiers read \
+             the revocation feed (one poll interval) — a limited attacker's token lives 60 s at \
+             most anyway."
                 .to_owned(),
         );
         s.check(
@@ -359,6 +424,12 @@ impl SourceLeak {
             self.verifier_refuses_after.is_some(),
             "the resource server kept accepting the attacker's token after the leak report",
         );
+        if let Some((after, _)) = &self.auto_contained_clone {
+            s.check(
+                after.is_some(),
+                "auto-containment did not revoke the copied device",
+            );
+        }
         s
     }
 }
@@ -933,18 +1004,19 @@ impl MemoryDump {
         );
         s.note(
             "What remains, and why. keybound never stores the plaintext: the validation cache \
-             holds the SHA-256 of the secret, and `ApiKey` keeps the presented key in a \
-             `SecretString` that is zeroized when the request ends. But the key arrives in an \
-             HTTP header, and hyper reads the request into a per-connection buffer whose header \
-             values axum hands out as slices of it: that buffer is neither owned nor zeroized \
-             by keybound. The copies counted are those request bytes — the most recent request \
-             on a live connection (overwritten by the next request on it), and buffers of \
-             earlier connections that were freed but not yet reused by the allocator. An \
-             attacker who can read the server's memory (root, or ptrace as the same user) sees \
-             the keys of the last requests, plus the signing keys and the master key, which a \
-             process must hold to work. Mitigations are operational: no core dumps \
-             (`ulimit -c 0`, `PR_SET_DUMPABLE` 0 via systemd's defaults), no ptrace \
-             (`kernel.yama.ptrace_scope` ≥ 1), a dedicated user."
+             holds the SHA-256 of the secret (the one hash copy counted), and `ApiKey` keeps \
+             the presented key in a `SecretString` that is zeroized when the request ends. But \
+             the key arrives in an HTTP header: hyper reads each request into a per-connection \
+             buffer, and the header map axum hands to keybound is made of slices of it. Those \
+             buffers are neither owned nor zeroized by keybound, and when they are freed the \
+             allocator does not clear them. Every copy counted is a whole key — request bytes — \
+             never the secret part on its own, and none sits in a cache or a long-lived \
+             structure. They do not vanish on a schedule: they stay until the allocator hands \
+             the memory out again (compare the three rows). An attacker who can read the \
+             server's memory (root, or ptrace as the same user) sees the keys of recent \
+             requests — and the signing keys and the master key, which the process must hold \
+             to work at all. Mitigations are operational: no core dumps (`ulimit -c 0`, \
+             `LimitCORE=0`), no ptrace (`kernel.yama.ptrace_scope` ≥ 1), a dedicated user."
                 .to_owned(),
         );
         s

@@ -406,11 +406,11 @@ impl LabDevice {
     }
 }
 
-/// Fingerprint attributes of a phone, as an app would send them.
+/// An exchange body with a phone's fingerprint attributes, as an app would send them.
 pub fn phone(platform: &str, model: &str, install_id: &str, locale: &str, tz: &str) -> Value {
-    json!({"name": "lab phone", "attributes": {
+    json!({"device": {"name": "lab phone", "attributes": {
         "platform": platform, "model": model, "os_version": "17.1", "app_version": "2.3.0",
-        "install_id": install_id, "locale": locale, "timezone": tz}})
+        "install_id": install_id, "locale": locale, "timezone": tz}}})
 }
 
 /// The real `keybound` binary serving on a loopback port of its own, on a fresh database, its
