@@ -93,11 +93,13 @@ pub async fn exchange(
     let key = authenticate_key(state, p.api_key, now).await?;
     let _ = p.key_seen.set(key.key_id.clone());
     check_allow_lists(&key, p.ip, p.origin)?;
+    let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
+    // After the proof: a nonce challenge (or a bad proof) must not spend the key's allowance,
+    // or a key limited to one exchange a minute could never get a token in nonce mode.
     state
         .key_limits
         .check(&key.key_id, key.rate_limit_per_minute)
         .await?;
-    let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
 
     let requested = match &body.scope {
         Some(s) => s.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),

@@ -115,10 +115,6 @@ impl Target {
         let mut args = ServeArgs::for_tests();
         args.admin_token = Some(admin_token.clone());
         args.trusted_proxy = vec!["127.0.0.1/32".parse().expect("a valid CIDR")];
-        // Scenarios G and L send hundreds of wrong secrets for one key id from many addresses;
-        // the per-key-id budget would stop them after ten (a defence of its own, tested in
-        // tests/api/abuse.rs), so the lab's server lifts it to measure what lies behind it.
-        args.key_failure_budget = 1_000_000;
         configure(&mut args);
         let running = crate::server::start(args, store).await?;
         Ok(Target {
