@@ -163,6 +163,13 @@ pub struct ServeArgs {
         default_value = "keybound-data/master.key"
     )]
     pub master_key_file: PathBuf,
+    /// Exchanges per minute by one key that raise a USAGE_SPIKE alert.
+    #[arg(long, env = "KEYBOUND_USAGE_SPIKE_PER_MINUTE", default_value_t = 1000)]
+    pub usage_spike_per_minute: u64,
+    /// Distinct devices, or distinct networks, using one key within an hour that raise a
+    /// MANY_DEVICES_OR_NETWORKS alert.
+    #[arg(long, env = "KEYBOUND_MANY_PER_HOUR", default_value_t = 20)]
+    pub many_per_hour: usize,
     /// Days per-request usage events are kept before an hourly task deletes them.
     #[arg(long, env = "KEYBOUND_USAGE_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(i64).range(1..=3650))]

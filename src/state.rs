@@ -148,9 +148,15 @@ impl AppState {
             )),
             key_failures: Arc::new(KeyIdFailures::new(limits, settings.key_failure_budget)),
             alerts: Arc::new(
-                Alerts::new(store.clone(), Thresholds::default())
-                    .with_webhook(webhook(args)?)
-                    .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
+                Alerts::new(
+                    store.clone(),
+                    Thresholds {
+                        usage_spike_per_minute: args.usage_spike_per_minute,
+                        many_per_hour: args.many_per_hour,
+                    },
+                )
+                .with_webhook(webhook(args)?)
+                .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
             ),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
             settings,
