@@ -168,7 +168,9 @@ async fn rate_limits_cut_bursts_and_their_cost_is_measured() {
     assert!(l.guesses_evaluated <= 21, "{l:#?}");
     assert!(l.botnet_evaluated <= 11, "{l:#?}");
     assert_eq!(l.owner_after_botnet, "200", "the owner is not locked out");
-    assert_eq!(l.abuse_accepted, l.key_rate as usize, "{l:#?}");
+    // The burst, plus at most the one unit that refills (every 2 s at 30/min) on a slow run.
+    let rate = l.key_rate as usize;
+    assert!((rate..=rate + 1).contains(&l.abuse_accepted), "{l:#?}");
     assert_eq!(l.same_ip_legit, "429 RATE_LIMITED");
     assert_eq!(l.other_ip_legit, "200");
 }
