@@ -25,8 +25,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Bound on one Redis round trip. A healthy Redis nearby answers in about a millisecond, so
 /// this only trips when something is wrong, and a request waiting on a dead Redis gets its
-/// 503 quickly instead of hanging.
-pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// 503 within it instead of hanging. Not tighter: on a saturated host (seen in the
+/// three-instance test on 2 shared cores) a healthy Redis took over 500 ms now and then, and a
+/// false 503 refuses a legitimate client.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connection manager settings every Redis user of the process shares (see the module
 /// documentation for why there are no retries).

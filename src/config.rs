@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use secrecy::SecretString;
 
+use crate::alerts::AlertKind;
+
 /// Default database: an embedded SQLite file relative to the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keybound-data/keybound.db";
 
@@ -62,6 +64,9 @@ pub enum Command {
     Audit(AuditCommand),
     /// Find keybound API keys in files (or stdin with `-`); exit 1 if any is found.
     Scan(ScanArgs),
+    /// Attack keybound's own defenses and measure them (loopback targets only); exit 1 if a
+    /// defense failed an assertion.
+    Lab(Box<LabArgs>),
 }
 
 /// Deployment profile.
@@ -88,7 +93,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYBOUND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Public base URL: the `iss` claim and the base of every DPoP `htu` (default `http://<listen>`).
+    /// Public base URL: the `iss` claim and the base of every DPoP `htu` (default `http://<listen>`,
+    /// `https://<listen>` with TLS).
     #[arg(long, env = "KEYBOUND_ISSUER")]
     pub issuer: Option<String>,
     /// Deployment profile.
@@ -123,9 +129,17 @@ pub struct ServeArgs {
     /// DPoP proof `iat` acceptance window, in seconds either side of server time.
     #[arg(long, env = "KEYBOUND_DPOP_IAT_WINDOW_SECONDS", default_value_t = 60)]
     pub dpop_iat_window_seconds: i64,
-    /// URL that receives alerts as signed JSON POSTs.
-    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK")]
+    /// URL that receives every alert as a signed JSON POST (see docs/configuration.md).
+    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK", hide_env_values = true)]
     pub alert_webhook: Option<String>,
+    /// HMAC-SHA256 key for the webhook's `X-Keybound-Signature` header. Required in `prod`.
+    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub alert_webhook_secret: Option<SecretString>,
+    /// Alert kinds that contain at once: revoke the device (device-scoped kinds) or suspend the
+    /// key (comma separated, e.g. KEY_LEAKED,REFRESH_TOKEN_REUSED).
+    #[arg(long, env = "KEYBOUND_AUTO_SUSPEND_ON", value_delimiter = ',',
+          value_parser = crate::alerts::containment::parse_kind)]
+    pub auto_suspend_on: Vec<AlertKind>,
     /// Log format.
     #[arg(long, env = "KEYBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -135,6 +149,10 @@ pub struct ServeArgs {
     /// Failed authentications per minute per client IP before it gets 429 on token endpoints.
     #[arg(long, env = "KEYBOUND_IP_FAILURE_BUDGET", default_value_t = 20)]
     pub ip_failure_budget: u32,
+    /// Wrong secrets per minute for one key id (from all IPs together) before FAILURE_BURST;
+    /// past it, wrong secrets for that id get 429 (the right secret always works).
+    #[arg(long, env = "KEYBOUND_KEY_FAILURE_BUDGET", default_value_t = crate::state::KEY_FAILURE_BUDGET)]
+    pub key_failure_budget: u32,
     /// 32-byte master key (base64) that seals signing keys at rest. Required in `prod`.
     #[arg(long, env = "KEYBOUND_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<SecretString>,
@@ -145,6 +163,13 @@ pub struct ServeArgs {
         default_value = "keybound-data/master.key"
     )]
     pub master_key_file: PathBuf,
+    /// Exchanges per minute by one key that raise a USAGE_SPIKE alert.
+    #[arg(long, env = "KEYBOUND_USAGE_SPIKE_PER_MINUTE", default_value_t = 1000)]
+    pub usage_spike_per_minute: u64,
+    /// Distinct devices, or distinct networks, using one key within an hour that raise a
+    /// MANY_DEVICES_OR_NETWORKS alert.
+    #[arg(long, env = "KEYBOUND_MANY_PER_HOUR", default_value_t = 20)]
+    pub many_per_hour: usize,
     /// Days per-request usage events are kept before an hourly task deletes them.
     #[arg(long, env = "KEYBOUND_USAGE_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(i64).range(1..=3650))]
@@ -157,10 +182,14 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The issuer URL without a trailing slash.
     pub fn issuer(&self) -> String {
-        let s = self
-            .issuer
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen));
+        let s = self.issuer.clone().unwrap_or_else(|| {
+            let scheme = if self.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", self.listen)
+        });
         s.trim_end_matches('/').to_owned()
     }
 
@@ -182,8 +211,22 @@ impl ServeArgs {
             if self.master_key.is_none() {
                 return Err("--profile prod needs KEYBOUND_MASTER_KEY".into());
             }
+            if self.alert_webhook.is_some() && self.alert_webhook_secret.is_none() {
+                return Err(
+                    "--profile prod needs KEYBOUND_ALERT_WEBHOOK_SECRET with --alert-webhook"
+                        .into(),
+                );
+            }
         }
         Ok(())
+    }
+
+    /// The log format in force: `prod` always writes JSON lines, for log pipelines.
+    pub fn effective_log_format(&self) -> LogFormat {
+        match self.profile {
+            Profile::Prod => LogFormat::Json,
+            Profile::Dev => self.log_format,
+        }
     }
 
     /// Defaults for tests and embedding: loopback on an OS-chosen port, dev profile.
@@ -385,6 +428,53 @@ pub struct ScanArgs {
     pub paths: Vec<PathBuf>,
 }
 
+/// `keybound lab` options. Sizes default to the issue's figures; tests pass small ones.
+#[derive(Debug, Clone, Args)]
+pub struct LabArgs {
+    /// Attack a running server instead of starting one in-process (loopback addresses only).
+    #[arg(long, requires = "admin_token")]
+    pub url: Option<String>,
+    /// The admin token of the server at `--url`.
+    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+    /// Also write the report as Markdown to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Run only these scenarios (letters A–L, P for the population study; comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// C: exchanges made before the server's memory is read.
+    #[arg(long, default_value_t = 200)]
+    pub exchanges: usize,
+    /// G: HTTP requests per timing class.
+    #[arg(long, default_value_t = 5000)]
+    pub timing_samples: usize,
+    /// G: in-process samples per class for the secret comparison (each times a batch).
+    #[arg(long, default_value_t = 100_000)]
+    pub compare_samples: usize,
+    /// F: verification attempts timed to measure the guessing rate.
+    #[arg(long, default_value_t = 200_000)]
+    pub verify_iterations: u64,
+    /// I: keys generated for the statistical tests.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: usize,
+    /// K: keys mutated to measure the checksum's detection rate.
+    #[arg(long, default_value_t = 10_000)]
+    pub typo_keys: usize,
+    /// P: simulated devices.
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: usize,
+    /// P: simulated days.
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+    /// P: cloned device keys tried per attacker kind.
+    #[arg(long, default_value_t = 10_000)]
+    pub clones: usize,
+    /// P: seed of the simulation's random stream (the same seed gives the same figures).
+    #[arg(long, default_value_t = 6)]
+    pub seed: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +483,132 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec!["keybound", "serve"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| match c.command {
+            Command::Serve(a) => *a,
+            _ => unreachable!(),
+        })
+    }
+
+    #[test]
+    fn prod_rules() {
+        let cases: &[(&[&str], bool, &str)] = &[
+            (&["--profile", "dev"], true, "dev needs nothing"),
+            (&["--profile", "prod"], false, "prod without TLS or proxy"),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--trusted-proxy",
+                    "10.0.0.0/8",
+                    "--master-key",
+                    "x",
+                ],
+                true,
+                "prod behind a proxy",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--master-key",
+                    "x",
+                ],
+                true,
+                "prod with TLS",
+            ),
+            (
+                &["--profile", "prod", "--tls-cert", "c", "--tls-key", "k"],
+                false,
+                "prod without master key",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--master-key",
+                    "x",
+                    "--alert-webhook",
+                    "https://h.example/",
+                ],
+                false,
+                "prod webhook without secret",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--master-key",
+                    "x",
+                    "--alert-webhook",
+                    "https://h.example/",
+                    "--alert-webhook-secret",
+                    "s",
+                ],
+                true,
+                "prod webhook with secret",
+            ),
+            (
+                &["--alert-webhook", "http://127.0.0.1:1/"],
+                true,
+                "dev webhook without secret",
+            ),
+        ];
+        for (args, ok, case) in cases {
+            let a = serve(args).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(a.validate().is_ok(), *ok, "{case}");
+        }
+    }
+
+    #[test]
+    fn prod_logs_json_whatever_the_flag() {
+        let prod = serve(&["--profile", "prod", "--log-format", "text"]).unwrap();
+        assert_eq!(prod.effective_log_format(), LogFormat::Json);
+        let dev = serve(&["--log-format", "text"]).unwrap();
+        assert_eq!(dev.effective_log_format(), LogFormat::Text);
+    }
+
+    #[test]
+    fn tls_makes_the_default_issuer_https() {
+        let a = serve(&[
+            "--listen",
+            "127.0.0.1:8443",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(a.issuer(), "https://127.0.0.1:8443");
+        assert_eq!(serve(&[]).unwrap().issuer(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn auto_suspend_on_takes_a_list_of_containable_kinds() {
+        let a = serve(&["--auto-suspend-on", "KEY_LEAKED,dpop_replay"]).unwrap();
+        assert_eq!(
+            a.auto_suspend_on,
+            [AlertKind::KeyLeaked, AlertKind::DpopReplay]
+        );
+        assert!(serve(&["--auto-suspend-on", "NEW_DEVICE"]).is_err());
+        assert!(serve(&["--auto-suspend-on", "BOGUS"]).is_err());
+        assert!(serve(&[]).unwrap().auto_suspend_on.is_empty());
     }
 
     #[test]

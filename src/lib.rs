@@ -32,6 +32,8 @@ pub mod fuzzing;
 pub mod http;
 /// API key format and lifecycle.
 pub mod keys;
+/// `keybound lab`: attacks on keybound's own defenses, measured (out of the request path).
+pub mod lab;
 /// Rate limits and failure budgets.
 pub mod limits;
 /// The replay store for DPoP proof ids (in-process or Redis).
@@ -44,6 +46,8 @@ pub mod state;
 pub mod store;
 /// Logging setup.
 pub mod telemetry;
+/// HTTPS: rustls configuration from PEM files, reloadable while serving.
+pub mod tls;
 /// Signing keys, access tokens, refresh tokens.
 pub mod tokens;
 /// Per-request usage records, written in batches.

@@ -7,12 +7,14 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::alerts::containment::Containment;
+use crate::alerts::webhook::{Webhook, WebhookConfig};
 use crate::alerts::{Alerts, Thresholds};
 use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
-use crate::limits::{Backend, FailureBudget, IpFailures, KeyLimits, RedisGcra};
+use crate::limits::{Backend, FailureBudget, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
@@ -38,6 +40,8 @@ pub struct Settings {
     pub dpop_iat_window_secs: i64,
     /// Failed authentications per minute per IP.
     pub ip_failure_budget: u32,
+    /// Wrong secrets per minute per key id.
+    pub key_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
     /// Days usage events are kept.
@@ -56,6 +60,7 @@ impl Settings {
             require_dpop_nonce: args.require_dpop_nonce,
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
+            key_failure_budget: args.key_failure_budget,
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
         }
@@ -88,7 +93,7 @@ pub struct AppState {
     /// Per-IP failure budgets.
     pub failures: Arc<IpFailures>,
     /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
-    pub key_failures: Arc<FailureBudget<String>>,
+    pub key_failures: Arc<KeyIdFailures>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
     /// Usage events, written in batches.
@@ -141,13 +146,18 @@ impl AppState {
                 settings.ip_failure_budget,
                 args.cache_capacity,
             )),
-            key_failures: Arc::new(FailureBudget::new(
-                limits,
-                "keybound:fail:key",
-                KEY_FAILURE_BUDGET,
-                args.cache_capacity,
-            )),
-            alerts: Arc::new(Alerts::new(store.clone(), Thresholds::default())),
+            key_failures: Arc::new(KeyIdFailures::new(limits, settings.key_failure_budget)),
+            alerts: Arc::new(
+                Alerts::new(
+                    store.clone(),
+                    Thresholds {
+                        usage_spike_per_minute: args.usage_spike_per_minute,
+                        many_per_hour: args.many_per_hour,
+                    },
+                )
+                .with_webhook(webhook(args)?)
+                .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
+            ),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
             settings,
             store,
@@ -224,13 +234,27 @@ impl AppState {
     }
 }
 
-/// Wrong secrets per minute for one key id, from all IPs together, before a failure-burst
-/// alert. Only wrong secrets are refused once it is spent: refusing the right secret too would
+/// Default wrong secrets per minute for one key id, from all IPs together, before a
+/// failure-burst alert (`--key-failure-budget`). Only wrong secrets are refused once it is spent: refusing the right secret too would
 /// let anyone who knows a key id (it is every token's `sub`) lock its owner out.
 pub const KEY_FAILURE_BUDGET: u32 = 10;
 
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
+
+/// Starts the alert webhook when `--alert-webhook` is set.
+fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
+    let Some(url) = &args.alert_webhook else {
+        return Ok(None);
+    };
+    if args.alert_webhook_secret.is_none() {
+        tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
+    }
+    WebhookConfig::new(url, args.alert_webhook_secret.clone())
+        .and_then(Webhook::start)
+        .map(Some)
+        .map_err(Error::InvalidRequest)
+}
 
 fn hash_token(t: &SecretString) -> [u8; 32] {
     Sha256::digest(t.expose_secret().as_bytes()).into()

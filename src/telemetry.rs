@@ -1,20 +1,57 @@
 //! Logging setup. Secrets never reach a log because they are typed (`SecretString`, `ApiKey`)
-//! and request spans record no headers or bodies; see `http::app`.
+//! and request spans record no headers or bodies; see `http::app`. As a last resort every
+//! byte also passes through [`redact`], which masks anything shaped like a key or token.
+
+pub mod redact;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber: `RUST_LOG` (default `info`), text or JSON lines on stderr.
+/// Installs the global subscriber: `RUST_LOG` (default `info`), text or JSON lines on stderr
+/// (text in colour only when stderr is a terminal).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = subscriber(format, default_filter(), std::io::stderr, ansi).try_init();
+}
+
+/// Installs the global subscriber writing to `writer` (through the redaction filter, without
+/// colour); `false` when one was already installed.
+pub fn init_with_writer<W>(format: LogFormat, writer: W) -> bool
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    subscriber(format, default_filter(), writer, false)
+        .try_init()
+        .is_ok()
+}
+
+/// `RUST_LOG`, or `info` when it is unset or invalid.
+fn default_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The subscriber [`init`] installs, for callers that scope it themselves (tests use
+/// `tracing::subscriber::set_default` with a filter of their own). Every byte goes through
+/// [`redact::Redacting`].
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+        .with_writer(redact::Redacting(writer));
+    match format {
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use. Labels are bounded by

@@ -3,6 +3,14 @@
 //!
 //! Raising never blocks or fails a request: the write is handed to a task and lands within
 //! milliseconds (the contract allows 1 s). Alerts carry ids, kinds and IPs, never secrets.
+//!
+//! Two optional reactions hang off [`Alerts::raise`]:
+//! * [`webhook`] — every alert POSTed, signed, to `--alert-webhook` from a bounded queue;
+//! * [`containment`] — chosen kinds (`--auto-suspend-on`) suspend the key or revoke the
+//!   device at once, with an audit row.
+
+pub mod containment;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -13,6 +21,8 @@ use moka::sync::Cache;
 use serde_json::Value;
 
 use crate::store::{AlertRecord, Store};
+use containment::Containment;
+use webhook::Webhook;
 
 /// The kinds of anomaly keybound reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +50,20 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// Every kind.
+    pub const ALL: [AlertKind; 10] = [
+        AlertKind::NewDevice,
+        AlertKind::NewNetwork,
+        AlertKind::UsageSpike,
+        AlertKind::FailureBurst,
+        AlertKind::DpopReplay,
+        AlertKind::RefreshTokenReused,
+        AlertKind::FingerprintMismatch,
+        AlertKind::KeyInUrl,
+        AlertKind::KeyLeaked,
+        AlertKind::ManyDevicesOrNetworks,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,6 +93,18 @@ impl AlertKind {
             | AlertKind::KeyInUrl
             | AlertKind::KeyLeaked => "critical",
         }
+    }
+}
+
+impl std::str::FromStr for AlertKind {
+    type Err = String;
+
+    /// Parses a stored name, ignoring case (`KEY_LEAKED`, `key_leaked`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AlertKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown alert kind {s:?}"))
     }
 }
 
@@ -103,6 +139,10 @@ pub struct Alerts {
     spread: Cache<String, Arc<Mutex<Spread>>>,
     /// Kinds already raised for a subject within the quiet period (no alert storms).
     quiet: Cache<(AlertKind, String), ()>,
+    /// Where alerts are POSTed, if configured.
+    webhook: Option<Webhook>,
+    /// The automatic containment policy, if configured.
+    containment: Option<Containment>,
 }
 
 impl Alerts {
@@ -123,7 +163,21 @@ impl Alerts {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            webhook: None,
+            containment: None,
         }
+    }
+
+    /// Also POSTs every alert to `webhook`.
+    pub fn with_webhook(mut self, webhook: Option<Webhook>) -> Alerts {
+        self.webhook = webhook;
+        self
+    }
+
+    /// Also applies the containment policy to every alert.
+    pub fn with_containment(mut self, containment: Option<Containment>) -> Alerts {
+        self.containment = containment;
+        self
     }
 
     /// Raises an alert: logged now, stored by a background task.
@@ -155,6 +209,12 @@ impl Alerts {
             "anomaly detected"
         );
         metrics::counter!("keybound_alerts_total", "kind" => kind.as_str()).increment(1);
+        if let Some(webhook) = &self.webhook {
+            webhook.send(&alert);
+        }
+        if let Some(containment) = &self.containment {
+            containment.on_alert(kind, &alert);
+        }
         let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(e) = store.insert_alert(&alert).await {

@@ -33,7 +33,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let subject = subject(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => {
-            crate::telemetry::init(args.log_format);
+            crate::telemetry::init(args.effective_log_format());
             let store = crate::store::open(&url).await?;
             crate::server::serve(*args, store).await?;
             Ok(ExitCode::SUCCESS)
@@ -46,6 +46,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         // The scanner runs in pre-commit hooks and CI jobs that have no database: it must
         // not open (and so create) one.
         Command::Scan(args) => Ok(scan::run(args)),
+        // The lab makes its own temporary databases; it never opens the configured one.
+        Command::Lab(args) => crate::lab::run(*args).await,
         Command::SigningKeys(cmd) => {
             signing_keys::run(&*crate::store::open(&url).await?, cmd).await
         }

@@ -34,6 +34,9 @@ pub const TOKEN_PATH: &str = "/v1/token";
 pub const REFRESH_PATH: &str = "/v1/token/refresh";
 /// Networks remembered per device.
 const MAX_NETWORKS: usize = 16;
+/// A key id no key can have (`none` is not an environment): the storage read that equalizes
+/// refusal timing looks it up.
+const ABSENT_KEY_ID: &str = "ak_none_000000000000";
 
 /// What the client presented, as the HTTP layer extracted it.
 pub struct Presented<'a> {
@@ -90,11 +93,13 @@ pub async fn exchange(
     let key = authenticate_key(state, p.api_key, now).await?;
     let _ = p.key_seen.set(key.key_id.clone());
     check_allow_lists(&key, p.ip, p.origin)?;
+    let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
+    // After the proof: a nonce challenge (or a bad proof) must not spend the key's allowance,
+    // or a key limited to one exchange a minute could never get a token in nonce mode.
     state
         .key_limits
         .check(&key.key_id, key.rate_limit_per_minute)
         .await?;
-    let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
 
     let requested = match &body.scope {
         Some(s) => s.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
@@ -162,10 +167,6 @@ pub async fn refresh(
         return Err(Error::InvalidApiKey);
     }
     check_allow_lists(&key, p.ip, p.origin)?;
-    state
-        .key_limits
-        .check(&key.key_id, key.rate_limit_per_minute)
-        .await?;
     let device = state
         .cache
         .device(&old.key_id, &old.jkt)
@@ -212,7 +213,8 @@ async fn reuse_detected(state: &AppState, old: &RefreshRecord, ip: IpAddr, now: 
 }
 
 /// Parses and checks the API key. Unknown ids and wrong secrets do the same work: a hash
-/// compared in constant time (against a fixed dummy for unknown ids), one cache lookup.
+/// compared in constant time (against a fixed dummy for unknown ids), one cache lookup, and
+/// one storage read.
 async fn authenticate_key(
     state: &AppState,
     presented: Option<&str>,
@@ -220,7 +222,7 @@ async fn authenticate_key(
 ) -> Result<Arc<KeyRecord>> {
     let presented = presented.ok_or(Error::MissingApiKey)?;
     let key = ApiKey::parse(presented.trim()).map_err(|_| Error::InvalidApiKey)?;
-    let record = state.cache.key(key.id().as_str()).await?;
+    let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
     let hash = key.secret_hash();
     const DUMMY: [u8; 32] = [0x5a; 32];
     let stored: &[u8] = record.as_deref().map_or(&DUMMY[..], |r| &r.secret_hash[..]);
@@ -233,20 +235,33 @@ async fn authenticate_key(
         // The right secret of a suspended, revoked or expired key: not a guess.
         Some(_) if matches => Err(Error::InvalidApiKey),
         _ => {
-            // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
-            // budget. Unknown ids and wrong secrets take this same path, so they stay
-            // indistinguishable.
-            let id = key.id().to_string();
-            if state.key_failures.record_failure(&id).await? {
-                state.alerts.raise_once(
-                    AlertKind::FailureBurst,
-                    &id,
-                    Some(&id),
-                    None,
-                    json!({"scope": "key_id", "budget_per_minute": crate::state::KEY_FAILURE_BUDGET}),
-                );
+            // A made-up id misses the cache and costs a storage read that finds nothing; a real
+            // id with a wrong secret is usually cached and was answered ~20 µs sooner, which
+            // told an attacker the id exists (`keybound lab`, scenario G: |t| ≈ 110). A refusal
+            // answered from the cache pays the same read — of an id that cannot exist, so it
+            // finds nothing too — and both take as long. Successes stay cache-only.
+            if cached {
+                let _ = state.cache.key_from_storage(ABSENT_KEY_ID).await;
             }
-            state.key_failures.check(&id).await?;
+            // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
+            // budget, at the same fixed cost for unknown and real ids (see KeyIdFailures).
+            let id = key.id().as_str();
+            if !state.key_failures.record(id).await? {
+                if let Some(r) = &record {
+                    // Alert for real keys only: made-up ids are noise, not a target.
+                    state.alerts.raise_once(
+                        AlertKind::FailureBurst,
+                        &r.key_id,
+                        Some(&r.key_id),
+                        None,
+                        json!({"scope": "key_id", "budget_per_minute": state.settings.key_failure_budget}),
+                    );
+                }
+                let budget = u64::from(state.settings.key_failure_budget.max(1));
+                return Err(Error::RateLimited {
+                    retry_after_secs: (60 / budget).max(1),
+                });
+            }
             Err(Error::InvalidApiKey)
         }
     }

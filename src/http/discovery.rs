@@ -236,7 +236,8 @@ pub async fn reject_keys_in_url(
     next: Next,
 ) -> Response {
     if let Some(query) = req.uri().query() {
-        let decoded = percent_decode(query);
+        // The query holds a plaintext key: wipe our decoded copy when done.
+        let decoded = zeroize::Zeroizing::new(percent_decode(query));
         let found = find_keys(&decoded);
         if !found.is_empty() {
             let ip = req
@@ -249,19 +250,41 @@ pub async fn reject_keys_in_url(
                         &state.settings.trusted_proxies,
                     )
                 });
-            for (_, id) in found {
+            for (pos, id) in found {
+                // A checksum is no secret: say whether the URL held the real key, so that
+                // containment acts only on genuine exposures, not on forged lookalikes.
+                let verified = secret_matches(&state, &decoded[pos..], &id).await;
                 state.alerts.raise(
                     AlertKind::KeyInUrl,
                     Some(id.as_str()),
                     None,
                     ip,
-                    json!({"path": req.uri().path()}),
+                    json!({"path": req.uri().path(), "secret_verified": verified}),
                 );
             }
             return Error::ApiKeyInUrl.into_response();
         }
     }
     next.run(req).await
+}
+
+/// Whether `text` starts with the key `id` names, with the right secret.
+async fn secret_matches(state: &AppState, text: &[u8], id: &crate::keys::KeyId) -> bool {
+    let len = "sk_".len() + id.env().as_str().len() + 1 + crate::keys::format::BODY_LEN;
+    let Some(key) = text
+        .get(..len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| ApiKey::parse(s).ok())
+    else {
+        return false;
+    };
+    match state.cache.key(id.as_str()).await {
+        Ok(Some(record)) => bool::from(subtle::ConstantTimeEq::ct_eq(
+            &key.secret_hash()[..],
+            &record.secret_hash[..],
+        )),
+        _ => false,
+    }
 }
 
 /// Percent-decodes a query, so a key that was URL-encoded is still seen.

@@ -170,6 +170,60 @@ impl<K: Hash + Eq + Clone + Send + Sync + std::fmt::Display + 'static> FailureBu
     }
 }
 
+/// Wrong secrets per key id, from all addresses together.
+///
+/// Key ids are hashed onto a fixed table of [`KEY_ID_SLOTS`] buckets made at start, so a
+/// made-up id and a real one cost exactly the same (a per-id table would allocate for every
+/// new id and tell an attacker, by timing, which ids already had an entry). Two ids sharing a
+/// slot share a budget; since only wrong secrets are ever refused, that costs nobody access.
+pub struct KeyIdFailures {
+    per_minute: u32,
+    local: Vec<DefaultDirectRateLimiter>,
+    backend: Backend,
+}
+
+/// Buckets in the key-id failure table.
+pub const KEY_ID_SLOTS: usize = 16_384;
+
+impl KeyIdFailures {
+    /// `per_minute` wrong secrets per key id, kept in `backend`.
+    pub fn new(backend: Backend, per_minute: u32) -> KeyIdFailures {
+        let per_minute = per_minute.max(1);
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).expect("max(1) is non-zero"));
+        let local = match backend {
+            Backend::Local => (0..KEY_ID_SLOTS)
+                .map(|_| RateLimiter::direct(quota))
+                .collect(),
+            Backend::Redis(_) => Vec::new(),
+        };
+        KeyIdFailures {
+            per_minute,
+            local,
+            backend,
+        }
+    }
+
+    /// Records a wrong secret for `key_id`: `Ok(true)` within the budget, `Ok(false)` once it
+    /// is spent (the caller answers 429 and may alert).
+    pub async fn record(&self, key_id: &str) -> Result<bool> {
+        let slot = {
+            use std::hash::BuildHasher;
+            // A fixed-key hasher: the slot of an id is the same on every instance.
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(key_id) as usize
+                % KEY_ID_SLOTS
+        };
+        match &self.backend {
+            Backend::Local => Ok(self.local[slot].check().is_ok()),
+            Backend::Redis(r) => Ok(r
+                .take(&format!("keybound:fail:keyslot:{slot}"), self.per_minute)
+                .await
+                .map_err(Error::unavailable)?
+                == 0),
+        }
+    }
+}
+
 /// Per-IP budget (contract: `--ip-failure-budget`).
 pub type IpFailures = FailureBudget<IpAddr>;
 
@@ -203,6 +257,25 @@ mod tests {
         assert!(
             limits.check("ak_test_y", 5).await.is_ok(),
             "other keys are unaffected"
+        );
+    }
+
+    #[tokio::test]
+    async fn key_id_budget_refuses_once_spent_and_spares_other_ids() {
+        let f = KeyIdFailures::new(Backend::Local, 3);
+        for i in 0..3 {
+            assert!(
+                f.record("ak_test_AAAAAAAAAAAA").await.unwrap(),
+                "failure {i} within budget"
+            );
+        }
+        assert!(
+            !f.record("ak_test_AAAAAAAAAAAA").await.unwrap(),
+            "the fourth is over"
+        );
+        assert!(
+            f.record("ak_test_BBBBBBBBBBBB").await.unwrap(),
+            "another id has its own budget"
         );
     }
 

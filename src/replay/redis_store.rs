@@ -41,10 +41,9 @@ impl RedisReplayStore {
     /// Prefix of every key this store writes.
     pub const DEFAULT_PREFIX: &'static str = "keybound:replay:";
 
-    /// Default bound on one `SET`: a healthy Redis nearby answers in about a millisecond, so
-    /// 500 ms only trips when something is wrong, and a request waiting on a dead Redis gets
-    /// its 503 quickly instead of hanging.
-    pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Default bound on one `SET`: the cluster-wide Redis round-trip bound (see
+    /// [`crate::cluster::OP_TIMEOUT`]).
+    pub const DEFAULT_OP_TIMEOUT: Duration = crate::cluster::OP_TIMEOUT;
 
     /// Bound on establishing the first connection in [`connect`](Self::connect).
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

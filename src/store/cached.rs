@@ -97,6 +97,25 @@ impl CachedStore {
             .map_err(unshare)
     }
 
+    /// Like [`key`](Self::key), also saying whether the answer came from the cache (`true`) or
+    /// from a storage read made by this call (`false`).
+    pub async fn key_and_source(&self, key_id: &str) -> Result<(Option<Arc<KeyRecord>>, bool)> {
+        let inner = &self.inner;
+        let entry = self
+            .keys
+            .entry_by_ref(key_id)
+            .or_try_insert_with(async move { inner.get_key(key_id).await.map(|k| k.map(Arc::new)) })
+            .await
+            .map_err(unshare)?;
+        let cached = !entry.is_fresh();
+        Ok((entry.into_value(), cached))
+    }
+
+    /// Reads a key record from storage, neither using nor filling the cache.
+    pub async fn key_from_storage(&self, key_id: &str) -> Result<Option<KeyRecord>> {
+        self.inner.get_key(key_id).await
+    }
+
     /// Cached device lookup.
     pub async fn device(&self, key_id: &str, jkt: &str) -> Result<Option<Arc<DeviceRecord>>> {
         let inner = &self.inner;
@@ -235,12 +254,27 @@ impl Store for CachedStore {
     }
     async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()> {
         self.inner.update_device_usage(device).await?;
-        // Write-through: this instance keeps serving the record it just wrote.
+        // Write-through, so this instance keeps serving the history it just wrote — but never
+        // the lifecycle fields: `device` was read before this exchange, and an operator may
+        // have revoked (or approved) the device since. So only an entry that is still cached
+        // is updated (a revocation evicts it), and its status, approval and revocation time
+        // are kept from the cached record, which a revocation re-read from storage.
+        let fresh = device.clone();
         self.devices
-            .insert(
-                (device.key_id.clone(), device.jkt.clone()),
-                Some(Arc::new(device.clone())),
-            )
+            .entry((device.key_id.clone(), device.jkt.clone()))
+            .and_compute_with(|current| async move {
+                use moka::ops::compute::Op;
+                match current.map(|e| e.into_value()) {
+                    Some(Some(cached)) => {
+                        let mut d = fresh;
+                        d.status = cached.status;
+                        d.approved = cached.approved;
+                        d.revoked_at = cached.revoked_at;
+                        Op::Put(Some(Arc::new(d)))
+                    }
+                    _ => Op::Nop,
+                }
+            })
             .await;
         Ok(())
     }

@@ -155,13 +155,7 @@ async fn wrong_secrets_for_one_key_id_from_many_ips_raise_an_alert_but_never_loc
     .await;
     let (key, key_id) = new_key(&app, json!({})).await;
     let dev = Device::new();
-    let forged = {
-        let head = format!("{}{}", &key[.."sk_test_".len() + 12], "Z".repeat(43));
-        format!(
-            "{head}{}",
-            keybound::keys::format::checksum(head.as_bytes())
-        )
-    };
+    let forged = crate::token::forge_same_id(&key);
     let mut limited = 0;
     for i in 0..(keybound::state::KEY_FAILURE_BUDGET + 3) {
         let res = exchange_from(&app, &format!("203.0.113.{i}"), &forged, &dev).await;
@@ -235,4 +229,56 @@ async fn usage_is_recorded_off_the_request_path_and_aggregated() {
         "bad bucket",
     )
     .await;
+}
+
+/// The anomaly kinds not covered elsewhere, each raised by its own scenario and visible in
+/// `GET /admin/v1/alerts` within 1 s.
+#[tokio::test]
+async fn new_network_usage_spike_and_many_devices_are_alerted() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.usage_spike_per_minute = 5;
+        a.many_per_hour = 3;
+    })
+    .await;
+    let (key, key_id) = new_key(&app, json!({"max_devices": 10})).await;
+
+    // One device, first from home, then from a network it was never seen on.
+    let phone = Device::new();
+    expect_json(
+        exchange_from(&app, "198.51.100.10", &key, &phone).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_json(
+        exchange_from(&app, "203.0.113.10", &key, &phone).await,
+        StatusCode::OK,
+    )
+    .await;
+    let alert = crate::alerts::wait_for_alert(&app, "NEW_NETWORK").await;
+    assert_eq!(alert["key_id"], key_id);
+    assert_eq!(alert["details"]["network"], "203.0.113.0/24");
+
+    // Four more devices: five distinct devices in the hour, over the threshold of 3.
+    for _ in 0..4 {
+        expect_json(
+            exchange_from(&app, "198.51.100.10", &key, &Device::new()).await,
+            StatusCode::OK,
+        )
+        .await;
+    }
+    let alert = crate::alerts::wait_for_alert(&app, "MANY_DEVICES_OR_NETWORKS").await;
+    assert_eq!(alert["key_id"], key_id);
+    // Twelve exchanges in all: whichever minute they fall in, one minute holds more than 5.
+    for _ in 0..6 {
+        expect_json(
+            exchange_from(&app, "198.51.100.10", &key, &phone).await,
+            StatusCode::OK,
+        )
+        .await;
+    }
+    let alert = crate::alerts::wait_for_alert(&app, "USAGE_SPIKE").await;
+    assert_eq!(alert["key_id"], key_id);
+    assert!(alert["details"]["exchanges_this_minute"].as_u64().unwrap() > 5);
 }

@@ -139,7 +139,7 @@ impl TestDb {
     /// Drops the PostgreSQL database now, terminating every connection to it.
     pub async fn drop_postgres_database(&self) {
         assert_eq!(self.backend, Backend::Postgres);
-        testing::drop_postgres_database(&self.url).await;
+        force_drop(&self.url).await;
     }
 }
 
@@ -156,10 +156,27 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(testing::drop_postgres_database(&url));
+                .block_on(force_drop(&url));
         })
         .join();
     }
+}
+
+/// `DROP DATABASE … WITH (FORCE)` (PostgreSQL 13+): terminating the connections and dropping
+/// in one statement. Doing it in two (what sqlx's `force_drop_database` does) races with a
+/// running server's background tasks, which reconnect in between.
+async fn force_drop(url: &str) {
+    let base = testing::postgres_test_url().expect("a PostgreSQL test database has a server");
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name");
+    let mut admin = pg_connect(&base).await;
+    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
 }
 
 fn random_master_key() -> String {
@@ -232,7 +249,12 @@ fn test_args(db: &TestDb) -> ServeArgs {
 }
 
 async fn start_with(db: &TestDb, args: ServeArgs) -> TestApp {
-    let store = db.store().await;
+    spawn_app_on(db.store().await, args).await
+}
+
+/// Starts a server with `args` on a store the test opened itself (through a proxy it
+/// controls, say).
+pub async fn spawn_app_on(store: Arc<dyn Store>, args: ServeArgs) -> TestApp {
     let running = keybound::server::start(args, store.clone())
         .await
         .expect("server starts");

@@ -270,7 +270,7 @@ async fn api_key_failures_have_one_code() {
 }
 
 /// The key's id with a different secret and a correct checksum.
-fn forge_same_id(key: &str) -> String {
+pub fn forge_same_id(key: &str) -> String {
     let prefix_len = "sk_test_".len() + 12;
     let body: String = std::iter::repeat_n('Q', 43).collect();
     let head = format!("{}{}", &key[..prefix_len], body);

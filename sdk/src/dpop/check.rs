@@ -7,6 +7,8 @@ use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature as EcSignature, VerifyingKey as EcVerifyingKey};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
 use super::{PRIVATE_JWK_MEMBERS, PROOF_ALGS, PROOF_TYP, htu};
 use crate::error::InvalidTokenReason;
@@ -49,6 +51,7 @@ struct ProofClaims {
 /// fill the replay cache.
 pub(crate) fn check_proof(
     proof: &str,
+    keys: &ProofKeys,
     expect: &ProofExpectations<'_>,
 ) -> Result<CheckedProof, InvalidTokenReason> {
     use InvalidTokenReason::*;
@@ -70,7 +73,9 @@ pub(crate) fn check_proof(
     if PRIVATE_JWK_MEMBERS.iter().any(|m| jwk.get(m).is_some()) {
         return Err(InvalidProof);
     }
-    verify_signature(alg, jwk, jws.signing_input.as_bytes(), &jws.signature).ok_or(InvalidProof)?;
+    let jkt = keys
+        .verify(alg, jwk, jws.signing_input.as_bytes(), &jws.signature)
+        .ok_or(InvalidProof)?;
 
     let claims: ProofClaims = jws.claims().ok_or(InvalidProof)?;
     if claims.jti.is_empty() {
@@ -79,7 +84,8 @@ pub(crate) fn check_proof(
     if claims.htm != expect.method {
         return Err(ProofMethodMismatch);
     }
-    if htu(&claims.htu).ok().as_deref() != Some(expect.htu) {
+    // Clients normally send the normalised form already; parsing is the slow path.
+    if claims.htu != expect.htu && htu(&claims.htu).ok().as_deref() != Some(expect.htu) {
         return Err(ProofUrlMismatch);
     }
     if claims.iat.abs_diff(expect.now) > expect.window {
@@ -88,7 +94,6 @@ pub(crate) fn check_proof(
     if claims.ath.as_deref() != Some(sha256_b64(expect.access_token).as_str()) {
         return Err(ProofTokenHashMismatch);
     }
-    let jkt = jwk_thumbprint(jwk).map_err(|_| InvalidProof)?;
     Ok(CheckedProof {
         jkt,
         jti: claims.jti,
@@ -96,27 +101,66 @@ pub(crate) fn check_proof(
     })
 }
 
-/// `Some(())` when `signature` over `message` verifies with `jwk` under `alg`, and the key type
-/// fits the algorithm (an EC key cannot be used with `EdDSA`, nor the reverse).
-fn verify_signature(alg: &str, jwk: &Value, message: &[u8], signature: &[u8]) -> Option<()> {
-    let member = |name: &str| jwk.get(name).and_then(Value::as_str);
-    match (alg, member("kty")?, member("crv")?) {
-        ("EdDSA" | "Ed25519", "OKP", "Ed25519") => {
-            let x: [u8; 32] = b64_decode(member("x")?)?.try_into().ok()?;
-            let key = EdVerifyingKey::from_bytes(&x).ok()?;
-            let signature = EdSignature::from_slice(signature).ok()?;
-            // verify_strict also refuses small-order keys and non-canonical signatures.
-            key.verify_strict(message, &signature).ok()
+/// Most Ed25519 proof keys remembered; the map is emptied when it is full.
+const PROOF_KEYS_CAPACITY: usize = 10_000;
+
+/// Ed25519 proof keys seen recently, decompressed, with their thumbprints. A device signs all
+/// its proofs with one key, and decompressing the point and hashing the thumbprint cost about
+/// a tenth of checking the signature: with this they are paid once per device rather than once
+/// per request. Only keys whose signature verified are remembered, and the map is bounded, so
+/// made-up keys cannot grow it.
+#[derive(Default)]
+pub(crate) struct ProofKeys {
+    ed25519: Mutex<HashMap<String, (EdVerifyingKey, String)>>,
+}
+
+impl ProofKeys {
+    /// The RFC 7638 thumbprint of `jwk` when `signature` over `message` verifies with it under
+    /// `alg` and the key type fits the algorithm (an EC key cannot be used with `EdDSA`, nor
+    /// the reverse); `None` otherwise.
+    fn verify(&self, alg: &str, jwk: &Value, message: &[u8], signature: &[u8]) -> Option<String> {
+        let member = |name: &str| jwk.get(name).and_then(Value::as_str);
+        match (alg, member("kty")?, member("crv")?) {
+            ("EdDSA" | "Ed25519", "OKP", "Ed25519") => {
+                let x = member("x")?;
+                let signature = EdSignature::from_slice(signature).ok()?;
+                let known = self.lock().get(x).cloned();
+                let (key, jkt) = match &known {
+                    Some(known) => known.clone(),
+                    None => {
+                        let bytes: [u8; 32] = b64_decode(x)?.try_into().ok()?;
+                        (
+                            EdVerifyingKey::from_bytes(&bytes).ok()?,
+                            jwk_thumbprint(jwk).ok()?,
+                        )
+                    }
+                };
+                // verify_strict also refuses small-order keys and non-canonical signatures.
+                key.verify_strict(message, &signature).ok()?;
+                if known.is_none() {
+                    let mut keys = self.lock();
+                    if keys.len() >= PROOF_KEYS_CAPACITY {
+                        keys.clear();
+                    }
+                    keys.insert(x.to_owned(), (key, jkt.clone()));
+                }
+                Some(jkt)
+            }
+            ("ES256", "EC", "P-256") => {
+                let x: [u8; 32] = b64_decode(member("x")?)?.try_into().ok()?;
+                let y: [u8; 32] = b64_decode(member("y")?)?.try_into().ok()?;
+                let point = EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
+                let key = EcVerifyingKey::from_encoded_point(&point).ok()?;
+                let signature = EcSignature::from_slice(signature).ok()?;
+                key.verify(message, &signature).ok()?;
+                jwk_thumbprint(jwk).ok()
+            }
+            _ => None,
         }
-        ("ES256", "EC", "P-256") => {
-            let x: [u8; 32] = b64_decode(member("x")?)?.try_into().ok()?;
-            let y: [u8; 32] = b64_decode(member("y")?)?.try_into().ok()?;
-            let point = EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
-            let key = EcVerifyingKey::from_encoded_point(&point).ok()?;
-            let signature = EcSignature::from_slice(signature).ok()?;
-            key.verify(message, &signature).ok()
-        }
-        _ => None,
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (EdVerifyingKey, String)>> {
+        self.ed25519.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -173,7 +217,8 @@ mod tests {
             Box::new(Es256DeviceKey::generate()),
         ];
         for key in keys {
-            let checked = check_proof(&proof(&*key), &expect(unix_now())).unwrap();
+            let checked =
+                check_proof(&proof(&*key), &ProofKeys::default(), &expect(unix_now())).unwrap();
             assert_eq!(checked.jkt, key.thumbprint().unwrap(), "{}", key.alg());
         }
     }
@@ -307,13 +352,49 @@ mod tests {
                 ProofTokenHashMismatch,
             ),
         ];
-        for (name, proof, reason) in cases {
+        // Once with the key unknown, once with it remembered from a good proof.
+        let keys = ProofKeys::default();
+        for (name, proof, reason) in &cases {
             assert_eq!(
-                check_proof(&proof, &expect(now)).unwrap_err(),
-                reason,
+                check_proof(proof, &keys, &expect(now)).unwrap_err(),
+                *reason,
                 "{name}"
             );
         }
+        check_proof(&proof(&key), &keys, &expect(now)).unwrap();
+        assert_eq!(keys.lock().len(), 1);
+        for (name, proof, reason) in &cases {
+            assert_eq!(
+                check_proof(proof, &keys, &expect(now)).unwrap_err(),
+                *reason,
+                "{name}, key remembered"
+            );
+        }
+    }
+
+    #[test]
+    fn a_remembered_key_vouches_only_for_its_own_signatures() {
+        let (owner, thief) = (Ed25519DeviceKey::generate(), Ed25519DeviceKey::generate());
+        let keys = ProofKeys::default();
+        let checked = check_proof(&proof(&owner), &keys, &expect(unix_now())).unwrap();
+        assert_eq!(checked.jkt, owner.thumbprint().unwrap());
+        // The thief names the owner's key in the header but can only sign with its own.
+        let forged = resign(&thief, |h, _| h["jwk"] = owner.public_jwk());
+        assert_eq!(
+            check_proof(&forged, &keys, &expect(unix_now())).unwrap_err(),
+            InvalidTokenReason::InvalidProof
+        );
+    }
+
+    #[test]
+    fn remembered_keys_are_bounded() {
+        let keys = ProofKeys::default();
+        for i in 0..PROOF_KEYS_CAPACITY {
+            keys.lock().insert(format!("key-{i}"), Default::default());
+        }
+        let key = Ed25519DeviceKey::generate();
+        check_proof(&proof(&key), &keys, &expect(unix_now())).unwrap();
+        assert_eq!(keys.lock().len(), 1, "emptied when full");
     }
 
     #[test]
@@ -322,6 +403,6 @@ mod tests {
         let p = resign(&key, |_, c| {
             c["htu"] = "HTTPS://API.example.com:443/v1/things".into()
         });
-        assert!(check_proof(&p, &expect(unix_now())).is_ok());
+        assert!(check_proof(&p, &ProofKeys::default(), &expect(unix_now())).is_ok());
     }
 }

@@ -4,7 +4,7 @@ mod build;
 mod check;
 
 pub use build::DpopProofBuilder;
-pub(crate) use check::{ProofExpectations, check_proof};
+pub(crate) use check::{ProofExpectations, ProofKeys, check_proof};
 
 use reqwest::Url;
 

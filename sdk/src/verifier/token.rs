@@ -7,7 +7,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::trust::TrustLevel;
 
 /// The claims of an access token, as this crate reads them after the signature checked out.
-/// `iss`, `aud`, `exp` and `nbf` are validated by `jsonwebtoken` and not needed here.
+/// `iss`, `aud` and `nbf` are checked by [`ClaimRules`](super::claims::ClaimRules) and not
+/// needed here.
 #[derive(Deserialize)]
 pub(crate) struct AccessClaims {
     pub(crate) sub: String,

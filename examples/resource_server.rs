@@ -2,7 +2,7 @@
 //! only its JWKS and its revocation feed, fetched in the background.
 //!
 //! ```sh
-//! cargo run -p keybound-sdk --features axum --example resource_server
+//! cargo run --example resource_server
 //! ```
 //!
 //! Settings (environment): `KEYBOUND_ISSUER` (default `http://127.0.0.1:8080`), `LISTEN`

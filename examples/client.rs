@@ -2,7 +2,7 @@
 //! server with it, and keeps going so the refreshes show.
 //!
 //! ```sh
-//! KEYBOUND_API_KEY=sk_test_… cargo run -p keybound-sdk --example client
+//! KEYBOUND_API_KEY=sk_test_… cargo run --example client
 //! ```
 //!
 //! Settings (environment): `KEYBOUND_URL` (default `http://127.0.0.1:8080`), `KEYBOUND_API_KEY`

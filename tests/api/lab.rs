@@ -1,0 +1,265 @@
+//! `keybound lab` (issue 6): each scenario asserts its outcome, with small sizes so the suite
+//! stays fast. The figures in docs/security-report.md come from the full-size run.
+
+use std::path::Path;
+
+use keybound::lab::{self, Target, population, stats::T_THRESHOLD};
+
+use crate::helpers::{TestDb, run_binary};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_keybound"))
+}
+
+async fn target() -> Target {
+    Target::in_process().await.expect("the lab's server starts")
+}
+
+#[tokio::test]
+async fn a_leaked_key_from_another_device_is_limited_alerted_and_contained() {
+    let t = target().await;
+    let a = lab::leaks::source_leak(&t).await.unwrap();
+    assert!(a.limited(), "the attacker got more than limited: {a:#?}");
+    assert_eq!(a.default_key.scope, "read:users", "write scopes are cut");
+    assert!(a.default_key.expires_in <= 60);
+    assert!(a.alert_after.is_some(), "NEW_DEVICE alert within 5 s");
+    assert!(a.contained_exchange_after.is_some(), "{a:#?}");
+    assert_eq!(a.refresh_after_containment, "401 INVALID_API_KEY");
+    assert!(
+        a.verifier_refuses_after.is_some(),
+        "the feed reaches the SDK verifier"
+    );
+    assert_eq!(
+        a.trust_on_enroll.level, "trusted",
+        "the documented limit of trust_on_enroll"
+    );
+    let (revoked_after, answers) = a.auto_contained_clone.clone().expect("in-process");
+    assert!(
+        revoked_after.is_some(),
+        "auto-suspend revokes a copied device: {answers}"
+    );
+    let section = a.section();
+    assert!(section.holds, "{:#?}", section.notes);
+}
+
+#[tokio::test]
+async fn no_secret_reaches_a_log_line_at_debug_or_trace_in_either_format() {
+    let b = lab::leaks::log_leak(binary()).await.unwrap();
+    for run in &b.runs {
+        assert!(
+            run.lines > 20,
+            "the server logged at {}: {run:?}",
+            run.level
+        );
+        assert!(run.hits.is_empty(), "{run:#?}");
+    }
+}
+
+#[tokio::test]
+async fn the_servers_memory_holds_whole_request_keys_at_most_never_a_bare_secret() {
+    let c = lab::leaks::memory_dump(binary(), 20).await.unwrap();
+    if let Some(why) = &c.unavailable {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    for scan in [&c.after_exchanges, &c.after_other_traffic, &c.after_close] {
+        assert!(
+            scan.hash_copies >= 1,
+            "the scan finds the cached hash: {scan:?}"
+        );
+        // Every copy is a whole key, i.e. request bytes: keybound never keeps the secret
+        // part on its own (the cache holds the hash, the parsed key is zeroized).
+        assert_eq!(scan.secret_copies, scan.key_copies, "{scan:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_sniffed_token_or_proof_is_useless_without_the_device_key() {
+    let t = target().await;
+    let d = lab::tokens::sniffed_token(&t).await.unwrap();
+    assert!(d.control.accepted, "{:?}", d.control);
+    assert_eq!(d.accepted(), 0, "{:#?}", d.attacks);
+}
+
+#[tokio::test]
+async fn a_proxy_cannot_reuse_a_token_and_proof_at_another_url_or_method() {
+    let t = target().await;
+    let e = lab::tokens::malicious_proxy(&t).await.unwrap();
+    assert!(e.control.accepted, "{:?}", e.control);
+    assert_eq!(e.accepted(), 0, "{:#?}", e.attacks);
+}
+
+#[tokio::test]
+async fn replays_of_exchanges_proofs_and_refresh_tokens_are_refused() {
+    let t = target().await;
+    let j = lab::tokens::replay(&t).await.unwrap();
+    assert!(j.control.accepted, "{:?}", j.control);
+    assert_eq!(j.accepted(), 0, "{:#?}", j.attacks);
+    let codes: Vec<&str> = j.attacks.iter().map(|a| a.answer.as_str()).collect();
+    assert!(codes.contains(&"401 REFRESH_TOKEN_REUSED"), "{codes:?}");
+    assert!(
+        codes.contains(&"401 INVALID_REFRESH_TOKEN"),
+        "family revoked: {codes:?}"
+    );
+}
+
+#[test]
+fn guessing_a_secret_takes_longer_than_the_universe_has() {
+    let f = lab::keyspace::reverse_engineering(2_000);
+    assert!(f.bits > 256.0);
+    assert!(f.measured_rate > 0.0);
+    assert!(f.years_1e12 > 1e50, "{f:?}");
+}
+
+#[test]
+fn generated_keys_show_no_pattern() {
+    let i = lab::keyspace::learning(20_000);
+    assert!(i.no_pattern(), "{i:#?}");
+    assert_eq!(i.duplicates, 0);
+}
+
+#[tokio::test]
+async fn the_checksum_catches_typos_and_the_hash_catches_tampering() {
+    let t = target().await;
+    let k = lab::keyspace::checksum(500, Some(&t)).await.unwrap();
+    assert!(k.holds(), "{k:#?}");
+    assert_eq!(k.tampered, (10, 10));
+}
+
+#[tokio::test]
+async fn the_secret_comparison_is_constant_time_and_the_test_can_see_a_leak() {
+    // In-process comparisons: interleaved classes make scheduler noise hit both alike, so
+    // this is stable even on a busy 2-core machine.
+    let t = target().await;
+    let g = lab::timing::timing(&t, 300, 20_000).await.unwrap();
+    let ct = g.tests.iter().find(|x| x.what.contains("ct_eq")).unwrap();
+    let control = g.tests.iter().find(|x| x.control).unwrap();
+    assert!(
+        ct.dudect.max_abs_t() < T_THRESHOLD,
+        "ct_eq: {:?}",
+        ct.dudect
+    );
+    assert!(
+        control.dudect.max_abs_t() > T_THRESHOLD,
+        "the control's leak must be visible: {:?}",
+        control.dudect
+    );
+}
+
+#[tokio::test]
+async fn an_insider_cannot_edit_the_audit_log_unseen_or_read_a_plaintext() {
+    let t = target().await;
+    let h = lab::insider::insider(&t, Some(binary())).await.unwrap();
+    assert_eq!(h.plaintext_found(), 0, "{:#?}", h.reads);
+    assert!(h.reads.len() >= 20, "every command and endpoint was tried");
+    let (chain, head): (Vec<_>, Vec<_>) = h.tampering.iter().partition(|t| t.detected_by_chain);
+    assert_eq!(chain.len(), 3, "edits and a deletion: {:#?}", h.tampering);
+    assert!(chain.iter().all(|t| t.cli_exit == Some(1)));
+    assert_eq!(head.len(), 1, "truncation");
+    assert!(head[0].detected_by_head);
+    assert!(h.holds());
+}
+
+#[tokio::test]
+async fn rate_limits_cut_bursts_and_their_cost_is_measured() {
+    let t = target().await;
+    let l = lab::abuse::rate_limits(&t).await.unwrap();
+    assert!(l.holds(), "{l:#?}");
+    assert!(l.guesses_evaluated <= 21, "{l:#?}");
+    assert!(l.botnet_evaluated <= 11, "{l:#?}");
+    assert_eq!(l.owner_after_botnet, "200", "the owner is not locked out");
+    // The burst, plus at most the one unit that refills (every 2 s at 30/min) on a slow run.
+    let rate = l.key_rate as usize;
+    assert!((rate..=rate + 1).contains(&l.abuse_accepted), "{l:#?}");
+    assert_eq!(l.same_ip_legit, "429 RATE_LIMITED");
+    assert_eq!(l.other_ip_legit, "200");
+}
+
+#[test]
+fn the_population_study_is_reproducible_and_catches_foreign_clones() {
+    let p = population::Params {
+        devices: 300,
+        days: 30,
+        clones: 300,
+        seed: 6,
+    };
+    let a = population::study(&p);
+    let b = population::study(&p);
+    assert_eq!(a.legit.events, b.legit.events, "same seed, same run");
+    assert_eq!(a.false_limit_rate(), b.false_limit_rate());
+    assert!(a.legit.events > 10_000);
+    assert!(a.false_deny_rate() < 0.05, "{:#?}", a.legit);
+    let foreign = &a.clones[0];
+    assert_eq!(
+        foreign.alerted, foreign.attempts,
+        "a foreign phone always mismatches"
+    );
+    assert_eq!(foreign.trusted, 0);
+}
+
+#[tokio::test]
+async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
+    let db = TestDb::sqlite().await;
+    let report = db.dir.path().join("report.md");
+    let out = run_binary(
+        db.dir.path(),
+        &[
+            "lab",
+            "--only",
+            "F,I,K,P",
+            "--keys",
+            "2000",
+            "--typo-keys",
+            "100",
+            "--verify-iterations",
+            "1000",
+            "--devices",
+            "50",
+            "--clones",
+            "50",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("F reverse engineering"), "{out:?}");
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(md.contains("| scenario | attack | defense | outcome | figure |"));
+    assert!(md.contains("## P population study"));
+
+    let refused = run_binary(
+        db.dir.path(),
+        &[
+            "lab",
+            "--url",
+            "http://10.1.2.3:8080",
+            "--admin-token",
+            "x",
+            "--only",
+            "A",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("loopback"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn unknown_ids_and_wrong_secrets_take_as_long_over_http() {
+    // dudect's |t| over HTTP is not stable on a shared 2-core machine (other builds and tests
+    // run beside it), so the assertion is on the relative gap between the medians: 30–40 %
+    // before the equalizing storage read in `authenticate_key`, 1–10 % after.
+    let t = target().await;
+    let g = lab::timing::timing(&t, 400, 100).await.unwrap();
+    for test in g.tests.iter().filter(|x| x.unit == "µs").take(1) {
+        assert!(
+            test.relative_gap() < lab::timing::HTTP_RELATIVE_GAP,
+            "{}: medians {:?}",
+            test.what,
+            test.dudect.medians
+        );
+    }
+}
