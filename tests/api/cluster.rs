@@ -309,6 +309,9 @@ async fn three_instances_share_keys_replay_revocation_and_rate_limits() {
     // A revocation through one instance is in force on all within 1 s, even where the key
     // record was cached a moment before.
     let (victim, victim_id) = c.create_key(0, json!({})).await;
+    // Past the second eviction that follows the creation, so the records cached next stay
+    // until a message evicts them.
+    tokio::time::sleep(keybound::store::cached::REEVICT_AFTER * 2).await;
     for i in 0..3 {
         expect_json(c.exchange(i, &victim, &c.proof(&dev)).await, StatusCode::OK).await;
     }
@@ -514,6 +517,59 @@ async fn postgres_going_away_is_503_and_the_instance_recovers_without_restart() 
     let took = until_issuing(&c, 0, &key, &dev, Duration::from_secs(15)).await;
     eprintln!("issuing again {took:?} after PostgreSQL came back");
     assert_eq!(readyz(&c, 0).await.0, StatusCode::OK);
+}
+
+/// An instance cut off from Redis cannot announce its changes; it owes the others an "evict
+/// everything" and sends it as soon as Redis answers, so they do not keep serving a revoked
+/// key for the rest of their cache TTL (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_during_a_redis_outage_reaches_the_others_when_it_ends() {
+    let Some((db, redis)) = Cluster::services().await else {
+        return;
+    };
+    let proxy = Proxy::to(service_addr(&redis)).await;
+    let mut c = Cluster::start(db, redis.clone(), 1).await;
+    let db_url = c.db.url.clone();
+    let cut_off = c
+        .spawn(free_port().await, &db_url, &through(&redis, proxy.addr))
+        .await;
+    c.instances.push(cut_off);
+    let (key, key_id) = c.create_key(0, json!({})).await;
+    let dev = Device::new();
+    // Instance 0 caches the key record, good for 5 s (after the second eviction that followed
+    // the key's creation, `REEVICT_AFTER`, so nothing but a message can evict it now).
+    tokio::time::sleep(keybound::store::cached::REEVICT_AFTER * 2).await;
+    expect_json(c.exchange(0, &key, &c.proof(&dev)).await, StatusCode::OK).await;
+
+    proxy.down();
+    let revoked_at = Instant::now();
+    let res = c
+        .admin(1, reqwest::Method::POST, &format!("/keys/{key_id}/revoke"))
+        .json(&json!({"reason": "revoked while cut off from Redis"}))
+        .send()
+        .await
+        .unwrap();
+    expect_json(res, StatusCode::OK).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+
+    loop {
+        let res = c.exchange(0, &key, &c.proof(&dev)).await;
+        if res.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            revoked_at.elapsed() < Duration::from_millis(2500),
+            "instance 0 still accepts the key {:?} after its revocation",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "refused everywhere {:?} after the revocation",
+        revoked_at.elapsed()
+    );
 }
 
 // ---- a crash under load ----
