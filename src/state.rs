@@ -38,6 +38,8 @@ pub struct Settings {
     pub ip_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
+    /// Serve the benchmark-only routes (`--bench-routes`).
+    pub bench_routes: bool,
 }
 
 impl Settings {
@@ -53,6 +55,7 @@ impl Settings {
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
             profile: args.profile,
+            bench_routes: args.bench_routes,
         }
     }
 }

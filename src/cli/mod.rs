@@ -28,6 +28,9 @@ const EXIT_ERROR: u8 = 2;
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let url = cli.database_url();
+    // The benchmark fills a database of its own: only an explicit `--database-url` (never the
+    // default file or `DATABASE_URL`) may name one.
+    let bench_url = cli.database_url.clone();
     let subject = subject(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => {
@@ -44,6 +47,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         // The scanner runs in pre-commit hooks and CI jobs that have no database: it must
         // not open (and so create) one.
         Command::Scan(args) => Ok(scan::run(args)),
+        Command::Bench(args) => crate::bench::run(*args, bench_url).await,
         Command::SigningKeys(_) => {
             eprintln!(
                 "error: signing-keys commands are not available yet in this build; the server creates and uses its signing key itself"

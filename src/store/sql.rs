@@ -580,6 +580,102 @@ macro_rules! sql_store {
                     <$Store as Backend>::lock_write_order(&mut tx).await?;
                     Ok(tx)
                 }
+
+                /// Bulk loading for benchmarks ([`seed`]($crate::store::seed)): keys, then
+                /// devices, in multi-row INSERTs, one transaction per
+                /// [`SEED_ROWS_PER_TX`]($crate::store::SEED_ROWS_PER_TX) rows. No audit rows:
+                /// this fills a scratch database, it is not an operator action.
+                pub async fn bulk_insert(
+                    &self,
+                    keys: &[KeyRecord],
+                    devices: &[DeviceRecord],
+                ) -> Result<()> {
+                    for chunk in keys.chunks($crate::store::SEED_ROWS_PER_TX) {
+                        let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                        for rows in chunk.chunks(SEED_ROWS_PER_STATEMENT) {
+                            insert_keys_bulk(&mut tx, rows).await?;
+                        }
+                        tx.commit().await?;
+                    }
+                    for chunk in devices.chunks($crate::store::SEED_ROWS_PER_TX) {
+                        let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                        for rows in chunk.chunks(SEED_ROWS_PER_STATEMENT) {
+                            insert_devices_bulk(&mut tx, rows).await?;
+                        }
+                        tx.commit().await?;
+                    }
+                    Ok(())
+                }
+            }
+
+            // ---- statements: bulk loading (benchmarks) ----
+
+            /// Rows per multi-row INSERT: 20 binds a key row, so 500 rows stay far below both
+            /// databases' bind limits (SQLite 32 766, PostgreSQL 65 535).
+            const SEED_ROWS_PER_STATEMENT: usize = 500;
+
+            /// `INSERT INTO api_keys (…) VALUES (…), (…), …`. The statement text depends only
+            /// on the number of rows; every value is a bind.
+            async fn insert_keys_bulk(conn: &mut Conn, rows: &[KeyRecord]) -> Result<()> {
+                let mut q = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO api_keys (key_id, env, name, description, secret_hash, scopes, \
+                     limited_scopes, rate_limit_per_minute, allowed_ips, allowed_origins, \
+                     max_devices, trust_on_enroll, status, status_reason, status_changed_at, \
+                     created_at, expires_at, last_used_at, rotated_from, rotated_to) ",
+                );
+                q.push_values(rows, |mut b, k| {
+                    b.push_bind(k.key_id.clone())
+                        .push_bind(k.env.clone())
+                        .push_bind(k.name.clone())
+                        .push_bind(k.description.clone())
+                        .push_bind(k.secret_hash.clone())
+                        .push_bind(to_json(&k.scopes))
+                        .push_bind(k.limited_scopes.as_ref().map(to_json))
+                        .push_bind(k.rate_limit_per_minute)
+                        .push_bind(to_json(&k.allowed_ips))
+                        .push_bind(to_json(&k.allowed_origins))
+                        .push_bind(k.max_devices)
+                        .push_bind(k.trust_on_enroll)
+                        .push_bind(k.status.as_str())
+                        .push_bind(k.status_reason.clone())
+                        .push_bind(k.status_changed_at)
+                        .push_bind(k.created_at)
+                        .push_bind(k.expires_at)
+                        .push_bind(k.last_used_at)
+                        .push_bind(k.rotated_from.clone())
+                        .push_bind(k.rotated_to.clone());
+                });
+                q.build().persistent(false).execute(conn).await?;
+                Ok(())
+            }
+
+            /// `INSERT INTO devices (…) VALUES (…), (…), …`, like [`insert_keys_bulk`].
+            async fn insert_devices_bulk(conn: &mut Conn, rows: &[DeviceRecord]) -> Result<()> {
+                let mut q = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
+                     approved, created_at, last_seen_at, exchange_count, mismatch_count, \
+                     networks, trust_score, trust_level, trust_factors, revoked_at) ",
+                );
+                q.push_values(rows, |mut b, d| {
+                    b.push_bind(d.device_id.clone())
+                        .push_bind(d.key_id.clone())
+                        .push_bind(d.jkt.clone())
+                        .push_bind(d.name.clone())
+                        .push_bind(to_json(&d.attributes))
+                        .push_bind(d.status.as_str())
+                        .push_bind(d.approved)
+                        .push_bind(d.created_at)
+                        .push_bind(d.last_seen_at)
+                        .push_bind(d.exchange_count)
+                        .push_bind(d.mismatch_count)
+                        .push_bind(to_json(&d.networks))
+                        .push_bind(d.trust_score)
+                        .push_bind(d.trust_level.clone())
+                        .push_bind(to_json(&d.trust_factors))
+                        .push_bind(d.revoked_at);
+                });
+                q.build().persistent(false).execute(conn).await?;
+                Ok(())
             }
 
             #[async_trait]
