@@ -139,7 +139,13 @@ impl AppState {
     /// Notes that a key was used; written in batches by a background task.
     pub fn touch_key(&self, key_id: &str, at: i64) {
         let mut t = self.touched.lock().expect("not poisoned");
-        t.insert(key_id.to_owned(), at);
+        // Allocate the key only the first time it is used in a batch.
+        match t.get_mut(key_id) {
+            Some(last) => *last = at,
+            None => {
+                t.insert(key_id.to_owned(), at);
+            }
+        }
     }
 
     /// Saves a device's history without holding up the response (used on refusals, where
