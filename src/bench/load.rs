@@ -74,8 +74,7 @@ impl Outcome {
 
     /// Server CPU time per answered request, in microseconds.
     pub fn cpu_us(&self) -> Option<f64> {
-        self.server_cpu
-            .map(|c| c * 1e6 / (self.done.max(1) as f64))
+        self.server_cpu.map(|c| c * 1e6 / (self.done.max(1) as f64))
     }
 
     /// Latency quantile in milliseconds.

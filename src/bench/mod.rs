@@ -115,7 +115,10 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
             let d = &devices[p.device as usize];
             Request::post(&*path)
                 .header(header::HOST, host.clone())
-                .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .header(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )
                 .header("x-api-key", keys[d.key_index].clone())
                 .header("dpop", p.proof.clone())
                 .body(Full::new(d.body.clone()))
@@ -152,7 +155,14 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         (None, None)
     } else {
         eprintln!("ceiling: GET /healthz for {} s…", phase.as_secs());
-        let h = drive(t.addr, conns, phase, simple(Method::GET, "/healthz", &t.host), t.pid).await;
+        let h = drive(
+            t.addr,
+            conns,
+            phase,
+            simple(Method::GET, "/healthz", &t.host),
+            t.pid,
+        )
+        .await;
         eprintln!("ceiling: POST /bench/sign for {} s…", phase.as_secs());
         let s = drive(
             t.addr,
@@ -269,10 +279,7 @@ impl Report {
         println!("machine:  {}", machine());
         println!(
             "server:   {} ({}), {} connections, {} s per phase",
-            self.backend,
-            self.mode,
-            args.connections,
-            args.duration
+            self.backend, self.mode, args.connections, args.duration
         );
         println!(
             "load:     {} devices over {} keys; database seeded to {} keys and {} devices",
@@ -320,21 +327,26 @@ impl Report {
         row("POST /v1/token", &self.exchange);
         println!();
         if let Some(r) = self.ratio(self.sign.as_ref()) {
-            println!(
-                "exchange / sign-only:  {:.2}  (target ≥ 0.40)",
-                r
-            );
+            println!("exchange / sign-only:  {:.2}  (target ≥ 0.40)", r);
         }
         if let Some(r) = self.ratio(self.healthz.as_ref()) {
             println!("exchange / healthz:    {r:.2}");
         }
         if let (Some(s), Some(h)) = (&self.sign, &self.healthz) {
-            println!("sign-only / healthz:   {:.2}", s.rate() / h.rate().max(1e-9));
+            println!(
+                "sign-only / healthz:   {:.2}",
+                s.rate() / h.rate().max(1e-9)
+            );
         }
         println!(
             "exchange p99:          {:.2} ms at {} connections (target < 10 ms)",
             self.exchange.ms(0.99),
             args.connections
+        );
+        println!(
+            "cpu µs:                server process CPU time per request ({pid_note}); the \
+             load generator shares the same {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         match rss {
             Some(b) => println!("peak RSS (VmHWM):      {:.1} MiB ({pid_note})", mib(b)),

@@ -259,12 +259,13 @@ async fn finish(
     dir: Option<tempfile::TempDir>,
 ) -> Result<Target> {
     let base = format!("http://{addr}");
-    let meta: serde_json::Value = reqwest::get(format!("{base}/.well-known/oauth-authorization-server"))
-        .await
-        .map_err(Error::unavailable)?
-        .json()
-        .await
-        .map_err(Error::unavailable)?;
+    let meta: serde_json::Value =
+        reqwest::get(format!("{base}/.well-known/oauth-authorization-server"))
+            .await
+            .map_err(Error::unavailable)?
+            .json()
+            .await
+            .map_err(Error::unavailable)?;
     let token_url = meta["token_endpoint"]
         .as_str()
         .ok_or_else(|| bad("the server's metadata has no token_endpoint"))?
@@ -374,7 +375,10 @@ fn seed_rows(
                 now - week,
             ));
         }
-        let filler_attrs = devices.first().map(|d| d.attributes.clone()).unwrap_or_default();
+        let filler_attrs = devices
+            .first()
+            .map(|d| d.attributes.clone())
+            .unwrap_or_default();
         for i in rows.len()..args.seed_devices {
             let mut jkt = [0u8; 32];
             rng.fill(&mut jkt);

@@ -58,7 +58,10 @@ pub async fn seed(url: &str, keys: &[KeyRecord], devices: &[DeviceRecord]) -> Re
             .bulk_insert(keys, devices)
             .await
     } else {
-        SqliteStore::open(url).await?.bulk_insert(keys, devices).await
+        SqliteStore::open(url)
+            .await?
+            .bulk_insert(keys, devices)
+            .await
     }
 }
 
