@@ -1016,7 +1016,7 @@ macro_rules! sql_store {
             const BULK_ROWS: usize = 500;
 
             /// The last queued history of each device, in queue order.
-            fn last_per_device<'a>(usage: Vec<&'a DeviceRecord>) -> Vec<&'a DeviceRecord> {
+            fn last_per_device(usage: Vec<&DeviceRecord>) -> Vec<&DeviceRecord> {
                 let mut seen = std::collections::HashSet::with_capacity(usage.len());
                 let mut last: Vec<&DeviceRecord> = usage
                     .into_iter()
