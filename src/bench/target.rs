@@ -69,6 +69,18 @@ impl Target {
         match self.server {
             Server::InProcess(r) => r.stop().await,
             Server::Child(mut c) => {
+                if let Ok(Some(status)) = c.try_wait() {
+                    // It died during the run: say so, with the end of its log.
+                    eprintln!("error: the server process exited during the run ({status})");
+                    if let Some(dir) = &self._dir
+                        && let Ok(log) = std::fs::read_to_string(dir.path().join("server.log"))
+                    {
+                        let lines: Vec<&str> = log.lines().collect();
+                        for l in &lines[lines.len().saturating_sub(30)..] {
+                            eprintln!("  {l}");
+                        }
+                    }
+                }
                 let _ = c.kill();
                 let _ = c.wait();
             }
@@ -131,7 +143,11 @@ async fn local(
     let (keys, seeded) = seed_rows(args, records, &key_ids, devices, now);
     if !keys.is_empty() || !seeded.is_empty() {
         let started = std::time::Instant::now();
-        store::seed(&url, &keys, &seeded).await?;
+        store::seed(&url, &keys, &seeded).await.map_err(|e| {
+            // The error's Display hides internals (it is made for HTTP answers).
+            eprintln!("seeding failed: {e:?}");
+            e
+        })?;
         eprintln!(
             "seeded {} keys and {} devices in {:.1} s",
             keys.len(),
