@@ -67,6 +67,8 @@ pub enum Command {
     /// Attack keybound's own defenses and measure them (loopback targets only); exit 1 if a
     /// defense failed an assertion.
     Lab(Box<LabArgs>),
+    /// Load generator: measures exchanges/s and latency against this machine's ceiling.
+    Bench(Box<BenchArgs>),
 }
 
 /// Deployment profile.
@@ -177,6 +179,11 @@ pub struct ServeArgs {
     /// Entries in each validation cache (keys, devices).
     #[arg(long, env = "KEYBOUND_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+    /// Adds the benchmark-only route `POST /bench/sign` (signs a token, checks nothing), which
+    /// `keybound bench` uses to measure this machine's ceiling. Hidden, and deliberately not
+    /// settable from the environment, so no deployment turns it on by accident.
+    #[arg(long, hide = true)]
+    pub bench_routes: bool,
 }
 
 impl ServeArgs {
@@ -248,6 +255,57 @@ impl ServeArgs {
             _ => unreachable!(),
         }
     }
+}
+
+/// `keybound bench` options. Every target is on this machine: `--url` must be a loopback
+/// address.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// A running keybound to load (loopback only), e.g. `http://127.0.0.1:8080`. Default:
+    /// start keybound in this process on a fresh database (`--database-url`, else a temporary
+    /// SQLite file).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The admin token of the `--url` server (to create the benchmark's keys).
+    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+    /// Pid of the `--url` server, to report its peak RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Run the server as a child process (`keybound serve`) instead of in this process, so its
+    /// peak RSS is its own and not the load generator's too.
+    #[arg(long, conflicts_with = "url")]
+    pub spawn: bool,
+    /// Concurrent keep-alive HTTP/1.1 connections.
+    #[arg(long, default_value_t = 128)]
+    pub connections: usize,
+    /// Seconds each phase runs (the exchange phase may stop earlier when its pre-built proofs
+    /// run out).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Exchanges to send (instead of a duration for the exchange phase).
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Simulated devices (one DPoP key each) sending the exchanges, round robin.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// API keys the devices are spread over (device i uses key i mod keys).
+    #[arg(long, default_value_t = 100)]
+    pub keys: usize,
+    /// Fill the database up to this many API keys in all (the extra ones are never used),
+    /// inserted in bulk before the run.
+    #[arg(long, default_value_t = 0)]
+    pub seed_keys: usize,
+    /// Fill the database up to this many devices in all; the simulated devices are enrolled
+    /// first (so the run measures warm exchanges), the rest spread over every key.
+    #[arg(long, default_value_t = 0)]
+    pub seed_devices: usize,
+    /// Skip the ceiling phases (`/healthz` and sign-only).
+    #[arg(long)]
+    pub no_ceiling: bool,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Shared `--json` flag.

@@ -11,6 +11,8 @@
 pub mod alerts;
 /// The tamper-evident, hash-chained audit log.
 pub mod audit;
+/// The load generator (`keybound bench`); not on any request path.
+pub mod bench;
 /// Command-line subcommands.
 pub mod cli;
 /// Cluster mode: the Redis connection several instances share state through.

@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use keybound::config::Cli;
 
+/// mimalloc instead of the system allocator: the token path allocates and frees on different
+/// threads (Tokio workers, sqlx's SQLite thread), where glibc's malloc spent about a fifth of
+/// the server's CPU time in arena locking and consolidation (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -46,6 +46,8 @@ pub struct Settings {
     pub profile: Profile,
     /// Days usage events are kept.
     pub usage_retention_days: i64,
+    /// Serve the benchmark-only routes (`--bench-routes`).
+    pub bench_routes: bool,
 }
 
 impl Settings {
@@ -63,6 +65,7 @@ impl Settings {
             key_failure_budget: args.key_failure_budget,
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
+            bench_routes: args.bench_routes,
         }
     }
 }
@@ -176,7 +179,13 @@ impl AppState {
     /// Notes that a key was used; written in batches by a background task.
     pub fn touch_key(&self, key_id: &str, at: i64) {
         let mut t = self.touched.lock().expect("not poisoned");
-        t.insert(key_id.to_owned(), at);
+        // Allocate the key only the first time it is used in a batch.
+        match t.get_mut(key_id) {
+            Some(last) => *last = at,
+            None => {
+                t.insert(key_id.to_owned(), at);
+            }
+        }
     }
 
     /// Saves a device's history without holding up the response (used on refusals, where

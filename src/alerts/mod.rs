@@ -267,8 +267,13 @@ impl Alerts {
         let (devices, networks) = {
             let slot = self.spread.get_with(key_id.to_owned(), Default::default);
             let mut s = slot.lock().expect("no panics while held");
-            s.0.insert(device_id.to_owned());
-            s.1.insert(network.to_owned());
+            // Copy the ids only when new to the window: almost every exchange repeats them.
+            if !s.0.contains(device_id) {
+                s.0.insert(device_id.to_owned());
+            }
+            if !s.1.contains(network) {
+                s.1.insert(network.to_owned());
+            }
             (s.0.len(), s.1.len())
         };
         if devices > self.thresholds.many_per_hour || networks > self.thresholds.many_per_hour {

@@ -30,6 +30,9 @@ const EXIT_ERROR: u8 = 2;
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let url = cli.database_url();
+    // The benchmark fills a database of its own: only an explicit `--database-url` (never the
+    // default file or `DATABASE_URL`) may name one.
+    let bench_url = cli.database_url.clone();
     let subject = subject(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => {
@@ -46,6 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         // The scanner runs in pre-commit hooks and CI jobs that have no database: it must
         // not open (and so create) one.
         Command::Scan(args) => Ok(scan::run(args)),
+        Command::Bench(args) => crate::bench::run(*args, bench_url).await,
         // The lab makes its own temporary databases; it never opens the configured one.
         Command::Lab(args) => crate::lab::run(*args).await,
         Command::SigningKeys(cmd) => {

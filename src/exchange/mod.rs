@@ -114,12 +114,10 @@ pub async fn exchange(
         None => state.settings.audiences[0].clone(),
     };
 
-    let presented = body
-        .device
-        .as_ref()
-        .map(|d| d.attributes.clone())
-        .unwrap_or_default();
-    let device_name = body.device.as_ref().and_then(|d| d.name.clone());
+    let DeviceInfo {
+        name: device_name,
+        attributes: presented,
+    } = body.device.unwrap_or_default();
     let (device, decision) =
         device_and_trust(state, &key, &proof, presented, device_name, p.ip, now).await?;
     let granted = grant_scopes(&key, &requested, decision.level);
@@ -428,8 +426,12 @@ fn score_and_record(
             json!({"mismatched": decision.mismatched, "score": decision.score}),
         );
         device.mismatch_count += 1;
-    } else {
-        // Accepted drift (an OS or app update) becomes the new baseline.
+    } else if presented
+        .iter()
+        .any(|(k, v)| device.attributes.get(k) != Some(v))
+    {
+        // Accepted drift (an OS or app update) becomes the new baseline. (Checked first: on
+        // almost every exchange nothing changed, and rebuilding the map is not free.)
         device
             .attributes
             .extend(presented.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -1,6 +1,7 @@
 //! HTTP: the router, one module per resource, extractors and the error mapping.
 
 pub mod admin;
+pub mod bench;
 pub mod discovery;
 pub mod extract;
 pub mod health;
@@ -22,7 +23,11 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let mut routes = Router::new();
+    if state.settings.bench_routes {
+        routes = routes.merge(bench::router());
+    }
+    routes
         .merge(health::router())
         .merge(openapi::router())
         .merge(token::router())

@@ -48,7 +48,10 @@ enum Presented {
     FreshUnknown,
     /// The same unknown id every time (the cache remembers it is absent).
     RepeatedUnknown,
-    /// The known id with a fresh wrong secret.
+    /// A key in use (cached by a successful exchange just before), probed once with a wrong
+    /// secret: the attacker's first probe of a live id.
+    KnownFirstProbe,
+    /// The known id with a fresh wrong secret, probed repeatedly.
     KnownWrongSecret,
 }
 
@@ -58,47 +61,75 @@ enum Presented {
 const USES_PER_ID: usize = 8;
 
 /// Hands out the API keys a timing class presents, moving to a new key id before the
-/// per-key-id failure budget runs out. Every id is warmed with one untimed request first, so
-/// a known id is a cached hit and a repeated unknown id a cached absence, as they would be
-/// for an attacker probing them.
+/// per-key-id failure budget runs out. Keys are created before the clock starts (a creation
+/// writes the database, which would slow whatever request came next). Every id is warmed
+/// just before its first timed use: a known id by a successful exchange (a live key is
+/// cached because its app uses it), a repeated id by one untimed refusal.
 struct KeyPool {
     class: Presented,
+    keys: Vec<String>,
     current: Option<String>,
     uses: usize,
 }
 
+/// How a new id is warmed before its first timed use.
+enum Warm {
+    None,
+    Refusal,
+    Exchange(String),
+}
+
 impl KeyPool {
-    fn new(class: Presented) -> KeyPool {
-        KeyPool {
+    async fn new(t: &Target, class: Presented, samples: usize) -> Result<KeyPool> {
+        let needed = match class {
+            Presented::KnownFirstProbe => samples + 200,
+            Presented::KnownWrongSecret => samples / USES_PER_ID + 30,
+            _ => 0,
+        };
+        let mut keys = Vec::with_capacity(needed);
+        for _ in 0..needed {
+            let (key, _) = t.create_key(json!({"trust_on_enroll": true})).await?;
+            keys.push(secrecy::ExposeSecret::expose_secret(&key).to_owned());
+        }
+        Ok(KeyPool {
             class,
+            keys,
             current: None,
             uses: 0,
-        }
+        })
     }
 
-    /// The next key to present, and whether the id is new (so it needs its warm-up).
-    async fn next(&mut self, t: &Target) -> Result<(String, bool)> {
-        if matches!(self.class, Presented::FreshUnknown) {
-            return Ok((ApiKey::generate(KeyEnv::Test).expose().to_owned(), false));
-        }
-        let fresh = self.current.is_none() || self.uses >= USES_PER_ID;
+    /// The next key to present, and how its id must be warmed first.
+    fn next(&mut self) -> (String, Warm) {
+        let per_id = match self.class {
+            Presented::FreshUnknown | Presented::KnownFirstProbe => 1,
+            _ => USES_PER_ID,
+        };
+        let fresh = self.current.is_none() || self.uses >= per_id;
         if fresh {
             self.uses = 0;
             self.current = Some(match self.class {
-                Presented::KnownWrongSecret => {
-                    let (key, _) = t.create_key(json!({})).await?;
-                    secrecy::ExposeSecret::expose_secret(&key).to_owned()
-                }
+                Presented::KnownFirstProbe | Presented::KnownWrongSecret => self
+                    .keys
+                    .pop()
+                    .unwrap_or_else(|| ApiKey::generate(KeyEnv::Test).expose().to_owned()),
                 _ => ApiKey::generate(KeyEnv::Test).expose().to_owned(),
             });
         }
         self.uses += 1;
-        let id_key = self.current.as_deref().unwrap_or_default();
-        let presented = match self.class {
-            Presented::KnownWrongSecret => super::leaks::forge_same_id(id_key),
-            _ => id_key.to_owned(),
+        let id_key = self.current.clone().unwrap_or_default();
+        let warm = match (fresh, self.class) {
+            (false, _) | (true, Presented::FreshUnknown) => Warm::None,
+            (true, Presented::KnownFirstProbe) => Warm::Exchange(id_key.clone()),
+            (true, _) => Warm::Refusal,
         };
-        Ok((presented, fresh))
+        let presented = match self.class {
+            Presented::KnownFirstProbe | Presented::KnownWrongSecret => {
+                super::leaks::forge_same_id(&id_key)
+            }
+            _ => id_key,
+        };
+        (presented, warm)
     }
 }
 
@@ -108,9 +139,9 @@ pub async fn timing(t: &Target, samples: usize, compare_samples: usize) -> Resul
     let mut ip_index = 0usize;
     for (what, a, b) in [
         (
-            "POST /v1/token: unknown key id vs known id with a wrong secret",
+            "POST /v1/token: first probe of an unknown key id vs of a live id (wrong secret)",
             Presented::FreshUnknown,
-            Presented::KnownWrongSecret,
+            Presented::KnownFirstProbe,
         ),
         (
             "… the same unknown id repeated vs known id with a wrong secret",
@@ -153,7 +184,11 @@ async fn http_test(
 ) -> Result<TimingTest> {
     let mut a = Vec::with_capacity(samples);
     let mut b = Vec::with_capacity(samples);
-    let mut pools = (KeyPool::new(classes.0), KeyPool::new(classes.1));
+    let mut pools = (
+        KeyPool::new(t, classes.0, samples).await?,
+        KeyPool::new(t, classes.1, samples).await?,
+    );
+    let device = super::target::LabDevice::new();
     let warmup = 200.min(samples);
     let mut rate_limited_after = None;
     let mut taken = 0;
@@ -170,7 +205,7 @@ async fn http_test(
             (need_a, _) => need_a,
         };
         let pool = if is_a { &mut pools.0 } else { &mut pools.1 };
-        let (presented, new_id) = pool.next(t).await?;
+        let (presented, warm) = pool.next();
         let send = |ip: std::net::IpAddr| {
             t.client()
                 .post(t.url("/v1/token"))
@@ -179,13 +214,22 @@ async fn http_test(
                 .json(&json!({}))
                 .send()
         };
-        if new_id {
-            let _ = send(next_ip())
-                .await
-                .map_err(crate::Error::internal)?
-                .bytes()
-                .await;
+        match warm {
+            Warm::None => {}
+            Warm::Refusal => {
+                let _ = send(next_ip())
+                    .await
+                    .map_err(crate::Error::internal)?
+                    .bytes()
+                    .await;
+            }
+            Warm::Exchange(key) => {
+                t.exchange(&key, &device, &json!({}), next_ip()).await?;
+            }
         }
+        // The same pause before every timed request, so background work a warm-up started
+        // (an alert written, a batch flushed) is done and both classes start from idle.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         let req = send(next_ip());
         let started = Instant::now();
         let res = req.await.map_err(crate::Error::internal)?;
@@ -220,6 +264,7 @@ fn name(p: Presented) -> &'static str {
     match p {
         Presented::FreshUnknown => "unknown id",
         Presented::RepeatedUnknown => "repeated unknown id",
+        Presented::KnownFirstProbe => "live id, wrong secret",
         Presented::KnownWrongSecret => "known id, wrong secret",
     }
 }
@@ -360,16 +405,18 @@ impl Timing {
                 .join("; ")
         ));
         s.note(
-            "Finding, fixed: before this run's build, an unknown id cost a storage read (a cache \
-             miss) while a known id with a wrong secret was answered from the validation cache \
-             about 21 µs sooner (medians 50.8 vs 30.0 µs, max |t| = 110 over 3 000 + 3 000 \
-             requests in a release build): the response time told an attacker whether a key \
-             id exists and is in use. `exchange::authenticate_key` now makes a refusal answered \
-             from the cache pay one storage read of an id that cannot exist, so both refusals \
-             read storage once and find nothing. What remains (a few µs, the cost of caching a \
-             new unknown id) is still visible to dudect's percentile crops on loopback with \
-             thousands of requests; it is reported as `limited`. Key ids are not secrets (every \
-             token carries its key id as `sub`), and nothing here depends on the secret."
+            "Finding, fixed: an unknown id cost a storage read (a cache miss) while a live id \
+             with a wrong secret was answered from the validation cache about 21 µs sooner \
+             (medians 50.8 vs 30.0 µs, max |t| = 110 over 3 000 + 3 000 requests, release \
+             build): the response time told an attacker whether a key id exists and is in use. \
+             `exchange::authenticate_key` now makes a refusal answered from the cache pay one \
+             storage read of an id that cannot exist, so every refusal reads storage once and \
+             finds nothing. Method: the live ids are created before the clock starts and each is \
+             warmed by a successful exchange just before its one timed probe (a live key is \
+             cached because its app uses it); every timed request follows the same 2 ms pause. \
+             Without that care the lab measured its own side effects (a key creation's database \
+             write, a warm-up's alert) as 10–17 % gaps. Key ids are not secrets (every token \
+             carries its key id as `sub`), and nothing here depends on the secret."
                 .to_owned(),
         );
         for test in self.tests.iter().filter(|t| !t.control) {

@@ -43,6 +43,28 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// Rows per transaction when [`seed`] loads a database in bulk: large enough that commits
+/// (each one a disk flush) cost little, small enough that one transaction's undo and WAL stay
+/// small.
+pub const SEED_ROWS_PER_TX: usize = 5_000;
+
+/// Loads `keys` and then `devices` into the database at `url` in bulk (multi-row INSERTs, a
+/// transaction per [`SEED_ROWS_PER_TX`] rows), without audit rows. For `keybound bench`'s
+/// growth runs only; an operator creates keys with `keybound keys create`.
+pub async fn seed(url: &str, keys: &[KeyRecord], devices: &[DeviceRecord]) -> Result<()> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        PostgresStore::open(url)
+            .await?
+            .bulk_insert(keys, devices)
+            .await
+    } else {
+        SqliteStore::open(url)
+            .await?
+            .bulk_insert(keys, devices)
+            .await
+    }
+}
+
 /// Lifecycle status of an API key. Expiry is not a status: it is `expires_at` in the past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -53,6 +53,10 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A connection to a local file cannot go stale, so the default ping before every
+            // acquire only adds a round trip to sqlx's worker thread to each statement (and to
+            // each group-commit batch).
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite")

@@ -1,0 +1,384 @@
+//! `keybound bench`: how fast the token exchange is on this machine, next to this machine's
+//! ceiling measured in the same run.
+//!
+//! A run has four phases, all over the same `--connections` keep-alive connections:
+//! 1. warm-up: one exchange per simulated device (enrolls the devices not seeded, fills the
+//!    validation cache), then a short calibration run that sizes the proof batches;
+//! 2. `GET /healthz`: what the HTTP stack and the load generator cost, with no work;
+//! 3. `POST /bench/sign`: one access token signed per request, no checks, no storage (the
+//!    route exists only with `serve --bench-routes`);
+//! 4. `POST /v1/token`: the full exchange, each request with a fresh DPoP proof built before
+//!    the phase started.
+//!
+//! The server and the load generator share the machine's cores, so every figure is a
+//! figure for both together; the ratios between phases are what carries over to another
+//! machine. The server's peak RSS is read from `/proc/<pid>/status` (`VmHWM`).
+
+mod devices;
+mod load;
+mod target;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Method, header};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use serde_json::json;
+
+use crate::config::BenchArgs;
+use crate::error::{Error, Result};
+use devices::{Prepared, SimDevice, build_proofs};
+use load::{MakeRequest, Outcome, drive};
+use target::{Target, peak_rss};
+
+/// A proof is accepted while its `iat` is within 60 s of the server's clock. Proofs are
+/// issued [`IAT_AHEAD`] seconds after their batch starts being built, so they are good from 30
+/// s before the batch is built until 90 s after: a batch is built and sent within that.
+const IAT_AHEAD: i64 = 30;
+/// Longest exchange batch; longer runs build proofs batch by batch.
+const MAX_BATCH_SECS: u64 = 45;
+/// Most proofs held at once (about 450 bytes each).
+const MAX_PROOFS: usize = 1_500_000;
+
+/// Runs the benchmark and prints its report.
+pub async fn run(args: BenchArgs, database_url: Option<String>) -> Result<ExitCode> {
+    if args.connections == 0 || args.devices == 0 || args.keys == 0 {
+        return Err(Error::InvalidRequest(
+            "--connections, --devices and --keys must be at least 1".into(),
+        ));
+    }
+    if args.keys > args.devices {
+        return Err(Error::InvalidRequest(
+            "--keys must not exceed --devices (every key gets a device)".into(),
+        ));
+    }
+    eprintln!("making {} device keys…", args.devices);
+    let devices: Arc<Vec<SimDevice>> = Arc::new(
+        (0..args.devices)
+            .map(|i| SimDevice::new(i, i % args.keys))
+            .collect(),
+    );
+    let target = Target::start(&args, database_url, &devices).await?;
+    let report = measure(&args, &target, devices).await;
+    let rss = target.pid.and_then(peak_rss);
+    let pid_note = match target.mode {
+        "in process" => "this process: server and load generator together",
+        "child process" => "the server process alone",
+        _ => "the --server-pid process",
+    };
+    target.stop().await;
+    let report = report?;
+    if args.json {
+        println!("{}", report.json(&args, rss));
+    } else {
+        report.print(&args, rss, pid_note);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything one run measured.
+struct Report {
+    date: String,
+    mode: &'static str,
+    backend: &'static str,
+    warmup: Outcome,
+    healthz: Option<Outcome>,
+    sign: Option<Outcome>,
+    exchange: Outcome,
+}
+
+async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> Result<Report> {
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let conns = args.connections;
+    let phase = Duration::from_secs(args.duration.max(1));
+    let token_path: Arc<str> = reqwest::Url::parse(&t.token_url)
+        .map(|u| u.path().to_owned())
+        .map_err(|_| Error::InvalidRequest("the server's token_endpoint is not a URL".into()))?
+        .into();
+    let keys = Arc::new(t.api_keys.clone());
+    let exchange_batch = |proofs: Vec<Prepared>| -> Arc<MakeRequest> {
+        let proofs = Arc::new(proofs);
+        let (devices, keys, path, host) = (
+            devices.clone(),
+            keys.clone(),
+            token_path.clone(),
+            t.host.clone(),
+        );
+        Arc::new(move |i| {
+            let p = proofs.get(i)?;
+            let d = &devices[p.device as usize];
+            Request::post(&*path)
+                .header(header::HOST, host.clone())
+                .header(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )
+                .header("x-api-key", keys[d.key_index].clone())
+                .header("dpop", p.proof.clone())
+                .body(Full::new(d.body.clone()))
+                .ok()
+        })
+    };
+    let iat = || crate::state::now() + IAT_AHEAD;
+
+    eprintln!("warm-up: one exchange per device…");
+    let proofs = build_proofs(&devices, &t.token_url, iat(), 0, devices.len());
+    let warmup = drive(
+        t.addr,
+        conns,
+        Duration::from_secs(80),
+        exchange_batch(proofs),
+        t.pid,
+    )
+    .await;
+    if warmup.ok < devices.len() as u64 {
+        eprintln!(
+            "warning: {} of {} warm-up exchanges failed: {:?}",
+            devices.len() as u64 - warmup.ok,
+            devices.len(),
+            warmup.errors
+        );
+    }
+    // A short exchange run sizes the proof batches (and warms the server further).
+    let calibration = Duration::from_secs(2);
+    let proofs = build_proofs(&devices, &t.token_url, iat(), 0, 60_000);
+    let calibrated = drive(t.addr, conns, calibration, exchange_batch(proofs), t.pid).await;
+    let expected_rate = calibrated.rate().max(1000.0);
+
+    let (healthz, sign) = if args.no_ceiling {
+        (None, None)
+    } else {
+        eprintln!("ceiling: GET /healthz for {} s…", phase.as_secs());
+        let h = drive(
+            t.addr,
+            conns,
+            phase,
+            simple(Method::GET, "/healthz", &t.host),
+            t.pid,
+        )
+        .await;
+        eprintln!("ceiling: POST /bench/sign for {} s…", phase.as_secs());
+        let s = drive(
+            t.addr,
+            conns,
+            phase,
+            simple(Method::POST, crate::http::bench::SIGN_PATH, &t.host),
+            t.pid,
+        )
+        .await;
+        let s = if s.ok == 0 {
+            eprintln!("note: no sign-only route (start the server with --bench-routes)");
+            None
+        } else {
+            Some(s)
+        };
+        (Some(h), s)
+    };
+
+    let mut exchange: Option<Outcome> = None;
+    let mut next_device = 0;
+    match args.requests {
+        Some(n) => {
+            eprintln!("exchange: building {n} proofs…");
+            let proofs = build_proofs(&devices, &t.token_url, iat(), 0, n);
+            eprintln!("exchange: sending {n}…");
+            exchange = Some(
+                drive(
+                    t.addr,
+                    conns,
+                    Duration::from_secs(90),
+                    exchange_batch(proofs),
+                    t.pid,
+                )
+                .await,
+            );
+        }
+        None => {
+            let mut left = phase.as_secs().max(1);
+            while left > 0 {
+                let secs = left.min(MAX_BATCH_SECS);
+                left -= secs;
+                let n = ((expected_rate * 1.3 * secs as f64) as usize).min(MAX_PROOFS);
+                eprintln!("exchange: building {n} proofs for {secs} s…");
+                let proofs = build_proofs(&devices, &t.token_url, iat(), next_device, n);
+                next_device = (next_device + n) % devices.len();
+                eprintln!("exchange: running {secs} s…");
+                let o = drive(
+                    t.addr,
+                    conns,
+                    Duration::from_secs(secs),
+                    exchange_batch(proofs),
+                    t.pid,
+                )
+                .await;
+                match &mut exchange {
+                    Some(e) => e.merge(o),
+                    None => exchange = Some(o),
+                }
+            }
+        }
+    }
+    Ok(Report {
+        date,
+        mode: t.mode,
+        backend: t.backend,
+        warmup,
+        healthz,
+        sign,
+        exchange: exchange.expect("at least one batch ran"),
+    })
+}
+
+/// The same bodiless request every time.
+fn simple(method: Method, path: &'static str, host: &HeaderValue) -> Arc<MakeRequest> {
+    let host = host.clone();
+    Arc::new(move |_| {
+        Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(header::HOST, host.clone())
+            .body(Full::new(Bytes::new()))
+            .ok()
+    })
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cores} cores ({model}) shared by the server and the load generator; loopback; \
+         keep-alive HTTP/1.1"
+    )
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+impl Report {
+    fn ratio(&self, of: Option<&Outcome>) -> Option<f64> {
+        of.map(|o| self.exchange.ok_rate() / o.rate().max(1e-9))
+    }
+
+    fn print(&self, args: &BenchArgs, rss: Option<u64>, pid_note: &str) {
+        println!("keybound bench — {}", self.date);
+        println!("machine:  {}", machine());
+        println!(
+            "server:   {} ({}), {} connections, {} s per phase",
+            self.backend, self.mode, args.connections, args.duration
+        );
+        println!(
+            "load:     {} devices over {} keys; database seeded to {} keys and {} devices",
+            args.devices,
+            args.keys,
+            args.seed_keys.max(args.keys),
+            args.seed_devices
+        );
+        println!();
+        println!(
+            "{:<22} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  errors",
+            "phase", "requests", "ok/s", "p50 ms", "p99 ms", "p99.9", "max ms", "cpu µs"
+        );
+        let row = |name: &str, o: &Outcome| {
+            let errors = if o.errors.is_empty() {
+                "-".to_owned()
+            } else {
+                o.errors
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let cpu = o.cpu_us().map_or("-".to_owned(), |c| format!("{c:.0}"));
+            println!(
+                "{:<22} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}  {}",
+                name,
+                o.done,
+                o.ok_rate(),
+                o.ms(0.5),
+                o.ms(0.99),
+                o.ms(0.999),
+                o.latency.max() as f64 / 1000.0,
+                cpu,
+                errors
+            );
+        };
+        row("warm-up (1/device)", &self.warmup);
+        if let Some(h) = &self.healthz {
+            row("GET /healthz", h);
+        }
+        if let Some(s) = &self.sign {
+            row("POST /bench/sign", s);
+        }
+        row("POST /v1/token", &self.exchange);
+        println!();
+        if let Some(r) = self.ratio(self.sign.as_ref()) {
+            println!("exchange / sign-only:  {:.2}  (target ≥ 0.40)", r);
+        }
+        if let Some(r) = self.ratio(self.healthz.as_ref()) {
+            println!("exchange / healthz:    {r:.2}");
+        }
+        if let (Some(s), Some(h)) = (&self.sign, &self.healthz) {
+            println!(
+                "sign-only / healthz:   {:.2}",
+                s.rate() / h.rate().max(1e-9)
+            );
+        }
+        println!(
+            "exchange p99:          {:.2} ms at {} connections (target < 10 ms)",
+            self.exchange.ms(0.99),
+            args.connections
+        );
+        println!(
+            "cpu µs:                server process CPU time per request ({pid_note}); the \
+             load generator shares the same {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        match rss {
+            Some(b) => println!("peak RSS (VmHWM):      {:.1} MiB ({pid_note})", mib(b)),
+            None => println!("peak RSS:              unknown (give --server-pid)"),
+        }
+    }
+
+    fn json(&self, args: &BenchArgs, rss: Option<u64>) -> serde_json::Value {
+        let phase = |o: &Outcome| {
+            json!({"requests": o.done, "ok": o.ok, "seconds": o.elapsed.as_secs_f64(),
+                   "ok_per_second": o.ok_rate(), "p50_ms": o.ms(0.5), "p99_ms": o.ms(0.99),
+                   "p999_ms": o.ms(0.999), "max_ms": o.latency.max() as f64 / 1000.0,
+                   "server_cpu_us_per_request": o.cpu_us(),
+                   "errors": o.errors.iter().collect::<BTreeMap<_, _>>()})
+        };
+        json!({
+            "date": self.date,
+            "machine": machine(),
+            "backend": self.backend,
+            "mode": self.mode,
+            "connections": args.connections,
+            "devices": args.devices,
+            "keys": args.keys,
+            "seed_keys": args.seed_keys,
+            "seed_devices": args.seed_devices,
+            "warmup": phase(&self.warmup),
+            "healthz": self.healthz.as_ref().map(phase),
+            "sign_only": self.sign.as_ref().map(phase),
+            "exchange": phase(&self.exchange),
+            "exchange_over_sign_only": self.ratio(self.sign.as_ref()),
+            "exchange_over_healthz": self.ratio(self.healthz.as_ref()),
+            "peak_rss_bytes": rss,
+        })
+    }
+}
