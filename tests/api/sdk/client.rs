@@ -118,7 +118,11 @@ async fn a_429_is_waited_out_for_its_retry_after(db: TestDb) {
     for _ in 0..120 {
         let res = exchange(&app, &key, &other, None).await;
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
-            let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let wait: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!((1..=10).contains(&wait), "Retry-After {wait}");
             spent = true;
             break;
