@@ -247,7 +247,12 @@ async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
     assert!(refused.stderr.contains("loopback"), "{refused:?}");
 }
 
+/// A timing measurement: meaningful only on a quiet machine, so it is not part of the default
+/// run (CI runs the whole suite in parallel on two cores, where scheduling noise is larger
+/// than the gap it looks for). Run it alone:
+/// `cargo test --test api -- --ignored lab::unknown_ids_and_wrong_secrets_take_as_long_over_http`.
 #[tokio::test]
+#[ignore = "timing measurement: run alone on a quiet machine"]
 async fn unknown_ids_and_wrong_secrets_take_as_long_over_http() {
     // dudect's |t| over HTTP is not stable on a shared 2-core machine (other builds and tests
     // run beside it), so the assertion is on the relative gap between the medians: 30–40 %
