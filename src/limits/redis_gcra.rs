@@ -109,24 +109,13 @@ impl RedisGcra {
 mod tests {
     use super::*;
 
-    fn redis_url() -> Option<String> {
-        match std::env::var("KEYBOUND_TEST_REDIS_URL") {
-            Ok(u) if !u.is_empty() => Some(u),
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true but KEYBOUND_TEST_REDIS_URL is not set")
-            }
-            _ => {
-                eprintln!("skipped: KEYBOUND_TEST_REDIS_URL not set");
-                None
-            }
-        }
-    }
-
     /// Three "instances" (separate connections) share one bucket: together they get the
     /// limit, not three times it.
     #[tokio::test]
     async fn instances_share_one_allowance() {
-        let Some(url) = redis_url() else { return };
+        let Some(url) = crate::store::testing::redis_test_url() else {
+            return;
+        };
         let key = format!("keybound:test:gcra:{}", uuid::Uuid::new_v4().simple());
         let mut instances = vec![];
         for _ in 0..3 {

@@ -127,23 +127,6 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    /// The test Redis, from `KEYBOUND_TEST_REDIS_URL`. Without it the test is skipped with a
-    /// note, except in CI (`CI=true`), where a missing Redis must fail the run rather than
-    /// silently skip the multi-instance replay guarantee.
-    fn redis_url() -> Option<String> {
-        match std::env::var("KEYBOUND_TEST_REDIS_URL") {
-            Ok(url) if !url.is_empty() => Some(url),
-            _ => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "KEYBOUND_TEST_REDIS_URL must be set in CI"
-                );
-                eprintln!("note: KEYBOUND_TEST_REDIS_URL is unset; skipping a Redis test");
-                None
-            }
-        }
-    }
-
     /// An id no other test (or earlier run) uses, so tests can share one Redis in parallel.
     fn unique_id() -> String {
         format!(
@@ -154,7 +137,9 @@ mod tests {
 
     #[tokio::test]
     async fn second_sighting_is_a_replay() {
-        let Some(url) = redis_url() else { return };
+        let Some(url) = crate::store::testing::redis_test_url() else {
+            return;
+        };
         let store = RedisReplayStore::connect(&url).await.unwrap();
         let id = unique_id();
         assert_eq!(
@@ -171,7 +156,9 @@ mod tests {
     /// Two server instances, each with its own connection, sharing one Redis.
     #[tokio::test]
     async fn a_replay_on_another_instance_is_seen() {
-        let Some(url) = redis_url() else { return };
+        let Some(url) = crate::store::testing::redis_test_url() else {
+            return;
+        };
         let instance_a = RedisReplayStore::connect(&url).await.unwrap();
         let instance_b = RedisReplayStore::connect(&url).await.unwrap();
         let id = unique_id();
@@ -187,7 +174,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn exactly_one_of_many_concurrent_callers_sees_new() {
-        let Some(url) = redis_url() else { return };
+        let Some(url) = crate::store::testing::redis_test_url() else {
+            return;
+        };
         let stores = [
             Arc::new(RedisReplayStore::connect(&url).await.unwrap()),
             Arc::new(RedisReplayStore::connect(&url).await.unwrap()),
@@ -211,7 +200,9 @@ mod tests {
 
     #[tokio::test]
     async fn keys_are_prefixed_hashed_and_expire() {
-        let Some(url) = redis_url() else { return };
+        let Some(url) = crate::store::testing::redis_test_url() else {
+            return;
+        };
         let prefix = format!("keybound:test:{}:", unique_id());
         let store = RedisReplayStore::connect(&url)
             .await

@@ -5,6 +5,27 @@
 
 use sqlx::migrate::MigrateDatabase;
 
+/// The environment variable naming the Redis server for tests.
+pub const REDIS_URL_ENV: &str = "KEYBOUND_TEST_REDIS_URL";
+
+/// The Redis server for tests, from `KEYBOUND_TEST_REDIS_URL`; `None` (with a note) when unset.
+///
+/// # Panics
+///
+/// When the variable is unset and `CI=true`, like [`postgres_test_url`].
+pub fn redis_test_url() -> Option<String> {
+    match std::env::var(REDIS_URL_ENV) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{REDIS_URL_ENV} is not set, but CI=true: the Redis tests must run in CI")
+        }
+        _ => {
+            eprintln!("skipped: set {REDIS_URL_ENV} to run the Redis tests");
+            None
+        }
+    }
+}
+
 /// The environment variable naming the PostgreSQL server for tests.
 pub const POSTGRES_URL_ENV: &str = "KEYBOUND_TEST_POSTGRES_URL";
 

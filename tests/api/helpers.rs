@@ -228,16 +228,7 @@ pub async fn spawn_app_args(db: &TestDb, configure: impl FnOnce(&mut ServeArgs))
 /// The Redis for tests, from `KEYBOUND_TEST_REDIS_URL`; `None` (skip) when unset, except
 /// under `CI=true`, where a missing Redis fails the run.
 pub fn redis_test_url() -> Option<String> {
-    match std::env::var("KEYBOUND_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but KEYBOUND_TEST_REDIS_URL is not set")
-        }
-        _ => {
-            eprintln!("skipped: set KEYBOUND_TEST_REDIS_URL to run the Redis tests");
-            None
-        }
-    }
+    keybound::store::testing::redis_test_url()
 }
 
 /// Test defaults, with the database's own master key: every server started on a database
