@@ -303,6 +303,12 @@ pub struct BenchArgs {
     /// Skip the ceiling phases (`/healthz` and sign-only).
     #[arg(long)]
     pub no_ceiling: bool,
+    /// After the exchange phase, measure what rate limiting and usage tracking cost: exchange
+    /// phases with each turned off, with both off and with both on, interleaved over three
+    /// rounds of `--duration` seconds each (needs a server with `--bench-routes`: `--spawn` or
+    /// in process).
+    #[arg(long, conflicts_with = "requests")]
+    pub overhead: bool,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,

@@ -1,6 +1,7 @@
 //! The application state shared by every handler: one struct of `Arc`s, built once at start.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
@@ -103,6 +104,44 @@ pub struct AppState {
     pub usage: UsageRecorder,
     /// `last_used_at` updates waiting for the next batch.
     touched: Arc<Mutex<HashMap<String, i64>>>,
+    /// Benchmark switches; only the `--bench-routes` route turns anything off.
+    pub switches: Arc<Switches>,
+}
+
+/// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
+/// route `PUT /bench/switches` (so only on a server started with `--bench-routes`). Both are
+/// on in every other server, and nothing else can change them.
+#[derive(Debug)]
+pub struct Switches {
+    rate_limits: AtomicBool,
+    usage: AtomicBool,
+}
+
+impl Default for Switches {
+    fn default() -> Self {
+        Switches {
+            rate_limits: AtomicBool::new(true),
+            usage: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Switches {
+    /// Whether the per-key rate and the per-IP failure budget are checked.
+    pub fn rate_limits(&self) -> bool {
+        self.rate_limits.load(Ordering::Relaxed)
+    }
+
+    /// Whether usage events are recorded.
+    pub fn usage(&self) -> bool {
+        self.usage.load(Ordering::Relaxed)
+    }
+
+    /// Sets both (bench route only).
+    pub fn set(&self, rate_limits: bool, usage: bool) {
+        self.rate_limits.store(rate_limits, Ordering::Relaxed);
+        self.usage.store(usage, Ordering::Relaxed);
+    }
 }
 
 impl AppState {
@@ -171,6 +210,7 @@ impl AppState {
             redis,
             usage,
             touched: Arc::default(),
+            switches: Arc::default(),
         };
         state.spawn_background();
         Ok(state)

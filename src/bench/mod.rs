@@ -44,6 +44,27 @@ const MAX_BATCH_SECS: u64 = 45;
 /// Most proofs held at once (about 450 bytes each).
 const MAX_PROOFS: usize = 1_500_000;
 
+/// `--overhead` rounds; each case's figure is the median over them.
+const OVERHEAD_ROUNDS: usize = 3;
+/// `--overhead` cases, (rate limits, usage tracking), in the order each round runs them.
+const OVERHEAD_CASES: [(bool, bool); 4] =
+    [(true, true), (false, true), (true, false), (false, false)];
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// Median of `f` over `outcomes`.
+fn median(outcomes: &[Outcome], f: impl Fn(&Outcome) -> f64) -> f64 {
+    let mut v: Vec<f64> = outcomes.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Runs the benchmark and prints its report.
 pub async fn run(args: BenchArgs, database_url: Option<String>) -> Result<ExitCode> {
     if args.connections == 0 || args.devices == 0 || args.keys == 0 {
@@ -89,6 +110,8 @@ struct Report {
     healthz: Option<Outcome>,
     sign: Option<Outcome>,
     exchange: Outcome,
+    /// `--overhead`: per (rate limits, usage tracking) case, one outcome per round.
+    overhead: Vec<((bool, bool), Vec<Outcome>)>,
 }
 
 async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> Result<Report> {
@@ -181,48 +204,68 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         (Some(h), s)
     };
 
-    let mut exchange: Option<Outcome> = None;
     let mut next_device = 0;
-    match args.requests {
+    let mut run_exchange = async |secs: u64| -> Outcome {
+        let mut exchange: Option<Outcome> = None;
+        let mut left = secs.max(1);
+        while left > 0 {
+            let secs = left.min(MAX_BATCH_SECS);
+            left -= secs;
+            let n = ((expected_rate * 1.3 * secs as f64) as usize).min(MAX_PROOFS);
+            eprintln!("exchange: building {n} proofs for {secs} s…");
+            let proofs = build_proofs(&devices, &t.token_url, iat(), next_device, n);
+            next_device = (next_device + n) % devices.len();
+            eprintln!("exchange: running {secs} s…");
+            let o = drive(
+                t.addr,
+                conns,
+                Duration::from_secs(secs),
+                exchange_batch(proofs),
+                t.pid,
+            )
+            .await;
+            match &mut exchange {
+                Some(e) => e.merge(o),
+                None => exchange = Some(o),
+            }
+        }
+        exchange.expect("at least one batch ran")
+    };
+    let exchange = match args.requests {
         Some(n) => {
             eprintln!("exchange: building {n} proofs…");
             let proofs = build_proofs(&devices, &t.token_url, iat(), 0, n);
             eprintln!("exchange: sending {n}…");
-            exchange = Some(
-                drive(
-                    t.addr,
-                    conns,
-                    Duration::from_secs(90),
-                    exchange_batch(proofs),
-                    t.pid,
-                )
-                .await,
-            );
+            drive(
+                t.addr,
+                conns,
+                Duration::from_secs(90),
+                exchange_batch(proofs),
+                t.pid,
+            )
+            .await
         }
-        None => {
-            let mut left = phase.as_secs().max(1);
-            while left > 0 {
-                let secs = left.min(MAX_BATCH_SECS);
-                left -= secs;
-                let n = ((expected_rate * 1.3 * secs as f64) as usize).min(MAX_PROOFS);
-                eprintln!("exchange: building {n} proofs for {secs} s…");
-                let proofs = build_proofs(&devices, &t.token_url, iat(), next_device, n);
-                next_device = (next_device + n) % devices.len();
-                eprintln!("exchange: running {secs} s…");
-                let o = drive(
-                    t.addr,
-                    conns,
-                    Duration::from_secs(secs),
-                    exchange_batch(proofs),
-                    t.pid,
-                )
-                .await;
-                match &mut exchange {
-                    Some(e) => e.merge(o),
-                    None => exchange = Some(o),
+        None => run_exchange(phase.as_secs()).await,
+    };
+    let mut overhead = Vec::new();
+    if args.overhead {
+        for round in 1..=OVERHEAD_ROUNDS {
+            for (i, &(limits, usage)) in OVERHEAD_CASES.iter().enumerate() {
+                eprintln!(
+                    "overhead round {round}: rate limits {}, usage tracking {}",
+                    on_off(limits),
+                    on_off(usage)
+                );
+                t.set_switches(limits, usage).await?;
+                let o = run_exchange(phase.as_secs()).await;
+                if round == 1 {
+                    overhead.push(((limits, usage), vec![o]));
+                } else {
+                    overhead[i].1.push(o);
                 }
             }
         }
+        t.set_switches(true, true).await?;
     }
     Ok(Report {
         date,
@@ -231,7 +274,8 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         warmup,
         healthz,
         sign,
-        exchange: exchange.expect("at least one batch ran"),
+        exchange,
+        overhead,
     })
 }
 
@@ -343,6 +387,9 @@ impl Report {
             self.exchange.ms(0.99),
             args.connections
         );
+        if !self.overhead.is_empty() {
+            self.print_overhead();
+        }
         println!(
             "cpu µs:                server process CPU time per request ({pid_note}); the \
              load generator shares the same {} cores",
@@ -352,6 +399,61 @@ impl Report {
             Some(b) => println!("peak RSS (VmHWM):      {:.1} MiB ({pid_note})", mib(b)),
             None => println!("peak RSS:              unknown (give --server-pid)"),
         }
+    }
+
+    /// Median rate, latency and CPU per case, and each against both on.
+    fn overhead_rows(&self) -> Vec<serde_json::Value> {
+        let base = self
+            .overhead
+            .iter()
+            .find(|(case, _)| *case == (true, true))
+            .map(|(_, o)| median(o, Outcome::ok_rate));
+        self.overhead
+            .iter()
+            .map(|&((limits, usage), ref o)| {
+                let rate = median(o, Outcome::ok_rate);
+                json!({"rate_limits": limits, "usage_tracking": usage,
+                       "ok_per_second_median": rate,
+                       "ok_per_second_rounds": o.iter().map(Outcome::ok_rate).collect::<Vec<_>>(),
+                       "p50_ms_median": median(o, |o| o.ms(0.5)),
+                       "p99_ms_median": median(o, |o| o.ms(0.99)),
+                       "server_cpu_us_median": median(o, |o| o.cpu_us().unwrap_or(f64::NAN)),
+                       "errors": o.iter().map(|o| o.done - o.ok).sum::<u64>(),
+                       "rate_over_both_on": base.map(|b| rate / b.max(1e-9))})
+            })
+            .collect()
+    }
+
+    fn print_overhead(&self) {
+        println!();
+        println!("overhead ({OVERHEAD_ROUNDS} interleaved rounds; medians):");
+        println!(
+            "{:<12} {:<15} {:>10} {:>8} {:>8} {:>8} {:>10} {:>7}",
+            "rate limits",
+            "usage tracking",
+            "ok/s",
+            "p50 ms",
+            "p99 ms",
+            "cpu µs",
+            "vs both on",
+            "errors"
+        );
+        for row in self.overhead_rows() {
+            let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+            let b = |k: &str| on_off(row[k].as_bool().unwrap_or(true));
+            println!(
+                "{:<12} {:<15} {:>10.0} {:>8.2} {:>8.2} {:>8.0} {:>10.3} {:>7}",
+                b("rate_limits"),
+                b("usage_tracking"),
+                f("ok_per_second_median"),
+                f("p50_ms_median"),
+                f("p99_ms_median"),
+                f("server_cpu_us_median"),
+                f("rate_over_both_on"),
+                row["errors"]
+            );
+        }
+        println!();
     }
 
     fn json(&self, args: &BenchArgs, rss: Option<u64>) -> serde_json::Value {
@@ -378,6 +480,7 @@ impl Report {
             "exchange": phase(&self.exchange),
             "exchange_over_sign_only": self.ratio(self.sign.as_ref()),
             "exchange_over_healthz": self.ratio(self.healthz.as_ref()),
+            "overhead": self.overhead_rows(),
             "peak_rss_bytes": rss,
         })
     }

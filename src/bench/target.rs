@@ -52,6 +52,30 @@ pub struct Target {
 }
 
 impl Target {
+    /// Turns rate limiting and usage tracking on or off (`PUT /bench/switches`; the server
+    /// must run with `--bench-routes`).
+    pub async fn set_switches(&self, rate_limits: bool, usage: bool) -> Result<()> {
+        let body = crate::http::bench::SwitchesBody { rate_limits, usage };
+        let res = reqwest::Client::new()
+            .put(format!(
+                "http://{}{}",
+                self.addr,
+                crate::http::bench::SWITCHES_PATH
+            ))
+            .json(&body)
+            .send()
+            .await
+            .map_err(Error::unavailable)?;
+        if !res.status().is_success() {
+            return Err(Error::InvalidRequest(format!(
+                "--overhead needs a server with --bench-routes (PUT {} answered {})",
+                crate::http::bench::SWITCHES_PATH,
+                res.status()
+            )));
+        }
+        Ok(())
+    }
+
     /// Prepares the database and starts (or finds) the server.
     pub async fn start(
         args: &BenchArgs,

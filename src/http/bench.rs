@@ -8,8 +8,9 @@
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::state::AppState;
@@ -18,9 +19,34 @@ use crate::tokens::{AccessClaims, AccessGrant, GrantedTrust};
 /// Path of the sign-only route.
 pub const SIGN_PATH: &str = "/bench/sign";
 
+/// Path of the switches route.
+pub const SWITCHES_PATH: &str = "/bench/switches";
+
 /// Benchmark-only routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route(SIGN_PATH, post(sign))
+    Router::new()
+        .route(SIGN_PATH, post(sign))
+        .route(SWITCHES_PATH, put(switches))
+}
+
+/// Body of `PUT /bench/switches`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SwitchesBody {
+    /// Check the per-key rate and the per-IP failure budget.
+    pub rate_limits: bool,
+    /// Record usage events.
+    pub usage: bool,
+}
+
+/// Turns rate limiting and usage tracking on or off, for `keybound bench --overhead`.
+async fn switches(State(state): State<AppState>, Json(body): Json<SwitchesBody>) -> Response {
+    state.switches.set(body.rate_limits, body.usage);
+    tracing::warn!(
+        rate_limits = body.rate_limits,
+        usage = body.usage,
+        "benchmark switches changed"
+    );
+    Json(body).into_response()
 }
 
 async fn sign(State(state): State<AppState>) -> Response {

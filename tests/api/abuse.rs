@@ -282,3 +282,76 @@ async fn new_network_usage_spike_and_many_devices_are_alerted() {
     assert_eq!(alert["key_id"], key_id);
     assert!(alert["details"]["exchanges_this_minute"].as_u64().unwrap() > 5);
 }
+
+/// `keybound bench --overhead` measures rate limiting and usage tracking by turning them off
+/// through the bench-only `PUT /bench/switches`; the figures mean something only if the
+/// switches really do that, and the route must not exist on a normal server.
+#[tokio::test]
+async fn bench_switches_turn_rate_limits_and_usage_off_and_on_and_exist_only_on_bench_servers() {
+    let db = TestDb::sqlite().await;
+    let normal = spawn_app_args(&db, |_| {}).await;
+    let res = normal
+        .client
+        .put(normal.url("/bench/switches"))
+        .json(&json!({"rate_limits": false, "usage": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    normal.stop().await;
+
+    let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
+    let switch = |rate_limits: bool, usage: bool| {
+        let req = app
+            .client
+            .put(app.url("/bench/switches"))
+            .json(&json!({"rate_limits": rate_limits, "usage": usage}));
+        async move { assert_eq!(req.send().await.unwrap().status(), StatusCode::OK) }
+    };
+    let (key, key_id) = new_key(&app, json!({"rate_limit_per_minute": 5})).await;
+    let dev = Device::new();
+    switch(false, false).await;
+    for i in 0..8 {
+        let res = exchange(&app, &key, &dev, json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK, "exchange {i} with limits off");
+    }
+    // Usage is written within ~200 ms of a request; give it well over that.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let requests = |usage: serde_json::Value| -> i64 {
+        usage["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["requests"].as_i64().unwrap())
+            .sum()
+    };
+    let usage_path = format!("/keys/{key_id}/usage?bucket=minute");
+    let usage = expect_json(app.admin_get(&usage_path).await, StatusCode::OK).await;
+    assert_eq!(requests(usage), 0, "usage tracking was off");
+
+    switch(true, true).await;
+    // Exchanges with limits off spent nothing: the key gets its 5 a minute, then 429.
+    for i in 0..5 {
+        let res = exchange(&app, &key, &dev, json!({})).await;
+        assert_eq!(res.status(), StatusCode::OK, "exchange {i} with limits on");
+    }
+    expect_error(
+        exchange(&app, &key, &dev, json!({})).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "6th over 5/min with limits on again",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let usage = expect_json(app.admin_get(&usage_path).await, StatusCode::OK).await;
+        if requests(usage.clone()) == 6 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage tracking on again records all 6: {usage}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
