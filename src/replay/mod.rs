@@ -1,8 +1,8 @@
 //! Replay detection for DPoP proofs (RFC 9449 §11.1): a proof's `jti` is accepted once.
 //!
-//! Both stores hold only the SHA-256 of the id they are given, never the id itself: a proof is
-//! a credential (CONTRACT §7), and a fixed-size key also bounds the memory an attacker can make
-//! an entry cost.
+//! Neither store holds the id it is given, only a digest of it (Redis: its SHA-256; memory: a
+//! keyed 64-bit fingerprint): a proof is a credential (CONTRACT §7), and a fixed-size key also
+//! bounds the memory an attacker can make an entry cost.
 //!
 //! Both fail closed: when the store cannot answer, the caller gets
 //! [`ReplayError::Unavailable`](crate::replay::ReplayError::Unavailable)
