@@ -123,7 +123,9 @@ pub async fn exchange(
     let (device, decision) =
         device_and_trust(state, &key, &proof, presented, device_name, p.ip, now).await?;
     let granted = grant_scopes(&key, &requested, decision.level);
-    let family = format!("rf_{}", uuid::Uuid::new_v4().simple());
+    // Time-ordered (v7): new families append to the family index instead of landing on a
+    // random page of it.
+    let family = format!("rf_{}", uuid::Uuid::now_v7().simple());
     issue(
         state, &key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now,
     )

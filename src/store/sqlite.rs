@@ -5,6 +5,14 @@
 //! Every writing transaction starts with `BEGIN IMMEDIATE`, which takes SQLite's single write
 //! lock at once: writers in this process and in others (the CLI next to a running server) wait
 //! their turn on `busy_timeout` instead of failing.
+//!
+//! Checkpoints (copying the WAL back into the database file) do not run in the committing
+//! connection, as SQLite's automatic checkpoint would: there they would hold up the
+//! group-commit batch that happened to cross the threshold. A background task runs a `PASSIVE`
+//! checkpoint (which never blocks readers or the writer) every [`CHECKPOINT_EVERY`] instead;
+//! pages written many times in between are copied once. Statement journals stay in memory
+//! (`temp_store=MEMORY`): a multi-row statement of the writer would otherwise write one to a
+//! temporary file.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -23,6 +31,20 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a request waits for a pooled connection before failing with 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the background task checkpoints the WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Size the WAL file is truncated back to after a checkpoint reset it (bytes).
+const WAL_SIZE_LIMIT: &str = "67108864";
+
+/// Page cache of the group-commit writer's connection (negative: KiB).
+const WRITER_CACHE_KIB: &str = "-8192";
+
+/// Connections for reads and the other writes. The token path reads through the validation
+/// cache, so few reads reach SQLite; each connection costs a thread and a page cache (up to
+/// 2 MiB), which is memory the server does not need to hold.
+const READ_CONNECTIONS: u32 = 4;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
@@ -44,7 +66,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("temp_store", "MEMORY")
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
         // SQLite creates the file but not its directory (`keybound-data/` by default).
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
@@ -52,21 +77,52 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(Error::unavailable)?;
         }
         let pool = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // A connection to a local file cannot go stale, so the default ping before every
             // acquire only adds a round trip to sqlx's worker thread to each statement (and to
             // each group-commit batch).
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await
             .map_err(migrate_error)?;
+        // The group-commit writer gets a connection of its own. SQLite keeps a page cache per
+        // connection and drops it when another connection changed the file, so a writer that
+        // took any pooled connection would mostly find its B-tree pages gone and read them
+        // again. Its cache is larger: it holds the pages every batch touches (the ends of the
+        // refresh-token indexes, active devices).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .connect_with(options.pragma("cache_size", WRITER_CACHE_KIB))
+            .await?;
+        tokio::spawn(checkpoints(pool.clone()));
         Ok(SqliteStore {
-            writer: GroupWriter::spawn(pool.clone()),
+            writer: GroupWriter::spawn(writer),
             pool,
         })
+    }
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] until the pool is closed.
+async fn checkpoints(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "WAL checkpoint failed; retrying at the next tick");
+        }
     }
 }
 
