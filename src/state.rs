@@ -233,7 +233,7 @@ impl AppState {
     pub fn record_device(&self, device: DeviceRecord) {
         let store = self.store.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.update_device_usage(&device).await {
+            if let Err(e) = store.update_device_usage(Arc::new(device)).await {
                 tracing::warn!(error = %e, "could not record device usage");
             }
         });

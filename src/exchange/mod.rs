@@ -123,6 +123,7 @@ pub async fn exchange(
     let (device, decision) =
         device_and_trust(state, &key, &proof, presented, device_name, p.ip, now).await?;
     let granted = grant_scopes(&key, &requested, decision.level);
+    let device = Arc::new(device);
     // Time-ordered (v7): new families append to the family index instead of landing on a
     // random page of it.
     let family = format!("rf_{}", uuid::Uuid::now_v7().simple());
@@ -183,6 +184,7 @@ pub async fn refresh(
         score_and_record(state, &key, (*device).clone(), &stored, false, p.ip, now)?;
     let scope: Vec<String> = old.scope.split_whitespace().map(str::to_owned).collect();
     let granted = grant_scopes(&key, &scope, decision.level);
+    let device = Arc::new(device);
     issue(
         state,
         &key,
@@ -494,7 +496,7 @@ fn grant_scopes(key: &KeyRecord, requested: &[String], level: TrustLevel) -> Vec
 async fn issue(
     state: &AppState,
     key: &KeyRecord,
-    device: &DeviceRecord,
+    device: &Arc<DeviceRecord>,
     jkt: &str,
     scopes: &[String],
     audience: &str,
@@ -547,7 +549,10 @@ async fn issue(
             }
         }
     };
-    let (rotated, ()) = tokio::try_join!(write_refresh, state.store.update_device_usage(device))?;
+    let (rotated, ()) = tokio::try_join!(
+        write_refresh,
+        state.store.update_device_usage(device.clone())
+    )?;
     if let (false, Some(old)) = (rotated, spent) {
         // Lost a race with another presentation of the same token: that is reuse.
         return Err(reuse_detected(state, old, ip, now).await);

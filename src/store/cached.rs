@@ -252,21 +252,26 @@ impl Store for CachedStore {
             .await;
         Ok(r)
     }
-    async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()> {
-        self.inner.update_device_usage(device).await?;
+    async fn update_device_usage(&self, device: Arc<DeviceRecord>) -> Result<()> {
+        self.inner.update_device_usage(device.clone()).await?;
         // Write-through, so this instance keeps serving the history it just wrote — but never
         // the lifecycle fields: `device` was read before this exchange, and an operator may
         // have revoked (or approved) the device since. So only an entry that is still cached
         // is updated (a revocation evicts it), and its status, approval and revocation time
         // are kept from the cached record, which a revocation re-read from storage.
-        let fresh = device.clone();
         self.devices
             .entry((device.key_id.clone(), device.jkt.clone()))
             .and_compute_with(|current| async move {
                 use moka::ops::compute::Op;
                 match current.map(|e| e.into_value()) {
+                    Some(Some(cached))
+                        if (cached.status, cached.approved, cached.revoked_at)
+                            == (device.status, device.approved, device.revoked_at) =>
+                    {
+                        Op::Put(Some(device))
+                    }
                     Some(Some(cached)) => {
-                        let mut d = fresh;
+                        let mut d = (*device).clone();
                         d.status = cached.status;
                         d.approved = cached.approved;
                         d.revoked_at = cached.revoked_at;

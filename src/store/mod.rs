@@ -411,8 +411,9 @@ pub trait Store: Send + Sync + 'static {
     /// `max_devices` active devices; atomic against concurrent enrollments.
     async fn enroll_device(&self, device: &DeviceRecord, max_devices: i64) -> Result<Enrollment>;
     /// Saves the history fields of a device after an exchange (last seen, counts, networks,
-    /// trust score/level/factors, attributes).
-    async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()>;
+    /// trust score/level/factors, attributes). Shared, not borrowed: the write queue and the
+    /// validation cache keep the same record instead of a copy each.
+    async fn update_device_usage(&self, device: Arc<DeviceRecord>) -> Result<()>;
     /// Revokes a device (and appends its thumbprint to the revocation feed) or approves it.
     /// Returns the updated record, `None` if unknown.
     async fn set_device_status(

@@ -905,8 +905,8 @@ macro_rules! sql_store {
                 }
 
                 #[tracing::instrument(level = "debug", skip_all, fields(device_id = %device.device_id))]
-                async fn update_device_usage(&self, device: &DeviceRecord) -> Result<()> {
-                    self.writer.submit(WriteOp::UpdateDeviceUsage(device.clone())).await?;
+                async fn update_device_usage(&self, device: std::sync::Arc<DeviceRecord>) -> Result<()> {
+                    self.writer.submit(WriteOp::UpdateDeviceUsage(device)).await?;
                     Ok(())
                 }
 
@@ -1095,7 +1095,7 @@ macro_rules! sql_store {
                         for (op, answer) in ops.iter().zip(answers.iter_mut()) {
                             match op {
                                 WriteOp::InsertRefresh(t) => tokens.push(t),
-                                WriteOp::UpdateDeviceUsage(d) => usage.push(d),
+                                WriteOp::UpdateDeviceUsage(d) => usage.push(&**d),
                                 other => *answer = apply(&mut tx, other).await?,
                             }
                         }

@@ -210,7 +210,10 @@ pub(super) async fn device_usage_is_saved(db: &mut TestDb) {
     d.trust_level = "trusted".into();
     d.trust_factors = json!({"history": 0.9, "drift": []});
     d.attributes.insert("os_version".into(), "17.2".into());
-    store.update_device_usage(&d).await.unwrap();
+    store
+        .update_device_usage(Arc::new(d.clone()))
+        .await
+        .unwrap();
     assert_eq!(
         store.get_device(&d.device_id).await.unwrap(),
         Some(d.clone())
@@ -221,6 +224,6 @@ pub(super) async fn device_usage_is_saved(db: &mut TestDb) {
     renamed.name = Some("other".into());
     renamed.status = DeviceStatus::Revoked;
     renamed.approved = true;
-    store.update_device_usage(&renamed).await.unwrap();
+    store.update_device_usage(Arc::new(renamed)).await.unwrap();
     assert_eq!(store.get_device(&d.device_id).await.unwrap(), Some(d));
 }
