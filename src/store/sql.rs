@@ -549,21 +549,26 @@ macro_rules! sql_store {
 
             // ---- statements: usage ----
 
-            async fn insert_usage_row(conn: &mut Conn, u: &UsageEvent) -> Result<()> {
-                sqlx::query(
+            /// Usage events in one multi-row `INSERT`: a statement per event would be a round
+            /// trip each (for SQLite, to sqlx's worker thread) while the transaction holds the
+            /// write lock that the token path's group commit is waiting for.
+            async fn insert_usage_rows(conn: &mut Conn, rows: &[UsageEvent]) -> Result<()> {
+                let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO usage_events (key_id, at, endpoint, method, status, latency_us, \
-                     ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(&u.key_id)
-                .bind(u.at)
-                .bind(&u.endpoint)
-                .bind(&u.method)
-                .bind(u.status)
-                .bind(u.latency_us)
-                .bind(&u.ip)
-                .bind(&u.user_agent)
-                .execute(conn)
-                .await?;
+                     ip, user_agent) ",
+                );
+                q.push_values(rows, |mut b, u| {
+                    b.push_bind(u.key_id.as_str())
+                        .push_bind(u.at)
+                        .push_bind(u.endpoint.as_str())
+                        .push_bind(u.method.as_str())
+                        .push_bind(u.status)
+                        .push_bind(u.latency_us)
+                        .push_bind(u.ip.as_deref())
+                        .push_bind(u.user_agent.as_deref());
+                });
+                // Like the group commit's statements: one text per row count, not worth caching.
+                q.build().persistent(false).execute(conn).await?;
                 Ok(())
             }
 
@@ -1032,9 +1037,9 @@ macro_rules! sql_store {
 
                 #[tracing::instrument(skip_all, fields(events = events.len()))]
                 async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()> {
-                    let mut tx = self.pool.begin().await?;
-                    for e in events {
-                        insert_usage_row(&mut tx, e).await?;
+                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                    for rows in events.chunks(BULK_ROWS) {
+                        insert_usage_rows(&mut tx, rows).await?;
                     }
                     Ok(tx.commit().await?)
                 }
@@ -1119,8 +1124,8 @@ macro_rules! sql_store {
                 }
             }
 
-            /// Rows per multi-row statement of the group-commit writer: 11 binds a refresh
-            /// token row, far below both databases' bind limits.
+            /// Rows per multi-row statement (group commit, usage events): at most 11 binds a
+            /// row, far below both databases' bind limits.
             const BULK_ROWS: usize = 500;
 
             /// The last queued history of each device, in queue order.
