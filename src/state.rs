@@ -71,9 +71,21 @@ impl Settings {
     }
 }
 
-/// Everything a handler may need. Cheap to clone.
+/// Everything a handler may need: one `Arc`, so the clone axum makes for every request is
+/// one reference count, not one per service. Its fields are [`Services`]'.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Services {
     /// Immutable settings.
     pub settings: Arc<Settings>,
     /// Storage, through the validation cache (the same object as `cache`).
@@ -176,7 +188,7 @@ impl AppState {
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
         let usage = UsageRecorder::start(store.clone());
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
                 ..VerifyOptions::default()
@@ -211,7 +223,7 @@ impl AppState {
             usage,
             touched: Arc::default(),
             switches: Arc::default(),
-        };
+        }));
         state.spawn_background();
         Ok(state)
     }
