@@ -260,10 +260,7 @@ async fn a_device_revoked_during_an_exchange_stays_revoked_in_the_cache() {
         .await
         .unwrap();
     // …and the exchange then records its usage.
-    cache
-        .update_device_usage(std::sync::Arc::new(read.clone()))
-        .await
-        .unwrap();
+    cache.update_device_usage(read.clone()).await.unwrap();
 
     let now = cache.device(&key_id, &dev.jkt).await.unwrap().unwrap();
     assert_eq!(
