@@ -54,6 +54,9 @@ where
     }
 }
 
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The process-wide Prometheus recorder, installed on first use. Labels are bounded by
 /// design: routes (the matched pattern, not the path), status codes, alert kinds — never a
 /// key id, device id or anything a client chooses.
@@ -71,6 +74,19 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
             .expect("static buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
+        // A recorder built this way leaves upkeep to its owner: without it, every histogram
+        // sample (two per request) is kept until someone scrapes /metrics, so a server nobody
+        // scrapes grows without bound. A thread of its own, so it runs whatever runtime (or
+        // none) the process has.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
         // Another recorder may already be installed (an embedding application): then ours
         // still renders, but only what is recorded through it.
         let _ = metrics::set_global_recorder(recorder);
