@@ -117,7 +117,7 @@ pub struct Services {
     /// `last_used_at` updates waiting for the next batch.
     touched: Arc<Mutex<HashMap<String, i64>>>,
     /// Benchmark switches; only the `--bench-routes` route turns anything off.
-    pub switches: Arc<Switches>,
+    pub switches: Switches,
 }
 
 /// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
@@ -222,7 +222,7 @@ impl AppState {
             redis,
             usage,
             touched: Arc::default(),
-            switches: Arc::default(),
+            switches: Switches::default(),
         }));
         state.spawn_background();
         Ok(state)
