@@ -138,6 +138,18 @@ pub struct DeviceHistory {
     pub previous_mismatches: u32,
 }
 
+impl DeviceHistory {
+    /// The history as stored on a device record (counts are never negative in practice; a
+    /// negative one counts as zero).
+    pub fn of(exchange_count: i64, created_at: i64, mismatch_count: i64, now: i64) -> Self {
+        DeviceHistory {
+            successful_exchanges: exchange_count.max(0) as u64,
+            age_seconds: (now - created_at).max(0) as u64,
+            previous_mismatches: mismatch_count.clamp(0, u32::MAX as i64) as u32,
+        }
+    }
+}
+
 /// Where the request comes from, relative to the device's past.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSignals {
@@ -145,6 +157,18 @@ pub struct NetworkSignals {
     pub network_seen_before: bool,
     /// Distinct networks this device used recently, this one included.
     pub distinct_networks_recent: u32,
+}
+
+impl NetworkSignals {
+    /// The signals for a request from `network` by a device that used `known` before. A new
+    /// device's first network counts as seen: there is no past to differ from.
+    pub fn of(known: &[String], network: &str, is_new: bool) -> Self {
+        let seen = known.iter().any(|n| n == network);
+        NetworkSignals {
+            network_seen_before: seen || is_new,
+            distinct_networks_recent: known.len() as u32 + u32::from(!seen),
+        }
+    }
 }
 
 /// Everything the score depends on.

@@ -410,15 +410,13 @@ fn score_and_record(
     let decision = trust::evaluate(&TrustInputs {
         stored: &device.attributes,
         presented,
-        history: DeviceHistory {
-            successful_exchanges: device.exchange_count.max(0) as u64,
-            age_seconds: (now - device.created_at).max(0) as u64,
-            previous_mismatches: device.mismatch_count.clamp(0, u32::MAX as i64) as u32,
-        },
-        network: NetworkSignals {
-            network_seen_before: seen || is_new,
-            distinct_networks_recent: device.networks.len() as u32 + u32::from(!seen),
-        },
+        history: DeviceHistory::of(
+            device.exchange_count,
+            device.created_at,
+            device.mismatch_count,
+            now,
+        ),
+        network: NetworkSignals::of(&device.networks, &network, is_new),
         trust_on_enroll: key.trust_on_enroll,
         approved: device.approved,
         is_new,

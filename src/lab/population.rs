@@ -154,15 +154,13 @@ impl Record {
         let decision = trust::evaluate(&TrustInputs {
             stored: &self.attributes,
             presented,
-            history: DeviceHistory {
-                successful_exchanges: self.exchange_count.max(0) as u64,
-                age_seconds: (now - self.created_at).max(0) as u64,
-                previous_mismatches: self.mismatch_count.clamp(0, u32::MAX as i64) as u32,
-            },
-            network: NetworkSignals {
-                network_seen_before: seen || is_new,
-                distinct_networks_recent: self.networks.len() as u32 + u32::from(!seen),
-            },
+            history: DeviceHistory::of(
+                self.exchange_count,
+                self.created_at,
+                self.mismatch_count,
+                now,
+            ),
+            network: NetworkSignals::of(&self.networks, network, is_new),
             trust_on_enroll: false,
             approved: false,
             is_new,
