@@ -457,7 +457,7 @@ fn device_row(
         networks: vec!["127.0.0.0/24".into()],
         trust_score: 0.9,
         trust_level: "trusted".into(),
-        trust_factors: json!([]),
+        trust_factors: crate::store::JsonText::empty_list(),
         revoked_at: None,
     }
 }

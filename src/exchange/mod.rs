@@ -25,7 +25,7 @@ use crate::dpop::{self, VerifiedProof};
 use crate::error::{Error, Result};
 use crate::keys::ApiKey;
 use crate::state::AppState;
-use crate::store::{DeviceRecord, DeviceStatus, Enrollment, KeyRecord, RefreshRecord};
+use crate::store::{DeviceRecord, DeviceStatus, Enrollment, JsonText, KeyRecord, RefreshRecord};
 use crate::tokens::{self, AccessClaims, AccessGrant, GrantedTrust};
 
 /// Path of the exchange endpoint (part of every proof's `htu`).
@@ -370,7 +370,7 @@ async fn device_and_trust(
                 networks: vec![],
                 trust_score: 0.0,
                 trust_level: "limited".into(),
-                trust_factors: json!([]),
+                trust_factors: JsonText::empty_list(),
                 revoked_at: None,
             };
             match state.store.enroll_device(&d, key.max_devices).await? {
@@ -457,7 +457,7 @@ fn score_and_record(
     }
     device.trust_score = decision.score;
     device.trust_level = decision.level.as_str().into();
-    device.trust_factors = serde_json::to_value(&decision.factors).unwrap_or_default();
+    device.trust_factors = JsonText::of(&decision.factors);
     device.last_seen_at = now;
     if decision.level == TrustLevel::Denied {
         state.record_device(device);

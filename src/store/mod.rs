@@ -213,9 +213,45 @@ pub struct DeviceRecord {
     /// Last trust level (`trusted`, `limited`, `denied`).
     pub trust_level: String,
     /// The factors behind the last score, so an operator can see why.
-    pub trust_factors: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub trust_factors: JsonText,
     /// When it was revoked.
     pub revoked_at: Option<i64>,
+}
+
+/// A JSON value kept as its text (a device's trust factors).
+///
+/// Every exchange replaces a device's factors and writes them, and the record is cloned into
+/// the cache: as a tree of `serde_json::Value`s that was a map per factor to build, copy,
+/// encode and free each time, as text it is one string. Compared by text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<serde_json::value::RawValue>);
+
+impl JsonText {
+    /// Encodes `value`.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> JsonText {
+        JsonText(
+            serde_json::value::to_raw_value(value)
+                .expect("trust factors and JSON values always serialize"),
+        )
+    }
+
+    /// `[]`.
+    pub fn empty_list() -> JsonText {
+        JsonText::of(&[(); 0])
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &JsonText) -> bool {
+        self.get() == other.get()
+    }
 }
 
 /// Outcome of [`Store::enroll_device`].

@@ -32,7 +32,7 @@ fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
         networks: vec!["127.0.0.0/24".into()],
         trust_score: 0.5,
         trust_level: "limited".into(),
-        trust_factors: json!({}),
+        trust_factors: keybound::store::JsonText::of(&json!({})),
         revoked_at: None,
     }
 }

@@ -209,7 +209,7 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
         networks: vec!["203.0.113.0/24".into()],
         trust_score: 0.17302078100154195,
         trust_level: "limited".into(),
-        trust_factors: json!({"attributes": 1.0, "history": 0.1}),
+        trust_factors: crate::store::JsonText::of(&json!({"attributes": 1.0, "history": 0.1})),
         revoked_at: None,
     }
 }
