@@ -454,6 +454,7 @@ fn device_row(
         last_seen_at: created_at,
         exchange_count: 50,
         mismatch_count: 0,
+        mismatch_fingerprint: None,
         networks: vec!["127.0.0.0/24".into()],
         trust_score: 0.9,
         trust_level: "trusted".into(),

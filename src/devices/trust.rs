@@ -247,6 +247,11 @@ pub struct TrustDecision {
     pub stable_mismatch: bool,
     /// Names of the stable attributes that changed or were withheld.
     pub mismatched: Vec<String>,
+    /// With `stable_mismatch`: a digest of the stable attributes as presented, so that the same
+    /// changed fingerprint presented again can be told from a new one
+    /// ([`is_new_mismatch`](Self::is_new_mismatch)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch_fingerprint: Option<String>,
     /// The steps that produced the score, in order.
     pub factors: Vec<TrustFactor>,
 }
@@ -548,9 +553,49 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
         score,
         level: TrustLevel::from_score(score),
         stable_mismatch: !mismatched.is_empty(),
+        mismatch_fingerprint: (!mismatched.is_empty())
+            .then(|| stable_fingerprint(inputs.presented)),
         mismatched,
         factors: ledger.factors,
     }
+}
+
+impl TrustDecision {
+    /// A stable mismatch whose fingerprint is not `last`, the one last counted for the device.
+    ///
+    /// Only such a mismatch is counted in the device's history (the penalty P) and alerted.
+    /// The recorded attributes are not replaced after a mismatch (one limited exchange must not
+    /// make a copied key's fingerprint the reference), so a phone reinstalled with its key kept
+    /// presents the same new `install_id` at every exchange; counting each one walked it from
+    /// `limited` to `denied` within a few exchanges, with an alert every time (lab P: 2 % of
+    /// phones locked out). A different fingerprint still counts, each time it changes.
+    pub fn is_new_mismatch(&self, last: Option<&str>) -> bool {
+        self.mismatch_fingerprint
+            .as_deref()
+            .is_some_and(|f| Some(f) != last)
+    }
+}
+
+/// Digest of the stable attributes in `presented`, normalized as they are compared (base64url
+/// of 16 bytes of SHA-256; absent and present-but-empty are the same).
+fn stable_fingerprint(presented: &Attributes) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, class, _) in ATTRIBUTES {
+        if class == Class::Stable {
+            h.update(name.as_bytes());
+            match normalized(presented, name) {
+                Some(v) => {
+                    h.update([1]);
+                    h.update((v.len() as u64).to_be_bytes());
+                    h.update(v.as_bytes());
+                }
+                None => h.update([0]),
+            }
+        }
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&h.finalize()[..16])
 }
 
 /// The default `limited_scopes` of a key: its scopes that start with `read:` (contract
@@ -972,6 +1017,43 @@ mod tests {
                 case.name
             );
         }
+    }
+
+    #[test]
+    fn the_mismatch_fingerprint_tells_a_repeated_fingerprint_from_a_new_one() {
+        let stored = phone();
+        let decide = |presented: &Attributes| {
+            evaluate(&TrustInputs {
+                stored: &stored,
+                presented,
+                history: ESTABLISHED,
+                network: KNOWN_NETWORK,
+                trust_on_enroll: false,
+                approved: false,
+                is_new: false,
+            })
+        };
+        assert_eq!(decide(&stored).mismatch_fingerprint, None, "no mismatch");
+        let reinstall = phone_with(&[("install_id", Some("b"))]);
+        let first = decide(&reinstall);
+        assert!(first.is_new_mismatch(None));
+        let seen = first.mismatch_fingerprint.clone();
+        // Compared as the score compares: case, spaces and other attributes do not matter.
+        let again = phone_with(&[
+            ("platform", Some(" IOS")),
+            ("model", Some("iphone15,2 ")),
+            ("install_id", Some("B")),
+            ("locale", Some("fr-FR")),
+        ]);
+        let second = decide(&again);
+        assert_eq!(second.mismatch_fingerprint, seen);
+        assert!(!second.is_new_mismatch(seen.as_deref()));
+        assert!(decide(&phone_with(&[("install_id", Some("c"))])).is_new_mismatch(seen.as_deref()));
+        // Withholding is a fingerprint too (absent), distinct from any value.
+        let withheld = phone_with(&[("install_id", None)]);
+        let w = decide(&withheld);
+        assert!(w.stable_mismatch && w.is_new_mismatch(seen.as_deref()));
+        assert!(!decide(&withheld).is_new_mismatch(w.mismatch_fingerprint.as_deref()));
     }
 
     #[test]

@@ -367,6 +367,7 @@ async fn device_and_trust(
                 last_seen_at: now,
                 exchange_count: 0,
                 mismatch_count: 0,
+                mismatch_fingerprint: None,
                 networks: vec![],
                 trust_score: 0.0,
                 trust_level: "limited".into(),
@@ -422,14 +423,21 @@ fn score_and_record(
         is_new,
     });
     if decision.stable_mismatch {
-        state.alerts.raise(
-            AlertKind::FingerprintMismatch,
-            Some(&key.key_id),
-            Some(&device.device_id),
-            Some(ip),
-            json!({"mismatched": decision.mismatched, "score": decision.score}),
-        );
-        device.mismatch_count += 1;
+        // Counted and alerted once per mismatching fingerprint (see `is_new_mismatch`); the
+        // recorded attributes stay the reference either way.
+        if decision.is_new_mismatch(device.mismatch_fingerprint.as_deref()) {
+            state.alerts.raise(
+                AlertKind::FingerprintMismatch,
+                Some(&key.key_id),
+                Some(&device.device_id),
+                Some(ip),
+                json!({"mismatched": decision.mismatched, "score": decision.score}),
+            );
+            device.mismatch_count += 1;
+            device
+                .mismatch_fingerprint
+                .clone_from(&decision.mismatch_fingerprint);
+        }
     } else if presented
         .iter()
         .any(|(k, v)| device.attributes.get(k) != Some(v))

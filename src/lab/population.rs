@@ -127,6 +127,7 @@ struct Record {
     created_at: i64,
     exchange_count: i64,
     mismatch_count: i64,
+    mismatch_fingerprint: Option<String>,
     networks: Vec<String>,
 }
 
@@ -137,6 +138,7 @@ impl Record {
             created_at: now,
             exchange_count: 0,
             mismatch_count: 0,
+            mismatch_fingerprint: None,
             networks: Vec::new(),
         }
     }
@@ -149,7 +151,7 @@ impl Record {
         network: &str,
         now: i64,
         is_new: bool,
-    ) -> TrustDecision {
+    ) -> (TrustDecision, bool) {
         let seen = self.networks.iter().any(|n| n == network);
         let decision = trust::evaluate(&TrustInputs {
             stored: &self.attributes,
@@ -165,8 +167,13 @@ impl Record {
             approved: false,
             is_new,
         });
+        let alerted = decision.is_new_mismatch(self.mismatch_fingerprint.as_deref());
         if decision.stable_mismatch {
-            self.mismatch_count += 1;
+            if alerted {
+                self.mismatch_count += 1;
+                self.mismatch_fingerprint
+                    .clone_from(&decision.mismatch_fingerprint);
+            }
         } else {
             self.attributes
                 .extend(presented.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -180,7 +187,7 @@ impl Record {
         if decision.level != TrustLevel::Denied {
             self.exchange_count += 1;
         }
-        decision
+        (decision, alerted)
     }
 
     /// Past the earning period (rule 5): limited from here on is not by design.
@@ -455,14 +462,14 @@ pub fn study(p: &Params) -> Population {
                 loop {
                     let established = record.established(t);
                     let earlier = record.mismatch_count;
-                    let decision = if first {
+                    let (decision, alerted) = if first {
                         record.score_and_record(&presented, &network, t, is_new)
                     } else {
                         let stored = record.attributes.clone();
                         record.score_and_record(&stored, &network, t, false)
                     };
                     legit.events += 1;
-                    legit.mismatch_alerts += u64::from(decision.stable_mismatch);
+                    legit.mismatch_alerts += u64::from(alerted);
                     match decision.level {
                         TrustLevel::Denied => {
                             legit.false_denied += 1;
@@ -572,9 +579,9 @@ fn clone_attacks(rng: &mut ChaCha8Rng, finals: &[(Phone, u32)], p: &Params) -> V
                 _ => record.attributes.clone(),
             };
             let network = format!("attacker-{}", rng.r#gen::<u32>());
-            let d = record.score_and_record(&presented, &network, now, false);
+            let (d, alerted) = record.score_and_record(&presented, &network, now, false);
             r.attempts += 1;
-            r.alerted += u64::from(d.stable_mismatch);
+            r.alerted += u64::from(alerted);
             match d.level {
                 TrustLevel::Denied => r.denied += 1,
                 TrustLevel::Limited => r.limited += 1,
@@ -731,12 +738,12 @@ mod tests {
         let phone = Phone::new(&mut phone_rng);
         let attrs = phone.attributes(0);
         let mut r = Record::new(&attrs, 0);
-        let d = r.score_and_record(&attrs, "home", 0, true);
+        let (d, _) = r.score_and_record(&attrs, "home", 0, true);
         assert_eq!(d.level, TrustLevel::Limited, "a new device starts limited");
         for i in 1..=5 {
             r.score_and_record(&attrs, "home", i * 3600, false);
         }
-        let d = r.score_and_record(&attrs, "home", DAY + 1, false);
+        let (d, _) = r.score_and_record(&attrs, "home", DAY + 1, false);
         assert_eq!(
             d.level,
             TrustLevel::Trusted,
@@ -744,12 +751,25 @@ mod tests {
         );
         let mut other = attrs.clone();
         other.insert("install_id".into(), "new".into());
-        let d = r.score_and_record(&other, "home", DAY + 2, false);
-        assert!(d.stable_mismatch);
+        let (d, alerted) = r.score_and_record(&other, "home", DAY + 2, false);
+        assert!(d.stable_mismatch && alerted);
         assert_eq!(
             r.attributes["install_id"], attrs["install_id"],
             "baseline kept"
         );
         assert_eq!(r.mismatch_count, 1);
+        // The reinstalled app presents its new install_id every time: counted once, held at
+        // limited, never walked down to denied.
+        for i in 3..10 {
+            let (d, alerted) = r.score_and_record(&other, "carrier", DAY + i, false);
+            assert_eq!(d.level, TrustLevel::Limited, "{d:?}");
+            assert!(d.stable_mismatch && !alerted);
+        }
+        assert_eq!(r.mismatch_count, 1);
+        // A third fingerprint is news again.
+        other.insert("install_id".into(), "newer".into());
+        let (_, alerted) = r.score_and_record(&other, "home", DAY + 20, false);
+        assert!(alerted);
+        assert_eq!(r.mismatch_count, 2);
     }
 }

@@ -204,8 +204,12 @@ pub struct DeviceRecord {
     pub last_seen_at: i64,
     /// Successful exchanges so far.
     pub exchange_count: i64,
-    /// Exchanges whose stable attributes did not match.
+    /// Stable-attribute mismatches counted (each new mismatching fingerprint once).
     pub mismatch_count: i64,
+    /// The fingerprint of the last mismatch counted (`TrustDecision::mismatch_fingerprint`):
+    /// the same one presented again is not counted again. Internal, not shown.
+    #[serde(skip)]
+    pub mismatch_fingerprint: Option<String>,
     /// Network prefixes seen (most recent last, bounded).
     pub networks: Vec<String>,
     /// Last trust score (0..1).
@@ -213,7 +217,7 @@ pub struct DeviceRecord {
     /// Last trust level (`trusted`, `limited`, `denied`).
     pub trust_level: String,
     /// The factors behind the last score, so an operator can see why.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub trust_factors: JsonText,
     /// When it was revoked.
     pub revoked_at: Option<i64>,

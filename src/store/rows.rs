@@ -104,6 +104,7 @@ macro_rules! decode_rows {
                         last_seen_at: r.try_get("last_seen_at")?,
                         exchange_count: r.try_get("exchange_count")?,
                         mismatch_count: r.try_get("mismatch_count")?,
+                        mismatch_fingerprint: r.try_get("mismatch_fingerprint")?,
                         networks: json(r, "networks")?,
                         trust_score: r.try_get("trust_score")?,
                         trust_level: r.try_get("trust_level")?,

@@ -229,9 +229,10 @@ macro_rules! sql_store {
                 sqlx::query(
                     "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
                      approved, created_at, last_seen_at, exchange_count, mismatch_count, \
-                     networks, trust_score, trust_level, trust_factors, revoked_at) \
+                     networks, trust_score, trust_level, trust_factors, revoked_at, \
+                     mismatch_fingerprint) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16)",
+                     $16, $17)",
                 )
                 .bind(&d.device_id)
                 .bind(&d.key_id)
@@ -249,6 +250,7 @@ macro_rules! sql_store {
                 .bind(&d.trust_level)
                 .bind(d.trust_factors.get())
                 .bind(d.revoked_at)
+                .bind(&d.mismatch_fingerprint)
                 .execute(conn)
                 .await?;
                 Ok(())
@@ -301,7 +303,8 @@ macro_rules! sql_store {
                 sqlx::query(
                     "UPDATE devices SET last_seen_at = $2, exchange_count = $3, \
                      mismatch_count = $4, networks = $5, trust_score = $6, trust_level = $7, \
-                     trust_factors = $8, attributes = $9 WHERE device_id = $1",
+                     trust_factors = $8, attributes = $9, mismatch_fingerprint = $10 \
+                     WHERE device_id = $1",
                 )
                 .bind(&d.device_id)
                 .bind(d.last_seen_at)
@@ -312,6 +315,7 @@ macro_rules! sql_store {
                 .bind(&d.trust_level)
                 .bind(d.trust_factors.get())
                 .bind(to_json(&d.attributes))
+                .bind(&d.mismatch_fingerprint)
                 .execute(conn)
                 .await?;
                 Ok(())
@@ -341,7 +345,8 @@ macro_rules! sql_store {
                 // (say, after a reinstall changed its install_id) makes the attributes it
                 // presents next the new reference, and forgives earlier mismatches.
                 Ok(sqlx::query_as(
-                    "UPDATE devices SET approved = TRUE, attributes = '{}', mismatch_count = 0 \
+                    "UPDATE devices SET approved = TRUE, attributes = '{}', mismatch_count = 0, \
+                     mismatch_fingerprint = NULL \
                      WHERE device_id = $1 RETURNING *",
                 )
                 .bind(device_id)
@@ -727,7 +732,8 @@ macro_rules! sql_store {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
                      approved, created_at, last_seen_at, exchange_count, mismatch_count, \
-                     networks, trust_score, trust_level, trust_factors, revoked_at) ",
+                     networks, trust_score, trust_level, trust_factors, revoked_at, \
+                     mismatch_fingerprint) ",
                 );
                 q.push_values(rows, |mut b, d| {
                     b.push_bind(d.device_id.clone())
@@ -745,7 +751,8 @@ macro_rules! sql_store {
                         .push_bind(d.trust_score)
                         .push_bind(d.trust_level.clone())
                         .push_bind(d.trust_factors.get())
-                        .push_bind(d.revoked_at);
+                        .push_bind(d.revoked_at)
+                        .push_bind(d.mismatch_fingerprint.as_deref());
                 });
                 q.build().persistent(false).execute(conn).await?;
                 Ok(())
@@ -1195,7 +1202,8 @@ macro_rules! sql_store {
             async fn update_devices_bulk(conn: &mut Conn, rows: &[&DeviceRecord]) -> Result<()> {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "WITH v (device_id, last_seen_at, exchange_count, mismatch_count, networks, \
-                     trust_score, trust_level, trust_factors, attributes) AS (",
+                     trust_score, trust_level, trust_factors, attributes, mismatch_fingerprint) \
+                     AS (",
                 );
                 q.push_values(rows, |mut b, d| {
                     b.push_bind(d.device_id.as_str())
@@ -1206,14 +1214,16 @@ macro_rules! sql_store {
                         .push_bind(d.trust_score)
                         .push_bind(d.trust_level.as_str())
                         .push_bind(d.trust_factors.get())
-                        .push_bind(to_json(&d.attributes));
+                        .push_bind(to_json(&d.attributes))
+                        .push_bind(d.mismatch_fingerprint.as_deref());
                 });
                 q.push(
                     ") UPDATE devices SET last_seen_at = v.last_seen_at, \
                      exchange_count = v.exchange_count, mismatch_count = v.mismatch_count, \
                      networks = v.networks, trust_score = v.trust_score, \
                      trust_level = v.trust_level, trust_factors = v.trust_factors, \
-                     attributes = v.attributes FROM v WHERE devices.device_id = v.device_id",
+                     attributes = v.attributes, mismatch_fingerprint = v.mismatch_fingerprint \
+                     FROM v WHERE devices.device_id = v.device_id",
                 );
                 // Kept prepared, like the refresh token INSERT.
                 q.build().execute(conn).await?;

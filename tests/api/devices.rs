@@ -29,6 +29,7 @@ fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
         last_seen_at: created_at,
         exchange_count: 1,
         mismatch_count: 0,
+        mismatch_fingerprint: None,
         networks: vec!["127.0.0.0/24".into()],
         trust_score: 0.5,
         trust_level: "limited".into(),

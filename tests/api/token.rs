@@ -517,6 +517,67 @@ async fn scopes_audiences_and_limited_devices() {
     );
 }
 
+/// A reinstall that kept the device key in the keychain presents a new `install_id` at every
+/// exchange. Counted once, it stays `limited` (as documented); counted every time, the penalty
+/// for earlier mismatches took it to `DEVICE_UNTRUSTED` by the third exchange, with an alert
+/// each time (lab P).
+#[tokio::test]
+async fn a_reinstall_that_kept_the_device_key_stays_limited_and_alerts_once() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app(&db).await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let phone = Device::new();
+    expect_json(
+        exchange(&app, &key, &phone, json!({"device": ios("i-1")})).await,
+        StatusCode::OK,
+    )
+    .await;
+    for i in 0..6 {
+        let body = expect_json(
+            exchange(&app, &key, &phone, json!({"device": ios("i-2")})).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(body["trust"]["level"], "limited", "exchange {i}: {body}");
+    }
+    // A third install_id is news again; once its alert is stored, every earlier one is too
+    // (alerts are written in order).
+    expect_json(
+        exchange(&app, &key, &phone, json!({"device": ios("i-3")})).await,
+        StatusCode::OK,
+    )
+    .await;
+    let path = format!("/alerts?kind=FINGERPRINT_MISMATCH&key_id={key_id}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let alerts = loop {
+        let body = expect_json(app.admin_get(&path).await, StatusCode::OK).await;
+        let alerts = body["alerts"].as_array().unwrap().clone();
+        if alerts.len() >= 2 || std::time::Instant::now() > deadline {
+            break alerts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        alerts.len(),
+        2,
+        "one alert per new fingerprint: {alerts:#?}"
+    );
+    let devices = expect_json(
+        app.admin_get(&format!("/keys/{key_id}/devices")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(devices["devices"][0]["mismatch_count"], 2, "{devices}");
+    assert_eq!(
+        devices["devices"][0]["attributes"]["install_id"], "i-1",
+        "the recorded fingerprint stays the reference"
+    );
+    assert!(
+        devices["devices"][0].get("mismatch_fingerprint").is_none(),
+        "internal"
+    );
+}
+
 #[tokio::test]
 async fn devices_limit_revoke_approve_and_fingerprint_mismatch() {
     let db = TestDb::sqlite().await;

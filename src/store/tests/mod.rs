@@ -206,6 +206,7 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
         last_seen_at: T0 + i64::from(n),
         exchange_count: 1,
         mismatch_count: 0,
+        mismatch_fingerprint: None,
         networks: vec!["203.0.113.0/24".into()],
         trust_score: 0.17302078100154195,
         trust_level: "limited".into(),
