@@ -276,6 +276,17 @@ impl AppState {
                         Ok(n) => tracing::info!(keys = n, "purged expired keys"),
                         Err(e) => tracing::warn!(error = %e, "could not purge expired keys"),
                     }
+                    match state
+                        .store
+                        .purge_expired_refresh(t - REFRESH_PURGE_AFTER_EXPIRY)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(tokens = n, "purged expired refresh tokens"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not purge expired refresh tokens")
+                        }
+                    }
                 }
             }
         });
@@ -302,6 +313,11 @@ pub const KEY_FAILURE_BUDGET: u32 = 10;
 
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
+
+/// Expired refresh tokens are kept this long, then purged (hourly). Until then a spent one
+/// presented again is still recognised as reuse and revokes its family; after that it is just
+/// unknown (`INVALID_REFRESH_TOKEN`), which refuses it all the same.
+pub const REFRESH_PURGE_AFTER_EXPIRY: i64 = 7 * 86_400;
 
 /// Starts the alert webhook when `--alert-webhook` is set.
 fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {

@@ -354,6 +354,9 @@ impl Store for CachedStore {
     async fn purge_usage(&self, before: i64) -> Result<u64> {
         self.inner.purge_usage(before).await
     }
+    async fn purge_expired_refresh(&self, before: i64) -> Result<u64> {
+        self.inner.purge_expired_refresh(before).await
+    }
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
         self.inner.append_revocation(kind, id, at).await
     }

@@ -517,6 +517,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<UsageBucket>>;
     /// Deletes usage events older than `before`; returns how many went.
     async fn purge_usage(&self, before: i64) -> Result<u64>;
+    /// Deletes refresh tokens that expired before `before` (spent, revoked or not), a bounded
+    /// number per statement so the write lock is never held for long; returns how many went.
+    async fn purge_expired_refresh(&self, before: i64) -> Result<u64>;
 
     // ---- revocation feed ----
     /// Appends an entry to the revocation feed (used for things without their own method).

@@ -616,6 +616,32 @@ macro_rules! sql_store {
                     .rows_affected())
             }
 
+            /// Rows per purge statement: a short write lock each (group commit goes on in
+            /// between), and few statements for a day's worth of tokens.
+            const PURGE_ROWS: i64 = 5_000;
+
+            async fn delete_refresh_expired_before(
+                pool: &sqlx::Pool<Db>,
+                before: i64,
+            ) -> Result<u64> {
+                let mut total = 0;
+                loop {
+                    let n = sqlx::query(
+                        "DELETE FROM refresh_tokens WHERE token_hash IN \
+                         (SELECT token_hash FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)",
+                    )
+                    .bind(before)
+                    .bind(PURGE_ROWS)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                    total += n;
+                    if n < PURGE_ROWS as u64 {
+                        return Ok(total);
+                    }
+                }
+            }
+
             // ---- statements: revocation feed ----
 
             /// The caller holds the write-order lock ([`Backend::lock_write_order`]).
@@ -1064,6 +1090,11 @@ macro_rules! sql_store {
                 #[tracing::instrument(skip_all)]
                 async fn purge_usage(&self, before: i64) -> Result<u64> {
                     delete_usage_before(&self.pool, before).await
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn purge_expired_refresh(&self, before: i64) -> Result<u64> {
+                    delete_refresh_expired_before(&self.pool, before).await
                 }
 
                 #[tracing::instrument(skip_all, fields(kind = %kind))]

@@ -142,6 +142,7 @@ conformance!(
     device_revoke_and_approve,
     device_usage_is_saved,
     refresh_tokens_spend_once,
+    expired_refresh_tokens_are_purged,
     concurrent_spends_have_one_winner,
     rotation_spends_once_and_inserts_the_successor,
     concurrent_rotations_have_one_winner,

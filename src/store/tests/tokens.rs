@@ -30,6 +30,35 @@ pub(super) async fn refresh_tokens_spend_once(db: &mut TestDb) {
     );
 }
 
+pub(super) async fn expired_refresh_tokens_are_purged(db: &mut TestDb) {
+    let store = &*db.store;
+    let (_, d) = key_with_device(store, 'x').await;
+    // More than one purge statement's worth, half of them expired.
+    let tokens: Vec<RefreshRecord> = (0..12_000u32)
+        .map(|i| RefreshRecord {
+            token_hash: <sha2::Sha256 as sha2::Digest>::digest(i.to_be_bytes()).to_vec(),
+            expires_at: T0 + i64::from(i % 2) * 1_000,
+            spent_at: (i % 3 == 0).then_some(T0 - 10),
+            ..refresh(&d, &format!("fam-x{i}"), 0)
+        })
+        .collect();
+    let writes = tokens.iter().map(|t| store.insert_refresh(t));
+    for w in futures::future::join_all(writes).await {
+        w.unwrap();
+    }
+    assert_eq!(
+        store.purge_expired_refresh(T0).await.unwrap(),
+        0,
+        "none yet"
+    );
+    assert_eq!(store.purge_expired_refresh(T0 + 1).await.unwrap(), 6_000);
+    for t in &tokens {
+        let kept = store.get_refresh(&t.token_hash).await.unwrap().is_some();
+        assert_eq!(kept, t.expires_at > T0, "{t:?}");
+    }
+    assert_eq!(store.purge_expired_refresh(T0 + 1).await.unwrap(), 0);
+}
+
 pub(super) async fn concurrent_spends_have_one_winner(db: &mut TestDb) {
     let (_, d) = key_with_device(&*db.store, 'w').await;
     let t = refresh(&d, "fam-w", 1);
