@@ -9,6 +9,8 @@
 
 /// Anomaly detection and alerts.
 pub mod alerts;
+/// The binary's allocator: clears large blocks on free (request buffers).
+pub mod alloc;
 /// The tamper-evident, hash-chained audit log.
 pub mod audit;
 /// The load generator (`keybound bench`); not on any request path.

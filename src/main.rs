@@ -10,8 +10,10 @@ use keybound::config::Cli;
 /// the server's CPU time in arena locking and consolidation (docs/benchmarks.md). Its v2 line:
 /// same CPU as v3 in `keybound bench`, ~10 MiB less peak RSS (v3 commits its arena eagerly
 /// on Linux, and memory it frees there stays resident).
+/// Wrapped so that freed request buffers are cleared (`keybound::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keybound::alloc::ClearLargeOnFree<mimalloc::MiMalloc> =
+    keybound::alloc::ClearLargeOnFree(mimalloc::MiMalloc);
 
 #[tokio::main]
 async fn main() -> ExitCode {
