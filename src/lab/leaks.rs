@@ -992,31 +992,32 @@ impl MemoryDump {
                 "… after {} more requests by another key, same connection",
                 self.exchanges
             ),
-            "the connection's read buffer is reused for the next request",
+            "freed read buffers are cleared by the allocator (keybound::alloc, ≥ 4 KiB blocks)",
             outcome(&self.after_other_traffic),
             line(&self.after_other_traffic),
         );
         s.row(
             "… after the client closed its connections",
-            "freed buffers are not zeroized; the allocator reuses them",
+            "the same: a closed connection's buffers are cleared when freed",
             outcome(&self.after_close),
             line(&self.after_close),
         );
         s.note(
             "What remains, and why. keybound never stores the plaintext: the validation cache \
-             holds the SHA-256 of the secret (the one hash copy counted), and `ApiKey` keeps \
-             the presented key in a `SecretString` that is zeroized when the request ends. But \
-             the key arrives in an HTTP header: hyper reads each request into a per-connection \
-             buffer, and the header map axum hands to keybound is made of slices of it. Those \
-             buffers are neither owned nor zeroized by keybound, and when they are freed the \
-             allocator does not clear them. Every copy counted is a whole key — request bytes — \
-             never the secret part on its own, and none sits in a cache or a long-lived \
-             structure. They do not vanish on a schedule: they stay until the allocator hands \
-             the memory out again (compare the three rows). An attacker who can read the \
-             server's memory (root, or ptrace as the same user) sees the keys of recent \
-             requests — and the signing keys and the master key, which the process must hold \
-             to work at all. Mitigations are operational: no core dumps (`ulimit -c 0`, \
-             `LimitCORE=0`), no ptrace (`kernel.yama.ptrace_scope` ≥ 1), a dedicated user."
+             holds the SHA-256 of the secret (the hash copies counted), and `ApiKey` keeps the \
+             presented key in a `SecretString` that is zeroized when the request ends. The key \
+             arrives in an HTTP header, though: hyper reads each request into a \
+             per-connection buffer, and the header map axum hands to keybound is made of \
+             slices of it. keybound does not own those buffers, so the binary's allocator \
+             clears every block of 4 KiB or more when it is freed (`keybound::alloc`): a read \
+             buffer whose requests are done holds no key afterwards. (With mimalloc alone, ~30 \
+             whole keys stayed in freed buffers after 200 exchanges, closed connection or not.) \
+             What can remain is the buffer a connection is reading into right now, and only \
+             whole keys, request bytes, never the secret part on its own. An attacker who can \
+             read the server's memory (root, or ptrace as the same user) can also read the \
+             signing keys and the master key, which the process must hold to work at all. \
+             Mitigations are operational: no core dumps (`ulimit -c 0`, `LimitCORE=0`), no \
+             ptrace (`kernel.yama.ptrace_scope` ≥ 1), a dedicated user."
                 .to_owned(),
         );
         s

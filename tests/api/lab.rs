@@ -71,6 +71,9 @@ async fn the_servers_memory_holds_whole_request_keys_at_most_never_a_bare_secret
         // part on its own (the cache holds the hash, the parsed key is zeroized).
         assert_eq!(scan.secret_copies, scan.key_copies, "{scan:?}");
     }
+    // Freed request buffers are cleared (keybound::alloc): once the connection is gone, no
+    // copy is left. (With mimalloc alone ~30 remained after 200 exchanges.)
+    assert_eq!(c.after_close.key_copies, 0, "{:?}", c.after_close);
 }
 
 #[tokio::test]
