@@ -16,6 +16,7 @@ use super::stats::{Dudect, T_THRESHOLD};
 use super::target::Target;
 use crate::error::Result;
 use crate::keys::{ApiKey, KeyEnv};
+use crate::limits::KeyIdFailures;
 
 /// One dudect comparison.
 #[derive(Debug, Clone)]
@@ -72,6 +73,37 @@ struct KeyPool {
     uses: usize,
 }
 
+/// The server's per-key-id failure budget as the lab spends it: the wrong secrets sent to each
+/// budget slot in the last minute. Ids share slots (`KeyIdFailures::slot_of`), so ids picked
+/// blindly soon landed on a slot an earlier id had used, the slot's budget ran out, and a 429
+/// cut the run short (seen as "n = 0 + 0; 429 after 136 requests"). A new id is taken only
+/// where its failures still fit. Assumes the default budget (`KEY_FAILURE_BUDGET`).
+#[derive(Default)]
+struct SlotBudget(std::collections::HashMap<usize, Vec<Instant>>);
+
+impl SlotBudget {
+    /// A little over the budget's minute.
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(62);
+
+    fn key_id(key: &str) -> String {
+        ApiKey::parse(key).map_or_else(|_| String::new(), |k| k.id().as_str().to_owned())
+    }
+
+    /// Whether `failures` more wrong secrets for `key`'s id fit in its slot's budget.
+    fn fits(&mut self, key: &str, failures: usize) -> bool {
+        let slot = KeyIdFailures::slot_of(&Self::key_id(key));
+        let recent = self.0.entry(slot).or_default();
+        recent.retain(|t| t.elapsed() < Self::WINDOW);
+        recent.len() + failures <= crate::state::KEY_FAILURE_BUDGET as usize
+    }
+
+    /// Counts one wrong secret for `key`'s id.
+    fn spend(&mut self, key: &str) {
+        let slot = KeyIdFailures::slot_of(&Self::key_id(key));
+        self.0.entry(slot).or_default().push(Instant::now());
+    }
+}
+
 /// How a new id is warmed before its first timed use.
 enum Warm {
     None,
@@ -83,7 +115,8 @@ impl KeyPool {
     async fn new(t: &Target, class: Presented, samples: usize) -> Result<KeyPool> {
         let needed = match class {
             Presented::KnownFirstProbe => samples + 200,
-            Presented::KnownWrongSecret => samples / USES_PER_ID + 30,
+            // Twice what is used: a key whose slot has no room is passed over.
+            Presented::KnownWrongSecret => 2 * samples / USES_PER_ID + 30,
             _ => 0,
         };
         let mut keys = Vec::with_capacity(needed);
@@ -100,20 +133,36 @@ impl KeyPool {
     }
 
     /// The next key to present, and how its id must be warmed first.
-    fn next(&mut self) -> (String, Warm) {
+    fn next(&mut self, budget: &mut SlotBudget) -> (String, Warm) {
         let per_id = match self.class {
             Presented::FreshUnknown | Presented::KnownFirstProbe => 1,
             _ => USES_PER_ID,
+        };
+        // Wrong secrets an id gets: its uses, plus the warming refusal of a repeated id.
+        let failures = match self.class {
+            Presented::RepeatedUnknown | Presented::KnownWrongSecret => per_id + 1,
+            _ => per_id,
         };
         let fresh = self.current.is_none() || self.uses >= per_id;
         if fresh {
             self.uses = 0;
             self.current = Some(match self.class {
-                Presented::KnownFirstProbe | Presented::KnownWrongSecret => self
-                    .keys
-                    .pop()
-                    .unwrap_or_else(|| ApiKey::generate(KeyEnv::Test).expose().to_owned()),
-                _ => ApiKey::generate(KeyEnv::Test).expose().to_owned(),
+                Presented::KnownFirstProbe | Presented::KnownWrongSecret => {
+                    let fits = self.keys.iter().rposition(|k| budget.fits(k, failures));
+                    match fits {
+                        Some(i) => self.keys.swap_remove(i),
+                        None => self
+                            .keys
+                            .pop()
+                            .unwrap_or_else(|| ApiKey::generate(KeyEnv::Test).expose().to_owned()),
+                    }
+                }
+                _ => loop {
+                    let k = ApiKey::generate(KeyEnv::Test).expose().to_owned();
+                    if budget.fits(&k, failures) {
+                        break k;
+                    }
+                },
             });
         }
         self.uses += 1;
@@ -137,6 +186,7 @@ impl KeyPool {
 pub async fn timing(t: &Target, samples: usize, compare_samples: usize) -> Result<Timing> {
     let mut tests = Vec::new();
     let mut ip_index = 0usize;
+    let mut budget = SlotBudget::default();
     for (what, a, b) in [
         (
             "POST /v1/token: first probe of an unknown key id vs of a live id (wrong secret)",
@@ -149,7 +199,7 @@ pub async fn timing(t: &Target, samples: usize, compare_samples: usize) -> Resul
             Presented::KnownWrongSecret,
         ),
     ] {
-        tests.push(http_test(t, what, (a, b), samples, &mut ip_index).await?);
+        tests.push(http_test(t, what, (a, b), samples, &mut ip_index, &mut budget).await?);
     }
     tests.push(compare_test(
         "secret comparison (subtle ct_eq, 32-byte hashes)",
@@ -181,6 +231,7 @@ async fn http_test(
     classes: (Presented, Presented),
     samples: usize,
     ip_index: &mut usize,
+    budget: &mut SlotBudget,
 ) -> Result<TimingTest> {
     let mut a = Vec::with_capacity(samples);
     let mut b = Vec::with_capacity(samples);
@@ -205,7 +256,7 @@ async fn http_test(
             (need_a, _) => need_a,
         };
         let pool = if is_a { &mut pools.0 } else { &mut pools.1 };
-        let (presented, warm) = pool.next();
+        let (presented, warm) = pool.next(budget);
         let send = |ip: std::net::IpAddr| {
             t.client()
                 .post(t.url("/v1/token"))
@@ -217,6 +268,7 @@ async fn http_test(
         match warm {
             Warm::None => {}
             Warm::Refusal => {
+                budget.spend(&presented);
                 let _ = send(next_ip())
                     .await
                     .map_err(crate::Error::internal)?
@@ -230,6 +282,7 @@ async fn http_test(
         // The same pause before every timed request, so background work a warm-up started
         // (an alert written, a batch flushed) is done and both classes start from idle.
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        budget.spend(&presented);
         let req = send(next_ip());
         let started = Instant::now();
         let res = req.await.map_err(crate::Error::internal)?;

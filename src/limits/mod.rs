@@ -203,16 +203,19 @@ impl KeyIdFailures {
         }
     }
 
+    /// The bucket `key_id` is counted in. A fixed-key hasher: the slot of an id is the same
+    /// on every instance (and for `keybound lab`, which keeps its probes within the budget).
+    pub fn slot_of(key_id: &str) -> usize {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key_id) as usize
+            % KEY_ID_SLOTS
+    }
+
     /// Records a wrong secret for `key_id`: `Ok(true)` within the budget, `Ok(false)` once it
     /// is spent (the caller answers 429 and may alert).
     pub async fn record(&self, key_id: &str) -> Result<bool> {
-        let slot = {
-            use std::hash::BuildHasher;
-            // A fixed-key hasher: the slot of an id is the same on every instance.
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .hash_one(key_id) as usize
-                % KEY_ID_SLOTS
-        };
+        let slot = Self::slot_of(key_id);
         match &self.backend {
             Backend::Local => Ok(self.local[slot].check().is_ok()),
             Backend::Redis(r) => Ok(r
