@@ -36,7 +36,7 @@ pub const REFRESH_PATH: &str = "/v1/token/refresh";
 const MAX_NETWORKS: usize = 16;
 /// A key id no key can have (`none` is not an environment): the storage read that equalizes
 /// refusal timing looks it up.
-const ABSENT_KEY_ID: &str = "ak_none_000000000000";
+pub(crate) const ABSENT_KEY_ID: &str = "ak_none_000000000000";
 
 /// What the client presented, as the HTTP layer extracted it.
 pub struct Presented<'a> {

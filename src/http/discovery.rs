@@ -190,13 +190,30 @@ async fn leaks(
         .chars()
         .take(512)
         .collect();
-    if let Ok(key) = ApiKey::parse(report.key.trim())
-        && let Some(record) = state.cache.key(key.id().as_str()).await?
-        && bool::from(subtle::ConstantTimeEq::ct_eq(
-            &key.secret_hash()[..],
-            &record.secret_hash[..],
-        ))
-    {
+    let mut verified = None;
+    if let Ok(key) = ApiKey::parse(report.key.trim()) {
+        let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
+        match record {
+            Some(r)
+                if bool::from(subtle::ConstantTimeEq::ct_eq(
+                    &key.secret_hash()[..],
+                    &r.secret_hash[..],
+                )) =>
+            {
+                verified = Some(r)
+            }
+            // As at the token endpoint: a refusal answered from the cache pays the storage
+            // read an unknown id pays, so the answer's timing does not tell a live id.
+            _ if cached => {
+                let _ = state
+                    .cache
+                    .key_from_storage(crate::exchange::ABSENT_KEY_ID)
+                    .await;
+            }
+            _ => {}
+        }
+    }
+    if let Some(record) = verified {
         let now = crate::state::now();
         if record.status == KeyStatus::Active {
             let actor = crate::keys::service::Actor {
