@@ -89,6 +89,15 @@ pub enum Error {
         /// Seconds until a retry can succeed (the `Retry-After` header).
         retry_after_secs: u64,
     },
+    /// 429 `RATE_LIMITED` as well, for a wrong secret: the presented key id's failure budget
+    /// is spent. Apart from [`RateLimited`](Self::RateLimited) because it is a failed
+    /// authentication, which counts against the client address's failure budget; a key's own
+    /// rate limit is not.
+    #[error("rate limit exceeded; retry after {retry_after_secs} s")]
+    KeyIdBudgetSpent {
+        /// Seconds until the id's budget has room again (the `Retry-After` header).
+        retry_after_secs: u64,
+    },
     /// 503: storage (or Redis) is unreachable; nothing was issued.
     #[error("a storage dependency is unavailable")]
     Unavailable(#[source] Cause),
@@ -128,7 +137,7 @@ impl Error {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | KeyIdBudgetSpent { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -159,7 +168,7 @@ impl Error {
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            RateLimited { .. } => "RATE_LIMITED",
+            RateLimited { .. } | KeyIdBudgetSpent { .. } => "RATE_LIMITED",
             Unavailable(_) => "UNAVAILABLE",
             Internal(_) => "INTERNAL",
         }
@@ -176,6 +185,7 @@ impl Error {
                 | InvalidRefreshToken
                 | RefreshTokenReused
                 | InvalidAdminToken
+                | KeyIdBudgetSpent { .. }
         )
     }
 }
@@ -230,7 +240,8 @@ impl IntoResponse for Error {
         let headers = res.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
-            Error::RateLimited { retry_after_secs } => {
+            Error::RateLimited { retry_after_secs }
+            | Error::KeyIdBudgetSpent { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Error::UseDpopNonce { nonce } => {

@@ -262,7 +262,7 @@ async fn authenticate_key(
                     );
                 }
                 let budget = u64::from(state.settings.key_failure_budget.max(1));
-                return Err(Error::RateLimited {
+                return Err(Error::KeyIdBudgetSpent {
                     retry_after_secs: (60 / budget).max(1),
                 });
             }

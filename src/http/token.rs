@@ -10,7 +10,7 @@ use axum::routing::post;
 use super::extract::{ClientIp, Json};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exchange::{self, Presented, RefreshRequest, TokenRequest};
 use crate::state::AppState;
 use crate::store::UsageEvent;
@@ -163,11 +163,7 @@ async fn guarded(
     let mut res = match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
-            // A 429 before the key was recognised comes from the key id's failure budget:
-            // still a failed authentication from this address.
-            let failed_auth = e.is_auth_failure()
-                || (matches!(e, Error::RateLimited { .. }) && key_seen.get().is_none());
-            if failed_auth && state.failures.record_failure(&ip).await? {
+            if e.is_auth_failure() && state.failures.record_failure(&ip).await? {
                 state.alerts.raise_once(
                     AlertKind::FailureBurst,
                     &ip.to_string(),

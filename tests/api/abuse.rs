@@ -64,6 +64,55 @@ async fn brute_force_from_one_ip_is_cut_off_while_another_ip_keeps_working() {
     .await;
 }
 
+/// Wrong secrets refused by a key id's failure budget (429) are still failed authentications
+/// from their address: they spend its budget like the 401s before them, or an attacker who
+/// targets one id would get free guesses from an address once that id's budget is gone.
+#[tokio::test]
+async fn a_429_from_the_key_id_budget_still_spends_the_addresss_budget() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.key_failure_budget = 3;
+        a.ip_failure_budget = 5;
+    })
+    .await;
+    let (key, _) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    let attacker = "203.0.113.9";
+    let wrong = keybound::lab::leaks::forge_same_id(&key);
+    for i in 0..3 {
+        let res = exchange_from(&app, attacker, &wrong, &dev).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "wrong secret {i}");
+    }
+    for i in 0..3 {
+        let res = exchange_from(&app, attacker, &wrong, &dev).await;
+        expect_error(
+            res,
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            &format!("the id's budget is spent ({i})"),
+        )
+        .await;
+    }
+    // 3 refusals and 3 budget 429s: 6 failures, over the address's 5, so a guess at another id
+    // is refused before any work. (Were the 429s not counted, it would be a plain 401.)
+    let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+    let res = exchange_from(&app, attacker, guess.expose(), &dev).await;
+    expect_error(
+        res,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "the address's budget is spent",
+    )
+    .await;
+    // The key's owner, elsewhere, is not locked out by either budget.
+    expect_json(
+        exchange_from(&app, "198.51.100.30", &key, &dev).await,
+        StatusCode::OK,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let db = TestDb::sqlite().await;
