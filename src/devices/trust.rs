@@ -574,6 +574,19 @@ impl TrustDecision {
             .as_deref()
             .is_some_and(|f| Some(f) != last)
     }
+
+    /// Records this decision in a device's mismatch history (`count`, and `last`, the
+    /// fingerprint last counted): a new mismatch is counted and becomes `last`. Returns whether
+    /// it was new, i.e. whether to alert. The exchange and the lab's population study both
+    /// record through here.
+    pub fn count_mismatch(&self, count: &mut i64, last: &mut Option<String>) -> bool {
+        let new = self.is_new_mismatch(last.as_deref());
+        if new {
+            *count += 1;
+            last.clone_from(&self.mismatch_fingerprint);
+        }
+        new
+    }
 }
 
 /// Digest of the stable attributes in `presented`, normalized as they are compared (base64url

@@ -34,9 +34,6 @@ pub const TOKEN_PATH: &str = "/v1/token";
 pub const REFRESH_PATH: &str = "/v1/token/refresh";
 /// Networks remembered per device.
 const MAX_NETWORKS: usize = 16;
-/// A key id no key can have (`none` is not an environment): the storage read that equalizes
-/// refusal timing looks it up.
-pub(crate) const ABSENT_KEY_ID: &str = "ak_none_000000000000";
 
 /// What the client presented, as the HTTP layer extracted it.
 pub struct Presented<'a> {
@@ -239,14 +236,7 @@ async fn authenticate_key(
         // The right secret of a suspended, revoked or expired key: not a guess.
         Some(_) if matches => Err(Error::InvalidApiKey),
         _ => {
-            // A made-up id misses the cache and costs a storage read that finds nothing; a real
-            // id with a wrong secret is usually cached and was answered ~20 µs sooner, which
-            // told an attacker the id exists (`keybound lab`, scenario G: |t| ≈ 110). A refusal
-            // answered from the cache pays the same read — of an id that cannot exist, so it
-            // finds nothing too — and both take as long. Successes stay cache-only.
-            if cached {
-                let _ = state.cache.key_from_storage(ABSENT_KEY_ID).await;
-            }
+            state.cache.pay_for_refusal(cached).await;
             // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
             // budget, at the same fixed cost for unknown and real ids (see KeyIdFailures).
             let id = key.id().as_str();
@@ -425,7 +415,7 @@ fn score_and_record(
     if decision.stable_mismatch {
         // Counted and alerted once per mismatching fingerprint (see `is_new_mismatch`); the
         // recorded attributes stay the reference either way.
-        if decision.is_new_mismatch(device.mismatch_fingerprint.as_deref()) {
+        if decision.count_mismatch(&mut device.mismatch_count, &mut device.mismatch_fingerprint) {
             state.alerts.raise(
                 AlertKind::FingerprintMismatch,
                 Some(&key.key_id),
@@ -433,10 +423,6 @@ fn score_and_record(
                 Some(ip),
                 json!({"mismatched": decision.mismatched, "score": decision.score}),
             );
-            device.mismatch_count += 1;
-            device
-                .mismatch_fingerprint
-                .clone_from(&decision.mismatch_fingerprint);
         }
     } else if presented
         .iter()

@@ -190,29 +190,23 @@ async fn leaks(
         .chars()
         .take(512)
         .collect();
-    let mut verified = None;
-    if let Ok(key) = ApiKey::parse(report.key.trim()) {
-        let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
-        match record {
-            Some(r)
-                if bool::from(subtle::ConstantTimeEq::ct_eq(
+    let verified = match ApiKey::parse(report.key.trim()) {
+        Ok(key) => {
+            let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
+            let matches = record.as_ref().is_some_and(|r| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(
                     &key.secret_hash()[..],
                     &r.secret_hash[..],
-                )) =>
-            {
-                verified = Some(r)
+                ))
+            });
+            if !matches {
+                // As at the token endpoint: the answer's timing must not tell a live id.
+                state.cache.pay_for_refusal(cached).await;
             }
-            // As at the token endpoint: a refusal answered from the cache pays the storage
-            // read an unknown id pays, so the answer's timing does not tell a live id.
-            _ if cached => {
-                let _ = state
-                    .cache
-                    .key_from_storage(crate::exchange::ABSENT_KEY_ID)
-                    .await;
-            }
-            _ => {}
+            record.filter(|_| matches)
         }
-    }
+        Err(_) => None,
+    };
     if let Some(record) = verified {
         let now = crate::state::now();
         if record.status == KeyStatus::Active {

@@ -167,14 +167,9 @@ impl Record {
             approved: false,
             is_new,
         });
-        let alerted = decision.is_new_mismatch(self.mismatch_fingerprint.as_deref());
-        if decision.stable_mismatch {
-            if alerted {
-                self.mismatch_count += 1;
-                self.mismatch_fingerprint
-                    .clone_from(&decision.mismatch_fingerprint);
-            }
-        } else {
+        let alerted =
+            decision.count_mismatch(&mut self.mismatch_count, &mut self.mismatch_fingerprint);
+        if !decision.stable_mismatch {
             self.attributes
                 .extend(presented.iter().map(|(k, v)| (k.clone(), v.clone())));
         }

@@ -111,9 +111,16 @@ impl CachedStore {
         Ok((entry.into_value(), cached))
     }
 
-    /// Reads a key record from storage, neither using nor filling the cache.
-    pub async fn key_from_storage(&self, key_id: &str) -> Result<Option<KeyRecord>> {
-        self.inner.get_key(key_id).await
+    /// Makes a refusal cost what refusing an unknown id costs. A made-up id misses the cache
+    /// and costs a storage read that finds nothing; a real id with a wrong secret is usually
+    /// cached and was answered ~20 µs sooner, which told an attacker the id exists
+    /// (`keybound lab`, scenario G: |t| ≈ 110). So a refusal whose key lookup was answered
+    /// from the cache (`key_and_source`) pays the same read, of an id that cannot exist.
+    /// Successes stay cache-only.
+    pub async fn pay_for_refusal(&self, answered_from_cache: bool) {
+        if answered_from_cache {
+            let _ = self.inner.get_key(ABSENT_KEY_ID).await;
+        }
     }
 
     /// Cached device lookup.
@@ -135,6 +142,9 @@ impl CachedStore {
         self.keys.entry_count()
     }
 }
+
+/// A key id no key can have (`none` is not an environment), read by [`CachedStore::pay_for_refusal`].
+const ABSENT_KEY_ID: &str = "ak_none_000000000000";
 
 /// When an eviction is applied the second time (see [`CachedStore::apply`]): longer than a
 /// storage read takes, well inside the 1 s in which a revocation must be in force everywhere.
