@@ -179,8 +179,9 @@ pub struct ServeArgs {
     /// Entries in each validation cache (keys, devices).
     #[arg(long, env = "KEYBOUND_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
-    /// Adds the benchmark-only route `POST /bench/sign` (signs a token, checks nothing), which
-    /// `keybound bench` uses to measure this machine's ceiling. Hidden, and deliberately not
+    /// Adds the benchmark-only routes `POST /bench/sign` (signs a token, checks nothing),
+    /// `POST /bench/verify-sign` (one hash, one signature check, one signature) and
+    /// `PUT /bench/switches`, which `keybound bench` uses to measure this machine's ceiling. Hidden, and deliberately not
     /// settable from the environment, so no deployment turns it on by accident.
     #[arg(long, hide = true)]
     pub bench_routes: bool,

@@ -1,13 +1,15 @@
 //! `keybound bench`: how fast the token exchange is on this machine, next to this machine's
 //! ceiling measured in the same run.
 //!
-//! A run has four phases, all over the same `--connections` keep-alive connections:
+//! A run has five phases, all over the same `--connections` keep-alive connections:
 //! 1. warm-up: one exchange per simulated device (enrolls the devices not seeded, fills the
 //!    validation cache), then a short calibration run that sizes the proof batches;
 //! 2. `GET /healthz`: what the HTTP stack and the load generator cost, with no work;
 //! 3. `POST /bench/sign`: one access token signed per request, no checks, no storage (the
 //!    route exists only with `serve --bench-routes`);
-//! 4. `POST /v1/token`: the full exchange, each request with a fresh DPoP proof built before
+//! 4. `POST /bench/verify-sign`: the same, after a SHA-256 and one Ed25519 `verify_strict` (the
+//!    two signature operations no exchange can do without; `--bench-routes` too);
+//! 5. `POST /v1/token`: the full exchange, each request with a fresh DPoP proof built before
 //!    the phase started.
 //!
 //! The server and the load generator share the machine's cores, so every figure is a
@@ -109,6 +111,7 @@ struct Report {
     warmup: Outcome,
     healthz: Option<Outcome>,
     sign: Option<Outcome>,
+    verify_sign: Option<Outcome>,
     exchange: Outcome,
     /// `--overhead`: per (rate limits, usage tracking) case, one outcome per round.
     overhead: Vec<((bool, bool), Vec<Outcome>)>,
@@ -174,8 +177,8 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
     let calibrated = drive(t.addr, conns, calibration, exchange_batch(proofs), t.pid).await;
     let expected_rate = calibrated.rate().max(1000.0);
 
-    let (healthz, sign) = if args.no_ceiling {
-        (None, None)
+    let (healthz, sign, verify_sign) = if args.no_ceiling {
+        (None, None, None)
     } else {
         eprintln!("ceiling: GET /healthz for {} s…", phase.as_secs());
         let h = drive(
@@ -195,13 +198,23 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
             t.pid,
         )
         .await;
-        let s = if s.ok == 0 {
+        let (s, vs) = if s.ok == 0 {
             eprintln!("note: no sign-only route (start the server with --bench-routes)");
-            None
+            (None, None)
         } else {
-            Some(s)
+            let path = crate::http::bench::VERIFY_SIGN_PATH;
+            eprintln!("ceiling: POST {path} for {} s…", phase.as_secs());
+            let vs = drive(
+                t.addr,
+                conns,
+                phase,
+                simple(Method::POST, path, &t.host),
+                t.pid,
+            )
+            .await;
+            (Some(s), (vs.ok > 0).then_some(vs))
         };
-        (Some(h), s)
+        (Some(h), s, vs)
     };
 
     let mut next_device = 0;
@@ -274,6 +287,7 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         warmup,
         healthz,
         sign,
+        verify_sign,
         exchange,
         overhead,
     })
@@ -368,10 +382,22 @@ impl Report {
         if let Some(s) = &self.sign {
             row("POST /bench/sign", s);
         }
+        if let Some(s) = &self.verify_sign {
+            row("POST /bench/verify-sign", s);
+        }
         row("POST /v1/token", &self.exchange);
         println!();
         if let Some(r) = self.ratio(self.sign.as_ref()) {
             println!("exchange / sign-only:  {:.2}  (target ≥ 0.40)", r);
+        }
+        if let Some(r) = self.ratio(self.verify_sign.as_ref()) {
+            println!("exchange / verify-sign: {r:.2}");
+        }
+        if let (Some(vs), Some(s)) = (&self.verify_sign, &self.sign) {
+            println!(
+                "verify-sign / sign-only: {:.2}  (the most any exchange could reach)",
+                vs.rate() / s.rate().max(1e-9)
+            );
         }
         if let Some(r) = self.ratio(self.healthz.as_ref()) {
             println!("exchange / healthz:    {r:.2}");
@@ -477,8 +503,10 @@ impl Report {
             "warmup": phase(&self.warmup),
             "healthz": self.healthz.as_ref().map(phase),
             "sign_only": self.sign.as_ref().map(phase),
+            "verify_sign": self.verify_sign.as_ref().map(phase),
             "exchange": phase(&self.exchange),
             "exchange_over_sign_only": self.ratio(self.sign.as_ref()),
+            "exchange_over_verify_sign": self.ratio(self.verify_sign.as_ref()),
             "exchange_over_healthz": self.ratio(self.healthz.as_ref()),
             "overhead": self.overhead_rows(),
             "peak_rss_bytes": rss,

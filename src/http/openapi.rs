@@ -93,10 +93,10 @@ fn optional_bodies_are_not_null(doc: &mut serde_json::Value) {
 device-bound EdDSA access tokens. Every error is the envelope `{\"error\": {\"code\", \"message\"}}`; \
 each response below names the codes it can carry. Any request whose query string holds an API key \
 is refused with 400 `API_KEY_IN_URL` before routing; a wrong method on a known path is 405 \
-`METHOD_NOT_ALLOWED`; an unknown path is 404 `NOT_FOUND`. (`POST /bench/sign`, the load \
-generator's ceiling route, and `PUT /bench/switches`, which turns rate limiting and usage tracking \
-off to measure their cost, exist only on a server started with the hidden `--bench-routes` flag \
-and are not part of the API.)",
+`METHOD_NOT_ALLOWED`; an unknown path is 404 `NOT_FOUND`. (`POST /bench/sign` and \
+`POST /bench/verify-sign`, the load generator's ceiling routes, and `PUT /bench/switches`, which \
+turns rate limiting and usage tracking off to measure their cost, exist only on a server started \
+with the hidden `--bench-routes` flag and are not part of the API.)",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(openapi_json),

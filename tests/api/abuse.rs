@@ -404,3 +404,55 @@ async fn bench_switches_turn_rate_limits_and_usage_off_and_on_and_exist_only_on_
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The load generator's ceiling routes answer with a token really signed by the server's key
+/// (else the ceiling would measure less than an exchange does), and exist only on bench
+/// servers.
+#[tokio::test]
+async fn bench_ceiling_routes_sign_real_tokens_and_exist_only_on_bench_servers() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let paths = ["/bench/sign", "/bench/verify-sign"];
+    let db = TestDb::sqlite().await;
+    let normal = spawn_app_args(&db, |_| {}).await;
+    for path in paths {
+        let res = normal.client.post(normal.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    normal.stop().await;
+
+    let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
+    let jwks = expect_json(
+        app.client
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    for path in paths {
+        let res = app.client.post(app.url(path)).send().await.unwrap();
+        let body = expect_json(res, StatusCode::OK).await;
+        let token = body["access_token"].as_str().unwrap();
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64.decode(input.split('.').next().unwrap()).unwrap()).unwrap();
+        assert_eq!(header["alg"], "EdDSA", "{path}");
+        let jwk = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == header["kid"])
+            .unwrap_or_else(|| panic!("{path}: kid {} not in the JWKS", header["kid"]));
+        let x: [u8; 32] = B64
+            .decode(jwk["x"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+        let sig = ed25519_dalek::Signature::from_slice(&B64.decode(sig).unwrap()).unwrap();
+        key.verify_strict(input.as_bytes(), &sig)
+            .unwrap_or_else(|e| panic!("{path}: the token's signature does not verify: {e}"));
+    }
+}
