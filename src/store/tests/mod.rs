@@ -135,7 +135,7 @@ conformance!(
     key_updates_are_audited,
     status_changes_are_audited_and_fed_to_verifiers,
     rotation_links_keys_and_never_extends_the_old_one,
-    purge_takes_devices_and_tokens_along,
+    purge_takes_devices_along_and_leaves_tokens_to_their_expiry,
     touch_only_moves_last_use_forward,
     enrollment_new_existing_and_limit,
     concurrent_enrollments_respect_the_limit,

@@ -192,24 +192,27 @@ pub(super) async fn family_revocation_is_fed_once(db: &mut TestDb) {
 
 pub(super) async fn one_bad_write_fails_only_its_caller(db: &mut TestDb) {
     let (_, d) = key_with_device(&*db.store, 'j').await;
-    // 40 concurrent inserts, most likely sharing transactions; one names a device that does
-    // not exist and breaks a foreign key.
+    // Token 17 exists already, in another family.
+    db.store
+        .insert_refresh(&refresh(&d, "fam-before", 17))
+        .await
+        .unwrap();
+    // 40 concurrent inserts, most likely sharing transactions; the 17th repeats a primary key.
     let inserts = (0..40u8).map(|n| {
         let store = db.store.clone();
-        let mut t = refresh(&d, "fam-j", n);
-        if n == 17 {
-            t.device_id = "dev_missing".into();
-        }
+        let t = refresh(&d, "fam-j", n);
         tokio::spawn(async move { store.insert_refresh(&t).await })
     });
     for (n, i) in inserts.collect::<Vec<_>>().into_iter().enumerate() {
         let result = i.await.unwrap();
         assert_eq!(result.is_err(), n == 17, "insert {n}: {result:?}");
         let stored = db.store.get_refresh(&[n as u8; 32]).await.unwrap();
+        let family = stored.map(|t| t.family_id);
+        let expected = if n == 17 { "fam-before" } else { "fam-j" };
         assert_eq!(
-            stored.is_some(),
-            n != 17,
-            "insert {n} acknowledged means stored"
+            family.as_deref(),
+            Some(expected),
+            "insert {n}: acknowledged means stored, refused means unchanged"
         );
     }
 }
