@@ -387,29 +387,34 @@ impl Report {
         }
         row("POST /v1/token", &self.exchange);
         println!();
-        if let Some(r) = self.ratio(self.sign.as_ref()) {
-            println!("exchange / sign-only:  {:.2}  (target ≥ 0.40)", r);
-        }
-        if let Some(r) = self.ratio(self.verify_sign.as_ref()) {
-            println!("exchange / verify-sign: {r:.2}");
-        }
-        if let (Some(vs), Some(s)) = (&self.verify_sign, &self.sign) {
-            println!(
-                "verify-sign / sign-only: {:.2}  (the most any exchange could reach)",
-                vs.rate() / s.rate().max(1e-9)
-            );
-        }
-        if let Some(r) = self.ratio(self.healthz.as_ref()) {
-            println!("exchange / healthz:    {r:.2}");
-        }
-        if let (Some(s), Some(h)) = (&self.sign, &self.healthz) {
-            println!(
-                "sign-only / healthz:   {:.2}",
-                s.rate() / h.rate().max(1e-9)
-            );
+        let over = |a: Option<&Outcome>, b: Option<&Outcome>| Some(a?.rate() / b?.rate().max(1e-9));
+        let (sign, verify_sign, healthz) = (
+            self.sign.as_ref(),
+            self.verify_sign.as_ref(),
+            self.healthz.as_ref(),
+        );
+        let ratios = [
+            (
+                "exchange / sign-only",
+                self.ratio(sign),
+                "  (target ≥ 0.40)",
+            ),
+            ("exchange / verify-sign", self.ratio(verify_sign), ""),
+            (
+                "verify-sign / sign-only",
+                over(verify_sign, sign),
+                "  (the most any exchange could reach)",
+            ),
+            ("exchange / healthz", self.ratio(healthz), ""),
+            ("sign-only / healthz", over(sign, healthz), ""),
+        ];
+        for (name, ratio, note) in ratios {
+            if let Some(r) = ratio {
+                println!("{:<24} {r:.2}{note}", format!("{name}:"));
+            }
         }
         println!(
-            "exchange p99:          {:.2} ms at {} connections (target < 10 ms)",
+            "exchange p99:            {:.2} ms at {} connections (target < 10 ms)",
             self.exchange.ms(0.99),
             args.connections
         );
@@ -417,13 +422,13 @@ impl Report {
             self.print_overhead();
         }
         println!(
-            "cpu µs:                server process CPU time per request ({pid_note}); the \
+            "cpu µs:                  server process CPU time per request ({pid_note}); the \
              load generator shares the same {} cores",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         match rss {
-            Some(b) => println!("peak RSS (VmHWM):      {:.1} MiB ({pid_note})", mib(b)),
-            None => println!("peak RSS:              unknown (give --server-pid)"),
+            Some(b) => println!("peak RSS (VmHWM):        {:.1} MiB ({pid_note})", mib(b)),
+            None => println!("peak RSS:                unknown (give --server-pid)"),
         }
     }
 
