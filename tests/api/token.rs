@@ -57,6 +57,35 @@ pub fn ios(install_id: &str) -> Value {
            "locale": "ja-JP", "timezone": "Asia/Tokyo"}})
 }
 
+/// Verifies `token` with an independent JOSE implementation (jsonwebtoken), using nothing but
+/// the server's JWKS; returns its header and claims. Panics when it does not verify.
+pub async fn verify_with_jwks(
+    app: &TestApp,
+    token: &str,
+    validation: &jsonwebtoken::Validation,
+) -> (jsonwebtoken::Header, Value) {
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid in JWKS");
+    let data = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        validation,
+    )
+    .expect("the token verifies offline with jsonwebtoken");
+    (header, data.claims)
+}
+
 /// Decodes a JWT's claims without verifying (tests verify separately with jsonwebtoken).
 pub fn claims_of(jwt: &str) -> Value {
     use base64::Engine;
@@ -87,31 +116,12 @@ async fn full_exchange_issues_a_bound_token(db: TestDb) {
     let token = body["access_token"].as_str().unwrap();
 
     // Verify with an independent JOSE implementation, using nothing but the JWKS.
-    let jwks: jsonwebtoken::jwk::JwkSet = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
-    let jwk = jwks
-        .find(header.kid.as_deref().unwrap())
-        .expect("kid in JWKS");
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.set_audience(&[app.url("")]);
     validation.set_issuer(&[app.url("")]);
-    let data = jsonwebtoken::decode::<Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
-        &validation,
-    )
-    .expect("the token verifies offline with jsonwebtoken");
-    let c = data.claims;
+    let (header, c) = verify_with_jwks(&app, token, &validation).await;
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
     assert_eq!(c["sub"], key_id);
     assert_eq!(c["client_id"], key_id);
     assert_eq!(c["cnf"]["jkt"], dev.jkt);
