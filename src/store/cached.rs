@@ -350,7 +350,7 @@ impl Store for CachedStore {
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
         self.inner.list_alerts(filter).await
     }
-    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()> {
+    async fn insert_usage(&self, events: Vec<UsageEvent>) -> Result<()> {
         self.inner.insert_usage(events).await
     }
     async fn usage_summary(

@@ -506,8 +506,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
 
     // ---- usage ----
-    /// Stores a batch of usage events in one transaction.
-    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()>;
+    /// Stores a batch of usage events in one transaction (the SQL stores: in a group-commit
+    /// transaction of the token path, so usage never holds the write lock on its own).
+    async fn insert_usage(&self, events: Vec<UsageEvent>) -> Result<()>;
     /// A key's usage since `since`, in buckets of `bucket_secs`, oldest first.
     async fn usage_summary(
         &self,

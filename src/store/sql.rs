@@ -555,9 +555,9 @@ macro_rules! sql_store {
             // ---- statements: usage ----
 
             /// Usage events in one multi-row `INSERT`: a statement per event would be a round
-            /// trip each (for SQLite, to sqlx's worker thread) while the transaction holds the
-            /// write lock that the token path's group commit is waiting for.
-            async fn insert_usage_rows(conn: &mut Conn, rows: &[UsageEvent]) -> Result<()> {
+            /// trip each (for SQLite, to sqlx's worker thread) inside the group commit's
+            /// transaction, which holds the write lock.
+            async fn insert_usage_rows(conn: &mut Conn, rows: &[&UsageEvent]) -> Result<()> {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO usage_events (key_id, at, endpoint, method, status, latency_us, \
                      ip, user_agent) ",
@@ -572,8 +572,8 @@ macro_rules! sql_store {
                         .push_bind(u.ip.as_deref())
                         .push_bind(u.user_agent.as_deref());
                 });
-                // Like the group commit's statements: one text per row count, not worth caching.
-                q.build().persistent(false).execute(conn).await?;
+                // Kept prepared: called with the few sizes of `prepared_chunks` only.
+                q.build().execute(conn).await?;
                 Ok(())
             }
 
@@ -1068,13 +1068,18 @@ macro_rules! sql_store {
                     select_alerts(&self.pool, filter).await
                 }
 
+                /// Through the group-commit writer, like the token path's writes. A transaction
+                /// of its own took the write lock from the writer for a commit and a flush ten
+                /// times a second; SQLite's writer then slept in its busy handler (1 ms, 2, 5,
+                /// …), which added ~10 ms to the exchange's p99, and each usage commit emptied
+                /// the writer connection's page cache.
                 #[tracing::instrument(skip_all, fields(events = events.len()))]
-                async fn insert_usage(&self, events: &[UsageEvent]) -> Result<()> {
-                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
-                    for rows in events.chunks(BULK_ROWS) {
-                        insert_usage_rows(&mut tx, rows).await?;
+                async fn insert_usage(&self, events: Vec<UsageEvent>) -> Result<()> {
+                    if events.is_empty() {
+                        return Ok(());
                     }
-                    Ok(tx.commit().await?)
+                    self.writer.submit(WriteOp::InsertUsage(events)).await?;
+                    Ok(())
                 }
 
                 #[tracing::instrument(skip_all, fields(bucket_secs = bucket_secs))]
@@ -1135,10 +1140,12 @@ macro_rules! sql_store {
                     let written = async {
                         let mut tokens = Vec::new();
                         let mut usage = Vec::new();
+                        let mut events = Vec::new();
                         for (op, answer) in ops.iter().zip(answers.iter_mut()) {
                             match op {
                                 WriteOp::InsertRefresh(t) => tokens.push(t),
                                 WriteOp::UpdateDeviceUsage(d) => usage.push(&**d),
+                                WriteOp::InsertUsage(e) => events.extend(e),
                                 other => *answer = apply(&mut tx, other).await?,
                             }
                         }
@@ -1148,6 +1155,9 @@ macro_rules! sql_store {
                         let usage = last_per_device(usage);
                         for rows in prepared_chunks(&usage) {
                             update_devices_bulk(&mut tx, rows).await?;
+                        }
+                        for rows in prepared_chunks(&events) {
+                            insert_usage_rows(&mut tx, rows).await?;
                         }
                         Ok::<(), Error>(())
                     }
@@ -1162,11 +1172,8 @@ macro_rules! sql_store {
                 }
             }
 
-            /// Rows per multi-row statement (group commit, usage events): at most 11 binds a
-            /// row, far below both databases' bind limits.
-            const BULK_ROWS: usize = 500;
-
-            /// Largest chunk of [`prepared_chunks`].
+            /// Largest chunk of [`prepared_chunks`]: at most 11 binds a row, far below both
+            /// databases' bind limits.
             const PREPARED_ROWS: usize = 128;
 
             /// Splits a batch's rows into chunks of 128, 64, …, 2 or 1 rows, largest first, so
@@ -1276,6 +1283,12 @@ macro_rules! sql_store {
                     WriteOp::TouchKeys(used) => {
                         for (key_id, at) in used {
                             touch_key(conn, key_id, *at).await?;
+                        }
+                    }
+                    WriteOp::InsertUsage(events) => {
+                        let events: Vec<_> = events.iter().collect();
+                        for rows in prepared_chunks(&events) {
+                            insert_usage_rows(conn, rows).await?;
                         }
                     }
                 }

@@ -1,5 +1,6 @@
 //! Usage tracking: one event per token request by an authenticated key, written in batches
-//! by a background task so the request path never waits on it.
+//! by a background task so the request path never waits on it. The SQL stores write each
+//! batch inside one of the token path's group-commit transactions (`Store::insert_usage`).
 //!
 //! The queue is bounded: under overload, events are dropped and counted
 //! (`keybound_usage_dropped_total`) rather than slowing down token issuance. Only requests that
@@ -47,11 +48,12 @@ impl UsageRecorder {
                         _ = &mut linger => break,
                     }
                 }
-                if let Err(e) = store.insert_usage(&batch).await {
-                    metrics::counter!("keybound_usage_dropped_total").increment(batch.len() as u64);
-                    tracing::warn!(error = %e, events = batch.len(), "could not store usage events");
+                let events = batch.len();
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if let Err(e) = store.insert_usage(full).await {
+                    metrics::counter!("keybound_usage_dropped_total").increment(events as u64);
+                    tracing::warn!(error = %e, events, "could not store usage events");
                 }
-                batch.clear();
             }
         });
         UsageRecorder { tx }

@@ -148,6 +148,7 @@ conformance!(
     concurrent_rotations_have_one_winner,
     family_revocation_is_fed_once,
     one_bad_write_fails_only_its_caller,
+    usage_batches_share_the_token_writes,
     signing_key_insert_retires_the_previous,
     concurrent_audit_appends_stay_chained,
     edited_audit_row_is_detected,

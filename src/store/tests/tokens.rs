@@ -217,6 +217,77 @@ pub(super) async fn one_bad_write_fails_only_its_caller(db: &mut TestDb) {
     }
 }
 
+/// Usage batches written next to concurrent token writes (through the same group commit) come
+/// out whole, with sizes that cross the writer's statement chunks, and a bad token write in
+/// their transaction neither loses nor fails them.
+pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
+    let (k, d) = key_with_device(&*db.store, 'u').await;
+    db.store
+        .insert_refresh(&refresh(&d, "fam-before", 17))
+        .await
+        .unwrap();
+    let event = |i: usize| UsageEvent {
+        key_id: k.key_id.clone(),
+        // Two minutes: T0 (bucket start) and T0 + 60.
+        at: T0 + if i.is_multiple_of(3) { 60 } else { 5 },
+        endpoint: "/v1/token".into(),
+        method: "POST".into(),
+        status: if i.is_multiple_of(10) { 429 } else { 200 },
+        latency_us: 100 + i as i64,
+        ip: Some("127.0.0.1".into()),
+        user_agent: None,
+    };
+    let mut writes = Vec::new();
+    for (batch, size) in [(0, 300), (1, 1), (2, 131)] {
+        let store = db.store.clone();
+        let events: Vec<_> = (0..size).map(|i| event(batch * 1000 + i)).collect();
+        writes.push(tokio::spawn(
+            async move { store.insert_usage(events).await },
+        ));
+        for n in 0..14u8 {
+            let store = db.store.clone();
+            let t = refresh(&d, "fam-u", batch as u8 * 14 + n);
+            writes.push(tokio::spawn(async move { store.insert_refresh(&t).await }));
+        }
+    }
+    for (i, w) in writes.into_iter().enumerate() {
+        let result = w.await.unwrap();
+        // Write 19 is the token with hash 17 (usage at 0, tokens 0..=13 at 1..=14, usage at
+        // 15, tokens 14.. from 16).
+        assert_eq!(result.is_err(), i == 19, "write {i}: {result:?}");
+    }
+
+    let events: Vec<_> = [
+        (0..300).collect::<Vec<_>>(),
+        vec![1000],
+        (2000..2131).collect(),
+    ]
+    .concat()
+    .into_iter()
+    .map(event)
+    .collect();
+    let expect = |minute: i64| {
+        let e: Vec<_> = events.iter().filter(|e| e.at / 60 * 60 == minute).collect();
+        (
+            e.len() as i64,
+            e.iter().filter(|e| e.status >= 400).count() as i64,
+            e.iter().map(|e| e.latency_us).max().unwrap(),
+        )
+    };
+    let buckets = db
+        .store
+        .usage_summary(&k.key_id, 60, T0 - 60)
+        .await
+        .unwrap();
+    let got: Vec<_> = buckets
+        .iter()
+        .map(|b| (b.start, (b.requests, b.errors, b.max_latency_us)))
+        .collect();
+    let (first, second) = (T0 / 60 * 60, (T0 + 60) / 60 * 60);
+    assert_eq!(got, vec![(first, expect(first)), (second, expect(second))]);
+    assert_eq!(got.iter().map(|(_, (n, _, _))| n).sum::<i64>(), 432);
+}
+
 // ---- signing keys ----
 
 pub(super) async fn signing_key_insert_retires_the_previous(db: &mut TestDb) {
