@@ -54,7 +54,7 @@ impl CachedStore {
                 .build(),
             devices: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(TTL)
+                .expire_after(ExpireAfterLoad)
                 .build(),
             changes,
         }
@@ -149,6 +149,20 @@ const ABSENT_KEY_ID: &str = "ak_none_000000000000";
 /// When an eviction is applied the second time (see [`CachedStore::apply`]): longer than a
 /// storage read takes, well inside the 1 s in which a revocation must be in force everywhere.
 pub const REEVICT_AFTER: Duration = Duration::from_millis(250);
+
+/// Device entries expire [`TTL`] after they were read from storage, however often they are
+/// written through since. `update_device_usage` replaces a cached device's value on every
+/// exchange; with moka's `time_to_live` each replacement restarted the clock, so a device that
+/// exchanged at least once every 5 s was never read again, and a revocation made directly in
+/// the database (by the CLI, or by an instance that cannot reach this one) never reached it.
+/// An update keeps the expiry it found (`Expiry`'s default for updates and reads).
+struct ExpireAfterLoad;
+
+impl<K, V> moka::Expiry<K, V> for ExpireAfterLoad {
+    fn expire_after_create(&self, _: &K, _: &V, _: std::time::Instant) -> Option<Duration> {
+        Some(TTL)
+    }
+}
 
 type KeyCache = Cache<String, Option<Arc<KeyRecord>>>;
 type DeviceCache = Cache<(String, String), Option<Arc<DeviceRecord>>>;

@@ -1,7 +1,7 @@
 //! Key lifecycle as the token endpoint sees it: a rotated key works until its grace period
 //! ends; suspension and revocation through the API are in force at once, through the CLI
 //! (another process, behind the validation cache) within 5 s; a key made by the CLI works at
-//! once.
+//! once; a device revoked by the CLI is refused within 5 s even while it keeps exchanging.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,11 @@ use crate::on_both_backends;
 use crate::proofs::Device;
 use crate::token::exchange;
 
-on_both_backends!(rotation_grace_period, status_changes_are_in_force);
+on_both_backends!(
+    rotation_grace_period,
+    status_changes_are_in_force,
+    cli_device_revocation_is_in_force_while_the_device_keeps_exchanging
+);
 
 /// The status of a token exchange with `key` (a fresh proof each time).
 async fn exchange_status(app: &TestApp, key: &str, dev: &Device) -> StatusCode {
@@ -189,4 +193,38 @@ async fn status_changes_are_in_force(db: TestDb) {
         "CLI revoke",
     )
     .await;
+}
+
+/// A device revoked by the CLI, directly in the database, is refused within the validation
+/// cache's lifetime even while it keeps exchanging: its own exchanges, which write its history
+/// through the cache, must not keep its cached record (still active) alive. A thief with a
+/// cloned device key and the leaked API key would otherwise stay in by exchanging every few
+/// seconds.
+async fn cli_device_revocation_is_in_force_while_the_device_keeps_exchanging(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let created = app.create_key(key_body("device revoked by the CLI")).await;
+    let key = created["key"].as_str().unwrap();
+    let dev = Device::new();
+    let first = expect_json(exchange(&app, key, &dev, json!({})).await, StatusCode::OK).await;
+    let device_id = first["device_id"].as_str().unwrap().to_owned();
+    // Enrollment leaves nothing cached; the next exchange caches the record.
+    for _ in 0..2 {
+        expect_json(exchange(&app, key, &dev, json!({})).await, StatusCode::OK).await;
+    }
+
+    cli(&db, &["devices", "revoke", &device_id]).await.ok();
+    let revoked = Instant::now();
+    loop {
+        let res = exchange(&app, key, &dev, json!({})).await;
+        if res.status() != StatusCode::OK {
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "DEVICE_REVOKED", "{body}");
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(7),
+            "the revoked device still gets tokens 7 s after the CLI revoked it"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
