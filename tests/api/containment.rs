@@ -268,5 +268,33 @@ async fn a_device_revoked_during_an_exchange_stays_revoked_in_the_cache() {
         DeviceStatus::Revoked,
         "the cache resurrected the device"
     );
+
+    // The same, with the revoked record read back into the cache before the exchange writes
+    // its usage: the write keeps its history, but not the stale status.
+    let dev2 = Device::new();
+    expect_json(exchange(&app, &key, &dev2, json!({})).await, StatusCode::OK).await;
+    let read = cache.device(&key_id, &dev2.jkt).await.unwrap().unwrap();
+    let audit = AuditEntry {
+        target: Some(read.device_id.clone()),
+        ..audit
+    };
+    cache
+        .set_device_status(&read.device_id, DeviceChange::Revoke, 0, &audit)
+        .await
+        .unwrap();
+    let reread = cache.device(&key_id, &dev2.jkt).await.unwrap().unwrap();
+    assert_eq!(reread.status, DeviceStatus::Revoked);
+    let mut used = (*read).clone();
+    used.exchange_count += 1;
+    cache
+        .update_device_usage(std::sync::Arc::new(used))
+        .await
+        .unwrap();
+    let now = cache.device(&key_id, &dev2.jkt).await.unwrap().unwrap();
+    assert_eq!(
+        (now.status, now.revoked_at.is_some(), now.exchange_count),
+        (DeviceStatus::Revoked, true, read.exchange_count + 1),
+        "the write-through keeps the history and the revocation"
+    );
     app.stop().await;
 }
