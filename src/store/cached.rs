@@ -177,9 +177,13 @@ type DeviceCache = Cache<(String, String), Option<Arc<DeviceSlot>>>;
 struct DeviceSlot(Mutex<Arc<DeviceRecord>>);
 
 impl DeviceSlot {
-    fn current(&self) -> Arc<DeviceRecord> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<DeviceRecord>> {
         // Only whole records are stored; a panic elsewhere cannot leave one half-written.
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current(&self) -> Arc<DeviceRecord> {
+        self.lock().clone()
     }
 }
 
@@ -303,7 +307,7 @@ impl Store for CachedStore {
         let Some(Some(slot)) = self.devices.get(&key).await else {
             return Ok(());
         };
-        let mut cached = slot.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = slot.lock();
         *cached = if (cached.status, cached.approved, cached.revoked_at)
             == (device.status, device.approved, device.revoked_at)
         {

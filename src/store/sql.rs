@@ -1071,8 +1071,8 @@ macro_rules! sql_store {
                 /// Through the group-commit writer, like the token path's writes. A transaction
                 /// of its own took the write lock from the writer for a commit and a flush ten
                 /// times a second; SQLite's writer then slept in its busy handler (1 ms, 2, 5,
-                /// …), which added ~10 ms to the exchange's p99, and each usage commit emptied
-                /// the writer connection's page cache.
+                /// …), and each usage commit emptied the writer connection's page cache
+                /// (`docs/benchmarks.md`, change 20).
                 #[tracing::instrument(skip_all, fields(events = events.len()))]
                 async fn insert_usage(&self, events: Vec<UsageEvent>) -> Result<()> {
                     if events.is_empty() {
