@@ -54,7 +54,7 @@ impl CachedStore {
                 .build(),
             devices: Cache::builder()
                 .max_capacity(capacity)
-                .expire_after(ExpireAfterLoad)
+                .time_to_live(TTL)
                 .build(),
             changes,
         }
@@ -152,21 +152,6 @@ const ABSENT_KEY_ID: &str = "ak_none_000000000000";
 /// storage read takes, well inside the 1 s in which a revocation must be in force everywhere.
 pub const REEVICT_AFTER: Duration = Duration::from_millis(250);
 
-/// Device entries expire [`TTL`] after they were read from storage, however often they are
-/// written through since. The write-through of every exchange once replaced the cached value,
-/// and moka's `time_to_live` restarts at every write, so a device that exchanged at least once
-/// every 5 s was never read again: a revocation made directly in the database (by the CLI, or
-/// by an instance that cannot reach this one) never reached it. It now writes into the
-/// [`DeviceSlot`] and leaves the entry alone; this policy keeps the rule if an entry is ever
-/// replaced again (`Expiry`'s default for updates and reads keeps the expiry found).
-struct ExpireAfterLoad;
-
-impl<K, V> moka::Expiry<K, V> for ExpireAfterLoad {
-    fn expire_after_create(&self, _: &K, _: &V, _: std::time::Instant) -> Option<Duration> {
-        Some(TTL)
-    }
-}
-
 type KeyCache = Cache<String, Option<Arc<KeyRecord>>>;
 type DeviceCache = Cache<(String, String), Option<Arc<DeviceSlot>>>;
 
@@ -174,6 +159,12 @@ type DeviceCache = Cache<(String, String), Option<Arc<DeviceSlot>>>;
 /// write-through of every exchange is a lock and a pointer swap rather than a cache insert
 /// (moka's per-key lock, write log and housekeeping: ~4 % of an exchange's CPU). An eviction
 /// drops the slot from the cache; a write into a slot already dropped reaches no reader.
+///
+/// Writing in place also keeps [`TTL`] counting from the storage read. moka's `time_to_live`
+/// restarts at every insert, and when the write-through replaced the entry, a device that
+/// exchanged at least every 5 s was never read again, so a revocation made directly in the
+/// database (the CLI) never reached it
+/// (`lifecycle::cli_device_revocation_is_in_force_while_the_device_keeps_exchanging`).
 struct DeviceSlot(Mutex<Arc<DeviceRecord>>);
 
 impl DeviceSlot {
