@@ -305,7 +305,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_ceiling: bool,
     /// After the exchange phase, measure what rate limiting and usage tracking cost: exchange
-    /// phases with each turned off, with both off and with both on, interleaved over three
+    /// phases with each turned off, with both off and with both on, and the floor (both off
+    /// and no durable write of the refresh token and device history), interleaved over three
     /// rounds of `--duration` seconds each (needs a server with `--bench-routes`: `--spawn` or
     /// in process).
     #[arg(long, conflicts_with = "requests")]

@@ -121,12 +121,13 @@ pub struct Services {
 }
 
 /// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
-/// route `PUT /bench/switches` (so only on a server started with `--bench-routes`). Both are
+/// route `PUT /bench/switches` (so only on a server started with `--bench-routes`). All are
 /// on in every other server, and nothing else can change them.
 #[derive(Debug)]
 pub struct Switches {
     rate_limits: AtomicBool,
     usage: AtomicBool,
+    writes: AtomicBool,
 }
 
 impl Default for Switches {
@@ -134,6 +135,7 @@ impl Default for Switches {
         Switches {
             rate_limits: AtomicBool::new(true),
             usage: AtomicBool::new(true),
+            writes: AtomicBool::new(true),
         }
     }
 }
@@ -149,10 +151,18 @@ impl Switches {
         self.usage.load(Ordering::Relaxed)
     }
 
-    /// Sets both (bench route only).
-    pub fn set(&self, rate_limits: bool, usage: bool) {
+    /// Whether an exchange or refresh writes its refresh token and the device's history
+    /// before answering. Off, the answer's refresh token is never stored (so it cannot be
+    /// refreshed): only `--overhead` turns it off, to measure what durability costs.
+    pub fn writes(&self) -> bool {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Sets all three (bench route only).
+    pub fn set(&self, rate_limits: bool, usage: bool, writes: bool) {
         self.rate_limits.store(rate_limits, Ordering::Relaxed);
         self.usage.store(usage, Ordering::Relaxed);
+        self.writes.store(writes, Ordering::Relaxed);
     }
 }
 

@@ -48,9 +48,16 @@ const MAX_PROOFS: usize = 1_500_000;
 
 /// `--overhead` rounds; each case's figure is the median over them.
 const OVERHEAD_ROUNDS: usize = 3;
-/// `--overhead` cases, (rate limits, usage tracking), in the order each round runs them.
-const OVERHEAD_CASES: [(bool, bool); 4] =
-    [(true, true), (false, true), (true, false), (false, false)];
+/// `--overhead` cases, (rate limits, usage tracking, writes), in the order each round runs
+/// them. The last one leaves only the exchange's own checks and signatures: no limits, no
+/// usage and no durable write of the refresh token and the device history.
+const OVERHEAD_CASES: [(bool, bool, bool); 5] = [
+    (true, true, true),
+    (false, true, true),
+    (true, false, true),
+    (false, false, true),
+    (false, false, false),
+];
 
 fn on_off(on: bool) -> &'static str {
     if on { "on" } else { "off" }
@@ -113,8 +120,8 @@ struct Report {
     sign: Option<Outcome>,
     verify_sign: Option<Outcome>,
     exchange: Outcome,
-    /// `--overhead`: per (rate limits, usage tracking) case, one outcome per round.
-    overhead: Vec<((bool, bool), Vec<Outcome>)>,
+    /// `--overhead`: per (rate limits, usage tracking, writes) case, one outcome per round.
+    overhead: Vec<((bool, bool, bool), Vec<Outcome>)>,
 }
 
 async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> Result<Report> {
@@ -263,22 +270,24 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
     let mut overhead = Vec::new();
     if args.overhead {
         for round in 1..=OVERHEAD_ROUNDS {
-            for (i, &(limits, usage)) in OVERHEAD_CASES.iter().enumerate() {
+            for (i, &case) in OVERHEAD_CASES.iter().enumerate() {
+                let (limits, usage, writes) = case;
                 eprintln!(
-                    "overhead round {round}: rate limits {}, usage tracking {}",
+                    "overhead round {round}: rate limits {}, usage tracking {}, writes {}",
                     on_off(limits),
-                    on_off(usage)
+                    on_off(usage),
+                    on_off(writes)
                 );
-                t.set_switches(limits, usage).await?;
+                t.set_switches(limits, usage, writes).await?;
                 let o = run_exchange(phase.as_secs()).await;
                 if round == 1 {
-                    overhead.push(((limits, usage), vec![o]));
+                    overhead.push((case, vec![o]));
                 } else {
                     overhead[i].1.push(o);
                 }
             }
         }
-        t.set_switches(true, true).await?;
+        t.set_switches(true, true, true).await?;
     }
     Ok(Report {
         date,
@@ -437,13 +446,13 @@ impl Report {
         let base = self
             .overhead
             .iter()
-            .find(|(case, _)| *case == (true, true))
+            .find(|(case, _)| *case == (true, true, true))
             .map(|(_, o)| median(o, Outcome::ok_rate));
         self.overhead
             .iter()
-            .map(|&((limits, usage), ref o)| {
+            .map(|&((limits, usage, writes), ref o)| {
                 let rate = median(o, Outcome::ok_rate);
-                json!({"rate_limits": limits, "usage_tracking": usage,
+                json!({"rate_limits": limits, "usage_tracking": usage, "writes": writes,
                        "ok_per_second_median": rate,
                        "ok_per_second_rounds": o.iter().map(Outcome::ok_rate).collect::<Vec<_>>(),
                        "p50_ms_median": median(o, |o| o.ms(0.5)),
@@ -459,9 +468,10 @@ impl Report {
         println!();
         println!("overhead ({OVERHEAD_ROUNDS} interleaved rounds; medians):");
         println!(
-            "{:<12} {:<15} {:>10} {:>8} {:>8} {:>8} {:>10} {:>7}",
+            "{:<12} {:<15} {:<7} {:>10} {:>8} {:>8} {:>8} {:>10} {:>7}",
             "rate limits",
             "usage tracking",
+            "writes",
             "ok/s",
             "p50 ms",
             "p99 ms",
@@ -473,9 +483,10 @@ impl Report {
             let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
             let b = |k: &str| on_off(row[k].as_bool().unwrap_or(true));
             println!(
-                "{:<12} {:<15} {:>10.0} {:>8.2} {:>8.2} {:>8.0} {:>10.3} {:>7}",
+                "{:<12} {:<15} {:<7} {:>10.0} {:>8.2} {:>8.2} {:>8.0} {:>10.3} {:>7}",
                 b("rate_limits"),
                 b("usage_tracking"),
+                b("writes"),
                 f("ok_per_second_median"),
                 f("p50_ms_median"),
                 f("p99_ms_median"),

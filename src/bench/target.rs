@@ -52,10 +52,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// Turns rate limiting and usage tracking on or off (`PUT /bench/switches`; the server
-    /// must run with `--bench-routes`).
-    pub async fn set_switches(&self, rate_limits: bool, usage: bool) -> Result<()> {
-        let body = crate::http::bench::SwitchesBody { rate_limits, usage };
+    /// Turns rate limiting, usage tracking and the token path's writes on or off
+    /// (`PUT /bench/switches`; the server must run with `--bench-routes`).
+    pub async fn set_switches(&self, rate_limits: bool, usage: bool, writes: bool) -> Result<()> {
+        let body = crate::http::bench::SwitchesBody {
+            rate_limits,
+            usage,
+            writes,
+        };
         let res = reqwest::Client::new()
             .put(format!(
                 "http://{}{}",

@@ -47,14 +47,25 @@ pub struct SwitchesBody {
     pub rate_limits: bool,
     /// Record usage events.
     pub usage: bool,
+    /// Write the refresh token and the device's history before answering (default on).
+    #[serde(default = "on")]
+    pub writes: bool,
 }
 
-/// Turns rate limiting and usage tracking on or off, for `keybound bench --overhead`.
+fn on() -> bool {
+    true
+}
+
+/// Turns rate limiting, usage tracking and the token path's writes on or off, for
+/// `keybound bench --overhead`.
 async fn switches(State(state): State<AppState>, Json(body): Json<SwitchesBody>) -> Response {
-    state.switches.set(body.rate_limits, body.usage);
+    state
+        .switches
+        .set(body.rate_limits, body.usage, body.writes);
     tracing::warn!(
         rate_limits = body.rate_limits,
         usage = body.usage,
+        writes = body.writes,
         "benchmark switches changed"
     );
     Json(body).into_response()

@@ -95,8 +95,8 @@ each response below names the codes it can carry. Any request whose query string
 is refused with 400 `API_KEY_IN_URL` before routing; a wrong method on a known path is 405 \
 `METHOD_NOT_ALLOWED`; an unknown path is 404 `NOT_FOUND`. (`POST /bench/sign` and \
 `POST /bench/verify-sign`, the load generator's ceiling routes, and `PUT /bench/switches`, which \
-turns rate limiting and usage tracking off to measure their cost, exist only on a server started \
-with the hidden `--bench-routes` flag and are not part of the API.)",
+turns rate limiting, usage tracking and the token path's writes off to measure their cost, exist \
+only on a server started with the hidden `--bench-routes` flag and are not part of the API.)",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(openapi_json),

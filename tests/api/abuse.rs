@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{TestDb, expect_error, expect_json, spawn_app_args};
 use crate::proofs::Device;
-use crate::token::{exchange, new_key, verify_with_jwks};
+use crate::token::{exchange, new_key, refresh, verify_with_jwks};
 
 /// An exchange from `ip`, as a trusted proxy on loopback reports it in `X-Forwarded-For`.
 async fn exchange_from(
@@ -403,6 +403,42 @@ async fn bench_switches_turn_rate_limits_and_usage_off_and_on_and_exist_only_on_
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// `keybound bench --overhead`'s floor turns off the token path's durable writes: the answer's
+/// refresh token is then never stored (refused as unknown), and with writes on again the next
+/// one is. Only the bench route can do that (the route's absence elsewhere is checked above).
+#[tokio::test]
+async fn bench_writes_switch_skips_the_refresh_token_write_and_only_while_off() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
+    let switch = |writes: bool| {
+        let req = app
+            .client
+            .put(app.url("/bench/switches"))
+            .json(&json!({"rate_limits": true, "usage": true, "writes": writes}));
+        async move { assert_eq!(req.send().await.unwrap().status(), StatusCode::OK) }
+    };
+    let (key, _) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    let token_of = |body: serde_json::Value| body["refresh_token"].as_str().unwrap().to_owned();
+
+    switch(false).await;
+    let unstored =
+        token_of(expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await);
+    expect_error(
+        refresh(&app, &dev, &unstored).await,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_REFRESH_TOKEN",
+        "a refresh token issued with writes off was never stored",
+    )
+    .await;
+
+    switch(true).await;
+    let stored =
+        token_of(expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await);
+    expect_json(refresh(&app, &dev, &stored).await, StatusCode::OK).await;
+    app.stop().await;
 }
 
 /// The load generator's ceiling routes answer with a token really signed by the server's key
