@@ -332,6 +332,18 @@ async fn new_network_usage_spike_and_many_devices_are_alerted() {
     assert!(alert["details"]["exchanges_this_minute"].as_u64().unwrap() > 5);
 }
 
+/// `PUT /bench/switches` with `body`, which must be accepted.
+async fn set_switches(app: &crate::helpers::TestApp, body: serde_json::Value) {
+    let res = app
+        .client
+        .put(app.url("/bench/switches"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 /// `keybound bench --overhead` measures rate limiting and usage tracking by turning them off
 /// through the bench-only `PUT /bench/switches`; the figures mean something only if the
 /// switches really do that, and the route must not exist on a normal server.
@@ -351,11 +363,7 @@ async fn bench_switches_turn_rate_limits_and_usage_off_and_on_and_exist_only_on_
 
     let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
     let switch = |rate_limits: bool, usage: bool| {
-        let req = app
-            .client
-            .put(app.url("/bench/switches"))
-            .json(&json!({"rate_limits": rate_limits, "usage": usage}));
-        async move { assert_eq!(req.send().await.unwrap().status(), StatusCode::OK) }
+        set_switches(&app, json!({"rate_limits": rate_limits, "usage": usage}))
     };
     let (key, key_id) = new_key(&app, json!({"rate_limit_per_minute": 5})).await;
     let dev = Device::new();
@@ -413,11 +421,10 @@ async fn bench_writes_switch_skips_the_refresh_token_write_and_only_while_off() 
     let db = TestDb::sqlite().await;
     let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
     let switch = |writes: bool| {
-        let req = app
-            .client
-            .put(app.url("/bench/switches"))
-            .json(&json!({"rate_limits": true, "usage": true, "writes": writes}));
-        async move { assert_eq!(req.send().await.unwrap().status(), StatusCode::OK) }
+        set_switches(
+            &app,
+            json!({"rate_limits": true, "usage": true, "writes": writes}),
+        )
     };
     let (key, _) = new_key(&app, json!({})).await;
     let dev = Device::new();
