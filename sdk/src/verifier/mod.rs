@@ -63,6 +63,38 @@ const MAX_FEED_AGE: u64 = 300;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # When a service cannot verify offline: introspection
+///
+/// A service that cannot run this verifier (a gateway without Ed25519, a language without an
+/// SDK, a policy against caching keys) can ask the issuer instead, with RFC 7662
+/// introspection (contract 9.4): one call per request, answered from the issuer's validation
+/// cache, so a revoked or suspended key or a revoked device is inactive at once rather than
+/// after the next feed poll. The operator gives the service its own bearer token
+/// (`keybound serve --introspection-token T`, repeatable):
+///
+/// ```text
+/// POST /v1/token/introspect HTTP/1.1
+/// Host: auth.example.com
+/// Authorization: Bearer <introspection token>
+/// Content-Type: application/x-www-form-urlencoded
+///
+/// token=eyJ…
+///
+/// HTTP/1.1 200 OK
+/// Cache-Control: no-store
+///
+/// {"active": true, "scope": "read:orders", "client_id": "ak_prod_…", "sub": "ak_prod_…",
+///  "aud": "https://api.example.com", "iss": "https://auth.example.com", "exp": 1767225900,
+///  "iat": 1767225600, "jti": "…", "token_type": "DPoP", "cnf": {"jkt": "…"},
+///  "did": "dev_…", "trust": "trusted"}
+/// ```
+///
+/// Anything else answers `{"active": false}` and nothing more. Introspection does **not**
+/// check the DPoP proof: the service must still check the request's `DPoP` header against
+/// `cnf.jkt` (RFC 9449 section 7), and the audience, as this verifier does; without that a
+/// stolen token is as good as the device's. Prefer this verifier where it can run: it needs no
+/// call per request and keeps working while the issuer is unreachable.
 pub struct Verifier {
     shared: Arc<Shared>,
     poller: Option<tokio::task::JoinHandle<()>>,
