@@ -127,15 +127,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         let Some(expected) = &state.admin_token_hash else {
             return Err(Error::NotFound);
         };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or(Error::InvalidAdminToken)?;
+        let presented = bearer(&parts.headers).ok_or(Error::InvalidAdminToken)?;
         // Compare digests, so neither the content nor the length of the token leaks by timing.
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         if bool::from(digest.ct_eq(expected)) {
@@ -144,6 +136,16 @@ impl FromRequestParts<AppState> for AdminAuth {
             Err(Error::InvalidAdminToken)
         }
     }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header (RFC 6750 section 2.1),
+/// the one parser for every bearer credential: the admin token, an API key sent as a bearer
+/// token. The scheme name is case-insensitive (RFC 9110 section 11.1); `None` when the header
+/// is absent, not text, or another scheme.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case("bearer ").then_some(credential)
 }
 
 /// The client's IP: the socket peer, unless the peer is a trusted proxy, in which case the
@@ -220,6 +222,28 @@ mod tests {
             proxy,
             "no header"
         );
+    }
+
+    #[test]
+    fn bearer_takes_the_credential_of_the_bearer_scheme_only() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        let cases = [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("Bearer ", Some("")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("Bear", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(bearer(&with(value)), want, "{value:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None, "no header");
     }
 
     #[test]
