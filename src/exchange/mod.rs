@@ -260,14 +260,15 @@ async fn reuse_detected(state: &AppState, old: &RefreshRecord, ip: IpAddr, now: 
     Error::RefreshTokenReused
 }
 
+/// Whether `ip` is inside one of the key's CIDRs, compared in canonical form
+/// ([`crate::net`]: `::ffff:10.0.0.5` is inside `10.0.0.0/8`).
+fn allowed_ip(cidrs: &[String], ip: IpAddr) -> bool {
+    let nets: Vec<ipnet::IpNet> = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+    crate::net::any_contains(&nets, ip)
+}
+
 fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Result<()> {
-    if !key.allowed_ips.is_empty()
-        && !key
-            .allowed_ips
-            .iter()
-            .filter_map(|c| c.parse::<ipnet::IpNet>().ok())
-            .any(|n| n.contains(&ip))
-    {
+    if !key.allowed_ips.is_empty() && !allowed_ip(&key.allowed_ips, ip) {
         return Err(Error::IpNotAllowed);
     }
     // No Origin header: not a browser, and the origin list restricts browsers only.

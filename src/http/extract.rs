@@ -171,10 +171,12 @@ impl FromRequestParts<AppState> for ClientIp {
 }
 
 /// See [`ClientIp`]. Only the right-most untrusted hop can be believed: every hop to its left
-/// was written by the client or by a proxy we do not control.
+/// was written by the client or by a proxy we do not control. Addresses are compared and
+/// returned in canonical form ([`crate::net`]): `::ffff:10.0.0.5` is `10.0.0.5`.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
+    let peer = crate::net::canonical(peer);
+    let is_trusted = |ip: IpAddr| crate::net::any_contains(trusted, ip);
+    if !is_trusted(peer) {
         return peer;
     }
     let hops = headers
@@ -185,8 +187,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
         .map(str::trim)
         .collect::<Vec<_>>();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => continue,
+        match hop.parse::<IpAddr>().map(crate::net::canonical) {
+            Ok(ip) if is_trusted(ip) => continue,
             Ok(ip) => return ip,
             Err(_) => return peer,
         }
@@ -244,6 +246,29 @@ mod tests {
             assert_eq!(bearer(&with(value)), want, "{value:?}");
         }
         assert_eq!(bearer(&HeaderMap::new()), None, "no header");
+    }
+
+    #[test]
+    fn mapped_addresses_are_trusted_and_returned_as_ipv4() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "::ffff:203.0.113.9, ::ffff:10.0.0.7".parse().unwrap(),
+        );
+        let mapped_proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped_proxy, &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "a mapped peer in 10.0.0.0/8 is a trusted proxy, a mapped hop in it is skipped, \
+             and the client comes back as IPv4"
+        );
+        let mapped_stranger: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped_stranger, &h, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap(),
+            "an untrusted peer, canonical"
+        );
     }
 
     #[test]

@@ -131,7 +131,7 @@ async fn guarded(
     work: impl Future<Output = Outcome>,
 ) -> Result<Response> {
     if state.switches.rate_limits() {
-        state.failures.check(&ip).await?;
+        state.failures.check(ip).await?;
     }
     let started = std::time::Instant::now();
     let Outcome { key_id, result } = work.await;
@@ -159,14 +159,8 @@ async fn guarded(
     let mut res = match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
-            if e.is_auth_failure() && state.failures.record_failure(&ip).await? {
-                state.alerts.raise_once(
-                    AlertKind::FailureBurst,
-                    &ip.to_string(),
-                    None,
-                    Some(ip),
-                    serde_json::json!({"budget_per_minute": state.settings.ip_failure_budget}),
-                );
+            if e.is_auth_failure() {
+                count_failure(state, ip).await?;
             }
             return Err(e);
         }
@@ -181,4 +175,22 @@ async fn guarded(
         h.insert("dpop-nonce", v);
     }
     Ok(res)
+}
+
+/// Counts a failed authentication from `ip` against its failure budget, and raises
+/// `FAILURE_BURST` (once a minute per address bucket) when this failure spent it. The token
+/// endpoints, the leak report and the key-in-URL guard share this budget.
+pub(super) async fn count_failure(state: &AppState, ip: std::net::IpAddr) -> Result<()> {
+    if state.failures.record_failure(ip).await? {
+        let bucket = state.failures.bucket(ip);
+        state.alerts.raise_once(
+            AlertKind::FailureBurst,
+            &bucket.to_string(),
+            None,
+            Some(ip),
+            serde_json::json!({"budget_per_minute": state.failures.per_minute(),
+                               "addresses": bucket.to_string()}),
+        );
+    }
+    Ok(())
 }
