@@ -84,17 +84,16 @@ fn body() -> TokenRequest {
 }
 
 async fn exchange_once(running: &Running, key: &str, proof: &str) {
-    let seen = std::sync::OnceLock::new();
     let p = Presented {
         api_key: Some(key),
         proof: Ok(Some(proof)),
         origin: None,
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        key_seen: &seen,
         path: exchange::TOKEN_PATH,
     };
     exchange::exchange(&running.state, p, body())
         .await
+        .result
         .expect("the exchange succeeds");
 }
 

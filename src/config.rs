@@ -160,6 +160,11 @@ pub struct ServeArgs {
     /// Failed authentications per minute per client IP before it gets 429 on token endpoints.
     #[arg(long, env = "KEYBOUND_IP_FAILURE_BUDGET", default_value_t = 20)]
     pub ip_failure_budget: u32,
+    /// Prefix length by which IPv6 clients share a per-IP failure budget (an IPv4 address, or
+    /// an IPv4-mapped IPv6 one, counts alone). 64: one ordinary host or home network.
+    #[arg(long, env = "KEYBOUND_IPV6_BUDGET_PREFIX", default_value_t = crate::net::DEFAULT_V6_BUDGET_PREFIX,
+          value_parser = clap::value_parser!(u8).range(32..=128))]
+    pub ipv6_budget_prefix: u8,
     /// Wrong secrets per minute for one key id (from all IPs together) before FAILURE_BURST;
     /// past it, wrong secrets for that id get 429 (the right secret always works).
     #[arg(long, env = "KEYBOUND_KEY_FAILURE_BUDGET", default_value_t = crate::state::KEY_FAILURE_BUDGET)]
@@ -185,6 +190,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYBOUND_USAGE_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(i64).range(1..=3650))]
     pub usage_retention_days: i64,
+    /// Days alerts are kept before the hourly purge deletes them.
+    #[arg(long, env = "KEYBOUND_ALERT_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub alert_retention_days: i64,
     /// Entries in each validation cache (keys, devices).
     #[arg(long, env = "KEYBOUND_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,

@@ -40,6 +40,8 @@ pub mod keys;
 pub mod lab;
 /// Rate limits and failure budgets.
 pub mod limits;
+/// Client addresses in canonical form: trust, allow lists, budget buckets.
+pub mod net;
 /// The replay store for DPoP proof ids (in-process or Redis).
 pub mod replay;
 /// Starting and stopping the server.

@@ -30,10 +30,12 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, finishes in-flight requests, and waits.
+    /// Stops accepting, finishes in-flight requests, stores the alerts still queued, and
+    /// waits.
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
+        self.state.alerts.flush().await;
     }
 
     /// Re-reads the TLS certificate and key (what SIGHUP does). Without TLS there is nothing

@@ -15,7 +15,7 @@ use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
-use crate::limits::{Backend, FailureBudget, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
+use crate::limits::{Backend, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
@@ -41,12 +41,16 @@ pub struct Settings {
     pub dpop_iat_window_secs: i64,
     /// Failed authentications per minute per IP.
     pub ip_failure_budget: u32,
+    /// Prefix by which IPv6 clients share a per-IP budget.
+    pub ipv6_budget_prefix: u8,
     /// Wrong secrets per minute per key id.
     pub key_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
     /// Days usage events are kept.
     pub usage_retention_days: i64,
+    /// Days alerts are kept.
+    pub alert_retention_days: i64,
     /// Serve the benchmark-only routes (`--bench-routes`).
     pub bench_routes: bool,
 }
@@ -63,9 +67,11 @@ impl Settings {
             require_dpop_nonce: args.require_dpop_nonce,
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
+            ipv6_budget_prefix: args.ipv6_budget_prefix,
             key_failure_budget: args.key_failure_budget,
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
+            alert_retention_days: args.alert_retention_days,
             bench_routes: args.bench_routes,
         }
     }
@@ -206,11 +212,12 @@ impl AppState {
                 ..VerifyOptions::default()
             }),
             key_limits: Arc::new(KeyLimits::new(limits.clone(), args.cache_capacity)),
-            failures: Arc::new(FailureBudget::new(
+            failures: Arc::new(IpFailures::new(
                 limits.clone(),
                 "keybound:fail:ip",
                 settings.ip_failure_budget,
                 args.cache_capacity,
+                settings.ipv6_budget_prefix,
             )),
             key_failures: Arc::new(KeyIdFailures::new(limits, settings.key_failure_budget)),
             alerts: Arc::new(
@@ -239,6 +246,15 @@ impl AppState {
         }));
         state.spawn_background();
         Ok(state)
+    }
+
+    /// The API key check ([`crate::keys::auth`]), with this server's cache and budgets.
+    pub fn key_auth(&self) -> crate::keys::KeyAuth<'_> {
+        crate::keys::KeyAuth {
+            cache: &self.cache,
+            failures: &self.key_failures,
+            alerts: &self.alerts,
+        }
     }
 
     /// Notes that a key was used; written in batches by a background task.
@@ -283,6 +299,12 @@ impl AppState {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(events = n, "purged old usage events"),
                         Err(e) => tracing::warn!(error = %e, "could not purge usage events"),
+                    }
+                    let retention = state.settings.alert_retention_days * 86_400;
+                    match state.store.purge_alerts(t - retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(alerts = n, "purged old alerts"),
+                        Err(e) => tracing::warn!(error = %e, "could not purge alerts"),
                     }
                     match state.store.purge_expired_keys(t - PURGE_AFTER_EXPIRY).await {
                         Ok(0) => {}

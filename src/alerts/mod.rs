@@ -1,7 +1,8 @@
 //! Anomaly alerts (contract section 7): raised on the request path, stored for
 //! `GET /admin/v1/alerts` and logged as structured events.
 //!
-//! Raising never blocks or fails a request: the write is handed to a task and lands within
+//! Raising never blocks or fails a request: the alert is queued for [`writer`], which stores
+//! alerts in batches (one transaction each, a bounded queue, drops counted) within
 //! milliseconds (the contract allows 1 s). Alerts carry ids, kinds and IPs, never secrets.
 //!
 //! Two optional reactions hang off [`Alerts::raise`]:
@@ -11,6 +12,7 @@
 
 pub mod containment;
 pub mod webhook;
+pub mod writer;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -23,6 +25,7 @@ use serde_json::Value;
 use crate::store::{AlertRecord, Store};
 use containment::Containment;
 use webhook::Webhook;
+use writer::AlertWriter;
 
 /// The kinds of anomaly keybound reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,7 +134,8 @@ type Spread = (HashSet<String>, HashSet<String>);
 
 /// Raises alerts and runs the windowed detectors.
 pub struct Alerts {
-    store: Arc<dyn Store>,
+    /// Stores alerts in batches.
+    writer: AlertWriter,
     thresholds: Thresholds,
     /// Per key: (minute, count) for the spike detector.
     per_minute: Cache<String, Arc<Mutex<(i64, u64)>>>,
@@ -146,10 +150,10 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    /// Alerts stored in `store`.
+    /// Alerts stored in `store` (starts the writer task: call inside a Tokio runtime).
     pub fn new(store: Arc<dyn Store>, thresholds: Thresholds) -> Alerts {
         Alerts {
-            store,
+            writer: AlertWriter::start(store),
             thresholds,
             per_minute: Cache::builder()
                 .max_capacity(100_000)
@@ -215,12 +219,12 @@ impl Alerts {
         if let Some(containment) = &self.containment {
             containment.on_alert(kind, &alert);
         }
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.insert_alert(&alert).await {
-                tracing::error!(error = %e, kind = %alert.kind, "could not store alert");
-            }
-        });
+        self.writer.write(alert);
+    }
+
+    /// Waits until every alert raised so far is stored (on shutdown).
+    pub async fn flush(&self) {
+        self.writer.flush().await;
     }
 
     /// Raises `kind` for `subject` at most once per minute.

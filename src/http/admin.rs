@@ -413,6 +413,7 @@ struct RotateBody {
 }
 
 /// Issues a new key (new id, same settings); the old one works until the grace period ends.
+/// A suspended key can be rotated too (recovery from a leak): it stays suspended.
 #[utoipa::path(post, path = "/admin/v1/keys/{key_id}/rotate", tag = "admin",
     security(("admin_token" = [])),
     params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),

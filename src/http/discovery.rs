@@ -17,7 +17,8 @@ use super::extract::{ClientIp, Json, Query};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
-use crate::keys::{ApiKey, format::find_keys};
+use crate::keys::ApiKey;
+use crate::keys::format::find_first_key;
 use crate::state::AppState;
 use crate::store::KeyStatus;
 use crate::store::RevocationRecord;
@@ -202,6 +203,8 @@ a valid key is suspended at once and a `KEY_LEAKED` alert raised.", body = LeakR
         (status = 400, description = "`INVALID_REQUEST`, `API_KEY_IN_URL`.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: the client IP's failure budget is spent (a \
+report of a key that does not verify counts as a failure); `Retry-After` is set.", body = ErrorBody),
         (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),
     ))]
 async fn leaks(
@@ -215,25 +218,21 @@ async fn leaks(
         .chars()
         .take(512)
         .collect();
-    let verified = match ApiKey::parse(report.key.trim()) {
-        Ok(key) => {
-            let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
-            let matches = record.as_ref().is_some_and(|r| {
-                bool::from(subtle::ConstantTimeEq::ct_eq(
-                    &key.secret_hash()[..],
-                    &r.secret_hash[..],
-                ))
-            });
-            if !matches {
-                // As at the token endpoint: the answer's timing must not tell a live id.
-                state.cache.pay_for_refusal(cached).await;
-            }
-            record.filter(|_| matches)
+    // Behind the per-IP failure budget, like the token endpoints: a report is a key check.
+    state.failures.check(ip).await?;
+    let now = crate::state::now();
+    // The same check as the token endpoint's, so the answer's timing does not tell a live id
+    // either. A key that verified is reported whatever its status.
+    let verified = match state.key_auth().authenticate(&report.key, now).await {
+        Ok(v) => Some(v.record().clone()),
+        Err(e) if e.is_auth_failure() => {
+            // Still 202, the same answer; the failure is counted all the same.
+            super::token::count_failure(&state, ip).await?;
+            None
         }
-        Err(_) => None,
+        Err(e) => return Err(e),
     };
     if let Some(record) = verified {
-        let now = crate::state::now();
         if record.status == KeyStatus::Active {
             let actor = crate::keys::service::Actor {
                 name: "leak-report".into(),
@@ -264,72 +263,110 @@ async fn leaks(
         .into_response())
 }
 
-/// Middleware: a request whose query string holds an API key is refused before routing, and
-/// the key is flagged with a `KEY_IN_URL` alert (URLs end up in proxy and server logs).
+/// Middleware: a request whose URL (query string or path) holds an API key is refused before
+/// routing with `API_KEY_IN_URL`, and flagged with a `KEY_IN_URL` alert (URLs end up in proxy
+/// and server logs).
+///
+/// An unauthenticated request can carry hundreds of checksum-valid keys, which anyone can
+/// forge for any key id, so the guard does bounded work whatever the URL holds (see
+/// `docs/design.md`, "Keys in URLs"):
+/// * only the first key is looked at (query first, then path);
+/// * its secret is checked like any presented key ([`crate::keys::auth`]: one cached lookup,
+///   the equalised refusal, the key id's failure budget), and not at all once the client's
+///   address has spent its failure budget;
+/// * a key whose secret verified is named in the alert (`details.secret_verified: true`, at
+///   most one alert per key a minute); containment may act on it;
+/// * a look-alike that did not verify is a failed authentication for the address's budget,
+///   counted in `keybound_keys_in_url_unverified_total`, and reported without a key id in
+///   one alert per address bucket a minute.
 pub async fn reject_keys_in_url(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(query) = req.uri().query() {
-        // The query holds a plaintext key: wipe our decoded copy when done.
-        let decoded = zeroize::Zeroizing::new(percent_decode(query));
-        let found = find_keys(&decoded);
-        if !found.is_empty() {
-            let ip = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| {
-                    super::extract::client_ip(
-                        c.0.ip(),
-                        req.headers(),
-                        &state.settings.trusted_proxies,
-                    )
-                });
-            for (pos, id) in found {
-                // A checksum is no secret: say whether the URL held the real key, so that
-                // containment acts only on genuine exposures, not on forged lookalikes.
-                let verified = secret_matches(&state, &decoded[pos..], &id).await;
-                state.alerts.raise(
-                    AlertKind::KeyInUrl,
-                    Some(id.as_str()),
-                    None,
-                    ip,
-                    json!({"path": req.uri().path(), "secret_verified": verified}),
-                );
+    let Some((key, place)) = first_key_in_url(req.uri()) else {
+        return next.run(req).await;
+    };
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| {
+            super::extract::client_ip(c.0.ip(), req.headers(), &state.settings.trusted_proxies)
+        });
+    // The path is only named when the key was not in it.
+    let path = (place == "query").then(|| req.uri().path().chars().take(256).collect::<String>());
+    flag_key_in_url(&state, &key, place, path, ip).await;
+    // A stock OAuth client at the token endpoint reads RFC 6749 errors (contract 9.1).
+    if req.uri().path() == crate::exchange::TOKEN_PATH && super::extract::is_form(req.headers()) {
+        return Error::ApiKeyInUrl.into_oauth_response();
+    }
+    Error::ApiKeyInUrl.into_response()
+}
+
+/// The first key in the URL's query, else in its path, both percent-decoded (a URL-encoded
+/// key is still seen), with where it was.
+fn first_key_in_url(uri: &axum::http::Uri) -> Option<(ApiKey, &'static str)> {
+    let find = |part: &str| {
+        // The part may hold a plaintext key: wipe the decoded copy when done.
+        let decoded = zeroize::Zeroizing::new(percent_decode(part));
+        find_first_key(&decoded).map(|(_, key)| key)
+    };
+    if let Some(key) = uri.query().and_then(find) {
+        return Some((key, "query"));
+    }
+    find(uri.path()).map(|key| (key, "path"))
+}
+
+/// Checks the key's secret (when the address may still spend failures) and raises the alert.
+async fn flag_key_in_url(
+    state: &AppState,
+    key: &ApiKey,
+    place: &'static str,
+    path: Option<String>,
+    ip: Option<std::net::IpAddr>,
+) {
+    let within_budget = match ip {
+        Some(ip) => state.failures.check(ip).await.is_ok(),
+        None => true,
+    };
+    let verified = if within_budget {
+        match state.key_auth().verify(key, crate::state::now()).await {
+            Ok(v) => Some(v.record().key_id.clone()),
+            Err(e) => {
+                if let (true, Some(ip)) = (e.is_auth_failure(), ip)
+                    && let Err(e) = super::token::count_failure(state, ip).await
+                {
+                    tracing::warn!(error = %e, "could not count a key-in-URL failure");
+                }
+                None
             }
-            // A stock OAuth client at the token endpoint reads RFC 6749 errors (contract 9.1).
-            if req.uri().path() == crate::exchange::TOKEN_PATH
-                && super::extract::is_form(req.headers())
-            {
-                return Error::ApiKeyInUrl.into_oauth_response();
-            }
-            return Error::ApiKeyInUrl.into_response();
+        }
+    } else {
+        None
+    };
+    match verified {
+        Some(key_id) => state.alerts.raise_once(
+            AlertKind::KeyInUrl,
+            &key_id,
+            Some(&key_id),
+            ip,
+            json!({"secret_verified": true, "in": place, "path": path}),
+        ),
+        None => {
+            metrics::counter!("keybound_keys_in_url_unverified_total").increment(1);
+            let subject = ip.map_or_else(String::new, |ip| state.failures.bucket(ip).to_string());
+            state.alerts.raise_once(
+                AlertKind::KeyInUrl,
+                &format!("unverified {subject}"),
+                None,
+                ip,
+                json!({"secret_verified": false, "in": place, "path": path}),
+            );
         }
     }
-    next.run(req).await
 }
 
-/// Whether `text` starts with the key `id` names, with the right secret.
-async fn secret_matches(state: &AppState, text: &[u8], id: &crate::keys::KeyId) -> bool {
-    let len = "sk_".len() + id.env().as_str().len() + 1 + crate::keys::format::BODY_LEN;
-    let Some(key) = text
-        .get(..len)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|s| ApiKey::parse(s).ok())
-    else {
-        return false;
-    };
-    match state.cache.key(id.as_str()).await {
-        Ok(Some(record)) => bool::from(subtle::ConstantTimeEq::ct_eq(
-            &key.secret_hash()[..],
-            &record.secret_hash[..],
-        )),
-        _ => false,
-    }
-}
-
-/// Percent-decodes a query, so a key that was URL-encoded is still seen.
+/// Percent-decodes a query or path, so a key that was URL-encoded is still seen.
 fn percent_decode(q: &str) -> Vec<u8> {
     percent_encoding::percent_decode_str(q).collect()
 }

@@ -520,7 +520,8 @@ pub async fn set_status(
 }
 
 /// Rotates a key: a new key with a new id and the same settings; the old one keeps working
-/// for `grace_seconds` (never longer than it would have anyway).
+/// for `grace_seconds` (never longer than it would have anyway). A suspended key can be
+/// rotated too; it stays suspended.
 pub async fn rotate(
     store: &dyn Store,
     key_id: &str,
@@ -532,8 +533,15 @@ pub async fn rotate(
         return Err(bad("grace_seconds must be 0 to 31536000"));
     }
     let old = get(store, key_id).await?;
-    if !old.usable_at(now) {
-        return Err(bad("only an active, unexpired key can be rotated"));
+    // A suspended key can be rotated: that is how its owner recovers from a leak (a report or
+    // containment suspends it). The new key is active; the old one stays suspended, so the
+    // grace period gives it nothing back.
+    let rotatable = matches!(old.status, KeyStatus::Active | KeyStatus::Suspended)
+        && old.expires_at.is_none_or(|e| now < e);
+    if !rotatable {
+        return Err(bad(
+            "only an active or suspended, unexpired key can be rotated",
+        ));
     }
     if old.rotated_to.is_some() {
         return Err(bad("this key was already rotated"));

@@ -363,8 +363,11 @@ impl Store for CachedStore {
     async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
         self.inner.list_audit(after, limit).await
     }
-    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
-        self.inner.insert_alert(alert).await
+    async fn insert_alerts(&self, alerts: &[AlertRecord]) -> Result<()> {
+        self.inner.insert_alerts(alerts).await
+    }
+    async fn purge_alerts(&self, before: i64) -> Result<u64> {
+        self.inner.purge_alerts(before).await
     }
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
         self.inner.list_alerts(filter).await

@@ -500,8 +500,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>>;
 
     // ---- alerts ----
-    /// Stores an alert.
-    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()>;
+    /// Stores a batch of alerts in one transaction.
+    async fn insert_alerts(&self, alerts: &[AlertRecord]) -> Result<()>;
+    /// Stores one alert.
+    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
+        self.insert_alerts(std::slice::from_ref(alert)).await
+    }
+    /// Deletes alerts raised before `before` (`--alert-retention-days`); how many.
+    async fn purge_alerts(&self, before: i64) -> Result<u64>;
     /// Alerts matching the filter, newest first.
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
 

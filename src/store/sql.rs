@@ -517,7 +517,7 @@ macro_rules! sql_store {
 
             // ---- statements: alerts ----
 
-            async fn insert_alert_row(pool: &sqlx::Pool<Db>, a: &AlertRecord) -> Result<()> {
+            async fn insert_alert_row(conn: &mut Conn, a: &AlertRecord) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO alerts (id, at, kind, severity, key_id, device_id, ip, details) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -530,9 +530,17 @@ macro_rules! sql_store {
                 .bind(&a.device_id)
                 .bind(&a.ip)
                 .bind(to_json(&a.details))
-                .execute(pool)
+                .execute(conn)
                 .await?;
                 Ok(())
+            }
+
+            async fn delete_alerts_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM alerts WHERE at < $1")
+                    .bind(before)
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
             }
 
             async fn select_alerts(
@@ -1058,9 +1066,21 @@ macro_rules! sql_store {
                     select_audit_after(&self.pool, after, limit).await
                 }
 
-                #[tracing::instrument(skip_all, fields(kind = %alert.kind))]
-                async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
-                    insert_alert_row(&self.pool, alert).await
+                #[tracing::instrument(skip_all, fields(alerts = alerts.len()))]
+                async fn insert_alerts(&self, alerts: &[AlertRecord]) -> Result<()> {
+                    if alerts.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                    for a in alerts {
+                        insert_alert_row(&mut tx, a).await?;
+                    }
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn purge_alerts(&self, before: i64) -> Result<u64> {
+                    delete_alerts_before(&self.pool, before).await
                 }
 
                 #[tracing::instrument(skip_all)]

@@ -154,6 +154,7 @@ conformance!(
     edited_audit_row_is_detected,
     deleted_audit_row_is_detected,
     alerts_filter_newest_first,
+    alert_batches_are_stored_together_and_purged_by_age,
     revocation_feed_pages_by_cursor,
     data_survives_reopen,
 );
