@@ -102,9 +102,52 @@ pub struct ServeArgs {
     /// Deployment profile.
     #[arg(long, env = "KEYBOUND_PROFILE", value_enum, default_value_t = Profile::Dev)]
     pub profile: Profile,
-    /// Bearer token for the admin API; the admin API answers 404 when unset.
-    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token for the admin API (at least 32 characters); the admin API answers 404
+    /// when unset. Prefer `--admin-token-file` or the environment: a command-line value is
+    /// visible to every local user in the process list.
+    #[arg(
+        long,
+        env = "KEYBOUND_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     pub admin_token: Option<SecretString>,
+    /// File holding the admin token (surrounding whitespace ignored).
+    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve the admin API on this address only (e.g. an internal interface); the public
+    /// listener then answers 404 for `/admin/…`.
+    #[arg(long, env = "KEYBOUND_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Wrong admin tokens per minute per client IP; past it that IP's admin requests get 429
+    /// and an ADMIN_TOKEN_FAILURES alert is raised.
+    #[arg(long, env = "KEYBOUND_ADMIN_FAILURE_BUDGET", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_failure_budget: u32,
+    /// Seconds a client has to send a complete request head. The clock starts when the
+    /// server starts waiting for a request (on connect, and after each response), so it is
+    /// also how long an idle HTTP/1.1 keep-alive connection stays open.
+    #[arg(long, env = "KEYBOUND_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request body may take to arrive in full (and the longest pause between two
+    /// of its chunks); a late body is refused with 400 and the connection closed.
+    #[arg(long, env = "KEYBOUND_BODY_READ_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_seconds: u64,
+    /// Seconds an HTTP/2 connection may stay silent before a ping must be answered (idle
+    /// HTTP/2 connections are checked with pings and closed when the peer is gone).
+    #[arg(long, env = "KEYBOUND_HTTP2_KEEP_ALIVE_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http2_keep_alive_seconds: u64,
+    /// Open connections per listener; connections beyond it are closed at once.
+    #[arg(long, env = "KEYBOUND_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Also serve HTTP/2 over plain TCP (h2c, prior knowledge). Off by default: plain HTTP
+    /// is HTTP/1.1 only; HTTPS offers HTTP/2 through ALPN either way.
+    #[arg(long, env = "KEYBOUND_HTTP2_CLEARTEXT")]
+    pub http2_cleartext: bool,
     /// Redis URL for state shared by several instances (replay, rate limits, cache invalidation).
     #[arg(long, env = "KEYBOUND_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

@@ -49,6 +49,8 @@ pub struct Settings {
     pub usage_retention_days: i64,
     /// Serve the benchmark-only routes (`--bench-routes`).
     pub bench_routes: bool,
+    /// How long a request body may take to arrive (in full, and between chunks).
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -67,6 +69,7 @@ impl Settings {
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
             bench_routes: args.bench_routes,
+            body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout_seconds),
         }
     }
 }

@@ -22,13 +22,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
         let json_type = is_json(req.headers());
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge
-            } else {
-                Error::InvalidRequest("could not read the request body".into())
-            }
-        })?;
+        // The whole body within the deadline: the body layer's timeout only bounds the pause
+        // between two chunks, which a client dripping one byte at a time never exceeds.
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(state.settings.body_read_timeout, read)
+            .await
+            .map_err(|_| Error::InvalidRequest("the request body did not arrive in time".into()))?
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge
+                } else {
+                    Error::InvalidRequest("could not read the request body".into())
+                }
+            })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
