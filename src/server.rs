@@ -57,6 +57,8 @@ impl Running {
 /// API on that address alone (same scheme).
 pub async fn start(mut args: ServeArgs, store: Arc<dyn Store>) -> Result<Running> {
     crate::telemetry::metrics();
+    args.load_admin_token_file()
+        .map_err(Error::InvalidRequest)?;
     args.validate().map_err(Error::InvalidRequest)?;
     // Load the certificate before binding, so a bad file fails start-up cleanly.
     let tls = match (&args.tls_cert, &args.tls_key) {

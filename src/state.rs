@@ -43,6 +43,8 @@ pub struct Settings {
     pub ip_failure_budget: u32,
     /// Wrong secrets per minute per key id.
     pub key_failure_budget: u32,
+    /// Wrong admin tokens per minute per IP.
+    pub admin_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
     /// Days usage events are kept.
@@ -66,6 +68,7 @@ impl Settings {
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
             key_failure_budget: args.key_failure_budget,
+            admin_failure_budget: args.admin_failure_budget,
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
             bench_routes: args.bench_routes,
@@ -113,6 +116,8 @@ pub struct Services {
     pub failures: Arc<IpFailures>,
     /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
     pub key_failures: Arc<KeyIdFailures>,
+    /// Per-IP budgets of wrong admin tokens.
+    pub admin_failures: Arc<IpFailures>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
     /// Usage events, written in batches.
@@ -184,7 +189,9 @@ impl AppState {
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
         let redis = match &args.redis_url {
             Some(url) => Some(Arc::new(
-                RedisLink::connect(url).await.map_err(Error::unavailable)?,
+                RedisLink::connect(url.as_str())
+                    .await
+                    .map_err(Error::unavailable)?,
             )),
             None => None,
         };
@@ -211,6 +218,12 @@ impl AppState {
                 limits.clone(),
                 "keybound:fail:ip",
                 settings.ip_failure_budget,
+                args.cache_capacity,
+            )),
+            admin_failures: Arc::new(FailureBudget::new(
+                limits.clone(),
+                "keybound:fail:admin",
+                settings.admin_failure_budget,
                 args.cache_capacity,
             )),
             key_failures: Arc::new(KeyIdFailures::new(limits, settings.key_failure_budget)),
@@ -340,7 +353,7 @@ fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
     if args.alert_webhook_secret.is_none() {
         tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
     }
-    WebhookConfig::new(url, args.alert_webhook_secret.clone())
+    WebhookConfig::new(url.as_str(), args.alert_webhook_secret.clone())
         .and_then(Webhook::start)
         .map(Some)
         .map_err(Error::InvalidRequest)

@@ -130,26 +130,63 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let Some(expected) = &state.admin_token_hash else {
-            return Err(Error::NotFound);
-        };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or(Error::InvalidAdminToken)?;
-        // Compare digests, so neither the content nor the length of the token leaks by timing.
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
-            Ok(AdminAuth)
-        } else {
-            Err(Error::InvalidAdminToken)
-        }
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        check_admin_token(state, &parts.headers, ip).await?;
+        Ok(AdminAuth)
     }
+}
+
+/// The admin-token check, for any route that accepts the admin token (the admin API, and
+/// endpoints such as introspection that also take it): `NOT_FOUND` when no token is
+/// configured, `RATE_LIMITED` while `ip` has spent its budget of wrong tokens
+/// (`--admin-failure-budget`), `INVALID_ADMIN_TOKEN` for a missing or wrong one (which
+/// spends the budget; the failure that spends it raises a `FAILURE_BURST` alert).
+pub async fn check_admin_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+) -> Result<(), Error> {
+    let Some(expected) = &state.admin_token_hash else {
+        return Err(Error::NotFound);
+    };
+    // Refused before the comparison: past the budget, guessing gets no answer at all.
+    state.admin_failures.check(&ip).await?;
+    if admin_token_matches(headers, expected) {
+        return Ok(());
+    }
+    if state.admin_failures.record_failure(&ip).await? {
+        state.alerts.raise_once(
+            crate::alerts::AlertKind::FailureBurst,
+            &format!("admin:{ip}"),
+            None,
+            Some(ip),
+            serde_json::json!({
+                "credential": "admin_token",
+                "budget_per_minute": state.settings.admin_failure_budget,
+            }),
+        );
+    }
+    Err(Error::InvalidAdminToken)
+}
+
+/// Whether `Authorization: Bearer <token>` carries the admin token whose SHA-256 is
+/// `expected`. Digests are compared in constant time, so neither the content nor the length
+/// of the token leaks by timing. An empty token never matches (none shorter than 32
+/// characters can be configured).
+fn admin_token_matches(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    let Some(presented) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+    else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    bool::from(digest.ct_eq(expected)) && !presented.is_empty()
 }
 
 /// The client's IP: the socket peer, unless the peer is a trusted proxy, in which case the
