@@ -150,11 +150,13 @@ async fn revocations(
         .into_response())
 }
 
-/// A leaked key, reported by a secret scanner.
+/// A leaked key, reported by a secret scanner. The key is held as a secret (wiped on drop,
+/// never in `Debug`): it may well be live.
 #[derive(Deserialize, ToSchema)]
 struct LeakReport {
     /// The plaintext key as found.
-    key: String,
+    #[schema(value_type = String)]
+    key: secrecy::SecretString,
     /// Where it was found (URL or note).
     #[serde(default)]
     source: Option<String>,
@@ -190,7 +192,7 @@ async fn leaks(
         .chars()
         .take(512)
         .collect();
-    let verified = match ApiKey::parse(report.key.trim()) {
+    let verified = match ApiKey::parse(secrecy::ExposeSecret::expose_secret(&report.key).trim()) {
         Ok(key) => {
             let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
             let matches = record.as_ref().is_some_and(|r| {
