@@ -254,6 +254,15 @@ impl AppState {
         Ok(state)
     }
 
+    /// The API key check ([`crate::keys::auth`]), with this server's cache and budgets.
+    pub fn key_auth(&self) -> crate::keys::KeyAuth<'_> {
+        crate::keys::KeyAuth {
+            cache: &self.cache,
+            failures: &self.key_failures,
+            alerts: &self.alerts,
+        }
+    }
+
     /// Notes that a key was used; written in batches by a background task.
     pub fn touch_key(&self, key_id: &str, at: i64) {
         let mut t = self.touched.lock().expect("not poisoned");

@@ -23,7 +23,6 @@ use crate::devices::trust::{
 };
 use crate::dpop::{self, VerifiedProof};
 use crate::error::{Error, Result};
-use crate::keys::ApiKey;
 use crate::state::AppState;
 use crate::store::{DeviceRecord, DeviceStatus, Enrollment, JsonText, KeyRecord, RefreshRecord};
 use crate::tokens::{self, AccessClaims, AccessGrant, GrantedTrust};
@@ -45,8 +44,27 @@ pub struct Presented<'a> {
     pub origin: Option<&'a str>,
     /// The client IP (after trusted-proxy resolution).
     pub ip: IpAddr,
-    /// Set to the key id once the request is known to come from a valid key (for usage).
-    pub key_seen: &'a std::sync::OnceLock<String>,
+}
+
+/// A use case's answer, with the key it was made for once the request got that far (a valid
+/// key): usage is recorded for those requests only, successes and refusals alike, so a flood
+/// of made-up keys cannot fill the usage table.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The authenticated key's id, if the request got past the key check.
+    pub key_id: Option<String>,
+    /// The answer.
+    pub result: Result<TokenResponse>,
+}
+
+impl Outcome {
+    /// A refusal before any key was identified.
+    pub fn anonymous(result: Result<TokenResponse>) -> Outcome {
+        Outcome {
+            key_id: None,
+            result,
+        }
+    }
 }
 
 /// The successful answer of both endpoints (contract 3.1). `Debug` leaves out both tokens.
@@ -94,17 +112,46 @@ pub struct TrustSummary {
     pub level: GrantedTrust,
 }
 
-/// `POST /v1/token`.
-pub async fn exchange(
+/// `POST /v1/token`: the answer and, once the key verified, its id.
+pub async fn exchange(state: &AppState, p: Presented<'_>, body: TokenRequest) -> Outcome {
+    let now = crate::state::now();
+    let key = match authenticate(state, &p, &body, now).await {
+        Ok(key) => key,
+        Err(e) => return Outcome::anonymous(Err(e)),
+    };
+    Outcome {
+        key_id: Some(key.key_id.clone()),
+        result: exchange_as(state, &key, p, body, now).await,
+    }
+}
+
+/// The request's checks up to a usable key: the body's limits, then the key itself.
+async fn authenticate(
     state: &AppState,
+    p: &Presented<'_>,
+    body: &TokenRequest,
+    now: i64,
+) -> Result<Arc<KeyRecord>> {
+    body.validate()?;
+    let presented = p.api_key.ok_or(Error::MissingApiKey)?;
+    let key = state
+        .key_auth()
+        .authenticate(presented, now)
+        .await?
+        .usable()?;
+    state.touch_key(&key.key_id, now);
+    Ok(key)
+}
+
+/// The exchange for an authenticated `key`.
+async fn exchange_as(
+    state: &AppState,
+    key: &KeyRecord,
     p: Presented<'_>,
     body: TokenRequest,
+    now: i64,
 ) -> Result<TokenResponse> {
-    let now = crate::state::now();
-    body.validate()?;
-    let key = authenticate_key(state, p.api_key, now).await?;
-    let _ = p.key_seen.set(key.key_id.clone());
-    check_allow_lists(&key, p.ip, p.origin)?;
+    check_allow_lists(key, p.ip, p.origin)?;
     let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
     // After the proof: a nonce challenge (or a bad proof) must not spend the key's allowance,
     // or a key limited to one exchange a minute could never get a token in nonce mode.
@@ -133,14 +180,14 @@ pub async fn exchange(
         attributes: presented,
     } = body.device.unwrap_or_default();
     let (device, decision) =
-        device_and_trust(state, &key, &proof, presented, device_name, p.ip, now).await?;
-    let granted = grant_scopes(&key, &requested, decision.level);
+        device_and_trust(state, key, &proof, presented, device_name, p.ip, now).await?;
+    let granted = grant_scopes(key, &requested, decision.level);
     let device = Arc::new(device);
     // Time-ordered (v7): new families append to the family index instead of landing on a
     // random page of it.
     let family = format!("rf_{}", uuid::Uuid::now_v7().simple());
     issue(
-        state, &key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now,
+        state, key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now,
     )
     .await
 }
@@ -227,54 +274,6 @@ async fn reuse_detected(state: &AppState, old: &RefreshRecord, ip: IpAddr, now: 
         json!({"family_id": old.family_id}),
     );
     Error::RefreshTokenReused
-}
-
-/// Parses and checks the API key. Unknown ids and wrong secrets do the same work: a hash
-/// compared in constant time (against a fixed dummy for unknown ids), one cache lookup, and
-/// one storage read.
-async fn authenticate_key(
-    state: &AppState,
-    presented: Option<&str>,
-    now: i64,
-) -> Result<Arc<KeyRecord>> {
-    let presented = presented.ok_or(Error::MissingApiKey)?;
-    let key = ApiKey::parse(presented.trim()).map_err(|_| Error::InvalidApiKey)?;
-    let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
-    let hash = key.secret_hash();
-    const DUMMY: [u8; 32] = [0x5a; 32];
-    let stored: &[u8] = record.as_deref().map_or(&DUMMY[..], |r| &r.secret_hash[..]);
-    let matches = bool::from(hash.ct_eq(stored)) & record.is_some();
-    match record {
-        Some(r) if matches && r.usable_at(now) => {
-            state.touch_key(&r.key_id, now);
-            Ok(r)
-        }
-        // The right secret of a suspended, revoked or expired key: not a guess.
-        Some(_) if matches => Err(Error::InvalidApiKey),
-        _ => {
-            state.cache.pay_for_refusal(cached).await;
-            // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
-            // budget, at the same fixed cost for unknown and real ids (see KeyIdFailures).
-            let id = key.id().as_str();
-            if !state.key_failures.record(id).await? {
-                if let Some(r) = &record {
-                    // Alert for real keys only: made-up ids are noise, not a target.
-                    state.alerts.raise_once(
-                        AlertKind::FailureBurst,
-                        &r.key_id,
-                        Some(&r.key_id),
-                        None,
-                        json!({"scope": "key_id", "budget_per_minute": state.settings.key_failure_budget}),
-                    );
-                }
-                let budget = u64::from(state.settings.key_failure_budget.max(1));
-                return Err(Error::KeyIdBudgetSpent {
-                    retry_after_secs: (60 / budget).max(1),
-                });
-            }
-            Err(Error::InvalidApiKey)
-        }
-    }
 }
 
 fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Result<()> {

@@ -16,7 +16,7 @@ use super::extract::{ClientIp, Json, Query};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
-use crate::keys::{ApiKey, format::find_keys};
+use crate::keys::format::find_keys;
 use crate::state::AppState;
 use crate::store::KeyStatus;
 use crate::store::RevocationRecord;
@@ -192,25 +192,19 @@ async fn leaks(
         .chars()
         .take(512)
         .collect();
-    let verified = match ApiKey::parse(secrecy::ExposeSecret::expose_secret(&report.key).trim()) {
-        Ok(key) => {
-            let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
-            let matches = record.as_ref().is_some_and(|r| {
-                bool::from(subtle::ConstantTimeEq::ct_eq(
-                    &key.secret_hash()[..],
-                    &r.secret_hash[..],
-                ))
-            });
-            if !matches {
-                // As at the token endpoint: the answer's timing must not tell a live id.
-                state.cache.pay_for_refusal(cached).await;
-            }
-            record.filter(|_| matches)
-        }
-        Err(_) => None,
+    let now = crate::state::now();
+    // The same check as the token endpoint's, so the answer's timing does not tell a live id
+    // either. A key that verified is reported whatever its status.
+    let verified = match state
+        .key_auth()
+        .authenticate(secrecy::ExposeSecret::expose_secret(&report.key), now)
+        .await
+    {
+        Ok(v) => Some(v.record().clone()),
+        Err(e) if e.is_auth_failure() => None,
+        Err(e) => return Err(e),
     };
     if let Some(record) = verified {
-        let now = crate::state::now();
         if record.status == KeyStatus::Active {
             let actor = crate::keys::service::Actor {
                 name: "leak-report".into(),
@@ -281,23 +275,18 @@ pub async fn reject_keys_in_url(
     next.run(req).await
 }
 
-/// Whether `text` starts with the key `id` names, with the right secret.
+/// Whether `text` starts with the key `id` names, with the right secret (checked like every
+/// presented key, [`crate::keys::auth`]).
 async fn secret_matches(state: &AppState, text: &[u8], id: &crate::keys::KeyId) -> bool {
     let len = "sk_".len() + id.env().as_str().len() + 1 + crate::keys::format::BODY_LEN;
-    let Some(key) = text
-        .get(..len)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|s| ApiKey::parse(s).ok())
-    else {
+    let Some(key) = text.get(..len).and_then(|b| std::str::from_utf8(b).ok()) else {
         return false;
     };
-    match state.cache.key(id.as_str()).await {
-        Ok(Some(record)) => bool::from(subtle::ConstantTimeEq::ct_eq(
-            &key.secret_hash()[..],
-            &record.secret_hash[..],
-        )),
-        _ => false,
-    }
+    state
+        .key_auth()
+        .authenticate(key, crate::state::now())
+        .await
+        .is_ok()
 }
 
 /// Percent-decodes a query, so a key that was URL-encoded is still seen.

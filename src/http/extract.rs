@@ -174,19 +174,21 @@ pub async fn check_admin_token(
 /// of the token leaks by timing. An empty token never matches (none shorter than 32
 /// characters can be configured).
 fn admin_token_matches(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
-    let Some(presented) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-    else {
+    let Some(presented) = bearer(headers).map(str::trim) else {
         return false;
     };
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     bool::from(digest.ct_eq(expected)) && !presented.is_empty()
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header (RFC 6750 section 2.1),
+/// the one parser for every bearer credential: the admin token, an API key sent as a bearer
+/// token. The scheme name is case-insensitive (RFC 9110 section 11.1); `None` when the header
+/// is absent, not text, or another scheme.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case("bearer ").then_some(credential)
 }
 
 /// The client's IP: the socket peer, unless the peer is a trusted proxy, in which case the
@@ -263,6 +265,28 @@ mod tests {
             proxy,
             "no header"
         );
+    }
+
+    #[test]
+    fn bearer_takes_the_credential_of_the_bearer_scheme_only() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        let cases = [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("Bearer ", Some("")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("Bear", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(bearer(&with(value)), want, "{value:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None, "no header");
     }
 
     #[test]

@@ -7,11 +7,11 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use super::extract::{ClientIp, Json};
+use super::extract::{ClientIp, Json, bearer};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::Result;
-use crate::exchange::{self, Presented, RefreshRequest, TokenRequest};
+use crate::exchange::{self, Outcome, Presented, RefreshRequest, TokenRequest};
 use crate::state::AppState;
 use crate::store::UsageEvent;
 
@@ -27,21 +27,16 @@ pub fn router() -> Router<AppState> {
 #[openapi(paths(token, refresh))]
 pub(super) struct Doc;
 
-fn presented<'a>(
-    headers: &'a HeaderMap,
-    ip: std::net::IpAddr,
-    key_seen: &'a std::sync::OnceLock<String>,
-) -> Presented<'a> {
-    let text = |v: &'a HeaderValue| v.to_str().ok();
-    let api_key = headers.get("x-api-key").and_then(text).or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(text)
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-    });
+/// What a token request presents: the API key (`X-API-Key`, else a bearer token), the proof,
+/// the origin and the client IP.
+pub fn presented(headers: &HeaderMap, ip: std::net::IpAddr) -> Presented<'_> {
+    fn text(v: &HeaderValue) -> Option<&str> {
+        v.to_str().ok()
+    }
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(text)
+        .or_else(|| bearer(headers));
     let mut proofs = headers.get_all("dpop").iter();
     let proof = match (proofs.next(), proofs.next()) {
         (None, _) => Ok(None),
@@ -53,7 +48,6 @@ fn presented<'a>(
         proof,
         origin: headers.get(header::ORIGIN).and_then(text),
         ip,
-        key_seen,
     }
 }
 
@@ -84,12 +78,13 @@ async fn token(
     headers: HeaderMap,
     body: Result<Json<TokenRequest>>,
 ) -> Result<Response> {
-    let seen = std::sync::OnceLock::new();
     let work = async {
-        let Json(body) = body?;
-        exchange::exchange(&state, presented(&headers, ip, &seen), body).await
+        match body {
+            Ok(Json(body)) => exchange::exchange(&state, presented(&headers, ip), body).await,
+            Err(e) => Outcome::anonymous(Err(e)),
+        }
     };
-    guarded(&state, ip, exchange::TOKEN_PATH, &headers, &seen, work).await
+    guarded(&state, ip, exchange::TOKEN_PATH, &headers, work).await
 }
 
 /// Rotates a refresh token: the old one is spent, a new pair is issued (contract 3.2). The
@@ -116,12 +111,14 @@ async fn refresh(
     headers: HeaderMap,
     body: Result<Json<RefreshRequest>>,
 ) -> Result<Response> {
-    let seen = std::sync::OnceLock::new();
     let work = async {
-        let Json(body) = body?;
-        exchange::refresh(&state, presented(&headers, ip, &seen), body).await
+        let result = match body {
+            Ok(Json(body)) => exchange::refresh(&state, presented(&headers, ip), body).await,
+            Err(e) => Err(e),
+        };
+        Outcome::anonymous(result)
     };
-    guarded(&state, ip, exchange::REFRESH_PATH, &headers, &seen, work).await
+    guarded(&state, ip, exchange::REFRESH_PATH, &headers, work).await
 }
 
 /// Refuses an IP that spent its failure budget, counts this request's failure against it,
@@ -131,23 +128,22 @@ async fn guarded(
     ip: std::net::IpAddr,
     endpoint: &'static str,
     headers: &HeaderMap,
-    key_seen: &std::sync::OnceLock<String>,
-    work: impl Future<Output = Result<exchange::TokenResponse>>,
+    work: impl Future<Output = Outcome>,
 ) -> Result<Response> {
     if state.switches.rate_limits() {
         state.failures.check(&ip).await?;
     }
     let started = std::time::Instant::now();
-    let result = work.await;
+    let Outcome { key_id, result } = work.await;
     let elapsed = started.elapsed();
     metrics::histogram!("keybound_exchange_seconds").record(elapsed.as_secs_f64());
-    if let Some(key_id) = key_seen.get().filter(|_| state.switches.usage()) {
+    if let Some(key_id) = key_id.filter(|_| state.switches.usage()) {
         let status = match &result {
             Ok(_) => 200,
             Err(e) => i64::from(e.status().as_u16()),
         };
         state.usage.record(UsageEvent {
-            key_id: key_id.clone(),
+            key_id,
             at: crate::state::now(),
             endpoint: endpoint.into(),
             method: "POST".into(),

@@ -212,6 +212,17 @@ impl KeyIdFailures {
             % KEY_ID_SLOTS
     }
 
+    /// Wrong secrets allowed per minute for one id.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// The `Retry-After` of a refusal by a spent budget: one emission interval, when the id's
+    /// bucket has room for one more wrong secret.
+    pub fn retry_after_secs(&self) -> u64 {
+        (60 / u64::from(self.per_minute)).max(1)
+    }
+
     /// Records a wrong secret for `key_id`: `Ok(true)` within the budget, `Ok(false)` once it
     /// is spent (the caller answers 429 and may alert).
     pub async fn record(&self, key_id: &str) -> Result<bool> {

@@ -267,7 +267,7 @@ async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
 async fn unknown_ids_and_wrong_secrets_take_as_long_over_http() {
     // dudect's |t| over HTTP is not stable on a shared 2-core machine (other builds and tests
     // run beside it), so the assertion is on the relative gap between the medians: 30–40 %
-    // before the equalizing storage read in `authenticate_key`, 1–10 % after.
+    // before the equalizing storage read in `keys::auth`, 1–10 % after.
     let t = target().await;
     let g = lab::timing::timing(&t, 400, 100).await.unwrap();
     for test in g.tests.iter().filter(|x| x.unit == "µs").take(1) {
