@@ -135,7 +135,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 struct ConnLimits {
     header_read: Duration,
     h2_keep_alive: Duration,
-    permits: Arc<Semaphore>,
+    max_connections: usize,
     h2c: bool,
 }
 
@@ -144,7 +144,7 @@ impl ConnLimits {
         ConnLimits {
             header_read: Duration::from_secs(args.header_read_timeout_seconds),
             h2_keep_alive: Duration::from_secs(args.http2_keep_alive_seconds),
-            permits: Arc::new(Semaphore::new(args.max_connections as usize)),
+            max_connections: args.max_connections as usize,
             h2c: args.http2_cleartext,
         }
     }
@@ -175,7 +175,9 @@ fn serve_on(
         .keep_alive_timeout(limits.header_read)
         .max_concurrent_streams(MAX_H2_STREAMS);
     let server = server.first_request_timeout(limits.header_read);
-    let permits = limits.permits.clone();
+    // Each listener has its own cap, so a flood on the public address cannot starve the
+    // admin one.
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     Ok(match tls {
         None => {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
