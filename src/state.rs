@@ -220,8 +220,11 @@ impl AppState {
                 settings.ip_failure_budget,
                 args.cache_capacity,
             )),
+            // In process even in cluster mode: the admin API must keep working through a
+            // Redis outage (that is when an operator may need to revoke something), so its
+            // budget cannot depend on Redis. Each instance counts its own wrong tokens.
             admin_failures: Arc::new(FailureBudget::new(
-                limits.clone(),
+                Backend::Local,
                 "keybound:fail:admin",
                 settings.admin_failure_budget,
                 args.cache_capacity,
