@@ -25,7 +25,7 @@ pub struct Cli {
         env = "KEYBOUND_DATABASE_URL",
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<CredentialUrl>,
 
     /// What to do.
     #[command(subcommand)]
@@ -37,7 +37,8 @@ impl Cli {
     /// then the embedded default.
     pub fn database_url(&self) -> String {
         self.database_url
-            .clone()
+            .as_ref()
+            .map(|u| u.as_str().to_owned())
             .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
     }
@@ -102,8 +103,15 @@ pub struct ServeArgs {
     /// Deployment profile.
     #[arg(long, env = "KEYBOUND_PROFILE", value_enum, default_value_t = Profile::Dev)]
     pub profile: Profile,
-    /// Bearer token for the admin API; the admin API answers 404 when unset.
-    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token for the admin API (at least 32 characters); the admin API answers 404
+    /// when unset. Prefer `--admin-token-file` or the environment: a command-line value is
+    /// visible to every local user in the process list.
+    #[arg(
+        long,
+        env = "KEYBOUND_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     pub admin_token: Option<SecretString>,
     /// A bearer token resource servers present to `POST /v1/token/introspect` (repeatable;
     /// the admin token works there too). Compared in constant time.
@@ -114,9 +122,45 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub introspection_tokens: Vec<SecretString>,
+    /// File holding the admin token (surrounding whitespace ignored).
+    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve the admin API on this address only (e.g. an internal interface); the public
+    /// listener then answers 404 for `/admin/…`.
+    #[arg(long, env = "KEYBOUND_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Wrong admin tokens per minute per client IP; past it that IP's admin requests get 429
+    /// and an ADMIN_TOKEN_FAILURES alert is raised.
+    #[arg(long, env = "KEYBOUND_ADMIN_FAILURE_BUDGET", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_failure_budget: u32,
+    /// Seconds a client has to send a complete request head. The clock starts when the
+    /// server starts waiting for a request (on connect, and after each response), so it is
+    /// also how long an idle HTTP/1.1 keep-alive connection stays open.
+    #[arg(long, env = "KEYBOUND_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request body may take to arrive in full (and the longest pause between two
+    /// of its chunks); a late body is refused with 400 and the connection closed.
+    #[arg(long, env = "KEYBOUND_BODY_READ_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_seconds: u64,
+    /// Seconds an HTTP/2 connection may stay silent before a ping must be answered (idle
+    /// HTTP/2 connections are checked with pings and closed when the peer is gone).
+    #[arg(long, env = "KEYBOUND_HTTP2_KEEP_ALIVE_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http2_keep_alive_seconds: u64,
+    /// Open connections per listener; connections beyond it are closed at once.
+    #[arg(long, env = "KEYBOUND_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Also serve HTTP/2 over plain TCP (h2c, prior knowledge). Off by default: plain HTTP
+    /// is HTTP/1.1 only; HTTPS offers HTTP/2 through ALPN either way.
+    #[arg(long, env = "KEYBOUND_HTTP2_CLEARTEXT")]
+    pub http2_cleartext: bool,
     /// Redis URL for state shared by several instances (replay, rate limits, cache invalidation).
     #[arg(long, env = "KEYBOUND_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<CredentialUrl>,
     /// TLS certificate chain (PEM).
     #[arg(long, env = "KEYBOUND_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -138,11 +182,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYBOUND_REQUIRE_DPOP_NONCE")]
     pub require_dpop_nonce: bool,
     /// DPoP proof `iat` acceptance window, in seconds either side of server time.
-    #[arg(long, env = "KEYBOUND_DPOP_IAT_WINDOW_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "KEYBOUND_DPOP_IAT_WINDOW_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(i64).range(0..=3600))]
     pub dpop_iat_window_seconds: i64,
     /// URL that receives every alert as a signed JSON POST (see docs/configuration.md).
     #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK", hide_env_values = true)]
-    pub alert_webhook: Option<String>,
+    pub alert_webhook: Option<CredentialUrl>,
     /// HMAC-SHA256 key for the webhook's `X-Keybound-Signature` header. Required in `prod`.
     #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK_SECRET", hide_env_values = true)]
     pub alert_webhook_secret: Option<SecretString>,
@@ -154,7 +199,8 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "KEYBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Allowed token audiences (repeatable); the first is the default. None: the issuer only.
+    /// Allowed token audiences (repeatable, or comma-separated: `a,b` is two); the first is
+    /// the default. None: the issuer only.
     #[arg(long = "audience", env = "KEYBOUND_AUDIENCE", value_delimiter = ',')]
     pub audiences: Vec<String>,
     /// Failed authentications per minute per client IP before it gets 429 on token endpoints.
@@ -228,14 +274,45 @@ impl ServeArgs {
         }
     }
 
+    /// Reads `--admin-token-file` into `admin_token` (surrounding whitespace dropped).
+    pub fn load_admin_token_file(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.admin_token_file {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?,
+            );
+            self.admin_token = Some(SecretString::from(text.trim().to_owned()));
+        }
+        Ok(())
+    }
+
     /// Checks the profile's rules before anything starts.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(t) = &self.admin_token {
+            // 32 characters: well past guessing at any rate the failure budget allows, and
+            // what `openssl rand -base64 24` prints. An empty token would turn the admin API
+            // on for anyone sending `Authorization: Bearer `.
+            if secrecy::ExposeSecret::expose_secret(t)
+                .trim()
+                .chars()
+                .count()
+                < MIN_ADMIN_TOKEN_CHARS
+            {
+                return Err(format!(
+                    "the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} characters \
+                     (e.g. `openssl rand -base64 32`)"
+                ));
+            }
+        }
         if self.profile == Profile::Prod {
             if self.tls_cert.is_none() && self.trusted_proxy.is_empty() {
                 return Err("--profile prod needs --tls-cert/--tls-key or --trusted-proxy".into());
             }
-            if self.master_key.is_none() {
-                return Err("--profile prod needs KEYBOUND_MASTER_KEY".into());
+            if self.master_key.is_none() && !self.master_key_file.is_file() {
+                return Err(
+                    "--profile prod needs KEYBOUND_MASTER_KEY or an existing --master-key-file"
+                        .into(),
+                );
             }
             if self.alert_webhook.is_some() && self.alert_webhook_secret.is_none() {
                 return Err(
@@ -274,6 +351,102 @@ impl ServeArgs {
             _ => unreachable!(),
         }
     }
+}
+
+/// A URL that may carry a credential (a database or Redis password in its userinfo, a
+/// webhook token in its path or query). It is used as given; its `Debug` shows only the
+/// scheme and host, so printing the settings never prints the credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialUrl(String);
+
+impl CredentialUrl {
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for CredentialUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for CredentialUrl {
+    fn from(s: String) -> Self {
+        CredentialUrl(s)
+    }
+}
+
+impl From<&str> for CredentialUrl {
+    fn from(s: &str) -> Self {
+        CredentialUrl(s.to_owned())
+    }
+}
+
+impl std::str::FromStr for CredentialUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(CredentialUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for CredentialUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str("\"[REDACTED]\"");
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        // The host is the part after the last `@` (userinfo may itself contain `@`).
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let userinfo = if host.len() < authority.len() {
+            "[REDACTED]@"
+        } else {
+            ""
+        };
+        let tail = if tail.is_empty() || tail == "/" {
+            tail
+        } else {
+            "/[REDACTED]"
+        };
+        write!(f, "\"{scheme}://{userinfo}{host}{tail}\"")
+    }
+}
+
+/// Shortest admin token `serve` accepts.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// The secret-carrying options among `argv` that were given on the command line itself
+/// (visible to every local user in the process list, and kept in shell history), for a
+/// warning at start. The environment and files are the places for secrets.
+pub fn secrets_on_command_line(argv: impl IntoIterator<Item = String>) -> Vec<&'static str> {
+    const SECRET_FLAGS: [&str; 5] = [
+        "--admin-token",
+        "--master-key",
+        "--new-master-key",
+        "--alert-webhook-secret",
+        "--redis-url",
+    ];
+    let mut found = Vec::new();
+    for arg in argv {
+        if arg == "--" {
+            break;
+        }
+        for flag in SECRET_FLAGS {
+            let given = arg == flag
+                || arg
+                    .strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='));
+            if given && !found.contains(&flag) {
+                found.push(flag);
+            }
+        }
+    }
+    found
 }
 
 /// `keybound bench` options. Every target is on this machine: `--url` must be a loopback
@@ -463,11 +636,25 @@ pub enum DevicesCommand {
 pub enum SigningKeysCommand {
     /// List signing keys.
     List(SigningKeyArgs),
-    /// Make a new active signing key; the old one stays published until its tokens expire.
-    Rotate(SigningKeyArgs),
+    /// Make a new active signing key; the old one stays published until its tokens expire
+    /// (or leaves the JWKS at once with `--revoke-previous`).
+    Rotate(RotateSigningKeyArgs),
     /// Re-seal every signing key under a new master key (master key rotation; see
     /// docs/deployment.md for the rolling procedure).
     Reseal(ResealArgs),
+}
+
+/// `keybound signing-keys rotate` options.
+#[derive(Debug, Clone, Args)]
+pub struct RotateSigningKeyArgs {
+    /// The master key, and output options.
+    #[command(flatten)]
+    pub common: SigningKeyArgs,
+    /// The previous key is compromised: take it out of the JWKS at once instead of keeping
+    /// it published until its tokens expire. Every token it signed stops verifying as soon as
+    /// verifiers refresh the JWKS (keybound's servers within 5 s); see docs/admin.md.
+    #[arg(long)]
+    pub revoke_previous: bool,
 }
 
 /// `keybound signing-keys reseal` options.
@@ -693,6 +880,143 @@ mod tests {
         assert!(serve(&["--auto-suspend-on", "NEW_DEVICE"]).is_err());
         assert!(serve(&["--auto-suspend-on", "BOGUS"]).is_err());
         assert!(serve(&[]).unwrap().auto_suspend_on.is_empty());
+    }
+
+    #[test]
+    fn short_or_empty_admin_tokens_are_refused() {
+        let long = "x".repeat(MIN_ADMIN_TOKEN_CHARS);
+        let short = "x".repeat(MIN_ADMIN_TOKEN_CHARS - 1);
+        let padded = format!("  {short}  ");
+        let cases: &[(&str, bool, &str)] = &[
+            ("", false, "empty"),
+            ("   ", false, "blank"),
+            (&short, false, "31 characters"),
+            (&padded, false, "31 characters in spaces"),
+            (&long, true, "32 characters"),
+        ];
+        for (token, ok, case) in cases {
+            let a = serve(&["--admin-token", token]).unwrap();
+            let r = a.validate();
+            assert_eq!(r.is_ok(), *ok, "{case}: {r:?}");
+            if let Err(e) = r {
+                assert!(!token.is_empty() || e.contains("32"), "{e}");
+                assert!(token.trim().is_empty() || !e.contains(token.trim()), "{e}");
+            }
+        }
+        assert!(
+            serve(&[]).unwrap().validate().is_ok(),
+            "no token: admin API off"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin");
+        std::fs::write(&file, format!("{}\n", "t".repeat(40))).unwrap();
+        let mut a = serve(&["--admin-token-file", file.to_str().unwrap()]).unwrap();
+        a.load_admin_token_file().unwrap();
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(a.admin_token.as_ref().unwrap()),
+            "t".repeat(40),
+            "trailing newline dropped"
+        );
+        assert!(a.validate().is_ok());
+        std::fs::write(&file, "short\n").unwrap();
+        let mut a = serve(&["--admin-token-file", file.to_str().unwrap()]).unwrap();
+        a.load_admin_token_file().unwrap();
+        assert!(a.validate().is_err());
+        let mut missing = serve(&["--admin-token-file", "/nonexistent/admin"]).unwrap();
+        assert!(missing.load_admin_token_file().is_err());
+        assert!(
+            serve(&["--admin-token-file", "f", "--admin-token", &"t".repeat(40)]).is_err(),
+            "one source only"
+        );
+    }
+
+    #[test]
+    fn secrets_on_the_command_line_are_named() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            secrets_on_command_line(argv(&[
+                "keybound",
+                "serve",
+                "--admin-token",
+                "x",
+                "--master-key=y",
+                "--admin-token-file",
+                "f",
+                "--master-key-file",
+                "g",
+            ])),
+            ["--admin-token", "--master-key"]
+        );
+        assert!(secrets_on_command_line(argv(&["keybound", "serve", "--listen", "x"])).is_empty());
+    }
+
+    #[test]
+    fn debug_output_of_the_settings_has_no_credential() {
+        let a = Cli::try_parse_from([
+            "keybound",
+            "--database-url",
+            "postgres://kb:db-password-1@db.internal:5432/keybound",
+            "serve",
+            "--redis-url",
+            "redis://:redis-password-2@cache.internal:6379/0",
+            "--alert-webhook",
+            "https://hooks.example.com/services/T0/B0/webhook-token-3?sig=query-token-4",
+            "--alert-webhook-secret",
+            "webhook-secret-5",
+            "--admin-token",
+            "admin-token-6-admin-token-6-admin-token-6",
+            "--master-key",
+            "master-key-7",
+        ])
+        .unwrap();
+        let debug = format!("{a:?} {a:#?}");
+        for secret in [
+            "db-password-1",
+            "redis-password-2",
+            "webhook-token-3",
+            "query-token-4",
+            "webhook-secret-5",
+            "admin-token-6",
+            "master-key-7",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        // What is left still says where things are.
+        for place in [
+            "db.internal:5432",
+            "cache.internal:6379",
+            "hooks.example.com",
+        ] {
+            assert!(debug.contains(place), "{place} missing from {debug}");
+        }
+        assert_eq!(
+            format!("{:?}", CredentialUrl::from("sqlite://keybound-data/kb.db")),
+            "\"sqlite://keybound-data/[REDACTED]\""
+        );
+        assert_eq!(
+            format!("{:?}", CredentialUrl::from("redis://127.0.0.1:6379")),
+            "\"redis://127.0.0.1:6379\""
+        );
+        assert_eq!(
+            format!("{:?}", CredentialUrl::from("no-scheme:secret")),
+            "\"[REDACTED]\""
+        );
+    }
+
+    #[test]
+    fn a_negative_iat_window_is_refused() {
+        assert!(serve(&["--dpop-iat-window-seconds", "-1"]).is_err());
+        assert!(serve(&["--dpop-iat-window-seconds=-60"]).is_err());
+        assert_eq!(
+            serve(&["--dpop-iat-window-seconds", "30"])
+                .unwrap()
+                .dpop_iat_window_seconds,
+            30
+        );
     }
 
     #[test]

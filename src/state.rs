@@ -45,6 +45,8 @@ pub struct Settings {
     pub ipv6_budget_prefix: u8,
     /// Wrong secrets per minute per key id.
     pub key_failure_budget: u32,
+    /// Wrong admin tokens per minute per IP.
+    pub admin_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
     /// Days usage events are kept.
@@ -53,6 +55,8 @@ pub struct Settings {
     pub alert_retention_days: i64,
     /// Serve the benchmark-only routes (`--bench-routes`).
     pub bench_routes: bool,
+    /// How long a request body may take to arrive (in full, and between chunks).
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -69,10 +73,12 @@ impl Settings {
             ip_failure_budget: args.ip_failure_budget,
             ipv6_budget_prefix: args.ipv6_budget_prefix,
             key_failure_budget: args.key_failure_budget,
+            admin_failure_budget: args.admin_failure_budget,
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
             alert_retention_days: args.alert_retention_days,
             bench_routes: args.bench_routes,
+            body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout_seconds),
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct Services {
     pub failures: Arc<IpFailures>,
     /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
     pub key_failures: Arc<KeyIdFailures>,
+    /// Per-IP budgets of wrong admin tokens.
+    pub admin_failures: Arc<IpFailures>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
     /// Usage events, written in batches.
@@ -189,7 +197,9 @@ impl AppState {
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
         let redis = match &args.redis_url {
             Some(url) => Some(Arc::new(
-                RedisLink::connect(url).await.map_err(Error::unavailable)?,
+                RedisLink::connect(url.as_str())
+                    .await
+                    .map_err(Error::unavailable)?,
             )),
             None => None,
         };
@@ -216,6 +226,16 @@ impl AppState {
                 limits.clone(),
                 "keybound:fail:ip",
                 settings.ip_failure_budget,
+                args.cache_capacity,
+                settings.ipv6_budget_prefix,
+            )),
+            // In process even in cluster mode: the admin API must keep working through a
+            // Redis outage (that is when an operator may need to revoke something), so its
+            // budget cannot depend on Redis. Each instance counts its own wrong tokens.
+            admin_failures: Arc::new(IpFailures::new(
+                Backend::Local,
+                "keybound:fail:admin",
+                settings.admin_failure_budget,
                 args.cache_capacity,
                 settings.ipv6_budget_prefix,
             )),
@@ -362,7 +382,7 @@ fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
     if args.alert_webhook_secret.is_none() {
         tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
     }
-    WebhookConfig::new(url, args.alert_webhook_secret.clone())
+    WebhookConfig::new(url.as_str(), args.alert_webhook_secret.clone())
         .and_then(Webhook::start)
         .map(Some)
         .map_err(Error::InvalidRequest)

@@ -134,6 +134,7 @@ mod tests {
                 kind: None,
                 key_id: None,
                 since: None,
+                after: None,
                 limit: 10_000,
             })
             .await

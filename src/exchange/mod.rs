@@ -76,8 +76,8 @@ impl Outcome {
     }
 }
 
-/// The successful answer of both endpoints (contract 3.1).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// The successful answer of both endpoints (contract 3.1). `Debug` leaves out both tokens.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     /// The signed access token.
     pub access_token: String,
@@ -95,6 +95,21 @@ pub struct TokenResponse {
     pub device_id: String,
     /// The trust decision.
     pub trust: TrustSummary,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"[REDACTED]")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .field("refresh_token", &"[REDACTED]")
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .field("device_id", &self.device_id)
+            .field("trust", &self.trust)
+            .finish()
+    }
 }
 
 /// Score and level, as returned to the client.
@@ -194,10 +209,11 @@ pub async fn refresh(
 ) -> Result<TokenResponse> {
     let now = crate::state::now();
     let proof = verify_proof(state, p.proof, p.path, now, None, p.ip).await?;
-    if !tokens::is_well_formed_refresh_token(&body.refresh_token) {
+    let presented = secrecy::ExposeSecret::expose_secret(&body.refresh_token);
+    if !tokens::is_well_formed_refresh_token(presented) {
         return Err(Error::InvalidRefreshToken);
     }
-    let hash = tokens::hash_refresh_token(&body.refresh_token);
+    let hash = tokens::hash_refresh_token(presented);
     let old = state
         .store
         .get_refresh(&hash)
@@ -577,4 +593,35 @@ async fn issue(
             level: granted,
         },
     })
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_has_no_token() {
+        let req: RefreshRequest =
+            serde_json::from_str(r#"{"refresh_token": "rt_secret-refresh-value"}"#).unwrap();
+        let res = TokenResponse {
+            access_token: "eyJ.secret-access-value.sig".into(),
+            token_type: "DPoP",
+            expires_in: 300,
+            scope: "read:x".into(),
+            refresh_token: "rt_secret-refresh-value".into(),
+            refresh_expires_in: 86_400,
+            device_id: "dev_1".into(),
+            trust: TrustSummary {
+                score: 1.0,
+                level: crate::tokens::GrantedTrust::Trusted,
+            },
+        };
+        let debug = format!("{req:?} {req:#?} {res:?} {res:#?}");
+        assert!(!debug.contains("secret-refresh-value"), "{debug}");
+        assert!(!debug.contains("secret-access-value"), "{debug}");
+        assert!(
+            debug.contains("dev_1") && debug.contains("read:x"),
+            "{debug}"
+        );
+    }
 }

@@ -39,11 +39,21 @@ pub struct DeviceInfo {
     pub attributes: BTreeMap<String, String>,
 }
 
-/// `POST /v1/token/refresh` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /v1/token/refresh` body. The token is a secret: held as one (wiped on drop) and
+/// left out of `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {
     /// The refresh token to spend.
-    pub refresh_token: String,
+    #[schema(value_type = String)]
+    pub refresh_token: secrecy::SecretString,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field("refresh_token", &"[REDACTED]")
+            .finish()
+    }
 }
 
 /// The contract's limits on `attributes`, as JSON Schema.

@@ -176,11 +176,13 @@ async fn revocations(
         .into_response())
 }
 
-/// A leaked key, reported by a secret scanner.
+/// A leaked key, reported by a secret scanner. The key is held as a secret (wiped on drop,
+/// never in `Debug`): it may well be live.
 #[derive(Deserialize, ToSchema)]
 struct LeakReport {
     /// The plaintext key as found.
-    key: String,
+    #[schema(value_type = String)]
+    key: secrecy::SecretString,
     /// Where it was found (URL or note).
     #[serde(default)]
     source: Option<String>,
@@ -223,7 +225,11 @@ async fn leaks(
     let now = crate::state::now();
     // The same check as the token endpoint's, so the answer's timing does not tell a live id
     // either. A key that verified is reported whatever its status.
-    let verified = match state.key_auth().authenticate(&report.key, now).await {
+    let verified = match state
+        .key_auth()
+        .authenticate(secrecy::ExposeSecret::expose_secret(&report.key), now)
+        .await
+    {
         Ok(v) => Some(v.record().clone()),
         Err(e) if e.is_auth_failure() => {
             // Still 202, the same answer; the failure is counted all the same.

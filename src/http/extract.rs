@@ -22,13 +22,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
         let json_type = is_json(req.headers());
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge
-            } else {
-                Error::InvalidRequest("could not read the request body".into())
-            }
-        })?;
+        // The whole body within the deadline: the body layer's timeout only bounds the pause
+        // between two chunks, which a client dripping one byte at a time never exceeds.
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(state.settings.body_read_timeout, read)
+            .await
+            .map_err(|_| Error::InvalidRequest("the request body did not arrive in time".into()))?
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge
+                } else {
+                    Error::InvalidRequest("could not read the request body".into())
+                }
+            })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -168,18 +174,55 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let Some(expected) = &state.admin_token_hash else {
-            return Err(Error::NotFound);
-        };
-        let presented = bearer(&parts.headers).ok_or(Error::InvalidAdminToken)?;
-        // Compare digests, so neither the content nor the length of the token leaks by timing.
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
-            Ok(AdminAuth)
-        } else {
-            Err(Error::InvalidAdminToken)
-        }
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        check_admin_token(state, &parts.headers, ip).await?;
+        Ok(AdminAuth)
     }
+}
+
+/// The admin-token check, for any route that accepts the admin token (the admin API, and
+/// endpoints such as introspection that also take it): `NOT_FOUND` when no token is
+/// configured, `RATE_LIMITED` while `ip` has spent its budget of wrong tokens
+/// (`--admin-failure-budget`), `INVALID_ADMIN_TOKEN` for a missing or wrong one (which
+/// spends the budget; the failure that spends it raises a `FAILURE_BURST` alert).
+pub async fn check_admin_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+) -> Result<(), Error> {
+    let Some(expected) = &state.admin_token_hash else {
+        return Err(Error::NotFound);
+    };
+    // Refused before the comparison: past the budget, guessing gets no answer at all.
+    state.admin_failures.check(ip).await?;
+    if admin_token_matches(headers, expected) {
+        return Ok(());
+    }
+    if state.admin_failures.record_failure(ip).await? {
+        state.alerts.raise_once(
+            crate::alerts::AlertKind::FailureBurst,
+            &format!("admin:{ip}"),
+            None,
+            Some(ip),
+            serde_json::json!({
+                "credential": "admin_token",
+                "budget_per_minute": state.settings.admin_failure_budget,
+            }),
+        );
+    }
+    Err(Error::InvalidAdminToken)
+}
+
+/// Whether `Authorization: Bearer <token>` carries the admin token whose SHA-256 is
+/// `expected`. Digests are compared in constant time, so neither the content nor the length
+/// of the token leaks by timing. An empty token never matches (none shorter than 32
+/// characters can be configured).
+fn admin_token_matches(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    let Some(presented) = bearer(headers).map(str::trim) else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    bool::from(digest.ct_eq(expected)) && !presented.is_empty()
 }
 
 /// The credential of an `Authorization: Bearer <credential>` header (RFC 6750 section 2.1),

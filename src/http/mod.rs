@@ -15,6 +15,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
@@ -23,24 +24,50 @@ use crate::state::AppState;
 /// Largest request body (contract section 3).
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// What one listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (one listener, the default).
+    All,
+    /// Everything but the admin API, which answers 404 here (`--admin-listen` is set).
+    Public,
+    /// Only the admin API (the `--admin-listen` address).
+    Admin,
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    app_for(state, Surface::All)
+}
+
+/// The HTTP application for one listener.
+pub fn app_for(state: AppState, surface: Surface) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let mut routes = Router::new();
-    if state.settings.bench_routes {
-        routes = routes.merge(bench::router());
+    if surface != Surface::Admin {
+        if state.settings.bench_routes {
+            routes = routes.merge(bench::router());
+        }
+        routes = routes
+            .merge(health::router())
+            .merge(openapi::router())
+            .merge(token::router())
+            .merge(introspect::router())
+            .merge(discovery::router());
+    }
+    if surface != Surface::Public {
+        routes = routes.nest("/admin/v1", admin::router());
     }
     routes
-        .merge(health::router())
-        .merge(openapi::router())
-        .merge(token::router())
-        .merge(introspect::router())
-        .merge(discovery::router())
-        .nest("/admin/v1", admin::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(axum::middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // A stalled body (no chunk for this long) fails the read: the extractor answers 400
+        // and hyper closes the connection, whose body it can no longer find the end of.
+        .layer(RequestBodyTimeoutLayer::new(
+            state.settings.body_read_timeout,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             discovery::reject_keys_in_url,

@@ -229,7 +229,9 @@ fn parse(form: TokenForm) -> Result<Grant, FormRefusal> {
             let refresh_token = form
                 .refresh_token
                 .ok_or_else(|| invalid("refresh_token is required"))?;
-            Ok(Grant::Refresh(RefreshRequest { refresh_token }))
+            Ok(Grant::Refresh(RefreshRequest {
+                refresh_token: refresh_token.into(),
+            }))
         }
         Some(_) => Err(FormRefusal::UnsupportedGrantType),
     }

@@ -43,6 +43,16 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// For a SQLite database: its directory and files that group or others may access, each as
+/// `path (mode)` (empty for PostgreSQL).
+pub fn loose_permissions(url: &str) -> Vec<String> {
+    if url.starts_with("sqlite:") {
+        sqlite::loose_permissions(url)
+    } else {
+        Vec::new()
+    }
+}
+
 /// Rows per transaction when [`seed`] loads a database in bulk: large enough that commits
 /// (each one a disk flush) cost little, small enough that one transaction's undo and WAL stay
 /// small.
@@ -382,6 +392,8 @@ pub struct AlertFilter {
     pub since: Option<i64>,
     /// At most this many, newest first.
     pub limit: i64,
+    /// Only alerts after (older than) this alert id in the listing order: the page cursor.
+    pub after: Option<String>,
 }
 
 /// One entry of the revocation feed (contract 3.3).

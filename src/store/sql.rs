@@ -550,12 +550,15 @@ macro_rules! sql_store {
                 Ok(sqlx::query_as(
                     "SELECT * FROM alerts WHERE ($1 IS NULL OR kind = $1) \
                      AND ($2 IS NULL OR key_id = $2) AND at >= $3 \
+                     AND ($5 IS NULL OR at < (SELECT at FROM alerts WHERE id = $5) \
+                          OR (at = (SELECT at FROM alerts WHERE id = $5) AND id < $5)) \
                      ORDER BY at DESC, id DESC LIMIT $4",
                 )
                 .bind(&f.kind)
                 .bind(&f.key_id)
                 .bind(f.since.unwrap_or(i64::MIN))
                 .bind(f.limit.max(0))
+                .bind(&f.after)
                 .fetch_all(pool)
                 .await?)
             }

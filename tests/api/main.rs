@@ -31,6 +31,7 @@ mod scan;
 mod sdk;
 mod secrets;
 mod signing_keys;
+mod timeouts;
 mod tls;
 mod token;
 mod webhook;

@@ -101,7 +101,7 @@ fn verify(d: &Delivery, secret: &str) -> Result<Value, String> {
 async fn app_with_webhook(db: &TestDb, url: &str) -> TestApp {
     let url = url.to_owned();
     spawn_app_args(db, move |a| {
-        a.alert_webhook = Some(url);
+        a.alert_webhook = Some(url.into());
         a.alert_webhook_secret = Some(SecretString::from(SECRET));
     })
     .await

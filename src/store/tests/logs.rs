@@ -170,8 +170,26 @@ pub(super) async fn alerts_filter_newest_first(db: &mut TestDb) {
                 key_id: Some(a.clone()),
                 since: Some(T0 + 1),
                 limit: 10,
+                after: None,
             },
             vec!["al4"],
+        ),
+        (
+            AlertFilter {
+                after: Some("al3".into()),
+                limit: 10,
+                ..AlertFilter::default()
+            },
+            vec!["al2", "al1"],
+        ),
+        (
+            AlertFilter {
+                kind: Some("NEW_DEVICE".into()),
+                after: Some("al4".into()),
+                limit: 1,
+                ..AlertFilter::default()
+            },
+            vec!["al3"],
         ),
     ];
     for (filter, want) in cases {
