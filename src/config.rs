@@ -125,6 +125,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYBOUND_REFRESH_TTL_SECONDS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(60..))]
     pub refresh_ttl_seconds: u64,
+    /// Seconds a verifier may cache a token status list (its `ttl` claim, contract section
+    /// 10). The server itself rebuilds a list as soon as a key or device in it changes.
+    #[arg(long, env = "KEYBOUND_STATUS_LIST_TTL_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub status_list_ttl_seconds: u64,
     /// Demand a server-issued DPoP nonce in every proof (RFC 9449 section 8).
     #[arg(long, env = "KEYBOUND_REQUIRE_DPOP_NONCE")]
     pub require_dpop_nonce: bool,

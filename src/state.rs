@@ -20,6 +20,7 @@ use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
 use crate::tokens::keyring::{self, KeyRing};
+use crate::tokens::status_list::StatusLists;
 use crate::usage::UsageRecorder;
 
 /// Settings derived from the command line, immutable while serving.
@@ -118,6 +119,8 @@ pub struct Services {
     touched: Arc<Mutex<HashMap<String, i64>>>,
     /// Benchmark switches; only the `--bench-routes` route turns anything off.
     pub switches: Switches,
+    /// The token status lists (contract section 10).
+    pub status_lists: Arc<StatusLists>,
 }
 
 /// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
@@ -198,6 +201,13 @@ impl AppState {
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
         let usage = UsageRecorder::start(store.clone());
+        let status_lists = Arc::new(StatusLists::new(
+            store.clone(),
+            cache.clone(),
+            keyring.clone(),
+            settings.issuer.clone(),
+            args.status_list_ttl_seconds,
+        ));
         let state = AppState(Arc::new(Services {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
@@ -233,6 +243,7 @@ impl AppState {
             usage,
             touched: Arc::default(),
             switches: Switches::default(),
+            status_lists,
         }));
         state.spawn_background();
         Ok(state)

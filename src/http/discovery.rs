@@ -34,13 +34,14 @@ pub fn router() -> Router<AppState> {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/v1/revocations", get(revocations))
+        .route("/v1/status-lists/{n}", get(status_list))
         .route("/v1/leaks", post(leaks))
 }
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(jwks, metadata, revocations, leaks),
+    paths(jwks, metadata, revocations, status_list, leaks),
     components(schemas(RevocationRecord))
 )]
 pub(super) struct Doc;
@@ -146,6 +147,46 @@ async fn revocations(
             (header::CACHE_CONTROL, "no-cache"),
         ],
         jws,
+    )
+        .into_response())
+}
+
+/// Token status list `n` (contract section 10): a signed `statuslist+jwt` with two bits per
+/// device, which access tokens point into with their `status` claim.
+#[utoipa::path(get, path = "/v1/status-lists/{n}", tag = "discovery",
+    params(("n" = u32, Path, description = "The list number, as in a token's `status.status_list.uri`.")),
+    responses(
+    (status = 200, description = "A JWS (`typ: statuslist+jwt`, signed like access tokens) with \
+claims `iss`, `sub` (the list's URI), `iat`, `exp`, `ttl` and `status_list` (`bits: 2`, `lst`: \
+base64url of the ZLIB-compressed entries). Entry values: 0 valid, 1 invalid (device or key \
+revoked, key expired), 2 suspended.", content_type = "application/statuslist+jwt"),
+    (status = 404, description = "`NOT_FOUND`: no such list.", body = ErrorBody),
+    (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),
+))]
+async fn status_list(
+    State(state): State<AppState>,
+    axum::extract::Path(n): axum::extract::Path<String>,
+) -> Result<Response> {
+    // Digits only (no sign, no spaces); anything else names no list.
+    let n = Some(n.as_str())
+        .filter(|s| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(Error::NotFound)?;
+    let jws = state.status_lists.get(n).await?.ok_or(Error::NotFound)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                crate::tokens::status_list::CONTENT_TYPE,
+            ),
+            // Verifiers cache it for its `ttl` claim; HTTP caches between us and them must not
+            // add their own lifetime on top.
+            (header::CACHE_CONTROL, "no-cache"),
+            // Contract section 11: readable from any origin. (A plain header until the shared
+            // CORS layer for public documents lands; then this route adopts it.)
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        jws.to_string(),
     )
         .into_response())
 }
