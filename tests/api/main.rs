@@ -27,6 +27,7 @@ mod scan;
 mod sdk;
 mod secrets;
 mod signing_keys;
+mod status_lists;
 mod tls;
 mod token;
 mod webhook;
