@@ -139,9 +139,15 @@ pub struct ServeArgs {
     /// URL that receives every alert as a signed JSON POST (see docs/configuration.md).
     #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK", hide_env_values = true)]
     pub alert_webhook: Option<String>,
-    /// HMAC-SHA256 key for the webhook's `X-Keybound-Signature` header. Required in `prod`.
-    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK_SECRET", hide_env_values = true)]
-    pub alert_webhook_secret: Option<SecretString>,
+    /// Standard Webhooks signing secret, `whsec_<base64>`; repeatable (each adds a signature,
+    /// for rotation; in the environment, comma separated). Required in `prod`.
+    #[arg(
+        long,
+        env = "KEYBOUND_ALERT_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub alert_webhook_secret: Vec<SecretString>,
     /// Alert kinds that contain at once: revoke the device (device-scoped kinds) or suspend the
     /// key (comma separated, e.g. KEY_LEAKED,REFRESH_TOKEN_REUSED).
     #[arg(long, env = "KEYBOUND_AUTO_SUSPEND_ON", value_delimiter = ',',
@@ -224,7 +230,7 @@ impl ServeArgs {
             if self.master_key.is_none() {
                 return Err("--profile prod needs KEYBOUND_MASTER_KEY".into());
             }
-            if self.alert_webhook.is_some() && self.alert_webhook_secret.is_none() {
+            if self.alert_webhook.is_some() && self.alert_webhook_secret.is_empty() {
                 return Err(
                     "--profile prod needs KEYBOUND_ALERT_WEBHOOK_SECRET with --alert-webhook"
                         .into(),

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::alerts::containment::Containment;
-use crate::alerts::webhook::{Webhook, WebhookConfig};
+use crate::alerts::webhook::{Webhook, WebhookConfig, WebhookSecret};
 use crate::alerts::{Alerts, Thresholds};
 use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
@@ -345,10 +345,16 @@ fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
     let Some(url) = &args.alert_webhook else {
         return Ok(None);
     };
-    if args.alert_webhook_secret.is_none() {
+    if args.alert_webhook_secret.is_empty() {
         tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
     }
-    WebhookConfig::new(url, args.alert_webhook_secret.clone())
+    let secrets = args
+        .alert_webhook_secret
+        .iter()
+        .map(WebhookSecret::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::InvalidRequest)?;
+    WebhookConfig::new(url, secrets)
         .and_then(Webhook::start)
         .map(Some)
         .map_err(Error::InvalidRequest)
