@@ -299,6 +299,15 @@ impl AppState {
                     }
                     match state
                         .store
+                        .prune_revocations(t - REVOCATION_FEED_RETENTION)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, "pruned old revocation feed entries"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune the revocation feed"),
+                    }
+                    match state
+                        .store
                         .purge_expired_refresh(t - REFRESH_PURGE_AFTER_EXPIRY)
                         .await
                     {
@@ -334,6 +343,15 @@ pub const KEY_FAILURE_BUDGET: u32 = 10;
 
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
+
+/// Revocation feed entries are kept this long: the longest access token lifetime the contract
+/// allows (whatever `--access-ttl-seconds` says now, since it may have been longer before a
+/// restart) plus an hour of margin for clock skew and slow verifiers. An older entry concerns
+/// only tokens that have all expired: a revoked, suspended or expired key gets no new tokens,
+/// a revoked device neither. Verifiers that need the current state at once read the status
+/// lists (contract section 10).
+pub const REVOCATION_FEED_RETENTION: i64 =
+    crate::tokens::access::MAX_ACCESS_TTL_SECONDS as i64 + 3600;
 
 /// Expired refresh tokens are kept this long, then purged (hourly). Until then a spent one
 /// presented again is still recognised as reuse and revokes its family; after that it is just

@@ -22,3 +22,7 @@ CREATE INDEX devices_revoked_status_idx ON devices (status_idx) WHERE status = '
 
 CREATE SEQUENCE device_status_idx AS BIGINT MINVALUE 0 START WITH 0;
 SELECT setval('device_status_idx', (SELECT COUNT(*) FROM devices), false);
+
+-- The revocation feed is pruned by age and can be entered at a time (`since_time`): both find
+-- entries by `at`.
+CREATE INDEX revocations_at ON revocations (at);

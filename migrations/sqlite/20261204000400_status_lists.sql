@@ -25,3 +25,7 @@ CREATE TABLE status_list_counter (
     next_idx INTEGER NOT NULL
 );
 INSERT INTO status_list_counter (id, next_idx) SELECT 0, COUNT(*) FROM devices;
+
+-- The revocation feed is pruned by age and can be entered at a time (`since_time`): both find
+-- entries by `at`.
+CREATE INDEX revocations_at ON revocations (at);

@@ -103,9 +103,14 @@ async fn metadata(State(state): State<AppState>) -> Response {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct FeedQuery {
-    /// The `next` cursor of the previous answer; absent: from the beginning.
+    /// The `next` cursor of the previous answer; absent: from the beginning (the oldest entry
+    /// kept). A cursor from before pruned entries reads on from the oldest entry kept.
     #[param(pattern = "^[0-9]{0,18}$")]
     since: Option<String>,
+    /// Start at the first entry made at or after this time (unix seconds) instead of at a
+    /// cursor: a new verifier reads recent entries only. Not together with `since`.
+    #[param(pattern = "^[0-9]{1,12}$")]
+    since_time: Option<String>,
 }
 
 /// The revocation feed: a JWS over the entries after the cursor. The cursor is the feed
@@ -122,9 +127,21 @@ async fn revocations(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
 ) -> Result<Response> {
-    let after = match q.since.as_deref() {
-        None | Some("") => 0,
-        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+    let after = match (q.since.as_deref(), q.since_time.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "give since or since_time, not both".into(),
+            ));
+        }
+        (None, Some(t)) => {
+            let t = Some(t)
+                .filter(|t| !t.is_empty() && t.len() <= 12 && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| Error::InvalidRequest("since_time: unix seconds".into()))?;
+            state.store.revocation_cursor_at(t).await?
+        }
+        (None | Some(""), None) => 0,
+        (Some(s), None) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
             Error::InvalidRequest("since: not a cursor returned by this feed".into())
         })?,
     };

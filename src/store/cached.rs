@@ -408,6 +408,12 @@ impl Store for CachedStore {
     async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>> {
         self.inner.list_revocations(after, limit).await
     }
+    async fn revocation_cursor_at(&self, at: i64) -> Result<i64> {
+        self.inner.revocation_cursor_at(at).await
+    }
+    async fn prune_revocations(&self, before: i64) -> Result<u64> {
+        self.inner.prune_revocations(before).await
+    }
     async fn status_snapshot(
         &self,
         start: i64,

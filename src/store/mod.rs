@@ -571,6 +571,13 @@ pub trait Store: Send + Sync + 'static {
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()>;
     /// Feed entries with `seq > after`, oldest first, at most `limit`.
     async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>>;
+    /// The cursor from which the feed reads the first entry made at or after `at` (and every
+    /// later one); past every entry when there is none.
+    async fn revocation_cursor_at(&self, at: i64) -> Result<i64>;
+    /// Deletes feed entries made before `before`; returns how many went. Cursors stay valid:
+    /// entry positions are never reused, so a cursor from before the pruned range reads on
+    /// from the oldest entry kept.
+    async fn prune_revocations(&self, before: i64) -> Result<u64>;
 
     // ---- token status lists ----
     /// The non-valid entries with a global index in `start..end` at `now`; `None` when no

@@ -683,6 +683,24 @@ macro_rules! sql_store {
                 .await?)
             }
 
+            async fn select_revocation_cursor_at(pool: &sqlx::Pool<Db>, at: i64) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COALESCE((SELECT MIN(seq) - 1 FROM revocations WHERE at >= $1), \
+                     (SELECT MAX(seq) FROM revocations), 0)",
+                )
+                .bind(at)
+                .fetch_one(pool)
+                .await?)
+            }
+
+            async fn delete_revocations_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM revocations WHERE at < $1")
+                    .bind(before)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             // ---- statements: token status lists ----
 
             /// Status list indexes in `start..end` of revoked devices (value 1).
@@ -1198,6 +1216,16 @@ macro_rules! sql_store {
                     limit: i64,
                 ) -> Result<Vec<RevocationRecord>> {
                     select_revocations_after(&self.pool, after, limit).await
+                }
+
+                #[tracing::instrument(skip_all, fields(at = at))]
+                async fn revocation_cursor_at(&self, at: i64) -> Result<i64> {
+                    select_revocation_cursor_at(&self.pool, at).await
+                }
+
+                #[tracing::instrument(skip_all, fields(before = before))]
+                async fn prune_revocations(&self, before: i64) -> Result<u64> {
+                    delete_revocations_before(&self.pool, before).await
                 }
 
                 #[tracing::instrument(skip_all, fields(start = start))]

@@ -16,7 +16,8 @@ use crate::token::{exchange, ios, new_key, verify_with_jwks};
 
 on_both_backends!(
     status_values_follow_every_key_and_device_transition,
-    unknown_lists_are_not_found
+    unknown_lists_are_not_found,
+    the_feed_is_pruned_keeps_cursors_valid_and_starts_at_a_time
 );
 
 /// One device's place in the lists, from its token's `status` claim.
@@ -255,6 +256,118 @@ async fn unknown_lists_are_not_found(db: TestDb) {
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             path,
+        )
+        .await;
+    }
+    app.stop().await;
+}
+
+/// Reads `GET /v1/revocations?<query>`: (the subjects, `next`, `more`).
+async fn feed(app: &TestApp, query: &str) -> (Vec<String>, String, bool) {
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/revocations?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{query}");
+    let claims = crate::token::claims_of(&res.text().await.unwrap());
+    let ids = claims["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    (
+        ids,
+        claims["next"].as_str().unwrap().to_owned(),
+        claims["more"].as_bool().unwrap(),
+    )
+}
+
+async fn the_feed_is_pruned_keeps_cursors_valid_and_starts_at_a_time(db: TestDb) {
+    let app = spawn_app(&db).await;
+    // Three entries from half an hour ago (inside the retention, so the server's own hourly
+    // prune, which also runs at start, leaves them), then one made now.
+    let old = now() - 1800;
+    for n in 1..=3 {
+        db.execute(&format!(
+            "INSERT INTO revocations (kind, subject, at) VALUES ('key', 'ak_test_old{n}', {old})"
+        ))
+        .await;
+    }
+    let (_, id_new) = new_key(&app, json!({})).await;
+    expect_json(
+        app.admin_post(&format!("/keys/{id_new}/revoke"), json!({"reason": "t"}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let (all, head, more) = feed(&app, "").await;
+    assert_eq!(
+        all,
+        [
+            "ak_test_old1",
+            "ak_test_old2",
+            "ak_test_old3",
+            id_new.as_str()
+        ]
+    );
+    assert!(!more);
+    // A cursor into the old entries, as a verifier that read one of them holds it.
+    let (after_first, _, _) = feed(&app, "since=1").await;
+    assert_eq!(after_first.len(), 3);
+
+    // Pruning (as the hourly task does with REVOCATION_FEED_RETENTION; here with a shorter
+    // horizon) drops the old entries.
+    assert!(keybound::state::REVOCATION_FEED_RETENTION > 1800);
+    let pruned = app.store.prune_revocations(now() - 600).await.unwrap();
+    assert_eq!(pruned, 3);
+    let (kept, next, _) = feed(&app, "since=1").await;
+    assert_eq!(
+        kept,
+        [id_new.as_str()],
+        "a cursor from before the pruned range reads on"
+    );
+    assert_eq!(next, head);
+    let (from_start, _, _) = feed(&app, "").await;
+    assert_eq!(from_start, [id_new.as_str()]);
+
+    // since_time: from the first entry made at or after that time.
+    let (recent, next_recent, _) = feed(&app, &format!("since_time={}", now() - 60)).await;
+    assert_eq!(recent, [id_new.as_str()]);
+    assert_eq!(next_recent, head);
+    let (none, at_head, more) = feed(&app, &format!("since_time={}", now() + 3600)).await;
+    assert!(none.is_empty() && !more);
+    assert_eq!(at_head, head, "nothing that recent: the cursor is the head");
+    let (_, id_later) = new_key(&app, json!({})).await;
+    expect_json(
+        app.admin_post(&format!("/keys/{id_later}/suspend"), json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let (later, _, _) = feed(&app, &format!("since={at_head}")).await;
+    assert_eq!(
+        later,
+        [id_later.as_str()],
+        "and reading on from it sees what comes next"
+    );
+
+    for (query, why) in [
+        (format!("since=1&since_time={}", now()), "both"),
+        ("since_time=abc".to_owned(), "not a number"),
+        ("since_time=-5".to_owned(), "negative"),
+    ] {
+        expect_error(
+            app.client
+                .get(app.url(&format!("/v1/revocations?{query}")))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            why,
         )
         .await;
     }
