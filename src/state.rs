@@ -230,6 +230,11 @@ impl AppState {
                     },
                 )
                 .with_webhook(webhook(args)?)
+                .with_shared_windows(
+                    redis
+                        .as_ref()
+                        .map(|link| crate::alerts::shared::SharedWindows::new(link.manager())),
+                )
                 .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
             ),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),

@@ -131,7 +131,7 @@ async fn value(app: &TestApp, e: &Entry) -> u8 {
     }
 }
 
-fn keybound_decode(claims: &Value, idx: u64) -> u8 {
+pub fn keybound_decode(claims: &Value, idx: u64) -> u8 {
     use base64::Engine as _;
     use std::io::Read as _;
     let z = base64::engine::general_purpose::URL_SAFE_NO_PAD
