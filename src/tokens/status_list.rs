@@ -336,6 +336,38 @@ mod tests {
     }
 
     #[test]
+    fn a_full_list_with_one_percent_revoked_stays_under_50_kib() {
+        // Contract target (issue 20): 1 048 576 entries, 1 % invalid at random places.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
+        let mut snapshot = StatusSnapshot::default();
+        while snapshot.entries.len() < (STATUS_LIST_SIZE / 100) as usize {
+            snapshot.set(rng.gen_range(0..STATUS_LIST_SIZE), StatusValue::Invalid);
+        }
+        let claims = StatusListClaims::new(
+            "https://i",
+            "https://i/v1/status-lists/0".into(),
+            0,
+            &snapshot,
+            0,
+            60,
+        );
+        let compressed = URL_SAFE_NO_PAD.decode(&claims.status_list.lst).unwrap();
+        eprintln!(
+            "1M entries, 1 % revoked: {} bytes compressed",
+            compressed.len()
+        );
+        assert!(compressed.len() < 50 * 1024, "{} bytes", compressed.len());
+        let mut raw = Vec::new();
+        flate2::read::ZlibDecoder::new(&compressed[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(raw.len(), (STATUS_LIST_SIZE / 4) as usize);
+        let (&idx, _) = snapshot.entries.iter().next().unwrap();
+        assert_eq!((raw[idx as usize / 4] >> (2 * (idx % 4))) & 3, 1);
+    }
+
+    #[test]
     fn global_indexes_map_to_a_list_and_an_entry() {
         assert_eq!(locate(0), (0, 0));
         assert_eq!(locate(STATUS_LIST_SIZE - 1), (0, STATUS_LIST_SIZE - 1));
