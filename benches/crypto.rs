@@ -89,6 +89,7 @@ fn tokens(c: &mut Criterion) {
         device_id: "dev_0190f0c0a0b0c0d0e0f0a0b0c0d0e0f0",
         trust: GrantedTrust::Trusted,
         ttl_seconds: 300,
+        status_idx: 0,
     };
     c.bench_function("token/claims+sign_eddsa", |b| {
         b.iter(|| AccessClaims::new(black_box(&grant), 1_700_000_000).sign(&key))

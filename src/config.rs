@@ -178,6 +178,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYBOUND_REFRESH_TTL_SECONDS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(60..))]
     pub refresh_ttl_seconds: u64,
+    /// Seconds a verifier may cache a token status list (its `ttl` claim, contract section
+    /// 10). The server itself rebuilds a list as soon as a key or device in it changes.
+    #[arg(long, env = "KEYBOUND_STATUS_LIST_TTL_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub status_list_ttl_seconds: u64,
     /// Demand a server-issued DPoP nonce in every proof (RFC 9449 section 8).
     #[arg(long, env = "KEYBOUND_REQUIRE_DPOP_NONCE")]
     pub require_dpop_nonce: bool,
@@ -188,9 +193,15 @@ pub struct ServeArgs {
     /// URL that receives every alert as a signed JSON POST (see docs/configuration.md).
     #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK", hide_env_values = true)]
     pub alert_webhook: Option<CredentialUrl>,
-    /// HMAC-SHA256 key for the webhook's `X-Keybound-Signature` header. Required in `prod`.
-    #[arg(long, env = "KEYBOUND_ALERT_WEBHOOK_SECRET", hide_env_values = true)]
-    pub alert_webhook_secret: Option<SecretString>,
+    /// Standard Webhooks signing secret, `whsec_<base64>`; repeatable (each adds a signature,
+    /// for rotation; in the environment, comma separated). Required in `prod`.
+    #[arg(
+        long,
+        env = "KEYBOUND_ALERT_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub alert_webhook_secret: Vec<SecretString>,
     /// Alert kinds that contain at once: revoke the device (device-scoped kinds) or suspend the
     /// key (comma separated, e.g. KEY_LEAKED,REFRESH_TOKEN_REUSED).
     #[arg(long, env = "KEYBOUND_AUTO_SUSPEND_ON", value_delimiter = ',',
@@ -314,7 +325,7 @@ impl ServeArgs {
                         .into(),
                 );
             }
-            if self.alert_webhook.is_some() && self.alert_webhook_secret.is_none() {
+            if self.alert_webhook.is_some() && self.alert_webhook_secret.is_empty() {
                 return Err(
                     "--profile prod needs KEYBOUND_ALERT_WEBHOOK_SECRET with --alert-webhook"
                         .into(),

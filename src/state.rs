@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::alerts::containment::Containment;
-use crate::alerts::webhook::{Webhook, WebhookConfig};
+use crate::alerts::webhook::{Webhook, WebhookConfig, WebhookSecret};
 use crate::alerts::{Alerts, Thresholds};
 use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
@@ -20,6 +20,7 @@ use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
 use crate::tokens::keyring::{self, KeyRing};
+use crate::tokens::status_list::StatusLists;
 use crate::usage::UsageRecorder;
 
 /// Settings derived from the command line, immutable while serving.
@@ -134,6 +135,8 @@ pub struct Services {
     touched: Arc<Mutex<HashMap<String, i64>>>,
     /// Benchmark switches; only the `--bench-routes` route turns anything off.
     pub switches: Switches,
+    /// The token status lists (contract section 10).
+    pub status_lists: Arc<StatusLists>,
 }
 
 /// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
@@ -216,6 +219,13 @@ impl AppState {
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
         let usage = UsageRecorder::start(store.clone());
+        let status_lists = Arc::new(StatusLists::new(
+            store.clone(),
+            cache.clone(),
+            keyring.clone(),
+            settings.issuer.clone(),
+            args.status_list_ttl_seconds,
+        ));
         let state = AppState(Arc::new(Services {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
@@ -249,6 +259,11 @@ impl AppState {
                     },
                 )
                 .with_webhook(webhook(args)?)
+                .with_shared_windows(
+                    redis
+                        .as_ref()
+                        .map(|link| crate::alerts::shared::SharedWindows::new(link.manager())),
+                )
                 .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
             ),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
@@ -263,6 +278,7 @@ impl AppState {
             usage,
             touched: Arc::default(),
             switches: Switches::default(),
+            status_lists,
         }));
         state.spawn_background();
         Ok(state)
@@ -333,6 +349,15 @@ impl AppState {
                     }
                     match state
                         .store
+                        .prune_revocations(t - REVOCATION_FEED_RETENTION)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, "pruned old revocation feed entries"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune the revocation feed"),
+                    }
+                    match state
+                        .store
                         .purge_expired_refresh(t - REFRESH_PURGE_AFTER_EXPIRY)
                         .await
                     {
@@ -369,6 +394,15 @@ pub const KEY_FAILURE_BUDGET: u32 = 10;
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
 
+/// Revocation feed entries are kept this long: the longest access token lifetime the contract
+/// allows (whatever `--access-ttl-seconds` says now, since it may have been longer before a
+/// restart) plus an hour of margin for clock skew and slow verifiers. An older entry concerns
+/// only tokens that have all expired: a revoked, suspended or expired key gets no new tokens,
+/// a revoked device neither. Verifiers that need the current state at once read the status
+/// lists (contract section 10).
+pub const REVOCATION_FEED_RETENTION: i64 =
+    crate::tokens::access::MAX_ACCESS_TTL_SECONDS as i64 + 3600;
+
 /// Expired refresh tokens are kept this long, then purged (hourly). Until then a spent one
 /// presented again is still recognised as reuse and revokes its family; after that it is just
 /// unknown (`INVALID_REFRESH_TOKEN`), which refuses it all the same.
@@ -379,10 +413,16 @@ fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
     let Some(url) = &args.alert_webhook else {
         return Ok(None);
     };
-    if args.alert_webhook_secret.is_none() {
+    if args.alert_webhook_secret.is_empty() {
         tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
     }
-    WebhookConfig::new(url.as_str(), args.alert_webhook_secret.clone())
+    let secrets = args
+        .alert_webhook_secret
+        .iter()
+        .map(WebhookSecret::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::InvalidRequest)?;
+    WebhookConfig::new(url.as_str(), secrets)
         .and_then(Webhook::start)
         .map(Some)
         .map_err(Error::InvalidRequest)

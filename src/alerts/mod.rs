@@ -11,6 +11,7 @@
 //!   device at once, with an audit row.
 
 pub mod containment;
+pub mod shared;
 pub mod webhook;
 pub mod writer;
 
@@ -147,6 +148,9 @@ pub struct Alerts {
     webhook: Option<Webhook>,
     /// The automatic containment policy, if configured.
     containment: Option<Containment>,
+    /// With `--redis-url`: the windows kept in Redis for the whole cluster, replacing
+    /// `per_minute` and `spread`.
+    shared: Option<shared::SharedWindows>,
 }
 
 impl Alerts {
@@ -169,7 +173,15 @@ impl Alerts {
                 .build(),
             webhook: None,
             containment: None,
+            shared: None,
         }
+    }
+
+    /// Keeps the spike and many-devices/networks windows in Redis, shared by every instance
+    /// (`--redis-url`), so the thresholds mean the same behind any number of instances.
+    pub fn with_shared_windows(mut self, shared: Option<shared::SharedWindows>) -> Alerts {
+        self.shared = shared;
+        self
     }
 
     /// Also POSTs every alert to `webhook`.
@@ -244,8 +256,61 @@ impl Alerts {
         self.raise(kind, key_id, None, ip, details);
     }
 
-    /// Feeds the windowed detectors with one successful exchange.
-    pub fn observe_exchange(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
+    /// Feeds the windowed detectors with one successful exchange. With shared windows, one
+    /// Redis round trip off the answer path (a task): the alert lands within milliseconds,
+    /// inside the contract's 1 s; should Redis fail, the exchange is not affected and the
+    /// windows miss one count.
+    pub fn observe_exchange(
+        self: &Arc<Self>,
+        key_id: &str,
+        device_id: &str,
+        network: &str,
+        now: i64,
+    ) {
+        if let Some(shared) = &self.shared {
+            let (alerts, shared) = (self.clone(), shared.clone());
+            let (key_id, device_id, network) =
+                (key_id.to_owned(), device_id.to_owned(), network.to_owned());
+            tokio::spawn(async move {
+                match shared
+                    .observe(&key_id, &device_id, &network, now, alerts.thresholds)
+                    .await
+                {
+                    Ok(seen) => alerts.raise_crossed(&key_id, &seen),
+                    Err(e) => tracing::warn!(error = %e, "shared anomaly windows unavailable"),
+                }
+            });
+            return;
+        }
+        self.observe_locally(key_id, device_id, network, now);
+    }
+
+    /// Raises what the shared windows say this exchange was the first to cross.
+    fn raise_crossed(&self, key_id: &str, seen: &shared::Seen) {
+        if seen.spike_crossed {
+            self.raise(
+                AlertKind::UsageSpike,
+                Some(key_id),
+                None,
+                None,
+                serde_json::json!({"exchanges_this_minute": seen.this_minute,
+                                   "threshold": self.thresholds.usage_spike_per_minute}),
+            );
+        }
+        if seen.many_crossed {
+            self.raise(
+                AlertKind::ManyDevicesOrNetworks,
+                Some(key_id),
+                None,
+                None,
+                serde_json::json!({"devices_last_hour": seen.devices, "networks_last_hour": seen.networks,
+                                   "threshold": self.thresholds.many_per_hour}),
+            );
+        }
+    }
+
+    /// The in-process windows (no Redis).
+    fn observe_locally(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
         let minute = now / 60;
         let count = {
             let slot = self

@@ -464,6 +464,8 @@ fn device_row(
         trust_level: "trusted".into(),
         trust_factors: crate::store::JsonText::empty_list(),
         revoked_at: None,
+        // The store allocates it.
+        status_idx: 0,
     }
 }
 

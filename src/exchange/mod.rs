@@ -388,9 +388,11 @@ async fn device_and_trust(
                 trust_level: "limited".into(),
                 trust_factors: JsonText::empty_list(),
                 revoked_at: None,
+                // The store allocates it.
+                status_idx: 0,
             };
             match state.store.enroll_device(&d, key.max_devices).await? {
-                Enrollment::Enrolled => {
+                Enrollment::Enrolled(d) => {
                     state.alerts.raise(
                         AlertKind::NewDevice,
                         Some(&key.key_id),
@@ -398,7 +400,7 @@ async fn device_and_trust(
                         Some(ip),
                         json!({"jkt": d.jkt, "attributes": d.attributes}),
                     );
-                    (d, true)
+                    (*d, true)
                 }
                 Enrollment::Exists(existing) => (*existing, false),
                 Enrollment::LimitReached => return Err(Error::DeviceLimitReached),
@@ -535,6 +537,7 @@ async fn issue(
             device_id: &device.device_id,
             trust: granted,
             ttl_seconds: state.settings.access_ttl_secs as u64,
+            status_idx: device.status_idx,
         },
         now as u64,
     );

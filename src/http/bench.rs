@@ -118,6 +118,7 @@ async fn sign(State(state): State<AppState>) -> Response {
             device_id: "dev_bench",
             trust: GrantedTrust::Trusted,
             ttl_seconds: s.access_ttl_secs as u64,
+            status_idx: 0,
         },
         crate::state::now() as u64,
     );

@@ -45,13 +45,17 @@ pub fn router() -> Router<AppState> {
             "/v1/revocations",
             get(revocations).layer(cors::public_document()),
         )
+        .route(
+            "/v1/status-lists/{n}",
+            get(status_list).layer(cors::public_document()),
+        )
         .route("/v1/leaks", post(leaks))
 }
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(jwks, metadata, revocations, leaks),
+    paths(jwks, metadata, revocations, status_list, leaks),
     components(schemas(RevocationRecord))
 )]
 pub(super) struct Doc;
@@ -128,9 +132,14 @@ async fn metadata(State(state): State<AppState>) -> Response {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct FeedQuery {
-    /// The `next` cursor of the previous answer; absent: from the beginning.
+    /// The `next` cursor of the previous answer; absent: from the beginning (the oldest entry
+    /// kept). A cursor from before pruned entries reads on from the oldest entry kept.
     #[param(pattern = "^[0-9]{0,18}$")]
     since: Option<String>,
+    /// Start at the first entry made at or after this time (unix seconds) instead of at a
+    /// cursor: a new verifier reads recent entries only. Not together with `since`.
+    #[param(pattern = "^[0-9]{1,12}$")]
+    since_time: Option<String>,
 }
 
 /// The revocation feed: a JWS over the entries after the cursor. The cursor is the feed
@@ -147,9 +156,21 @@ async fn revocations(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
 ) -> Result<Response> {
-    let after = match q.since.as_deref() {
-        None | Some("") => 0,
-        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+    let after = match (q.since.as_deref(), q.since_time.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "give since or since_time, not both".into(),
+            ));
+        }
+        (None, Some(t)) => {
+            let t = Some(t)
+                .filter(|t| !t.is_empty() && t.len() <= 12 && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| Error::InvalidRequest("since_time: unix seconds".into()))?;
+            state.store.revocation_cursor_at(t).await?
+        }
+        (None | Some(""), None) => 0,
+        (Some(s), None) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
             Error::InvalidRequest("since: not a cursor returned by this feed".into())
         })?,
     };
@@ -172,6 +193,43 @@ async fn revocations(
             (header::CACHE_CONTROL, "no-cache"),
         ],
         jws,
+    )
+        .into_response())
+}
+
+/// Token status list `n` (contract section 10): a signed `statuslist+jwt` with two bits per
+/// device, which access tokens point into with their `status` claim.
+#[utoipa::path(get, path = "/v1/status-lists/{n}", tag = "discovery",
+    params(("n" = u32, Path, description = "The list number, as in a token's `status.status_list.uri`.")),
+    responses(
+    (status = 200, description = "A JWS (`typ: statuslist+jwt`, signed like access tokens) with \
+claims `iss`, `sub` (the list's URI), `iat`, `exp`, `ttl` and `status_list` (`bits: 2`, `lst`: \
+base64url of the ZLIB-compressed entries). Entry values: 0 valid, 1 invalid (device or key \
+revoked, key expired), 2 suspended.", content_type = "application/statuslist+jwt"),
+    (status = 404, description = "`NOT_FOUND`: no such list.", body = ErrorBody),
+    (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),
+))]
+async fn status_list(
+    State(state): State<AppState>,
+    axum::extract::Path(n): axum::extract::Path<String>,
+) -> Result<Response> {
+    // Digits only (no sign, no spaces); anything else names no list.
+    let n = Some(n.as_str())
+        .filter(|s| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(Error::NotFound)?;
+    let jws = state.status_lists.get(n).await?.ok_or(Error::NotFound)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                crate::tokens::status_list::CONTENT_TYPE,
+            ),
+            // Verifiers cache it for its `ttl` claim; HTTP caches between us and them must not
+            // add their own lifetime on top.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        jws.to_string(),
     )
         .into_response())
 }

@@ -351,6 +351,7 @@ mod tests {
             ("/.well-known/jwks.json", "get"),
             ("/.well-known/oauth-authorization-server", "get"),
             ("/v1/revocations", "get"),
+            ("/v1/status-lists/{n}", "get"),
             ("/v1/leaks", "post"),
             ("/admin/v1/keys", "post"),
             ("/admin/v1/keys", "get"),

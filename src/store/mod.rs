@@ -231,6 +231,11 @@ pub struct DeviceRecord {
     pub trust_factors: JsonText,
     /// When it was revoked.
     pub revoked_at: Option<i64>,
+    /// Its index in the token status lists (contract section 10), across all lists: list
+    /// `status_idx / STATUS_LIST_SIZE`, entry `status_idx % STATUS_LIST_SIZE`. Allocated by
+    /// the store at enrollment (whatever the record passed to
+    /// [`Store::enroll_device`] holds), never reused.
+    pub status_idx: i64,
 }
 
 /// A JSON value kept as its text (a device's trust factors).
@@ -271,8 +276,8 @@ impl PartialEq for JsonText {
 /// Outcome of [`Store::enroll_device`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enrollment {
-    /// The device was new and is now enrolled.
-    Enrolled,
+    /// The device was new and is now enrolled: the stored record, with its status list index.
+    Enrolled(Box<DeviceRecord>),
     /// A device with this thumbprint already exists under the key.
     Exists(Box<DeviceRecord>),
     /// The key already has `max_devices` active devices.
@@ -410,6 +415,45 @@ pub struct RevocationRecord {
     pub at: i64,
 }
 
+/// Devices per token status list (contract section 10): 2^20 = 1 048 576, so one list holds
+/// at least a million devices. At two bits each a list is 256 KiB before compression; almost
+/// all entries are 0, so it compresses to a few KiB plus a few bytes per non-zero entry
+/// (docs/benchmarks.md).
+pub const STATUS_LIST_SIZE: i64 = 1 << 20;
+
+/// A status list entry's value (contract section 10; the IETF draft's `VALID`, `INVALID` and
+/// `SUSPENDED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum StatusValue {
+    /// Usable.
+    Valid = 0,
+    /// For good: the device or its key revoked, or the key expired.
+    Invalid = 1,
+    /// For now: the key suspended; back to valid when it is resumed.
+    Suspended = 2,
+}
+
+/// The non-zero entries of one status list as storage has them at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusSnapshot {
+    /// Global index → value, for every entry that is not [`StatusValue::Valid`].
+    pub entries: BTreeMap<i64, StatusValue>,
+    /// The next time a key expires: the list changes then without any write.
+    pub next_expiry: Option<i64>,
+}
+
+impl StatusSnapshot {
+    /// Records `value` for `idx`; when an index is named twice (a revoked device under a
+    /// suspended key), invalid wins: it is final, a suspension is not.
+    pub fn set(&mut self, idx: i64, value: StatusValue) {
+        let v = self.entries.entry(idx).or_insert(value);
+        if *v != StatusValue::Invalid {
+            *v = value;
+        }
+    }
+}
+
 /// Everything keybound keeps. Every mutation an operator makes takes the [`AuditEntry`] that
 /// records it and writes both in one transaction, so no change exists without its audit row.
 #[async_trait]
@@ -545,6 +589,23 @@ pub trait Store: Send + Sync + 'static {
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()>;
     /// Feed entries with `seq > after`, oldest first, at most `limit`.
     async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>>;
+    /// The cursor from which the feed reads the first entry made at or after `at` (and every
+    /// later one); past every entry when there is none.
+    async fn revocation_cursor_at(&self, at: i64) -> Result<i64>;
+    /// Deletes feed entries made before `before`; returns how many went. Cursors stay valid:
+    /// entry positions are never reused, so a cursor from before the pruned range reads on
+    /// from the oldest entry kept.
+    async fn prune_revocations(&self, before: i64) -> Result<u64>;
+
+    // ---- token status lists ----
+    /// The non-valid entries with a global index in `start..end` at `now`; `None` when no
+    /// list starts at `start` (no device has an index that far, and `start > 0`).
+    async fn status_snapshot(
+        &self,
+        start: i64,
+        end: i64,
+        now: i64,
+    ) -> Result<Option<StatusSnapshot>>;
 }
 
 /// One request by a key, for usage reports.

@@ -110,6 +110,7 @@ macro_rules! decode_rows {
                         trust_level: r.try_get("trust_level")?,
                         trust_factors: json(r, "trust_factors")?,
                         revoked_at: r.try_get("revoked_at")?,
+                        status_idx: r.try_get("status_idx")?,
                     })
                 }
             }

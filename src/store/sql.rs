@@ -41,6 +41,13 @@ pub(super) trait Backend {
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         key_id: &str,
     ) -> Result<()>;
+
+    /// Takes `n` new status list indexes (contract section 10), never handed out before and
+    /// never again, whatever runs concurrently. Inside the caller's transaction.
+    async fn allocate_status_indexes(
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        n: i64,
+    ) -> Result<Vec<i64>>;
 }
 
 /// Whether `e` is a unique-constraint violation, by the database's error kind (never by its
@@ -68,7 +75,7 @@ macro_rules! sql_store {
             use $crate::store::{
                 AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceChange, DeviceRecord,
                 Enrollment, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
-                SigningKeyRecord, Store, UsageBucket, UsageEvent,
+                SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageEvent,
             };
 
             type Db = <$Store as Backend>::Db;
@@ -230,9 +237,9 @@ macro_rules! sql_store {
                     "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
                      approved, created_at, last_seen_at, exchange_count, mismatch_count, \
                      networks, trust_score, trust_level, trust_factors, revoked_at, \
-                     mismatch_fingerprint) \
+                     mismatch_fingerprint, status_idx) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17)",
+                     $16, $17, $18)",
                 )
                 .bind(&d.device_id)
                 .bind(&d.key_id)
@@ -251,6 +258,7 @@ macro_rules! sql_store {
                 .bind(d.trust_factors.get())
                 .bind(d.revoked_at)
                 .bind(&d.mismatch_fingerprint)
+                .bind(d.status_idx)
                 .execute(conn)
                 .await?;
                 Ok(())
@@ -686,6 +694,79 @@ macro_rules! sql_store {
                 .await?)
             }
 
+            async fn select_revocation_cursor_at(pool: &sqlx::Pool<Db>, at: i64) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COALESCE((SELECT MIN(seq) - 1 FROM revocations WHERE at >= $1), \
+                     (SELECT MAX(seq) FROM revocations), 0)",
+                )
+                .bind(at)
+                .fetch_one(pool)
+                .await?)
+            }
+
+            async fn delete_revocations_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM revocations WHERE at < $1")
+                    .bind(before)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            // ---- statements: token status lists ----
+
+            /// Status list indexes in `start..end` of revoked devices (value 1).
+            async fn select_revoked_device_indexes(
+                pool: &sqlx::Pool<Db>,
+                start: i64,
+                end: i64,
+            ) -> Result<Vec<i64>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT status_idx FROM devices \
+                     WHERE status = 'revoked' AND status_idx >= $1 AND status_idx < $2",
+                )
+                .bind(start)
+                .bind(end)
+                .fetch_all(pool)
+                .await?)
+            }
+
+            /// Status list indexes in `start..end` of devices whose key is suspended, revoked
+            /// or expired at `now`, with that key's status and expiry. Starts from the keys
+            /// (few are not active), then their devices by the `(key_id, jkt)` index.
+            async fn select_indexes_under_unusable_keys(
+                pool: &sqlx::Pool<Db>,
+                start: i64,
+                end: i64,
+                now: i64,
+            ) -> Result<Vec<(i64, String, Option<i64>)>> {
+                Ok(sqlx::query_as(
+                    "SELECT d.status_idx, k.status, k.expires_at \
+                     FROM api_keys k JOIN devices d ON d.key_id = k.key_id \
+                     WHERE (k.status <> 'active' OR k.expires_at <= $3) \
+                     AND d.status_idx >= $1 AND d.status_idx < $2",
+                )
+                .bind(start)
+                .bind(end)
+                .bind(now)
+                .fetch_all(pool)
+                .await?)
+            }
+
+            /// The next time a key expires after `now`: a list built now changes then.
+            async fn select_next_key_expiry(pool: &sqlx::Pool<Db>, now: i64) -> Result<Option<i64>> {
+                Ok(sqlx::query_scalar("SELECT MIN(expires_at) FROM api_keys WHERE expires_at > $1")
+                    .bind(now)
+                    .fetch_one(pool)
+                    .await?)
+            }
+
+            /// The highest status list index in use, `None` without devices.
+            async fn select_max_status_idx(pool: &sqlx::Pool<Db>) -> Result<Option<i64>> {
+                Ok(sqlx::query_scalar("SELECT MAX(status_idx) FROM devices")
+                    .fetch_one(pool)
+                    .await?)
+            }
+
             // ---- transactions ----
 
             impl $Store {
@@ -715,7 +796,12 @@ macro_rules! sql_store {
                     for chunk in devices.chunks($crate::store::SEED_ROWS_PER_TX) {
                         let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
                         for rows in chunk.chunks(SEED_ROWS_PER_STATEMENT) {
-                            insert_devices_bulk(&mut tx, rows).await?;
+                            let indexes = <$Store as Backend>::allocate_status_indexes(
+                                &mut tx,
+                                rows.len() as i64,
+                            )
+                            .await?;
+                            insert_devices_bulk(&mut tx, rows, &indexes).await?;
                         }
                         tx.commit().await?;
                     }
@@ -765,14 +851,19 @@ macro_rules! sql_store {
             }
 
             /// `INSERT INTO devices (…) VALUES (…), (…), …`, like [`insert_keys_bulk`].
-            async fn insert_devices_bulk(conn: &mut Conn, rows: &[DeviceRecord]) -> Result<()> {
+            /// Each row gets the status list index at its position in `indexes`.
+            async fn insert_devices_bulk(
+                conn: &mut Conn,
+                rows: &[DeviceRecord],
+                indexes: &[i64],
+            ) -> Result<()> {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
                      approved, created_at, last_seen_at, exchange_count, mismatch_count, \
                      networks, trust_score, trust_level, trust_factors, revoked_at, \
-                     mismatch_fingerprint) ",
+                     mismatch_fingerprint, status_idx) ",
                 );
-                q.push_values(rows, |mut b, d| {
+                q.push_values(rows.iter().zip(indexes), |mut b, (d, idx)| {
                     b.push_bind(d.device_id.clone())
                         .push_bind(d.key_id.clone())
                         .push_bind(d.jkt.clone())
@@ -789,7 +880,8 @@ macro_rules! sql_store {
                         .push_bind(d.trust_level.clone())
                         .push_bind(d.trust_factors.get())
                         .push_bind(d.revoked_at)
-                        .push_bind(d.mismatch_fingerprint.as_deref());
+                        .push_bind(d.mismatch_fingerprint.as_deref())
+                        .push_bind(*idx);
                 });
                 q.build().persistent(false).execute(conn).await?;
                 Ok(())
@@ -935,10 +1027,18 @@ macro_rules! sql_store {
                     if count_active_devices(&mut tx, &device.key_id).await? >= max_devices {
                         return Ok(Enrollment::LimitReached);
                     }
-                    match insert_device(&mut tx, device).await {
+                    // In the enrollment's transaction: a device exists with its index or not
+                    // at all.
+                    let mut device = device.clone();
+                    device.status_idx = <$Store as Backend>::allocate_status_indexes(&mut tx, 1)
+                        .await?
+                        .first()
+                        .copied()
+                        .ok_or_else(|| Error::internal("no status list index allocated"))?;
+                    match insert_device(&mut tx, &device).await {
                         Ok(()) => {
                             tx.commit().await?;
-                            Ok(Enrollment::Enrolled)
+                            Ok(Enrollment::Enrolled(Box::new(device)))
                         }
                         // The lock above makes this unreachable for one key and thumbprint;
                         // should it happen anyway, the device that won is the answer.
@@ -1139,6 +1239,52 @@ macro_rules! sql_store {
                     limit: i64,
                 ) -> Result<Vec<RevocationRecord>> {
                     select_revocations_after(&self.pool, after, limit).await
+                }
+
+                #[tracing::instrument(skip_all, fields(at = at))]
+                async fn revocation_cursor_at(&self, at: i64) -> Result<i64> {
+                    select_revocation_cursor_at(&self.pool, at).await
+                }
+
+                #[tracing::instrument(skip_all, fields(before = before))]
+                async fn prune_revocations(&self, before: i64) -> Result<u64> {
+                    delete_revocations_before(&self.pool, before).await
+                }
+
+                #[tracing::instrument(skip_all, fields(start = start))]
+                async fn status_snapshot(
+                    &self,
+                    start: i64,
+                    end: i64,
+                    now: i64,
+                ) -> Result<Option<StatusSnapshot>> {
+                    // List 0 always exists; a later one once a device has an index in it.
+                    if start > 0
+                        && select_max_status_idx(&self.pool)
+                            .await?
+                            .is_none_or(|max| max < start)
+                    {
+                        return Ok(None);
+                    }
+                    let mut snapshot = StatusSnapshot {
+                        next_expiry: select_next_key_expiry(&self.pool, now).await?,
+                        ..StatusSnapshot::default()
+                    };
+                    for idx in select_revoked_device_indexes(&self.pool, start, end).await? {
+                        snapshot.set(idx, $crate::store::StatusValue::Invalid);
+                    }
+                    for (idx, status, expires_at) in
+                        select_indexes_under_unusable_keys(&self.pool, start, end, now).await?
+                    {
+                        let expired = expires_at.is_some_and(|e| e <= now);
+                        let value = if status == KeyStatus::Suspended.as_str() && !expired {
+                            $crate::store::StatusValue::Suspended
+                        } else {
+                            $crate::store::StatusValue::Invalid
+                        };
+                        snapshot.set(idx, value);
+                    }
+                    Ok(Some(snapshot))
                 }
             }
 

@@ -181,6 +181,18 @@ impl Backend for SqliteStore {
         // BEGIN IMMEDIATE already holds the one write lock of the database file.
         Ok(())
     }
+
+    async fn allocate_status_indexes(conn: &mut SqliteConnection, n: i64) -> Result<Vec<i64>> {
+        // Under the write lock BEGIN IMMEDIATE took: no other writer can take the same range.
+        let first: i64 = sqlx::query_scalar(
+            "UPDATE status_list_counter SET next_idx = next_idx + $1 WHERE id = 0 \
+             RETURNING next_idx - $1",
+        )
+        .bind(n)
+        .fetch_one(conn)
+        .await?;
+        Ok((first..first + n).collect())
+    }
 }
 
 super::rows::decode_rows!(sqlx::sqlite::SqliteRow);

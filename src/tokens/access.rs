@@ -11,6 +11,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
 use super::signing::{SigningKey, TYP_ACCESS_TOKEN};
+use super::status_list::TokenStatus;
 use crate::devices::TrustLevel;
 
 /// The longest access token lifetime the contract allows (`--access-ttl-seconds` max).
@@ -82,6 +83,8 @@ pub struct AccessClaims {
     pub did: String,
     /// The device's trust level at issuance.
     pub trust: GrantedTrust,
+    /// The device's entry in the token status lists (contract section 10).
+    pub status: TokenStatus,
 }
 
 /// What the token endpoint decided; [`AccessClaims::new`] turns it into claims.
@@ -103,6 +106,8 @@ pub struct AccessGrant<'a> {
     pub trust: GrantedTrust,
     /// The configured lifetime in seconds; clamped as [`AccessClaims::new`] explains.
     pub ttl_seconds: u64,
+    /// The device's global status list index (`DeviceRecord::status_idx`).
+    pub status_idx: i64,
 }
 
 impl AccessClaims {
@@ -132,6 +137,7 @@ impl AccessClaims {
             },
             did: grant.device_id.to_owned(),
             trust: grant.trust,
+            status: TokenStatus::of(grant.issuer, grant.status_idx),
         }
     }
 
@@ -214,6 +220,7 @@ mod tests {
             device_id: "dev_1",
             trust,
             ttl_seconds,
+            status_idx: 7,
         }
     }
 
@@ -275,6 +282,7 @@ mod tests {
                 "jti",
                 "nbf",
                 "scope",
+                "status",
                 "sub",
                 "trust"
             ]
@@ -289,6 +297,11 @@ mod tests {
             serde_json::json!({"jkt": grant(GrantedTrust::Trusted, 0).jkt})
         );
         assert_eq!(json["trust"], "trusted");
+        assert_eq!(
+            json["status"],
+            serde_json::json!({"status_list": {"idx": 7,
+                "uri": "https://issuer.example/v1/status-lists/0"}})
+        );
         assert_eq!(claims.expires_in(), 300);
     }
 

@@ -33,6 +33,7 @@ fn claims_at(iat: u64, ttl_seconds: u64) -> AccessClaims {
             device_id: "dev_1",
             trust: GrantedTrust::Trusted,
             ttl_seconds,
+            status_idx: 0,
         },
         iat,
     )

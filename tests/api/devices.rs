@@ -35,6 +35,8 @@ fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
         trust_level: "limited".into(),
         trust_factors: keybound::store::JsonText::of(&json!({})),
         revoked_at: None,
+        // The store allocates it.
+        status_idx: 0,
     }
 }
 

@@ -31,6 +31,7 @@ mod scan;
 mod sdk;
 mod secrets;
 mod signing_keys;
+mod status_lists;
 mod timeouts;
 mod tls;
 mod token;

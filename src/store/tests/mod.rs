@@ -139,6 +139,7 @@ conformance!(
     touch_only_moves_last_use_forward,
     enrollment_new_existing_and_limit,
     concurrent_enrollments_respect_the_limit,
+    concurrent_enrollments_get_distinct_status_indexes,
     device_revoke_and_approve,
     device_usage_is_saved,
     refresh_tokens_spend_once,
@@ -215,6 +216,7 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
         trust_level: "limited".into(),
         trust_factors: crate::store::JsonText::of(&json!({"attributes": 1.0, "history": 0.1})),
         revoked_at: None,
+        status_idx: 0,
     }
 }
 
@@ -253,12 +255,16 @@ async fn key_with_device(store: &dyn Store, c: char) -> (KeyRecord, DeviceRecord
         .create_key(&k, &audit("key.create", Some(&k.key_id)))
         .await
         .unwrap();
-    let d = device(&k.key_id, 1);
-    assert_eq!(
-        store.enroll_device(&d, 5).await.unwrap(),
-        Enrollment::Enrolled
-    );
+    let d = enrolled(store.enroll_device(&device(&k.key_id, 1), 5).await.unwrap());
     (k, d)
+}
+
+/// The stored record of an enrollment that must have enrolled.
+fn enrolled(e: Enrollment) -> DeviceRecord {
+    match e {
+        Enrollment::Enrolled(d) => *d,
+        other => panic!("expected a new enrollment, got {other:?}"),
+    }
 }
 
 async fn audit_actions(store: &dyn Store) -> Vec<String> {
