@@ -15,6 +15,7 @@ use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
+use crate::exchange::challenge::Challenges;
 use crate::limits::{Backend, FailureBudget, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
@@ -49,6 +50,12 @@ pub struct Settings {
     pub usage_retention_days: i64,
     /// Serve the benchmark-only routes (`--bench-routes`).
     pub bench_routes: bool,
+    /// New devices per key per hour (`--enrollments-per-hour`); `None`: the key's
+    /// `max_devices`.
+    pub enrollments_per_hour: Option<i64>,
+    /// How long a limited device must have been unused before a new one may replace it at
+    /// `max_devices` (`--stale-device-days`).
+    pub stale_device_secs: i64,
 }
 
 impl Settings {
@@ -67,6 +74,8 @@ impl Settings {
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
             bench_routes: args.bench_routes,
+            enrollments_per_hour: args.enrollments_per_hour,
+            stale_device_secs: args.stale_device_days * 86_400,
         }
     }
 }
@@ -118,6 +127,10 @@ pub struct Services {
     touched: Arc<Mutex<HashMap<String, i64>>>,
     /// Benchmark switches; only the `--bench-routes` route turns anything off.
     pub switches: Switches,
+    /// Platform attestation checks (contract section 8), with their roots parsed once.
+    pub verifier: Arc<crate::attestation::Verifier>,
+    /// Attestation challenges.
+    pub challenges: Challenges,
 }
 
 /// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
@@ -198,6 +211,9 @@ impl AppState {
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
         let usage = UsageRecorder::start(store.clone());
+        let verifier = Arc::new(attestation_verifier(args)?);
+        // Derived from the master key too: any instance checks any instance's challenges.
+        let challenges = Challenges::new(&keyring.derive("keybound/attestation-challenge/v1"));
         let state = AppState(Arc::new(Services {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
@@ -233,6 +249,8 @@ impl AppState {
             usage,
             touched: Arc::default(),
             switches: Switches::default(),
+            verifier,
+            challenges,
         }));
         state.spawn_background();
         Ok(state)
@@ -328,6 +346,39 @@ pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
 /// presented again is still recognised as reuse and revokes its family; after that it is just
 /// unknown (`INVALID_REFRESH_TOKEN`), which refuses it all the same.
 pub const REFRESH_PURGE_AFTER_EXPIRY: i64 = 7 * 86_400;
+
+/// The attestation verifier from the `serve` settings; files that cannot be read or parsed
+/// stop the start.
+fn attestation_verifier(args: &ServeArgs) -> Result<crate::attestation::Verifier> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::InvalidRequest(format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let extra_roots_pem = args
+        .attestation_roots
+        .iter()
+        .map(|p| read(p))
+        .collect::<Result<Vec<_>>>()?;
+    let android_revoked_serials = match &args.android_attestation_revocations {
+        Some(p) => crate::attestation::parse_android_revocations(&read(p)?).map_err(|e| {
+            Error::InvalidRequest(format!(
+                "--android-attestation-revocations {}: {e}",
+                p.display()
+            ))
+        })?,
+        None => Default::default(),
+    };
+    crate::attestation::Verifier::new(crate::attestation::Settings {
+        apple_app_ids: args.apple_app_ids.clone(),
+        allow_development: args.attestation_allow_development,
+        android_packages: args.android_packages.clone(),
+        android_signing_cert_sha256: args.android_signing_cert_sha256.clone(),
+        extra_roots_pem,
+        android_revoked_serials,
+    })
+    .map_err(|e| Error::InvalidRequest(format!("attestation settings: {e}")))
+}
 
 /// Starts the alert webhook when `--alert-webhook` is set.
 fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {

@@ -66,6 +66,8 @@ struct Metadata {
     jwks_uri: String,
     /// The signed revocation feed (`GET /v1/revocations`).
     revocation_feed_endpoint: String,
+    /// Where apps get a platform attestation challenge (contract section 8).
+    attestation_challenge_endpoint: String,
     grant_types_supported: Vec<&'static str>,
     token_endpoint_auth_methods_supported: Vec<&'static str>,
     dpop_signing_alg_values_supported: Vec<&'static str>,
@@ -83,6 +85,10 @@ async fn metadata(State(state): State<AppState>) -> Response {
         token_endpoint: format!("{iss}/v1/token"),
         jwks_uri: format!("{iss}/.well-known/jwks.json"),
         revocation_feed_endpoint: format!("{iss}/v1/revocations"),
+        attestation_challenge_endpoint: format!(
+            "{iss}{}",
+            crate::exchange::challenge::CHALLENGE_PATH
+        ),
         grant_types_supported: vec![
             "urn:keybound:params:oauth:grant-type:api-key",
             "refresh_token",

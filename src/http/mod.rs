@@ -1,6 +1,7 @@
 //! HTTP: the router, one module per resource, extractors and the error mapping.
 
 pub mod admin;
+pub mod attestation;
 pub mod bench;
 pub mod discovery;
 pub mod extract;
@@ -31,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(token::router())
+        .merge(attestation::router())
         .merge(discovery::router())
         .nest("/admin/v1", admin::router())
         .fallback(|| async { Error::NotFound })

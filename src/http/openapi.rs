@@ -39,6 +39,7 @@ pub fn document() -> serde_json::Value {
     let doc = Root::openapi()
         .merge_from(super::health::Doc::openapi())
         .merge_from(super::token::Doc::openapi())
+        .merge_from(super::attestation::Doc::openapi())
         .merge_from(super::discovery::Doc::openapi())
         .merge_from(super::admin::Doc::openapi());
     let mut doc = serde_json::to_value(doc).expect("the document serializes");

@@ -165,6 +165,7 @@ impl Record {
             network: NetworkSignals::of(&self.networks, network, is_new),
             trust_on_enroll: false,
             approved: false,
+            attested: false,
             is_new,
         });
         let alerted =

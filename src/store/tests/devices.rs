@@ -12,8 +12,11 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
 
     let first = device(&k.key_id, 1);
     assert_eq!(
-        store.enroll_device(&first, 2).await.unwrap(),
-        Enrollment::Enrolled
+        store.enroll_device(&first, EnrollLimits::max_devices(2)).await.unwrap(),
+        Enrollment::Enrolled {
+            replaced: None,
+            key_had_trusted: false,
+        }
     );
     assert_eq!(
         store.get_device(&first.device_id).await.unwrap(),
@@ -38,23 +41,26 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
     let mut again = device(&k.key_id, 1);
     again.device_id = "dev_other".into();
     assert_eq!(
-        store.enroll_device(&again, 2).await.unwrap(),
+        store.enroll_device(&again, EnrollLimits::max_devices(2)).await.unwrap(),
         Enrollment::Exists(Box::new(first.clone()))
     );
 
     let second = device(&k.key_id, 2);
     assert_eq!(
-        store.enroll_device(&second, 2).await.unwrap(),
-        Enrollment::Enrolled
+        store.enroll_device(&second, EnrollLimits::max_devices(2)).await.unwrap(),
+        Enrollment::Enrolled {
+            replaced: None,
+            key_had_trusted: false,
+        }
     );
     let third = device(&k.key_id, 3);
     assert_eq!(
-        store.enroll_device(&third, 2).await.unwrap(),
+        store.enroll_device(&third, EnrollLimits::max_devices(2)).await.unwrap(),
         Enrollment::LimitReached
     );
     // An existing device is found even at the limit.
     assert_eq!(
-        store.enroll_device(&second, 2).await.unwrap(),
+        store.enroll_device(&second, EnrollLimits::max_devices(2)).await.unwrap(),
         Enrollment::Exists(Box::new(second.clone()))
     );
 
@@ -69,8 +75,11 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        store.enroll_device(&third, 2).await.unwrap(),
-        Enrollment::Enrolled
+        store.enroll_device(&third, EnrollLimits::max_devices(2)).await.unwrap(),
+        Enrollment::Enrolled {
+            replaced: None,
+            key_had_trusted: false,
+        }
     );
 
     let listed: Vec<_> = store
@@ -103,12 +112,12 @@ pub(super) async fn concurrent_enrollments_respect_the_limit(db: &mut TestDb) {
             other_process.clone()
         };
         let d = device(&k.key_id, n);
-        tokio::spawn(async move { store.enroll_device(&d, 3).await })
+        tokio::spawn(async move { store.enroll_device(&d, EnrollLimits::max_devices(3)).await })
     });
     let mut enrolled = 0;
     for a in attempts.collect::<Vec<_>>() {
         match a.await.unwrap().unwrap() {
-            Enrollment::Enrolled => enrolled += 1,
+            Enrollment::Enrolled { .. } => enrolled += 1,
             Enrollment::LimitReached => {}
             other => panic!("unexpected {other:?}"),
         }

@@ -181,6 +181,7 @@ fn key(id: &str) -> KeyRecord {
         allowed_origins: vec!["https://app.example.com".into()],
         max_devices: 5,
         trust_on_enroll: false,
+        attestation: crate::store::AttestationPolicy::Preferred,
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,
@@ -214,6 +215,7 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
         trust_level: "limited".into(),
         trust_factors: crate::store::JsonText::of(&json!({"attributes": 1.0, "history": 0.1})),
         revoked_at: None,
+        attestation: None,
     }
 }
 
@@ -230,6 +232,7 @@ fn refresh(d: &DeviceRecord, family: &str, n: u8) -> RefreshRecord {
         expires_at: T0 + 86_400,
         spent_at: None,
         revoked_at: None,
+        attestation: None,
     }
 }
 
@@ -254,8 +257,11 @@ async fn key_with_device(store: &dyn Store, c: char) -> (KeyRecord, DeviceRecord
         .unwrap();
     let d = device(&k.key_id, 1);
     assert_eq!(
-        store.enroll_device(&d, 5).await.unwrap(),
-        Enrollment::Enrolled
+        store.enroll_device(&d, EnrollLimits::max_devices(5)).await.unwrap(),
+        Enrollment::Enrolled {
+            replaced: None,
+            key_had_trusted: false,
+        }
     );
     (k, d)
 }
