@@ -122,6 +122,7 @@ fn tokens(c: &mut Criterion) {
                     network_seen_before: true,
                     distinct_networks_recent: 2,
                 },
+                attested: false,
                 trust_on_enroll: false,
                 approved: false,
                 is_new: false,

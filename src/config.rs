@@ -181,11 +181,19 @@ pub struct ServeArgs {
     pub cache_capacity: u64,
     /// App Attest: an accepted App ID, `TEAMID.BUNDLE_ID` (repeatable). None: App Attest
     /// attestations fail.
-    #[arg(long = "apple-app-id", env = "KEYBOUND_APPLE_APP_ID", value_delimiter = ',')]
+    #[arg(
+        long = "apple-app-id",
+        env = "KEYBOUND_APPLE_APP_ID",
+        value_delimiter = ','
+    )]
     pub apple_app_ids: Vec<String>,
     /// Android Key Attestation: an accepted package name (repeatable). None: Android
     /// attestations fail.
-    #[arg(long = "android-package", env = "KEYBOUND_ANDROID_PACKAGE", value_delimiter = ',')]
+    #[arg(
+        long = "android-package",
+        env = "KEYBOUND_ANDROID_PACKAGE",
+        value_delimiter = ','
+    )]
     pub android_packages: Vec<String>,
     /// Android Key Attestation: SHA-256 of an accepted app signing certificate (64 hex digits,
     /// either case, colons allowed; repeatable). None: Android attestations fail.
@@ -197,7 +205,11 @@ pub struct ServeArgs {
     pub attestation_allow_development: bool,
     /// A PEM file of extra attestation trust anchors for both formats (repeatable; private PKI
     /// and tests). `--profile prod` refuses it without `--attestation-allow-custom-root`.
-    #[arg(long = "attestation-root", env = "KEYBOUND_ATTESTATION_ROOT", value_delimiter = ',')]
+    #[arg(
+        long = "attestation-root",
+        env = "KEYBOUND_ATTESTATION_ROOT",
+        value_delimiter = ','
+    )]
     pub attestation_roots: Vec<PathBuf>,
     /// Lets `--profile prod` use `--attestation-root`.
     #[arg(long, env = "KEYBOUND_ATTESTATION_ALLOW_CUSTOM_ROOT")]

@@ -134,11 +134,14 @@ impl Error {
             InvalidRequest(_) | ApiKeyInUrl | UseDpopNonce { .. } | InvalidAudience => {
                 StatusCode::BAD_REQUEST
             }
-            MissingApiKey | InvalidApiKey | InvalidDpopProof(_) | DpopReplay
-            | InvalidRefreshToken | RefreshTokenReused | InvalidAdminToken
-            | InvalidAttestation(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            MissingApiKey
+            | InvalidApiKey
+            | InvalidDpopProof(_)
+            | DpopReplay
+            | InvalidRefreshToken
+            | RefreshTokenReused
+            | InvalidAdminToken
+            | InvalidAttestation(_) => StatusCode::UNAUTHORIZED,
             IpNotAllowed | OriginNotAllowed | InsufficientScope | DeviceLimitReached
             | DeviceRevoked | DeviceUntrusted | AttestationRequired => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,

@@ -351,9 +351,8 @@ pub const REFRESH_PURGE_AFTER_EXPIRY: i64 = 7 * 86_400;
 /// stop the start.
 fn attestation_verifier(args: &ServeArgs) -> Result<crate::attestation::Verifier> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            Error::InvalidRequest(format!("cannot read {}: {e}", path.display()))
-        })
+        std::fs::read(path)
+            .map_err(|e| Error::InvalidRequest(format!("cannot read {}: {e}", path.display())))
     };
     let extra_roots_pem = args
         .attestation_roots

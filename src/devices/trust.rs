@@ -1251,14 +1251,19 @@ mod tests {
     #[test]
     fn an_attested_device_is_trusted_at_once_and_never_denied_but_still_scored() {
         let stored = phone();
-        let other_platform = phone_with(&[("platform", Some("android")), ("model", Some("Pixel 8"))]);
+        let other_platform =
+            phone_with(&[("platform", Some("android")), ("model", Some("Pixel 8"))]);
         let reinstall = phone_with(&[("install_id", Some("new"))]);
         let empty = Attributes::new();
         let decide = |stored: &Attributes, presented: &Attributes, is_new: bool, attested: bool| {
             evaluate(&TrustInputs {
                 stored,
                 presented,
-                history: if is_new { DeviceHistory::default() } else { YOUNG },
+                history: if is_new {
+                    DeviceHistory::default()
+                } else {
+                    YOUNG
+                },
                 network: KNOWN_NETWORK,
                 trust_on_enroll: false,
                 approved: false,
@@ -1267,17 +1272,32 @@ mod tests {
             })
         };
         // Enrolled with a valid attestation: trusted at once, as if approved.
-        assert_eq!(decide(&empty, &stored, true, true).level, TrustLevel::Trusted);
-        assert_eq!(decide(&empty, &stored, true, false).level, TrustLevel::Limited);
+        assert_eq!(
+            decide(&empty, &stored, true, true).level,
+            TrustLevel::Trusted
+        );
+        assert_eq!(
+            decide(&empty, &stored, true, false).level,
+            TrustLevel::Limited
+        );
         // A young attested device needs no earned history.
-        assert_eq!(decide(&stored, &stored, false, true).level, TrustLevel::Trusted);
-        assert_eq!(decide(&stored, &stored, false, false).level, TrustLevel::Limited);
+        assert_eq!(
+            decide(&stored, &stored, false, true).level,
+            TrustLevel::Trusted
+        );
+        assert_eq!(
+            decide(&stored, &stored, false, false).level,
+            TrustLevel::Limited
+        );
         // Still fingerprint-scored: a changed install_id limits it, like any device...
         let d = decide(&stored, &reinstall, false, true);
         assert_eq!(d.level, TrustLevel::Limited);
         assert!(d.stable_mismatch);
         // ...and another platform, which denies an unattested device, only limits it.
-        assert_eq!(decide(&stored, &other_platform, false, false).level, TrustLevel::Denied);
+        assert_eq!(
+            decide(&stored, &other_platform, false, false).level,
+            TrustLevel::Denied
+        );
         let d = decide(&stored, &other_platform, false, true);
         assert_eq!(d.level, TrustLevel::Limited);
         assert!(d.stable_mismatch, "still alerted");

@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 pub use request::{DeviceInfo, RefreshRequest, TokenRequest};
 
 use crate::alerts::{AlertKind, network_of};
+use crate::attestation::Attestation;
 use crate::devices::trust::{
     self, DeviceHistory, NetworkSignals, TrustDecision, TrustInputs, TrustLevel,
 };
@@ -26,7 +27,6 @@ use crate::dpop::{self, VerifiedProof};
 use crate::error::{Error, Result};
 use crate::keys::ApiKey;
 use crate::state::AppState;
-use crate::attestation::Attestation;
 use crate::store::{
     AttestationPolicy, DeviceAttestation, DeviceRecord, DeviceStatus, EnrollLimits, Enrollment,
     JsonText, KeyRecord, RefreshRecord,
@@ -389,7 +389,7 @@ async fn device_and_trust(
     state: &AppState,
     key: &KeyRecord,
     proof: &VerifiedProof,
-    presented: Presentation,
+    mut presented: Presentation,
     ip: IpAddr,
     now: i64,
 ) -> Result<(DeviceRecord, TrustDecision)> {
@@ -403,7 +403,7 @@ async fn device_and_trust(
     let on_record = existing.as_ref().is_some_and(|d| d.attestation.is_some());
     // Verified once: at enrollment, or on a later exchange of a device not attested yet. Under
     // `off` attestations are ignored (not verified, not recorded).
-    let verified = match (key.attestation, presented.attestation) {
+    let verified = match (key.attestation, presented.attestation.take()) {
         (AttestationPolicy::Off, _) | (_, None) => None,
         (_, Some(_)) if on_record => None,
         (_, Some(attestation)) => Some(
@@ -428,7 +428,11 @@ async fn device_and_trust(
         None => match enroll(state, key, proof, &presented, verified.clone(), ip, now).await? {
             Some(d) => (d, true),
             // Lost a race with another enrollment of the same key: that device is ours.
-            None => match state.store.get_device_by_jkt(&key.key_id, &proof.jkt).await? {
+            None => match state
+                .store
+                .get_device_by_jkt(&key.key_id, &proof.jkt)
+                .await?
+            {
                 Some(d) => (d, false),
                 None => return Err(Error::internal("enrolled device vanished")),
             },
@@ -441,7 +445,10 @@ async fn device_and_trust(
         && device.attestation.is_none()
     {
         // A device enrolled before it attested (or by a racing request) records it now.
-        state.store.record_attestation(&device, &attestation).await?;
+        state
+            .store
+            .record_attestation(&device, &attestation)
+            .await?;
         device.attestation = Some(attestation);
     }
     score_and_record(

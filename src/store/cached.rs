@@ -280,7 +280,11 @@ impl Store for CachedStore {
     async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>> {
         self.inner.list_devices(key_id).await
     }
-    async fn enroll_device(&self, device: &DeviceRecord, limits: EnrollLimits) -> Result<Enrollment> {
+    async fn enroll_device(
+        &self,
+        device: &DeviceRecord,
+        limits: EnrollLimits,
+    ) -> Result<Enrollment> {
         let r = self.inner.enroll_device(device, limits).await?;
         self.devices
             .invalidate(&(device.key_id.clone(), device.jkt.clone()))

@@ -561,8 +561,11 @@ pub trait Store: Send + Sync + 'static {
     /// hourly enrollment budget, or it has `max_devices` active devices and none is stale
     /// enough to replace (see [`EnrollLimits`]); atomic against concurrent enrollments. The
     /// device's `attestation`, if set, is inserted with it.
-    async fn enroll_device(&self, device: &DeviceRecord, limits: EnrollLimits)
-    -> Result<Enrollment>;
+    async fn enroll_device(
+        &self,
+        device: &DeviceRecord,
+        limits: EnrollLimits,
+    ) -> Result<Enrollment>;
     /// Records a device's verified attestation, unless one is recorded already (a device
     /// attests once, for its life).
     async fn record_attestation(

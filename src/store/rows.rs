@@ -43,8 +43,8 @@ macro_rules! decode_rows {
             use $crate::store::rows::{from_json, from_name};
             use $crate::store::{
                 AlertRecord, AttestationPolicy, AuditEntry, AuditRow, DeviceAttestation,
-                DeviceRecord, DeviceStatus, KeyRecord,
-                KeyStatus, RefreshRecord, RevocationRecord, SigningKeyRecord,
+                DeviceRecord, DeviceStatus, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
+                SigningKeyRecord,
             };
 
             type DbRow = $Row;

@@ -1009,19 +1009,28 @@ macro_rules! sql_store {
                         {
                             return Ok(Enrollment::Exists(Box::new(existing)));
                         }
+                        let stale = if count_active_devices(&mut tx, key_id).await?
+                            < limits.max_devices
+                        {
+                            None
+                        } else {
+                            match select_stale_device(&mut tx, key_id, limits.stale_before)
+                                .await?
+                            {
+                                Some(stale) => Some(stale),
+                                None => return Ok(Enrollment::LimitReached),
+                            }
+                        };
+                        // The hourly budget counts every enrollment, revoked and replaced
+                        // devices included: freeing slots must not buy new enrollments.
                         if limits.per_hour < i64::MAX
                             && count_enrolled_since(&mut tx, key_id, limits.now - 3600).await?
                                 >= limits.per_hour
                         {
                             return Ok(Enrollment::BudgetSpent);
                         }
-                        if count_active_devices(&mut tx, key_id).await? < limits.max_devices {
+                        let Some(stale) = stale else {
                             break (tx, None);
-                        }
-                        let Some(stale) =
-                            select_stale_device(&mut tx, key_id, limits.stale_before).await?
-                        else {
-                            return Ok(Enrollment::LimitReached);
                         };
                         if !ordered {
                             tx.rollback().await?;

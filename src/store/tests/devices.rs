@@ -12,7 +12,10 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
 
     let first = device(&k.key_id, 1);
     assert_eq!(
-        store.enroll_device(&first, EnrollLimits::max_devices(2)).await.unwrap(),
+        store
+            .enroll_device(&first, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Enrolled {
             replaced: None,
             key_had_trusted: false,
@@ -41,13 +44,19 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
     let mut again = device(&k.key_id, 1);
     again.device_id = "dev_other".into();
     assert_eq!(
-        store.enroll_device(&again, EnrollLimits::max_devices(2)).await.unwrap(),
+        store
+            .enroll_device(&again, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Exists(Box::new(first.clone()))
     );
 
     let second = device(&k.key_id, 2);
     assert_eq!(
-        store.enroll_device(&second, EnrollLimits::max_devices(2)).await.unwrap(),
+        store
+            .enroll_device(&second, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Enrolled {
             replaced: None,
             key_had_trusted: false,
@@ -55,12 +64,18 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
     );
     let third = device(&k.key_id, 3);
     assert_eq!(
-        store.enroll_device(&third, EnrollLimits::max_devices(2)).await.unwrap(),
+        store
+            .enroll_device(&third, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::LimitReached
     );
     // An existing device is found even at the limit.
     assert_eq!(
-        store.enroll_device(&second, EnrollLimits::max_devices(2)).await.unwrap(),
+        store
+            .enroll_device(&second, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Exists(Box::new(second.clone()))
     );
 
@@ -75,7 +90,10 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        store.enroll_device(&third, EnrollLimits::max_devices(2)).await.unwrap(),
+        store
+            .enroll_device(&third, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Enrolled {
             replaced: None,
             key_had_trusted: false,

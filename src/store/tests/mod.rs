@@ -232,7 +232,6 @@ fn refresh(d: &DeviceRecord, family: &str, n: u8) -> RefreshRecord {
         expires_at: T0 + 86_400,
         spent_at: None,
         revoked_at: None,
-        attestation: None,
     }
 }
 
@@ -257,7 +256,10 @@ async fn key_with_device(store: &dyn Store, c: char) -> (KeyRecord, DeviceRecord
         .unwrap();
     let d = device(&k.key_id, 1);
     assert_eq!(
-        store.enroll_device(&d, EnrollLimits::max_devices(5)).await.unwrap(),
+        store
+            .enroll_device(&d, EnrollLimits::max_devices(5))
+            .await
+            .unwrap(),
         Enrollment::Enrolled {
             replaced: None,
             key_had_trusted: false,
