@@ -13,6 +13,7 @@ mod cli_keys;
 mod cluster;
 mod containment;
 mod devices;
+mod enrollment;
 mod envelope;
 mod fuzz;
 mod health;
