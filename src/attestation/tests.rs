@@ -981,3 +981,75 @@ fn base64_is_accepted_in_both_alphabets_with_or_without_padding() {
     assert_eq!(decode_base64("-_8="), Some(vec![0xfb, 0xff]));
     assert_eq!(decode_base64("a b"), None);
 }
+
+// ---------------------------------------------------------------------------------------
+// The fuzz target's property-test twin (`fuzz/fuzz_targets/attestation.rs`)
+
+#[test]
+fn the_fuzz_targets_unmutated_inputs_reach_the_end_of_both_verifications() {
+    // Mode 4 with nothing to XOR presents the real Android chain as is: it verifies, so
+    // mutations of it explore every check behind the parsers.
+    crate::fuzzing::attestation(&[4]);
+    let v = crate::fuzzing::attestation_verifier();
+    let (member, jwk) = real_chain("android-google-rkp.chain");
+    v.verify(
+        &attestation(member),
+        b"challenge",
+        &jwk,
+        crate::fuzzing::ATTESTATION_NOW,
+    )
+    .expect("the fuzz target's Android seed verifies");
+    let apple = attestation(
+        serde_json::json!({"format": "apple-appattest", "challenge": "c",
+        "key_id": APPLE_SAMPLE_KEY_ID, "object": fixture("apple-sample.b64").trim()}),
+    );
+    // Apple's sample reaches the nonce check (the last one it can reach through `verify`).
+    assert!(
+        v.verify(&apple, b"test_server_challenge", &jwk, APPLE_SAMPLE_TIME)
+            .unwrap_err()
+            .to_string()
+            .contains("nonce")
+    );
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes in every mode never panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            crate::fuzzing::attestation(&data);
+        }
+
+        /// Mutations of the real Apple object and Android chain (modes 3 and 4) never panic,
+        /// and a mutated Apple sample is never accepted.
+        #[test]
+        fn mutations_of_real_vectors_never_panic(
+            mode in 3u8..5,
+            offset in any::<u16>(),
+            xor in proptest::collection::vec(any::<u8>(), 1..16),
+        ) {
+            let mut data = vec![mode];
+            data.extend_from_slice(&offset.to_be_bytes());
+            data.extend_from_slice(&xor);
+            crate::fuzzing::attestation(&data);
+        }
+
+        /// Arbitrary base64 strings as App Attest objects, key ids and chain entries.
+        #[test]
+        fn arbitrary_base64_members_never_panic(
+            key_id in "[A-Za-z0-9+/=_-]{0,60}",
+            object in "[A-Za-z0-9+/=_-]{0,400}",
+            chain in proptest::collection::vec("[A-Za-z0-9+/=_-]{0,300}", 0..10),
+        ) {
+            let apple = serde_json::json!({"format": "apple-appattest", "challenge": "c", "key_id": key_id, "object": object});
+            let android = serde_json::json!({"format": "android-key", "challenge": "c", "certificate_chain": chain});
+            for member in [apple, android] {
+                crate::fuzzing::attestation(&[&[0u8][..], member.to_string().as_bytes()].concat());
+            }
+        }
+    }
+}
