@@ -8,6 +8,9 @@ mod abuse;
 mod admin_auth;
 mod alerts;
 mod api_keys;
+mod attestation;
+#[path = "../../src/attestation/testing.rs"]
+mod attestation_gen;
 mod audit;
 mod cli_keys;
 mod cluster;
