@@ -564,7 +564,7 @@ pub struct LabArgs {
     /// Also write the report as Markdown to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Run only these scenarios (letters A–L, P for the population study; comma-separated).
+    /// Run only these scenarios (letters A–M, P for the population study; comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// C: exchanges made before the server's memory is read.

@@ -14,12 +14,14 @@
 //! | [`timing`] | G timing side channel |
 //! | [`insider`] | H insider |
 //! | [`abuse`] | L rate limiting |
+//! | [`attested`] | M attested devices (a leaked key against attestation and the enrollment budget) |
 //! | [`population`] | P the population study (false limits and denials, clone detection) |
 //!
 //! Each scenario returns a typed result (what the integration tests assert on) that renders
 //! itself as a report [`Section`].
 
 pub mod abuse;
+pub mod attested;
 pub mod insider;
 pub mod keyspace;
 pub mod leaks;
@@ -41,7 +43,7 @@ use crate::error::{Error, Result};
 
 /// Every scenario letter, in report order.
 pub const SCENARIOS: &[&str] = &[
-    "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "P",
+    "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "P",
 ];
 
 /// Runs the lab as `keybound lab` does: exit 0 when every scenario held, 1 when one did not.
@@ -149,6 +151,12 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 .await?
                 .section(),
             ("L", Some(t), _) => abuse::rate_limits(t).await?.section(),
+            // Needs a server configured with the lab's attestation root: always its own.
+            ("M", _, _) if args.url.is_none() => attested::attested().await?.section(),
+            ("M", _, _) => skipped(
+                "M attested devices",
+                "needs an in-process server (it configures a lab attestation root)",
+            ),
             ("P", _, _) => population::study(&population::Params {
                 devices: args.devices,
                 days: args.days,

@@ -279,3 +279,33 @@ async fn unknown_ids_and_wrong_secrets_take_as_long_over_http() {
         );
     }
 }
+
+/// Scenario M (issue 17): each row of the attested-devices section, for the right reason.
+#[tokio::test]
+async fn a_leaked_key_earns_nothing_against_attestation_refreshes_and_the_enrollment_budget() {
+    let m = lab::attested::attested().await.unwrap();
+    // A re-implemented client with the leaked key, key `required`: 0 tokens.
+    assert_eq!(m.reimplemented_tokens, 0, "{m:#?}");
+    assert!(m.reimplemented_blocked(), "{m:#?}");
+    // A clone of an attested phone's app data is never trusted (nor served at all).
+    assert!(m.victim.contains("trusted"), "{m:#?}");
+    assert!(!m.clone_trusted, "{m:#?}");
+    assert_eq!(
+        m.clone_answers,
+        [
+            "copied attributes: 403 ATTESTATION_REQUIRED",
+            "copied attributes and attestation: 401 INVALID_ATTESTATION",
+            "copied refresh token: 401 INVALID_REFRESH_TOKEN",
+        ]
+    );
+    // Under `preferred`, refreshing does not earn trust.
+    assert_eq!(m.exchange_count_after_refreshes, 1, "{m:#?}");
+    assert_eq!(m.level_after_refreshes, "limited");
+    assert_eq!(m.level_a_day_later, "limited");
+    // Revoke-and-re-enroll stops at the budget.
+    assert_eq!(m.cycle_enrollments, m.cycle_budget, "{m:#?}");
+    assert_eq!(m.cycle_stopped_by, "429 RATE_LIMITED");
+    assert!(m.cycle_alerted);
+    let section = m.section();
+    assert!(section.holds, "{:#?}", section.notes);
+}
