@@ -594,6 +594,9 @@ pub struct LabArgs {
     /// P: cloned device keys tried per attacker kind.
     #[arg(long, default_value_t = 10_000)]
     pub clones: usize,
+    /// P: share of phones whose app attests its device key at enrollment (0 to 1).
+    #[arg(long, default_value_t = 0.8)]
+    pub attested_share: f64,
     /// P: seed of the simulation's random stream (the same seed gives the same figures).
     #[arg(long, default_value_t = 6)]
     pub seed: u64,

@@ -110,7 +110,7 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 crate::state::now()
             ),
             format!(
-                "sizes: C {} exchanges; G {} HTTP samples and {} comparison batches per class; F {} verifications; I {} keys; K {} keys; P {} devices × {} days, {} clones per attacker kind, seed {}",
+                "sizes: C {} exchanges; G {} HTTP samples and {} comparison batches per class; F {} verifications; I {} keys; K {} keys; P {} devices × {} days ({:.0} % attested), {} clones per attacker kind, seed {}",
                 args.exchanges,
                 args.timing_samples,
                 args.compare_samples,
@@ -119,6 +119,7 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 args.typo_keys,
                 args.devices,
                 args.days,
+                args.attested_share * 100.0,
                 args.clones,
                 args.seed
             ),
@@ -162,6 +163,7 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 days: args.days,
                 clones: args.clones,
                 seed: args.seed,
+                attested_share: args.attested_share,
             })
             .section(),
             (other, _, _) => skipped(other, "no target"),

@@ -193,6 +193,7 @@ fn the_population_study_is_reproducible_and_catches_foreign_clones() {
         days: 30,
         clones: 300,
         seed: 6,
+        attested_share: 0.8,
     };
     let a = population::study(&p);
     let b = population::study(&p);
@@ -206,6 +207,24 @@ fn the_population_study_is_reproducible_and_catches_foreign_clones() {
         "a foreign phone always mismatches"
     );
     assert_eq!(foreign.trusted, 0);
+    // Issue 17: with 80 % attested phones, both groups are reported, and a clone of an
+    // attested phone's app data is never trusted (it needs a new, unattested device key).
+    let [unattested, attested] = a.legit.groups;
+    assert_eq!(unattested.phones + attested.phones, a.legit.phones);
+    assert!(
+        attested.phones > unattested.phones * 2,
+        "{:#?}",
+        a.legit.groups
+    );
+    let cloned_attested = a.clones.iter().find(|c| c.attested_victims).unwrap();
+    assert_eq!(cloned_attested.attempts, 300);
+    assert_eq!(cloned_attested.trusted, 0, "{cloned_attested:#?}");
+    let cloned_unattested = &a.clones[3];
+    assert!(!cloned_unattested.attested_victims);
+    assert!(
+        cloned_unattested.trusted > 0,
+        "an exact copy of an unattested phone is that phone: the limit attestation removes"
+    );
 }
 
 #[tokio::test]
