@@ -14,7 +14,8 @@ use crate::state::AppState;
 
 /// Attestation routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route(CHALLENGE_PATH, post(challenge))
+    // Browser apps may ask too (contract 11): the same CORS rule as the token endpoints.
+    Router::new().route(CHALLENGE_PATH, super::cors::token_endpoint(post(challenge)))
 }
 
 /// This module's part of the OpenAPI document.

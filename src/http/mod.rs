@@ -3,9 +3,12 @@
 pub mod admin;
 pub mod attestation;
 pub mod bench;
+pub mod cors;
 pub mod discovery;
 pub mod extract;
 pub mod health;
+pub mod introspect;
+pub mod oauth;
 pub mod openapi;
 pub mod token;
 
@@ -33,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(token::router())
         .merge(attestation::router())
+        .merge(introspect::router())
         .merge(discovery::router())
         .nest("/admin/v1", admin::router())
         .fallback(|| async { Error::NotFound })
