@@ -143,7 +143,7 @@ impl Anchor {
 /// Parses one DER certificate; trailing bytes are refused.
 pub(crate) fn parse_der(der: &[u8]) -> Option<X509Certificate<'_>> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Some(cert),
+        Ok(([], cert)) => Some(cert),
         _ => None,
     }
 }

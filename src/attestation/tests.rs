@@ -161,17 +161,18 @@ fn the_built_in_apple_root_is_apples_published_certificate() {
 
 #[test]
 fn a_bad_attestation_root_file_is_refused_at_startup() {
-    let mut s = Settings::default();
-    s.extra_roots_pem = vec![b"no certificate here".to_vec()];
+    let with_root = |pem: &[u8]| Settings {
+        extra_roots_pem: vec![pem.to_vec()],
+        ..Settings::default()
+    };
+    let err = Verifier::new(with_root(b"no certificate here")).unwrap_err();
+    assert!(err.contains("--attestation-root file 1"), "{err}");
     assert!(
-        Verifier::new(s)
-            .unwrap_err()
-            .contains("--attestation-root file 1")
+        Verifier::new(with_root(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        ))
+        .is_err()
     );
-    let mut s = Settings::default();
-    s.extra_roots_pem =
-        vec![b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec()];
-    assert!(Verifier::new(s).is_err());
 }
 
 // ---------------------------------------------------------------------------------------
