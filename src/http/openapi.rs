@@ -353,6 +353,7 @@ mod tests {
             ("/.well-known/oauth-authorization-server", "get"),
             ("/v1/revocations", "get"),
             ("/v1/leaks", "post"),
+            ("/v1/attestation/challenge", "post"),
             ("/admin/v1/keys", "post"),
             ("/admin/v1/keys", "get"),
             ("/admin/v1/keys/{key_id}", "get"),
