@@ -71,6 +71,7 @@ fn body() -> TokenRequest {
         audience: None,
         device: Some(DeviceInfo {
             name: None,
+            attestation: None,
             attributes: [
                 ("platform", "ios"),
                 ("model", "iPhone15,2"),

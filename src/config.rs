@@ -254,6 +254,56 @@ pub struct ServeArgs {
     /// Entries in each validation cache (keys, devices).
     #[arg(long, env = "KEYBOUND_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+    /// App Attest: an accepted App ID, `TEAMID.BUNDLE_ID` (repeatable). None: App Attest
+    /// attestations fail.
+    #[arg(
+        long = "apple-app-id",
+        env = "KEYBOUND_APPLE_APP_ID",
+        value_delimiter = ','
+    )]
+    pub apple_app_ids: Vec<String>,
+    /// Android Key Attestation: an accepted package name (repeatable). None: Android
+    /// attestations fail.
+    #[arg(
+        long = "android-package",
+        env = "KEYBOUND_ANDROID_PACKAGE",
+        value_delimiter = ','
+    )]
+    pub android_packages: Vec<String>,
+    /// Android Key Attestation: SHA-256 of an accepted app signing certificate (64 hex digits,
+    /// either case, colons allowed; repeatable). None: Android attestations fail.
+    #[arg(long = "android-signing-cert-sha256", env = "KEYBOUND_ANDROID_SIGNING_CERT_SHA256",
+          value_delimiter = ',', value_parser = crate::attestation::parse_signing_cert_sha256)]
+    pub android_signing_cert_sha256: Vec<[u8; 32]>,
+    /// Accept App Attest's development environment (`appattestdevelop`) too.
+    #[arg(long, env = "KEYBOUND_ATTESTATION_ALLOW_DEVELOPMENT")]
+    pub attestation_allow_development: bool,
+    /// A PEM file of extra attestation trust anchors for both formats (repeatable; private PKI
+    /// and tests). `--profile prod` refuses it without `--attestation-allow-custom-root`.
+    #[arg(
+        long = "attestation-root",
+        env = "KEYBOUND_ATTESTATION_ROOT",
+        value_delimiter = ','
+    )]
+    pub attestation_roots: Vec<PathBuf>,
+    /// Lets `--profile prod` use `--attestation-root`.
+    #[arg(long, env = "KEYBOUND_ATTESTATION_ALLOW_CUSTOM_ROOT")]
+    pub attestation_allow_custom_root: bool,
+    /// Google's Android attestation status list (JSON, `{"entries": {...}}`): certificates
+    /// listed there are refused. Read at start.
+    #[arg(long, env = "KEYBOUND_ANDROID_ATTESTATION_REVOCATIONS")]
+    pub android_attestation_revocations: Option<PathBuf>,
+    /// New devices one key may enroll per hour (revoked ones count too), so revoke-and-re-enroll
+    /// cannot cycle; past it, 429 RATE_LIMITED and an ENROLLMENT_BURST alert. Default: the
+    /// key's max_devices.
+    #[arg(long, env = "KEYBOUND_ENROLLMENTS_PER_HOUR",
+          value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub enrollments_per_hour: Option<i64>,
+    /// Days a device must have stayed limited and unused before a new device may take its
+    /// place at the key's max_devices (instead of DEVICE_LIMIT_REACHED).
+    #[arg(long, env = "KEYBOUND_STALE_DEVICE_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub stale_device_days: i64,
     /// Adds the benchmark-only routes `POST /bench/sign` (signs a token, checks nothing),
     /// `POST /bench/verify-sign` (one hash, one signature check, one signature) and
     /// `PUT /bench/switches`, which `keybound bench` uses to measure this machine's ceiling. Hidden, and deliberately not
@@ -324,6 +374,11 @@ impl ServeArgs {
                     "--profile prod needs KEYBOUND_MASTER_KEY or an existing --master-key-file"
                         .into(),
                 );
+            }
+            if !self.attestation_roots.is_empty() && !self.attestation_allow_custom_root {
+                return Err("--profile prod refuses --attestation-root without \
+                            --attestation-allow-custom-root"
+                    .into());
             }
             if self.alert_webhook.is_some() && self.alert_webhook_secret.is_empty() {
                 return Err(
@@ -612,6 +667,9 @@ pub struct CreateKeyArgs {
     /// New devices start trusted.
     #[arg(long)]
     pub trust_on_enroll: bool,
+    /// Platform attestation policy: off, preferred or required (contract section 8).
+    #[arg(long, default_value = "preferred", value_parser = ["off", "preferred", "required"])]
+    pub attestation: String,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -722,7 +780,7 @@ pub struct LabArgs {
     /// Also write the report as Markdown to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Run only these scenarios (letters A–L, P for the population study; comma-separated).
+    /// Run only these scenarios (letters A–M, P for the population study; comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// C: exchanges made before the server's memory is read.
@@ -752,6 +810,9 @@ pub struct LabArgs {
     /// P: cloned device keys tried per attacker kind.
     #[arg(long, default_value_t = 10_000)]
     pub clones: usize,
+    /// P: share of phones whose app attests its device key at enrollment (0 to 1).
+    #[arg(long, default_value_t = 0.8)]
+    pub attested_share: f64,
     /// P: seed of the simulation's random stream (the same seed gives the same figures).
     #[arg(long, default_value_t = 6)]
     pub seed: u64,
@@ -827,6 +888,40 @@ mod tests {
                 ],
                 false,
                 "prod webhook without secret",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--trusted-proxy",
+                    "10.0.0.0/8",
+                    "--master-key",
+                    "x",
+                    "--attestation-root",
+                    "root.pem",
+                ],
+                false,
+                "prod with a custom attestation root, not allowed",
+            ),
+            (
+                &[
+                    "--profile",
+                    "prod",
+                    "--trusted-proxy",
+                    "10.0.0.0/8",
+                    "--master-key",
+                    "x",
+                    "--attestation-root",
+                    "root.pem",
+                    "--attestation-allow-custom-root",
+                ],
+                true,
+                "prod with a custom attestation root, allowed",
+            ),
+            (
+                &["--profile", "dev", "--attestation-root", "root.pem"],
+                true,
+                "dev may use a custom attestation root",
             ),
             (
                 &[

@@ -15,6 +15,7 @@ use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
+use crate::exchange::challenge::Challenges;
 use crate::limits::{Backend, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
@@ -58,6 +59,12 @@ pub struct Settings {
     pub bench_routes: bool,
     /// How long a request body may take to arrive (in full, and between chunks).
     pub body_read_timeout: std::time::Duration,
+    /// New devices per key per hour (`--enrollments-per-hour`); `None`: the key's
+    /// `max_devices`.
+    pub enrollments_per_hour: Option<i64>,
+    /// How long a limited device must have been unused before a new one may replace it at
+    /// `max_devices` (`--stale-device-days`).
+    pub stale_device_secs: i64,
 }
 
 impl Settings {
@@ -80,6 +87,8 @@ impl Settings {
             alert_retention_days: args.alert_retention_days,
             bench_routes: args.bench_routes,
             body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout_seconds),
+            enrollments_per_hour: args.enrollments_per_hour,
+            stale_device_secs: args.stale_device_days * 86_400,
         }
     }
 }
@@ -137,6 +146,10 @@ pub struct Services {
     pub switches: Switches,
     /// The token status lists (contract section 10).
     pub status_lists: Arc<StatusLists>,
+    /// Platform attestation checks (contract section 8), with their roots parsed once.
+    pub verifier: Arc<crate::attestation::Verifier>,
+    /// Attestation challenges.
+    pub challenges: Challenges,
 }
 
 /// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
@@ -226,6 +239,9 @@ impl AppState {
             settings.issuer.clone(),
             args.status_list_ttl_seconds,
         ));
+        let verifier = Arc::new(attestation_verifier(args)?);
+        // Derived from the master key too: any instance checks any instance's challenges.
+        let challenges = Challenges::new(&keyring.derive("keybound/attestation-challenge/v1"));
         let state = AppState(Arc::new(Services {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
@@ -279,6 +295,8 @@ impl AppState {
             touched: Arc::default(),
             switches: Switches::default(),
             status_lists,
+            verifier,
+            challenges,
         }));
         state.spawn_background();
         Ok(state)
@@ -407,6 +425,38 @@ pub const REVOCATION_FEED_RETENTION: i64 =
 /// presented again is still recognised as reuse and revokes its family; after that it is just
 /// unknown (`INVALID_REFRESH_TOKEN`), which refuses it all the same.
 pub const REFRESH_PURGE_AFTER_EXPIRY: i64 = 7 * 86_400;
+
+/// The attestation verifier from the `serve` settings; files that cannot be read or parsed
+/// stop the start.
+fn attestation_verifier(args: &ServeArgs) -> Result<crate::attestation::Verifier> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::InvalidRequest(format!("cannot read {}: {e}", path.display())))
+    };
+    let extra_roots_pem = args
+        .attestation_roots
+        .iter()
+        .map(|p| read(p))
+        .collect::<Result<Vec<_>>>()?;
+    let android_revoked_serials = match &args.android_attestation_revocations {
+        Some(p) => crate::attestation::parse_android_revocations(&read(p)?).map_err(|e| {
+            Error::InvalidRequest(format!(
+                "--android-attestation-revocations {}: {e}",
+                p.display()
+            ))
+        })?,
+        None => Default::default(),
+    };
+    crate::attestation::Verifier::new(crate::attestation::Settings {
+        apple_app_ids: args.apple_app_ids.clone(),
+        allow_development: args.attestation_allow_development,
+        android_packages: args.android_packages.clone(),
+        android_signing_cert_sha256: args.android_signing_cert_sha256.clone(),
+        extra_roots_pem,
+        android_revoked_serials,
+    })
+    .map_err(|e| Error::InvalidRequest(format!("attestation settings: {e}")))
+}
 
 /// Starts the alert webhook when `--alert-webhook` is set.
 fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {

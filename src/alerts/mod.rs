@@ -51,11 +51,15 @@ pub enum AlertKind {
     KeyLeaked,
     /// One key used from unusually many devices or networks.
     ManyDevicesOrNetworks,
+    /// A presented platform attestation failed a check (contract section 8).
+    AttestationFailed,
+    /// A key spent its hourly budget of new device enrollments.
+    EnrollmentBurst,
 }
 
 impl AlertKind {
     /// Every kind.
-    pub const ALL: [AlertKind; 10] = [
+    pub const ALL: [AlertKind; 12] = [
         AlertKind::NewDevice,
         AlertKind::NewNetwork,
         AlertKind::UsageSpike,
@@ -66,6 +70,8 @@ impl AlertKind {
         AlertKind::KeyInUrl,
         AlertKind::KeyLeaked,
         AlertKind::ManyDevicesOrNetworks,
+        AlertKind::AttestationFailed,
+        AlertKind::EnrollmentBurst,
     ];
 
     /// The stored name.
@@ -81,6 +87,8 @@ impl AlertKind {
             AlertKind::KeyInUrl => "KEY_IN_URL",
             AlertKind::KeyLeaked => "KEY_LEAKED",
             AlertKind::ManyDevicesOrNetworks => "MANY_DEVICES_OR_NETWORKS",
+            AlertKind::AttestationFailed => "ATTESTATION_FAILED",
+            AlertKind::EnrollmentBurst => "ENROLLMENT_BURST",
         }
     }
 
@@ -88,14 +96,16 @@ impl AlertKind {
     pub fn severity(self) -> &'static str {
         match self {
             AlertKind::NewDevice | AlertKind::NewNetwork => "info",
-            AlertKind::UsageSpike | AlertKind::FailureBurst | AlertKind::ManyDevicesOrNetworks => {
-                "warning"
-            }
+            AlertKind::UsageSpike
+            | AlertKind::FailureBurst
+            | AlertKind::ManyDevicesOrNetworks
+            | AlertKind::EnrollmentBurst => "warning",
             AlertKind::DpopReplay
             | AlertKind::RefreshTokenReused
             | AlertKind::FingerprintMismatch
             | AlertKind::KeyInUrl
-            | AlertKind::KeyLeaked => "critical",
+            | AlertKind::KeyLeaked
+            | AlertKind::AttestationFailed => "critical",
         }
     }
 }
@@ -205,11 +215,25 @@ impl Alerts {
         ip: Option<IpAddr>,
         details: Value,
     ) {
+        self.raise_as(kind, kind.severity(), key_id, device_id, ip, details);
+    }
+
+    /// [`raise`](Self::raise) with another severity than the kind's usual one (a new device
+    /// is news, unless the key already has a trusted one: then it is a warning).
+    pub fn raise_as(
+        &self,
+        kind: AlertKind,
+        severity: &'static str,
+        key_id: Option<&str>,
+        device_id: Option<&str>,
+        ip: Option<IpAddr>,
+        details: Value,
+    ) {
         let alert = AlertRecord {
             id: format!("al_{}", uuid::Uuid::now_v7().simple()),
             at: crate::state::now(),
             kind: kind.as_str().into(),
-            severity: kind.severity().into(),
+            severity: severity.into(),
             key_id: key_id.map(str::to_owned),
             device_id: device_id.map(str::to_owned),
             ip: ip.map(|i| i.to_string()),

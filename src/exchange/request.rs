@@ -37,6 +37,13 @@ pub struct DeviceInfo {
     #[serde(default)]
     #[schema(schema_with = attributes_schema)]
     pub attributes: BTreeMap<String, String>,
+    /// A platform attestation of the device key (contract section 8): `{"format":
+    /// "apple-appattest", "challenge", "key_id", "object"}` or `{"format": "android-key",
+    /// "challenge", "certificate_chain": [...]}`. Verified once, at enrollment (or on a later
+    /// exchange of a device not attested yet).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub attestation: Option<crate::attestation::Attestation>,
 }
 
 /// `POST /v1/token/refresh` body. The token is a secret: held as one (wiped on drop) and

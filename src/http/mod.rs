@@ -1,6 +1,7 @@
 //! HTTP: the router, one module per resource, extractors and the error mapping.
 
 pub mod admin;
+pub mod attestation;
 pub mod bench;
 pub mod cors;
 pub mod discovery;
@@ -52,6 +53,7 @@ pub fn app_for(state: AppState, surface: Surface) -> Router {
             .merge(health::router())
             .merge(openapi::router())
             .merge(token::router())
+            .merge(attestation::router())
             .merge(introspect::router())
             .merge(discovery::router());
     }

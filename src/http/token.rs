@@ -79,13 +79,13 @@ also has `issued_token_type`.", body = oauth::ExchangeAnswer),
         (status = 400, description = "`INVALID_REQUEST` (body limits), `USE_DPOP_NONCE` (the `DPoP-Nonce` \
 header carries a fresh nonce), `INVALID_AUDIENCE`, `API_KEY_IN_URL`.", body = ErrorBody),
         (status = 401, description = "`MISSING_API_KEY`, `INVALID_API_KEY`, `INVALID_DPOP_PROOF`, \
-`DPOP_REPLAY`.", body = ErrorBody),
+`DPOP_REPLAY`, `INVALID_ATTESTATION` (the message names the failed check).", body = ErrorBody),
         (status = 403, description = "`IP_NOT_ALLOWED`, `ORIGIN_NOT_ALLOWED`, `INSUFFICIENT_SCOPE`, \
-`DEVICE_LIMIT_REACHED`, `DEVICE_REVOKED`, `DEVICE_UNTRUSTED`.", body = ErrorBody),
+`DEVICE_LIMIT_REACHED`, `DEVICE_REVOKED`, `DEVICE_UNTRUSTED`, `ATTESTATION_REQUIRED`.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`: body over 16 KiB.", body = ErrorBody),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not JSON.", body = ErrorBody),
-        (status = 429, description = "`RATE_LIMITED`: the key's rate or the client IP's failure budget \
-is spent; `Retry-After` is set.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: the key's rate, its hourly budget of new \
+devices, or the client IP's failure budget is spent; `Retry-After` is set.", body = ErrorBody),
         (status = 503, description = "`UNAVAILABLE`: storage or Redis unreachable; nothing was issued.",
          body = ErrorBody),
     ))]
@@ -122,7 +122,7 @@ async fn token(
 `REFRESH_TOKEN_REUSED` (the whole family is now revoked), `INVALID_API_KEY` (the key was revoked, \
 suspended or expired).", body = ErrorBody),
         (status = 403, description = "`IP_NOT_ALLOWED`, `ORIGIN_NOT_ALLOWED`, `DEVICE_REVOKED`, \
-`DEVICE_UNTRUSTED`.", body = ErrorBody),
+`DEVICE_UNTRUSTED`, `ATTESTATION_REQUIRED`.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
         (status = 429, description = "`RATE_LIMITED`; `Retry-After` is set.", body = ErrorBody),

@@ -7,7 +7,9 @@ use serde::Deserialize;
 
 use super::format::{ApiKey, KeyEnv};
 use crate::error::{Error, Result};
-use crate::store::{AuditEntry, DeviceChange, DeviceRecord, KeyRecord, KeyStatus, Store};
+use crate::store::{
+    AttestationPolicy, AuditEntry, DeviceChange, DeviceRecord, KeyRecord, KeyStatus, Store,
+};
 
 /// Default lifetime of a new key.
 pub const DEFAULT_EXPIRES_IN_DAYS: i64 = 90;
@@ -113,6 +115,10 @@ pub struct NewKey {
     /// New devices start trusted.
     #[serde(default)]
     pub trust_on_enroll: bool,
+    /// Platform attestation policy: `off`, `preferred` (default) or `required` (contract
+    /// section 8).
+    #[serde(default)]
+    pub attestation: Option<AttestationPolicy>,
 }
 
 /// A metadata update (admin `PATCH`): every field optional; `null` clears optional ones.
@@ -149,6 +155,8 @@ pub struct KeyPatch {
     pub max_devices: Option<i64>,
     /// New trust-on-enroll flag.
     pub trust_on_enroll: Option<bool>,
+    /// New attestation policy (`off`, `preferred` or `required`).
+    pub attestation: Option<AttestationPolicy>,
     /// New expiry (unix seconds; `null`: never).
     #[serde(default, deserialize_with = "integer::present")]
     pub expires_at: Option<Option<i64>>,
@@ -401,6 +409,7 @@ pub async fn create(store: &dyn Store, new: NewKey, actor: &Actor, now: i64) -> 
             100_000,
         )?,
         trust_on_enroll: new.trust_on_enroll,
+        attestation: new.attestation.unwrap_or_default(),
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,
@@ -427,6 +436,7 @@ fn settings_json(r: &KeyRecord) -> serde_json::Value {
         "allowed_origins": r.allowed_origins,
         "max_devices": r.max_devices,
         "trust_on_enroll": r.trust_on_enroll,
+        "attestation": r.attestation,
         "expires_at": r.expires_at,
     })
 }
@@ -482,6 +492,9 @@ pub async fn update(
     }
     if let Some(v) = patch.trust_on_enroll {
         r.trust_on_enroll = v;
+    }
+    if let Some(v) = patch.attestation {
+        r.attestation = v;
     }
     if let Some(v) = patch.expires_at {
         r.expires_at = v;

@@ -296,12 +296,39 @@ impl Store for CachedStore {
     async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>> {
         self.inner.list_devices(key_id).await
     }
-    async fn enroll_device(&self, device: &DeviceRecord, max_devices: i64) -> Result<Enrollment> {
-        let r = self.inner.enroll_device(device, max_devices).await?;
+    async fn enroll_device(
+        &self,
+        device: &DeviceRecord,
+        limits: EnrollLimits,
+    ) -> Result<Enrollment> {
+        let r = self.inner.enroll_device(device, limits).await?;
         self.devices
             .invalidate(&(device.key_id.clone(), device.jkt.clone()))
             .await;
+        if let Enrollment::Enrolled {
+            replaced: Some(old),
+            ..
+        } = &r
+        {
+            // The replaced device is revoked: in force on every instance, like a revocation.
+            self.changed(Invalidation::Device(old.key_id.clone(), old.jkt.clone()))
+                .await;
+        }
         Ok(r)
+    }
+    async fn record_attestation(
+        &self,
+        device: &DeviceRecord,
+        attestation: &DeviceAttestation,
+    ) -> Result<()> {
+        self.inner.record_attestation(device, attestation).await?;
+        // Every instance reads the attested record from storage next.
+        self.changed(Invalidation::Device(
+            device.key_id.clone(),
+            device.jkt.clone(),
+        ))
+        .await;
+        Ok(())
     }
     async fn update_device_usage(&self, device: Arc<DeviceRecord>) -> Result<()> {
         self.inner.update_device_usage(device.clone()).await?;

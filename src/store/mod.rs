@@ -108,6 +108,78 @@ impl KeyStatus {
     }
 }
 
+/// A key's platform-attestation policy (contract section 8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttestationPolicy {
+    /// Attestations are ignored: not verified, not recorded.
+    Off,
+    /// A valid attestation makes the device `trusted` at once; without one, normal trust.
+    #[default]
+    Preferred,
+    /// Nothing is issued to a device without a valid attestation on record.
+    Required,
+}
+
+impl AttestationPolicy {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationPolicy::Off => "off",
+            AttestationPolicy::Preferred => "preferred",
+            AttestationPolicy::Required => "required",
+        }
+    }
+
+    /// Parses the stored (and CLI) name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(AttestationPolicy::Off),
+            "preferred" => Some(AttestationPolicy::Preferred),
+            "required" => Some(AttestationPolicy::Required),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for AttestationPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        AttestationPolicy::parse(s).ok_or_else(|| "expected off, preferred or required".into())
+    }
+}
+
+/// What a device proved with its platform attestation (contract section 8), recorded once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DeviceAttestation {
+    /// `apple-appattest` or `android-key`.
+    pub format: String,
+    /// When it verified.
+    pub attested_at: i64,
+    /// Android: the attestation security level (`TrustedEnvironment` or `StrongBox`).
+    pub security_level: Option<String>,
+    /// App Attest: the credential's public key (base64url), for assertion-based step-up.
+    #[serde(serialize_with = "b64_opt")]
+    #[schema(value_type = Option<String>)]
+    pub public_key: Option<Vec<u8>>,
+    /// App Attest: the key identifier (base64url).
+    #[serde(serialize_with = "b64_opt")]
+    #[schema(value_type = Option<String>)]
+    pub key_id: Option<Vec<u8>>,
+}
+
+fn b64_opt<S: serde::Serializer>(
+    bytes: &Option<Vec<u8>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    match bytes {
+        Some(b) => s.serialize_some(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)),
+        None => s.serialize_none(),
+    }
+}
+
 /// An API key's stored record. Holds the secret's hash, never the secret; the hash is
 /// `#[serde(skip)]` so no response or audit row can carry it by accident.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -137,6 +209,8 @@ pub struct KeyRecord {
     pub max_devices: i64,
     /// Newly enrolled devices start `trusted` instead of `limited`.
     pub trust_on_enroll: bool,
+    /// Platform-attestation policy (contract section 8).
+    pub attestation: AttestationPolicy,
     /// Lifecycle status.
     pub status: KeyStatus,
     /// Why the status last changed (revoke reason, leak report, …).
@@ -236,6 +310,8 @@ pub struct DeviceRecord {
     /// the store at enrollment (whatever the record passed to
     /// [`Store::enroll_device`] holds), never reused.
     pub status_idx: i64,
+    /// Its platform attestation, when one verified (contract section 8).
+    pub attestation: Option<DeviceAttestation>,
 }
 
 /// A JSON value kept as its text (a device's trust factors).
@@ -273,15 +349,51 @@ impl PartialEq for JsonText {
     }
 }
 
+/// The limits [`Store::enroll_device`] enforces, under the key's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnrollLimits {
+    /// The key's `max_devices`: active devices at most.
+    pub max_devices: i64,
+    /// Devices enrolled in the last hour (whatever happened to them since) at most, so
+    /// revoke-and-re-enroll cannot cycle.
+    pub per_hour: i64,
+    /// At `max_devices`, the oldest active device that is neither approved nor attested, still
+    /// `limited`, and last seen before this time is replaced (revoked) instead of refusing.
+    pub stale_before: i64,
+    /// The enrollment time (for the hourly window and a replacement's revocation).
+    pub now: i64,
+}
+
+impl EnrollLimits {
+    /// Only `max_devices` (no hourly budget, no replacement): tests and seeding.
+    pub fn max_devices(max_devices: i64) -> EnrollLimits {
+        EnrollLimits {
+            max_devices,
+            per_hour: i64::MAX,
+            stale_before: i64::MIN,
+            now: 0,
+        }
+    }
+}
+
 /// Outcome of [`Store::enroll_device`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enrollment {
-    /// The device was new and is now enrolled: the stored record, with its status list index.
-    Enrolled(Box<DeviceRecord>),
+    /// The device was new and is now enrolled.
+    Enrolled {
+        /// The stored record, with its status list index.
+        device: Box<DeviceRecord>,
+        /// The stale device it replaced (now revoked), if the key was at `max_devices`.
+        replaced: Option<Box<DeviceRecord>>,
+        /// The key already had an active `trusted` device.
+        key_had_trusted: bool,
+    },
     /// A device with this thumbprint already exists under the key.
     Exists(Box<DeviceRecord>),
-    /// The key already has `max_devices` active devices.
+    /// The key already has `max_devices` active devices, none of them stale.
     LimitReached,
+    /// The key enrolled its hourly budget of devices already.
+    BudgetSpent,
 }
 
 /// A refresh token's stored record (the token itself is never stored, only its hash).
@@ -503,9 +615,22 @@ pub trait Store: Send + Sync + 'static {
     async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>>;
     /// Devices of a key, oldest first.
     async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>>;
-    /// Enrolls `device` unless its thumbprint already exists under the key or the key has
-    /// `max_devices` active devices; atomic against concurrent enrollments.
-    async fn enroll_device(&self, device: &DeviceRecord, max_devices: i64) -> Result<Enrollment>;
+    /// Enrolls `device` unless its thumbprint already exists under the key, the key spent its
+    /// hourly enrollment budget, or it has `max_devices` active devices and none is stale
+    /// enough to replace (see [`EnrollLimits`]); atomic against concurrent enrollments. The
+    /// device's `attestation`, if set, is inserted with it.
+    async fn enroll_device(
+        &self,
+        device: &DeviceRecord,
+        limits: EnrollLimits,
+    ) -> Result<Enrollment>;
+    /// Records a device's verified attestation, unless one is recorded already (a device
+    /// attests once, for its life).
+    async fn record_attestation(
+        &self,
+        device: &DeviceRecord,
+        attestation: &DeviceAttestation,
+    ) -> Result<()>;
     /// Saves the history fields of a device after an exchange (last seen, counts, networks,
     /// trust score/level/factors, attributes). Shared, not borrowed: the write queue and the
     /// validation cache keep the same record instead of a copy each.

@@ -73,9 +73,9 @@ macro_rules! sql_store {
             use $crate::store::sql::{Backend, is_unique_violation};
             use $crate::store::writer::{Batch, BatchError, WriteOp};
             use $crate::store::{
-                AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceChange, DeviceRecord,
-                Enrollment, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
-                SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageEvent,
+                AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceAttestation, DeviceChange,
+                DeviceRecord, EnrollLimits, Enrollment, KeyRecord, KeyStatus, RefreshRecord,
+                RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageEvent,
             };
 
             type Db = <$Store as Backend>::Db;
@@ -89,9 +89,9 @@ macro_rules! sql_store {
                     "INSERT INTO api_keys (key_id, env, name, description, secret_hash, scopes, \
                      limited_scopes, rate_limit_per_minute, allowed_ips, allowed_origins, \
                      max_devices, trust_on_enroll, status, status_reason, status_changed_at, \
-                     created_at, expires_at, last_used_at, rotated_from, rotated_to) \
+                     created_at, expires_at, last_used_at, rotated_from, rotated_to, attestation) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18, $19, $20)",
+                     $16, $17, $18, $19, $20, $21)",
                 )
                 .bind(&k.key_id)
                 .bind(&k.env)
@@ -113,6 +113,7 @@ macro_rules! sql_store {
                 .bind(k.last_used_at)
                 .bind(&k.rotated_from)
                 .bind(&k.rotated_to)
+                .bind(k.attestation.as_str())
                 .execute(conn)
                 .await?;
                 Ok(())
@@ -148,7 +149,7 @@ macro_rules! sql_store {
                     "UPDATE api_keys SET name = $2, description = $3, scopes = $4, \
                      limited_scopes = $5, rate_limit_per_minute = $6, allowed_ips = $7, \
                      allowed_origins = $8, max_devices = $9, trust_on_enroll = $10, \
-                     expires_at = $11 WHERE key_id = $1",
+                     expires_at = $11, attestation = $12 WHERE key_id = $1",
                 )
                 .bind(&k.key_id)
                 .bind(&k.name)
@@ -161,6 +162,7 @@ macro_rules! sql_store {
                 .bind(k.max_devices)
                 .bind(k.trust_on_enroll)
                 .bind(k.expires_at)
+                .bind(k.attestation.as_str())
                 .execute(conn)
                 .await?;
                 Ok(done.rows_affected() == 1)
@@ -233,13 +235,15 @@ macro_rules! sql_store {
             // ---- statements: devices ----
 
             async fn insert_device(conn: &mut Conn, d: &DeviceRecord) -> sqlx::Result<()> {
+                let a = d.attestation.as_ref();
                 sqlx::query(
                     "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
                      approved, created_at, last_seen_at, exchange_count, mismatch_count, \
                      networks, trust_score, trust_level, trust_factors, revoked_at, \
-                     mismatch_fingerprint, status_idx) \
+                     mismatch_fingerprint, status_idx, attestation_format, attested_at, \
+                     attestation_security_level, attestation_public_key, attestation_key_id) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18)",
+                     $16, $17, $18, $19, $20, $21, $22, $23)",
                 )
                 .bind(&d.device_id)
                 .bind(&d.key_id)
@@ -259,9 +263,80 @@ macro_rules! sql_store {
                 .bind(d.revoked_at)
                 .bind(&d.mismatch_fingerprint)
                 .bind(d.status_idx)
+                .bind(a.map(|a| a.format.as_str()))
+                .bind(a.map(|a| a.attested_at))
+                .bind(a.and_then(|a| a.security_level.as_deref()))
+                .bind(a.and_then(|a| a.public_key.as_deref()))
+                .bind(a.and_then(|a| a.key_id.as_deref()))
                 .execute(conn)
                 .await?;
                 Ok(())
+            }
+
+            /// Only a device not attested yet: an attestation is recorded once, for life.
+            async fn update_device_attestation(
+                conn: &mut Conn,
+                device_id: &str,
+                a: &DeviceAttestation,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE devices SET attestation_format = $2, attested_at = $3, \
+                     attestation_security_level = $4, attestation_public_key = $5, \
+                     attestation_key_id = $6 \
+                     WHERE device_id = $1 AND attestation_format IS NULL",
+                )
+                .bind(device_id)
+                .bind(&a.format)
+                .bind(a.attested_at)
+                .bind(&a.security_level)
+                .bind(a.public_key.as_deref())
+                .bind(a.key_id.as_deref())
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Devices enrolled under a key since `since`, revoked ones included.
+            async fn count_enrolled_since(conn: &mut Conn, key_id: &str, since: i64) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM devices WHERE key_id = $1 AND created_at > $2",
+                )
+                .bind(key_id)
+                .bind(since)
+                .fetch_one(conn)
+                .await?)
+            }
+
+            /// Whether the key has an active device last scored `trusted`.
+            async fn has_trusted_device(conn: &mut Conn, key_id: &str) -> Result<bool> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM devices WHERE key_id = $1 AND status = 'active' \
+                     AND trust_level = 'trusted'",
+                )
+                .bind(key_id)
+                .fetch_one(conn)
+                .await?;
+                Ok(n > 0)
+            }
+
+            /// The device a new one may replace at `max_devices`: the one unused the longest
+            /// among the active devices nobody vouched for (not approved, not attested) that
+            /// stayed `limited` and were last seen before `before`.
+            async fn select_stale_device(
+                conn: &mut Conn,
+                key_id: &str,
+                before: i64,
+            ) -> Result<Option<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT device_id FROM devices WHERE key_id = $1 AND status = 'active' \
+                     AND trust_level = 'limited' AND NOT approved \
+                     AND attestation_format IS NULL AND last_seen_at < $2 \
+                     ORDER BY last_seen_at, created_at, device_id LIMIT 1",
+                )
+                .bind(key_id)
+                .bind(before)
+                .fetch_optional(conn)
+                .await?)
             }
 
             async fn select_device<'c>(
@@ -822,7 +897,8 @@ macro_rules! sql_store {
                     "INSERT INTO api_keys (key_id, env, name, description, secret_hash, scopes, \
                      limited_scopes, rate_limit_per_minute, allowed_ips, allowed_origins, \
                      max_devices, trust_on_enroll, status, status_reason, status_changed_at, \
-                     created_at, expires_at, last_used_at, rotated_from, rotated_to) ",
+                     created_at, expires_at, last_used_at, rotated_from, rotated_to, \
+                     attestation) ",
                 );
                 q.push_values(rows, |mut b, k| {
                     b.push_bind(k.key_id.clone())
@@ -844,7 +920,8 @@ macro_rules! sql_store {
                         .push_bind(k.expires_at)
                         .push_bind(k.last_used_at)
                         .push_bind(k.rotated_from.clone())
-                        .push_bind(k.rotated_to.clone());
+                        .push_bind(k.rotated_to.clone())
+                        .push_bind(k.attestation.as_str());
                 });
                 q.build().persistent(false).execute(conn).await?;
                 Ok(())
@@ -1015,20 +1092,65 @@ macro_rules! sql_store {
                 async fn enroll_device(
                     &self,
                     device: &DeviceRecord,
-                    max_devices: i64,
+                    limits: EnrollLimits,
                 ) -> Result<Enrollment> {
-                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
-                    <$Store as Backend>::lock_key(&mut tx, &device.key_id).await?;
-                    if let Some(existing) =
-                        select_device_by_jkt(&mut *tx, &device.key_id, &device.jkt).await?
-                    {
-                        return Ok(Enrollment::Exists(Box::new(existing)));
-                    }
-                    if count_active_devices(&mut tx, &device.key_id).await? >= max_devices {
-                        return Ok(Enrollment::LimitReached);
-                    }
-                    // In the enrollment's transaction: a device exists with its index or not
-                    // at all.
+                    let key_id = &device.key_id;
+                    // A replacement writes the revocation feed, which needs the write-order
+                    // lock, taken first (as every ordered writer does) to keep one lock order:
+                    // so the rare enrollment that replaces starts over in an ordered
+                    // transaction.
+                    let mut ordered = false;
+                    let (mut tx, replaced) = loop {
+                        let mut tx = if ordered {
+                            self.begin_ordered().await?
+                        } else {
+                            <$Store as Backend>::begin_write(&self.pool).await?
+                        };
+                        <$Store as Backend>::lock_key(&mut tx, key_id).await?;
+                        if let Some(existing) =
+                            select_device_by_jkt(&mut *tx, key_id, &device.jkt).await?
+                        {
+                            return Ok(Enrollment::Exists(Box::new(existing)));
+                        }
+                        let stale = if count_active_devices(&mut tx, key_id).await?
+                            < limits.max_devices
+                        {
+                            None
+                        } else {
+                            match select_stale_device(&mut tx, key_id, limits.stale_before)
+                                .await?
+                            {
+                                Some(stale) => Some(stale),
+                                None => return Ok(Enrollment::LimitReached),
+                            }
+                        };
+                        // The hourly budget counts every enrollment, revoked and replaced
+                        // devices included: freeing slots must not buy new enrollments.
+                        if limits.per_hour < i64::MAX
+                            && count_enrolled_since(&mut tx, key_id, limits.now - 3600).await?
+                                >= limits.per_hour
+                        {
+                            return Ok(Enrollment::BudgetSpent);
+                        }
+                        let Some(stale) = stale else {
+                            break (tx, None);
+                        };
+                        if !ordered {
+                            tx.rollback().await?;
+                            ordered = true;
+                            continue;
+                        }
+                        // Revoked like an operator's revocation (and in the feed), in the
+                        // transaction of the enrollment that takes its slot.
+                        let old = revoke_device(&mut tx, &stale, limits.now).await?;
+                        if let Some(old) = &old {
+                            insert_revocation(&mut tx, "device", &old.jkt, limits.now).await?;
+                        }
+                        break (tx, old.map(Box::new));
+                    };
+                    let key_had_trusted = has_trusted_device(&mut tx, key_id).await?;
+                    // In the enrollment's transaction: a device exists with its status list
+                    // index or not at all.
                     let mut device = device.clone();
                     device.status_idx = <$Store as Backend>::allocate_status_indexes(&mut tx, 1)
                         .await?
@@ -1038,7 +1160,11 @@ macro_rules! sql_store {
                     match insert_device(&mut tx, &device).await {
                         Ok(()) => {
                             tx.commit().await?;
-                            Ok(Enrollment::Enrolled(Box::new(device)))
+                            Ok(Enrollment::Enrolled {
+                                device: Box::new(device),
+                                replaced,
+                                key_had_trusted,
+                            })
                         }
                         // The lock above makes this unreachable for one key and thumbprint;
                         // should it happen anyway, the device that won is the answer.
@@ -1051,6 +1177,18 @@ macro_rules! sql_store {
                         }
                         Err(e) => Err(e.into()),
                     }
+                }
+
+                #[tracing::instrument(skip_all, fields(device_id = %device.device_id))]
+                async fn record_attestation(
+                    &self,
+                    device: &DeviceRecord,
+                    attestation: &DeviceAttestation,
+                ) -> Result<()> {
+                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                    update_device_attestation(&mut tx, &device.device_id, attestation).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 #[tracing::instrument(level = "debug", skip_all, fields(device_id = %device.device_id))]

@@ -8,12 +8,16 @@ mod abuse;
 mod admin_auth;
 mod alerts;
 mod api_keys;
+mod attestation;
+#[path = "../../src/attestation/testing.rs"]
+mod attestation_gen;
 mod audit;
 mod cli_keys;
 mod cluster;
 mod containment;
 mod cors;
 mod devices;
+mod enrollment;
 mod envelope;
 mod fuzz;
 mod health;

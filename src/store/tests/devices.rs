@@ -10,7 +10,12 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
         .await
         .unwrap();
 
-    let first = enrolled(store.enroll_device(&device(&k.key_id, 1), 2).await.unwrap());
+    let first = enrolled(
+        store
+            .enroll_device(&device(&k.key_id, 1), EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         first.status_idx, 0,
         "the first device gets the first status index"
@@ -38,20 +43,34 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
     let mut again = device(&k.key_id, 1);
     again.device_id = "dev_other".into();
     assert_eq!(
-        store.enroll_device(&again, 2).await.unwrap(),
+        store
+            .enroll_device(&again, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Exists(Box::new(first.clone()))
     );
 
-    let second = enrolled(store.enroll_device(&device(&k.key_id, 2), 2).await.unwrap());
+    let second = enrolled(
+        store
+            .enroll_device(&device(&k.key_id, 2), EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
+    );
     assert_eq!(second.status_idx, 1, "the next index");
     let third = device(&k.key_id, 3);
     assert_eq!(
-        store.enroll_device(&third, 2).await.unwrap(),
+        store
+            .enroll_device(&third, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::LimitReached
     );
     // An existing device is found even at the limit.
     assert_eq!(
-        store.enroll_device(&second, 2).await.unwrap(),
+        store
+            .enroll_device(&second, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Exists(Box::new(second.clone()))
     );
 
@@ -65,7 +84,12 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
         )
         .await
         .unwrap();
-    let third = enrolled(store.enroll_device(&third, 2).await.unwrap());
+    let third = enrolled(
+        store
+            .enroll_device(&third, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
+    );
     assert_eq!(third.status_idx, 2, "refused enrollments take no index");
 
     let listed: Vec<_> = store
@@ -98,12 +122,12 @@ pub(super) async fn concurrent_enrollments_respect_the_limit(db: &mut TestDb) {
             other_process.clone()
         };
         let d = device(&k.key_id, n);
-        tokio::spawn(async move { store.enroll_device(&d, 3).await })
+        tokio::spawn(async move { store.enroll_device(&d, EnrollLimits::max_devices(3)).await })
     });
     let mut enrolled = 0;
     for a in attempts.collect::<Vec<_>>() {
         match a.await.unwrap().unwrap() {
-            Enrollment::Enrolled(_) => enrolled += 1,
+            Enrollment::Enrolled { .. } => enrolled += 1,
             Enrollment::LimitReached => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -133,7 +157,11 @@ pub(super) async fn concurrent_enrollments_get_distinct_status_indexes(db: &mut 
                 other_process.clone()
             };
             let d = device(&keys[n as usize % keys.len()], n);
-            tokio::spawn(async move { store.enroll_device(&d, 100).await })
+            tokio::spawn(async move {
+                store
+                    .enroll_device(&d, EnrollLimits::max_devices(100))
+                    .await
+            })
         })
         .collect();
     let mut indexes = Vec::new();

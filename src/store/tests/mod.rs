@@ -183,6 +183,7 @@ fn key(id: &str) -> KeyRecord {
         allowed_origins: vec!["https://app.example.com".into()],
         max_devices: 5,
         trust_on_enroll: false,
+        attestation: crate::store::AttestationPolicy::Preferred,
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,
@@ -217,6 +218,7 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
         trust_factors: crate::store::JsonText::of(&json!({"attributes": 1.0, "history": 0.1})),
         revoked_at: None,
         status_idx: 0,
+        attestation: None,
     }
 }
 
@@ -255,14 +257,24 @@ async fn key_with_device(store: &dyn Store, c: char) -> (KeyRecord, DeviceRecord
         .create_key(&k, &audit("key.create", Some(&k.key_id)))
         .await
         .unwrap();
-    let d = enrolled(store.enroll_device(&device(&k.key_id, 1), 5).await.unwrap());
+    let d = enrolled(
+        store
+            .enroll_device(&device(&k.key_id, 1), EnrollLimits::max_devices(5))
+            .await
+            .unwrap(),
+    );
     (k, d)
 }
 
 /// The stored record of an enrollment that must have enrolled.
+/// The device of a new enrollment that replaced nothing, next to no trusted device.
 fn enrolled(e: Enrollment) -> DeviceRecord {
     match e {
-        Enrollment::Enrolled(d) => *d,
+        Enrollment::Enrolled {
+            device,
+            replaced: None,
+            key_had_trusted: false,
+        } => *device,
         other => panic!("expected a new enrollment, got {other:?}"),
     }
 }
