@@ -30,6 +30,7 @@ pub(crate) struct Policy<'a> {
     pub(crate) signing_cert_sha256: &'a [[u8; 32]],
     pub(crate) revoked_serials: &'a HashSet<String>,
     pub(crate) anchors: Vec<&'a Anchor>,
+    pub(crate) links: &'a chain::VerifiedLinks,
 }
 
 /// Verifies an Android key attestation chain for `client_data` and the DPoP key's uncompressed
@@ -68,7 +69,8 @@ pub(crate) fn verify(
 
     // The chain: every link, up to one of Google's hardware attestation roots (or a configured
     // --attestation-root), every certificate valid now.
-    chain::verify_chain("android-key", &certs, &policy.anchors, now).map_err(AttestationError)?;
+    chain::verify_chain("android-key", &certs, &policy.anchors, policy.links, now)
+        .map_err(AttestationError)?;
 
     // Google's status list revokes leaked or compromised attestation keys by serial.
     for (i, cert) in certs.iter().enumerate() {

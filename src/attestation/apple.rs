@@ -28,6 +28,7 @@ pub(crate) struct Policy<'a> {
     pub(crate) app_ids: &'a [String],
     pub(crate) allow_development: bool,
     pub(crate) anchors: Vec<&'a Anchor>,
+    pub(crate) links: &'a chain::VerifiedLinks,
 }
 
 /// Verifies an App Attest attestation whose `clientDataHash` is `client_data_hash` (the server
@@ -82,8 +83,14 @@ pub(crate) fn verify(
 
     // Step 1: the chain (credential certificate, intermediate) ends at the Apple App
     // Attestation Root CA or a configured --attestation-root, at the server's clock.
-    chain::verify_chain("apple-appattest", &certs, &policy.anchors, now)
-        .map_err(AttestationError)?;
+    chain::verify_chain(
+        "apple-appattest",
+        &certs,
+        &policy.anchors,
+        policy.links,
+        now,
+    )
+    .map_err(AttestationError)?;
     let cred_cert = &certs[0];
 
     let auth = AuthData::parse(auth_data)?;

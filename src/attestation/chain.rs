@@ -140,6 +140,53 @@ impl Anchor {
     }
 }
 
+/// Links already verified from a CA certificate to its issuer's key: SHA-256 of the
+/// certificate's DER (signature included) and of the issuer's SubjectPublicKeyInfo.
+///
+/// Every App Attest chain goes through the same Apple intermediate, and Android chains through
+/// a few Google and manufacturer intermediates, so after the first attestation their links cost
+/// a hash instead of a P-384 or RSA-4096 signature check. Only successful checks are kept, and
+/// only for CA certificates (leaves are per device and would only evict useful entries); a
+/// hit means exactly these bytes were verified with exactly this key, so the cache cannot
+/// accept anything the check would refuse. Bounded: cleared when full.
+#[derive(Debug, Default)]
+pub(crate) struct VerifiedLinks(std::sync::Mutex<std::collections::HashSet<[u8; 32]>>);
+
+/// Distinct intermediates seen in practice are a few hundred; past this the set is cleared.
+const MAX_VERIFIED_LINKS: usize = 4096;
+
+impl VerifiedLinks {
+    fn key(cert: &X509Certificate<'_>, issuer_spki: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((cert.as_raw().len() as u64).to_be_bytes());
+        h.update(cert.as_raw());
+        h.update(issuer_spki);
+        h.finalize().into()
+    }
+
+    /// Whether `key` verifies `cert`, answered from the set for CA certificates seen before.
+    fn verifies(&self, key: &IssuerKey, issuer_spki: &[u8], cert: &X509Certificate<'_>) -> bool {
+        if !is_ca(cert) {
+            return key.verifies(cert);
+        }
+        let id = Self::key(cert, issuer_spki);
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if set.contains(&id) {
+            return true;
+        }
+        drop(set);
+        if !key.verifies(cert) {
+            return false;
+        }
+        set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= MAX_VERIFIED_LINKS {
+            set.clear();
+        }
+        set.insert(id);
+        true
+    }
+}
+
 /// Parses one DER certificate; trailing bytes are refused.
 pub(crate) fn parse_der(der: &[u8]) -> Option<X509Certificate<'_>> {
     match X509Certificate::from_der(der) {
@@ -154,6 +201,7 @@ pub(crate) fn verify_chain(
     what: &str,
     chain: &[X509Certificate<'_>],
     anchors: &[&Anchor],
+    links: &VerifiedLinks,
     now: i64,
 ) -> Result<(), String> {
     if chain.is_empty() {
@@ -177,7 +225,7 @@ pub(crate) fn verify_chain(
         }
         let key = IssuerKey::from_spki(issuer.public_key())
             .map_err(|e| format!("{what}: certificate {}: {e}", i + 1))?;
-        if !key.verifies(cert) {
+        if !links.verifies(&key, issuer.public_key().raw, cert) {
             return Err(format!(
                 "{what}: certificate {i}'s signature does not verify with certificate {}'s key",
                 i + 1
@@ -189,7 +237,7 @@ pub(crate) fn verify_chain(
     let last = &chain[chain.len() - 1];
     let trusted = anchors.iter().any(|a| {
         (a.subject == last.subject().as_raw() && a.spki == last.public_key().raw)
-            || (a.subject == last.issuer().as_raw() && a.key.verifies(last))
+            || (a.subject == last.issuer().as_raw() && links.verifies(&a.key, &a.spki, last))
     });
     if !trusted {
         return Err(format!(

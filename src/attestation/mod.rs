@@ -219,6 +219,7 @@ pub struct Verifier {
     apple_roots: Vec<chain::Anchor>,
     google_roots: Vec<chain::Anchor>,
     extra_roots: Vec<chain::Anchor>,
+    links: chain::VerifiedLinks,
 }
 
 impl Verifier {
@@ -237,6 +238,7 @@ impl Verifier {
             apple_roots,
             google_roots,
             extra_roots,
+            links: chain::VerifiedLinks::default(),
         })
     }
 
@@ -272,6 +274,7 @@ impl Verifier {
             app_ids: &self.settings.apple_app_ids,
             allow_development: self.settings.allow_development,
             anchors: self.apple_roots.iter().chain(&self.extra_roots).collect(),
+            links: &self.links,
         }
     }
 
@@ -281,6 +284,7 @@ impl Verifier {
             signing_cert_sha256: &self.settings.android_signing_cert_sha256,
             revoked_serials: &self.settings.android_revoked_serials,
             anchors: self.google_roots.iter().chain(&self.extra_roots).collect(),
+            links: &self.links,
         }
     }
 }

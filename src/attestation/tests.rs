@@ -1054,3 +1054,29 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_verified_intermediate_vouches_only_for_its_exact_bytes() {
+    // The first verification caches the CA links; the second is answered from the cache.
+    let c = &REAL_CHAINS[0];
+    let v = verifier(real_settings(c));
+    let (member, jwk) = real_chain(c.file);
+    for _ in 0..2 {
+        check(&v, member.clone(), c.challenge, &jwk, c.now).expect("verifies, then from cache");
+    }
+    // The same intermediate with one signature byte changed is checked again, and refused.
+    let mut chain: Vec<String> = fixture(c.file)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut ca = B64.decode(&chain[2]).unwrap();
+    let last = ca.len() - 1;
+    ca[last] ^= 1;
+    chain[2] = B64.encode(&ca);
+    let member =
+        serde_json::json!({"format": "android-key", "challenge": "c", "certificate_chain": chain});
+    assert_fails(
+        check(&v, member, c.challenge, &jwk, c.now),
+        "android-key: certificate 2's signature does not verify with certificate 3's key",
+    );
+}
