@@ -34,6 +34,8 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
+        // What was batched in memory goes to storage before the process ends.
+        self.state.flush_bookkeeping().await;
     }
 
     /// Re-reads the TLS certificate and key (what SIGHUP does). Without TLS there is nothing

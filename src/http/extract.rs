@@ -50,6 +50,63 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     }
 }
 
+/// The body of `POST /v1/token/revoke`: form-encoded (RFC 7009) or JSON, rejected in the
+/// contract's envelope either way (contract 9.1: the revocation endpoint answers errors in the
+/// envelope of section 3 whatever the body's type).
+pub struct RevokeBody(pub crate::exchange::RevokeRequest);
+
+impl FromRequest<AppState> for RevokeBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        if !is_form(req.headers()) {
+            return Json::from_request(req, state)
+                .await
+                .map(|Json(body)| RevokeBody(body));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge
+            } else {
+                Error::InvalidRequest("could not read the request body".into())
+            }
+        })?;
+        let mut token = None;
+        let mut hint = None;
+        for (name, value) in form_urlencoded::parse(&bytes) {
+            // RFC 6749 section 3.2: a parameter sent twice is an error.
+            let slot = match &*name {
+                "token" => &mut token,
+                "token_type_hint" => &mut hint,
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "the parameter {name} was sent more than once"
+                )));
+            }
+        }
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::InvalidRequest("the token parameter is missing".into()))?;
+        Ok(RevokeBody(crate::exchange::RevokeRequest {
+            token: token.into(),
+            token_type_hint: hint,
+        }))
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)

@@ -1,5 +1,5 @@
-//! `POST /v1/token` and `POST /v1/token/refresh`: header extraction and the per-IP failure
-//! budget around [`crate::exchange`].
+//! `POST /v1/token`, `POST /v1/token/refresh` and `POST /v1/token/revoke`: header extraction
+//! and the per-IP failure budget around [`crate::exchange`].
 
 use axum::Router;
 use axum::extract::State;
@@ -7,9 +7,11 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use super::extract::{ClientIp, Json};
+use super::extract::{ClientIp, Json, RevokeBody};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
+use secrecy::ExposeSecret as _;
+
 use crate::error::Result;
 use crate::exchange::{self, Presented, RefreshRequest, TokenRequest};
 use crate::state::AppState;
@@ -20,11 +22,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(exchange::TOKEN_PATH, post(token))
         .route(exchange::REFRESH_PATH, post(refresh))
+        .route(exchange::REVOKE_PATH, post(revoke))
 }
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(token, refresh))]
+#[openapi(paths(token, refresh, revoke))]
 pub(super) struct Doc;
 
 fn presented<'a>(
@@ -124,6 +127,43 @@ async fn refresh(
     guarded(&state, ip, exchange::REFRESH_PATH, &headers, &seen, work).await
 }
 
+/// Signs a device out of one session (contract 9.3, RFC 7009): revokes the refresh family of
+/// `token` when the proof is by the device the token was issued to. The answer is `{}` for
+/// every token, live or not, and for a proof by another key (nothing is revoked then).
+#[utoipa::path(post, path = "/v1/token/revoke", tag = "token",
+    request_body(content = exchange::RevokeRequest,
+                 description = "Form-encoded (`token=…&token_type_hint=refresh_token`) or JSON.",
+                 content_type = "application/x-www-form-urlencoded"),
+    security(("dpop" = [])),
+    responses(
+        (status = 200, description = "`{}`, whether or not anything was revoked."),
+        (status = 400, description = "`INVALID_REQUEST` (no `token`), `USE_DPOP_NONCE`.", body = ErrorBody),
+        (status = 401, description = "`INVALID_DPOP_PROOF`, `DPOP_REPLAY`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`; `Retry-After` is set.", body = ErrorBody),
+        (status = 503, description = "`UNAVAILABLE`: nothing was revoked.", body = ErrorBody),
+    ))]
+async fn revoke(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: Result<RevokeBody>,
+) -> Result<Response> {
+    let seen = std::sync::OnceLock::new();
+    let work = async {
+        let RevokeBody(body) = body?;
+        exchange::revoke(
+            &state,
+            presented(&headers, ip, &seen),
+            body.token.expose_secret(),
+        )
+        .await
+        .map(|()| serde_json::json!({}))
+    };
+    guarded(&state, ip, exchange::REVOKE_PATH, &headers, &seen, work).await
+}
+
 /// Refuses an IP that spent its failure budget, counts this request's failure against it,
 /// records usage for an identified key, and writes the response headers both endpoints share.
 async fn guarded(
@@ -132,7 +172,7 @@ async fn guarded(
     endpoint: &'static str,
     headers: &HeaderMap,
     key_seen: &std::sync::OnceLock<String>,
-    work: impl Future<Output = Result<exchange::TokenResponse>>,
+    work: impl Future<Output = Result<impl serde::Serialize>>,
 ) -> Result<Response> {
     if state.switches.rate_limits() {
         state.failures.check(&ip).await?;
