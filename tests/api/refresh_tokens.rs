@@ -587,3 +587,38 @@ async fn issued_tokens_have_the_recognisable_shape() {
     assert_eq!(&*masked, b"token=rt_[REDACTED] end".as_slice());
     let _: Value = json!({});
 }
+
+/// Issue 18: device history is off the answer path, in storage within a second without anyone
+/// asking, and written at a graceful shutdown.
+#[tokio::test]
+async fn device_history_is_flushed_within_a_second_and_at_shutdown() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app(&db).await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    let count = |store: std::sync::Arc<dyn keybound::store::Store>, key_id: String| async move {
+        let devices = store.list_devices(&key_id).await.unwrap();
+        devices.first().map_or(0, |d| d.exchange_count)
+    };
+    for _ in 0..3 {
+        expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await;
+    }
+    let started = std::time::Instant::now();
+    while count(app.store.clone(), key_id.clone()).await != 3 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1_500),
+            "history not written within a second"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for _ in 0..2 {
+        expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await;
+    }
+    let store = app.store.clone();
+    app.stop().await;
+    assert_eq!(
+        count(store, key_id).await,
+        5,
+        "written at the graceful stop"
+    );
+}
