@@ -50,6 +50,9 @@ pub struct Presented<'a> {
     pub ip: IpAddr,
     /// Set to the key id once the request is known to come from a valid key (for usage).
     pub key_seen: &'a std::sync::OnceLock<String>,
+    /// The path the request was sent to, which the proof's `htu` must name: a refresh comes
+    /// to [`REFRESH_PATH`] as JSON (3.2) or to [`TOKEN_PATH`] as an RFC 6749 form (9.1).
+    pub path: &'static str,
 }
 
 /// The successful answer of both endpoints (contract 3.1).
@@ -167,7 +170,7 @@ pub async fn refresh(
     body: RefreshRequest,
 ) -> Result<TokenResponse> {
     let now = crate::state::now();
-    let proof = parse_proof(state, p.proof, REFRESH_PATH, now)?;
+    let proof = parse_proof(state, p.proof, p.path, now)?;
     let claims = state
         .refresh_sealer
         .open(&body.refresh_token)
@@ -365,7 +368,7 @@ async fn reuse_detected(state: &AppState, family: &FamilyRecord, ip: IpAddr, now
 /// expired, unknown or another device's, so the endpoint tells nobody anything about a token.
 pub async fn revoke(state: &AppState, p: Presented<'_>, token: &str) -> Result<()> {
     let now = crate::state::now();
-    let proof = parse_proof(state, p.proof, REVOKE_PATH, now)?;
+    let proof = parse_proof(state, p.proof, p.path, now)?;
     let Some(claims) = state.refresh_sealer.open(token) else {
         return Ok(());
     };

@@ -8,4 +8,5 @@ mod extractor;
 
 mod client;
 mod revocations;
+mod status;
 mod verifier;
