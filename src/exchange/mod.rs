@@ -301,10 +301,10 @@ async fn spent_presentation(
     if family.revoked_at.is_some() || family.generation <= claims.generation {
         return Err(Error::InvalidRefreshToken);
     }
-    if let Some(kept) = in_grace(&family, claims, now) {
-        if let Some(successor) = state.refresh_sealer.open_successor(&family.family_id, kept) {
-            return Ok(successor);
-        }
+    if let Some(kept) = in_grace(&family, claims, now)
+        && let Some(successor) = state.refresh_sealer.open_successor(&family.family_id, kept)
+    {
+        return Ok(successor);
     }
     Err(reuse_detected(state, &family, ip, now).await)
 }
