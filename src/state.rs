@@ -174,9 +174,9 @@ impl Switches {
         self.usage.load(Ordering::Relaxed)
     }
 
-    /// Whether an exchange or refresh writes its refresh token and the device's history
-    /// before answering. Off, the answer's refresh token is never stored (so it cannot be
-    /// refreshed): only `--overhead` turns it off, to measure what durability costs.
+    /// Whether a refresh advances its family (durably, before answering) and the token path
+    /// queues the device's history. Off, a refresh spends nothing (its token stays live): only
+    /// `--overhead` turns it off, to measure what durability costs.
     pub fn writes(&self) -> bool {
         self.writes.load(Ordering::Relaxed)
     }
