@@ -97,13 +97,20 @@ mod dpop;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod file;
 mod http;
 mod jose;
+mod tls;
 mod trust;
+#[cfg(test)]
+mod vectors;
 mod verifier;
 
-pub use client::{AccessToken, Client, ClientBuilder, RetryPolicy};
-pub use device_key::{DeviceKey, Ed25519DeviceKey, Es256DeviceKey};
+pub use client::{
+    AccessToken, AttestationProvider, Client, ClientBuilder, FileSessionStore, RetryPolicy,
+    Session, SessionStore,
+};
+pub use device_key::{DeviceKey, Ed25519DeviceKey, Es256DeviceKey, Signing};
 pub use dpop::DpopProofBuilder;
 pub use error::{Error, ErrorKind, InvalidTokenReason, Result};
 pub use jose::jwk_thumbprint;

@@ -7,5 +7,6 @@ mod helpers;
 mod extractor;
 
 mod client;
+mod client_session;
 mod revocations;
 mod verifier;
