@@ -91,6 +91,7 @@ async fn exchange_once(running: &Running, key: &str, proof: &str) {
         origin: None,
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         key_seen: &seen,
+        path: exchange::TOKEN_PATH,
     };
     exchange::exchange(&running.state, p, body())
         .await

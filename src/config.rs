@@ -105,6 +105,15 @@ pub struct ServeArgs {
     /// Bearer token for the admin API; the admin API answers 404 when unset.
     #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<SecretString>,
+    /// A bearer token resource servers present to `POST /v1/token/introspect` (repeatable;
+    /// the admin token works there too). Compared in constant time.
+    #[arg(
+        long = "introspection-token",
+        env = "KEYBOUND_INTROSPECTION_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub introspection_tokens: Vec<SecretString>,
     /// Redis URL for state shared by several instances (replay, rate limits, cache invalidation).
     #[arg(long, env = "KEYBOUND_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

@@ -227,19 +227,74 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
+/// Marks a response that refused the request's `Origin` (`ORIGIN_NOT_ALLOWED`): the CORS layer
+/// of the token endpoints ([`crate::http::cors`]) sends no CORS header with it (contract
+/// section 11), so a page on a refused origin cannot even read the refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginRefused;
+
+impl Error {
+    /// The RFC 6749 section 5.2 `error` value and status for this error, by the mapping table
+    /// of contract 9.1 (for form-encoded requests at the token endpoint).
+    pub fn oauth_error(&self) -> (StatusCode, std::borrow::Cow<'static, str>) {
+        use Error::*;
+        let bad = StatusCode::BAD_REQUEST;
+        let named = |s: &'static str| std::borrow::Cow::Borrowed(s);
+        match self {
+            // RFC 8693 section 2.2.2: a bad subject token is `invalid_request`.
+            InvalidRequest(_) | MissingApiKey | InvalidApiKey => (bad, named("invalid_request")),
+            InvalidRefreshToken | RefreshTokenReused => (bad, named("invalid_grant")),
+            InsufficientScope => (bad, named("invalid_scope")),
+            // RFC 8707 section 2: an audience or resource we do not serve.
+            InvalidAudience => (bad, named("invalid_target")),
+            // RFC 9449 section 5.
+            InvalidDpopProof(_) | DpopReplay => (bad, named("invalid_dpop_proof")),
+            // RFC 9449 section 8.
+            UseDpopNonce { .. } => (bad, named("use_dpop_nonce")),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, named("invalid_request")),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, named("server_error")),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                named("temporarily_unavailable"),
+            ),
+            other => (other.status(), other.code().to_ascii_lowercase().into()),
+        }
+    }
+
+    /// The RFC 6749 section 5.2 answer, `{"error", "error_description"}`, for a form-encoded
+    /// request at the token endpoint (contract 9.1). Same headers as the envelope's; a nonce
+    /// challenge also names itself in `WWW-Authenticate` (RFC 9449 section 8).
+    pub fn into_oauth_response(self) -> Response {
+        let (status, error) = self.oauth_error();
+        self.log();
+        let body = json!({"error": error, "error_description": self.to_string()});
+        let mut res = (status, axum::Json(body)).into_response();
+        self.finish(&mut res);
+        if let Error::UseDpopNonce { .. } = self {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("DPoP error=\"use_dpop_nonce\""),
+            );
+        }
+        res
+    }
+
+    fn log(&self) {
+        match self {
             Error::Internal(cause) => tracing::error!(error = %cause, "internal error"),
             Error::Unavailable(cause) => tracing::warn!(error = %cause, "dependency unavailable"),
             _ => tracing::debug!(code = self.code(), "request refused"),
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        let mut res = (status, axum::Json(body)).into_response();
+    }
+
+    /// The headers (and the CORS marker) both error writers share.
+    fn finish(&self, res: &mut Response) {
+        if let Error::OriginNotAllowed = self {
+            res.extensions_mut().insert(OriginRefused);
+        }
         let headers = res.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        match &self {
+        match self {
             Error::RateLimited { retry_after_secs }
             | Error::KeyIdBudgetSpent { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
@@ -260,6 +315,110 @@ impl IntoResponse for Error {
             }
             _ => {}
         }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        self.log();
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut res = (status, axum::Json(body)).into_response();
+        self.finish(&mut res);
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Contract 9.1's table, row by row (the integration tests reach each row for its cause).
+    #[test]
+    fn oauth_errors_follow_the_mapping_table() {
+        let bad = StatusCode::BAD_REQUEST;
+        let cases = [
+            (Error::InvalidRequest("x".into()), bad, "invalid_request"),
+            (Error::MissingApiKey, bad, "invalid_request"),
+            (Error::InvalidApiKey, bad, "invalid_request"),
+            (Error::InvalidRefreshToken, bad, "invalid_grant"),
+            (Error::RefreshTokenReused, bad, "invalid_grant"),
+            (Error::InsufficientScope, bad, "invalid_scope"),
+            (Error::InvalidAudience, bad, "invalid_target"),
+            (
+                Error::InvalidDpopProof("x".into()),
+                bad,
+                "invalid_dpop_proof",
+            ),
+            (Error::DpopReplay, bad, "invalid_dpop_proof"),
+            (
+                Error::UseDpopNonce { nonce: "n".into() },
+                bad,
+                "use_dpop_nonce",
+            ),
+            (
+                Error::PayloadTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+            ),
+            (
+                Error::internal("x"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+            ),
+            (
+                Error::unavailable("x"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+            ),
+            (
+                Error::RateLimited {
+                    retry_after_secs: 1,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+            ),
+            (
+                Error::KeyIdBudgetSpent {
+                    retry_after_secs: 1,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+            ),
+            (
+                Error::DeviceRevoked,
+                StatusCode::FORBIDDEN,
+                "device_revoked",
+            ),
+            (
+                Error::OriginNotAllowed,
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+            ),
+            (Error::ApiKeyInUrl, bad, "api_key_in_url"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.oauth_error(), (status, code.into()), "{}", e.code());
+        }
+    }
+
+    #[test]
+    fn a_nonce_challenge_names_itself_and_carries_the_nonce() {
+        let res = Error::UseDpopNonce {
+            nonce: "n-1".into(),
+        }
+        .into_oauth_response();
+        assert_eq!(res.headers()["dpop-nonce"], "n-1");
+        assert_eq!(
+            res.headers()[header::WWW_AUTHENTICATE],
+            "DPoP error=\"use_dpop_nonce\""
+        );
+        let res = Error::RateLimited {
+            retry_after_secs: 7,
+        }
+        .into_oauth_response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "7");
+        let res = Error::OriginNotAllowed.into_oauth_response();
+        assert!(res.extensions().get::<OriginRefused>().is_some());
     }
 }

@@ -94,6 +94,8 @@ pub struct Services {
     pub cache: Arc<CachedStore>,
     /// SHA-256 of the admin token; `None` turns the admin API off (404).
     pub admin_token_hash: Option<[u8; 32]>,
+    /// SHA-256 of each `--introspection-token` (contract 9.4).
+    pub introspection_token_hashes: Vec<[u8; 32]>,
     /// Signing keys.
     pub keyring: Arc<KeyRing>,
     /// Seen DPoP proofs.
@@ -227,6 +229,7 @@ impl AppState {
             store,
             cache,
             admin_token_hash: args.admin_token.as_ref().map(hash_token),
+            introspection_token_hashes: args.introspection_tokens.iter().map(hash_token).collect(),
             keyring,
             replay,
             redis,

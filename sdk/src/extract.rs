@@ -109,6 +109,13 @@ impl IntoResponse for Error {
                 "INSUFFICIENT_SCOPE",
                 "insufficient scope",
             ),
+            // The verifier's per-key share of its replay cache is spent (one client flooding).
+            ErrorKind::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                "RATE_LIMITED",
+                "too many requests",
+            ),
             ErrorKind::Unavailable | ErrorKind::Network | ErrorKind::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
@@ -129,6 +136,15 @@ impl IntoResponse for Error {
         }
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
         let mut response = (status, axum::Json(body)).into_response();
+        if let ErrorKind::RateLimited {
+            retry_after: Some(wait),
+        } = self.kind()
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             let challenge = match error {
                 Some(error) => format!(r#"DPoP error="{error}", {CHALLENGE_ALGS}"#),

@@ -47,6 +47,9 @@ pub struct Presented<'a> {
     pub ip: IpAddr,
     /// Set to the key id once the request is known to come from a valid key (for usage).
     pub key_seen: &'a std::sync::OnceLock<String>,
+    /// The path the request was sent to, which the proof's `htu` must name: a refresh comes
+    /// to [`REFRESH_PATH`] as JSON (3.2) or to [`TOKEN_PATH`] as an RFC 6749 form (9.1).
+    pub path: &'static str,
 }
 
 /// The successful answer of both endpoints (contract 3.1).
@@ -137,7 +140,7 @@ pub async fn refresh(
     body: RefreshRequest,
 ) -> Result<TokenResponse> {
     let now = crate::state::now();
-    let proof = verify_proof(state, p.proof, REFRESH_PATH, now, None, p.ip).await?;
+    let proof = verify_proof(state, p.proof, p.path, now, None, p.ip).await?;
     if !tokens::is_well_formed_refresh_token(&body.refresh_token) {
         return Err(Error::InvalidRefreshToken);
     }

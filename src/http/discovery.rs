@@ -12,6 +12,7 @@ use serde_json::json;
 
 use utoipa::{IntoParams, ToSchema};
 
+use super::cors;
 use super::extract::{ClientIp, Json, Query};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
@@ -28,12 +29,21 @@ const JWKS_MAX_AGE: u32 = 300;
 /// Most feed entries per page.
 const FEED_PAGE: i64 = 1000;
 
-/// Discovery routes.
+/// Discovery routes; the public documents are readable from any origin (contract 11).
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/oauth-authorization-server", get(metadata))
-        .route("/v1/revocations", get(revocations))
+        .route(
+            "/.well-known/jwks.json",
+            get(jwks).layer(cors::public_document()),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata).layer(cors::public_document()),
+        )
+        .route(
+            "/v1/revocations",
+            get(revocations).layer(cors::public_document()),
+        )
         .route("/v1/leaks", post(leaks))
 }
 
@@ -58,18 +68,30 @@ async fn jwks(State(state): State<AppState>) -> Response {
     res
 }
 
-/// RFC 8414 authorization server metadata.
+/// RFC 8414 authorization server metadata: enough for a stock OAuth client with DPoP support
+/// (openid-client's `algorithm: 'oauth2'` discovery) to obtain and refresh tokens.
 #[derive(serde::Serialize, ToSchema)]
 struct Metadata {
     issuer: String,
+    /// `POST /v1/token`: JSON (contract 3.1) or RFC 6749 form (9.1).
     token_endpoint: String,
     jwks_uri: String,
+    /// RFC 7009 sign-out (`POST /v1/token/revoke`, contract 9.3).
+    revocation_endpoint: String,
+    /// RFC 7662 introspection (`POST /v1/token/introspect`, contract 9.4).
+    introspection_endpoint: String,
+    /// The platform attestation challenge (`POST /v1/attestation/challenge`, contract 8).
+    attestation_challenge_endpoint: String,
     /// The signed revocation feed (`GET /v1/revocations`).
     revocation_feed_endpoint: String,
+    /// RFC 8693 token exchange (the API key as subject token) and RFC 6749 refresh.
     grant_types_supported: Vec<&'static str>,
+    /// `none`: the API key is the subject token, not a client credential; the refresh token
+    /// is bound to the device's DPoP key.
     token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Sign-out needs no client authentication, only the device's proof.
+    revocation_endpoint_auth_methods_supported: Vec<&'static str>,
     dpop_signing_alg_values_supported: Vec<&'static str>,
-    token_endpoint_auth_signing_alg_values_supported: Vec<&'static str>,
 }
 
 /// RFC 8414 metadata: where the token endpoint and the keys are, and which DPoP algorithms
@@ -82,14 +104,17 @@ async fn metadata(State(state): State<AppState>) -> Response {
         issuer: iss.clone(),
         token_endpoint: format!("{iss}/v1/token"),
         jwks_uri: format!("{iss}/.well-known/jwks.json"),
+        revocation_endpoint: format!("{iss}/v1/token/revoke"),
+        introspection_endpoint: format!("{iss}{}", super::introspect::PATH),
+        attestation_challenge_endpoint: format!("{iss}/v1/attestation/challenge"),
         revocation_feed_endpoint: format!("{iss}/v1/revocations"),
         grant_types_supported: vec![
-            "urn:keybound:params:oauth:grant-type:api-key",
-            "refresh_token",
+            super::oauth::TOKEN_EXCHANGE_GRANT,
+            super::oauth::REFRESH_TOKEN_GRANT,
         ],
-        token_endpoint_auth_methods_supported: vec!["api_key"],
+        token_endpoint_auth_methods_supported: vec!["none"],
+        revocation_endpoint_auth_methods_supported: vec!["none"],
         dpop_signing_alg_values_supported: vec!["EdDSA", "Ed25519", "ES256"],
-        token_endpoint_auth_signing_alg_values_supported: vec!["EdDSA"],
     })
     .into_response();
     res.headers_mut().insert(
@@ -272,6 +297,12 @@ pub async fn reject_keys_in_url(
                     ip,
                     json!({"path": req.uri().path(), "secret_verified": verified}),
                 );
+            }
+            // A stock OAuth client at the token endpoint reads RFC 6749 errors (contract 9.1).
+            if req.uri().path() == crate::exchange::TOKEN_PATH
+                && super::extract::is_form(req.headers())
+            {
+                return Error::ApiKeyInUrl.into_oauth_response();
             }
             return Error::ApiKeyInUrl.into_response();
         }

@@ -2,9 +2,12 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cors;
 pub mod discovery;
 pub mod extract;
 pub mod health;
+pub mod introspect;
+pub mod oauth;
 pub mod openapi;
 pub mod token;
 
@@ -31,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .merge(token::router())
+        .merge(introspect::router())
         .merge(discovery::router())
         .nest("/admin/v1", admin::router())
         .fallback(|| async { Error::NotFound })

@@ -39,6 +39,7 @@ pub fn document() -> serde_json::Value {
     let doc = Root::openapi()
         .merge_from(super::health::Doc::openapi())
         .merge_from(super::token::Doc::openapi())
+        .merge_from(super::introspect::Doc::openapi())
         .merge_from(super::discovery::Doc::openapi())
         .merge_from(super::admin::Doc::openapi());
     let mut doc = serde_json::to_value(doc).expect("the document serializes");
@@ -100,10 +101,12 @@ only on a server started with the hidden `--bench-routes` flag and are not part 
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(openapi_json),
-    components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, OAuthErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "token", description = "Token exchange and refresh (contract 3.1, 3.2)"),
+        (name = "token", description = "Token exchange and refresh (contract 3.1, 3.2), their RFC 6749 \
+form (9.1), introspection (9.4). The token endpoints answer CORS preflights and allow any origin \
+the presented key's `allowed_origins` admits (contract 11)."),
         (name = "discovery", description = "Discovery and verification (contract 3.3)"),
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "admin", description = "Key, device, audit and alert management (contract 3.4)"),
@@ -122,6 +125,8 @@ mod scheme {
     pub const DPOP: &str = "dpop";
     /// `Authorization: Bearer <admin token>`.
     pub const ADMIN: &str = "admin_token";
+    /// `Authorization: Bearer <introspection token>`.
+    pub const INTROSPECTION: &str = "introspection_token";
 }
 
 struct SecuritySchemes;
@@ -165,6 +170,17 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            scheme::INTROSPECTION,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the `--introspection-token`s (the admin token works too).",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -173,6 +189,20 @@ impl Modify for SecuritySchemes {
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
+}
+
+/// RFC 6749 section 5.2's error body: what a form-encoded request at `POST /v1/token` gets
+/// instead of the envelope (contract 9.1).
+#[derive(ToSchema, serde::Serialize)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `unsupported_grant_type`, `invalid_grant`, `invalid_scope`,
+    /// `invalid_target`, `invalid_dpop_proof`, `use_dpop_nonce` (with `DPoP-Nonce` and
+    /// `WWW-Authenticate: DPoP error="use_dpop_nonce"`), `server_error`,
+    /// `temporarily_unavailable`, or another contract code in lower case (`rate_limited`,
+    /// `device_revoked`, …).
+    pub error: String,
+    /// Human readable; never contains a secret.
+    pub error_description: String,
 }
 
 /// The inside of the envelope.
@@ -317,6 +347,7 @@ mod tests {
             ("/openapi.json", "get"),
             ("/v1/token", "post"),
             ("/v1/token/refresh", "post"),
+            ("/v1/token/introspect", "post"),
             ("/.well-known/jwks.json", "get"),
             ("/.well-known/oauth-authorization-server", "get"),
             ("/v1/revocations", "get"),

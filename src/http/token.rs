@@ -1,25 +1,29 @@
 //! `POST /v1/token` and `POST /v1/token/refresh`: header extraction and the per-IP failure
-//! budget around [`crate::exchange`].
+//! budget around [`crate::exchange`]. A form-encoded `POST /v1/token` (contract 9.1) goes to
+//! [`super::oauth`], which parses it into the same requests and shares [`guarded`].
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use serde::Serialize;
 
-use super::extract::{ClientIp, Json};
+use super::cors;
+use super::extract::{ClientIp, Json, is_form};
+use super::oauth;
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exchange::{self, Presented, RefreshRequest, TokenRequest};
 use crate::state::AppState;
 use crate::store::UsageEvent;
 
-/// Token routes.
+/// Token routes, answering browsers' CORS preflights (contract section 11).
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(exchange::TOKEN_PATH, post(token))
-        .route(exchange::REFRESH_PATH, post(refresh))
+        .route(exchange::TOKEN_PATH, cors::token_endpoint(post(token)))
+        .route(exchange::REFRESH_PATH, cors::token_endpoint(post(refresh)))
 }
 
 /// This module's part of the OpenAPI document.
@@ -27,10 +31,11 @@ pub fn router() -> Router<AppState> {
 #[openapi(paths(token, refresh))]
 pub(super) struct Doc;
 
-fn presented<'a>(
+pub(super) fn presented<'a>(
     headers: &'a HeaderMap,
     ip: std::net::IpAddr,
     key_seen: &'a std::sync::OnceLock<String>,
+    path: &'static str,
 ) -> Presented<'a> {
     let text = |v: &'a HeaderValue| v.to_str().ok();
     let api_key = headers.get("x-api-key").and_then(text).or_else(|| {
@@ -54,17 +59,26 @@ fn presented<'a>(
         origin: headers.get(header::ORIGIN).and_then(text),
         ip,
         key_seen,
+        path,
     }
 }
 
 /// Exchanges an API key and a DPoP proof for a device-bound access token and a refresh token
 /// (contract 3.1). The first exchange by a new device key enrolls the device.
 #[utoipa::path(post, path = "/v1/token", tag = "token",
-    request_body(content = Option<TokenRequest>, description = "Every field is optional; an empty body is `{}`.",
-                 content_type = "application/json"),
+    request_body(description = "JSON (contract 3.1; every field is optional, an empty body is `{}`) \
+or, for stock OAuth clients, `application/x-www-form-urlencoded` (contract 9.1): an RFC 8693 token \
+exchange with the API key as `subject_token` (no API key header then), or an RFC 6749 section 6 \
+refresh (`grant_type=refresh_token`, the proof's `htu` is this endpoint). Form requests get RFC 6749 \
+section 5.2 errors (`OAuthErrorBody`) by the table of contract 9.1; JSON requests the envelope.",
+        content(
+            (Option<TokenRequest> = "application/json"),
+            (Option<oauth::TokenForm> = "application/x-www-form-urlencoded"),
+        )),
     security(("api_key" = [], "dpop" = []), ("api_key_bearer" = [], "dpop" = [])),
     responses(
-        (status = 200, description = "Issued (`Cache-Control: no-store`).", body = exchange::TokenResponse),
+        (status = 200, description = "Issued (`Cache-Control: no-store`). A form token exchange \
+also has `issued_token_type`.", body = oauth::ExchangeAnswer),
         (status = 400, description = "`INVALID_REQUEST` (body limits), `USE_DPOP_NONCE` (the `DPoP-Nonce` \
 header carries a fresh nonce), `INVALID_AUDIENCE`, `API_KEY_IN_URL`.", body = ErrorBody),
         (status = 401, description = "`MISSING_API_KEY`, `INVALID_API_KEY`, `INVALID_DPOP_PROOF`, \
@@ -82,12 +96,16 @@ async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    body: Result<Json<TokenRequest>>,
+    req: Request,
 ) -> Result<Response> {
+    if is_form(&headers) {
+        return Ok(oauth::token(&state, ip, &headers, req).await);
+    }
     let seen = std::sync::OnceLock::new();
     let work = async {
-        let Json(body) = body?;
-        exchange::exchange(&state, presented(&headers, ip, &seen), body).await
+        let Json(body) = Json::<TokenRequest>::from_request(req, &state).await?;
+        let p = presented(&headers, ip, &seen, exchange::TOKEN_PATH);
+        exchange::exchange(&state, p, body).await
     };
     guarded(&state, ip, exchange::TOKEN_PATH, &headers, &seen, work).await
 }
@@ -119,21 +137,42 @@ async fn refresh(
     let seen = std::sync::OnceLock::new();
     let work = async {
         let Json(body) = body?;
-        exchange::refresh(&state, presented(&headers, ip, &seen), body).await
+        let p = presented(&headers, ip, &seen, exchange::REFRESH_PATH);
+        exchange::refresh(&state, p, body).await
     };
     guarded(&state, ip, exchange::REFRESH_PATH, &headers, &seen, work).await
 }
 
+/// What [`guarded`] needs to know of a refusal, whichever writer answers it: the JSON
+/// requests' [`Error`] (the envelope) or a form request's refusal (RFC 6749 section 5.2).
+pub(super) trait Refusal: From<Error> {
+    /// The HTTP status (recorded in usage).
+    fn status(&self) -> StatusCode;
+    /// Whether it counts against the client IP's failure budget.
+    fn is_auth_failure(&self) -> bool;
+}
+
+impl Refusal for Error {
+    fn status(&self) -> StatusCode {
+        Error::status(self)
+    }
+
+    fn is_auth_failure(&self) -> bool {
+        Error::is_auth_failure(self)
+    }
+}
+
 /// Refuses an IP that spent its failure budget, counts this request's failure against it,
-/// records usage for an identified key, and writes the response headers both endpoints share.
-async fn guarded(
+/// records usage for an identified key, and writes the response headers both endpoints (and
+/// both request forms) share.
+pub(super) async fn guarded<T: Serialize, E: Refusal>(
     state: &AppState,
     ip: std::net::IpAddr,
     endpoint: &'static str,
     headers: &HeaderMap,
     key_seen: &std::sync::OnceLock<String>,
-    work: impl Future<Output = Result<exchange::TokenResponse>>,
-) -> Result<Response> {
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<Response, E> {
     if state.switches.rate_limits() {
         state.failures.check(&ip).await?;
     }

@@ -21,7 +21,7 @@ pub const MAX_ACCESS_TTL_SECONDS: u64 = 3600;
 pub const LIMITED_MAX_TTL_SECONDS: u64 = 60;
 
 /// Confirmation claim (RFC 7800 section 3.1), carrying the DPoP key thumbprint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cnf {
     /// RFC 7638 SHA-256 thumbprint of the device's public key (RFC 9449 section 6.1).
     pub jkt: String,
@@ -144,6 +144,48 @@ impl AccessClaims {
     pub fn sign(&self, key: &SigningKey) -> String {
         key.sign_jws(TYP_ACCESS_TOKEN, self)
     }
+
+    /// The claims of `token` if it is one of ours: a compact JWS whose header is `alg: EdDSA`,
+    /// `typ: at+jwt` and a `kid` that `key_for` knows, with a valid Ed25519 signature (RFC 8037;
+    /// `verify_strict` refuses small-order keys and non-canonical signatures). Lifetime and
+    /// issuer are the caller's to check. `None` for anything else: introspection (contract
+    /// 9.4) answers every such token the same way, `{"active": false}`.
+    pub fn verify(
+        token: &str,
+        key_for: impl Fn(&str) -> Option<ed25519_dalek::VerifyingKey>,
+    ) -> Option<AccessClaims> {
+        #[derive(Deserialize)]
+        struct Header {
+            alg: String,
+            typ: Option<String>,
+            kid: String,
+        }
+        let mut parts = token.split('.');
+        let (header_b64, payload_b64, signature_b64) =
+            (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: Header =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_b64).ok()?).ok()?;
+        // The algorithm is fixed before any key is touched: no `none`, no HMAC confusion.
+        if header.alg != "EdDSA" || header.typ.as_deref() != Some(TYP_ACCESS_TOKEN) {
+            return None;
+        }
+        let key = key_for(&header.kid)?;
+        let signature: [u8; 64] = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .ok()?
+            .try_into()
+            .ok()?;
+        let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+        key.verify_strict(
+            signing_input.as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload_b64).ok()?).ok()
+    }
 }
 
 /// A fresh JWT id: 128 bits from the operating system's CSPRNG, base64url (22 characters).
@@ -173,6 +215,40 @@ mod tests {
             trust,
             ttl_seconds,
         }
+    }
+
+    #[test]
+    fn verify_accepts_our_tokens_and_nothing_else() {
+        let key = SigningKey::generate();
+        let other = SigningKey::generate();
+        let claims = AccessClaims::new(&grant(GrantedTrust::Trusted, 300), 1_700_000_000);
+        let token = claims.sign(&key);
+        let known = |kid: &str| (kid == key.kid()).then(|| key.verifying_key());
+        assert_eq!(AccessClaims::verify(&token, known), Some(claims.clone()));
+
+        // Signed by a key we do not publish; or by ours under the wrong `kid`.
+        assert_eq!(AccessClaims::verify(&claims.sign(&other), known), None);
+        assert_eq!(
+            AccessClaims::verify(&token, |_| Some(other.verifying_key())),
+            None
+        );
+        // A changed payload, a changed signature, a fourth part, another `typ`.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let forged = {
+            let mut c = claims.clone();
+            c.scope = "admin".into();
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap())
+        };
+        let original = parts[1].clone();
+        parts[1] = forged;
+        assert_eq!(AccessClaims::verify(&parts.join("."), known), None);
+        parts[1] = original;
+        parts[2] = URL_SAFE_NO_PAD.encode([0u8; 64]);
+        assert_eq!(AccessClaims::verify(&parts.join("."), known), None);
+        assert_eq!(AccessClaims::verify(&format!("{token}.x"), known), None);
+        let feed = key.sign_jws("revocations+jwt", &claims);
+        assert_eq!(AccessClaims::verify(&feed, known), None);
+        assert_eq!(AccessClaims::verify("not a token", known), None);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub const PUBLISH_AFTER_RETIREMENT: i64 = MAX_ACCESS_TTL_SECONDS as i64 + 300;
 struct Ring {
     active: Arc<SigningKey>,
     jwks: serde_json::Value,
+    /// Every published key by `kid` (the active one first), to verify our own tokens
+    /// (introspection, contract 9.4).
+    verifiers: Vec<(String, ed25519_dalek::VerifyingKey)>,
 }
 
 /// The keys in use. Readers take a cheap `Arc` snapshot; reloads swap the whole ring.
@@ -63,6 +66,16 @@ impl KeyRing {
         self.ring.read().expect("not poisoned").active.clone()
     }
 
+    /// The public key `kid` names, if it is published (active, or retired with tokens that may
+    /// still be live).
+    pub fn verifying_key(&self, kid: &str) -> Option<ed25519_dalek::VerifyingKey> {
+        let ring = self.ring.read().expect("not poisoned").clone();
+        ring.verifiers
+            .iter()
+            .find(|(k, _)| k == kid)
+            .map(|(_, vk)| *vk)
+    }
+
     /// `{"keys": [...]}`: the active key and every retired key that may still have live tokens.
     pub fn jwks(&self) -> serde_json::Value {
         self.ring.read().expect("not poisoned").jwks.clone()
@@ -92,6 +105,7 @@ async fn build(store: &dyn Store, master: &MasterKey, now: i64) -> Result<Option
     };
     let active = Arc::new(open(master, active)?);
     let mut published = vec![active.public_jwk()];
+    let mut verifiers = vec![(active.kid().to_owned(), active.verifying_key())];
     for r in &records {
         let live = r
             .retired_at
@@ -107,11 +121,13 @@ async fn build(store: &dyn Store, master: &MasterKey, now: i64) -> Result<Option
                 .map_err(Error::internal)?;
             jwk["kid"] = serde_json::Value::String(r.kid.clone());
             published.push(jwk);
+            verifiers.push((r.kid.clone(), vk));
         }
     }
     Ok(Some(Ring {
         active,
         jwks: serde_json::json!({ "keys": published }),
+        verifiers,
     }))
 }
 

@@ -7,9 +7,13 @@ use crate::error::InvalidTokenReason;
 
 /// What the registered claims of one kind of JWS (access token, revocation feed page) must
 /// say.
+#[derive(Clone)]
 pub(crate) struct ClaimRules {
     /// `iss` must be exactly this.
     pub(crate) issuer: String,
+    /// Whether `iss` must be present. Status list tokens may leave it out (their `sub` names
+    /// the list, under the issuer's URL); when present it must still match.
+    pub(crate) require_issuer: bool,
     /// `aud` must name one of these; `None` when the JWS has no audience (the feed).
     pub(crate) audiences: Option<Vec<String>>,
     /// Whether `exp` is required (access tokens) rather than checked when present.
@@ -64,7 +68,8 @@ impl ClaimRules {
         match claims.iss {
             Some(iss) if iss == self.issuer => {}
             Some(_) => return Err(WrongIssuer),
-            None => return Err(Malformed),
+            None if self.require_issuer => return Err(Malformed),
+            None => {}
         }
         if let Some(audiences) = &self.audiences {
             let aud = claims.aud.ok_or(Malformed)?;
@@ -86,6 +91,7 @@ mod tests {
     fn token_rules() -> ClaimRules {
         ClaimRules {
             issuer: "https://auth.example.com".into(),
+            require_issuer: true,
             audiences: Some(vec!["https://api.example.com".into(), "urn:b".into()]),
             require_exp: true,
             leeway: 30,

@@ -1,10 +1,12 @@
-//! The issuer's signing keys: fetched from its JWKS, cached per `Cache-Control`, refreshed
-//! when a token names a `kid` we do not know, and kept when a refresh fails.
+//! The issuer's signing keys: fetched from its JWKS, cached per `Cache-Control` (refreshed in
+//! the background once stale), fetched at once when a token names a `kid` we do not know, and
+//! kept when a refresh fails.
 
 use ed25519_dalek::VerifyingKey;
 use reqwest::header::CACHE_CONTROL;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,10 @@ const MIN_MAX_AGE: Duration = Duration::from_secs(30);
 const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 pub(crate) struct Jwks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     /// Where to fetch the keys from; `None` for a static set given at build time.
     uri: Option<String>,
     /// At most one fetch per this interval, whatever triggers it: a stream of tokens with
@@ -28,6 +34,9 @@ pub(crate) struct Jwks {
     current: RwLock<Arc<KeySet>>,
     /// Serialises fetches and remembers when the last one started.
     fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Set while a background refresh is under way, so a stale set spawns one, not one per
+    /// request.
+    refreshing: AtomicBool,
 }
 
 struct KeySet {
@@ -41,15 +50,15 @@ struct KeySet {
 impl Jwks {
     /// A fixed key set, never refreshed.
     pub(crate) fn fixed(jwks: &Value) -> Result<Self> {
-        Ok(Self {
-            uri: None,
-            min_refresh_interval: Duration::MAX,
-            current: RwLock::new(Arc::new(KeySet {
+        Ok(Self::new(
+            None,
+            Duration::MAX,
+            KeySet {
                 keys: parse(jwks)?,
                 fresh_until: None,
-            })),
-            fetch: tokio::sync::Mutex::new(None),
-        })
+            },
+            None,
+        ))
     }
 
     /// Keys fetched from `uri`; the first fetch happens here and must succeed.
@@ -58,36 +67,64 @@ impl Jwks {
         uri: String,
         min_refresh_interval: Duration,
     ) -> Result<Self> {
-        let set = fetch(http, &uri).await?;
-        Ok(Self {
-            uri: Some(uri),
+        let set = fetch(http, &uri, min_refresh_interval).await?;
+        Ok(Self::new(
+            Some(uri),
             min_refresh_interval,
-            current: RwLock::new(Arc::new(set)),
-            fetch: tokio::sync::Mutex::new(Some(Instant::now())),
-        })
+            set,
+            Some(Instant::now()),
+        ))
     }
 
-    fn snapshot(&self) -> Arc<KeySet> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn new(
+        uri: Option<String>,
+        min_refresh_interval: Duration,
+        set: KeySet,
+        last_fetch: Option<Instant>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                uri,
+                min_refresh_interval,
+                current: RwLock::new(Arc::new(set)),
+                fetch: tokio::sync::Mutex::new(last_fetch),
+                refreshing: AtomicBool::new(false),
+            }),
+        }
     }
 
-    /// The key for `kid`, refreshing the set first when it is past its `max-age` or does not
-    /// know `kid` (at most one fetch per `min_refresh_interval`).
+    /// The key for `kid`.
+    ///
+    /// A set past its `max-age` keeps answering while a background task fetches the next one:
+    /// no request waits on a refetch of keys it already has. Only a `kid` the set does not
+    /// know (the issuer rotated its signing key since the last fetch) makes the request wait
+    /// for a fetch, at most one per `min_refresh_interval`.
     pub(crate) async fn key(&self, http: &reqwest::Client, kid: &str) -> Option<VerifyingKey> {
-        let mut set = self.snapshot();
-        if set.fresh_until.is_some_and(|t| Instant::now() >= t) {
-            self.refresh(http).await;
-            set = self.snapshot();
+        let set = self.inner.snapshot();
+        if set.fresh_until.is_some_and(|t| Instant::now() >= t)
+            && !self.inner.refreshing.swap(true, Ordering::AcqRel)
+        {
+            let (inner, http) = (self.inner.clone(), http.clone());
+            tokio::spawn(async move {
+                inner.refresh(&http).await;
+                inner.refreshing.store(false, Ordering::Release);
+            });
         }
         if let Some(key) = set.keys.get(kid) {
             return Some(*key);
         }
         // A new kid usually means the issuer rotated its signing key.
-        self.refresh(http).await;
-        self.snapshot().keys.get(kid).copied()
+        self.inner.refresh(http).await;
+        self.inner.snapshot().keys.get(kid).copied()
+    }
+}
+
+impl Inner {
+    fn snapshot(&self) -> Arc<KeySet> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn refresh(&self, http: &reqwest::Client) {
@@ -98,7 +135,7 @@ impl Jwks {
             return;
         }
         *last_start = Some(Instant::now());
-        match fetch(http, uri).await {
+        match fetch(http, uri, self.min_refresh_interval).await {
             Ok(set) => *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set),
             // The last good keys stay in use: an issuer outage must not stop verification of
             // tokens it signed before.
@@ -109,7 +146,13 @@ impl Jwks {
     }
 }
 
-async fn fetch(http: &reqwest::Client, uri: &str) -> Result<KeySet> {
+/// Reads the key set at `uri`. Its `max-age` is kept within bounds; the floor is the least
+/// time between fetches (at most [`MIN_MAX_AGE`]), since fetching more often is refused anyway.
+async fn fetch(
+    http: &reqwest::Client,
+    uri: &str,
+    min_refresh_interval: Duration,
+) -> Result<KeySet> {
     let response = http.get(uri).send().await.map_err(Error::from_http)?;
     if !response.status().is_success() {
         return Err(error_from_response(response).await);
@@ -121,7 +164,7 @@ async fn fetch(http: &reqwest::Client, uri: &str) -> Result<KeySet> {
         .filter_map(|v| v.to_str().ok())
         .find_map(max_age)
         .unwrap_or(DEFAULT_MAX_AGE)
-        .clamp(MIN_MAX_AGE, MAX_MAX_AGE);
+        .clamp(MIN_MAX_AGE.min(min_refresh_interval), MAX_MAX_AGE);
     let jwks: Value = response.json().await.map_err(Error::from_http)?;
     Ok(KeySet {
         keys: parse(&jwks)?,

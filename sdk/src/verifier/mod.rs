@@ -5,6 +5,7 @@ mod claims;
 mod jwks;
 mod replay;
 mod revocations;
+mod status;
 mod token;
 
 pub use token::VerifiedToken;
@@ -19,7 +20,11 @@ use std::time::{Duration, SystemTime};
 use self::claims::ClaimRules;
 use self::jwks::Jwks;
 use self::replay::{ReplayCache, ReplayError};
-use self::revocations::{FEED_TYP, FeedClaims, Revocations};
+use self::revocations::{FEED_TYP, FeedClaims, MAX_PAGES_PER_POLL, Revocations, horizon};
+use self::status::{
+    Fetched, ListClaims, MAX_LIST_RESPONSE, STATUS_LIST_MEDIA_TYPE, STATUS_LIST_TYP, Slot,
+    StatusList, StatusLists, StatusRef,
+};
 use self::token::AccessClaims;
 use crate::dpop::{ProofExpectations, ProofKeys, check_proof, htu};
 use crate::error::{Error, ErrorKind, InvalidTokenReason, Result};
@@ -35,6 +40,13 @@ const TOKEN_TYPS: [&str; 2] = ["at+jwt", "application/at+jwt"];
 /// A feed page older than this is refused: an attacker on the path replaying an old, validly
 /// signed page must not be able to hide newer revocations.
 const MAX_FEED_AGE: u64 = 300;
+/// Where keybound publishes its status lists, under the issuer. A token naming a list
+/// anywhere else is refused: the verifier fetches only from its issuer.
+const STATUS_LIST_PATH: &str = "/v1/status-lists/";
+/// After a failed first fetch of a status list, requests do not try again inline for this
+/// long (they are judged on the feed meanwhile), so an unreachable list does not put a
+/// network round trip on every request.
+const STATUS_RETRY: Duration = Duration::from_secs(2);
 
 /// Checks keybound access tokens offline, as a resource server needs.
 ///
@@ -63,6 +75,38 @@ const MAX_FEED_AGE: u64 = 300;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # When a service cannot verify offline: introspection
+///
+/// A service that cannot run this verifier (a gateway without Ed25519, a language without an
+/// SDK, a policy against caching keys) can ask the issuer instead, with RFC 7662
+/// introspection (contract 9.4): one call per request, answered from the issuer's validation
+/// cache, so a revoked or suspended key or a revoked device is inactive at once rather than
+/// after the next feed poll. The operator gives the service its own bearer token
+/// (`keybound serve --introspection-token T`, repeatable):
+///
+/// ```text
+/// POST /v1/token/introspect HTTP/1.1
+/// Host: auth.example.com
+/// Authorization: Bearer <introspection token>
+/// Content-Type: application/x-www-form-urlencoded
+///
+/// token=eyJ…
+///
+/// HTTP/1.1 200 OK
+/// Cache-Control: no-store
+///
+/// {"active": true, "scope": "read:orders", "client_id": "ak_prod_…", "sub": "ak_prod_…",
+///  "aud": "https://api.example.com", "iss": "https://auth.example.com", "exp": 1767225900,
+///  "iat": 1767225600, "jti": "…", "token_type": "DPoP", "cnf": {"jkt": "…"},
+///  "did": "dev_…", "trust": "trusted"}
+/// ```
+///
+/// Anything else answers `{"active": false}` and nothing more. Introspection does **not**
+/// check the DPoP proof: the service must still check the request's `DPoP` header against
+/// `cnf.jkt` (RFC 9449 section 7), and the audience, as this verifier does; without that a
+/// stolen token is as good as the device's. Prefer this verifier where it can run: it needs no
+/// call per request and keeps working while the issuer is unreachable.
 pub struct Verifier {
     shared: Arc<Shared>,
     poller: Option<tokio::task::JoinHandle<()>>,
@@ -79,8 +123,12 @@ struct Shared {
     proof_keys: ProofKeys,
     revocations: Revocations,
     feed: Option<Feed>,
+    status_lists: StatusLists,
+    status_prefix: String,
+    max_staleness: Duration,
     token_rules: ClaimRules,
     feed_rules: ClaimRules,
+    list_rules: ClaimRules,
 }
 
 struct Feed {
@@ -100,6 +148,8 @@ pub struct VerifierBuilder {
     jwks_refresh_interval: Duration,
     poll_interval: Option<Duration>,
     replay_capacity: usize,
+    replay_quota_per_key: usize,
+    max_staleness: Duration,
     http_timeout: Duration,
     resource_url: Option<String>,
     allow_insecure_http: bool,
@@ -118,6 +168,8 @@ impl Verifier {
             jwks_refresh_interval: Duration::from_secs(10),
             poll_interval: Some(Duration::from_secs(5)),
             replay_capacity: 100_000,
+            replay_quota_per_key: 1_000,
+            max_staleness: Duration::from_secs(300),
             http_timeout: Duration::from_secs(5),
             resource_url: None,
             allow_insecure_http: false,
@@ -132,12 +184,17 @@ impl Verifier {
     /// is refused); the token's `alg` (EdDSA only), `typ` (`at+jwt`) and `kid`; its signature;
     /// `iss`, `aud`, `exp` and `nbf` (with the leeway); `cnf.jkt`; the revocation feed; the
     /// proof (RFC 9449 section 4.3: `typ`, `alg`, signature by its `jwk`, `htm`, `htu`, `iat`,
-    /// `ath`); that the proof's key is the one in `cnf.jkt`; and last, that the proof was not
-    /// used before.
+    /// `ath`); that the proof's key is the one in `cnf.jkt`; the token's entry in its status
+    /// list (contract section 10); that the revocation state is fresh enough
+    /// ([`VerifierBuilder::max_staleness`]); and last, that the proof was not used before.
     ///
     /// Refusals are [`ErrorKind::InvalidToken`] with the failed check, or
-    /// [`ErrorKind::Revoked`]. [`ErrorKind::Unavailable`] means the replay cache is full of
-    /// live entries and the verifier fails closed.
+    /// [`ErrorKind::Revoked`] (the feed or the status list says the key or device was revoked
+    /// or suspended). [`ErrorKind::Unavailable`] means the verifier fails closed: neither the
+    /// feed nor the token's status list could be read for longer than `max_staleness`, or the
+    /// replay cache is full of live entries. [`ErrorKind::RateLimited`] means this device key
+    /// holds its whole quota of the replay cache
+    /// ([`VerifierBuilder::replay_quota_per_key`]).
     pub async fn verify_request(
         &self,
         method: &str,
@@ -192,13 +249,22 @@ impl Verifier {
         if checked.jkt != jkt {
             return Err(Error::invalid_token(ProofKeyMismatch));
         }
+        check_status(&self.shared, claims.status.as_ref().map(|s| &s.status_list)).await?;
         // An accepted proof has |iat - now| <= window, so it cannot be accepted after
         // now + 2 * window; remembering it that long is enough.
         let remember_until = now + 2 * shared.proof_window + 1;
-        let replay_id = format!("{}:{}", checked.jkt, checked.jti);
-        match shared.replay.insert(replay_id, remember_until, now) {
+        match shared
+            .replay
+            .insert(&checked.jkt, &checked.jti, remember_until, now)
+        {
             Ok(()) => {}
             Err(ReplayError::Replayed) => return Err(Error::invalid_token(ProofReplayed)),
+            Err(ReplayError::QuotaExceeded { until }) => {
+                return Err(Error::new(ErrorKind::RateLimited {
+                    retry_after: Some(Duration::from_secs(until.saturating_sub(now).max(1))),
+                })
+                .with_message("this device key holds its whole share of the DPoP replay cache"));
+            }
             Err(ReplayError::Full) => {
                 tracing::warn!("DPoP replay cache is full; refusing requests until entries expire");
                 return Err(
@@ -210,8 +276,9 @@ impl Verifier {
         Ok(VerifiedToken::new(claims, jkt))
     }
 
-    /// Whether the revocation feed was read successfully within the last three poll intervals.
-    /// Always `false` when the feed is disabled. Export it as a metric or a readiness signal.
+    /// Whether the revocation feed was read to its end within the last three poll intervals.
+    /// `false` while the verifier is still catching up with a long feed, and always `false`
+    /// when the feed is disabled. Export it as a metric or a readiness signal.
     pub fn feed_healthy(&self) -> bool {
         self.shared
             .feed
@@ -280,15 +347,38 @@ impl Shared {
         serde_json::from_slice(&payload).map_err(|_| Malformed)
     }
 
-    /// Reads the next page of the revocation feed and applies it.
+    /// Reads the revocation feed from the cursor and applies it, page after page while it says
+    /// there are `more` (at most [`MAX_PAGES_PER_POLL`] pages a poll). The first poll starts at
+    /// the revocation horizon (`since_time`), not at the feed's beginning.
     async fn poll_revocations(&self) -> Result<()> {
         let Some(feed) = &self.feed else {
             return Ok(());
         };
-        let mut request = self.http.get(feed.url.clone());
-        if let Some(cursor) = self.revocations.cursor() {
-            request = request.query(&[("since", cursor)]);
+        for _ in 0..MAX_PAGES_PER_POLL {
+            let page = self.read_feed_page(&feed.url).await?;
+            let more = page.more && page.next.is_some();
+            let count = page.revocations.len();
+            self.revocations.apply(page, self.leeway);
+            if count > 0 {
+                tracing::info!(count, "applied revocations from the feed");
+            }
+            if !more {
+                self.revocations.poll_finished(true);
+                return Ok(());
+            }
         }
+        tracing::warn!("revocation feed longer than one poll reads; catching up");
+        self.revocations.poll_finished(false);
+        Ok(())
+    }
+
+    /// One verified page of the feed after the current cursor.
+    async fn read_feed_page(&self, url: &Url) -> Result<FeedClaims> {
+        let mut request = self.http.get(url.clone());
+        request = match self.revocations.cursor() {
+            Some(cursor) => request.query(&[("since", cursor)]),
+            None => request.query(&[("since_time", horizon(unix_now(), self.leeway))]),
+        };
         let response = request.send().await.map_err(Error::from_http)?;
         if !response.status().is_success() {
             return Err(error_from_response(response).await);
@@ -310,12 +400,143 @@ impl Shared {
             return Err(Error::new(ErrorKind::UnexpectedResponse { status: 200 })
                 .with_message("stale revocation feed page"));
         }
-        let count = page.revocations.len();
-        self.revocations.apply(page, self.leeway);
-        if count > 0 {
-            tracing::info!(count, "applied revocations from the feed");
+        Ok(page)
+    }
+
+    /// Fetches and verifies the status list token at `uri`: signed by the issuer like access
+    /// tokens (`typ: statuslist+jwt`), its `sub` the URI it was fetched from, the response and
+    /// the decompressed list both bounded.
+    async fn fetch_status_list(&self, uri: &str) -> Result<Fetched> {
+        let unexpected = |message: &'static str| {
+            Error::new(ErrorKind::UnexpectedResponse { status: 200 }).with_message(message)
+        };
+        let mut response = self
+            .http
+            .get(uri)
+            .header(reqwest::header::ACCEPT, STATUS_LIST_MEDIA_TYPE)
+            .send()
+            .await
+            .map_err(Error::from_http)?;
+        if !response.status().is_success() {
+            return Err(error_from_response(response).await);
         }
-        Ok(())
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_LIST_RESPONSE as u64)
+        {
+            return Err(unexpected("status list response too large"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(Error::from_http)? {
+            if body.len() + chunk.len() > MAX_LIST_RESPONSE {
+                return Err(unexpected("status list response too large"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| unexpected("status list is not text"))?
+            .trim();
+        let claims: ListClaims = self
+            .verify_jws(text, &[STATUS_LIST_TYP], &self.list_rules)
+            .await
+            .map_err(|reason| {
+                Error::new(ErrorKind::InvalidToken(reason)).with_message("status list")
+            })?;
+        // Draft section 5.1: `sub` is the list's URI; a list served for another URI (a
+        // cache or proxy mix-up, or an attacker replaying a validly signed list) is refused.
+        if claims.sub != uri {
+            return Err(unexpected("status list names another URI"));
+        }
+        let list = StatusList::decode(&claims.status_list)
+            .map_err(|_| unexpected("status list cannot be decoded"))?;
+        tracing::debug!(uri, iat = claims.iat, "status list fetched");
+        Ok(Fetched::new(claims, list))
+    }
+}
+
+/// The token's revocation status from its status list, then the freshness rule.
+///
+/// A list seen before answers from memory; past its `ttl` it is refreshed in the background
+/// while the copy in hand keeps answering. A list never seen is fetched first (one fetch for
+/// all concurrent requests). Then: a status other than 0 (1 invalid, 2 suspended) refuses the
+/// token; and when neither the feed nor the list was read within `max_staleness`, the token is
+/// refused as [`ErrorKind::Unavailable`]: the verifier no longer knows what was revoked.
+async fn check_status(shared: &Arc<Shared>, status: Option<&StatusRef>) -> Result<()> {
+    let fetched = match status {
+        Some(status) => current_list(shared, status).await?,
+        None => None,
+    };
+    if let (Some(status), Some(fetched)) = (status, &fetched) {
+        match fetched.list.get(status.idx) {
+            Some(0) => {}
+            Some(_) => return Err(Error::new(ErrorKind::Revoked)),
+            // Draft section 8.3: an index outside the list is an invalid reference.
+            None => return Err(Error::invalid_token(InvalidTokenReason::Malformed)),
+        }
+    }
+    let feed_read = shared
+        .feed
+        .as_ref()
+        .and_then(|_| shared.revocations.last_success());
+    // A copy past its own `exp` still says what was revoked, but no longer that the rest is
+    // valid: it does not count as fresh.
+    let now = unix_now();
+    let list_read = fetched
+        .as_ref()
+        .filter(|f| f.expires_at.is_none_or(|exp| now <= exp + shared.leeway))
+        .map(|f| f.fetched_at);
+    let newest = feed_read.max(list_read);
+    let watched = shared.feed.is_some() || status.is_some();
+    let stale = newest
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age > shared.max_staleness);
+    if watched && stale {
+        tracing::warn!("neither the revocation feed nor the status list is fresh; refusing");
+        return Err(Error::new(ErrorKind::Unavailable)
+            .with_message("revocation state is older than max_staleness"));
+    }
+    Ok(())
+}
+
+/// The copy of the status list `status` names that requests should use now, if any.
+async fn current_list(shared: &Arc<Shared>, status: &StatusRef) -> Result<Option<Arc<Fetched>>> {
+    let under_issuer = status
+        .uri
+        .strip_prefix(&shared.status_prefix)
+        .is_some_and(|n| !n.is_empty() && !n.contains(['/', '?', '#']));
+    if !under_issuer {
+        return Err(Error::invalid_token(InvalidTokenReason::Malformed)
+            .with_message("status list outside the issuer"));
+    }
+    let slot = shared.status_lists.slot(&status.uri);
+    if let Some(fetched) = slot.current() {
+        if std::time::SystemTime::now() >= fetched.refresh_at && slot.start_refresh() {
+            let (shared, slot, uri) = (shared.clone(), slot.clone(), status.uri.clone());
+            tokio::spawn(async move {
+                refresh_list(&shared, &slot, &uri).await;
+                slot.end_refresh();
+            });
+        }
+        return Ok(Some(fetched));
+    }
+    if !slot.may_retry(STATUS_RETRY) {
+        return Ok(None);
+    }
+    let _one_fetch = slot.fetch.lock().await;
+    if slot.current().is_none() && slot.may_retry(STATUS_RETRY) {
+        refresh_list(shared, &slot, &status.uri).await;
+    }
+    Ok(slot.current())
+}
+
+/// Fetches the list into its slot; a failure keeps the last good copy and is logged.
+async fn refresh_list(shared: &Shared, slot: &Slot, uri: &str) {
+    match shared.fetch_status_list(uri).await {
+        Ok(fetched) => slot.store(fetched),
+        Err(error) => {
+            slot.failed();
+            tracing::warn!(%error, uri, "status list unreachable; keeping the last good copy");
+        }
     }
 }
 
@@ -382,7 +603,27 @@ impl VerifierBuilder {
         self
     }
 
-    /// Timeout for each request to the issuer (metadata, JWKS, feed). Default: 5 s.
+    /// How many live proofs one device key (`jkt`) may hold in the replay cache. A client that
+    /// sends more proofs than this within the replay window (twice the proof window) is
+    /// refused with [`ErrorKind::RateLimited`] until its oldest proofs expire, so one client
+    /// cannot fill the cache and lock every other client out. Default: 1 000 (over 8 requests
+    /// per second per device, sustained, with the default window); at most the capacity.
+    pub fn replay_quota_per_key(mut self, quota: usize) -> Self {
+        self.replay_quota_per_key = quota.max(1);
+        self
+    }
+
+    /// How old the verifier's knowledge of revocations may get before it refuses tokens
+    /// ([`ErrorKind::Unavailable`], fail closed). Knowledge is as fresh as the newer of the last
+    /// complete read of the revocation feed and the last fetch of the token's status list, so
+    /// an outage of one of them alone changes nothing. Default: 5 minutes — long enough to ride
+    /// out a brief issuer outage, short next to the hour an access token can live.
+    pub fn max_staleness(mut self, max: Duration) -> Self {
+        self.max_staleness = max;
+        self
+    }
+
+    /// Timeout for each request to the issuer (metadata, JWKS, feed, status lists). Default: 5 s.
     pub fn http_timeout(mut self, timeout: Duration) -> Self {
         self.http_timeout = timeout;
         self
@@ -439,15 +680,19 @@ impl VerifierBuilder {
         };
         let token_rules = ClaimRules {
             issuer: self.issuer.clone(),
+            require_issuer: true,
             audiences: Some(audiences),
             require_exp: true,
             leeway: self.leeway.as_secs(),
         };
         let feed_rules = ClaimRules {
-            issuer: self.issuer.clone(),
             audiences: None,
             require_exp: false,
-            leeway: self.leeway.as_secs(),
+            ..token_rules.clone()
+        };
+        let list_rules = ClaimRules {
+            require_issuer: false,
+            ..feed_rules.clone()
         };
 
         let feed = self.poll_interval.map(|interval| Feed {
@@ -458,6 +703,7 @@ impl VerifierBuilder {
             .expect("the issuer is a valid URL"),
             interval,
         });
+        let status_prefix = format!("{}{STATUS_LIST_PATH}", self.issuer.trim_end_matches('/'));
         let shared = Arc::new(Shared {
             issuer: self.issuer,
             leeway: self.leeway.as_secs(),
@@ -465,12 +711,16 @@ impl VerifierBuilder {
             resource_url,
             http,
             jwks,
-            replay: ReplayCache::new(self.replay_capacity),
+            replay: ReplayCache::new(self.replay_capacity, self.replay_quota_per_key),
             proof_keys: ProofKeys::default(),
             revocations: Revocations::default(),
             feed,
+            status_lists: StatusLists::default(),
+            status_prefix,
+            max_staleness: self.max_staleness,
             token_rules,
             feed_rules,
+            list_rules,
         });
 
         let poller = match &shared.feed {

@@ -1,6 +1,12 @@
 //! The revocation feed (contract 3.3): a signed, incremental list of revoked or suspended API
 //! keys and revoked devices, polled so that a revocation reaches this resource server within the
 //! poll interval instead of the token lifetime.
+//!
+//! A poll reads pages until the feed says there are no `more` (at most
+//! [`MAX_PAGES_PER_POLL`]), so a burst of revocations is applied in one poll rather than one
+//! page per interval. The first poll starts at [`horizon`] (`since_time`) instead of the
+//! beginning of the feed: older entries can only name tokens that have expired. While pages
+//! remain unread the feed is not called healthy.
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -21,12 +27,26 @@ const MAX_TOKEN_LIFETIME: u64 = 3600;
 /// in that second by an instance that had not seen it yet is refused too.
 const PROPAGATION_MARGIN: u64 = 1;
 
+/// The most pages one poll reads (1 000 entries each on keybound): a poll catches up with
+/// 20 000 revocations, and a feed that is longer still is read over several polls, during
+/// which [`Revocations::healthy`] says no.
+pub(crate) const MAX_PAGES_PER_POLL: usize = 20;
+
+/// The earliest revocation time that can still matter at `now`: a revocation before it can
+/// only cover tokens that have expired. The first poll asks the feed to start there.
+pub(crate) fn horizon(now: u64, leeway: u64) -> u64 {
+    now.saturating_sub(MAX_TOKEN_LIFETIME + PROPAGATION_MARGIN + leeway)
+}
+
 /// The claims of a feed page.
 #[derive(Deserialize)]
 pub(crate) struct FeedClaims {
     pub(crate) iat: u64,
     pub(crate) revocations: Vec<Entry>,
     pub(crate) next: Option<String>,
+    /// Whether entries remain after this page.
+    #[serde(default)]
+    pub(crate) more: bool,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +70,8 @@ struct State {
     cursor: Option<String>,
     last_iat: u64,
     last_success: Option<SystemTime>,
+    /// The last poll stopped with pages still unread.
+    behind: bool,
 }
 
 impl Revocations {
@@ -104,18 +126,31 @@ impl Revocations {
             state.cursor = page.next;
         }
         state.last_iat = state.last_iat.max(page.iat);
-        state.last_success = Some(SystemTime::now());
 
-        let horizon = unix_now().saturating_sub(MAX_TOKEN_LIFETIME + PROPAGATION_MARGIN + leeway);
+        let horizon = horizon(unix_now(), leeway);
         state.keys.retain(|_, at| *at >= horizon);
         state.devices.retain(|_, at| *at >= horizon);
     }
 
-    /// Healthy when the last successful poll is at most `max_age` old.
+    /// Records the end of a poll that read every page it asked for: `caught_up` is false when
+    /// it stopped at [`MAX_PAGES_PER_POLL`] with more to read. Only a poll that caught up
+    /// counts as a success: until then newer revocations may sit on unread pages.
+    pub(crate) fn poll_finished(&self, caught_up: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.behind = !caught_up;
+        if caught_up {
+            state.last_success = Some(SystemTime::now());
+        }
+    }
+
+    /// Healthy when the last poll read the feed to its end and is at most `max_age` old.
     pub(crate) fn healthy(&self, max_age: Duration) -> bool {
-        self.last_success()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age <= max_age)
+        let behind = self.state.lock().unwrap_or_else(|e| e.into_inner()).behind;
+        !behind
+            && self
+                .last_success()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age <= max_age)
     }
 }
 
@@ -135,6 +170,7 @@ mod tests {
                 })
                 .collect(),
             next: Some(next.into()),
+            more: false,
         }
     }
 
@@ -149,6 +185,7 @@ mod tests {
             ),
             30,
         );
+        revocations.poll_finished(true);
         assert!(revocations.is_revoked("ak_test_1", "other", now - 20));
         assert!(revocations.is_revoked("other", "jkt-1", now - 5));
         assert!(
@@ -169,5 +206,17 @@ mod tests {
             30,
         );
         assert!(revocations.state.lock().unwrap().keys.is_empty());
+    }
+
+    #[test]
+    fn a_poll_that_stopped_early_is_not_healthy() {
+        let revocations = Revocations::default();
+        revocations.apply(page(&[], "c1"), 30);
+        revocations.poll_finished(true);
+        assert!(revocations.healthy(Duration::from_secs(5)));
+        revocations.poll_finished(false);
+        assert!(!revocations.healthy(Duration::from_secs(5)), "pages unread");
+        revocations.poll_finished(true);
+        assert!(revocations.healthy(Duration::from_secs(5)));
     }
 }

@@ -20,6 +20,9 @@ pub(crate) struct AccessClaims {
     pub(crate) cnf: Option<Confirmation>,
     pub(crate) did: String,
     pub(crate) trust: TrustLevel,
+    /// Where the token's revocation status is published (contract section 10); absent in
+    /// tokens from servers older than the status lists.
+    pub(crate) status: Option<super::status::StatusClaim>,
 }
 
 #[derive(Deserialize)]

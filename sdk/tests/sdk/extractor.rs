@@ -34,6 +34,10 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with_replay_quota(1_000).await
+}
+
+async fn api_with_replay_quota(quota: usize) -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let issuer = TestIssuer::new(ISSUER);
@@ -41,6 +45,7 @@ async fn api() -> Api {
         .audience(AUDIENCE)
         .jwks(issuer.jwks())
         .danger_disable_revocation_feed()
+        .replay_quota_per_key(quota)
         .resource_url(&base)
         .build()
         .await
@@ -60,6 +65,7 @@ async fn api() -> Api {
 struct Answer {
     status: StatusCode,
     challenge: Option<String>,
+    retry_after: Option<String>,
     body: String,
 }
 
@@ -74,6 +80,10 @@ async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
         challenge: response
             .headers()
             .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        retry_after: response
+            .headers()
+            .get("retry-after")
             .map(|v| v.to_str().unwrap().to_owned()),
         body: response.text().await.unwrap(),
     }
@@ -170,4 +180,40 @@ async fn refusals_carry_the_rfc_challenges() {
         let body: Value = serde_json::from_str(&answer.body).unwrap();
         assert!(body["error"]["code"].is_string(), "{name}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_client_past_its_replay_quota_gets_429_with_retry_after() {
+    // Arrange: each device key may hold 3 live proofs.
+    let api = api_with_replay_quota(3).await;
+    let device = Ed25519DeviceKey::generate();
+    let token = api.issuer.access_token(&api.issuer.claims(&device));
+    let users = format!("{}/v1/users", api.base);
+    let auth = format!("DPoP {token}");
+    let mut answers = Vec::new();
+
+    // Act: four requests, each with a fresh proof.
+    for _ in 0..4 {
+        let proof = proof(&device, "GET", &users, &token);
+        answers.push(get_with(&users, &[("authorization", &auth), ("dpop", &proof)]).await);
+    }
+
+    // Assert
+    let statuses: Vec<StatusCode> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let refused = &answers[3];
+    let wait: u64 = refused.retry_after.as_deref().unwrap().parse().unwrap();
+    // Proofs are remembered for twice the 60 s window plus a second; room comes back the
+    // second after.
+    assert!((1..=122).contains(&wait), "Retry-After {wait}");
+    let body: Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
 }

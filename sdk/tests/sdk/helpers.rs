@@ -96,9 +96,36 @@ impl TestIssuer {
     }
 
     pub fn feed(&self, revocations: &[Value], next: &str) -> String {
+        self.feed_page(revocations, next, false)
+    }
+
+    /// A feed page, with `more` saying whether entries remain after it.
+    pub fn feed_page(&self, revocations: &[Value], next: &str, more: bool) -> String {
         self.sign(
             "revocations+jwt",
-            &json!({ "iss": self.issuer, "iat": now(), "revocations": revocations, "next": next }),
+            &json!({
+                "iss": self.issuer, "iat": now(), "revocations": revocations, "next": next,
+                "more": more,
+            }),
+        )
+    }
+
+    /// A status list token for `uri` (contract section 10): 2-bit `statuses`, ZLIB-compressed.
+    pub fn status_list(&self, uri: &str, statuses: &[u8], ttl: u64) -> String {
+        use std::io::Write as _;
+        let mut bytes = vec![0u8; statuses.len().div_ceil(4)];
+        for (i, status) in statuses.iter().enumerate() {
+            bytes[i / 4] |= (status & 3) << (2 * (i % 4));
+        }
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&bytes).unwrap();
+        let now = now();
+        self.sign(
+            "statuslist+jwt",
+            &json!({
+                "sub": uri, "iat": now, "exp": now + 600, "ttl": ttl,
+                "status_list": {"bits": 2, "lst": b64(z.finish().unwrap())},
+            }),
         )
     }
 }

@@ -9,4 +9,5 @@ mod extractor;
 mod client;
 mod client_session;
 mod revocations;
+mod status;
 mod verifier;

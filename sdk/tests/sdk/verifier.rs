@@ -318,8 +318,11 @@ async fn a_replayed_proof_is_refused() {
 
 #[tokio::test]
 async fn a_full_replay_cache_fails_closed() {
+    // Two devices: one device alone can never fill the cache (its quota is at most the
+    // capacity), so the second proof comes from another key.
     let issuer = TestIssuer::new(ISSUER);
     let device = Ed25519DeviceKey::generate();
+    let other = Ed25519DeviceKey::generate();
     let verifier = Verifier::builder(ISSUER)
         .audience(AUDIENCE)
         .jwks(issuer.jwks())
@@ -329,7 +332,7 @@ async fn a_full_replay_cache_fails_closed() {
         .await
         .unwrap();
     let (a1, p1) = bound(&issuer, &device, issuer.claims(&device));
-    let (a2, p2) = bound(&issuer, &device, issuer.claims(&device));
+    let (a2, p2) = bound(&issuer, &other, issuer.claims(&other));
     assert!(
         verifier
             .verify_request("GET", RESOURCE, a1.as_deref(), p1.as_deref())

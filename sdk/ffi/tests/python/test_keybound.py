@@ -268,8 +268,10 @@ class BindingsTest(unittest.TestCase):
         run(test)
 
     def test_sign_out_revokes_the_family_and_forgets_the_tokens(self):
-        _, metadata = http("GET", URL + "/.well-known/oauth-authorization-server")
-        if "revocation_endpoint" not in json.loads(metadata):
+        # Without a proof the endpoint answers INVALID_DPOP_PROOF; a 404 means it is not built
+        # into this server yet (it comes with issue 19's refresh work).
+        status, _ = http("POST", URL + "/v1/token/revoke", {"token": "x"})
+        if status == 404:
             self.skipTest("this server has no POST /v1/token/revoke yet (contract 9.3)")
 
         async def test():
