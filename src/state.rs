@@ -98,7 +98,9 @@ impl Settings {
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
             alert_retention_days: args.alert_retention_days,
-            bench_routes: args.bench_routes,
+            // Contract section 7: a prod server has no benchmark route or switch, whatever
+            // flags it is given (`serve` warns when the flag is dropped).
+            bench_routes: args.bench_routes && args.profile != Profile::Prod,
             body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout_seconds),
             enrollments_per_hour: args.enrollments_per_hour,
             stale_device_secs: args.stale_device_days * 86_400,

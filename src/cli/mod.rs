@@ -46,6 +46,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let store = crate::store::open(&url).await?;
             if args.profile == crate::config::Profile::Prod {
+                if args.bench_routes {
+                    tracing::warn!(
+                        "--bench-routes is ignored under --profile prod: a production server has \
+                         no benchmark route or switch"
+                    );
+                }
                 for path in crate::store::loose_permissions(&url) {
                     tracing::warn!(
                         path,

@@ -208,7 +208,7 @@ async fn exchange_as(
     } = body.device.unwrap_or_default();
     let (device, decision) = device_and_trust(
         state,
-        &key,
+        key,
         &proof,
         Presentation {
             attributes: presented,
@@ -577,8 +577,10 @@ async fn check_proof(
     {
         // A nonce challenge is protocol, not a failure, so it does not spend the failure
         // budget; an endless stream of them from one address spends this softer one.
-        if state.switches.rate_limits() && state.nonce_challenges.record_failure(ip).await? {
+        // Refused once the address has had its budget's worth of challenges this minute.
+        if state.switches.rate_limits() {
             state.nonce_challenges.check(ip).await?;
+            state.nonce_challenges.record_failure(ip).await?;
         }
         return Err(Error::UseDpopNonce {
             nonce: state.nonces.issue(now),
@@ -748,6 +750,9 @@ async fn enroll(
         stale_before: now - state.settings.stale_device_secs,
         now,
     };
+    // The enrollment reads the key's other devices (is one trusted? which is stale?): their
+    // batched history goes to storage first. Enrollments are rare, and synchronous anyway.
+    state.flush_devices().await;
     match state.store.enroll_device(&d, limits).await? {
         Enrollment::Enrolled {
             device,

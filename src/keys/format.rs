@@ -205,8 +205,30 @@ impl ApiKey {
     pub fn secret_hash(&self) -> [u8; 32] {
         let s = self.plaintext.expose_secret();
         let start = s.len() - CHECKSUM_LEN - SECRET_LEN;
-        Sha256::digest(&s.as_bytes()[start..s.len() - CHECKSUM_LEN]).into()
+        let hash = sha256_of(&s.as_bytes()[start..s.len() - CHECKSUM_LEN]);
+        // SHA-256 copies its last partial block (here the whole 43-byte secret) into a
+        // buffer in its own stack frame, which nothing clears: the secret would stay on the
+        // worker thread's stack until other calls happen to overwrite it (lab C found such
+        // copies). The frame just released is overwritten at once instead.
+        scrub_stack();
+        hash
     }
+}
+
+/// SHA-256 in a frame of its own, so [`scrub_stack`] called next from the same caller
+/// overwrites it.
+#[inline(never)]
+fn sha256_of(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Overwrites the stack below the caller's frame (where the callee it just returned from
+/// kept its locals) with zeros. 4 KiB covers the hasher's frames with a wide margin.
+#[inline(never)]
+fn scrub_stack() {
+    let mut area = [0u8; 4096];
+    zeroize::Zeroize::zeroize(&mut area[..]);
+    std::hint::black_box(&area);
 }
 
 /// Splits `sk_<env>_<body>` after checking the exact format (no checksum check).

@@ -828,3 +828,31 @@ async fn a_suspended_key_can_be_rotated_and_stays_suspended(db: TestDb) {
     )
     .await;
 }
+
+/// Contract section 7: a `--profile prod` server has no benchmark route or switch, whatever
+/// flags it is given. `--bench-routes` under prod starts the server without them.
+#[tokio::test]
+async fn a_prod_server_has_no_bench_route_or_switch_even_with_the_flag() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.profile = keybound::config::Profile::Prod;
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.bench_routes = true;
+    })
+    .await;
+    for (method, path) in [
+        (reqwest::Method::POST, "/bench/sign"),
+        (reqwest::Method::POST, "/bench/verify-sign"),
+        (reqwest::Method::PUT, "/bench/switches"),
+    ] {
+        let res = app
+            .client
+            .request(method, app.url(path))
+            .json(&json!({"rate_limits": false, "usage": false, "writes": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    app.stop().await;
+}
