@@ -88,7 +88,9 @@ fn tokens(c: &mut Criterion) {
         jkt: "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k",
         device_id: "dev_0190f0c0a0b0c0d0e0f0a0b0c0d0e0f0",
         trust: GrantedTrust::Trusted,
+        att: None,
         ttl_seconds: 300,
+        status_idx: 0,
     };
     c.bench_function("token/claims+sign_eddsa", |b| {
         b.iter(|| AccessClaims::new(black_box(&grant), 1_700_000_000).sign(&key))
@@ -121,6 +123,7 @@ fn tokens(c: &mut Criterion) {
                     network_seen_before: true,
                     distinct_networks_recent: 2,
                 },
+                attested: false,
                 trust_on_enroll: false,
                 approved: false,
                 is_new: false,

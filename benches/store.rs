@@ -71,6 +71,7 @@ fn body() -> TokenRequest {
         audience: None,
         device: Some(DeviceInfo {
             name: None,
+            attestation: None,
             attributes: [
                 ("platform", "ios"),
                 ("model", "iPhone15,2"),
@@ -84,17 +85,16 @@ fn body() -> TokenRequest {
 }
 
 async fn exchange_once(running: &Running, key: &str, proof: &str) {
-    let seen = std::sync::OnceLock::new();
     let p = Presented {
         api_key: Some(key),
         proof: Ok(Some(proof)),
         origin: None,
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        key_seen: &seen,
         path: exchange::TOKEN_PATH,
     };
     exchange::exchange(&running.state, p, body())
         .await
+        .result
         .expect("the exchange succeeds");
 }
 

@@ -5,7 +5,7 @@
 //! cargo run --example resource_server
 //! ```
 //!
-//! Settings (environment): `KEYBOUND_ISSUER` (default `http://127.0.0.1:8080`), `LISTEN`
+//! Settings (environment): `KEYBOUND_URL` (the keybound server and token issuer, default `http://127.0.0.1:8080`), `LISTEN`
 //! (default `127.0.0.1:3000`), `AUDIENCE` (default: the issuer, which is the server's default
 //! audience when it runs without `--audience`).
 
@@ -48,7 +48,7 @@ async fn ready(State(verifier): State<Arc<Verifier>>) -> (StatusCode, &'static s
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let issuer = env::var("KEYBOUND_ISSUER").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+    let issuer = env::var("KEYBOUND_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let listen = env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let audience = env::var("AUDIENCE").unwrap_or_else(|_| issuer.clone());
 

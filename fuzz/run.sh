@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of keybound's parsers with cargo-fuzz (libFuzzer), for a bounded time.
 #
-#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]    # default 60 s; targets: api_key dpop_proof bodies
+#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]    # default 60 s; targets: api_key dpop_proof bodies attestation
 #
 # Needs a nightly toolchain (`rustup toolchain install nightly`) and cargo-fuzz
 # (`cargo install cargo-fuzz`). Seeds (valid keys, proofs and bodies) are made by the
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(api_key dpop_proof bodies)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(api_key dpop_proof bodies attestation)
 
 cargo +nightly --version >/dev/null || { echo "needs a nightly toolchain" >&2; exit 2; }
 cargo fuzz --version >/dev/null || { echo "needs cargo-fuzz: cargo install cargo-fuzz" >&2; exit 2; }

@@ -71,6 +71,13 @@ pub enum Error {
     /// 403: the device's trust score is below the deny threshold.
     #[error("this device is not trusted")]
     DeviceUntrusted,
+    /// The key's attestation policy is `required` and the device has no valid attestation on
+    /// record (contract section 8).
+    #[error("this key requires a platform attestation of the device; none is on record")]
+    AttestationRequired,
+    /// A presented attestation failed a check; the message names the check, never secrets.
+    #[error("invalid attestation: {0}")]
+    InvalidAttestation(String),
     /// 404: unknown route or object; the admin API when it is off.
     #[error("not found")]
     NotFound,
@@ -127,12 +134,16 @@ impl Error {
             InvalidRequest(_) | ApiKeyInUrl | UseDpopNonce { .. } | InvalidAudience => {
                 StatusCode::BAD_REQUEST
             }
-            MissingApiKey | InvalidApiKey | InvalidDpopProof(_) | DpopReplay
-            | InvalidRefreshToken | RefreshTokenReused | InvalidAdminToken => {
-                StatusCode::UNAUTHORIZED
-            }
+            MissingApiKey
+            | InvalidApiKey
+            | InvalidDpopProof(_)
+            | DpopReplay
+            | InvalidRefreshToken
+            | RefreshTokenReused
+            | InvalidAdminToken
+            | InvalidAttestation(_) => StatusCode::UNAUTHORIZED,
             IpNotAllowed | OriginNotAllowed | InsufficientScope | DeviceLimitReached
-            | DeviceRevoked | DeviceUntrusted => StatusCode::FORBIDDEN,
+            | DeviceRevoked | DeviceUntrusted | AttestationRequired => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -164,6 +175,8 @@ impl Error {
             DeviceLimitReached => "DEVICE_LIMIT_REACHED",
             DeviceRevoked => "DEVICE_REVOKED",
             DeviceUntrusted => "DEVICE_UNTRUSTED",
+            AttestationRequired => "ATTESTATION_REQUIRED",
+            InvalidAttestation(_) => "INVALID_ATTESTATION",
             NotFound => "NOT_FOUND",
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",

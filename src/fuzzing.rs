@@ -89,3 +89,124 @@ pub fn bodies(data: &[u8]) {
         let _ = validate_scopes("scopes", scopes);
     }
 }
+
+/// The clock the attestation target verifies at: inside the real Android chain's validity
+/// (2023-03-01), so mutations of it reach the key description parser.
+pub const ATTESTATION_NOW: i64 = 1_677_628_800;
+
+/// A real Android chain (Google's sample, `tests/fixtures/attestation/`), leaf first.
+const ANDROID_CHAIN: &str = include_str!("../tests/fixtures/attestation/android-google-rkp.chain");
+/// Apple's sample App Attest object (base64).
+const APPLE_OBJECT: &str = include_str!("../tests/fixtures/attestation/apple-sample.b64");
+
+/// The verifier the attestation target uses: settings matching both real samples.
+pub fn attestation_verifier() -> &'static crate::attestation::Verifier {
+    use crate::attestation::{Settings, Verifier, parse_signing_cert_sha256};
+    static VERIFIER: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        Verifier::new(Settings {
+            apple_app_ids: vec!["0352187391.com.apple.example_app_attest".into()],
+            allow_development: true,
+            android_packages: vec!["com.google.attestationexample".into()],
+            android_signing_cert_sha256: vec![
+                parse_signing_cert_sha256(
+                    "68856d1d06f637d6255face5b224db43a9514ace538bb1548b844480fcd85c87",
+                )
+                .expect("digest"),
+            ],
+            ..Settings::default()
+        })
+        .expect("built-in roots parse")
+    })
+}
+
+/// The attestation verifier and its settings parsers, on arbitrary input: never panics. The
+/// first byte picks how the rest is presented: as a JSON `device.attestation` member; as an
+/// App Attest object or an Android chain (base64 of the bytes); or as a mutation (XOR at an
+/// offset) of Apple's real sample object or of a real Android chain's certificates, which
+/// reaches the checks behind the parsers. A mutated Apple sample is never accepted (its nonce
+/// binds the SHA-256 of the client data, which the sample never signed).
+pub fn attestation(data: &[u8]) {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+
+    use crate::attestation::{Attestation, parse_android_revocations, parse_signing_cert_sha256};
+
+    let _ = parse_android_revocations(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = parse_signing_cert_sha256(text);
+    }
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let verifier = attestation_verifier();
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256",
+        "x": "5RJPNRetn0rlufvqGlibs2W4FKLxKRadLggPLQC3wnk", "y": "O2S1IrrVxSnzqwxUj2UXG-jpClOd5NpGfdWSBoN65dg"});
+    let verify = |att: &Attestation, client_data: &[u8]| {
+        verifier.verify(att, client_data, &jwk, ATTESTATION_NOW)
+    };
+    // XOR `rest` into `bytes` at an offset taken from its first two bytes.
+    let mutate = |bytes: &mut Vec<u8>| {
+        if rest.len() > 2 && !bytes.is_empty() {
+            let at = usize::from(u16::from_be_bytes([rest[0], rest[1]])) % bytes.len();
+            for (b, x) in bytes[at..].iter_mut().zip(&rest[2..]) {
+                *b ^= x;
+            }
+        }
+    };
+    match mode % 5 {
+        0 => {
+            if let Ok(att) = serde_json::from_slice::<Attestation>(rest) {
+                let _ = verify(&att, b"challenge");
+            }
+        }
+        1 => {
+            let att = Attestation::Apple {
+                challenge: "c".into(),
+                key_id: B64.encode(rest.get(..32).unwrap_or(rest)),
+                object: B64.encode(rest),
+            };
+            let _ = verify(&att, b"c");
+        }
+        2 => {
+            let chain = rest.split(|&b| b == 0xff).map(|c| B64.encode(c)).collect();
+            let att = Attestation::Android {
+                challenge: "c".into(),
+                certificate_chain: chain,
+            };
+            let _ = verify(&att, b"challenge");
+        }
+        3 => {
+            let mut object = B64.decode(APPLE_OBJECT.trim()).expect("fixture");
+            mutate(&mut object);
+            let att = Attestation::Apple {
+                challenge: "test_server_challenge".into(),
+                key_id: "bSrEhF8TIzIvWSPwvZ0i2+UOBre4ASH84rK15m6emNY=".into(),
+                object: B64.encode(object),
+            };
+            let result = verifier.verify(&att, b"test_server_challenge", &jwk, 1_713_398_400);
+            assert!(result.is_err(), "a mutated Apple sample was accepted");
+        }
+        _ => {
+            let mut chain: Vec<Vec<u8>> = ANDROID_CHAIN
+                .split_whitespace()
+                .map(|c| B64.decode(c).expect("fixture"))
+                .collect();
+            let which = usize::from(rest.first().copied().unwrap_or(0)) % chain.len();
+            mutate(&mut chain[which]);
+            let att = Attestation::Android {
+                challenge: "c".into(),
+                certificate_chain: chain.iter().map(|c| B64.encode(c)).collect(),
+            };
+            if let Ok(attested) = verify(&att, b"challenge") {
+                assert!(
+                    matches!(
+                        attested.security_level.as_deref(),
+                        Some("TrustedEnvironment" | "StrongBox")
+                    ),
+                    "an accepted Android chain is hardware-backed"
+                );
+            }
+        }
+    }
+}

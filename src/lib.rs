@@ -11,6 +11,8 @@
 pub mod alerts;
 /// The binary's allocator: clears large blocks on free (request buffers).
 pub mod alloc;
+/// Platform attestation (Apple App Attest, Android Key Attestation): the verification core.
+pub mod attestation;
 /// The tamper-evident, hash-chained audit log.
 pub mod audit;
 /// The load generator (`keybound bench`); not on any request path.
@@ -40,6 +42,8 @@ pub mod keys;
 pub mod lab;
 /// Rate limits and failure budgets.
 pub mod limits;
+/// Client addresses in canonical form: trust, allow lists, budget buckets.
+pub mod net;
 /// The replay store for DPoP proof ids (in-process or Redis).
 pub mod replay;
 /// Starting and stopping the server.

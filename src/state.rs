@@ -9,17 +9,19 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::alerts::containment::Containment;
-use crate::alerts::webhook::{Webhook, WebhookConfig};
+use crate::alerts::webhook::{Webhook, WebhookConfig, WebhookSecret};
 use crate::alerts::{Alerts, Thresholds};
 use crate::cluster::RedisLink;
 use crate::config::{Profile, ServeArgs};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
-use crate::limits::{Backend, FailureBudget, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
+use crate::exchange::challenge::Challenges;
+use crate::limits::{Backend, IpFailures, KeyIdFailures, KeyLimits, RedisGcra};
 use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
 use crate::tokens::keyring::{self, KeyRing};
+use crate::tokens::status_list::StatusLists;
 use crate::usage::UsageRecorder;
 
 /// Settings derived from the command line, immutable while serving.
@@ -41,14 +43,28 @@ pub struct Settings {
     pub dpop_iat_window_secs: i64,
     /// Failed authentications per minute per IP.
     pub ip_failure_budget: u32,
+    /// Prefix by which IPv6 clients share a per-IP budget.
+    pub ipv6_budget_prefix: u8,
     /// Wrong secrets per minute per key id.
     pub key_failure_budget: u32,
+    /// Wrong admin tokens per minute per IP.
+    pub admin_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
     /// Days usage events are kept.
     pub usage_retention_days: i64,
+    /// Days alerts are kept.
+    pub alert_retention_days: i64,
     /// Serve the benchmark-only routes (`--bench-routes`).
     pub bench_routes: bool,
+    /// How long a request body may take to arrive (in full, and between chunks).
+    pub body_read_timeout: std::time::Duration,
+    /// New devices per key per hour (`--enrollments-per-hour`); `None`: the key's
+    /// `max_devices`.
+    pub enrollments_per_hour: Option<i64>,
+    /// How long a limited device must have been unused before a new one may replace it at
+    /// `max_devices` (`--stale-device-days`).
+    pub stale_device_secs: i64,
 }
 
 impl Settings {
@@ -63,10 +79,16 @@ impl Settings {
             require_dpop_nonce: args.require_dpop_nonce,
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
+            ipv6_budget_prefix: args.ipv6_budget_prefix,
             key_failure_budget: args.key_failure_budget,
+            admin_failure_budget: args.admin_failure_budget,
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
+            alert_retention_days: args.alert_retention_days,
             bench_routes: args.bench_routes,
+            body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout_seconds),
+            enrollments_per_hour: args.enrollments_per_hour,
+            stale_device_secs: args.stale_device_days * 86_400,
         }
     }
 }
@@ -112,6 +134,8 @@ pub struct Services {
     pub failures: Arc<IpFailures>,
     /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
     pub key_failures: Arc<KeyIdFailures>,
+    /// Per-IP budgets of wrong admin tokens.
+    pub admin_failures: Arc<IpFailures>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
     /// Usage events, written in batches.
@@ -120,6 +144,12 @@ pub struct Services {
     touched: Arc<Mutex<HashMap<String, i64>>>,
     /// Benchmark switches; only the `--bench-routes` route turns anything off.
     pub switches: Switches,
+    /// The token status lists (contract section 10).
+    pub status_lists: Arc<StatusLists>,
+    /// Platform attestation checks (contract section 8), with their roots parsed once.
+    pub verifier: Arc<crate::attestation::Verifier>,
+    /// Attestation challenges.
+    pub challenges: Challenges,
 }
 
 /// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
@@ -183,7 +213,9 @@ impl AppState {
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
         let redis = match &args.redis_url {
             Some(url) => Some(Arc::new(
-                RedisLink::connect(url).await.map_err(Error::unavailable)?,
+                RedisLink::connect(url.as_str())
+                    .await
+                    .map_err(Error::unavailable)?,
             )),
             None => None,
         };
@@ -200,17 +232,38 @@ impl AppState {
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
         let usage = UsageRecorder::start(store.clone());
+        let status_lists = Arc::new(StatusLists::new(
+            store.clone(),
+            cache.clone(),
+            keyring.clone(),
+            settings.issuer.clone(),
+            args.status_list_ttl_seconds,
+        ));
+        let verifier = Arc::new(attestation_verifier(args)?);
+        // Derived from the master key too: any instance checks any instance's challenges.
+        let challenges = Challenges::new(&keyring.derive("keybound/attestation-challenge/v1"));
         let state = AppState(Arc::new(Services {
             dpop_options: Arc::new(VerifyOptions {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
                 ..VerifyOptions::default()
             }),
             key_limits: Arc::new(KeyLimits::new(limits.clone(), args.cache_capacity)),
-            failures: Arc::new(FailureBudget::new(
+            failures: Arc::new(IpFailures::new(
                 limits.clone(),
                 "keybound:fail:ip",
                 settings.ip_failure_budget,
                 args.cache_capacity,
+                settings.ipv6_budget_prefix,
+            )),
+            // In process even in cluster mode: the admin API must keep working through a
+            // Redis outage (that is when an operator may need to revoke something), so its
+            // budget cannot depend on Redis. Each instance counts its own wrong tokens.
+            admin_failures: Arc::new(IpFailures::new(
+                Backend::Local,
+                "keybound:fail:admin",
+                settings.admin_failure_budget,
+                args.cache_capacity,
+                settings.ipv6_budget_prefix,
             )),
             key_failures: Arc::new(KeyIdFailures::new(limits, settings.key_failure_budget)),
             alerts: Arc::new(
@@ -222,6 +275,11 @@ impl AppState {
                     },
                 )
                 .with_webhook(webhook(args)?)
+                .with_shared_windows(
+                    redis
+                        .as_ref()
+                        .map(|link| crate::alerts::shared::SharedWindows::new(link.manager())),
+                )
                 .with_containment(Containment::new(store.clone(), &args.auto_suspend_on)),
             ),
             nonces: Arc::new(NonceIssuer::new(&nonce_secret)),
@@ -236,9 +294,21 @@ impl AppState {
             usage,
             touched: Arc::default(),
             switches: Switches::default(),
+            status_lists,
+            verifier,
+            challenges,
         }));
         state.spawn_background();
         Ok(state)
+    }
+
+    /// The API key check ([`crate::keys::auth`]), with this server's cache and budgets.
+    pub fn key_auth(&self) -> crate::keys::KeyAuth<'_> {
+        crate::keys::KeyAuth {
+            cache: &self.cache,
+            failures: &self.key_failures,
+            alerts: &self.alerts,
+        }
     }
 
     /// Notes that a key was used; written in batches by a background task.
@@ -284,10 +354,25 @@ impl AppState {
                         Ok(n) => tracing::info!(events = n, "purged old usage events"),
                         Err(e) => tracing::warn!(error = %e, "could not purge usage events"),
                     }
+                    let retention = state.settings.alert_retention_days * 86_400;
+                    match state.store.purge_alerts(t - retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(alerts = n, "purged old alerts"),
+                        Err(e) => tracing::warn!(error = %e, "could not purge alerts"),
+                    }
                     match state.store.purge_expired_keys(t - PURGE_AFTER_EXPIRY).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(keys = n, "purged expired keys"),
                         Err(e) => tracing::warn!(error = %e, "could not purge expired keys"),
+                    }
+                    match state
+                        .store
+                        .prune_revocations(t - REVOCATION_FEED_RETENTION)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, "pruned old revocation feed entries"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune the revocation feed"),
                     }
                     match state
                         .store
@@ -327,20 +412,67 @@ pub const KEY_FAILURE_BUDGET: u32 = 10;
 /// Expired keys are kept this long (for the audit trail and support questions), then purged.
 pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
 
+/// Revocation feed entries are kept this long: the longest access token lifetime the contract
+/// allows (whatever `--access-ttl-seconds` says now, since it may have been longer before a
+/// restart) plus an hour of margin for clock skew and slow verifiers. An older entry concerns
+/// only tokens that have all expired: a revoked, suspended or expired key gets no new tokens,
+/// a revoked device neither. Verifiers that need the current state at once read the status
+/// lists (contract section 10).
+pub const REVOCATION_FEED_RETENTION: i64 =
+    crate::tokens::access::MAX_ACCESS_TTL_SECONDS as i64 + 3600;
+
 /// Expired refresh tokens are kept this long, then purged (hourly). Until then a spent one
 /// presented again is still recognised as reuse and revokes its family; after that it is just
 /// unknown (`INVALID_REFRESH_TOKEN`), which refuses it all the same.
 pub const REFRESH_PURGE_AFTER_EXPIRY: i64 = 7 * 86_400;
+
+/// The attestation verifier from the `serve` settings; files that cannot be read or parsed
+/// stop the start.
+fn attestation_verifier(args: &ServeArgs) -> Result<crate::attestation::Verifier> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::InvalidRequest(format!("cannot read {}: {e}", path.display())))
+    };
+    let extra_roots_pem = args
+        .attestation_roots
+        .iter()
+        .map(|p| read(p))
+        .collect::<Result<Vec<_>>>()?;
+    let android_revoked_serials = match &args.android_attestation_revocations {
+        Some(p) => crate::attestation::parse_android_revocations(&read(p)?).map_err(|e| {
+            Error::InvalidRequest(format!(
+                "--android-attestation-revocations {}: {e}",
+                p.display()
+            ))
+        })?,
+        None => Default::default(),
+    };
+    crate::attestation::Verifier::new(crate::attestation::Settings {
+        apple_app_ids: args.apple_app_ids.clone(),
+        allow_development: args.attestation_allow_development,
+        android_packages: args.android_packages.clone(),
+        android_signing_cert_sha256: args.android_signing_cert_sha256.clone(),
+        extra_roots_pem,
+        android_revoked_serials,
+    })
+    .map_err(|e| Error::InvalidRequest(format!("attestation settings: {e}")))
+}
 
 /// Starts the alert webhook when `--alert-webhook` is set.
 fn webhook(args: &ServeArgs) -> Result<Option<Webhook>> {
     let Some(url) = &args.alert_webhook else {
         return Ok(None);
     };
-    if args.alert_webhook_secret.is_none() {
+    if args.alert_webhook_secret.is_empty() {
         tracing::warn!("--alert-webhook without a secret: deliveries are not signed");
     }
-    WebhookConfig::new(url, args.alert_webhook_secret.clone())
+    let secrets = args
+        .alert_webhook_secret
+        .iter()
+        .map(WebhookSecret::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::InvalidRequest)?;
+    WebhookConfig::new(url.as_str(), secrets)
         .and_then(Webhook::start)
         .map(Some)
         .map_err(Error::InvalidRequest)

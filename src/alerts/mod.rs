@@ -1,7 +1,8 @@
 //! Anomaly alerts (contract section 7): raised on the request path, stored for
 //! `GET /admin/v1/alerts` and logged as structured events.
 //!
-//! Raising never blocks or fails a request: the write is handed to a task and lands within
+//! Raising never blocks or fails a request: the alert is queued for [`writer`], which stores
+//! alerts in batches (one transaction each, a bounded queue, drops counted) within
 //! milliseconds (the contract allows 1 s). Alerts carry ids, kinds and IPs, never secrets.
 //!
 //! Two optional reactions hang off [`Alerts::raise`]:
@@ -10,7 +11,9 @@
 //!   device at once, with an audit row.
 
 pub mod containment;
+pub mod shared;
 pub mod webhook;
+pub mod writer;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -23,6 +26,7 @@ use serde_json::Value;
 use crate::store::{AlertRecord, Store};
 use containment::Containment;
 use webhook::Webhook;
+use writer::AlertWriter;
 
 /// The kinds of anomaly keybound reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,11 +51,15 @@ pub enum AlertKind {
     KeyLeaked,
     /// One key used from unusually many devices or networks.
     ManyDevicesOrNetworks,
+    /// A presented platform attestation failed a check (contract section 8).
+    AttestationFailed,
+    /// A key spent its hourly budget of new device enrollments.
+    EnrollmentBurst,
 }
 
 impl AlertKind {
     /// Every kind.
-    pub const ALL: [AlertKind; 10] = [
+    pub const ALL: [AlertKind; 12] = [
         AlertKind::NewDevice,
         AlertKind::NewNetwork,
         AlertKind::UsageSpike,
@@ -62,6 +70,8 @@ impl AlertKind {
         AlertKind::KeyInUrl,
         AlertKind::KeyLeaked,
         AlertKind::ManyDevicesOrNetworks,
+        AlertKind::AttestationFailed,
+        AlertKind::EnrollmentBurst,
     ];
 
     /// The stored name.
@@ -77,6 +87,8 @@ impl AlertKind {
             AlertKind::KeyInUrl => "KEY_IN_URL",
             AlertKind::KeyLeaked => "KEY_LEAKED",
             AlertKind::ManyDevicesOrNetworks => "MANY_DEVICES_OR_NETWORKS",
+            AlertKind::AttestationFailed => "ATTESTATION_FAILED",
+            AlertKind::EnrollmentBurst => "ENROLLMENT_BURST",
         }
     }
 
@@ -84,14 +96,16 @@ impl AlertKind {
     pub fn severity(self) -> &'static str {
         match self {
             AlertKind::NewDevice | AlertKind::NewNetwork => "info",
-            AlertKind::UsageSpike | AlertKind::FailureBurst | AlertKind::ManyDevicesOrNetworks => {
-                "warning"
-            }
+            AlertKind::UsageSpike
+            | AlertKind::FailureBurst
+            | AlertKind::ManyDevicesOrNetworks
+            | AlertKind::EnrollmentBurst => "warning",
             AlertKind::DpopReplay
             | AlertKind::RefreshTokenReused
             | AlertKind::FingerprintMismatch
             | AlertKind::KeyInUrl
-            | AlertKind::KeyLeaked => "critical",
+            | AlertKind::KeyLeaked
+            | AlertKind::AttestationFailed => "critical",
         }
     }
 }
@@ -131,7 +145,8 @@ type Spread = (HashSet<String>, HashSet<String>);
 
 /// Raises alerts and runs the windowed detectors.
 pub struct Alerts {
-    store: Arc<dyn Store>,
+    /// Stores alerts in batches.
+    writer: AlertWriter,
     thresholds: Thresholds,
     /// Per key: (minute, count) for the spike detector.
     per_minute: Cache<String, Arc<Mutex<(i64, u64)>>>,
@@ -143,13 +158,16 @@ pub struct Alerts {
     webhook: Option<Webhook>,
     /// The automatic containment policy, if configured.
     containment: Option<Containment>,
+    /// With `--redis-url`: the windows kept in Redis for the whole cluster, replacing
+    /// `per_minute` and `spread`.
+    shared: Option<shared::SharedWindows>,
 }
 
 impl Alerts {
-    /// Alerts stored in `store`.
+    /// Alerts stored in `store` (starts the writer task: call inside a Tokio runtime).
     pub fn new(store: Arc<dyn Store>, thresholds: Thresholds) -> Alerts {
         Alerts {
-            store,
+            writer: AlertWriter::start(store),
             thresholds,
             per_minute: Cache::builder()
                 .max_capacity(100_000)
@@ -165,7 +183,15 @@ impl Alerts {
                 .build(),
             webhook: None,
             containment: None,
+            shared: None,
         }
+    }
+
+    /// Keeps the spike and many-devices/networks windows in Redis, shared by every instance
+    /// (`--redis-url`), so the thresholds mean the same behind any number of instances.
+    pub fn with_shared_windows(mut self, shared: Option<shared::SharedWindows>) -> Alerts {
+        self.shared = shared;
+        self
     }
 
     /// Also POSTs every alert to `webhook`.
@@ -189,11 +215,25 @@ impl Alerts {
         ip: Option<IpAddr>,
         details: Value,
     ) {
+        self.raise_as(kind, kind.severity(), key_id, device_id, ip, details);
+    }
+
+    /// [`raise`](Self::raise) with another severity than the kind's usual one (a new device
+    /// is news, unless the key already has a trusted one: then it is a warning).
+    pub fn raise_as(
+        &self,
+        kind: AlertKind,
+        severity: &'static str,
+        key_id: Option<&str>,
+        device_id: Option<&str>,
+        ip: Option<IpAddr>,
+        details: Value,
+    ) {
         let alert = AlertRecord {
             id: format!("al_{}", uuid::Uuid::now_v7().simple()),
             at: crate::state::now(),
             kind: kind.as_str().into(),
-            severity: kind.severity().into(),
+            severity: severity.into(),
             key_id: key_id.map(str::to_owned),
             device_id: device_id.map(str::to_owned),
             ip: ip.map(|i| i.to_string()),
@@ -215,12 +255,12 @@ impl Alerts {
         if let Some(containment) = &self.containment {
             containment.on_alert(kind, &alert);
         }
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.insert_alert(&alert).await {
-                tracing::error!(error = %e, kind = %alert.kind, "could not store alert");
-            }
-        });
+        self.writer.write(alert);
+    }
+
+    /// Waits until every alert raised so far is stored (on shutdown).
+    pub async fn flush(&self) {
+        self.writer.flush().await;
     }
 
     /// Raises `kind` for `subject` at most once per minute.
@@ -240,8 +280,61 @@ impl Alerts {
         self.raise(kind, key_id, None, ip, details);
     }
 
-    /// Feeds the windowed detectors with one successful exchange.
-    pub fn observe_exchange(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
+    /// Feeds the windowed detectors with one successful exchange. With shared windows, one
+    /// Redis round trip off the answer path (a task): the alert lands within milliseconds,
+    /// inside the contract's 1 s; should Redis fail, the exchange is not affected and the
+    /// windows miss one count.
+    pub fn observe_exchange(
+        self: &Arc<Self>,
+        key_id: &str,
+        device_id: &str,
+        network: &str,
+        now: i64,
+    ) {
+        if let Some(shared) = &self.shared {
+            let (alerts, shared) = (self.clone(), shared.clone());
+            let (key_id, device_id, network) =
+                (key_id.to_owned(), device_id.to_owned(), network.to_owned());
+            tokio::spawn(async move {
+                match shared
+                    .observe(&key_id, &device_id, &network, now, alerts.thresholds)
+                    .await
+                {
+                    Ok(seen) => alerts.raise_crossed(&key_id, &seen),
+                    Err(e) => tracing::warn!(error = %e, "shared anomaly windows unavailable"),
+                }
+            });
+            return;
+        }
+        self.observe_locally(key_id, device_id, network, now);
+    }
+
+    /// Raises what the shared windows say this exchange was the first to cross.
+    fn raise_crossed(&self, key_id: &str, seen: &shared::Seen) {
+        if seen.spike_crossed {
+            self.raise(
+                AlertKind::UsageSpike,
+                Some(key_id),
+                None,
+                None,
+                serde_json::json!({"exchanges_this_minute": seen.this_minute,
+                                   "threshold": self.thresholds.usage_spike_per_minute}),
+            );
+        }
+        if seen.many_crossed {
+            self.raise(
+                AlertKind::ManyDevicesOrNetworks,
+                Some(key_id),
+                None,
+                None,
+                serde_json::json!({"devices_last_hour": seen.devices, "networks_last_hour": seen.networks,
+                                   "threshold": self.thresholds.many_per_hour}),
+            );
+        }
+    }
+
+    /// The in-process windows (no Redis).
+    fn observe_locally(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
         let minute = now / 60;
         let count = {
             let slot = self

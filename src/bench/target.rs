@@ -373,6 +373,7 @@ fn key_record(key_id: String, secret_hash: Vec<u8>, name: String, now: i64) -> K
         allowed_origins: vec![],
         max_devices: 100_000,
         trust_on_enroll: false,
+        attestation: crate::store::AttestationPolicy::Preferred,
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,
@@ -464,6 +465,9 @@ fn device_row(
         trust_level: "trusted".into(),
         trust_factors: crate::store::JsonText::empty_list(),
         revoked_at: None,
+        // The store allocates it.
+        status_idx: 0,
+        attestation: None,
     }
 }
 

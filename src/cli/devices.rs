@@ -51,6 +51,13 @@ fn device_table(devices: &[DeviceRecord]) -> String {
                 d.trust_level.clone(),
                 format!("{:.2}", d.trust_score),
                 if d.approved { "yes" } else { "no" }.into(),
+                match &d.attestation {
+                    Some(a) => match &a.security_level {
+                        Some(level) => format!("{} ({level})", a.format),
+                        None => a.format.clone(),
+                    },
+                    None => "-".into(),
+                },
                 output::time(Some(d.created_at)),
                 output::time(Some(d.last_seen_at)),
             ]
@@ -64,6 +71,7 @@ fn device_table(devices: &[DeviceRecord]) -> String {
             "TRUST",
             "SCORE",
             "APPROVED",
+            "ATTESTED",
             "ENROLLED",
             "LAST_SEEN",
         ],

@@ -14,7 +14,7 @@ use crate::config::{CreateKeyArgs, KeysCommand};
 use crate::error::Result;
 use crate::keys::service::{self, Actor, Created, NewKey};
 use crate::state::now;
-use crate::store::{KeyRecord, KeyStatus, Store};
+use crate::store::{AttestationPolicy, KeyRecord, KeyStatus, Store};
 
 /// Page size when listing every key.
 const PAGE: i64 = 1000;
@@ -92,6 +92,7 @@ fn new_key(a: CreateKeyArgs) -> NewKey {
         max_devices: Some(a.max_devices),
         limited_scopes: a.limited_scopes.as_deref().map(words),
         trust_on_enroll: a.trust_on_enroll,
+        attestation: AttestationPolicy::parse(&a.attestation),
     }
 }
 

@@ -32,12 +32,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let url = cli.database_url();
     // The benchmark fills a database of its own: only an explicit `--database-url` (never the
     // default file or `DATABASE_URL`) may name one.
-    let bench_url = cli.database_url.clone();
+    let bench_url = cli.database_url.as_ref().map(|u| u.as_str().to_owned());
     let subject = subject(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => {
             crate::telemetry::init(args.effective_log_format());
+            for flag in crate::config::secrets_on_command_line(std::env::args()) {
+                tracing::warn!(
+                    flag,
+                    "a secret given on the command line is visible to other local users in the \
+                     process list; use its environment variable or file option instead"
+                );
+            }
             let store = crate::store::open(&url).await?;
+            if args.profile == crate::config::Profile::Prod {
+                for path in crate::store::loose_permissions(&url) {
+                    tracing::warn!(
+                        path,
+                        "database path is accessible to group or others; \
+                         chmod 700 the data directory and 600 the database files"
+                    );
+                }
+            }
             crate::server::serve(*args, store).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -98,6 +98,7 @@ pub fn key_fields(r: &KeyRecord, now: i64) -> String {
         ("allowed_origins", list(&r.allowed_origins, ", ", "any")),
         ("max_devices", r.max_devices.to_string()),
         ("trust_on_enroll", r.trust_on_enroll.to_string()),
+        ("attestation", r.attestation.as_str().into()),
         ("created_at", time(Some(r.created_at))),
         (
             "expires_at",

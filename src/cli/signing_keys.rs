@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::output;
-use crate::config::{ResealArgs, SigningKeyArgs, SigningKeysCommand};
+use crate::config::{ResealArgs, RotateSigningKeyArgs, SigningKeyArgs, SigningKeysCommand};
 use crate::error::{Error, Result};
 use crate::state::now;
 use crate::store::{AuditEntry, SigningKeyRecord, Store};
@@ -78,7 +78,8 @@ fn published_until(k: &SigningKeyRecord) -> Option<i64> {
     k.retired_at.map(|t| t + PUBLISH_AFTER_RETIREMENT)
 }
 
-async fn rotate(store: &dyn Store, args: &SigningKeyArgs) -> Result<()> {
+async fn rotate(store: &dyn Store, rotate: &RotateSigningKeyArgs) -> Result<()> {
+    let args = &rotate.common;
     let now = now();
     let before = store.list_signing_keys().await?;
     let previous = before.iter().find(|k| k.retired_at.is_none());
@@ -87,22 +88,40 @@ async fn rotate(store: &dyn Store, args: &SigningKeyArgs) -> Result<()> {
         // unable to open it: prove this one opens the current active key first.
         KeyRing::load(store, master_key(args)?, now).await?;
     }
-    let record = keyring::create(store, &master_key(args)?, now).await?;
+    // A revoked key is retired with a retirement time far enough back that its publication
+    // window is already over: it leaves the JWKS at once, on every server's next reload.
+    let retired_at = if rotate.revoke_previous {
+        now - PUBLISH_AFTER_RETIREMENT
+    } else {
+        now
+    };
+    let record = keyring::create_retiring_at(store, &master_key(args)?, now, retired_at).await?;
     let retired = previous.map(|k| k.kid.clone());
     store
         .append_audit(&AuditEntry {
             at: now,
             actor: "cli".into(),
-            action: "signing_key.rotate".into(),
+            action: if rotate.revoke_previous {
+                "signing_key.rotate_revoke".into()
+            } else {
+                "signing_key.rotate".into()
+            },
             target: Some(record.kid.clone()),
             ip: None,
-            details: json!({ "retired_kid": retired }),
+            details: json!({ "retired_kid": retired, "revoked": rotate.revoke_previous }),
         })
         .await?;
     if args.out.json {
-        return output::json(&view(&record));
+        let mut v = view(&record);
+        v["revoked_kid"] = json!(retired.as_ref().filter(|_| rotate.revoke_previous));
+        return output::json(&v);
     }
     match &retired {
+        Some(old) if rotate.revoke_previous => println!(
+            "Rotated signing keys: {} is active; {old} is revoked and leaves the JWKS on every \
+             server's next reload (within 5 s). Tokens it signed no longer verify.",
+            record.kid,
+        ),
         Some(old) => println!(
             "Rotated signing keys: {} is active; {old} stays published until {}.",
             record.kid,

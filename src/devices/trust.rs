@@ -27,8 +27,9 @@
 //!   yet, so every presented attribute counts as agreeing (it is being enrolled).
 //!
 //! * **H, history** (`0..=1`) `= 0.5·min(exchanges / 5, 1) + 0.5·min(age / 24 h, 1)`, where
-//!   `exchanges` counts the device's earlier successful exchanges. It is 0 for a new device,
-//!   and 1 when an operator vouched for the device (`approved`) or its key has
+//!   `exchanges` counts the device's earlier successful exchanges (token exchanges only:
+//!   refreshes carry no attributes and do not count). It is 0 for a new device, and 1 when an
+//!   operator vouched for the device (`approved`), its platform attested it, or its key has
 //!   `trust_on_enroll`: the vouching replaces the history the device has not had time to build.
 //!
 //! * **N, network** (`0..=1`) `= (1 if this network was seen before for the device, else 0.5)
@@ -49,10 +50,16 @@
 //!    another device; otherwise at [`MISMATCH_CAP`] (limited) — e.g. a reinstall that kept the
 //!    key but got a new `install_id`. Approval does not lift this.
 //! 3. *Stable attribute withheld* (also `stable_mismatch`): capped at [`LIMITED_CAP`].
-//! 4. *Approved* by an operator: floored at [`TRUSTED_THRESHOLD`].
+//! 4. *Approved* by an operator, or else *attested* (a valid platform attestation of the device
+//!    key, contract section 8, under a key whose policy is not `off`): floored at
+//!    [`TRUSTED_THRESHOLD`]. A new attested device is trusted at once (it takes rule 1's
+//!    place).
 //! 5. *Earning trust*: a device neither approved nor enrolled under `trust_on_enroll` is capped
 //!    at [`LIMITED_CAP`] until it has at least [`EARN_MIN_EXCHANGES`] earlier successful
 //!    exchanges over at least [`EARN_MIN_AGE_SECONDS`].
+//!
+//! 6. *Attested floor*: an attested device is never below [`DENY_THRESHOLD`] (limited): rules
+//!    2 and 3 still cap it, but its key provably never left the hardware it was attested on.
 //!
 //! **3. Rounding.** The score is rounded to two decimals, and the level is read from the
 //! rounded score, so the score and level a client sees always agree.
@@ -130,7 +137,7 @@ const ATTRIBUTES: [(&str, Class, f64); 7] = [
 /// The device's track record, as storage knows it before this exchange.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceHistory {
-    /// Successful exchanges (token and refresh) before this one.
+    /// Successful token exchanges before this one (refreshes do not count).
     pub successful_exchanges: u64,
     /// Seconds since the device enrolled.
     pub age_seconds: u64,
@@ -186,6 +193,8 @@ pub struct TrustInputs<'a> {
     pub trust_on_enroll: bool,
     /// An operator approved the device.
     pub approved: bool,
+    /// The device key is attested (contract section 8) under a key whose policy counts it.
+    pub attested: bool,
     /// This exchange enrolls the device.
     pub is_new: bool,
 }
@@ -418,9 +427,12 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
 
     // H: history.
     let history = inputs.history;
-    let vouched = inputs.approved || inputs.trust_on_enroll;
+    let vouched = inputs.approved || inputs.attested || inputs.trust_on_enroll;
     let (h, h_detail) = if vouched {
-        (1.0, "vouched for (approved or trust_on_enroll)".to_owned())
+        (
+            1.0,
+            "vouched for (approved, attested or trust_on_enroll)".to_owned(),
+        )
     } else if inputs.is_new {
         (0.0, "new device: no history".to_owned())
     } else {
@@ -480,7 +492,14 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
 
     // Rules.
     if inputs.is_new {
-        if inputs.trust_on_enroll {
+        if inputs.attested {
+            ledger.bound(
+                "rule:attested",
+                TRUSTED_THRESHOLD,
+                1.0,
+                "new device with a valid platform attestation: trusted, as if approved",
+            );
+        } else if inputs.trust_on_enroll {
             ledger.bound(
                 "rule:trust_on_enroll",
                 TRUSTED_THRESHOLD,
@@ -528,6 +547,13 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
             1.0,
             "approved by an operator: trusted",
         );
+    } else if inputs.attested {
+        ledger.bound(
+            "rule:attested",
+            TRUSTED_THRESHOLD,
+            1.0,
+            "device key attested by its platform: trusted, as if approved",
+        );
     } else if !inputs.trust_on_enroll
         && (history.successful_exchanges < EARN_MIN_EXCHANGES
             || history.age_seconds < EARN_MIN_AGE_SECONDS)
@@ -540,6 +566,17 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
                 "trusted needs {EARN_MIN_EXCHANGES} earlier exchanges over {} h: at most limited",
                 EARN_MIN_AGE_SECONDS / 3600
             ),
+        );
+    }
+
+    // Rule 6: the hardware vouches that this key never left the device it was attested on,
+    // so whatever its attributes say, it is that device: never denied, though still scored.
+    if inputs.attested && ledger.score < DENY_THRESHOLD {
+        ledger.bound(
+            "rule:attested_floor",
+            DENY_THRESHOLD,
+            1.0,
+            "attested device key: never below limited",
         );
     }
 
@@ -718,6 +755,7 @@ mod tests {
             network: case.network,
             trust_on_enroll: case.trust_on_enroll,
             approved: case.approved,
+            attested: false,
             is_new: case.is_new,
         })
     }
@@ -1043,6 +1081,7 @@ mod tests {
                 network: KNOWN_NETWORK,
                 trust_on_enroll: false,
                 approved: false,
+                attested: false,
                 is_new: false,
             })
         };
@@ -1209,6 +1248,62 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_attested_device_is_trusted_at_once_and_never_denied_but_still_scored() {
+        let stored = phone();
+        let other_platform =
+            phone_with(&[("platform", Some("android")), ("model", Some("Pixel 8"))]);
+        let reinstall = phone_with(&[("install_id", Some("new"))]);
+        let empty = Attributes::new();
+        let decide = |stored: &Attributes, presented: &Attributes, is_new: bool, attested: bool| {
+            evaluate(&TrustInputs {
+                stored,
+                presented,
+                history: if is_new {
+                    DeviceHistory::default()
+                } else {
+                    YOUNG
+                },
+                network: KNOWN_NETWORK,
+                trust_on_enroll: false,
+                approved: false,
+                attested,
+                is_new,
+            })
+        };
+        // Enrolled with a valid attestation: trusted at once, as if approved.
+        assert_eq!(
+            decide(&empty, &stored, true, true).level,
+            TrustLevel::Trusted
+        );
+        assert_eq!(
+            decide(&empty, &stored, true, false).level,
+            TrustLevel::Limited
+        );
+        // A young attested device needs no earned history.
+        assert_eq!(
+            decide(&stored, &stored, false, true).level,
+            TrustLevel::Trusted
+        );
+        assert_eq!(
+            decide(&stored, &stored, false, false).level,
+            TrustLevel::Limited
+        );
+        // Still fingerprint-scored: a changed install_id limits it, like any device...
+        let d = decide(&stored, &reinstall, false, true);
+        assert_eq!(d.level, TrustLevel::Limited);
+        assert!(d.stable_mismatch);
+        // ...and another platform, which denies an unattested device, only limits it.
+        assert_eq!(
+            decide(&stored, &other_platform, false, false).level,
+            TrustLevel::Denied
+        );
+        let d = decide(&stored, &other_platform, false, true);
+        assert_eq!(d.level, TrustLevel::Limited);
+        assert!(d.stable_mismatch, "still alerted");
+        assert!(d.factors.iter().any(|f| f.name == "rule:attested_floor"));
+    }
+
     proptest! {
         #[test]
         fn score_is_bounded_rounded_consistent_and_deterministic(
@@ -1218,11 +1313,12 @@ mod tests {
             network in network_strategy(),
             trust_on_enroll in any::<bool>(),
             approved in any::<bool>(),
+            attested in any::<bool>(),
             is_new in any::<bool>(),
         ) {
             let inputs = TrustInputs {
                 stored: &stored, presented: &presented, history, network,
-                trust_on_enroll, approved, is_new,
+                trust_on_enroll, approved, attested, is_new,
             };
             let decision = evaluate(&inputs);
             prop_assert!((0.0..=1.0).contains(&decision.score), "score {}", decision.score);
@@ -1234,13 +1330,16 @@ mod tests {
             prop_assert!((sum - decision.score).abs() <= 0.01, "factors sum {} vs {}", sum, decision.score);
 
             if is_new {
-                let expected = if trust_on_enroll { TrustLevel::Trusted } else { TrustLevel::Limited };
+                let expected = if trust_on_enroll || attested { TrustLevel::Trusted } else { TrustLevel::Limited };
                 prop_assert_eq!(decision.level, expected);
                 prop_assert!(!decision.stable_mismatch);
             } else if decision.stable_mismatch {
                 prop_assert_ne!(decision.level, TrustLevel::Trusted);
-            } else if approved {
+            } else if approved || attested {
                 prop_assert_eq!(decision.level, TrustLevel::Trusted);
+            }
+            if attested {
+                prop_assert_ne!(decision.level, TrustLevel::Denied, "an attested device is never denied");
             }
         }
 
@@ -1260,7 +1359,7 @@ mod tests {
             ]);
             let inputs = |presented| TrustInputs {
                 stored: &stored, presented, history, network,
-                trust_on_enroll, approved, is_new: false,
+                trust_on_enroll, approved, attested: false, is_new: false,
             };
             let same = evaluate(&inputs(&stored));
             let bumped = evaluate(&inputs(&upgraded));

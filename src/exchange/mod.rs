@@ -5,6 +5,7 @@
 //! device work last, so an attacker without a valid key and a valid proof costs us almost
 //! nothing and learns nothing.
 
+pub mod challenge;
 mod request;
 
 use std::net::IpAddr;
@@ -18,14 +19,17 @@ use subtle::ConstantTimeEq;
 pub use request::{DeviceInfo, RefreshRequest, TokenRequest};
 
 use crate::alerts::{AlertKind, network_of};
+use crate::attestation::Attestation;
 use crate::devices::trust::{
     self, DeviceHistory, NetworkSignals, TrustDecision, TrustInputs, TrustLevel,
 };
 use crate::dpop::{self, VerifiedProof};
 use crate::error::{Error, Result};
-use crate::keys::ApiKey;
 use crate::state::AppState;
-use crate::store::{DeviceRecord, DeviceStatus, Enrollment, JsonText, KeyRecord, RefreshRecord};
+use crate::store::{
+    AttestationPolicy, DeviceAttestation, DeviceRecord, DeviceStatus, EnrollLimits, Enrollment,
+    JsonText, KeyRecord, RefreshRecord,
+};
 use crate::tokens::{self, AccessClaims, AccessGrant, GrantedTrust};
 
 /// Path of the exchange endpoint (part of every proof's `htu`).
@@ -45,15 +49,40 @@ pub struct Presented<'a> {
     pub origin: Option<&'a str>,
     /// The client IP (after trusted-proxy resolution).
     pub ip: IpAddr,
-    /// Set to the key id once the request is known to come from a valid key (for usage).
-    pub key_seen: &'a std::sync::OnceLock<String>,
     /// The path the request was sent to, which the proof's `htu` must name: a refresh comes
     /// to [`REFRESH_PATH`] as JSON (3.2) or to [`TOKEN_PATH`] as an RFC 6749 form (9.1).
     pub path: &'static str,
 }
 
-/// The successful answer of both endpoints (contract 3.1).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// A use case's answer, with the key it was made for once the request got that far (a valid
+/// key): usage is recorded for those requests only, successes and refusals alike, so a flood
+/// of made-up keys cannot fill the usage table.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The authenticated key's id, if the request got past the key check.
+    pub key_id: Option<String>,
+    /// The answer.
+    pub result: Result<TokenResponse>,
+}
+
+impl Outcome {
+    /// A refusal before any key was identified.
+    pub fn anonymous(result: Result<TokenResponse>) -> Outcome {
+        Outcome {
+            key_id: None,
+            result,
+        }
+    }
+
+    /// The key id and the answer, for callers that map the answer (the form-encoded requests
+    /// write it in RFC 6749's shape).
+    pub fn into_parts(self) -> (Option<String>, Result<TokenResponse>) {
+        (self.key_id, self.result)
+    }
+}
+
+/// The successful answer of both endpoints (contract 3.1). `Debug` leaves out both tokens.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     /// The signed access token.
     pub access_token: String,
@@ -73,6 +102,21 @@ pub struct TokenResponse {
     pub trust: TrustSummary,
 }
 
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"[REDACTED]")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .field("refresh_token", &"[REDACTED]")
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .field("device_id", &self.device_id)
+            .field("trust", &self.trust)
+            .finish()
+    }
+}
+
 /// Score and level, as returned to the client.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TrustSummary {
@@ -80,19 +124,52 @@ pub struct TrustSummary {
     pub score: f64,
     /// `trusted` or `limited`.
     pub level: GrantedTrust,
+    /// `apple-appattest` or `android-key` when the device is attested (and the key's policy
+    /// is not `off`), else `null` (contract section 8).
+    #[schema(value_type = Option<String>)]
+    pub attested: Option<&'static str>,
 }
 
-/// `POST /v1/token`.
-pub async fn exchange(
+/// `POST /v1/token`: the answer and, once the key verified, its id.
+pub async fn exchange(state: &AppState, p: Presented<'_>, body: TokenRequest) -> Outcome {
+    let now = crate::state::now();
+    let key = match authenticate(state, &p, &body, now).await {
+        Ok(key) => key,
+        Err(e) => return Outcome::anonymous(Err(e)),
+    };
+    Outcome {
+        key_id: Some(key.key_id.clone()),
+        result: exchange_as(state, &key, p, body, now).await,
+    }
+}
+
+/// The request's checks up to a usable key: the body's limits, then the key itself.
+async fn authenticate(
     state: &AppState,
+    p: &Presented<'_>,
+    body: &TokenRequest,
+    now: i64,
+) -> Result<Arc<KeyRecord>> {
+    body.validate()?;
+    let presented = p.api_key.ok_or(Error::MissingApiKey)?;
+    let key = state
+        .key_auth()
+        .authenticate(presented, now)
+        .await?
+        .usable()?;
+    state.touch_key(&key.key_id, now);
+    Ok(key)
+}
+
+/// The exchange for an authenticated `key`.
+async fn exchange_as(
+    state: &AppState,
+    key: &KeyRecord,
     p: Presented<'_>,
     body: TokenRequest,
+    now: i64,
 ) -> Result<TokenResponse> {
-    let now = crate::state::now();
-    body.validate()?;
-    let key = authenticate_key(state, p.api_key, now).await?;
-    let _ = p.key_seen.set(key.key_id.clone());
-    check_allow_lists(&key, p.ip, p.origin)?;
+    check_allow_lists(key, p.ip, p.origin)?;
     let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
     // After the proof: a nonce challenge (or a bad proof) must not spend the key's allowance,
     // or a key limited to one exchange a minute could never get a token in nonce mode.
@@ -119,16 +196,28 @@ pub async fn exchange(
     let DeviceInfo {
         name: device_name,
         attributes: presented,
+        attestation,
     } = body.device.unwrap_or_default();
-    let (device, decision) =
-        device_and_trust(state, &key, &proof, presented, device_name, p.ip, now).await?;
+    let (device, decision) = device_and_trust(
+        state,
+        &key,
+        &proof,
+        Presentation {
+            attributes: presented,
+            name: device_name,
+            attestation,
+        },
+        p.ip,
+        now,
+    )
+    .await?;
     let granted = grant_scopes(&key, &requested, decision.level);
     let device = Arc::new(device);
     // Time-ordered (v7): new families append to the family index instead of landing on a
     // random page of it.
     let family = format!("rf_{}", uuid::Uuid::now_v7().simple());
     issue(
-        state, &key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now,
+        state, key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now,
     )
     .await
 }
@@ -141,10 +230,11 @@ pub async fn refresh(
 ) -> Result<TokenResponse> {
     let now = crate::state::now();
     let proof = verify_proof(state, p.proof, p.path, now, None, p.ip).await?;
-    if !tokens::is_well_formed_refresh_token(&body.refresh_token) {
+    let presented = secrecy::ExposeSecret::expose_secret(&body.refresh_token);
+    if !tokens::is_well_formed_refresh_token(presented) {
         return Err(Error::InvalidRefreshToken);
     }
-    let hash = tokens::hash_refresh_token(&body.refresh_token);
+    let hash = tokens::hash_refresh_token(presented);
     let old = state
         .store
         .get_refresh(&hash)
@@ -178,10 +268,24 @@ pub async fn refresh(
     if device.status == DeviceStatus::Revoked {
         return Err(Error::DeviceRevoked);
     }
+    // Contract section 8: a key that requires attestation issues nothing to a device without
+    // one on record, refreshes included (the policy may have changed since the exchange).
+    if key.attestation == AttestationPolicy::Required && device.attestation.is_none() {
+        return Err(Error::AttestationRequired);
+    }
     // The fingerprint was checked at the exchange; a refresh re-scores history and network.
+    // It does not count as an exchange: a refresh carries no attributes, so a device that
+    // only refreshes proves nothing new and earns no trust by it.
     let stored = device.attributes.clone();
-    let (device, decision) =
-        score_and_record(state, &key, (*device).clone(), &stored, false, p.ip, now)?;
+    let (device, decision) = score_and_record(
+        state,
+        &key,
+        (*device).clone(),
+        &stored,
+        Scoring::Refresh,
+        p.ip,
+        now,
+    )?;
     let scope: Vec<String> = old.scope.split_whitespace().map(str::to_owned).collect();
     let granted = grant_scopes(&key, &scope, decision.level);
     let device = Arc::new(device);
@@ -216,62 +320,15 @@ async fn reuse_detected(state: &AppState, old: &RefreshRecord, ip: IpAddr, now: 
     Error::RefreshTokenReused
 }
 
-/// Parses and checks the API key. Unknown ids and wrong secrets do the same work: a hash
-/// compared in constant time (against a fixed dummy for unknown ids), one cache lookup, and
-/// one storage read.
-async fn authenticate_key(
-    state: &AppState,
-    presented: Option<&str>,
-    now: i64,
-) -> Result<Arc<KeyRecord>> {
-    let presented = presented.ok_or(Error::MissingApiKey)?;
-    let key = ApiKey::parse(presented.trim()).map_err(|_| Error::InvalidApiKey)?;
-    let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
-    let hash = key.secret_hash();
-    const DUMMY: [u8; 32] = [0x5a; 32];
-    let stored: &[u8] = record.as_deref().map_or(&DUMMY[..], |r| &r.secret_hash[..]);
-    let matches = bool::from(hash.ct_eq(stored)) & record.is_some();
-    match record {
-        Some(r) if matches && r.usable_at(now) => {
-            state.touch_key(&r.key_id, now);
-            Ok(r)
-        }
-        // The right secret of a suspended, revoked or expired key: not a guess.
-        Some(_) if matches => Err(Error::InvalidApiKey),
-        _ => {
-            state.cache.pay_for_refusal(cached).await;
-            // Wrong secrets for one id from anywhere (a botnet spreads over IPs) spend its
-            // budget, at the same fixed cost for unknown and real ids (see KeyIdFailures).
-            let id = key.id().as_str();
-            if !state.key_failures.record(id).await? {
-                if let Some(r) = &record {
-                    // Alert for real keys only: made-up ids are noise, not a target.
-                    state.alerts.raise_once(
-                        AlertKind::FailureBurst,
-                        &r.key_id,
-                        Some(&r.key_id),
-                        None,
-                        json!({"scope": "key_id", "budget_per_minute": state.settings.key_failure_budget}),
-                    );
-                }
-                let budget = u64::from(state.settings.key_failure_budget.max(1));
-                return Err(Error::KeyIdBudgetSpent {
-                    retry_after_secs: (60 / budget).max(1),
-                });
-            }
-            Err(Error::InvalidApiKey)
-        }
-    }
+/// Whether `ip` is inside one of the key's CIDRs, compared in canonical form
+/// ([`crate::net`]: `::ffff:10.0.0.5` is inside `10.0.0.0/8`).
+fn allowed_ip(cidrs: &[String], ip: IpAddr) -> bool {
+    let nets: Vec<ipnet::IpNet> = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+    crate::net::any_contains(&nets, ip)
 }
 
 fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Result<()> {
-    if !key.allowed_ips.is_empty()
-        && !key
-            .allowed_ips
-            .iter()
-            .filter_map(|c| c.parse::<ipnet::IpNet>().ok())
-            .any(|n| n.contains(&ip))
-    {
+    if !key.allowed_ips.is_empty() && !allowed_ip(&key.allowed_ips, ip) {
         return Err(Error::IpNotAllowed);
     }
     // No Origin header: not a browser, and the origin list restricts browsers only.
@@ -335,58 +392,236 @@ async fn verify_proof(
     Ok(verified)
 }
 
-/// Finds or enrolls the device, scores it and records the exchange in its history.
+/// What the exchange body says about the device.
+struct Presentation {
+    attributes: trust::Attributes,
+    name: Option<String>,
+    attestation: Option<Attestation>,
+}
+
+/// Whether a device is scored for a token exchange or for a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scoring {
+    /// A token exchange (`true`: it enrolls the device).
+    Exchange { is_new: bool },
+    /// A refresh: no attributes, and it does not count towards earned trust.
+    Refresh,
+}
+
+/// Finds or enrolls the device, applies the key's attestation policy (contract section 8),
+/// scores it and records the exchange in its history.
 async fn device_and_trust(
     state: &AppState,
     key: &KeyRecord,
     proof: &VerifiedProof,
-    presented: trust::Attributes,
-    name: Option<String>,
+    mut presented: Presentation,
     ip: IpAddr,
     now: i64,
 ) -> Result<(DeviceRecord, TrustDecision)> {
-    let (device, is_new) = match state.cache.device(&key.key_id, &proof.jkt).await? {
+    let existing = state.cache.device(&key.key_id, &proof.jkt).await?;
+    if existing
+        .as_ref()
+        .is_some_and(|d| d.status == DeviceStatus::Revoked)
+    {
+        return Err(Error::DeviceRevoked);
+    }
+    let on_record = existing.as_ref().is_some_and(|d| d.attestation.is_some());
+    // Verified once: at enrollment, or on a later exchange of a device not attested yet. Under
+    // `off` attestations are ignored (not verified, not recorded).
+    let verified = match (key.attestation, presented.attestation.take()) {
+        (AttestationPolicy::Off, _) | (_, None) => None,
+        (_, Some(_)) if on_record => None,
+        (_, Some(attestation)) => Some(
+            verify_attestation(
+                state,
+                key,
+                existing.as_deref().map(|d| d.device_id.as_str()),
+                proof,
+                attestation,
+                ip,
+                now,
+            )
+            .await?,
+        ),
+    };
+    if key.attestation == AttestationPolicy::Required && !on_record && verified.is_none() {
+        return Err(Error::AttestationRequired);
+    }
+
+    let (mut device, is_new) = match existing {
         Some(d) => ((*d).clone(), false),
-        None => {
-            let d = DeviceRecord {
-                device_id: format!("dev_{}", uuid::Uuid::now_v7().simple()),
-                key_id: key.key_id.clone(),
-                jkt: proof.jkt.clone(),
-                name,
-                attributes: presented.clone(),
-                status: DeviceStatus::Active,
-                approved: false,
-                created_at: now,
-                last_seen_at: now,
-                exchange_count: 0,
-                mismatch_count: 0,
-                mismatch_fingerprint: None,
-                networks: vec![],
-                trust_score: 0.0,
-                trust_level: "limited".into(),
-                trust_factors: JsonText::empty_list(),
-                revoked_at: None,
-            };
-            match state.store.enroll_device(&d, key.max_devices).await? {
-                Enrollment::Enrolled => {
-                    state.alerts.raise(
-                        AlertKind::NewDevice,
-                        Some(&key.key_id),
-                        Some(&d.device_id),
-                        Some(ip),
-                        json!({"jkt": d.jkt, "attributes": d.attributes}),
-                    );
-                    (d, true)
-                }
-                Enrollment::Exists(existing) => (*existing, false),
-                Enrollment::LimitReached => return Err(Error::DeviceLimitReached),
-            }
-        }
+        None => match enroll(state, key, proof, &presented, verified.clone(), ip, now).await? {
+            Some(d) => (d, true),
+            // Lost a race with another enrollment of the same key: that device is ours.
+            None => match state
+                .store
+                .get_device_by_jkt(&key.key_id, &proof.jkt)
+                .await?
+            {
+                Some(d) => (d, false),
+                None => return Err(Error::internal("enrolled device vanished")),
+            },
+        },
     };
     if device.status == DeviceStatus::Revoked {
         return Err(Error::DeviceRevoked);
     }
-    score_and_record(state, key, device, &presented, is_new, ip, now)
+    if let Some(attestation) = verified
+        && device.attestation.is_none()
+    {
+        // A device enrolled before it attested (or by a racing request) records it now.
+        state
+            .store
+            .record_attestation(&device, &attestation)
+            .await?;
+        device.attestation = Some(attestation);
+    }
+    score_and_record(
+        state,
+        key,
+        device,
+        &presented.attributes,
+        Scoring::Exchange { is_new },
+        ip,
+        now,
+    )
+}
+
+/// Enrolls a new device under the key's limits: `None` when another request enrolled the same
+/// device key first.
+async fn enroll(
+    state: &AppState,
+    key: &KeyRecord,
+    proof: &VerifiedProof,
+    presented: &Presentation,
+    attestation: Option<DeviceAttestation>,
+    ip: IpAddr,
+    now: i64,
+) -> Result<Option<DeviceRecord>> {
+    let d = DeviceRecord {
+        device_id: format!("dev_{}", uuid::Uuid::now_v7().simple()),
+        key_id: key.key_id.clone(),
+        jkt: proof.jkt.clone(),
+        name: presented.name.clone(),
+        attributes: presented.attributes.clone(),
+        status: DeviceStatus::Active,
+        approved: false,
+        created_at: now,
+        last_seen_at: now,
+        exchange_count: 0,
+        mismatch_count: 0,
+        mismatch_fingerprint: None,
+        networks: vec![],
+        trust_score: 0.0,
+        trust_level: "limited".into(),
+        trust_factors: JsonText::empty_list(),
+        revoked_at: None,
+        attestation,
+        // The store allocates it.
+        status_idx: 0,
+    };
+    let per_hour = state
+        .settings
+        .enrollments_per_hour
+        .unwrap_or(key.max_devices);
+    let limits = EnrollLimits {
+        max_devices: key.max_devices,
+        per_hour,
+        stale_before: now - state.settings.stale_device_secs,
+        now,
+    };
+    match state.store.enroll_device(&d, limits).await? {
+        Enrollment::Enrolled {
+            device,
+            replaced,
+            key_had_trusted,
+        } => {
+            // A new device next to a trusted one is worth a look: the key may be in a second
+            // pair of hands.
+            let severity = if key_had_trusted {
+                "warning"
+            } else {
+                AlertKind::NewDevice.severity()
+            };
+            state.alerts.raise_as(
+                AlertKind::NewDevice,
+                severity,
+                Some(&key.key_id),
+                Some(&d.device_id),
+                Some(ip),
+                json!({"jkt": d.jkt, "attributes": d.attributes,
+                       "attested": d.attestation.as_ref().map(|a| &a.format),
+                       "replaced_device_id": replaced.as_ref().map(|r| &r.device_id)}),
+            );
+            Ok(Some(*device))
+        }
+        Enrollment::Exists(_) => Ok(None),
+        Enrollment::LimitReached => Err(Error::DeviceLimitReached),
+        Enrollment::BudgetSpent => {
+            state.alerts.raise_once(
+                AlertKind::EnrollmentBurst,
+                &key.key_id,
+                Some(&key.key_id),
+                Some(ip),
+                json!({"enrollments_per_hour": per_hour}),
+            );
+            Err(Error::RateLimited {
+                retry_after_secs: 60,
+            })
+        }
+    }
+}
+
+/// Verifies a presented attestation: the challenge (ours, unexpired), then the format's checks
+/// off the async runtime (about a millisecond of signature checks), then spends the challenge.
+/// A failure raises `ATTESTATION_FAILED` and answers `INVALID_ATTESTATION` naming the check.
+async fn verify_attestation(
+    state: &AppState,
+    key: &KeyRecord,
+    device_id: Option<&str>,
+    proof: &VerifiedProof,
+    attestation: Attestation,
+    ip: IpAddr,
+    now: i64,
+) -> Result<DeviceAttestation> {
+    let format = attestation.format().as_str();
+    let fail = |check: String| {
+        state.alerts.raise(
+            AlertKind::AttestationFailed,
+            Some(&key.key_id),
+            device_id,
+            Some(ip),
+            json!({"format": format, "check": check, "jkt": proof.jkt}),
+        );
+        Error::InvalidAttestation(check)
+    };
+    let challenge = attestation.challenge().to_owned();
+    let expires = state
+        .challenges
+        .check(&challenge, now)
+        .map_err(|e| fail(e.to_string()))?;
+    // Contract section 8: the client data binds the attestation to this request's DPoP key.
+    let client_data = format!("{challenge}.{}", proof.jkt);
+    let verifier = state.verifier.clone();
+    let jwk = proof.jwk.clone();
+    let attested = tokio::task::spawn_blocking(move || {
+        verifier.verify(&attestation, client_data.as_bytes(), &jwk, now)
+    })
+    .await
+    .map_err(Error::internal)?
+    .map_err(|e| fail(e.to_string()))?;
+    state
+        .challenges
+        .spend(&*state.replay, &challenge, expires, now)
+        .await?
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(DeviceAttestation {
+        format: attested.format.as_str().to_owned(),
+        attested_at: now,
+        security_level: attested.security_level,
+        public_key: attested.public_key,
+        key_id: attested.key_id,
+    })
 }
 
 /// Scores a device, remembers the outcome (batched write) and raises the alerts it calls for.
@@ -395,10 +630,11 @@ fn score_and_record(
     key: &KeyRecord,
     mut device: DeviceRecord,
     presented: &trust::Attributes,
-    is_new: bool,
+    scoring: Scoring,
     ip: IpAddr,
     now: i64,
 ) -> Result<(DeviceRecord, TrustDecision)> {
+    let is_new = scoring == Scoring::Exchange { is_new: true };
     let network = network_of(ip);
     let seen = device.networks.contains(&network);
     let decision = trust::evaluate(&TrustInputs {
@@ -413,6 +649,7 @@ fn score_and_record(
         network: NetworkSignals::of(&device.networks, &network, is_new),
         trust_on_enroll: key.trust_on_enroll,
         approved: device.approved,
+        attested: is_attested(key, &device),
         is_new,
     });
     if decision.stable_mismatch {
@@ -430,6 +667,10 @@ fn score_and_record(
     } else if presented
         .iter()
         .any(|(k, v)| device.attributes.get(k) != Some(v))
+        // After `approve` the fingerprint is blank, and the next presenter's attributes become
+        // the reference: only from a network the device used before, or a key copied
+        // elsewhere could be first to present its own fingerprint (issue 15, item 15).
+        && !(device.approved && device.attributes.is_empty() && !seen)
     {
         // Accepted drift (an OS or app update) becomes the new baseline. (Checked first: on
         // almost every exchange nothing changed, and rebuilding the map is not free.)
@@ -460,11 +701,35 @@ fn score_and_record(
         state.record_device(device);
         return Err(Error::DeviceUntrusted);
     }
-    device.exchange_count += 1;
+    // Only token exchanges count towards earned trust (history H and the earning rule).
+    if let Scoring::Exchange { .. } = scoring {
+        device.exchange_count += 1;
+    }
     state
         .alerts
         .observe_exchange(&key.key_id, &device.device_id, &network, now);
     Ok((device, decision))
+}
+
+/// Whether the device counts as attested for `key`: an attestation on record, and a policy
+/// that does not ignore attestations.
+fn is_attested(key: &KeyRecord, device: &DeviceRecord) -> bool {
+    key.attestation != AttestationPolicy::Off && device.attestation.is_some()
+}
+
+/// The attestation format to report (`trust.attested`, the `att` claim).
+fn attested_format(key: &KeyRecord, device: &DeviceRecord) -> Option<&'static str> {
+    if !is_attested(key, device) {
+        return None;
+    }
+    device
+        .attestation
+        .as_ref()
+        .and_then(|a| match a.format.as_str() {
+            "apple-appattest" => Some("apple-appattest"),
+            "android-key" => Some("android-key"),
+            _ => None,
+        })
 }
 
 /// The scopes a device gets: all requested ones when trusted; when limited, only those in
@@ -512,7 +777,9 @@ async fn issue(
             jkt,
             device_id: &device.device_id,
             trust: granted,
+            att: attested_format(key, device),
             ttl_seconds: state.settings.access_ttl_secs as u64,
+            status_idx: device.status_idx,
         },
         now as u64,
     );
@@ -569,6 +836,39 @@ async fn issue(
         trust: TrustSummary {
             score: decision.score,
             level: granted,
+            attested: attested_format(key, device),
         },
     })
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_has_no_token() {
+        let req: RefreshRequest =
+            serde_json::from_str(r#"{"refresh_token": "rt_secret-refresh-value"}"#).unwrap();
+        let res = TokenResponse {
+            access_token: "eyJ.secret-access-value.sig".into(),
+            token_type: "DPoP",
+            expires_in: 300,
+            scope: "read:x".into(),
+            refresh_token: "rt_secret-refresh-value".into(),
+            refresh_expires_in: 86_400,
+            device_id: "dev_1".into(),
+            trust: TrustSummary {
+                score: 1.0,
+                level: crate::tokens::GrantedTrust::Trusted,
+                attested: None,
+            },
+        };
+        let debug = format!("{req:?} {req:#?} {res:?} {res:#?}");
+        assert!(!debug.contains("secret-refresh-value"), "{debug}");
+        assert!(!debug.contains("secret-access-value"), "{debug}");
+        assert!(
+            debug.contains("dev_1") && debug.contains("read:x"),
+            "{debug}"
+        );
+    }
 }

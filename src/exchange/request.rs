@@ -37,13 +37,30 @@ pub struct DeviceInfo {
     #[serde(default)]
     #[schema(schema_with = attributes_schema)]
     pub attributes: BTreeMap<String, String>,
+    /// A platform attestation of the device key (contract section 8): `{"format":
+    /// "apple-appattest", "challenge", "key_id", "object"}` or `{"format": "android-key",
+    /// "challenge", "certificate_chain": [...]}`. Verified once, at enrollment (or on a later
+    /// exchange of a device not attested yet).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub attestation: Option<crate::attestation::Attestation>,
 }
 
-/// `POST /v1/token/refresh` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /v1/token/refresh` body. The token is a secret: held as one (wiped on drop) and
+/// left out of `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {
     /// The refresh token to spend.
-    pub refresh_token: String,
+    #[schema(value_type = String)]
+    pub refresh_token: secrecy::SecretString,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field("refresh_token", &"[REDACTED]")
+            .finish()
+    }
 }
 
 /// The contract's limits on `attributes`, as JSON Schema.

@@ -143,6 +143,8 @@ mod schemas {
     #[derive(ToSchema)]
     pub struct AlertList {
         pub alerts: Vec<AlertRecord>,
+        /// Pass as `after` for the next page; `null` on the last page.
+        pub next: Option<String>,
     }
 
     /// The size of a usage bucket.
@@ -413,6 +415,7 @@ struct RotateBody {
 }
 
 /// Issues a new key (new id, same settings); the old one works until the grace period ends.
+/// A suspended key can be rotated too (recovery from a leak): it stays suspended.
 #[utoipa::path(post, path = "/admin/v1/keys/{key_id}/rotate", tag = "admin",
     security(("admin_token" = [])),
     params(("key_id" = String, Path, description = "`ak_<env>_<id>`")),
@@ -629,12 +632,15 @@ struct AlertsQuery {
     key_id: Option<String>,
     /// Only alerts at or after this time (unix seconds).
     since: Option<i64>,
+    /// The previous page's `next`: only alerts older than that one.
+    after: Option<String>,
     /// At most this many, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-/// Alerts, newest first, filtered by kind, key and time.
+/// Alerts, newest first, filtered by kind, key and time, a page at a time (pass `next` as
+/// `after` until it is `null`).
 #[utoipa::path(get, path = "/admin/v1/alerts", tag = "admin", security(("admin_token" = [])),
     params(AlertsQuery),
     responses(
@@ -647,12 +653,15 @@ async fn list_alerts(
     State(st): State<AppState>,
     Query(q): Query<AlertsQuery>,
 ) -> Result<JsonResponse> {
+    let limit = page_limit(q.limit)?;
     let filter = AlertFilter {
         kind: q.kind,
         key_id: q.key_id,
         since: q.since,
-        limit: page_limit(q.limit)?,
+        limit: limit + 1,
+        after: q.after,
     };
     let alerts = st.store.list_alerts(&filter).await?;
-    Ok(axum::Json(json!({ "alerts": alerts })))
+    let (alerts, next) = paginate(alerts, limit, |a| a.id.clone());
+    Ok(axum::Json(json!({ "alerts": alerts, "next": next })))
 }

@@ -117,7 +117,9 @@ async fn sign(State(state): State<AppState>) -> Response {
             jkt: "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
             device_id: "dev_bench",
             trust: GrantedTrust::Trusted,
+            att: None,
             ttl_seconds: s.access_ttl_secs as u64,
+            status_idx: 0,
         },
         crate::state::now() as u64,
     );

@@ -17,7 +17,8 @@ use super::extract::{ClientIp, Json, Query};
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
-use crate::keys::{ApiKey, format::find_keys};
+use crate::keys::ApiKey;
+use crate::keys::format::find_first_key;
 use crate::state::AppState;
 use crate::store::KeyStatus;
 use crate::store::RevocationRecord;
@@ -44,13 +45,17 @@ pub fn router() -> Router<AppState> {
             "/v1/revocations",
             get(revocations).layer(cors::public_document()),
         )
+        .route(
+            "/v1/status-lists/{n}",
+            get(status_list).layer(cors::public_document()),
+        )
         .route("/v1/leaks", post(leaks))
 }
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(jwks, metadata, revocations, leaks),
+    paths(jwks, metadata, revocations, status_list, leaks),
     components(schemas(RevocationRecord))
 )]
 pub(super) struct Doc;
@@ -127,9 +132,14 @@ async fn metadata(State(state): State<AppState>) -> Response {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct FeedQuery {
-    /// The `next` cursor of the previous answer; absent: from the beginning.
+    /// The `next` cursor of the previous answer; absent: from the beginning (the oldest entry
+    /// kept). A cursor from before pruned entries reads on from the oldest entry kept.
     #[param(pattern = "^[0-9]{0,18}$")]
     since: Option<String>,
+    /// Start at the first entry made at or after this time (unix seconds) instead of at a
+    /// cursor: a new verifier reads recent entries only. Not together with `since`.
+    #[param(pattern = "^[0-9]{1,12}$")]
+    since_time: Option<String>,
 }
 
 /// The revocation feed: a JWS over the entries after the cursor. The cursor is the feed
@@ -146,9 +156,21 @@ async fn revocations(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
 ) -> Result<Response> {
-    let after = match q.since.as_deref() {
-        None | Some("") => 0,
-        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+    let after = match (q.since.as_deref(), q.since_time.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "give since or since_time, not both".into(),
+            ));
+        }
+        (None, Some(t)) => {
+            let t = Some(t)
+                .filter(|t| !t.is_empty() && t.len() <= 12 && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| Error::InvalidRequest("since_time: unix seconds".into()))?;
+            state.store.revocation_cursor_at(t).await?
+        }
+        (None | Some(""), None) => 0,
+        (Some(s), None) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
             Error::InvalidRequest("since: not a cursor returned by this feed".into())
         })?,
     };
@@ -175,11 +197,50 @@ async fn revocations(
         .into_response())
 }
 
-/// A leaked key, reported by a secret scanner.
+/// Token status list `n` (contract section 10): a signed `statuslist+jwt` with two bits per
+/// device, which access tokens point into with their `status` claim.
+#[utoipa::path(get, path = "/v1/status-lists/{n}", tag = "discovery",
+    params(("n" = u32, Path, description = "The list number, as in a token's `status.status_list.uri`.")),
+    responses(
+    (status = 200, description = "A JWS (`typ: statuslist+jwt`, signed like access tokens) with \
+claims `iss`, `sub` (the list's URI), `iat`, `exp`, `ttl` and `status_list` (`bits: 2`, `lst`: \
+base64url of the ZLIB-compressed entries). Entry values: 0 valid, 1 invalid (device or key \
+revoked, key expired), 2 suspended.", content_type = "application/statuslist+jwt"),
+    (status = 404, description = "`NOT_FOUND`: no such list.", body = ErrorBody),
+    (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),
+))]
+async fn status_list(
+    State(state): State<AppState>,
+    axum::extract::Path(n): axum::extract::Path<String>,
+) -> Result<Response> {
+    // Digits only (no sign, no spaces); anything else names no list.
+    let n = Some(n.as_str())
+        .filter(|s| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(Error::NotFound)?;
+    let jws = state.status_lists.get(n).await?.ok_or(Error::NotFound)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                crate::tokens::status_list::CONTENT_TYPE,
+            ),
+            // Verifiers cache it for its `ttl` claim; HTTP caches between us and them must not
+            // add their own lifetime on top.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        jws.to_string(),
+    )
+        .into_response())
+}
+
+/// A leaked key, reported by a secret scanner. The key is held as a secret (wiped on drop,
+/// never in `Debug`): it may well be live.
 #[derive(Deserialize, ToSchema)]
 struct LeakReport {
     /// The plaintext key as found.
-    key: String,
+    #[schema(value_type = String)]
+    key: secrecy::SecretString,
     /// Where it was found (URL or note).
     #[serde(default)]
     source: Option<String>,
@@ -202,6 +263,8 @@ a valid key is suspended at once and a `KEY_LEAKED` alert raised.", body = LeakR
         (status = 400, description = "`INVALID_REQUEST`, `API_KEY_IN_URL`.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: the client IP's failure budget is spent (a \
+report of a key that does not verify counts as a failure); `Retry-After` is set.", body = ErrorBody),
         (status = 503, description = "`UNAVAILABLE`.", body = ErrorBody),
     ))]
 async fn leaks(
@@ -215,25 +278,25 @@ async fn leaks(
         .chars()
         .take(512)
         .collect();
-    let verified = match ApiKey::parse(report.key.trim()) {
-        Ok(key) => {
-            let (record, cached) = state.cache.key_and_source(key.id().as_str()).await?;
-            let matches = record.as_ref().is_some_and(|r| {
-                bool::from(subtle::ConstantTimeEq::ct_eq(
-                    &key.secret_hash()[..],
-                    &r.secret_hash[..],
-                ))
-            });
-            if !matches {
-                // As at the token endpoint: the answer's timing must not tell a live id.
-                state.cache.pay_for_refusal(cached).await;
-            }
-            record.filter(|_| matches)
+    // Behind the per-IP failure budget, like the token endpoints: a report is a key check.
+    state.failures.check(ip).await?;
+    let now = crate::state::now();
+    // The same check as the token endpoint's, so the answer's timing does not tell a live id
+    // either. A key that verified is reported whatever its status.
+    let verified = match state
+        .key_auth()
+        .authenticate(secrecy::ExposeSecret::expose_secret(&report.key), now)
+        .await
+    {
+        Ok(v) => Some(v.record().clone()),
+        Err(e) if e.is_auth_failure() => {
+            // Still 202, the same answer; the failure is counted all the same.
+            super::token::count_failure(&state, ip).await?;
+            None
         }
-        Err(_) => None,
+        Err(e) => return Err(e),
     };
     if let Some(record) = verified {
-        let now = crate::state::now();
         if record.status == KeyStatus::Active {
             let actor = crate::keys::service::Actor {
                 name: "leak-report".into(),
@@ -264,72 +327,110 @@ async fn leaks(
         .into_response())
 }
 
-/// Middleware: a request whose query string holds an API key is refused before routing, and
-/// the key is flagged with a `KEY_IN_URL` alert (URLs end up in proxy and server logs).
+/// Middleware: a request whose URL (query string or path) holds an API key is refused before
+/// routing with `API_KEY_IN_URL`, and flagged with a `KEY_IN_URL` alert (URLs end up in proxy
+/// and server logs).
+///
+/// An unauthenticated request can carry hundreds of checksum-valid keys, which anyone can
+/// forge for any key id, so the guard does bounded work whatever the URL holds (see
+/// `docs/design.md`, "Keys in URLs"):
+/// * only the first key is looked at (query first, then path);
+/// * its secret is checked like any presented key ([`crate::keys::auth`]: one cached lookup,
+///   the equalised refusal, the key id's failure budget), and not at all once the client's
+///   address has spent its failure budget;
+/// * a key whose secret verified is named in the alert (`details.secret_verified: true`, at
+///   most one alert per key a minute); containment may act on it;
+/// * a look-alike that did not verify is a failed authentication for the address's budget,
+///   counted in `keybound_keys_in_url_unverified_total`, and reported without a key id in
+///   one alert per address bucket a minute.
 pub async fn reject_keys_in_url(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(query) = req.uri().query() {
-        // The query holds a plaintext key: wipe our decoded copy when done.
-        let decoded = zeroize::Zeroizing::new(percent_decode(query));
-        let found = find_keys(&decoded);
-        if !found.is_empty() {
-            let ip = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| {
-                    super::extract::client_ip(
-                        c.0.ip(),
-                        req.headers(),
-                        &state.settings.trusted_proxies,
-                    )
-                });
-            for (pos, id) in found {
-                // A checksum is no secret: say whether the URL held the real key, so that
-                // containment acts only on genuine exposures, not on forged lookalikes.
-                let verified = secret_matches(&state, &decoded[pos..], &id).await;
-                state.alerts.raise(
-                    AlertKind::KeyInUrl,
-                    Some(id.as_str()),
-                    None,
-                    ip,
-                    json!({"path": req.uri().path(), "secret_verified": verified}),
-                );
+    let Some((key, place)) = first_key_in_url(req.uri()) else {
+        return next.run(req).await;
+    };
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| {
+            super::extract::client_ip(c.0.ip(), req.headers(), &state.settings.trusted_proxies)
+        });
+    // The path is only named when the key was not in it.
+    let path = (place == "query").then(|| req.uri().path().chars().take(256).collect::<String>());
+    flag_key_in_url(&state, &key, place, path, ip).await;
+    // A stock OAuth client at the token endpoint reads RFC 6749 errors (contract 9.1).
+    if req.uri().path() == crate::exchange::TOKEN_PATH && super::extract::is_form(req.headers()) {
+        return Error::ApiKeyInUrl.into_oauth_response();
+    }
+    Error::ApiKeyInUrl.into_response()
+}
+
+/// The first key in the URL's query, else in its path, both percent-decoded (a URL-encoded
+/// key is still seen), with where it was.
+fn first_key_in_url(uri: &axum::http::Uri) -> Option<(ApiKey, &'static str)> {
+    let find = |part: &str| {
+        // The part may hold a plaintext key: wipe the decoded copy when done.
+        let decoded = zeroize::Zeroizing::new(percent_decode(part));
+        find_first_key(&decoded).map(|(_, key)| key)
+    };
+    if let Some(key) = uri.query().and_then(find) {
+        return Some((key, "query"));
+    }
+    find(uri.path()).map(|key| (key, "path"))
+}
+
+/// Checks the key's secret (when the address may still spend failures) and raises the alert.
+async fn flag_key_in_url(
+    state: &AppState,
+    key: &ApiKey,
+    place: &'static str,
+    path: Option<String>,
+    ip: Option<std::net::IpAddr>,
+) {
+    let within_budget = match ip {
+        Some(ip) => state.failures.check(ip).await.is_ok(),
+        None => true,
+    };
+    let verified = if within_budget {
+        match state.key_auth().verify(key, crate::state::now()).await {
+            Ok(v) => Some(v.record().key_id.clone()),
+            Err(e) => {
+                if let (true, Some(ip)) = (e.is_auth_failure(), ip)
+                    && let Err(e) = super::token::count_failure(state, ip).await
+                {
+                    tracing::warn!(error = %e, "could not count a key-in-URL failure");
+                }
+                None
             }
-            // A stock OAuth client at the token endpoint reads RFC 6749 errors (contract 9.1).
-            if req.uri().path() == crate::exchange::TOKEN_PATH
-                && super::extract::is_form(req.headers())
-            {
-                return Error::ApiKeyInUrl.into_oauth_response();
-            }
-            return Error::ApiKeyInUrl.into_response();
+        }
+    } else {
+        None
+    };
+    match verified {
+        Some(key_id) => state.alerts.raise_once(
+            AlertKind::KeyInUrl,
+            &key_id,
+            Some(&key_id),
+            ip,
+            json!({"secret_verified": true, "in": place, "path": path}),
+        ),
+        None => {
+            metrics::counter!("keybound_keys_in_url_unverified_total").increment(1);
+            let subject = ip.map_or_else(String::new, |ip| state.failures.bucket(ip).to_string());
+            state.alerts.raise_once(
+                AlertKind::KeyInUrl,
+                &format!("unverified {subject}"),
+                None,
+                ip,
+                json!({"secret_verified": false, "in": place, "path": path}),
+            );
         }
     }
-    next.run(req).await
 }
 
-/// Whether `text` starts with the key `id` names, with the right secret.
-async fn secret_matches(state: &AppState, text: &[u8], id: &crate::keys::KeyId) -> bool {
-    let len = "sk_".len() + id.env().as_str().len() + 1 + crate::keys::format::BODY_LEN;
-    let Some(key) = text
-        .get(..len)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|s| ApiKey::parse(s).ok())
-    else {
-        return false;
-    };
-    match state.cache.key(id.as_str()).await {
-        Ok(Some(record)) => bool::from(subtle::ConstantTimeEq::ct_eq(
-            &key.secret_hash()[..],
-            &record.secret_hash[..],
-        )),
-        _ => false,
-    }
-}
-
-/// Percent-decodes a query, so a key that was URL-encoded is still seen.
+/// Percent-decodes a query or path, so a key that was URL-encoded is still seen.
 fn percent_decode(q: &str) -> Vec<u8> {
     percent_encoding::percent_decode_str(q).collect()
 }

@@ -22,13 +22,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
         let json_type = is_json(req.headers());
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge
-            } else {
-                Error::InvalidRequest("could not read the request body".into())
-            }
-        })?;
+        // The whole body within the deadline: the body layer's timeout only bounds the pause
+        // between two chunks, which a client dripping one byte at a time never exceeds.
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(state.settings.body_read_timeout, read)
+            .await
+            .map_err(|_| Error::InvalidRequest("the request body did not arrive in time".into()))?
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge
+                } else {
+                    Error::InvalidRequest("could not read the request body".into())
+                }
+            })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -168,26 +174,65 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let Some(expected) = &state.admin_token_hash else {
-            return Err(Error::NotFound);
-        };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or(Error::InvalidAdminToken)?;
-        // Compare digests, so neither the content nor the length of the token leaks by timing.
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
-            Ok(AdminAuth)
-        } else {
-            Err(Error::InvalidAdminToken)
-        }
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        check_admin_token(state, &parts.headers, ip).await?;
+        Ok(AdminAuth)
     }
+}
+
+/// The admin-token check, for any route that accepts the admin token (the admin API, and
+/// endpoints such as introspection that also take it): `NOT_FOUND` when no token is
+/// configured, `RATE_LIMITED` while `ip` has spent its budget of wrong tokens
+/// (`--admin-failure-budget`), `INVALID_ADMIN_TOKEN` for a missing or wrong one (which
+/// spends the budget; the failure that spends it raises a `FAILURE_BURST` alert).
+pub async fn check_admin_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+) -> Result<(), Error> {
+    let Some(expected) = &state.admin_token_hash else {
+        return Err(Error::NotFound);
+    };
+    // Refused before the comparison: past the budget, guessing gets no answer at all.
+    state.admin_failures.check(ip).await?;
+    if admin_token_matches(headers, expected) {
+        return Ok(());
+    }
+    if state.admin_failures.record_failure(ip).await? {
+        state.alerts.raise_once(
+            crate::alerts::AlertKind::FailureBurst,
+            &format!("admin:{ip}"),
+            None,
+            Some(ip),
+            serde_json::json!({
+                "credential": "admin_token",
+                "budget_per_minute": state.settings.admin_failure_budget,
+            }),
+        );
+    }
+    Err(Error::InvalidAdminToken)
+}
+
+/// Whether `Authorization: Bearer <token>` carries the admin token whose SHA-256 is
+/// `expected`. Digests are compared in constant time, so neither the content nor the length
+/// of the token leaks by timing. An empty token never matches (none shorter than 32
+/// characters can be configured).
+fn admin_token_matches(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    let Some(presented) = bearer(headers).map(str::trim) else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    bool::from(digest.ct_eq(expected)) && !presented.is_empty()
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header (RFC 6750 section 2.1),
+/// the one parser for every bearer credential: the admin token, an API key sent as a bearer
+/// token. The scheme name is case-insensitive (RFC 9110 section 11.1); `None` when the header
+/// is absent, not text, or another scheme.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case("bearer ").then_some(credential)
 }
 
 /// The client's IP: the socket peer, unless the peer is a trusted proxy, in which case the
@@ -213,10 +258,12 @@ impl FromRequestParts<AppState> for ClientIp {
 }
 
 /// See [`ClientIp`]. Only the right-most untrusted hop can be believed: every hop to its left
-/// was written by the client or by a proxy we do not control.
+/// was written by the client or by a proxy we do not control. Addresses are compared and
+/// returned in canonical form ([`crate::net`]): `::ffff:10.0.0.5` is `10.0.0.5`.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
+    let peer = crate::net::canonical(peer);
+    let is_trusted = |ip: IpAddr| crate::net::any_contains(trusted, ip);
+    if !is_trusted(peer) {
         return peer;
     }
     let hops = headers
@@ -227,8 +274,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
         .map(str::trim)
         .collect::<Vec<_>>();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => continue,
+        match hop.parse::<IpAddr>().map(crate::net::canonical) {
+            Ok(ip) if is_trusted(ip) => continue,
             Ok(ip) => return ip,
             Err(_) => return peer,
         }
@@ -263,6 +310,51 @@ mod tests {
             client_ip(proxy, &HeaderMap::new(), &trusted),
             proxy,
             "no header"
+        );
+    }
+
+    #[test]
+    fn bearer_takes_the_credential_of_the_bearer_scheme_only() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        let cases = [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("Bearer ", Some("")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("Bear", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(bearer(&with(value)), want, "{value:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None, "no header");
+    }
+
+    #[test]
+    fn mapped_addresses_are_trusted_and_returned_as_ipv4() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "::ffff:203.0.113.9, ::ffff:10.0.0.7".parse().unwrap(),
+        );
+        let mapped_proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped_proxy, &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "a mapped peer in 10.0.0.0/8 is a trusted proxy, a mapped hop in it is skipped, \
+             and the client comes back as IPv4"
+        );
+        let mapped_stranger: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped_stranger, &h, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap(),
+            "an untrusted peer, canonical"
         );
     }
 

@@ -1,6 +1,7 @@
 //! HTTP: the router, one module per resource, extractors and the error mapping.
 
 pub mod admin;
+pub mod attestation;
 pub mod bench;
 pub mod cors;
 pub mod discovery;
@@ -15,6 +16,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
@@ -23,24 +25,51 @@ use crate::state::AppState;
 /// Largest request body (contract section 3).
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// What one listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (one listener, the default).
+    All,
+    /// Everything but the admin API, which answers 404 here (`--admin-listen` is set).
+    Public,
+    /// Only the admin API (the `--admin-listen` address).
+    Admin,
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    app_for(state, Surface::All)
+}
+
+/// The HTTP application for one listener.
+pub fn app_for(state: AppState, surface: Surface) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let mut routes = Router::new();
-    if state.settings.bench_routes {
-        routes = routes.merge(bench::router());
+    if surface != Surface::Admin {
+        if state.settings.bench_routes {
+            routes = routes.merge(bench::router());
+        }
+        routes = routes
+            .merge(health::router())
+            .merge(openapi::router())
+            .merge(token::router())
+            .merge(attestation::router())
+            .merge(introspect::router())
+            .merge(discovery::router());
+    }
+    if surface != Surface::Public {
+        routes = routes.nest("/admin/v1", admin::router());
     }
     routes
-        .merge(health::router())
-        .merge(openapi::router())
-        .merge(token::router())
-        .merge(introspect::router())
-        .merge(discovery::router())
-        .nest("/admin/v1", admin::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(axum::middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // A stalled body (no chunk for this long) fails the read: the extractor answers 400
+        // and hyper closes the connection, whose body it can no longer find the end of.
+        .layer(RequestBodyTimeoutLayer::new(
+            state.settings.body_read_timeout,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             discovery::reject_keys_in_url,
@@ -65,7 +94,33 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_foreign_request_id))
         .with_state(state)
+}
+
+/// Longest client `x-request-id` kept (every UUID text form fits).
+const MAX_REQUEST_ID: usize = 64;
+
+/// Keeps a client's `x-request-id` only when it is a UUID (at most [`MAX_REQUEST_ID`]
+/// characters); otherwise it is removed and [`SetRequestIdLayer`] generates one. The id is
+/// written into every log line and echoed in the response, so an arbitrary client string
+/// could forge log entries or smuggle data into them.
+async fn drop_foreign_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
+    let keep = req.headers().get_all("x-request-id").iter().count() == 1
+        && req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_request_id);
+    if !keep {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
+}
+
+/// Whether a client's request id is acceptable: UUID-shaped and short.
+fn is_request_id(id: &str) -> bool {
+    id.len() <= MAX_REQUEST_ID && uuid::Uuid::try_parse(id).is_ok()
 }
 
 /// Counts requests by matched route and status, and times them.
@@ -86,4 +141,24 @@ async fn count_requests(
     metrics::histogram!("keybound_http_request_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     res
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_uuid_shaped_request_ids_are_kept() {
+        let cases = [
+            ("0b6c6f0e-3a8e-4c4b-9f5e-2f1d2c3b4a59", true),
+            ("0B6C6F0E-3A8E-4C4B-9F5E-2F1D2C3B4A59", true),
+            ("0b6c6f0e3a8e4c4b9f5e2f1d2c3b4a59", true),
+            ("not-a-uuid", false),
+            ("", false),
+            ("0b6c6f0e-3a8e-4c4b-9f5e-2f1d2c3b4a59 injected=1", false),
+            ("0b6c6f0e-3a8e-4c4b-9f5e-2f1d2c3b4a5g", false),
+        ];
+        for (id, want) in cases {
+            assert_eq!(super::is_request_id(id), want, "{id:?}");
+        }
+        assert!(!super::is_request_id(&"a".repeat(65)));
+    }
 }

@@ -134,27 +134,37 @@ pub(super) async fn token(
     headers: &HeaderMap,
     req: Request,
 ) -> Response {
-    let seen = std::sync::OnceLock::new();
     let work = async {
-        let form: TokenForm = read_form(req, state).await?;
-        match parse(form)? {
+        let form: TokenForm = match read_form(req, state).await {
+            Ok(form) => form,
+            Err(e) => return (None, Err(e.into())),
+        };
+        let grant = match parse(form) {
+            Ok(grant) => grant,
+            Err(e) => return (None, Err(e)),
+        };
+        match grant {
             Grant::Exchange { api_key, body } => {
-                let mut p = presented(headers, ip, &seen, exchange::TOKEN_PATH);
+                let mut p = presented(headers, ip, exchange::TOKEN_PATH);
                 // RFC 8693: the key travels as the subject token, never in a header.
                 p.api_key = Some(&api_key);
-                let token = exchange::exchange(state, p, body).await?;
-                Ok::<_, FormRefusal>(Answer::Exchange(ExchangeAnswer {
-                    token,
-                    issued_token_type: ACCESS_TOKEN_TYPE,
-                }))
+                let (key_id, result) = exchange::exchange(state, p, body).await.into_parts();
+                let answer = result.map(|token| {
+                    Answer::Exchange(ExchangeAnswer {
+                        token,
+                        issued_token_type: ACCESS_TOKEN_TYPE,
+                    })
+                });
+                (key_id, answer.map_err(FormRefusal::from))
             }
             Grant::Refresh(body) => {
-                let p = presented(headers, ip, &seen, exchange::TOKEN_PATH);
-                Ok(Answer::Refresh(exchange::refresh(state, p, body).await?))
+                let p = presented(headers, ip, exchange::TOKEN_PATH);
+                let answer = exchange::refresh(state, p, body).await.map(Answer::Refresh);
+                (None, answer.map_err(FormRefusal::from))
             }
         }
     };
-    match guarded(state, ip, exchange::TOKEN_PATH, headers, &seen, work).await {
+    match guarded(state, ip, exchange::TOKEN_PATH, headers, work).await {
         Ok(res) => res,
         Err(refusal) => refusal.into_response(),
     }
@@ -219,7 +229,9 @@ fn parse(form: TokenForm) -> Result<Grant, FormRefusal> {
             let refresh_token = form
                 .refresh_token
                 .ok_or_else(|| invalid("refresh_token is required"))?;
-            Ok(Grant::Refresh(RefreshRequest { refresh_token }))
+            Ok(Grant::Refresh(RefreshRequest {
+                refresh_token: refresh_token.into(),
+            }))
         }
         Some(_) => Err(FormRefusal::UnsupportedGrantType),
     }

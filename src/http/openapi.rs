@@ -39,6 +39,7 @@ pub fn document() -> serde_json::Value {
     let doc = Root::openapi()
         .merge_from(super::health::Doc::openapi())
         .merge_from(super::token::Doc::openapi())
+        .merge_from(super::attestation::Doc::openapi())
         .merge_from(super::introspect::Doc::openapi())
         .merge_from(super::discovery::Doc::openapi())
         .merge_from(super::admin::Doc::openapi());
@@ -351,7 +352,9 @@ mod tests {
             ("/.well-known/jwks.json", "get"),
             ("/.well-known/oauth-authorization-server", "get"),
             ("/v1/revocations", "get"),
+            ("/v1/status-lists/{n}", "get"),
             ("/v1/leaks", "post"),
+            ("/v1/attestation/challenge", "post"),
             ("/admin/v1/keys", "post"),
             ("/admin/v1/keys", "get"),
             ("/admin/v1/keys/{key_id}", "get"),

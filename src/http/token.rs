@@ -10,7 +10,7 @@ use axum::routing::post;
 use serde::Serialize;
 
 use super::cors;
-use super::extract::{ClientIp, Json, is_form};
+use super::extract::{ClientIp, Json, bearer, is_form};
 use super::oauth;
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
@@ -31,22 +31,20 @@ pub fn router() -> Router<AppState> {
 #[openapi(paths(token, refresh))]
 pub(super) struct Doc;
 
-pub(super) fn presented<'a>(
+/// What a token request sent to `path` presents: the API key (`X-API-Key`, else a bearer
+/// token), the proof, the origin and the client IP.
+pub fn presented<'a>(
     headers: &'a HeaderMap,
     ip: std::net::IpAddr,
-    key_seen: &'a std::sync::OnceLock<String>,
     path: &'static str,
 ) -> Presented<'a> {
-    let text = |v: &'a HeaderValue| v.to_str().ok();
-    let api_key = headers.get("x-api-key").and_then(text).or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(text)
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-    });
+    fn text(v: &HeaderValue) -> Option<&str> {
+        v.to_str().ok()
+    }
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(text)
+        .or_else(|| bearer(headers));
     let mut proofs = headers.get_all("dpop").iter();
     let proof = match (proofs.next(), proofs.next()) {
         (None, _) => Ok(None),
@@ -58,7 +56,6 @@ pub(super) fn presented<'a>(
         proof,
         origin: headers.get(header::ORIGIN).and_then(text),
         ip,
-        key_seen,
         path,
     }
 }
@@ -82,13 +79,13 @@ also has `issued_token_type`.", body = oauth::ExchangeAnswer),
         (status = 400, description = "`INVALID_REQUEST` (body limits), `USE_DPOP_NONCE` (the `DPoP-Nonce` \
 header carries a fresh nonce), `INVALID_AUDIENCE`, `API_KEY_IN_URL`.", body = ErrorBody),
         (status = 401, description = "`MISSING_API_KEY`, `INVALID_API_KEY`, `INVALID_DPOP_PROOF`, \
-`DPOP_REPLAY`.", body = ErrorBody),
+`DPOP_REPLAY`, `INVALID_ATTESTATION` (the message names the failed check).", body = ErrorBody),
         (status = 403, description = "`IP_NOT_ALLOWED`, `ORIGIN_NOT_ALLOWED`, `INSUFFICIENT_SCOPE`, \
-`DEVICE_LIMIT_REACHED`, `DEVICE_REVOKED`, `DEVICE_UNTRUSTED`.", body = ErrorBody),
+`DEVICE_LIMIT_REACHED`, `DEVICE_REVOKED`, `DEVICE_UNTRUSTED`, `ATTESTATION_REQUIRED`.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`: body over 16 KiB.", body = ErrorBody),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not JSON.", body = ErrorBody),
-        (status = 429, description = "`RATE_LIMITED`: the key's rate or the client IP's failure budget \
-is spent; `Retry-After` is set.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: the key's rate, its hourly budget of new \
+devices, or the client IP's failure budget is spent; `Retry-After` is set.", body = ErrorBody),
         (status = 503, description = "`UNAVAILABLE`: storage or Redis unreachable; nothing was issued.",
          body = ErrorBody),
     ))]
@@ -101,13 +98,16 @@ async fn token(
     if is_form(&headers) {
         return Ok(oauth::token(&state, ip, &headers, req).await);
     }
-    let seen = std::sync::OnceLock::new();
     let work = async {
-        let Json(body) = Json::<TokenRequest>::from_request(req, &state).await?;
-        let p = presented(&headers, ip, &seen, exchange::TOKEN_PATH);
-        exchange::exchange(&state, p, body).await
+        match Json::<TokenRequest>::from_request(req, &state).await {
+            Ok(Json(body)) => {
+                let p = presented(&headers, ip, exchange::TOKEN_PATH);
+                exchange::exchange(&state, p, body).await.into_parts()
+            }
+            Err(e) => (None, Err(e)),
+        }
     };
-    guarded(&state, ip, exchange::TOKEN_PATH, &headers, &seen, work).await
+    guarded(&state, ip, exchange::TOKEN_PATH, &headers, work).await
 }
 
 /// Rotates a refresh token: the old one is spent, a new pair is issued (contract 3.2). The
@@ -122,7 +122,7 @@ async fn token(
 `REFRESH_TOKEN_REUSED` (the whole family is now revoked), `INVALID_API_KEY` (the key was revoked, \
 suspended or expired).", body = ErrorBody),
         (status = 403, description = "`IP_NOT_ALLOWED`, `ORIGIN_NOT_ALLOWED`, `DEVICE_REVOKED`, \
-`DEVICE_UNTRUSTED`.", body = ErrorBody),
+`DEVICE_UNTRUSTED`, `ATTESTATION_REQUIRED`.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
         (status = 429, description = "`RATE_LIMITED`; `Retry-After` is set.", body = ErrorBody),
@@ -134,13 +134,17 @@ async fn refresh(
     headers: HeaderMap,
     body: Result<Json<RefreshRequest>>,
 ) -> Result<Response> {
-    let seen = std::sync::OnceLock::new();
     let work = async {
-        let Json(body) = body?;
-        let p = presented(&headers, ip, &seen, exchange::REFRESH_PATH);
-        exchange::refresh(&state, p, body).await
+        let result = match body {
+            Ok(Json(body)) => {
+                let p = presented(&headers, ip, exchange::REFRESH_PATH);
+                exchange::refresh(&state, p, body).await
+            }
+            Err(e) => Err(e),
+        };
+        (None, result)
     };
-    guarded(&state, ip, exchange::REFRESH_PATH, &headers, &seen, work).await
+    guarded(&state, ip, exchange::REFRESH_PATH, &headers, work).await
 }
 
 /// What [`guarded`] needs to know of a refusal, whichever writer answers it: the JSON
@@ -170,23 +174,22 @@ pub(super) async fn guarded<T: Serialize, E: Refusal>(
     ip: std::net::IpAddr,
     endpoint: &'static str,
     headers: &HeaderMap,
-    key_seen: &std::sync::OnceLock<String>,
-    work: impl Future<Output = Result<T, E>>,
+    work: impl Future<Output = (Option<String>, Result<T, E>)>,
 ) -> Result<Response, E> {
     if state.switches.rate_limits() {
-        state.failures.check(&ip).await?;
+        state.failures.check(ip).await?;
     }
     let started = std::time::Instant::now();
-    let result = work.await;
+    let (key_id, result) = work.await;
     let elapsed = started.elapsed();
     metrics::histogram!("keybound_exchange_seconds").record(elapsed.as_secs_f64());
-    if let Some(key_id) = key_seen.get().filter(|_| state.switches.usage()) {
+    if let Some(key_id) = key_id.filter(|_| state.switches.usage()) {
         let status = match &result {
             Ok(_) => 200,
             Err(e) => i64::from(e.status().as_u16()),
         };
         state.usage.record(UsageEvent {
-            key_id: key_id.clone(),
+            key_id,
             at: crate::state::now(),
             endpoint: endpoint.into(),
             method: "POST".into(),
@@ -202,14 +205,8 @@ pub(super) async fn guarded<T: Serialize, E: Refusal>(
     let mut res = match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
-            if e.is_auth_failure() && state.failures.record_failure(&ip).await? {
-                state.alerts.raise_once(
-                    AlertKind::FailureBurst,
-                    &ip.to_string(),
-                    None,
-                    Some(ip),
-                    serde_json::json!({"budget_per_minute": state.settings.ip_failure_budget}),
-                );
+            if e.is_auth_failure() {
+                count_failure(state, ip).await?;
             }
             return Err(e);
         }
@@ -224,4 +221,22 @@ pub(super) async fn guarded<T: Serialize, E: Refusal>(
         h.insert("dpop-nonce", v);
     }
     Ok(res)
+}
+
+/// Counts a failed authentication from `ip` against its failure budget, and raises
+/// `FAILURE_BURST` (once a minute per address bucket) when this failure spent it. The token
+/// endpoints, the leak report and the key-in-URL guard share this budget.
+pub(super) async fn count_failure(state: &AppState, ip: std::net::IpAddr) -> Result<()> {
+    if state.failures.record_failure(ip).await? {
+        let bucket = state.failures.bucket(ip);
+        state.alerts.raise_once(
+            AlertKind::FailureBurst,
+            &bucket.to_string(),
+            None,
+            Some(ip),
+            serde_json::json!({"budget_per_minute": state.failures.per_minute(),
+                               "addresses": bucket.to_string()}),
+        );
+    }
+    Ok(())
 }

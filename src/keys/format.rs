@@ -233,36 +233,48 @@ pub fn checksum(prefixed: &[u8]) -> String {
 /// Finds every well-formed key with a valid checksum in `text`, returning byte offsets and ids.
 /// Used by `keybound scan`; a candidate must not be glued to more base62 characters.
 pub fn find_keys(text: &[u8]) -> Vec<(usize, KeyId)> {
-    let mut found = Vec::new();
+    keys_in(text).map(|(pos, key)| (pos, key.id)).collect()
+}
+
+/// The first key [`find_keys`] would find, with its plaintext (for a check of its secret);
+/// stops there, so a text full of keys costs no more than its first.
+pub fn find_first_key(text: &[u8]) -> Option<(usize, ApiKey)> {
+    keys_in(text).next()
+}
+
+/// The keys in `text`, in order, found lazily.
+fn keys_in(text: &[u8]) -> impl Iterator<Item = (usize, ApiKey)> + '_ {
     let mut i = 0;
-    while let Some(pos) = find_from(text, b"sk_", i) {
-        i = pos + 3;
-        if pos > 0 && is_key_char(text[pos - 1]) {
-            continue;
+    std::iter::from_fn(move || {
+        while let Some(pos) = find_from(text, b"sk_", i) {
+            i = pos + 3;
+            if pos > 0 && is_key_char(text[pos - 1]) {
+                continue;
+            }
+            for env in ["prod", "test", "dev"] {
+                if !text[pos + 3..].starts_with(env.as_bytes()) {
+                    continue;
+                }
+                let len = 3 + env.len() + 1 + BODY_LEN;
+                let Some(cand) = text.get(pos..pos + len) else {
+                    continue;
+                };
+                if text
+                    .get(pos + len)
+                    .is_some_and(|&b| b.is_ascii_alphanumeric())
+                {
+                    continue;
+                }
+                if let Ok(s) = std::str::from_utf8(cand)
+                    && let Ok(key) = ApiKey::parse(s)
+                {
+                    i = pos + len;
+                    return Some((pos, key));
+                }
+            }
         }
-        for env in ["prod", "test", "dev"] {
-            if !text[pos + 3..].starts_with(env.as_bytes()) {
-                continue;
-            }
-            let len = 3 + env.len() + 1 + BODY_LEN;
-            let Some(cand) = text.get(pos..pos + len) else {
-                continue;
-            };
-            if text
-                .get(pos + len)
-                .is_some_and(|&b| b.is_ascii_alphanumeric())
-            {
-                continue;
-            }
-            if let Ok(s) = std::str::from_utf8(cand)
-                && let Ok(key) = ApiKey::parse(s)
-            {
-                found.push((pos, key.id().clone()));
-                i = pos + len;
-            }
-        }
-    }
-    found
+        None
+    })
 }
 
 fn is_key_char(b: u8) -> bool {

@@ -7,7 +7,9 @@ use serde::Deserialize;
 
 use super::format::{ApiKey, KeyEnv};
 use crate::error::{Error, Result};
-use crate::store::{AuditEntry, DeviceChange, DeviceRecord, KeyRecord, KeyStatus, Store};
+use crate::store::{
+    AttestationPolicy, AuditEntry, DeviceChange, DeviceRecord, KeyRecord, KeyStatus, Store,
+};
 
 /// Default lifetime of a new key.
 pub const DEFAULT_EXPIRES_IN_DAYS: i64 = 90;
@@ -113,6 +115,10 @@ pub struct NewKey {
     /// New devices start trusted.
     #[serde(default)]
     pub trust_on_enroll: bool,
+    /// Platform attestation policy: `off`, `preferred` (default) or `required` (contract
+    /// section 8).
+    #[serde(default)]
+    pub attestation: Option<AttestationPolicy>,
 }
 
 /// A metadata update (admin `PATCH`): every field optional; `null` clears optional ones.
@@ -149,6 +155,8 @@ pub struct KeyPatch {
     pub max_devices: Option<i64>,
     /// New trust-on-enroll flag.
     pub trust_on_enroll: Option<bool>,
+    /// New attestation policy (`off`, `preferred` or `required`).
+    pub attestation: Option<AttestationPolicy>,
     /// New expiry (unix seconds; `null`: never).
     #[serde(default, deserialize_with = "integer::present")]
     pub expires_at: Option<Option<i64>>,
@@ -401,6 +409,7 @@ pub async fn create(store: &dyn Store, new: NewKey, actor: &Actor, now: i64) -> 
             100_000,
         )?,
         trust_on_enroll: new.trust_on_enroll,
+        attestation: new.attestation.unwrap_or_default(),
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,
@@ -427,6 +436,7 @@ fn settings_json(r: &KeyRecord) -> serde_json::Value {
         "allowed_origins": r.allowed_origins,
         "max_devices": r.max_devices,
         "trust_on_enroll": r.trust_on_enroll,
+        "attestation": r.attestation,
         "expires_at": r.expires_at,
     })
 }
@@ -483,6 +493,9 @@ pub async fn update(
     if let Some(v) = patch.trust_on_enroll {
         r.trust_on_enroll = v;
     }
+    if let Some(v) = patch.attestation {
+        r.attestation = v;
+    }
     if let Some(v) = patch.expires_at {
         r.expires_at = v;
     }
@@ -520,7 +533,8 @@ pub async fn set_status(
 }
 
 /// Rotates a key: a new key with a new id and the same settings; the old one keeps working
-/// for `grace_seconds` (never longer than it would have anyway).
+/// for `grace_seconds` (never longer than it would have anyway). A suspended key can be
+/// rotated too; it stays suspended.
 pub async fn rotate(
     store: &dyn Store,
     key_id: &str,
@@ -532,8 +546,15 @@ pub async fn rotate(
         return Err(bad("grace_seconds must be 0 to 31536000"));
     }
     let old = get(store, key_id).await?;
-    if !old.usable_at(now) {
-        return Err(bad("only an active, unexpired key can be rotated"));
+    // A suspended key can be rotated: that is how its owner recovers from a leak (a report or
+    // containment suspends it). The new key is active; the old one stays suspended, so the
+    // grace period gives it nothing back.
+    let rotatable = matches!(old.status, KeyStatus::Active | KeyStatus::Suspended)
+        && old.expires_at.is_none_or(|e| now < e);
+    if !rotatable {
+        return Err(bad(
+            "only an active or suspended, unexpired key can be rotated",
+        ));
     }
     if old.rotated_to.is_some() {
         return Err(bad("this key was already rotated"));

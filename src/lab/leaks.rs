@@ -205,6 +205,7 @@ pub async fn source_leak(t: &Target) -> Result<SourceLeak> {
         },
         trust_on_enroll: false,
         approved: false,
+        attested: false,
         is_new: false,
     });
 

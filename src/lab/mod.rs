@@ -14,12 +14,14 @@
 //! | [`timing`] | G timing side channel |
 //! | [`insider`] | H insider |
 //! | [`abuse`] | L rate limiting |
+//! | [`attested`] | M attested devices (a leaked key against attestation and the enrollment budget) |
 //! | [`population`] | P the population study (false limits and denials, clone detection) |
 //!
 //! Each scenario returns a typed result (what the integration tests assert on) that renders
 //! itself as a report [`Section`].
 
 pub mod abuse;
+pub mod attested;
 pub mod insider;
 pub mod keyspace;
 pub mod leaks;
@@ -41,7 +43,7 @@ use crate::error::{Error, Result};
 
 /// Every scenario letter, in report order.
 pub const SCENARIOS: &[&str] = &[
-    "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "P",
+    "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "P",
 ];
 
 /// Runs the lab as `keybound lab` does: exit 0 when every scenario held, 1 when one did not.
@@ -108,7 +110,7 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 crate::state::now()
             ),
             format!(
-                "sizes: C {} exchanges; G {} HTTP samples and {} comparison batches per class; F {} verifications; I {} keys; K {} keys; P {} devices × {} days, {} clones per attacker kind, seed {}",
+                "sizes: C {} exchanges; G {} HTTP samples and {} comparison batches per class; F {} verifications; I {} keys; K {} keys; P {} devices × {} days ({:.0} % attested), {} clones per attacker kind, seed {}",
                 args.exchanges,
                 args.timing_samples,
                 args.compare_samples,
@@ -117,6 +119,7 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 args.typo_keys,
                 args.devices,
                 args.days,
+                args.attested_share * 100.0,
                 args.clones,
                 args.seed
             ),
@@ -149,11 +152,18 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 .await?
                 .section(),
             ("L", Some(t), _) => abuse::rate_limits(t).await?.section(),
+            // Needs a server configured with the lab's attestation root: always its own.
+            ("M", _, _) if args.url.is_none() => attested::attested().await?.section(),
+            ("M", _, _) => skipped(
+                "M attested devices",
+                "needs an in-process server (it configures a lab attestation root)",
+            ),
             ("P", _, _) => population::study(&population::Params {
                 devices: args.devices,
                 days: args.days,
                 clones: args.clones,
                 seed: args.seed,
+                attested_share: args.attested_share,
             })
             .section(),
             (other, _, _) => skipped(other, "no target"),

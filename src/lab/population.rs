@@ -34,6 +34,9 @@ pub struct Params {
     pub clones: usize,
     /// Seed of the random stream.
     pub seed: u64,
+    /// Share of phones whose app attests its device key at enrollment (contract section 8;
+    /// the key's policy `preferred`).
+    pub attested_share: f64,
 }
 
 /// The drift model: chance per device per day of each event. They are assumptions, stated in
@@ -129,10 +132,14 @@ struct Record {
     mismatch_count: i64,
     mismatch_fingerprint: Option<String>,
     networks: Vec<String>,
+    /// The device key was attested at enrollment.
+    attested: bool,
+    /// The level of its last decision (the server's stored `trust_level`).
+    last_level: TrustLevel,
 }
 
 impl Record {
-    fn new(attributes: &Attributes, now: i64) -> Record {
+    fn new(attributes: &Attributes, now: i64, attested: bool) -> Record {
         Record {
             attributes: attributes.clone(),
             created_at: now,
@@ -140,17 +147,35 @@ impl Record {
             mismatch_count: 0,
             mismatch_fingerprint: None,
             networks: Vec::new(),
+            attested,
+            last_level: TrustLevel::Limited,
         }
     }
 
-    /// One exchange (or refresh, with `presented` = the stored attributes), recorded the way
-    /// `exchange::score_and_record` records it.
+    /// One exchange, recorded the way `exchange::score_and_record` records it.
     fn score_and_record(
         &mut self,
         presented: &Attributes,
         network: &str,
         now: i64,
         is_new: bool,
+    ) -> (TrustDecision, bool) {
+        self.score(presented, network, now, is_new, false)
+    }
+
+    /// One refresh: the stored attributes, and not counted towards earned trust.
+    fn refresh(&mut self, network: &str, now: i64) -> (TrustDecision, bool) {
+        let stored = self.attributes.clone();
+        self.score(&stored, network, now, false, true)
+    }
+
+    fn score(
+        &mut self,
+        presented: &Attributes,
+        network: &str,
+        now: i64,
+        is_new: bool,
+        refresh: bool,
     ) -> (TrustDecision, bool) {
         let seen = self.networks.iter().any(|n| n == network);
         let decision = trust::evaluate(&TrustInputs {
@@ -165,6 +190,7 @@ impl Record {
             network: NetworkSignals::of(&self.networks, network, is_new),
             trust_on_enroll: false,
             approved: false,
+            attested: self.attested,
             is_new,
         });
         let alerted =
@@ -179,7 +205,8 @@ impl Record {
                 self.networks.remove(0);
             }
         }
-        if decision.level != TrustLevel::Denied {
+        self.last_level = decision.level;
+        if decision.level != TrustLevel::Denied && !refresh {
             self.exchange_count += 1;
         }
         (decision, alerted)
@@ -213,6 +240,8 @@ struct Phone {
     travel: Option<(u32, usize)>,
     /// Drift events this phone went through, with the first day each happened.
     events: BTreeMap<Drift, u32>,
+    /// Its app attests device keys (App Attest, Android Key Attestation).
+    attests: bool,
 }
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
@@ -221,6 +250,11 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 
 impl Phone {
     fn new(rng: &mut ChaCha8Rng) -> Phone {
+        Phone::with_attestation(rng, 0.0)
+    }
+
+    fn with_attestation(rng: &mut ChaCha8Rng, attested_share: f64) -> Phone {
+        let attests = rng.gen_bool(attested_share);
         let ios = rng.gen_bool(0.45);
         let place = rng.gen_range(0..PLACES.len());
         let mut phone = Phone {
@@ -242,6 +276,7 @@ impl Phone {
             enrolled: 0,
             travel: None,
             events: BTreeMap::new(),
+            attests,
         };
         phone.locale = place;
         phone.zone = place;
@@ -317,6 +352,11 @@ impl Phone {
                 let others: Vec<&'static str> =
                     models.iter().copied().filter(|m| *m != current).collect();
                 self.model = pick(rng, &others);
+                if self.attests {
+                    // A hardware-bound key is not in any backup: the restored app makes (and
+                    // attests) a new one.
+                    self.record = None;
+                }
                 self.install_id = rng.r#gen();
             }
         }
@@ -350,6 +390,27 @@ pub struct Legit {
     pub by_drift: BTreeMap<Drift, u64>,
     /// Per cause of a false limit or denial: (limited events, denied events, phones).
     pub by_cause: BTreeMap<&'static str, (u64, u64, u64)>,
+    /// The headline figures for unattested (`[0]`) and attested (`[1]`) phones.
+    pub groups: [Group; 2],
+}
+
+/// The headline tallies of one group of phones (attested or not).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Group {
+    /// Phones.
+    pub phones: u64,
+    /// Exchanges and refreshes.
+    pub events: u64,
+    /// Of those, by established devices.
+    pub established_events: u64,
+    /// Established events answered `limited`.
+    pub false_limited: u64,
+    /// Events answered `DEVICE_UNTRUSTED` or `DEVICE_LIMIT_REACHED`.
+    pub false_denied: u64,
+    /// Phones with at least one false limit.
+    pub phones_false_limited: u64,
+    /// Phones with at least one false denial.
+    pub phones_false_denied: u64,
 }
 
 /// Why an established legitimate device was limited or denied, read from the decision.
@@ -375,6 +436,8 @@ fn cause(d: &TrustDecision, earlier_mismatches: i64) -> &'static str {
 pub struct CloneResult {
     /// The attacker kind.
     pub kind: &'static str,
+    /// The victims are attested phones.
+    pub attested_victims: bool,
     /// Attempts.
     pub attempts: u64,
     /// Attempts that raised `FINGERPRINT_MISMATCH` (critical).
@@ -411,7 +474,8 @@ pub fn study(p: &Params) -> Population {
     let mut legit = Legit::default();
     let mut finals: Vec<(Phone, u32)> = Vec::with_capacity(p.devices);
     for _ in 0..p.devices {
-        let mut phone = Phone::new(&mut rng);
+        let mut phone = Phone::with_attestation(&mut rng, p.attested_share);
+        let before = legit.clone();
         let mut false_limited_on: Option<u32> = None;
         let mut false_denied_on: Option<u32> = None;
         let mut causes: std::collections::BTreeSet<&'static str> = Default::default();
@@ -448,7 +512,7 @@ pub fn study(p: &Params) -> Population {
                         continue;
                     }
                     phone.enrolled += 1;
-                    phone.record = Some(Record::new(&presented, now));
+                    phone.record = Some(Record::new(&presented, now, phone.attests));
                 }
                 let record = phone.record.as_mut().expect("set above");
                 let minutes: f64 = -15.0 * (1.0 - rng.r#gen::<f64>()).ln();
@@ -460,8 +524,7 @@ pub fn study(p: &Params) -> Population {
                     let (decision, alerted) = if first {
                         record.score_and_record(&presented, &network, t, is_new)
                     } else {
-                        let stored = record.attributes.clone();
-                        record.score_and_record(&stored, &network, t, false)
+                        record.refresh(&network, t)
                     };
                     legit.events += 1;
                     legit.mismatch_alerts += u64::from(alerted);
@@ -511,6 +574,15 @@ pub fn study(p: &Params) -> Population {
         for c in causes {
             legit.by_cause.entry(c).or_default().2 += 1;
         }
+        let g = &mut legit.groups[usize::from(phone.attests)];
+        g.phones += 1;
+        g.events += legit.events - before.events;
+        g.established_events += legit.established_events - before.established_events;
+        g.false_limited += legit.false_limited - before.false_limited;
+        g.false_denied +=
+            (legit.false_denied + legit.device_limit) - (before.false_denied + before.device_limit);
+        g.phones_false_limited += u64::from(false_limited_on.is_some());
+        g.phones_false_denied += u64::from(false_denied_on.is_some());
         finals.push((phone, p.days));
     }
 
@@ -539,7 +611,7 @@ fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> u32 {
 fn clone_attacks(rng: &mut ChaCha8Rng, finals: &[(Phone, u32)], p: &Params) -> Vec<CloneResult> {
     let victims: Vec<&(Phone, u32)> = finals
         .iter()
-        .filter(|(ph, _)| ph.record.is_some())
+        .filter(|(ph, _)| ph.record.as_ref().is_some_and(|r| !r.attested))
         .collect();
     let kinds: [&'static str; 4] = [
         "own phone (its own attributes)",
@@ -585,7 +657,45 @@ fn clone_attacks(rng: &mut ChaCha8Rng, finals: &[(Phone, u32)], p: &Params) -> V
         }
         out.push(r);
     }
+    out.push(attested_clones(rng, finals, p));
     out
+}
+
+/// Clones of attested phones. The attested DPoP key lives in the Secure Enclave or the
+/// Keystore and is in no backup or copy of the app's data: a clone has the victim's attributes
+/// (install id included) but must sign with a key of its own, which enrolls as a new,
+/// unattested device. Under `preferred` it is `limited` and raises `NEW_DEVICE`, as a warning
+/// when the victim's device is trusted (counted as detected); under `required` it gets
+/// nothing at all.
+fn attested_clones(rng: &mut ChaCha8Rng, finals: &[(Phone, u32)], p: &Params) -> CloneResult {
+    let victims: Vec<&(Phone, u32)> = finals
+        .iter()
+        .filter(|(ph, _)| ph.record.as_ref().is_some_and(|r| r.attested))
+        .collect();
+    let mut r = CloneResult {
+        kind: "the victim's app data copied exactly, on an attested phone (its key stays in the hardware)",
+        attested_victims: true,
+        ..CloneResult::default()
+    };
+    if victims.is_empty() {
+        return r;
+    }
+    for _ in 0..p.clones {
+        let (victim, days) = victims[rng.gen_range(0..victims.len())];
+        let victim_record = victim.record.as_ref().expect("filtered");
+        let now = i64::from(*days) * DAY;
+        let mut clone = Record::new(&victim_record.attributes, now, false);
+        let network = format!("attacker-{}", rng.r#gen::<u32>());
+        let (d, _) = clone.score_and_record(&victim_record.attributes, &network, now, true);
+        r.attempts += 1;
+        r.alerted += u64::from(victim_record.last_level == TrustLevel::Trusted);
+        match d.level {
+            TrustLevel::Denied => r.denied += 1,
+            TrustLevel::Limited => r.limited += 1,
+            TrustLevel::Trusted => r.trusted += 1,
+        }
+    }
+    r
 }
 
 impl Population {
@@ -631,6 +741,28 @@ impl Population {
                 thousands(l.device_limit)
             ),
         );
+        for (g, what) in [(&l.groups[1], "attested"), (&l.groups[0], "unattested")] {
+            s.row(
+                format!(
+                    "… {what} phones ({} of {})",
+                    thousands(g.phones),
+                    thousands(l.phones)
+                ),
+                if what == "attested" {
+                    "attested at enrollment: trusted at once, never denied (contract 8)"
+                } else {
+                    "section 6 trust only"
+                },
+                Outcome::Limited,
+                format!(
+                    "false-limit {} of established-device events ({} of phones); false-deny {} of events ({} of phones)",
+                    pct(g.false_limited, g.established_events),
+                    pct(g.phones_false_limited, g.phones),
+                    pct(g.false_denied, g.events),
+                    pct(g.phones_false_denied, g.phones)
+                ),
+            );
+        }
         for c in &self.clones {
             let outcome = if c.attempts == 0 {
                 Outcome::Skipped
@@ -641,8 +773,27 @@ impl Population {
             } else {
                 Outcome::Limited
             };
+            if c.attested_victims {
+                s.row(
+                    format!("clone of {}", c.kind),
+                    "the clone needs a new device key: enrolled unattested and limited, NEW_DEVICE (warning next to a trusted device); under `required` refused",
+                    outcome,
+                    format!(
+                        "detected (NEW_DEVICE warning) {}; denied {}, limited {}, trusted {} of {} under `preferred`; 0 tokens under `required`",
+                        pct(c.alerted, c.attempts),
+                        pct(c.denied, c.attempts),
+                        pct(c.limited, c.attempts),
+                        pct(c.trusted, c.attempts),
+                        thousands(c.attempts)
+                    ),
+                );
+                continue;
+            }
             s.row(
-                format!("cloned device key used from {}", c.kind),
+                format!(
+                    "cloned device key of an unattested phone used from {}",
+                    c.kind
+                ),
                 "fingerprint comparison (stable attributes) → FINGERPRINT_MISMATCH",
                 outcome,
                 format!(
@@ -680,9 +831,13 @@ impl Population {
             ));
         }
         s.note(format!(
-            "Model (seed {}): each phone is one API key; 45 % iOS; 0.5, 3 or 10 app launches a \
+            "Model (seed {}): each phone is one API key; {:.0} % of phones run an app that \
+             attests its device key at enrollment (key policy `preferred`), re-attesting each \
+             new key (a hardware-bound key is in no backup, so a new phone restored from one \
+             enrolls a new key); 45 % iOS; 0.5, 3 or 10 app launches a \
              day (30/50/20 %), each a full exchange (the SDK keeps tokens in memory) followed by \
-             refreshes every 300 s (60 s while limited) for an exponentially distributed session \
+             refreshes every 300 s (60 s while limited; refreshes do not count towards earned \
+             trust) for an exponentially distributed session \
              (mean 15 min). Networks: home 55 %, work 25 % (60 % of users), otherwise a mobile \
              carrier's NAT pool of {CARRIER_POOL} /24s; while travelling, a new network every \
              day. Drift events and their assumed daily chances below; the figures move with \
@@ -690,6 +845,7 @@ impl Population {
              by design and counted apart: {} events. Legitimate FINGERPRINT_MISMATCH alerts \
              (operator noise): {}.",
             p.seed,
+            p.attested_share * 100.0,
             thousands(l.earning_limited),
             thousands(l.mismatch_alerts)
         ));
@@ -719,6 +875,7 @@ mod tests {
             days: 5,
             clones: 20,
             seed: 9,
+            attested_share: 0.5,
         };
         let a = study(&p);
         let b = study(&p);
@@ -732,7 +889,7 @@ mod tests {
         let mut phone_rng = ChaCha8Rng::seed_from_u64(1);
         let phone = Phone::new(&mut phone_rng);
         let attrs = phone.attributes(0);
-        let mut r = Record::new(&attrs, 0);
+        let mut r = Record::new(&attrs, 0, false);
         let (d, _) = r.score_and_record(&attrs, "home", 0, true);
         assert_eq!(d.level, TrustLevel::Limited, "a new device starts limited");
         for i in 1..=5 {

@@ -94,6 +94,10 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
+        // Below the server's idle limit (`--header-read-timeout-seconds`, 10 s): a pooled
+        // connection is never reused just as the server closes it, e.g. after a pause to
+        // read the server's memory.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("a plain HTTP client builds")
 }

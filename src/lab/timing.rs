@@ -389,7 +389,7 @@ impl TimingTest {
 
 /// Over HTTP, a difference below this share of the response time is reported as `limited`
 /// (visible on loopback to dudect's crops, lost in any real network's jitter) rather than as
-/// a leak. Before the fix in `exchange::authenticate_key` the gap was 30–40 % (debug and
+/// a leak. Before the fix in the key check (`keys::auth`) the gap was 30–40 % (debug and
 /// release builds); after it, 1–10 % on a loaded 2-core machine.
 pub const HTTP_RELATIVE_GAP: f64 = 0.15;
 
@@ -462,7 +462,7 @@ impl Timing {
              with a wrong secret was answered from the validation cache about 21 µs sooner \
              (medians 50.8 vs 30.0 µs, max |t| = 110 over 3 000 + 3 000 requests, release \
              build): the response time told an attacker whether a key id exists and is in use. \
-             `exchange::authenticate_key` now makes a refusal answered from the cache pay one \
+             The key check (`keys::auth`) now makes a refusal answered from the cache pay one \
              storage read of an id that cannot exist, so every refusal reads storage once and \
              finds nothing. Method: the live ids are created before the clock starts and each is \
              warmed by a successful exchange just before its one timed probe (a live key is \

@@ -15,11 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
 use moka::sync::Cache;
 
 use crate::error::{Error, Result};
 pub use redis_gcra::RedisGcra;
+
+/// A governor cell that also says how much of its burst is left after a take.
+type CountingLimiter =
+    RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 /// Where buckets live.
 #[derive(Clone)]
@@ -30,10 +37,9 @@ pub enum Backend {
     Redis(RedisGcra),
 }
 
-/// Takes one unit from a GCRA bucket of `per_minute` (burst = `per_minute`).
-/// `Ok(Err(retry_after_secs))` when the bucket is empty.
+/// GCRA buckets of `per_minute` (burst = `per_minute`), one per subject.
 struct Buckets<K: Hash + Eq + Send + Sync + 'static> {
-    local: Cache<(K, u32), Arc<DefaultDirectRateLimiter>>,
+    local: Cache<(K, u32), Arc<CountingLimiter>>,
     backend: Backend,
     prefix: &'static str,
 }
@@ -51,25 +57,33 @@ impl<K: Hash + Eq + Clone + Send + Sync + std::fmt::Display + 'static> Buckets<K
         }
     }
 
-    async fn take(&self, key: &K, per_minute: u32) -> Result<std::result::Result<(), u64>> {
+    /// Takes one unit from `key`'s bucket: `Ok(Ok(remaining))` (how many more takes it allows
+    /// now), or `Ok(Err(retry_after_secs))` when the bucket is empty.
+    async fn take(&self, key: &K, per_minute: u32) -> Result<std::result::Result<u64, u64>> {
         let per_minute = per_minute.max(1);
         match &self.backend {
             Backend::Local => {
                 let n = NonZeroU32::new(per_minute).expect("max(1) is non-zero");
                 let limiter = self.local.get_with((key.clone(), per_minute), || {
-                    Arc::new(RateLimiter::direct(Quota::per_minute(n)))
+                    Arc::new(
+                        RateLimiter::direct(Quota::per_minute(n))
+                            .with_middleware::<StateInformationMiddleware>(),
+                    )
                 });
-                Ok(limiter.check().map_err(|not_until| {
-                    retry_after(not_until.wait_time_from(DefaultClock::default().now()))
-                }))
+                Ok(limiter
+                    .check()
+                    .map(|s| u64::from(s.remaining_burst_capacity()))
+                    .map_err(|not_until| {
+                        retry_after(not_until.wait_time_from(DefaultClock::default().now()))
+                    }))
             }
             Backend::Redis(r) => {
-                let wait_ms = r
-                    .take(&format!("{}:{key}", self.prefix), per_minute)
+                let (wait_ms, remaining) = r
+                    .take_counting(&format!("{}:{key}", self.prefix), per_minute)
                     .await
                     .map_err(Error::unavailable)?;
                 Ok(if wait_ms == 0 {
-                    Ok(())
+                    Ok(remaining)
                 } else {
                     Err(retry_after(Duration::from_millis(wait_ms)))
                 })
@@ -97,12 +111,15 @@ impl KeyLimits {
         self.buckets
             .take(&key_id.to_owned(), per_minute)
             .await?
+            .map(|_| ())
             .map_err(|retry_after_secs| Error::RateLimited { retry_after_secs })
     }
 }
 
-/// A budget of failed authentications per subject (client IP, or key id). Failures spend it;
-/// once it is spent the subject is refused with 429 until the budget has room again.
+/// A budget of failed authentications per subject. Failures spend it; once a subject has
+/// spent it (N failures within a minute for a budget of N: the contract's
+/// `--ip-failure-budget`), its next request is refused with 429 until the budget has room
+/// again, which is at most one emission interval (60 s / N) later.
 pub struct FailureBudget<K: Hash + Eq + Send + Sync + 'static> {
     per_minute: u32,
     buckets: Buckets<K>,
@@ -152,21 +169,28 @@ impl<K: Hash + Eq + Clone + Send + Sync + std::fmt::Display + 'static> FailureBu
     }
 
     /// Records a failure by `subject`; true when this failure spent the budget (the moment
-    /// to raise a failure-burst alert).
+    /// to raise a failure-burst alert): from then on [`check`](Self::check) refuses it.
     pub async fn record_failure(&self, subject: &K) -> Result<bool> {
-        match self.buckets.take(subject, self.per_minute).await? {
-            Ok(()) => Ok(false),
-            Err(retry_after_secs) => {
-                let wait = Duration::from_secs(retry_after_secs);
-                self.blocked.insert(subject.clone(), Instant::now() + wait);
-                if let Backend::Redis(r) = &self.buckets.backend {
-                    r.block(&format!("{}:blocked:{subject}", self.buckets.prefix), wait)
-                        .await
-                        .map_err(Error::unavailable)?;
-                }
-                Ok(true)
-            }
+        let wait = match self.buckets.take(subject, self.per_minute).await? {
+            Ok(remaining) if remaining > 0 => return Ok(false),
+            // The N-th failure took the last unit: blocked until one comes back, within one
+            // emission interval.
+            Ok(_) => Duration::from_millis(60_000 / u64::from(self.per_minute)),
+            // Already empty (failures racing past `check`): until the bucket has room.
+            Err(retry_after_secs) => Duration::from_secs(retry_after_secs),
+        };
+        self.blocked.insert(subject.clone(), Instant::now() + wait);
+        if let Backend::Redis(r) = &self.buckets.backend {
+            r.block(&format!("{}:blocked:{subject}", self.buckets.prefix), wait)
+                .await
+                .map_err(Error::unavailable)?;
         }
+        Ok(true)
+    }
+
+    /// Failures allowed per minute.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
     }
 }
 
@@ -212,6 +236,17 @@ impl KeyIdFailures {
             % KEY_ID_SLOTS
     }
 
+    /// Wrong secrets allowed per minute for one id.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// The `Retry-After` of a refusal by a spent budget: one emission interval, when the id's
+    /// bucket has room for one more wrong secret.
+    pub fn retry_after_secs(&self) -> u64 {
+        (60 / u64::from(self.per_minute)).max(1)
+    }
+
     /// Records a wrong secret for `key_id`: `Ok(true)` within the budget, `Ok(false)` once it
     /// is spent (the caller answers 429 and may alert).
     pub async fn record(&self, key_id: &str) -> Result<bool> {
@@ -227,8 +262,54 @@ impl KeyIdFailures {
     }
 }
 
-/// Per-IP budget (contract: `--ip-failure-budget`).
-pub type IpFailures = FailureBudget<IpAddr>;
+/// A failure budget per client address (contract: `--ip-failure-budget`), reusable for any
+/// per-IP budget (each with its own Redis `prefix`).
+///
+/// Addresses are counted by bucket ([`crate::net::budget_bucket`]): an IPv4 address (an
+/// IPv4-mapped IPv6 address is its IPv4 address) alone, an IPv6 address by its `/v6_prefix`
+/// (default /64, what one ordinary host or site gets), or one host would have 2^64 fresh
+/// budgets.
+pub struct IpFailures {
+    budget: FailureBudget<IpNet>,
+    v6_prefix: u8,
+}
+
+impl IpFailures {
+    /// `per_minute` failures per address bucket, kept in `backend` under `prefix`.
+    pub fn new(
+        backend: Backend,
+        prefix: &'static str,
+        per_minute: u32,
+        capacity: u64,
+        v6_prefix: u8,
+    ) -> IpFailures {
+        IpFailures {
+            budget: FailureBudget::new(backend, prefix, per_minute, capacity),
+            v6_prefix,
+        }
+    }
+
+    /// The bucket `ip` is counted in.
+    pub fn bucket(&self, ip: IpAddr) -> IpNet {
+        crate::net::budget_bucket(ip, self.v6_prefix)
+    }
+
+    /// `RATE_LIMITED` (with its `Retry-After`) while `ip`'s bucket has spent its budget.
+    pub async fn check(&self, ip: IpAddr) -> Result<()> {
+        self.budget.check(&self.bucket(ip)).await
+    }
+
+    /// Records a failure from `ip`; true when it spent the budget (see
+    /// [`FailureBudget::record_failure`]).
+    pub async fn record_failure(&self, ip: IpAddr) -> Result<bool> {
+        self.budget.record_failure(&self.bucket(ip)).await
+    }
+
+    /// Failures allowed per minute.
+    pub fn per_minute(&self) -> u32 {
+        self.budget.per_minute()
+    }
+}
 
 /// Whole seconds to wait, rounded up, at least 1 (a `Retry-After` of 0 invites a tight loop).
 fn retry_after(wait: Duration) -> u64 {
@@ -282,26 +363,60 @@ mod tests {
         );
     }
 
+    /// The contract: once an IP has N failures within a minute, its next request gets 429.
     #[tokio::test]
-    async fn failures_block_one_ip_not_another() {
-        let budget = IpFailures::new(Backend::Local, "t", 3, 100);
+    async fn n_failures_block_the_next_request_of_one_ip_not_another() {
+        let budget = IpFailures::new(Backend::Local, "t", 3, 100, 64);
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
-        for _ in 0..3 {
-            assert!(!budget.record_failure(&a).await.unwrap());
+        for i in 0..2 {
+            assert!(!budget.record_failure(a).await.unwrap(), "failure {i}");
+            assert!(budget.check(a).await.is_ok(), "after failure {i}");
         }
         assert!(
-            budget.check(&a).await.is_ok(),
-            "three failures are within the budget"
+            budget.record_failure(a).await.unwrap(),
+            "the third spends it"
+        );
+        match budget.check(a).await {
+            Err(Error::RateLimited { retry_after_secs }) => {
+                assert!((1..=20).contains(&retry_after_secs), "{retry_after_secs}")
+            }
+            other => panic!("the request after 3 failures: {other:?}"),
+        }
+        assert!(budget.check(b).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn ipv6_addresses_share_their_prefix_and_mapped_addresses_their_ipv4() {
+        let budget = IpFailures::new(Backend::Local, "t", 2, 100, 64);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        budget.record_failure(ip("2001:db8:1:2::1")).await.unwrap();
+        budget
+            .record_failure(ip("2001:db8:1:2:ffff::9"))
+            .await
+            .unwrap();
+        assert!(
+            budget.check(ip("2001:db8:1:2::77")).await.is_err(),
+            "the same /64"
         );
         assert!(
-            budget.record_failure(&a).await.unwrap(),
-            "the fourth spends it"
+            budget.check(ip("2001:db8:1:3::1")).await.is_ok(),
+            "the next /64"
         );
-        assert!(matches!(
-            budget.check(&a).await,
-            Err(Error::RateLimited { .. })
-        ));
-        assert!(budget.check(&b).await.is_ok());
+        budget.record_failure(ip("::ffff:192.0.2.1")).await.unwrap();
+        budget.record_failure(ip("192.0.2.1")).await.unwrap();
+        assert!(
+            budget.check(ip("192.0.2.1")).await.is_err(),
+            "mapped and plain IPv4 are one address"
+        );
+        assert!(budget.check(ip("192.0.2.2")).await.is_ok());
+
+        let narrow = IpFailures::new(Backend::Local, "t", 1, 100, 128);
+        narrow.record_failure(ip("2001:db8::1")).await.unwrap();
+        assert!(narrow.check(ip("2001:db8::1")).await.is_err());
+        assert!(
+            narrow.check(ip("2001:db8::2")).await.is_ok(),
+            "/128: per address"
+        );
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-/// Returns 0 when allowed (and records it), or the milliseconds to wait.
+/// Returns `{0, remaining}` when allowed (and records it; `remaining` is how many more takes
+/// the bucket allows right now), or `{milliseconds to wait, 0}`.
 const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -20,10 +21,10 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
 if new_tat - now > limit then
-  return new_tat - now - limit
+  return {new_tat - now - limit, 0}
 end
 redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
-return 0
+return {0, math.floor((limit - (new_tat - now)) / interval)}
 "#;
 
 /// A Redis connection running the GCRA script, with a short timeout: a limit that cannot be
@@ -60,11 +61,21 @@ impl RedisGcra {
 
     /// Takes one unit from bucket `key` of `per_minute`; 0 or the milliseconds to wait.
     pub async fn take(&self, key: &str, per_minute: u32) -> Result<u64, redis::RedisError> {
+        Ok(self.take_counting(key, per_minute).await?.0)
+    }
+
+    /// Like [`take`](Self::take), also answering how many more takes the bucket allows now
+    /// (0 when refused): `(milliseconds to wait, remaining)`.
+    pub async fn take_counting(
+        &self,
+        key: &str,
+        per_minute: u32,
+    ) -> Result<(u64, u64), redis::RedisError> {
         let interval_ms = (60_000 / u64::from(per_minute.max(1))).max(1);
         let mut conn = self.conn.clone();
         let mut call = self.script.key(key);
         call.arg(interval_ms).arg(per_minute);
-        self.bounded(async move { call.invoke_async::<u64>(&mut conn).await })
+        self.bounded(async move { call.invoke_async::<(u64, u64)>(&mut conn).await })
             .await
     }
 

@@ -7,6 +7,7 @@
 //! instances (through Redis) evict theirs too. Unknown key ids are cached as absent, so a flood
 //! of made-up ids does not reach the database.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ pub struct CachedStore {
     keys: KeyCache,
     devices: DeviceCache,
     changes: Invalidations,
+    /// Bumped by every eviction applied here (local, from another instance, or the second
+    /// eviction of [`apply`](Self::apply)): what was derived from records before a bump (the
+    /// token status lists) is out of date after it.
+    generation: Arc<AtomicU64>,
 }
 
 impl CachedStore {
@@ -57,7 +62,15 @@ impl CachedStore {
                 .time_to_live(TTL)
                 .build(),
             changes,
+            generation: Arc::default(),
         }
+    }
+
+    /// How many evictions have been applied so far (see the field's doc). Read it before
+    /// reading storage: a result read after an eviction that raced the read is then still
+    /// recognised as stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Subscribes to local changes (to forward them to other instances).
@@ -74,10 +87,13 @@ impl CachedStore {
     /// the second eviction, after any such read has finished, removes what it cached.
     pub async fn apply(&self, inv: &Invalidation) {
         evict(&self.keys, &self.devices, inv).await;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let (keys, devices, inv) = (self.keys.clone(), self.devices.clone(), inv.clone());
+        let generation = self.generation.clone();
         tokio::spawn(async move {
             tokio::time::sleep(REEVICT_AFTER).await;
             evict(&keys, &devices, &inv).await;
+            generation.fetch_add(1, Ordering::AcqRel);
         });
     }
 
@@ -280,12 +296,39 @@ impl Store for CachedStore {
     async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>> {
         self.inner.list_devices(key_id).await
     }
-    async fn enroll_device(&self, device: &DeviceRecord, max_devices: i64) -> Result<Enrollment> {
-        let r = self.inner.enroll_device(device, max_devices).await?;
+    async fn enroll_device(
+        &self,
+        device: &DeviceRecord,
+        limits: EnrollLimits,
+    ) -> Result<Enrollment> {
+        let r = self.inner.enroll_device(device, limits).await?;
         self.devices
             .invalidate(&(device.key_id.clone(), device.jkt.clone()))
             .await;
+        if let Enrollment::Enrolled {
+            replaced: Some(old),
+            ..
+        } = &r
+        {
+            // The replaced device is revoked: in force on every instance, like a revocation.
+            self.changed(Invalidation::Device(old.key_id.clone(), old.jkt.clone()))
+                .await;
+        }
         Ok(r)
+    }
+    async fn record_attestation(
+        &self,
+        device: &DeviceRecord,
+        attestation: &DeviceAttestation,
+    ) -> Result<()> {
+        self.inner.record_attestation(device, attestation).await?;
+        // Every instance reads the attested record from storage next.
+        self.changed(Invalidation::Device(
+            device.key_id.clone(),
+            device.jkt.clone(),
+        ))
+        .await;
+        Ok(())
     }
     async fn update_device_usage(&self, device: Arc<DeviceRecord>) -> Result<()> {
         self.inner.update_device_usage(device.clone()).await?;
@@ -363,8 +406,11 @@ impl Store for CachedStore {
     async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
         self.inner.list_audit(after, limit).await
     }
-    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
-        self.inner.insert_alert(alert).await
+    async fn insert_alerts(&self, alerts: &[AlertRecord]) -> Result<()> {
+        self.inner.insert_alerts(alerts).await
+    }
+    async fn purge_alerts(&self, before: i64) -> Result<u64> {
+        self.inner.purge_alerts(before).await
     }
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
         self.inner.list_alerts(filter).await
@@ -391,5 +437,19 @@ impl Store for CachedStore {
     }
     async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>> {
         self.inner.list_revocations(after, limit).await
+    }
+    async fn revocation_cursor_at(&self, at: i64) -> Result<i64> {
+        self.inner.revocation_cursor_at(at).await
+    }
+    async fn prune_revocations(&self, before: i64) -> Result<u64> {
+        self.inner.prune_revocations(before).await
+    }
+    async fn status_snapshot(
+        &self,
+        start: i64,
+        end: i64,
+        now: i64,
+    ) -> Result<Option<StatusSnapshot>> {
+        self.inner.status_snapshot(start, end, now).await
     }
 }

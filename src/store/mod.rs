@@ -43,6 +43,16 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// For a SQLite database: its directory and files that group or others may access, each as
+/// `path (mode)` (empty for PostgreSQL).
+pub fn loose_permissions(url: &str) -> Vec<String> {
+    if url.starts_with("sqlite:") {
+        sqlite::loose_permissions(url)
+    } else {
+        Vec::new()
+    }
+}
+
 /// Rows per transaction when [`seed`] loads a database in bulk: large enough that commits
 /// (each one a disk flush) cost little, small enough that one transaction's undo and WAL stay
 /// small.
@@ -98,6 +108,78 @@ impl KeyStatus {
     }
 }
 
+/// A key's platform-attestation policy (contract section 8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttestationPolicy {
+    /// Attestations are ignored: not verified, not recorded.
+    Off,
+    /// A valid attestation makes the device `trusted` at once; without one, normal trust.
+    #[default]
+    Preferred,
+    /// Nothing is issued to a device without a valid attestation on record.
+    Required,
+}
+
+impl AttestationPolicy {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationPolicy::Off => "off",
+            AttestationPolicy::Preferred => "preferred",
+            AttestationPolicy::Required => "required",
+        }
+    }
+
+    /// Parses the stored (and CLI) name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(AttestationPolicy::Off),
+            "preferred" => Some(AttestationPolicy::Preferred),
+            "required" => Some(AttestationPolicy::Required),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for AttestationPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        AttestationPolicy::parse(s).ok_or_else(|| "expected off, preferred or required".into())
+    }
+}
+
+/// What a device proved with its platform attestation (contract section 8), recorded once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DeviceAttestation {
+    /// `apple-appattest` or `android-key`.
+    pub format: String,
+    /// When it verified.
+    pub attested_at: i64,
+    /// Android: the attestation security level (`TrustedEnvironment` or `StrongBox`).
+    pub security_level: Option<String>,
+    /// App Attest: the credential's public key (base64url), for assertion-based step-up.
+    #[serde(serialize_with = "b64_opt")]
+    #[schema(value_type = Option<String>)]
+    pub public_key: Option<Vec<u8>>,
+    /// App Attest: the key identifier (base64url).
+    #[serde(serialize_with = "b64_opt")]
+    #[schema(value_type = Option<String>)]
+    pub key_id: Option<Vec<u8>>,
+}
+
+fn b64_opt<S: serde::Serializer>(
+    bytes: &Option<Vec<u8>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    match bytes {
+        Some(b) => s.serialize_some(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)),
+        None => s.serialize_none(),
+    }
+}
+
 /// An API key's stored record. Holds the secret's hash, never the secret; the hash is
 /// `#[serde(skip)]` so no response or audit row can carry it by accident.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -127,6 +209,8 @@ pub struct KeyRecord {
     pub max_devices: i64,
     /// Newly enrolled devices start `trusted` instead of `limited`.
     pub trust_on_enroll: bool,
+    /// Platform-attestation policy (contract section 8).
+    pub attestation: AttestationPolicy,
     /// Lifecycle status.
     pub status: KeyStatus,
     /// Why the status last changed (revoke reason, leak report, …).
@@ -221,6 +305,13 @@ pub struct DeviceRecord {
     pub trust_factors: JsonText,
     /// When it was revoked.
     pub revoked_at: Option<i64>,
+    /// Its index in the token status lists (contract section 10), across all lists: list
+    /// `status_idx / STATUS_LIST_SIZE`, entry `status_idx % STATUS_LIST_SIZE`. Allocated by
+    /// the store at enrollment (whatever the record passed to
+    /// [`Store::enroll_device`] holds), never reused.
+    pub status_idx: i64,
+    /// Its platform attestation, when one verified (contract section 8).
+    pub attestation: Option<DeviceAttestation>,
 }
 
 /// A JSON value kept as its text (a device's trust factors).
@@ -258,15 +349,51 @@ impl PartialEq for JsonText {
     }
 }
 
+/// The limits [`Store::enroll_device`] enforces, under the key's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnrollLimits {
+    /// The key's `max_devices`: active devices at most.
+    pub max_devices: i64,
+    /// Devices enrolled in the last hour (whatever happened to them since) at most, so
+    /// revoke-and-re-enroll cannot cycle.
+    pub per_hour: i64,
+    /// At `max_devices`, the oldest active device that is neither approved nor attested, still
+    /// `limited`, and last seen before this time is replaced (revoked) instead of refusing.
+    pub stale_before: i64,
+    /// The enrollment time (for the hourly window and a replacement's revocation).
+    pub now: i64,
+}
+
+impl EnrollLimits {
+    /// Only `max_devices` (no hourly budget, no replacement): tests and seeding.
+    pub fn max_devices(max_devices: i64) -> EnrollLimits {
+        EnrollLimits {
+            max_devices,
+            per_hour: i64::MAX,
+            stale_before: i64::MIN,
+            now: 0,
+        }
+    }
+}
+
 /// Outcome of [`Store::enroll_device`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enrollment {
     /// The device was new and is now enrolled.
-    Enrolled,
+    Enrolled {
+        /// The stored record, with its status list index.
+        device: Box<DeviceRecord>,
+        /// The stale device it replaced (now revoked), if the key was at `max_devices`.
+        replaced: Option<Box<DeviceRecord>>,
+        /// The key already had an active `trusted` device.
+        key_had_trusted: bool,
+    },
     /// A device with this thumbprint already exists under the key.
     Exists(Box<DeviceRecord>),
-    /// The key already has `max_devices` active devices.
+    /// The key already has `max_devices` active devices, none of them stale.
     LimitReached,
+    /// The key enrolled its hourly budget of devices already.
+    BudgetSpent,
 }
 
 /// A refresh token's stored record (the token itself is never stored, only its hash).
@@ -382,6 +509,8 @@ pub struct AlertFilter {
     pub since: Option<i64>,
     /// At most this many, newest first.
     pub limit: i64,
+    /// Only alerts after (older than) this alert id in the listing order: the page cursor.
+    pub after: Option<String>,
 }
 
 /// One entry of the revocation feed (contract 3.3).
@@ -396,6 +525,45 @@ pub struct RevocationRecord {
     pub id: String,
     /// Unix seconds.
     pub at: i64,
+}
+
+/// Devices per token status list (contract section 10): 2^20 = 1 048 576, so one list holds
+/// at least a million devices. At two bits each a list is 256 KiB before compression; almost
+/// all entries are 0, so it compresses to a few KiB plus a few bytes per non-zero entry
+/// (docs/benchmarks.md).
+pub const STATUS_LIST_SIZE: i64 = 1 << 20;
+
+/// A status list entry's value (contract section 10; the IETF draft's `VALID`, `INVALID` and
+/// `SUSPENDED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum StatusValue {
+    /// Usable.
+    Valid = 0,
+    /// For good: the device or its key revoked, or the key expired.
+    Invalid = 1,
+    /// For now: the key suspended; back to valid when it is resumed.
+    Suspended = 2,
+}
+
+/// The non-zero entries of one status list as storage has them at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusSnapshot {
+    /// Global index → value, for every entry that is not [`StatusValue::Valid`].
+    pub entries: BTreeMap<i64, StatusValue>,
+    /// The next time a key expires: the list changes then without any write.
+    pub next_expiry: Option<i64>,
+}
+
+impl StatusSnapshot {
+    /// Records `value` for `idx`; when an index is named twice (a revoked device under a
+    /// suspended key), invalid wins: it is final, a suspension is not.
+    pub fn set(&mut self, idx: i64, value: StatusValue) {
+        let v = self.entries.entry(idx).or_insert(value);
+        if *v != StatusValue::Invalid {
+            *v = value;
+        }
+    }
 }
 
 /// Everything keybound keeps. Every mutation an operator makes takes the [`AuditEntry`] that
@@ -447,9 +615,22 @@ pub trait Store: Send + Sync + 'static {
     async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>>;
     /// Devices of a key, oldest first.
     async fn list_devices(&self, key_id: &str) -> Result<Vec<DeviceRecord>>;
-    /// Enrolls `device` unless its thumbprint already exists under the key or the key has
-    /// `max_devices` active devices; atomic against concurrent enrollments.
-    async fn enroll_device(&self, device: &DeviceRecord, max_devices: i64) -> Result<Enrollment>;
+    /// Enrolls `device` unless its thumbprint already exists under the key, the key spent its
+    /// hourly enrollment budget, or it has `max_devices` active devices and none is stale
+    /// enough to replace (see [`EnrollLimits`]); atomic against concurrent enrollments. The
+    /// device's `attestation`, if set, is inserted with it.
+    async fn enroll_device(
+        &self,
+        device: &DeviceRecord,
+        limits: EnrollLimits,
+    ) -> Result<Enrollment>;
+    /// Records a device's verified attestation, unless one is recorded already (a device
+    /// attests once, for its life).
+    async fn record_attestation(
+        &self,
+        device: &DeviceRecord,
+        attestation: &DeviceAttestation,
+    ) -> Result<()>;
     /// Saves the history fields of a device after an exchange (last seen, counts, networks,
     /// trust score/level/factors, attributes). Shared, not borrowed: the write queue and the
     /// validation cache keep the same record instead of a copy each.
@@ -500,8 +681,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>>;
 
     // ---- alerts ----
-    /// Stores an alert.
-    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()>;
+    /// Stores a batch of alerts in one transaction.
+    async fn insert_alerts(&self, alerts: &[AlertRecord]) -> Result<()>;
+    /// Stores one alert.
+    async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
+        self.insert_alerts(std::slice::from_ref(alert)).await
+    }
+    /// Deletes alerts raised before `before` (`--alert-retention-days`); how many.
+    async fn purge_alerts(&self, before: i64) -> Result<u64>;
     /// Alerts matching the filter, newest first.
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
 
@@ -527,6 +714,23 @@ pub trait Store: Send + Sync + 'static {
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()>;
     /// Feed entries with `seq > after`, oldest first, at most `limit`.
     async fn list_revocations(&self, after: i64, limit: i64) -> Result<Vec<RevocationRecord>>;
+    /// The cursor from which the feed reads the first entry made at or after `at` (and every
+    /// later one); past every entry when there is none.
+    async fn revocation_cursor_at(&self, at: i64) -> Result<i64>;
+    /// Deletes feed entries made before `before`; returns how many went. Cursors stay valid:
+    /// entry positions are never reused, so a cursor from before the pruned range reads on
+    /// from the oldest entry kept.
+    async fn prune_revocations(&self, before: i64) -> Result<u64>;
+
+    // ---- token status lists ----
+    /// The non-valid entries with a global index in `start..end` at `now`; `None` when no
+    /// list starts at `start` (no device has an index that far, and `start > 0`).
+    async fn status_snapshot(
+        &self,
+        start: i64,
+        end: i64,
+        now: i64,
+    ) -> Result<Option<StatusSnapshot>>;
 }
 
 /// One request by a key, for usage reports.

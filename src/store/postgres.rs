@@ -100,6 +100,17 @@ impl Backend for PostgresStore {
             .await?;
         Ok(())
     }
+
+    async fn allocate_status_indexes(conn: &mut PgConnection, n: i64) -> Result<Vec<i64>> {
+        // A sequence: atomic across sessions, and never blocks (unlike a counter row, whose
+        // lock every enrollment on every key would queue on until its transaction ends).
+        Ok(sqlx::query_scalar(
+            "SELECT nextval('device_status_idx') FROM generate_series(1, $1::BIGINT)",
+        )
+        .bind(n)
+        .fetch_all(conn)
+        .await?)
+    }
 }
 
 super::rows::decode_rows!(sqlx::postgres::PgRow);

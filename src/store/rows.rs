@@ -42,8 +42,9 @@ macro_rules! decode_rows {
 
             use $crate::store::rows::{from_json, from_name};
             use $crate::store::{
-                AlertRecord, AuditEntry, AuditRow, DeviceRecord, DeviceStatus, KeyRecord,
-                KeyStatus, RefreshRecord, RevocationRecord, SigningKeyRecord,
+                AlertRecord, AttestationPolicy, AuditEntry, AuditRow, DeviceAttestation,
+                DeviceRecord, DeviceStatus, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
+                SigningKeyRecord,
             };
 
             type DbRow = $Row;
@@ -78,6 +79,11 @@ macro_rules! decode_rows {
                         allowed_origins: json(r, "allowed_origins")?,
                         max_devices: r.try_get("max_devices")?,
                         trust_on_enroll: r.try_get("trust_on_enroll")?,
+                        attestation: from_name(
+                            "attestation",
+                            r.try_get("attestation")?,
+                            AttestationPolicy::parse,
+                        )?,
                         status: from_name("status", r.try_get("status")?, KeyStatus::parse)?,
                         status_reason: r.try_get("status_reason")?,
                         status_changed_at: r.try_get("status_changed_at")?,
@@ -110,6 +116,17 @@ macro_rules! decode_rows {
                         trust_level: r.try_get("trust_level")?,
                         trust_factors: json(r, "trust_factors")?,
                         revoked_at: r.try_get("revoked_at")?,
+                        status_idx: r.try_get("status_idx")?,
+                        attestation: match r.try_get::<Option<String>, _>("attestation_format")? {
+                            None => None,
+                            Some(format) => Some(DeviceAttestation {
+                                format,
+                                attested_at: r.try_get("attested_at")?,
+                                security_level: r.try_get("attestation_security_level")?,
+                                public_key: r.try_get("attestation_public_key")?,
+                                key_id: r.try_get("attestation_key_id")?,
+                            }),
+                        },
                     })
                 }
             }

@@ -41,6 +41,13 @@ pub(super) trait Backend {
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         key_id: &str,
     ) -> Result<()>;
+
+    /// Takes `n` new status list indexes (contract section 10), never handed out before and
+    /// never again, whatever runs concurrently. Inside the caller's transaction.
+    async fn allocate_status_indexes(
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        n: i64,
+    ) -> Result<Vec<i64>>;
 }
 
 /// Whether `e` is a unique-constraint violation, by the database's error kind (never by its
@@ -66,9 +73,9 @@ macro_rules! sql_store {
             use $crate::store::sql::{Backend, is_unique_violation};
             use $crate::store::writer::{Batch, BatchError, WriteOp};
             use $crate::store::{
-                AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceChange, DeviceRecord,
-                Enrollment, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
-                SigningKeyRecord, Store, UsageBucket, UsageEvent,
+                AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceAttestation, DeviceChange,
+                DeviceRecord, EnrollLimits, Enrollment, KeyRecord, KeyStatus, RefreshRecord,
+                RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageEvent,
             };
 
             type Db = <$Store as Backend>::Db;
@@ -82,9 +89,9 @@ macro_rules! sql_store {
                     "INSERT INTO api_keys (key_id, env, name, description, secret_hash, scopes, \
                      limited_scopes, rate_limit_per_minute, allowed_ips, allowed_origins, \
                      max_devices, trust_on_enroll, status, status_reason, status_changed_at, \
-                     created_at, expires_at, last_used_at, rotated_from, rotated_to) \
+                     created_at, expires_at, last_used_at, rotated_from, rotated_to, attestation) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18, $19, $20)",
+                     $16, $17, $18, $19, $20, $21)",
                 )
                 .bind(&k.key_id)
                 .bind(&k.env)
@@ -106,6 +113,7 @@ macro_rules! sql_store {
                 .bind(k.last_used_at)
                 .bind(&k.rotated_from)
                 .bind(&k.rotated_to)
+                .bind(k.attestation.as_str())
                 .execute(conn)
                 .await?;
                 Ok(())
@@ -141,7 +149,7 @@ macro_rules! sql_store {
                     "UPDATE api_keys SET name = $2, description = $3, scopes = $4, \
                      limited_scopes = $5, rate_limit_per_minute = $6, allowed_ips = $7, \
                      allowed_origins = $8, max_devices = $9, trust_on_enroll = $10, \
-                     expires_at = $11 WHERE key_id = $1",
+                     expires_at = $11, attestation = $12 WHERE key_id = $1",
                 )
                 .bind(&k.key_id)
                 .bind(&k.name)
@@ -154,6 +162,7 @@ macro_rules! sql_store {
                 .bind(k.max_devices)
                 .bind(k.trust_on_enroll)
                 .bind(k.expires_at)
+                .bind(k.attestation.as_str())
                 .execute(conn)
                 .await?;
                 Ok(done.rows_affected() == 1)
@@ -226,13 +235,15 @@ macro_rules! sql_store {
             // ---- statements: devices ----
 
             async fn insert_device(conn: &mut Conn, d: &DeviceRecord) -> sqlx::Result<()> {
+                let a = d.attestation.as_ref();
                 sqlx::query(
                     "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
                      approved, created_at, last_seen_at, exchange_count, mismatch_count, \
                      networks, trust_score, trust_level, trust_factors, revoked_at, \
-                     mismatch_fingerprint) \
+                     mismatch_fingerprint, status_idx, attestation_format, attested_at, \
+                     attestation_security_level, attestation_public_key, attestation_key_id) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17)",
+                     $16, $17, $18, $19, $20, $21, $22, $23)",
                 )
                 .bind(&d.device_id)
                 .bind(&d.key_id)
@@ -251,9 +262,81 @@ macro_rules! sql_store {
                 .bind(d.trust_factors.get())
                 .bind(d.revoked_at)
                 .bind(&d.mismatch_fingerprint)
+                .bind(d.status_idx)
+                .bind(a.map(|a| a.format.as_str()))
+                .bind(a.map(|a| a.attested_at))
+                .bind(a.and_then(|a| a.security_level.as_deref()))
+                .bind(a.and_then(|a| a.public_key.as_deref()))
+                .bind(a.and_then(|a| a.key_id.as_deref()))
                 .execute(conn)
                 .await?;
                 Ok(())
+            }
+
+            /// Only a device not attested yet: an attestation is recorded once, for life.
+            async fn update_device_attestation(
+                conn: &mut Conn,
+                device_id: &str,
+                a: &DeviceAttestation,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE devices SET attestation_format = $2, attested_at = $3, \
+                     attestation_security_level = $4, attestation_public_key = $5, \
+                     attestation_key_id = $6 \
+                     WHERE device_id = $1 AND attestation_format IS NULL",
+                )
+                .bind(device_id)
+                .bind(&a.format)
+                .bind(a.attested_at)
+                .bind(&a.security_level)
+                .bind(a.public_key.as_deref())
+                .bind(a.key_id.as_deref())
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Devices enrolled under a key since `since`, revoked ones included.
+            async fn count_enrolled_since(conn: &mut Conn, key_id: &str, since: i64) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM devices WHERE key_id = $1 AND created_at > $2",
+                )
+                .bind(key_id)
+                .bind(since)
+                .fetch_one(conn)
+                .await?)
+            }
+
+            /// Whether the key has an active device last scored `trusted`.
+            async fn has_trusted_device(conn: &mut Conn, key_id: &str) -> Result<bool> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM devices WHERE key_id = $1 AND status = 'active' \
+                     AND trust_level = 'trusted'",
+                )
+                .bind(key_id)
+                .fetch_one(conn)
+                .await?;
+                Ok(n > 0)
+            }
+
+            /// The device a new one may replace at `max_devices`: the one unused the longest
+            /// among the active devices nobody vouched for (not approved, not attested) that
+            /// stayed `limited` and were last seen before `before`.
+            async fn select_stale_device(
+                conn: &mut Conn,
+                key_id: &str,
+                before: i64,
+            ) -> Result<Option<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT device_id FROM devices WHERE key_id = $1 AND status = 'active' \
+                     AND trust_level = 'limited' AND NOT approved \
+                     AND attestation_format IS NULL AND last_seen_at < $2 \
+                     ORDER BY last_seen_at, created_at, device_id LIMIT 1",
+                )
+                .bind(key_id)
+                .bind(before)
+                .fetch_optional(conn)
+                .await?)
             }
 
             async fn select_device<'c>(
@@ -517,7 +600,7 @@ macro_rules! sql_store {
 
             // ---- statements: alerts ----
 
-            async fn insert_alert_row(pool: &sqlx::Pool<Db>, a: &AlertRecord) -> Result<()> {
+            async fn insert_alert_row(conn: &mut Conn, a: &AlertRecord) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO alerts (id, at, kind, severity, key_id, device_id, ip, details) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -530,9 +613,17 @@ macro_rules! sql_store {
                 .bind(&a.device_id)
                 .bind(&a.ip)
                 .bind(to_json(&a.details))
-                .execute(pool)
+                .execute(conn)
                 .await?;
                 Ok(())
+            }
+
+            async fn delete_alerts_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM alerts WHERE at < $1")
+                    .bind(before)
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
             }
 
             async fn select_alerts(
@@ -542,12 +633,15 @@ macro_rules! sql_store {
                 Ok(sqlx::query_as(
                     "SELECT * FROM alerts WHERE ($1 IS NULL OR kind = $1) \
                      AND ($2 IS NULL OR key_id = $2) AND at >= $3 \
+                     AND ($5 IS NULL OR at < (SELECT at FROM alerts WHERE id = $5) \
+                          OR (at = (SELECT at FROM alerts WHERE id = $5) AND id < $5)) \
                      ORDER BY at DESC, id DESC LIMIT $4",
                 )
                 .bind(&f.kind)
                 .bind(&f.key_id)
                 .bind(f.since.unwrap_or(i64::MIN))
                 .bind(f.limit.max(0))
+                .bind(&f.after)
                 .fetch_all(pool)
                 .await?)
             }
@@ -675,6 +769,79 @@ macro_rules! sql_store {
                 .await?)
             }
 
+            async fn select_revocation_cursor_at(pool: &sqlx::Pool<Db>, at: i64) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COALESCE((SELECT MIN(seq) - 1 FROM revocations WHERE at >= $1), \
+                     (SELECT MAX(seq) FROM revocations), 0)",
+                )
+                .bind(at)
+                .fetch_one(pool)
+                .await?)
+            }
+
+            async fn delete_revocations_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM revocations WHERE at < $1")
+                    .bind(before)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            // ---- statements: token status lists ----
+
+            /// Status list indexes in `start..end` of revoked devices (value 1).
+            async fn select_revoked_device_indexes(
+                pool: &sqlx::Pool<Db>,
+                start: i64,
+                end: i64,
+            ) -> Result<Vec<i64>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT status_idx FROM devices \
+                     WHERE status = 'revoked' AND status_idx >= $1 AND status_idx < $2",
+                )
+                .bind(start)
+                .bind(end)
+                .fetch_all(pool)
+                .await?)
+            }
+
+            /// Status list indexes in `start..end` of devices whose key is suspended, revoked
+            /// or expired at `now`, with that key's status and expiry. Starts from the keys
+            /// (few are not active), then their devices by the `(key_id, jkt)` index.
+            async fn select_indexes_under_unusable_keys(
+                pool: &sqlx::Pool<Db>,
+                start: i64,
+                end: i64,
+                now: i64,
+            ) -> Result<Vec<(i64, String, Option<i64>)>> {
+                Ok(sqlx::query_as(
+                    "SELECT d.status_idx, k.status, k.expires_at \
+                     FROM api_keys k JOIN devices d ON d.key_id = k.key_id \
+                     WHERE (k.status <> 'active' OR k.expires_at <= $3) \
+                     AND d.status_idx >= $1 AND d.status_idx < $2",
+                )
+                .bind(start)
+                .bind(end)
+                .bind(now)
+                .fetch_all(pool)
+                .await?)
+            }
+
+            /// The next time a key expires after `now`: a list built now changes then.
+            async fn select_next_key_expiry(pool: &sqlx::Pool<Db>, now: i64) -> Result<Option<i64>> {
+                Ok(sqlx::query_scalar("SELECT MIN(expires_at) FROM api_keys WHERE expires_at > $1")
+                    .bind(now)
+                    .fetch_one(pool)
+                    .await?)
+            }
+
+            /// The highest status list index in use, `None` without devices.
+            async fn select_max_status_idx(pool: &sqlx::Pool<Db>) -> Result<Option<i64>> {
+                Ok(sqlx::query_scalar("SELECT MAX(status_idx) FROM devices")
+                    .fetch_one(pool)
+                    .await?)
+            }
+
             // ---- transactions ----
 
             impl $Store {
@@ -704,7 +871,12 @@ macro_rules! sql_store {
                     for chunk in devices.chunks($crate::store::SEED_ROWS_PER_TX) {
                         let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
                         for rows in chunk.chunks(SEED_ROWS_PER_STATEMENT) {
-                            insert_devices_bulk(&mut tx, rows).await?;
+                            let indexes = <$Store as Backend>::allocate_status_indexes(
+                                &mut tx,
+                                rows.len() as i64,
+                            )
+                            .await?;
+                            insert_devices_bulk(&mut tx, rows, &indexes).await?;
                         }
                         tx.commit().await?;
                     }
@@ -725,7 +897,8 @@ macro_rules! sql_store {
                     "INSERT INTO api_keys (key_id, env, name, description, secret_hash, scopes, \
                      limited_scopes, rate_limit_per_minute, allowed_ips, allowed_origins, \
                      max_devices, trust_on_enroll, status, status_reason, status_changed_at, \
-                     created_at, expires_at, last_used_at, rotated_from, rotated_to) ",
+                     created_at, expires_at, last_used_at, rotated_from, rotated_to, \
+                     attestation) ",
                 );
                 q.push_values(rows, |mut b, k| {
                     b.push_bind(k.key_id.clone())
@@ -747,21 +920,27 @@ macro_rules! sql_store {
                         .push_bind(k.expires_at)
                         .push_bind(k.last_used_at)
                         .push_bind(k.rotated_from.clone())
-                        .push_bind(k.rotated_to.clone());
+                        .push_bind(k.rotated_to.clone())
+                        .push_bind(k.attestation.as_str());
                 });
                 q.build().persistent(false).execute(conn).await?;
                 Ok(())
             }
 
             /// `INSERT INTO devices (…) VALUES (…), (…), …`, like [`insert_keys_bulk`].
-            async fn insert_devices_bulk(conn: &mut Conn, rows: &[DeviceRecord]) -> Result<()> {
+            /// Each row gets the status list index at its position in `indexes`.
+            async fn insert_devices_bulk(
+                conn: &mut Conn,
+                rows: &[DeviceRecord],
+                indexes: &[i64],
+            ) -> Result<()> {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO devices (device_id, key_id, jkt, name, attributes, status, \
                      approved, created_at, last_seen_at, exchange_count, mismatch_count, \
                      networks, trust_score, trust_level, trust_factors, revoked_at, \
-                     mismatch_fingerprint) ",
+                     mismatch_fingerprint, status_idx) ",
                 );
-                q.push_values(rows, |mut b, d| {
+                q.push_values(rows.iter().zip(indexes), |mut b, (d, idx)| {
                     b.push_bind(d.device_id.clone())
                         .push_bind(d.key_id.clone())
                         .push_bind(d.jkt.clone())
@@ -778,7 +957,8 @@ macro_rules! sql_store {
                         .push_bind(d.trust_level.clone())
                         .push_bind(d.trust_factors.get())
                         .push_bind(d.revoked_at)
-                        .push_bind(d.mismatch_fingerprint.as_deref());
+                        .push_bind(d.mismatch_fingerprint.as_deref())
+                        .push_bind(*idx);
                 });
                 q.build().persistent(false).execute(conn).await?;
                 Ok(())
@@ -912,22 +1092,79 @@ macro_rules! sql_store {
                 async fn enroll_device(
                     &self,
                     device: &DeviceRecord,
-                    max_devices: i64,
+                    limits: EnrollLimits,
                 ) -> Result<Enrollment> {
-                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
-                    <$Store as Backend>::lock_key(&mut tx, &device.key_id).await?;
-                    if let Some(existing) =
-                        select_device_by_jkt(&mut *tx, &device.key_id, &device.jkt).await?
-                    {
-                        return Ok(Enrollment::Exists(Box::new(existing)));
-                    }
-                    if count_active_devices(&mut tx, &device.key_id).await? >= max_devices {
-                        return Ok(Enrollment::LimitReached);
-                    }
-                    match insert_device(&mut tx, device).await {
+                    let key_id = &device.key_id;
+                    // A replacement writes the revocation feed, which needs the write-order
+                    // lock, taken first (as every ordered writer does) to keep one lock order:
+                    // so the rare enrollment that replaces starts over in an ordered
+                    // transaction.
+                    let mut ordered = false;
+                    let (mut tx, replaced) = loop {
+                        let mut tx = if ordered {
+                            self.begin_ordered().await?
+                        } else {
+                            <$Store as Backend>::begin_write(&self.pool).await?
+                        };
+                        <$Store as Backend>::lock_key(&mut tx, key_id).await?;
+                        if let Some(existing) =
+                            select_device_by_jkt(&mut *tx, key_id, &device.jkt).await?
+                        {
+                            return Ok(Enrollment::Exists(Box::new(existing)));
+                        }
+                        let stale = if count_active_devices(&mut tx, key_id).await?
+                            < limits.max_devices
+                        {
+                            None
+                        } else {
+                            match select_stale_device(&mut tx, key_id, limits.stale_before)
+                                .await?
+                            {
+                                Some(stale) => Some(stale),
+                                None => return Ok(Enrollment::LimitReached),
+                            }
+                        };
+                        // The hourly budget counts every enrollment, revoked and replaced
+                        // devices included: freeing slots must not buy new enrollments.
+                        if limits.per_hour < i64::MAX
+                            && count_enrolled_since(&mut tx, key_id, limits.now - 3600).await?
+                                >= limits.per_hour
+                        {
+                            return Ok(Enrollment::BudgetSpent);
+                        }
+                        let Some(stale) = stale else {
+                            break (tx, None);
+                        };
+                        if !ordered {
+                            tx.rollback().await?;
+                            ordered = true;
+                            continue;
+                        }
+                        // Revoked like an operator's revocation (and in the feed), in the
+                        // transaction of the enrollment that takes its slot.
+                        let old = revoke_device(&mut tx, &stale, limits.now).await?;
+                        if let Some(old) = &old {
+                            insert_revocation(&mut tx, "device", &old.jkt, limits.now).await?;
+                        }
+                        break (tx, old.map(Box::new));
+                    };
+                    let key_had_trusted = has_trusted_device(&mut tx, key_id).await?;
+                    // In the enrollment's transaction: a device exists with its status list
+                    // index or not at all.
+                    let mut device = device.clone();
+                    device.status_idx = <$Store as Backend>::allocate_status_indexes(&mut tx, 1)
+                        .await?
+                        .first()
+                        .copied()
+                        .ok_or_else(|| Error::internal("no status list index allocated"))?;
+                    match insert_device(&mut tx, &device).await {
                         Ok(()) => {
                             tx.commit().await?;
-                            Ok(Enrollment::Enrolled)
+                            Ok(Enrollment::Enrolled {
+                                device: Box::new(device),
+                                replaced,
+                                key_had_trusted,
+                            })
                         }
                         // The lock above makes this unreachable for one key and thumbprint;
                         // should it happen anyway, the device that won is the answer.
@@ -940,6 +1177,18 @@ macro_rules! sql_store {
                         }
                         Err(e) => Err(e.into()),
                     }
+                }
+
+                #[tracing::instrument(skip_all, fields(device_id = %device.device_id))]
+                async fn record_attestation(
+                    &self,
+                    device: &DeviceRecord,
+                    attestation: &DeviceAttestation,
+                ) -> Result<()> {
+                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                    update_device_attestation(&mut tx, &device.device_id, attestation).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 #[tracing::instrument(level = "debug", skip_all, fields(device_id = %device.device_id))]
@@ -1058,9 +1307,21 @@ macro_rules! sql_store {
                     select_audit_after(&self.pool, after, limit).await
                 }
 
-                #[tracing::instrument(skip_all, fields(kind = %alert.kind))]
-                async fn insert_alert(&self, alert: &AlertRecord) -> Result<()> {
-                    insert_alert_row(&self.pool, alert).await
+                #[tracing::instrument(skip_all, fields(alerts = alerts.len()))]
+                async fn insert_alerts(&self, alerts: &[AlertRecord]) -> Result<()> {
+                    if alerts.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
+                    for a in alerts {
+                        insert_alert_row(&mut tx, a).await?;
+                    }
+                    Ok(tx.commit().await?)
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn purge_alerts(&self, before: i64) -> Result<u64> {
+                    delete_alerts_before(&self.pool, before).await
                 }
 
                 #[tracing::instrument(skip_all)]
@@ -1116,6 +1377,52 @@ macro_rules! sql_store {
                     limit: i64,
                 ) -> Result<Vec<RevocationRecord>> {
                     select_revocations_after(&self.pool, after, limit).await
+                }
+
+                #[tracing::instrument(skip_all, fields(at = at))]
+                async fn revocation_cursor_at(&self, at: i64) -> Result<i64> {
+                    select_revocation_cursor_at(&self.pool, at).await
+                }
+
+                #[tracing::instrument(skip_all, fields(before = before))]
+                async fn prune_revocations(&self, before: i64) -> Result<u64> {
+                    delete_revocations_before(&self.pool, before).await
+                }
+
+                #[tracing::instrument(skip_all, fields(start = start))]
+                async fn status_snapshot(
+                    &self,
+                    start: i64,
+                    end: i64,
+                    now: i64,
+                ) -> Result<Option<StatusSnapshot>> {
+                    // List 0 always exists; a later one once a device has an index in it.
+                    if start > 0
+                        && select_max_status_idx(&self.pool)
+                            .await?
+                            .is_none_or(|max| max < start)
+                    {
+                        return Ok(None);
+                    }
+                    let mut snapshot = StatusSnapshot {
+                        next_expiry: select_next_key_expiry(&self.pool, now).await?,
+                        ..StatusSnapshot::default()
+                    };
+                    for idx in select_revoked_device_indexes(&self.pool, start, end).await? {
+                        snapshot.set(idx, $crate::store::StatusValue::Invalid);
+                    }
+                    for (idx, status, expires_at) in
+                        select_indexes_under_unusable_keys(&self.pool, start, end, now).await?
+                    {
+                        let expired = expires_at.is_some_and(|e| e <= now);
+                        let value = if status == KeyStatus::Suspended.as_str() && !expired {
+                            $crate::store::StatusValue::Suspended
+                        } else {
+                            $crate::store::StatusValue::Invalid
+                        };
+                        snapshot.set(idx, value);
+                    }
+                    Ok(Some(snapshot))
                 }
             }
 

@@ -65,11 +65,17 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("temp_store", "MEMORY")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT);
-        // SQLite creates the file but not its directory (`keybound-data/` by default).
-        if let Some(dir) = options.get_filename().parent()
+        // SQLite creates the file but not its directory (`keybound-data/` by default). Both
+        // are made private: the database holds key hashes, sealed signing keys and the audit
+        // log. SQLite gives the -wal and -shm files the mode of the database file.
+        let file = options.get_filename().to_owned();
+        if let Some(dir) = file.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(Error::unavailable)?;
+            create_private_dir(dir).map_err(Error::unavailable)?;
+        }
+        if file != std::path::Path::new(":memory:") {
+            create_private_file(&file).map_err(Error::unavailable)?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
@@ -102,6 +108,59 @@ impl SqliteStore {
     }
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (an existing one is left alone).
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates an empty database file with mode 0600 unless it exists, before SQLite would
+/// create it with the process's default mode (usually 0644).
+fn create_private_file(file: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// For a `sqlite://` URL: the database's directory and files that group or others may
+/// access, each as `path (mode)`. `serve --profile prod` warns about each at start.
+pub fn loose_permissions(url: &str) -> Vec<String> {
+    let Ok(options) = SqliteConnectOptions::from_str(url) else {
+        return Vec::new();
+    };
+    let file = options.get_filename().to_owned();
+    let mut paths = Vec::new();
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        paths.push((dir.to_owned(), 0o077));
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = file.clone().into_os_string();
+        p.push(suffix);
+        paths.push((p.into(), 0o077));
+    }
+    let mut loose = Vec::new();
+    #[cfg(unix)]
+    for (path, mask) in paths {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & mask != 0 {
+                loose.push(format!("{} ({mode:o})", path.display()));
+            }
+        }
+    }
+    loose
+}
+
 impl Backend for SqliteStore {
     type Db = Sqlite;
     const NAME: &'static str = "sqlite";
@@ -122,6 +181,18 @@ impl Backend for SqliteStore {
         // BEGIN IMMEDIATE already holds the one write lock of the database file.
         Ok(())
     }
+
+    async fn allocate_status_indexes(conn: &mut SqliteConnection, n: i64) -> Result<Vec<i64>> {
+        // Under the write lock BEGIN IMMEDIATE took: no other writer can take the same range.
+        let first: i64 = sqlx::query_scalar(
+            "UPDATE status_list_counter SET next_idx = next_idx + $1 WHERE id = 0 \
+             RETURNING next_idx - $1",
+        )
+        .bind(n)
+        .fetch_one(conn)
+        .await?;
+        Ok((first..first + n).collect())
+    }
 }
 
 super::rows::decode_rows!(sqlx::sqlite::SqliteRow);
@@ -130,6 +201,32 @@ super::sql::sql_store!(SqliteStore);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_directory_and_database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let db = data.join("kb.db");
+        let url = format!("sqlite://{}", db.display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        // Migrations have written, so the WAL and its index exist.
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700, "data directory");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = data.join(format!("kb.db{suffix}"));
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        assert!(loose_permissions(&url).is_empty());
+        drop(store);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loose = loose_permissions(&url);
+        assert_eq!(loose.len(), 2, "{loose:?}");
+        assert!(loose[0].ends_with("data (755)"), "{loose:?}");
+        assert!(loose[1].ends_with("kb.db (644)"), "{loose:?}");
+    }
 
     #[tokio::test]
     async fn every_connection_is_durable_and_waits_for_the_write_lock() {

@@ -11,6 +11,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
 use super::signing::{SigningKey, TYP_ACCESS_TOKEN};
+use super::status_list::TokenStatus;
 use crate::devices::TrustLevel;
 
 /// The longest access token lifetime the contract allows (`--access-ttl-seconds` max).
@@ -82,6 +83,12 @@ pub struct AccessClaims {
     pub did: String,
     /// The device's trust level at issuance.
     pub trust: GrantedTrust,
+    /// The device's entry in the token status lists (contract section 10).
+    pub status: TokenStatus,
+    /// The device's platform attestation format (`apple-appattest` | `android-key`), only when
+    /// attested (contract sections 4 and 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub att: Option<String>,
 }
 
 /// What the token endpoint decided; [`AccessClaims::new`] turns it into claims.
@@ -101,8 +108,12 @@ pub struct AccessGrant<'a> {
     pub device_id: &'a str,
     /// The device's trust level.
     pub trust: GrantedTrust,
+    /// The attestation format when the device is attested.
+    pub att: Option<&'a str>,
     /// The configured lifetime in seconds; clamped as [`AccessClaims::new`] explains.
     pub ttl_seconds: u64,
+    /// The device's global status list index (`DeviceRecord::status_idx`).
+    pub status_idx: i64,
 }
 
 impl AccessClaims {
@@ -132,6 +143,8 @@ impl AccessClaims {
             },
             did: grant.device_id.to_owned(),
             trust: grant.trust,
+            status: TokenStatus::of(grant.issuer, grant.status_idx),
+            att: grant.att.map(str::to_owned),
         }
     }
 
@@ -213,8 +226,20 @@ mod tests {
             jkt: "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
             device_id: "dev_1",
             trust,
+            att: None,
             ttl_seconds,
+            status_idx: 7,
         }
+    }
+
+    #[test]
+    fn att_is_present_only_for_an_attested_device() {
+        let mut g = grant(GrantedTrust::Trusted, 300);
+        let plain = serde_json::to_value(AccessClaims::new(&g, 1_700_000_000)).unwrap();
+        assert!(plain.get("att").is_none());
+        g.att = Some("android-key");
+        let attested = serde_json::to_value(AccessClaims::new(&g, 1_700_000_000)).unwrap();
+        assert_eq!(attested["att"], "android-key");
     }
 
     #[test]
@@ -275,6 +300,7 @@ mod tests {
                 "jti",
                 "nbf",
                 "scope",
+                "status",
                 "sub",
                 "trust"
             ]
@@ -289,6 +315,11 @@ mod tests {
             serde_json::json!({"jkt": grant(GrantedTrust::Trusted, 0).jkt})
         );
         assert_eq!(json["trust"], "trusted");
+        assert_eq!(
+            json["status"],
+            serde_json::json!({"status_list": {"idx": 7,
+                "uri": "https://issuer.example/v1/status-lists/0"}})
+        );
         assert_eq!(claims.expires_in(), 300);
     }
 

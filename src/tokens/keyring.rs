@@ -85,6 +85,17 @@ impl KeyRing {
 /// Generates a new signing key, seals it and makes it the active one (the previous active
 /// key is retired but stays published). Returns the new record.
 pub async fn create(store: &dyn Store, master: &MasterKey, now: i64) -> Result<SigningKeyRecord> {
+    create_retiring_at(store, master, now, now).await
+}
+
+/// [`create`], recording the previous active key's retirement at `retired_at` (a time before
+/// `now` minus [`PUBLISH_AFTER_RETIREMENT`] takes it out of the JWKS at once: revocation).
+pub async fn create_retiring_at(
+    store: &dyn Store,
+    master: &MasterKey,
+    now: i64,
+    retired_at: i64,
+) -> Result<SigningKeyRecord> {
     let key = SigningKey::generate();
     let record = SigningKeyRecord {
         kid: key.kid().to_owned(),
@@ -93,7 +104,7 @@ pub async fn create(store: &dyn Store, master: &MasterKey, now: i64) -> Result<S
         created_at: now,
         retired_at: None,
     };
-    store.insert_signing_key(&record, now).await?;
+    store.insert_signing_key(&record, retired_at).await?;
     Ok(record)
 }
 
@@ -139,8 +150,8 @@ fn open(master: &MasterKey, r: &SigningKeyRecord) -> Result<SigningKey> {
     })
 }
 
-/// The master key: `KEYBOUND_MASTER_KEY` when given; otherwise, outside `prod`, a generated
-/// key kept in `file` (0600), with a warning.
+/// The master key: `KEYBOUND_MASTER_KEY` when given; otherwise the key in `file`; outside
+/// `prod`, a generated key kept in `file` (0600) when there is none yet, with a warning.
 pub fn master_key(
     given: Option<&SecretString>,
     file: &std::path::Path,
@@ -152,9 +163,14 @@ pub fn master_key(
         });
     }
     if prod {
-        return Err(Error::InvalidRequest(
-            "the prod profile needs KEYBOUND_MASTER_KEY".into(),
-        ));
+        // Production reads a key file it is given (a mounted secret) but never makes one:
+        // a generated key nobody backed up would seal every signing key with a secret that
+        // dies with the disk.
+        return MasterKey::read_existing_file(file).map_err(|e| {
+            Error::InvalidRequest(format!(
+                "the prod profile needs KEYBOUND_MASTER_KEY or a readable --master-key-file: {e}"
+            ))
+        });
     }
     let (key, created) = MasterKey::load_or_create_file(file)
         .map_err(|e| Error::InvalidRequest(format!("master key file {}: {e}", file.display())))?;

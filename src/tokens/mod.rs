@@ -7,11 +7,14 @@
 //!   as `at+jwt`.
 //! * [`refresh`](crate::tokens::refresh) — opaque `rt_…` refresh tokens and the hash storage
 //!   keeps of them.
+//! * [`status_list`](crate::tokens::status_list) — the token status lists (contract section
+//!   10) every access token points into.
 
 pub mod access;
 pub mod keyring;
 pub mod refresh;
 pub mod signing;
+pub mod status_list;
 
 pub use access::{AccessClaims, AccessGrant, Cnf, DeviceDenied, GrantedTrust, new_jti};
 pub use refresh::{hash_refresh_token, is_well_formed_refresh_token, new_refresh_token};

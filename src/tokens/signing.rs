@@ -389,6 +389,12 @@ impl MasterKey {
         Ok((key, true))
     }
 
+    /// Reads the master key from an existing file (warning when group or others may read
+    /// it); never creates one.
+    pub fn read_existing_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        Self::read_file(path.as_ref())
+    }
+
     fn read_file(path: &Path) -> Result<Self, KeyError> {
         let io_err = |source| KeyError::Io {
             path: path.to_path_buf(),

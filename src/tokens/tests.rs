@@ -32,7 +32,9 @@ fn claims_at(iat: u64, ttl_seconds: u64) -> AccessClaims {
             jkt: "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
             device_id: "dev_1",
             trust: GrantedTrust::Trusted,
+            att: None,
             ttl_seconds,
+            status_idx: 0,
         },
         iat,
     )

@@ -25,6 +25,37 @@ async fn exchange_from(
         .unwrap()
 }
 
+/// A refresh from `ip`, as a trusted proxy on loopback reports it.
+async fn refresh_from(
+    app: &crate::helpers::TestApp,
+    ip: &str,
+    dev: &Device,
+    token: &str,
+) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/token/refresh"))
+        .header("DPoP", dev.proof("POST", &app.url("/v1/token/refresh")))
+        .header("X-Forwarded-For", ip)
+        .json(&json!({ "refresh_token": token }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A guess at a made-up key from `ip`, which must be a plain failure (401).
+async fn guess_from(app: &crate::helpers::TestApp, ip: &str, dev: &Device, why: &str) {
+    let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+    expect_error(
+        exchange_from(app, ip, guess.expose(), dev).await,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_API_KEY",
+        why,
+    )
+    .await;
+}
+
+/// Contract section 1: "once an IP has N failures within a minute, its next request to a
+/// token endpoint gets 429, whatever it carries".
 #[tokio::test]
 async fn brute_force_from_one_ip_is_cut_off_while_another_ip_keeps_working() {
     let db = TestDb::sqlite().await;
@@ -36,23 +67,39 @@ async fn brute_force_from_one_ip_is_cut_off_while_another_ip_keeps_working() {
     let (key, _) = new_key(&app, json!({})).await;
     let dev = Device::new();
     let attacker = "203.0.113.7";
-    for i in 0..6 {
-        let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
-        let res = exchange_from(&app, attacker, guess.expose(), &dev).await;
-        assert_eq!(
-            res.status(),
-            StatusCode::UNAUTHORIZED,
-            "guess {i} is a plain failure"
-        );
+    // A session the address held before the attack.
+    let session = expect_json(
+        exchange_from(&app, attacker, &key, &dev).await,
+        StatusCode::OK,
+    )
+    .await;
+    let refresh_token = session["refresh_token"].as_str().unwrap();
+    for i in 0..5 {
+        guess_from(
+            &app,
+            attacker,
+            &dev,
+            &format!("guess {i} is a plain failure"),
+        )
+        .await;
     }
-    // The budget (5/min) is spent: even the right key is refused from that IP now.
+    // Five failures spend the budget of 5: the very next request is refused, the right key too.
     let res = exchange_from(&app, attacker, &key, &dev).await;
     assert!(res.headers().contains_key("retry-after"));
     expect_error(
         res,
         StatusCode::TOO_MANY_REQUESTS,
         "RATE_LIMITED",
-        "attacker IP after its budget",
+        "the valid key from the address after its 5 failures",
+    )
+    .await;
+    let res = refresh_from(&app, attacker, &dev, refresh_token).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(
+        res,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "a refresh from the address after its 5 failures",
     )
     .await;
     crate::alerts::wait_for_alert(&app, "FAILURE_BURST").await;
@@ -60,6 +107,187 @@ async fn brute_force_from_one_ip_is_cut_off_while_another_ip_keeps_working() {
     expect_json(
         exchange_from(&app, "198.51.100.20", &key, &dev).await,
         StatusCode::OK,
+    )
+    .await;
+}
+
+/// IPv6 clients share a budget per /64 (`--ipv6-budget-prefix`), or one host would have 2^64
+/// fresh budgets; an IPv4-mapped address is its IPv4 address for the budget, the trusted
+/// proxies and the allow lists.
+#[tokio::test]
+async fn ipv6_clients_share_a_budget_per_prefix_and_mapped_addresses_are_ipv4() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        // The loopback proxy written as a mapped network: it must still be trusted.
+        a.trusted_proxy = vec!["::ffff:127.0.0.0/104".parse().unwrap()];
+        a.ip_failure_budget = 2;
+    })
+    .await;
+    let (key, _) = new_key(&app, json!({})).await;
+    let dev = Device::new();
+    guess_from(&app, "2001:db8:1:2::1", &dev, "first address of the /64").await;
+    guess_from(
+        &app,
+        "2001:db8:1:2:ffff::2",
+        &dev,
+        "second address of the /64",
+    )
+    .await;
+    expect_error(
+        exchange_from(&app, "2001:db8:1:2::3", &key, &dev).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "a third address of the same /64",
+    )
+    .await;
+    expect_json(
+        exchange_from(&app, "2001:db8:1:3::1", &key, &dev).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    guess_from(&app, "::ffff:192.0.2.5", &dev, "mapped form").await;
+    guess_from(&app, "192.0.2.5", &dev, "plain form").await;
+    expect_error(
+        exchange_from(&app, "::ffff:192.0.2.5", &key, &dev).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "the mapped and the plain address share one budget",
+    )
+    .await;
+
+    let (listed, _) = new_key(&app, json!({"allowed_ips": ["10.0.0.0/8"]})).await;
+    expect_json(
+        exchange_from(&app, "::ffff:10.0.0.5", &listed, &dev).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_error(
+        exchange_from(&app, "::ffff:11.0.0.5", &listed, &dev).await,
+        StatusCode::FORBIDDEN,
+        "IP_NOT_ALLOWED",
+        "a mapped address outside the list",
+    )
+    .await;
+}
+
+/// One unauthenticated request with 200 forged, checksum-valid keys in its query used to cost
+/// 200 storage reads and store 200 critical alerts naming ids of the attacker's choice. Now
+/// the guard looks at the first key only, names no id it could not verify, reports look-alikes
+/// once per address a minute, and counts them against the address's failure budget.
+#[tokio::test]
+async fn a_url_full_of_forged_keys_costs_one_check_one_alert_and_spends_the_budget() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.ip_failure_budget = 2;
+    })
+    .await;
+    let (key, _) = new_key(&app, json!({})).await;
+    let attacker = "203.0.113.44";
+    let forged_url = || {
+        let query: Vec<String> = (0..200)
+            .map(|i| {
+                let k = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Prod);
+                format!("k{i}={}", k.expose())
+            })
+            .collect();
+        app.url(&format!("/healthz?{}", query.join("&")))
+    };
+    for i in 0..2 {
+        let res = app
+            .client
+            .get(forged_url())
+            .header("X-Forwarded-For", attacker)
+            .send()
+            .await
+            .unwrap();
+        expect_error(
+            res,
+            StatusCode::BAD_REQUEST,
+            "API_KEY_IN_URL",
+            &format!("forged keys in the URL ({i})"),
+        )
+        .await;
+    }
+    let alert = crate::alerts::wait_for_alert(&app, "KEY_IN_URL").await;
+    assert_eq!(alert["key_id"], serde_json::Value::Null, "{alert}");
+    assert_eq!(alert["details"]["secret_verified"], false);
+    assert_eq!(alert["ip"], attacker);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let alerts = expect_json(
+        app.admin_get("/alerts?kind=KEY_IN_URL&limit=1000").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        alerts["alerts"].as_array().unwrap().len(),
+        1,
+        "400 forged keys in two requests: one alert: {alerts}"
+    );
+    // Each request was one failed authentication: the budget of 2 is spent.
+    expect_error(
+        exchange_from(&app, attacker, &key, &Device::new()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "the address after two URLs of forged keys",
+    )
+    .await;
+}
+
+/// Keys in path segments are caught too, and the URL's key is checked by the same key check
+/// as the token endpoint's (its wrong secrets spend the id's failure budget). The alert names
+/// a key only when its secret verified, and never carries a path that held a key.
+#[tokio::test]
+async fn keys_in_paths_are_refused_and_checked_like_any_presented_key() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.key_failure_budget = 2;
+    })
+    .await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let get_from = |ip: &'static str, path: String| {
+        app.client
+            .get(app.url(&path))
+            .header("X-Forwarded-For", ip)
+            .send()
+    };
+    expect_error(
+        get_from("198.51.100.1", format!("/v1/revocations/{key}"))
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "API_KEY_IN_URL",
+        "the real key as a path segment",
+    )
+    .await;
+    let alert = crate::alerts::wait_for_alert(&app, "KEY_IN_URL").await;
+    assert_eq!(alert["key_id"], key_id);
+    assert_eq!(alert["details"]["secret_verified"], true);
+    assert_eq!(alert["details"]["in"], "path");
+    assert_eq!(alert["details"]["path"], serde_json::Value::Null);
+    assert!(!alert.to_string().contains(&key));
+
+    // Two look-alikes of the id (from two addresses, so no address budget is involved) spend
+    // the id's budget of 2: a wrong secret at the token endpoint is then refused with 429.
+    let forged = crate::token::forge_same_id(&key);
+    for ip in ["198.51.100.2", "198.51.100.3"] {
+        let encoded = forged.replace('_', "%5F");
+        let res = get_from(ip, format!("/x/{encoded}")).await.unwrap();
+        expect_error(
+            res,
+            StatusCode::BAD_REQUEST,
+            "API_KEY_IN_URL",
+            "a percent-encoded look-alike in the path",
+        )
+        .await;
+    }
+    expect_error(
+        exchange_from(&app, "198.51.100.4", &forged, &Device::new()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "the id's failure budget was spent by the URL checks",
     )
     .await;
 }
@@ -94,8 +322,9 @@ async fn a_429_from_the_key_id_budget_still_spends_the_addresss_budget() {
         )
         .await;
     }
-    // 3 refusals and 3 budget 429s: 6 failures, over the address's 5, so a guess at another id
-    // is refused before any work. (Were the 429s not counted, it would be a plain 401.)
+    // 3 refusals and 2 budget 429s are 5 failures, the address's whole budget (the third 429
+    // is already the address's), so a guess at another id is refused before any work. (Were
+    // the id budget's 429s not counted, it would be a plain 401.)
     let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
     let res = exchange_from(&app, attacker, guess.expose(), &dev).await;
     expect_error(
@@ -129,11 +358,10 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
         "spoofed X-Forwarded-For",
     )
     .await;
-    // Rotating the claimed address does not escape the failure budget either.
-    for i in 0..4 {
-        let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
-        let res = exchange_from(&app, &format!("192.0.2.{i}"), guess.expose(), &dev).await;
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    // Rotating the claimed address does not escape the failure budget either: the socket
+    // peer's 3 failures spend its budget of 3.
+    for i in 0..3 {
+        guess_from(&app, &format!("192.0.2.{i}"), &dev, &format!("guess {i}")).await;
     }
     let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
     let res = exchange_from(&app, "192.0.2.99", guess.expose(), &dev).await;
@@ -473,4 +701,127 @@ async fn bench_ceiling_routes_sign_real_tokens_and_exist_only_on_bench_servers()
         let (header, _) = verify_with_jwks(&app, token, &validation).await;
         assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA, "{path}");
     }
+}
+
+crate::on_both_backends!(
+    leak_reports_are_behind_the_address_budget,
+    a_suspended_key_can_be_rotated_and_stays_suspended,
+);
+
+/// A leak report from `ip`.
+async fn report_from(app: &crate::helpers::TestApp, ip: &str, key: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/leaks"))
+        .header("X-Forwarded-For", ip)
+        .json(&json!({"key": key, "source": "https://example.com/paste"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /v1/leaks` checks keys, so it spends and obeys the per-IP failure budget: reports
+/// that do not verify are failures (still answered 202, the same as ever); once the budget is
+/// spent the address gets 429, and its report is not acted on.
+async fn leak_reports_are_behind_the_address_budget(db: TestDb) {
+    let app = spawn_app_args(&db, |a| {
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        a.ip_failure_budget = 2;
+    })
+    .await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let prober = "203.0.113.50";
+    let fake = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
+    for k in [fake.expose(), "nonsense"] {
+        let res = report_from(&app, prober, k).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "{k}");
+    }
+    let res = report_from(&app, prober, &key).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(
+        res,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "a report after two that did not verify",
+    )
+    .await;
+    assert_eq!(
+        app.get_key(&key_id).await["status"],
+        "active",
+        "refused before any work"
+    );
+    // The token endpoint shares the budget.
+    expect_error(
+        exchange_from(&app, prober, &key, &Device::new()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "the token endpoint from the same address",
+    )
+    .await;
+    // A scanner elsewhere is heard.
+    let res = report_from(&app, "198.51.100.60", &key).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.get_key(&key_id).await["status"], "suspended");
+}
+
+/// A reported (hence suspended) key is rotated to recover: the new key is active and works,
+/// the old one stays suspended whatever the grace period.
+async fn a_suspended_key_can_be_rotated_and_stays_suspended(db: TestDb) {
+    let app = spawn_app_args(&db, |_| {}).await;
+    let (key, key_id) = new_key(&app, json!({})).await;
+    let res = app
+        .client
+        .post(app.url("/v1/leaks"))
+        .json(&json!({"key": key, "source": "https://example.com/paste"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.get_key(&key_id).await["status"], "suspended");
+
+    let rotated = expect_json(
+        app.admin_post(
+            &format!("/keys/{key_id}/rotate"),
+            json!({"grace_seconds": 3600}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(rotated["status"], "active");
+    assert_eq!(rotated["rotated_from"], key_id);
+    let successor = rotated["key"].as_str().unwrap();
+    let old = app.get_key(&key_id).await;
+    assert_eq!(old["status"], "suspended", "the old key stays suspended");
+    assert_eq!(old["rotated_to"], rotated["key_id"]);
+
+    let dev = Device::new();
+    expect_json(
+        exchange(&app, successor, &dev, json!({})).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_error(
+        exchange(&app, &key, &dev, json!({})).await,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_API_KEY",
+        "the suspended old key, within the grace period",
+    )
+    .await;
+
+    // A revoked key still cannot be rotated.
+    let (_, revoked) = new_key(&app, json!({})).await;
+    expect_json(
+        app.admin_post(&format!("/keys/{revoked}/revoke"), json!({"reason": "x"}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_error(
+        app.admin_post(&format!("/keys/{revoked}/rotate"), json!({}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+        "rotating a revoked key",
+    )
+    .await;
 }

@@ -479,13 +479,15 @@ async fn alerts_are_filtered_newest_first(db: TestDb) {
         ip: Some("127.0.0.1".into()),
         details: json!({"why": id}),
     };
+    // Recent times: alerts older than `--alert-retention-days` are purged by the server.
+    let t0 = now() - 10_000;
     let k1 = "ak_test_AAAAAAAAAAAA";
     let k2 = "ak_test_BBBBBBBBBBBB";
     for a in [
-        alert("a1", 1_000, "NEW_DEVICE", Some(k1)),
-        alert("a2", 2_000, "DPOP_REPLAY", Some(k1)),
-        alert("a3", 3_000, "NEW_DEVICE", Some(k2)),
-        alert("a4", 4_000, "KEY_IN_URL", None),
+        alert("a1", t0 + 1_000, "NEW_DEVICE", Some(k1)),
+        alert("a2", t0 + 2_000, "DPOP_REPLAY", Some(k1)),
+        alert("a3", t0 + 3_000, "NEW_DEVICE", Some(k2)),
+        alert("a4", t0 + 4_000, "KEY_IN_URL", None),
     ] {
         app.store.insert_alert(&a).await.unwrap();
     }
@@ -502,7 +504,7 @@ async fn alerts_are_filtered_newest_first(db: TestDb) {
         ("/alerts?kind=NEW_DEVICE", vec!["a3", "a1"], "by kind"),
         (&*format!("/alerts?key_id={k1}"), vec!["a2", "a1"], "by key"),
         (
-            "/alerts?since=2000",
+            &*format!("/alerts?since={}", t0 + 2_000),
             vec!["a4", "a3", "a2"],
             "since, inclusive",
         ),

@@ -31,6 +31,8 @@ struct Cluster {
     issuer: String,
     instances: Vec<Instance>,
     client: reqwest::Client,
+    /// Extra environment (settings) for every instance.
+    env: Vec<(&'static str, String)>,
 }
 
 /// One `keybound serve` child, killed when dropped.
@@ -59,6 +61,16 @@ impl Cluster {
     /// `n == 0` the cluster's name is the port of the first instance [`spawn`](Self::spawn)
     /// will start, [`Cluster::first_port`].
     async fn start(db: TestDb, redis_url: String, n: usize) -> Cluster {
+        Cluster::start_with_env(db, redis_url, n, vec![]).await
+    }
+
+    /// Like [`start`](Self::start), every instance with the settings in `env`.
+    async fn start_with_env(
+        db: TestDb,
+        redis_url: String,
+        n: usize,
+        env: Vec<(&'static str, String)>,
+    ) -> Cluster {
         let mut ports = Vec::new();
         for _ in 0..n.max(1) {
             ports.push(free_port().await);
@@ -71,6 +83,7 @@ impl Cluster {
             issuer,
             instances: Vec::new(),
             client: reqwest::Client::new(),
+            env,
         };
         for port in ports {
             let (db_url, redis_url) = (c.db.url.clone(), c.redis_url.clone());
@@ -108,6 +121,7 @@ impl Cluster {
             .env_remove("KEYBOUND_DATABASE_URL")
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -740,4 +754,148 @@ async fn serve_refuses_to_start_without_redis() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Contract 7 with shared windows: a usage spike spread over three instances, each below the
+/// threshold on its own, raises exactly one `USAGE_SPIKE` for the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_spike_spread_over_three_instances_raises_one_alert() {
+    let Some((db, redis)) = Cluster::services().await else {
+        return;
+    };
+    let env = vec![("KEYBOUND_USAGE_SPIKE_PER_MINUTE", "5".to_owned())];
+    let c = Cluster::start_with_env(db, redis, 3, env).await;
+    let (key, key_id) = c
+        .create_key(0, json!({"rate_limit_per_minute": 1000}))
+        .await;
+    let dev = Device::new();
+    // All nine exchanges in one minute window.
+    if crate::helpers::now() % 60 > 45 {
+        tokio::time::sleep(Duration::from_secs(
+            (61 - crate::helpers::now() % 60) as u64,
+        ))
+        .await;
+    }
+    for round in 0..3 {
+        for i in 0..3 {
+            let res = c.exchange(i, &key, &c.proof(&dev)).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::OK,
+                "round {round} on instance {i}"
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alerts = expect_json(
+        c.admin(
+            1,
+            reqwest::Method::GET,
+            &format!("/alerts?kind=USAGE_SPIKE&key_id={key_id}"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let alerts = alerts["alerts"].as_array().unwrap();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one alert for the cluster, each instance saw 3 of 9: {alerts:?}"
+    );
+    assert_eq!(alerts[0]["details"]["threshold"], 5);
+    assert_eq!(
+        alerts[0]["details"]["exchanges_this_minute"], 6,
+        "raised by the first over"
+    );
+}
+
+/// The status list value of `idx` as instance `i` serves it now.
+async fn list_value(c: &Cluster, i: usize, uri: &str, idx: u64) -> u8 {
+    let path = uri
+        .strip_prefix(&c.issuer)
+        .expect("the list is under the issuer");
+    let res = c.client.get(c.at(i).url(path)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let claims = crate::token::claims_of(&res.text().await.unwrap());
+    crate::status_lists::values_by_python(&claims, &[idx]).map_or_else(
+        || crate::status_lists::keybound_decode(&claims, idx),
+        |v| v[0],
+    )
+}
+
+/// Contract 10: a change made through one instance is in the list every other instance serves
+/// within 1 s (each had the list cached before the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_list_changes_reach_every_instance_within_a_second() {
+    let Some((db, redis)) = Cluster::services().await else {
+        return;
+    };
+    let c = Cluster::start(db, redis, 3).await;
+    let (key, key_id) = c.create_key(0, json!({})).await;
+    let (phone, tablet) = (Device::new(), Device::new());
+    let mut entries = Vec::new();
+    for dev in [&phone, &tablet] {
+        let body = expect_json(c.exchange(0, &key, &c.proof(dev)).await, StatusCode::OK).await;
+        let claims = crate::token::claims_of(body["access_token"].as_str().unwrap());
+        let sl = &claims["status"]["status_list"];
+        entries.push((
+            sl["uri"].as_str().unwrap().to_owned(),
+            sl["idx"].as_u64().unwrap(),
+        ));
+    }
+    let devices = expect_json(
+        c.admin(0, reqwest::Method::GET, &format!("/keys/{key_id}/devices"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let phone_id = devices["devices"][0]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // (change, made through instance, then the values of (phone, tablet) everywhere)
+    let steps = [
+        (format!("/keys/{key_id}/suspend"), 0, [2, 2]),
+        (format!("/devices/{phone_id}/revoke"), 1, [1, 2]),
+        (format!("/keys/{key_id}/resume"), 2, [1, 0]),
+        (format!("/keys/{key_id}/revoke"), 0, [1, 1]),
+    ];
+    for (path, via, want) in steps {
+        // Every instance has the current list cached before the change.
+        for i in 0..3 {
+            for (uri, idx) in &entries {
+                list_value(&c, i, uri, *idx).await;
+            }
+        }
+        let res = c
+            .admin(via, reqwest::Method::POST, &path)
+            .json(&json!({"reason": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let changed = Instant::now();
+        for i in 0..3 {
+            loop {
+                let got = [
+                    list_value(&c, i, &entries[0].0, entries[0].1).await,
+                    list_value(&c, i, &entries[1].0, entries[1].1).await,
+                ];
+                if got == want {
+                    break;
+                }
+                assert!(
+                    changed.elapsed() < Duration::from_secs(1),
+                    "after {path} via {via}: instance {i} still serves {got:?}, not {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }

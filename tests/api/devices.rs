@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use keybound::store::{AlertRecord, DeviceRecord, DeviceStatus};
+use keybound::store::{AlertRecord, DeviceRecord, DeviceStatus, EnrollLimits};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -35,6 +35,9 @@ fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
         trust_level: "limited".into(),
         trust_factors: keybound::store::JsonText::of(&json!({})),
         revoked_at: None,
+        // The store allocates it.
+        status_idx: 0,
+        attestation: None,
     }
 }
 
@@ -44,7 +47,10 @@ async fn devices_via_api(db: TestDb) {
     let key_id = k["key_id"].as_str().unwrap();
     let (d1, d2) = (device(key_id, 1, now() - 10), device(key_id, 2, now()));
     for d in [&d1, &d2] {
-        app.store.enroll_device(d, 5).await.unwrap();
+        app.store
+            .enroll_device(d, EnrollLimits::max_devices(5))
+            .await
+            .unwrap();
     }
 
     let list = expect_json(
@@ -142,7 +148,10 @@ async fn devices_via_cli(db: TestDb) {
     let key_id = key["key_id"].as_str().unwrap();
     let store = db.store().await;
     let d = device(key_id, 1, now());
-    store.enroll_device(&d, 5).await.unwrap();
+    store
+        .enroll_device(&d, EnrollLimits::max_devices(5))
+        .await
+        .unwrap();
 
     let table = cli(&db, &["devices", "list", key_id]).await.ok();
     assert!(table.stdout.starts_with("DEVICE_ID"), "{table:?}");
@@ -202,7 +211,10 @@ async fn usage_counts_devices_exchanges_and_alerts(db: TestDb) {
     let mut b = device(key_id, 2, t - 50);
     b.exchange_count = 4;
     for d in [&a, &b] {
-        app.store.enroll_device(d, 5).await.unwrap();
+        app.store
+            .enroll_device(d, EnrollLimits::max_devices(5))
+            .await
+            .unwrap();
     }
     app.admin_post(&format!("/devices/{}/revoke", b.device_id), json!({}))
         .await;

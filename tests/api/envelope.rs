@@ -155,3 +155,37 @@ async fn json_content_types_with_parameters_are_accepted() {
         assert_eq!(res.status(), StatusCode::CREATED, "{ct}");
     }
 }
+
+/// A client's `x-request-id` is kept only when it is a UUID of at most 64 characters;
+/// anything else (it lands in every log line) is replaced by a generated UUID.
+#[tokio::test]
+async fn only_uuid_request_ids_are_kept() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app(&db).await;
+    let id_of = |sent: Option<String>| {
+        let mut req = app.client.get(app.url("/healthz"));
+        if let Some(id) = sent {
+            req = req.header("x-request-id", id);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            res.headers()["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+    let uuid = "0b6c6f0e-3a8e-4c4b-9f5e-2f1d2c3b4a59";
+    assert_eq!(id_of(Some(uuid.into())).await, uuid, "a UUID is kept");
+    for foreign in [
+        "hello".to_owned(),
+        "user=admin action=login status=ok".to_owned(),
+        format!("{uuid}{}", "0".repeat(40)),
+        "a".repeat(65),
+    ] {
+        let got = id_of(Some(foreign.clone())).await;
+        assert_ne!(got, foreign);
+        assert!(uuid::Uuid::try_parse(&got).is_ok(), "{foreign:?} -> {got}");
+    }
+    assert!(
+        uuid::Uuid::try_parse(&id_of(None).await).is_ok(),
+        "none sent"
+    );
+}

@@ -199,6 +199,8 @@ async fn pg_connect(url: &str) -> sqlx::PgConnection {
 /// A server running in-process on its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin API's own address, when started with `--admin-listen`.
+    pub admin_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     /// The server's store, for arranging what the API cannot (devices) and for checks.
     pub store: Arc<dyn Store>,
@@ -252,6 +254,7 @@ pub async fn spawn_app_on(store: Arc<dyn Store>, args: ServeArgs) -> TestApp {
     assert!(running.addr.ip().is_loopback());
     TestApp {
         addr: running.addr,
+        admin_addr: running.admin_addr,
         client: reqwest::Client::new(),
         store,
         running: Some(running),

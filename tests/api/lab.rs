@@ -193,6 +193,7 @@ fn the_population_study_is_reproducible_and_catches_foreign_clones() {
         days: 30,
         clones: 300,
         seed: 6,
+        attested_share: 0.8,
     };
     let a = population::study(&p);
     let b = population::study(&p);
@@ -206,6 +207,24 @@ fn the_population_study_is_reproducible_and_catches_foreign_clones() {
         "a foreign phone always mismatches"
     );
     assert_eq!(foreign.trusted, 0);
+    // Issue 17: with 80 % attested phones, both groups are reported, and a clone of an
+    // attested phone's app data is never trusted (it needs a new, unattested device key).
+    let [unattested, attested] = a.legit.groups;
+    assert_eq!(unattested.phones + attested.phones, a.legit.phones);
+    assert!(
+        attested.phones > unattested.phones * 2,
+        "{:#?}",
+        a.legit.groups
+    );
+    let cloned_attested = a.clones.iter().find(|c| c.attested_victims).unwrap();
+    assert_eq!(cloned_attested.attempts, 300);
+    assert_eq!(cloned_attested.trusted, 0, "{cloned_attested:#?}");
+    let cloned_unattested = &a.clones[3];
+    assert!(!cloned_unattested.attested_victims);
+    assert!(
+        cloned_unattested.trusted > 0,
+        "an exact copy of an unattested phone is that phone: the limit attestation removes"
+    );
 }
 
 #[tokio::test]
@@ -267,7 +286,7 @@ async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
 async fn unknown_ids_and_wrong_secrets_take_as_long_over_http() {
     // dudect's |t| over HTTP is not stable on a shared 2-core machine (other builds and tests
     // run beside it), so the assertion is on the relative gap between the medians: 30–40 %
-    // before the equalizing storage read in `authenticate_key`, 1–10 % after.
+    // before the equalizing storage read in `keys::auth`, 1–10 % after.
     let t = target().await;
     let g = lab::timing::timing(&t, 400, 100).await.unwrap();
     for test in g.tests.iter().filter(|x| x.unit == "µs").take(1) {
@@ -278,4 +297,34 @@ async fn unknown_ids_and_wrong_secrets_take_as_long_over_http() {
             test.dudect.medians
         );
     }
+}
+
+/// Scenario M (issue 17): each row of the attested-devices section, for the right reason.
+#[tokio::test]
+async fn a_leaked_key_earns_nothing_against_attestation_refreshes_and_the_enrollment_budget() {
+    let m = lab::attested::attested().await.unwrap();
+    // A re-implemented client with the leaked key, key `required`: 0 tokens.
+    assert_eq!(m.reimplemented_tokens, 0, "{m:#?}");
+    assert!(m.reimplemented_blocked(), "{m:#?}");
+    // A clone of an attested phone's app data is never trusted (nor served at all).
+    assert!(m.victim.contains("trusted"), "{m:#?}");
+    assert!(!m.clone_trusted, "{m:#?}");
+    assert_eq!(
+        m.clone_answers,
+        [
+            "copied attributes: 403 ATTESTATION_REQUIRED",
+            "copied attributes and attestation: 401 INVALID_ATTESTATION",
+            "copied refresh token: 401 INVALID_REFRESH_TOKEN",
+        ]
+    );
+    // Under `preferred`, refreshing does not earn trust.
+    assert_eq!(m.exchange_count_after_refreshes, 1, "{m:#?}");
+    assert_eq!(m.level_after_refreshes, "limited");
+    assert_eq!(m.level_a_day_later, "limited");
+    // Revoke-and-re-enroll stops at the budget.
+    assert_eq!(m.cycle_enrollments, m.cycle_budget, "{m:#?}");
+    assert_eq!(m.cycle_stopped_by, "429 RATE_LIMITED");
+    assert!(m.cycle_alerted);
+    let section = m.section();
+    assert!(section.holds, "{:#?}", section.notes);
 }

@@ -138,6 +138,7 @@ fn a_key_record_never_serializes_its_hash() {
         allowed_origins: vec![],
         max_devices: 1,
         trust_on_enroll: false,
+        attestation: keybound::store::AttestationPolicy::Preferred,
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,

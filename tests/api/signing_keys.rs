@@ -9,7 +9,10 @@ use serde_json::Value;
 use crate::helpers::{TestDb, cli, expect_json, spawn_app};
 use crate::on_both_backends;
 
-on_both_backends!(rotation_reaches_the_running_server);
+on_both_backends!(
+    rotation_reaches_the_running_server,
+    a_revoked_key_leaves_the_jwks_at_once
+);
 
 pub async fn jwks_kids(app: &crate::helpers::TestApp) -> Vec<String> {
     let res = app
@@ -125,4 +128,63 @@ async fn rotation_reaches_the_running_server(db: TestDb) {
     assert_eq!(row.entry.actor, "cli");
     assert_eq!(row.entry.target.as_deref(), Some(new_kid.as_str()));
     cli(&db, &["audit", "verify"]).await.ok();
+}
+
+/// `rotate --revoke-previous` (issue 15 item 14): the compromised key is out of the running
+/// server's JWKS on its next reload, not kept published for the token lifetime.
+async fn a_revoked_key_leaves_the_jwks_at_once(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let old = jwks_kids(&app).await;
+    assert_eq!(old.len(), 1);
+    let rotated = cli(
+        &db,
+        &[
+            "signing-keys",
+            "rotate",
+            "--revoke-previous",
+            "--master-key",
+            db.master_key(),
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    let new_kid = rotated["kid"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["revoked_kid"], old[0].as_str());
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let kids = jwks_kids(&app).await;
+        if kids.contains(&new_kid) {
+            assert_eq!(
+                kids,
+                std::slice::from_ref(&new_kid),
+                "the revoked key is gone at once"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reloaded: {kids:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let listed = cli(&db, &["signing-keys", "list", "--json"])
+        .await
+        .ok()
+        .json();
+    let revoked = listed["signing_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == old[0].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(revoked["active"], false);
+    assert!(revoked["published_until"].as_i64().unwrap() <= keybound::state::now());
+    let audit = app.store.list_audit(0, 100).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.entry.action == "signing_key.rotate_revoke"
+                && r.entry.details["retired_kid"] == old[0].as_str()),
+        "audited"
+    );
 }

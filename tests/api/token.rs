@@ -428,7 +428,7 @@ async fn a_proof_replayed_on_another_instance_sharing_redis_is_refused() {
     let db = TestDb::sqlite().await;
     let mut master = None;
     let a = spawn_app_args(&db, |args| {
-        args.redis_url = Some(redis.clone());
+        args.redis_url = Some(redis.clone().into());
         master = args.master_key.clone();
     })
     .await;
@@ -436,7 +436,7 @@ async fn a_proof_replayed_on_another_instance_sharing_redis_is_refused() {
     // balancer's name in production): a proof for one is a proof for the other.
     let issuer = a.url("");
     let b = spawn_app_args(&db, |args| {
-        args.redis_url = Some(redis.clone());
+        args.redis_url = Some(redis.clone().into());
         args.issuer = Some(issuer.clone());
         args.master_key = master.clone();
     })

@@ -10,10 +10,15 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
         .await
         .unwrap();
 
-    let first = device(&k.key_id, 1);
+    let first = enrolled(
+        store
+            .enroll_device(&device(&k.key_id, 1), EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
+    );
     assert_eq!(
-        store.enroll_device(&first, 2).await.unwrap(),
-        Enrollment::Enrolled
+        first.status_idx, 0,
+        "the first device gets the first status index"
     );
     assert_eq!(
         store.get_device(&first.device_id).await.unwrap(),
@@ -38,23 +43,34 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
     let mut again = device(&k.key_id, 1);
     again.device_id = "dev_other".into();
     assert_eq!(
-        store.enroll_device(&again, 2).await.unwrap(),
+        store
+            .enroll_device(&again, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Exists(Box::new(first.clone()))
     );
 
-    let second = device(&k.key_id, 2);
-    assert_eq!(
-        store.enroll_device(&second, 2).await.unwrap(),
-        Enrollment::Enrolled
+    let second = enrolled(
+        store
+            .enroll_device(&device(&k.key_id, 2), EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
     );
+    assert_eq!(second.status_idx, 1, "the next index");
     let third = device(&k.key_id, 3);
     assert_eq!(
-        store.enroll_device(&third, 2).await.unwrap(),
+        store
+            .enroll_device(&third, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::LimitReached
     );
     // An existing device is found even at the limit.
     assert_eq!(
-        store.enroll_device(&second, 2).await.unwrap(),
+        store
+            .enroll_device(&second, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
         Enrollment::Exists(Box::new(second.clone()))
     );
 
@@ -68,10 +84,13 @@ pub(super) async fn enrollment_new_existing_and_limit(db: &mut TestDb) {
         )
         .await
         .unwrap();
-    assert_eq!(
-        store.enroll_device(&third, 2).await.unwrap(),
-        Enrollment::Enrolled
+    let third = enrolled(
+        store
+            .enroll_device(&third, EnrollLimits::max_devices(2))
+            .await
+            .unwrap(),
     );
+    assert_eq!(third.status_idx, 2, "refused enrollments take no index");
 
     let listed: Vec<_> = store
         .list_devices(&k.key_id)
@@ -103,18 +122,68 @@ pub(super) async fn concurrent_enrollments_respect_the_limit(db: &mut TestDb) {
             other_process.clone()
         };
         let d = device(&k.key_id, n);
-        tokio::spawn(async move { store.enroll_device(&d, 3).await })
+        tokio::spawn(async move { store.enroll_device(&d, EnrollLimits::max_devices(3)).await })
     });
     let mut enrolled = 0;
     for a in attempts.collect::<Vec<_>>() {
         match a.await.unwrap().unwrap() {
-            Enrollment::Enrolled => enrolled += 1,
+            Enrollment::Enrolled { .. } => enrolled += 1,
             Enrollment::LimitReached => {}
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(enrolled, 3);
     assert_eq!(db.store.list_devices(&k.key_id).await.unwrap().len(), 3);
+}
+
+/// Status list indexes (contract section 10) are unique across keys and processes: concurrent
+/// enrollments under different keys, through two pools, never share one.
+pub(super) async fn concurrent_enrollments_get_distinct_status_indexes(db: &mut TestDb) {
+    let other_process = db.other_process().await;
+    let mut keys = Vec::new();
+    for c in ['p', 'q', 'r', 's'] {
+        let k = key(&key_id(c));
+        db.store
+            .create_key(&k, &audit("key.create", None))
+            .await
+            .unwrap();
+        keys.push(k.key_id);
+    }
+    let attempts: Vec<_> = (0..40u32)
+        .map(|n| {
+            let store = if n % 2 == 0 {
+                db.store.clone()
+            } else {
+                other_process.clone()
+            };
+            let d = device(&keys[n as usize % keys.len()], n);
+            tokio::spawn(async move {
+                store
+                    .enroll_device(&d, EnrollLimits::max_devices(100))
+                    .await
+            })
+        })
+        .collect();
+    let mut indexes = Vec::new();
+    for a in attempts {
+        indexes.push(enrolled(a.await.unwrap().unwrap()).status_idx);
+    }
+    let mut stored = Vec::new();
+    for k in &keys {
+        stored.extend(
+            db.store
+                .list_devices(k)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.status_idx),
+        );
+    }
+    indexes.sort_unstable();
+    stored.sort_unstable();
+    assert_eq!(indexes, stored, "the answers name the stored indexes");
+    indexes.dedup();
+    assert_eq!(indexes.len(), 40, "no index handed out twice: {indexes:?}");
 }
 
 pub(super) async fn device_revoke_and_approve(db: &mut TestDb) {

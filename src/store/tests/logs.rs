@@ -71,6 +71,37 @@ pub(super) async fn deleted_audit_row_is_detected(db: &mut TestDb) {
 
 // ---- alerts ----
 
+pub(super) async fn alert_batches_are_stored_together_and_purged_by_age(db: &mut TestDb) {
+    let store = &*db.store;
+    let alert = |id: &str, at: i64| AlertRecord {
+        id: id.into(),
+        at,
+        kind: "KEY_IN_URL".into(),
+        severity: "critical".into(),
+        key_id: None,
+        device_id: None,
+        ip: Some("192.0.2.1".into()),
+        details: json!({"secret_verified": false}),
+    };
+    let batch: Vec<AlertRecord> = (0..5).map(|i| alert(&format!("al{i}"), T0 + i)).collect();
+    store.insert_alerts(&batch).await.unwrap();
+    store.insert_alerts(&[]).await.unwrap();
+    let filter = AlertFilter {
+        limit: 100,
+        ..AlertFilter::default()
+    };
+    let all = || store.list_alerts(&filter);
+    assert_eq!(all().await.unwrap().len(), 5);
+    assert_eq!(store.purge_alerts(T0 + 3).await.unwrap(), 3, "al0..al2");
+    assert_eq!(all().await.unwrap().len(), 2);
+    assert_eq!(store.purge_alerts(T0).await.unwrap(), 0);
+
+    // A batch with a bad row (a duplicate id) stores nothing: one transaction.
+    let bad = vec![alert("al9", T0 + 9), alert("al3", T0 + 9)];
+    assert!(store.insert_alerts(&bad).await.is_err());
+    assert_eq!(all().await.unwrap().len(), 2, "rolled back");
+}
+
 pub(super) async fn alerts_filter_newest_first(db: &mut TestDb) {
     let store = &*db.store;
     let (a, b) = (key_id('a'), key_id('b'));
@@ -139,8 +170,26 @@ pub(super) async fn alerts_filter_newest_first(db: &mut TestDb) {
                 key_id: Some(a.clone()),
                 since: Some(T0 + 1),
                 limit: 10,
+                after: None,
             },
             vec!["al4"],
+        ),
+        (
+            AlertFilter {
+                after: Some("al3".into()),
+                limit: 10,
+                ..AlertFilter::default()
+            },
+            vec!["al2", "al1"],
+        ),
+        (
+            AlertFilter {
+                kind: Some("NEW_DEVICE".into()),
+                after: Some("al4".into()),
+                limit: 1,
+                ..AlertFilter::default()
+            },
+            vec!["al3"],
         ),
     ];
     for (filter, want) in cases {

@@ -139,6 +139,7 @@ conformance!(
     touch_only_moves_last_use_forward,
     enrollment_new_existing_and_limit,
     concurrent_enrollments_respect_the_limit,
+    concurrent_enrollments_get_distinct_status_indexes,
     device_revoke_and_approve,
     device_usage_is_saved,
     refresh_tokens_spend_once,
@@ -154,6 +155,7 @@ conformance!(
     edited_audit_row_is_detected,
     deleted_audit_row_is_detected,
     alerts_filter_newest_first,
+    alert_batches_are_stored_together_and_purged_by_age,
     revocation_feed_pages_by_cursor,
     data_survives_reopen,
 );
@@ -181,6 +183,7 @@ fn key(id: &str) -> KeyRecord {
         allowed_origins: vec!["https://app.example.com".into()],
         max_devices: 5,
         trust_on_enroll: false,
+        attestation: crate::store::AttestationPolicy::Preferred,
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,
@@ -214,6 +217,8 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
         trust_level: "limited".into(),
         trust_factors: crate::store::JsonText::of(&json!({"attributes": 1.0, "history": 0.1})),
         revoked_at: None,
+        status_idx: 0,
+        attestation: None,
     }
 }
 
@@ -252,12 +257,26 @@ async fn key_with_device(store: &dyn Store, c: char) -> (KeyRecord, DeviceRecord
         .create_key(&k, &audit("key.create", Some(&k.key_id)))
         .await
         .unwrap();
-    let d = device(&k.key_id, 1);
-    assert_eq!(
-        store.enroll_device(&d, 5).await.unwrap(),
-        Enrollment::Enrolled
+    let d = enrolled(
+        store
+            .enroll_device(&device(&k.key_id, 1), EnrollLimits::max_devices(5))
+            .await
+            .unwrap(),
     );
     (k, d)
+}
+
+/// The stored record of an enrollment that must have enrolled.
+/// The device of a new enrollment that replaced nothing, next to no trusted device.
+fn enrolled(e: Enrollment) -> DeviceRecord {
+    match e {
+        Enrollment::Enrolled {
+            device,
+            replaced: None,
+            key_had_trusted: false,
+        } => *device,
+        other => panic!("expected a new enrollment, got {other:?}"),
+    }
 }
 
 async fn audit_actions(store: &dyn Store) -> Vec<String> {

@@ -1,0 +1,99 @@
+//! Verifying one attestation of each format with the trust anchors parsed once (the server
+//! builds one `Verifier` at startup). Figures: docs/benchmarks.md.
+
+use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use keybound::attestation::{Attestation, Settings, Verifier, parse_signing_cert_sha256};
+
+#[path = "../src/attestation/testing.rs"]
+mod attestation_gen;
+
+use attestation_gen::*;
+
+const NOW: i64 = 1_800_000_000;
+
+fn bench(c: &mut Criterion) {
+    let root = TestRoot::new();
+    let verifier = Verifier::new(Settings {
+        apple_app_ids: vec![TEST_APP_ID.into()],
+        android_packages: vec![TEST_PACKAGE.into(), "com.google.attestationexample".into()],
+        android_signing_cert_sha256: vec![
+            TEST_SIGNING_CERT_SHA256,
+            parse_signing_cert_sha256(
+                "68856d1d06f637d6255face5b224db43a9514ace538bb1548b844480fcd85c87",
+            )
+            .unwrap(),
+        ],
+        extra_roots_pem: vec![root.root_pem().into_bytes()],
+        ..Settings::default()
+    })
+    .unwrap();
+    let client_data = b"q8Yl3bq1Pq0aWm2l1b0T3kYQp2s5fX8uR4nJ6cV9eZA.jkt";
+    let (_, point, jwk) = dpop_p256_key();
+
+    // App Attest: P-384 root -> P-384 intermediate -> P-256 credential certificate, CBOR.
+    let apple: Attestation = serde_json::from_value(apple_attestation(
+        &root,
+        "c",
+        client_data,
+        TEST_APP_ID,
+        &AppleOpts::default(),
+    ))
+    .unwrap();
+    verifier
+        .verify(&apple, client_data, &jwk, NOW)
+        .expect("valid");
+    c.bench_function("attestation/apple-appattest (generated)", |b| {
+        b.iter(|| {
+            verifier
+                .verify(black_box(&apple), client_data, &jwk, NOW)
+                .unwrap()
+        })
+    });
+
+    // Android, generated: P-384 root -> P-256 intermediate -> leaf.
+    let android: Attestation = serde_json::from_value(android_chain(
+        &root,
+        "c",
+        client_data,
+        &point,
+        &AndroidOpts::default(),
+    ))
+    .unwrap();
+    verifier
+        .verify(&android, client_data, &jwk, NOW)
+        .expect("valid");
+    c.bench_function("attestation/android-key (generated)", |b| {
+        b.iter(|| {
+            verifier
+                .verify(black_box(&android), client_data, &jwk, NOW)
+                .unwrap()
+        })
+    });
+
+    // Android, a real remotely provisioned chain: Google's RSA-4096 root -> P-384 -> P-256 x3.
+    let chain: Vec<String> = include_str!("../tests/fixtures/attestation/android-google-rkp.chain")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let real = Attestation::Android {
+        challenge: "c".into(),
+        certificate_chain: chain,
+    };
+    let real_jwk = serde_json::json!({"kty": "EC", "crv": "P-256",
+        "x": "5RJPNRetn0rlufvqGlibs2W4FKLxKRadLggPLQC3wnk",
+        "y": "O2S1IrrVxSnzqwxUj2UXG-jpClOd5NpGfdWSBoN65dg"});
+    let then = 1_677_628_800;
+    verifier
+        .verify(&real, b"challenge", &real_jwk, then)
+        .expect("valid");
+    c.bench_function("attestation/android-key (real RKP chain, RSA root)", |b| {
+        b.iter(|| {
+            verifier
+                .verify(black_box(&real), b"challenge", &real_jwk, then)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
