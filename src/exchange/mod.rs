@@ -200,7 +200,7 @@ async fn exchange_as(
     } = body.device.unwrap_or_default();
     let (device, decision) = device_and_trust(
         state,
-        &key,
+        key,
         &proof,
         Presentation {
             attributes: presented,
@@ -211,7 +211,7 @@ async fn exchange_as(
         now,
     )
     .await?;
-    let granted = grant_scopes(&key, &requested, decision.level);
+    let granted = grant_scopes(key, &requested, decision.level);
     let device = Arc::new(device);
     // Time-ordered (v7): new families append to the family index instead of landing on a
     // random page of it.
