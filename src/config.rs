@@ -183,6 +183,29 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYBOUND_STATUS_LIST_TTL_SECONDS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub status_list_ttl_seconds: u64,
+    /// Absolute lifetime of a refresh family in seconds, counted from its exchange: however
+    /// often it is refreshed, a session older than this needs a new exchange with the API key
+    /// (default 30 days; at least the refresh TTL's minimum).
+    #[arg(long, env = "KEYBOUND_REFRESH_FAMILY_MAX_AGE", default_value_t = 30 * 86_400,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub refresh_family_max_age: u64,
+    /// Contract 9.2: seconds after a refresh during which the same device key presenting the
+    /// just-spent token gets the same successor again (a lost answer retried) instead of
+    /// reuse. 0 (default) turns it off.
+    #[arg(long, env = "KEYBOUND_REFRESH_REUSE_GRACE_SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub refresh_reuse_grace_seconds: u64,
+    /// Refreshes per minute one device may make (all its families together); beyond it a
+    /// refresh gets 429 `RATE_LIMITED`.
+    #[arg(long, env = "KEYBOUND_REFRESH_RATE_PER_DEVICE", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub refresh_rate_per_device: u32,
+    /// `USE_DPOP_NONCE` answers per minute per client IP before it gets 429 (softer than the
+    /// failure budget: a nonce challenge is normal protocol, but an endless stream of them is
+    /// not).
+    #[arg(long, env = "KEYBOUND_NONCE_CHALLENGE_BUDGET", default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub nonce_challenge_budget: u32,
     /// Demand a server-issued DPoP nonce in every proof (RFC 9449 section 8).
     #[arg(long, env = "KEYBOUND_REQUIRE_DPOP_NONCE")]
     pub require_dpop_nonce: bool,

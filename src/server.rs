@@ -45,6 +45,8 @@ impl Running {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
         self.state.alerts.flush().await;
+        // What was batched in memory goes to storage before the process ends.
+        self.state.flush_bookkeeping().await;
     }
 
     /// Re-reads the TLS certificate and key (what SIGHUP does). Without TLS there is nothing

@@ -21,6 +21,7 @@ use crate::replay::{MemoryReplayStore, RedisReplayStore, ReplayStore};
 use crate::store::cached::CachedStore;
 use crate::store::{DeviceRecord, Store};
 use crate::tokens::keyring::{self, KeyRing};
+use crate::tokens::refresh::RefreshSealer;
 use crate::tokens::status_list::StatusLists;
 use crate::usage::UsageRecorder;
 
@@ -35,8 +36,16 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Access token lifetime for trusted devices.
     pub access_ttl_secs: i64,
-    /// Refresh token lifetime.
+    /// Refresh token lifetime (idle: each refresh starts it again).
     pub refresh_ttl_secs: i64,
+    /// Absolute lifetime of a refresh family, from its exchange.
+    pub refresh_family_max_age_secs: i64,
+    /// Contract 9.2 grace window; 0 is off.
+    pub refresh_reuse_grace_secs: i64,
+    /// Refreshes per minute per device.
+    pub refresh_rate_per_device: u32,
+    /// `USE_DPOP_NONCE` answers per minute per IP.
+    pub nonce_challenge_budget: u32,
     /// Whether proofs must carry a server nonce.
     pub require_dpop_nonce: bool,
     /// DPoP `iat` window either side of now.
@@ -76,6 +85,10 @@ impl Settings {
             trusted_proxies: args.trusted_proxy.clone(),
             access_ttl_secs: args.access_ttl_seconds as i64,
             refresh_ttl_secs: args.refresh_ttl_seconds as i64,
+            refresh_family_max_age_secs: args.refresh_family_max_age as i64,
+            refresh_reuse_grace_secs: args.refresh_reuse_grace_seconds as i64,
+            refresh_rate_per_device: args.refresh_rate_per_device,
+            nonce_challenge_budget: args.nonce_challenge_budget,
             require_dpop_nonce: args.require_dpop_nonce,
             dpop_iat_window_secs: args.dpop_iat_window_seconds,
             ip_failure_budget: args.ip_failure_budget,
@@ -130,6 +143,12 @@ pub struct Services {
     pub dpop_options: Arc<VerifyOptions>,
     /// Per-key request rates.
     pub key_limits: Arc<KeyLimits>,
+    /// Per-device refresh rates (the same buckets, another namespace).
+    pub device_limits: Arc<KeyLimits>,
+    /// Per-IP budget of `USE_DPOP_NONCE` answers (issue 15, item 7).
+    pub nonce_challenges: Arc<IpFailures>,
+    /// Seals and opens refresh tokens (a key derived from the master key).
+    pub refresh_sealer: Arc<RefreshSealer>,
     /// Per-IP failure budgets.
     pub failures: Arc<IpFailures>,
     /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
@@ -142,6 +161,8 @@ pub struct Services {
     pub usage: UsageRecorder,
     /// `last_used_at` updates waiting for the next batch.
     touched: Arc<Mutex<HashMap<String, i64>>>,
+    /// Whether storage answered the last probe (see [`STORAGE_PROBE_INTERVAL`]).
+    storage_up: Arc<AtomicBool>,
     /// Benchmark switches; only the `--bench-routes` route turns anything off.
     pub switches: Switches,
     /// The token status lists (contract section 10).
@@ -183,9 +204,9 @@ impl Switches {
         self.usage.load(Ordering::Relaxed)
     }
 
-    /// Whether an exchange or refresh writes its refresh token and the device's history
-    /// before answering. Off, the answer's refresh token is never stored (so it cannot be
-    /// refreshed): only `--overhead` turns it off, to measure what durability costs.
+    /// Whether a refresh advances its family (durably, before answering) and the token path
+    /// queues the device's history. Off, a refresh spends nothing (its token stays live): only
+    /// `--overhead` turns it off, to measure what durability costs.
     pub fn writes(&self) -> bool {
         self.writes.load(Ordering::Relaxed)
     }
@@ -248,6 +269,22 @@ impl AppState {
                 ..VerifyOptions::default()
             }),
             key_limits: Arc::new(KeyLimits::new(limits.clone(), args.cache_capacity)),
+            device_limits: Arc::new(KeyLimits::with_prefix(
+                limits.clone(),
+                "keybound:rate:device",
+                args.cache_capacity,
+            )),
+            nonce_challenges: Arc::new(IpFailures::new(
+                limits.clone(),
+                "keybound:nonce:ip",
+                settings.nonce_challenge_budget,
+                args.cache_capacity,
+                settings.ipv6_budget_prefix,
+            )),
+            refresh_sealer: Arc::new(RefreshSealer::new(
+                &keyring.derive(crate::tokens::refresh::REFRESH_KEY_LABEL),
+                &keyring.derive(crate::tokens::refresh::GRACE_KEY_LABEL),
+            )),
             failures: Arc::new(IpFailures::new(
                 limits.clone(),
                 "keybound:fail:ip",
@@ -293,6 +330,7 @@ impl AppState {
             redis,
             usage,
             touched: Arc::default(),
+            storage_up: Arc::new(AtomicBool::new(true)),
             switches: Switches::default(),
             status_lists,
             verifier,
@@ -323,18 +361,91 @@ impl AppState {
         }
     }
 
-    /// Saves a device's history without holding up the response (used on refusals, where
-    /// nothing is issued; successful exchanges write it before answering).
-    pub fn record_device(&self, device: DeviceRecord) {
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.update_device_usage(Arc::new(device)).await {
-                tracing::warn!(error = %e, "could not record device usage");
-            }
-        });
+    /// Remembers a device's history (counters, last seen, networks, trust) without holding up
+    /// the answer: this instance's validation cache sees it at once, storage within
+    /// [`DEVICE_FLUSH_INTERVAL`] (and at a graceful shutdown). A crash loses at most that
+    /// window of history, never anything a client holds (`docs/design.md`, "Device history").
+    pub async fn record_device(&self, device: Arc<DeviceRecord>) {
+        if !self.switches.writes() {
+            // `keybound bench --overhead` only: what the exchange costs without the write.
+            return;
+        }
+        self.cache.remember_device_usage(device).await;
+    }
+
+    /// Writes the queued device histories (one group-commit batch).
+    pub async fn flush_devices(&self) {
+        let batch = self.cache.take_pending();
+        if batch.is_empty() {
+            return;
+        }
+        // Queued together, the writes share one group-commit transaction.
+        let store = self.cache.inner_store();
+        let writes = batch.into_iter().map(|d| store.update_device_usage(d));
+        if let Some(Err(e)) = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .find(Result::is_err)
+        {
+            tracing::warn!(error = %e, "could not record device usage");
+        }
+    }
+
+    /// Drops a device's queued history (after an operator changed the device).
+    pub fn forget_device_history(&self, device_id: &str) {
+        self.cache.forget_pending(device_id);
+    }
+
+    /// What a graceful shutdown writes before the process ends: queued device histories and
+    /// key last-use times.
+    pub async fn flush_bookkeeping(&self) {
+        self.flush_devices().await;
+        self.flush_touched().await;
+    }
+
+    /// Whether storage is reachable, as the last probe found. An exchange writes nothing, so
+    /// with its key and device cached it would not notice an outage by itself; contract 5
+    /// wants it to fail closed (503) all the same.
+    pub fn storage_up(&self) -> bool {
+        self.storage_up.load(Ordering::Relaxed)
     }
 
     fn spawn_background(&self) {
+        // Storage probe: a round trip every 100 ms, answered within a second. Two failures in
+        // a row count as down (one slow answer on a loaded machine is not an outage), so a
+        // cached exchange fails closed within ~200 ms of storage refusing connections and
+        // within ~2 s of it going silent.
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STORAGE_PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failures = 0u32;
+            loop {
+                tick.tick().await;
+                let probe =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), state.store.ping())
+                        .await;
+                failures = if matches!(probe, Ok(Ok(()))) {
+                    0
+                } else {
+                    failures + 1
+                };
+                let up = failures < 2;
+                if state.storage_up.swap(up, Ordering::Relaxed) != up {
+                    tracing::warn!(up, "storage reachability changed");
+                }
+            }
+        });
+        // Device history: flushed often, so a crash loses at most this much of it.
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DEVICE_FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                state.flush_devices().await;
+            }
+        });
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -342,6 +453,12 @@ impl AppState {
             loop {
                 tick.tick().await;
                 state.flush_touched().await;
+                if state.settings.refresh_reuse_grace_secs > 0 {
+                    // Contract 9.2: a sealed successor is kept for its window only.
+                    if let Err(e) = state.store.clear_refresh_grace(now()).await {
+                        tracing::warn!(error = %e, "could not clear ended grace windows");
+                    }
+                }
                 if let Err(e) = state.keyring.reload(&*state.store).await {
                     tracing::warn!(error = %e, "could not reload signing keys");
                 }
@@ -380,9 +497,9 @@ impl AppState {
                         .await
                     {
                         Ok(0) => {}
-                        Ok(n) => tracing::info!(tokens = n, "purged expired refresh tokens"),
+                        Ok(n) => tracing::info!(families = n, "purged expired refresh families"),
                         Err(e) => {
-                            tracing::warn!(error = %e, "could not purge expired refresh tokens")
+                            tracing::warn!(error = %e, "could not purge expired refresh families")
                         }
                     }
                 }
@@ -421,10 +538,17 @@ pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
 pub const REVOCATION_FEED_RETENTION: i64 =
     crate::tokens::access::MAX_ACCESS_TTL_SECONDS as i64 + 3600;
 
-/// Expired refresh tokens are kept this long, then purged (hourly). Until then a spent one
-/// presented again is still recognised as reuse and revokes its family; after that it is just
-/// unknown (`INVALID_REFRESH_TOKEN`), which refuses it all the same.
+/// A refresh family's row is kept this long after its last token expired, then purged
+/// (hourly). It cannot matter any more: every token of the family is refused as expired
+/// before storage is asked (the row must outlive them, or a purged family's first token would
+/// open as never refreshed; `expires_at` is the latest expiry of any of its tokens).
 pub const REFRESH_PURGE_AFTER_EXPIRY: i64 = 7 * 86_400;
+
+/// How often storage is probed (see [`AppState::storage_up`]).
+pub const STORAGE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Longest a device's history waits in memory before it is written.
+pub const DEVICE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The attestation verifier from the `serve` settings; files that cannot be read or parsed
 /// stop the start.

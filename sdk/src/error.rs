@@ -85,6 +85,11 @@ pub enum ErrorKind {
         /// How long the server asked the caller to wait.
         retry_after: Option<Duration>,
     },
+    /// `ATTESTATION_REQUIRED` (403): the key requires a platform attestation and this device
+    /// has none on record (contract section 8).
+    AttestationRequired,
+    /// `INVALID_ATTESTATION` (401): the attestation sent failed a check; the message names it.
+    InvalidAttestation,
     /// `INTERNAL` (500): a bug in the server.
     Internal,
     /// `UNAVAILABLE` (503): the server's storage is unreachable and it fails closed. Also used by
@@ -111,6 +116,15 @@ pub enum ErrorKind {
     DeviceKey,
     /// A builder or function was given an invalid argument (a bad URL, a missing API key, …).
     Config,
+    /// The server's TLS certificate chain verified, but its public key matches none of the
+    /// configured pins (see [`ClientBuilder::pin_spki_sha256`](crate::ClientBuilder::pin_spki_sha256)):
+    /// possibly an interception proxy. The handshake was abandoned; nothing was sent.
+    CertificatePinMismatch,
+    /// The [`SessionStore`](crate::SessionStore) could not load, save or clear the session.
+    SessionStore,
+    /// The [`AttestationProvider`](crate::AttestationProvider) failed or returned something
+    /// that is not an attestation member.
+    Attestation,
 }
 
 /// Why the [`Verifier`](crate::Verifier) refused a request. Each reason names one check, so a
@@ -237,6 +251,8 @@ impl ErrorKind {
             "PAYLOAD_TOO_LARGE" => Self::PayloadTooLarge,
             "UNSUPPORTED_MEDIA_TYPE" => Self::UnsupportedMediaType,
             "RATE_LIMITED" => Self::RateLimited { retry_after },
+            "ATTESTATION_REQUIRED" => Self::AttestationRequired,
+            "INVALID_ATTESTATION" => Self::InvalidAttestation,
             "INTERNAL" => Self::Internal,
             "UNAVAILABLE" => Self::Unavailable,
             _ => return None,
@@ -267,6 +283,8 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload too large",
             Self::UnsupportedMediaType => "unsupported media type",
             Self::RateLimited { .. } => "rate limited",
+            Self::AttestationRequired => "attestation required",
+            Self::InvalidAttestation => "attestation refused",
             Self::Internal => "internal server error",
             Self::Unavailable => "service unavailable",
             Self::Network => "network error",
@@ -276,6 +294,9 @@ impl ErrorKind {
             Self::Revoked => "token revoked",
             Self::DeviceKey => "device key error",
             Self::Config => "invalid configuration",
+            Self::CertificatePinMismatch => "server key matches no pin",
+            Self::SessionStore => "session store error",
+            Self::Attestation => "attestation provider error",
         }
     }
 }
@@ -285,6 +306,18 @@ impl Error {
     /// of [`DeviceKey`](crate::DeviceKey) backed by a platform keystore.
     pub fn device_key(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
         Self::new(ErrorKind::DeviceKey).with_source(source)
+    }
+
+    /// An error of `kind` with a human `message` (no secrets), for implementations of the
+    /// SDK's traits ([`SessionStore`](crate::SessionStore),
+    /// [`AttestationProvider`](crate::AttestationProvider)) and for bindings.
+    pub fn with_kind(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::new(kind).with_message(message)
+    }
+
+    /// The human message: the server's, or the SDK's own. Never holds a secret.
+    pub fn message(&self) -> Option<&str> {
+        self.inner.message.as_deref()
     }
 
     /// The kind of error; what to branch on.
@@ -349,7 +382,9 @@ impl Error {
 
     /// The kind of a `reqwest` failure: a timeout is not the same as "network down".
     pub(crate) fn from_http(err: reqwest::Error) -> Self {
-        let kind = if err.is_timeout() {
+        let kind = if crate::tls::is_pin_mismatch(&err) {
+            ErrorKind::CertificatePinMismatch
+        } else if err.is_timeout() {
             ErrorKind::Timeout
         } else if err.is_decode() {
             ErrorKind::UnexpectedResponse {
@@ -438,6 +473,8 @@ mod tests {
             "METHOD_NOT_ALLOWED",
             "PAYLOAD_TOO_LARGE",
             "UNSUPPORTED_MEDIA_TYPE",
+            "ATTESTATION_REQUIRED",
+            "INVALID_ATTESTATION",
             "RATE_LIMITED",
             "INTERNAL",
             "UNAVAILABLE",

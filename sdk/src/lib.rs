@@ -8,7 +8,11 @@
 //!   (refresh token first, full exchange when that is refused), shares one renewal between
 //!   concurrent callers, retries what is worth retrying, and builds the two headers a resource
 //!   server needs ([`Client::authorize`]). The device is its [`DeviceKey`]: an
-//!   [`Ed25519DeviceKey`] stored in a file, or a platform keystore behind the trait.
+//!   [`Ed25519DeviceKey`] stored in a file, or a platform keystore behind the trait (which may
+//!   sign asynchronously, [`Signing`]). A [`SessionStore`] keeps the session across restarts,
+//!   an [`AttestationProvider`] attests a new device key, [`Client::sign_out`] revokes, and
+//!   the transport can pin the server's key ([`ClientBuilder::pin_spki_sha256`]). Swift,
+//!   Kotlin and Python apps get the same client through the `keybound-ffi` crate.
 //! - **Resource servers** use a [`Verifier`]: it checks tokens and their DPoP proofs with
 //!   nothing but the issuer's JWKS and polls the issuer's signed revocation feed, so a
 //!   revoked key or device stops working within seconds, still without a call per request.
@@ -97,13 +101,20 @@ mod dpop;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod file;
 mod http;
 mod jose;
+mod tls;
 mod trust;
+#[cfg(test)]
+mod vectors;
 mod verifier;
 
-pub use client::{AccessToken, Client, ClientBuilder, RetryPolicy};
-pub use device_key::{DeviceKey, Ed25519DeviceKey, Es256DeviceKey};
+pub use client::{
+    AccessToken, AttestationProvider, Client, ClientBuilder, FileSessionStore, RetryPolicy,
+    Session, SessionStore,
+};
+pub use device_key::{DeviceKey, Ed25519DeviceKey, Es256DeviceKey, Signing};
 pub use dpop::DpopProofBuilder;
 pub use error::{Error, ErrorKind, InvalidTokenReason, Result};
 pub use jose::jwk_thumbprint;

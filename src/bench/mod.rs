@@ -50,7 +50,7 @@ const MAX_PROOFS: usize = 1_500_000;
 const OVERHEAD_ROUNDS: usize = 3;
 /// `--overhead` cases, (rate limits, usage tracking, writes), in the order each round runs
 /// them. The last one leaves only the exchange's own checks and signatures: no limits, no
-/// usage and no durable write of the refresh token and the device history.
+/// usage, no refresh family write and no device history.
 const OVERHEAD_CASES: [(bool, bool, bool); 5] = [
     (true, true, true),
     (false, true, true),

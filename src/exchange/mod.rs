@@ -11,12 +11,12 @@ mod request;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-pub use request::{DeviceInfo, RefreshRequest, TokenRequest};
+pub use request::{DeviceInfo, RefreshRequest, RevokeRequest, TokenRequest};
 
 use crate::alerts::{AlertKind, network_of};
 use crate::attestation::Attestation;
@@ -28,14 +28,17 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::{
     AttestationPolicy, DeviceAttestation, DeviceRecord, DeviceStatus, EnrollLimits, Enrollment,
-    JsonText, KeyRecord, RefreshRecord,
+    FamilyRecord, JsonText, KeyRecord,
 };
-use crate::tokens::{self, AccessClaims, AccessGrant, GrantedTrust};
+use crate::tokens::refresh::RefreshClaims;
+use crate::tokens::{AccessClaims, AccessGrant, GrantedTrust};
 
 /// Path of the exchange endpoint (part of every proof's `htu`).
 pub const TOKEN_PATH: &str = "/v1/token";
 /// Path of the refresh endpoint.
 pub const REFRESH_PATH: &str = "/v1/token/refresh";
+/// Path of the sign-out endpoint (contract 9.3).
+pub const REVOKE_PATH: &str = "/v1/token/revoke";
 /// Networks remembered per device.
 const MAX_NETWORKS: usize = 16;
 
@@ -151,6 +154,11 @@ async fn authenticate(
     now: i64,
 ) -> Result<Arc<KeyRecord>> {
     body.validate()?;
+    // Fail closed (contract 5): nothing is issued while storage is unreachable, even though
+    // an exchange with a cached key and device would not touch it.
+    if !state.storage_up() {
+        return Err(Error::unavailable("storage is unreachable"));
+    }
     let presented = p.api_key.ok_or(Error::MissingApiKey)?;
     let key = state
         .key_auth()
@@ -212,62 +220,95 @@ async fn exchange_as(
     )
     .await?;
     let granted = grant_scopes(key, &requested, decision.level);
+    let trust = GrantedTrust::try_from(decision.level).map_err(|_| Error::DeviceUntrusted)?;
+    // The family's first token is self-contained (generation 0): nothing is stored for it
+    // until its first refresh. Family ids are time-ordered (v7), so the rows written then
+    // append to the families' index instead of landing on a random page of it.
+    let claims = RefreshClaims {
+        family_id: format!("rf_{}", uuid::Uuid::now_v7().simple()),
+        generation: 0,
+        key_id: key.key_id.clone(),
+        device_id: device.device_id.clone(),
+        jkt: proof.jkt.clone(),
+        scope: granted.join(" "),
+        audience,
+        family_created_at: now,
+        issued_at: now,
+        expires_at: refresh_expiry(state, now, now),
+    };
+    let token = state.refresh_sealer.seal(&claims);
     let device = Arc::new(device);
-    // Time-ordered (v7): new families append to the family index instead of landing on a
-    // random page of it.
-    let family = format!("rf_{}", uuid::Uuid::now_v7().simple());
-    issue(
-        state, key, &device, &proof.jkt, &granted, &audience, &decision, family, None, p.ip, now,
-    )
-    .await
+    // History is bookkeeping, flushed in batches off the answer path (docs/design.md).
+    state.record_device(device.clone()).await;
+    Ok(answer(
+        state, key, &device, &claims, token, &decision, trust, now,
+    ))
 }
 
-/// `POST /v1/token/refresh`.
+/// `POST /v1/token/refresh`: a plain function of the parsed request, so every request form
+/// (the JSON body here, the form-encoded grant of contract 9.1) shares one implementation.
+///
+/// Order (issue 15, item 7): the proof's signature and the token's seal are checked, and the
+/// token's device key compared with the proof's, before anything is stored: a request without
+/// this device's key fills neither the replay store nor the alert table. Then the nonce, the
+/// replay store, the family's age, the device's refresh rate, the key and device state, and
+/// last the one durable write that spends the token.
 pub async fn refresh(
     state: &AppState,
     p: Presented<'_>,
     body: RefreshRequest,
 ) -> Result<TokenResponse> {
     let now = crate::state::now();
-    let proof = verify_proof(state, p.proof, p.path, now, None, p.ip).await?;
-    let presented = secrecy::ExposeSecret::expose_secret(&body.refresh_token);
-    if !tokens::is_well_formed_refresh_token(presented) {
-        return Err(Error::InvalidRefreshToken);
-    }
-    let hash = tokens::hash_refresh_token(presented);
-    let old = state
-        .store
-        .get_refresh(&hash)
-        .await?
+    let proof = parse_proof(state, p.proof, p.path, now)?;
+    let claims = state
+        .refresh_sealer
+        .open(body.refresh_token.expose_secret())
         .ok_or(Error::InvalidRefreshToken)?;
     // A token bound to another device key is useless to whoever stole it: refuse it as
-    // unknown, and do not let the thief burn the family (the owner keeps their session).
-    if !bool::from(old.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) || old.revoked_at.is_some() {
+    // unknown, and do not let the thief burn the family (the owner keeps their session) —
+    // except inside a grace window, where a just-spent token in other hands is reuse (9.2).
+    if !bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) {
+        return Err(foreign_presentation(state, &claims, p.ip, now).await);
+    }
+    check_proof(state, &proof, now, Some(&claims.key_id), p.ip).await?;
+    if claims.expires_at <= now
+        || claims.family_created_at + state.settings.refresh_family_max_age_secs <= now
+    {
         return Err(Error::InvalidRefreshToken);
     }
-    if old.spent_at.is_some() {
-        return Err(reuse_detected(state, &old, p.ip, now).await);
-    }
-    if old.expires_at <= now {
-        return Err(Error::InvalidRefreshToken);
+    if state.switches.rate_limits() {
+        state
+            .device_limits
+            .check(
+                &claims.device_id,
+                i64::from(state.settings.refresh_rate_per_device),
+            )
+            .await?;
     }
     let key = state
         .cache
-        .key(&old.key_id)
+        .key(&claims.key_id)
         .await?
         .ok_or(Error::InvalidApiKey)?;
     if !key.usable_at(now) {
         return Err(Error::InvalidApiKey);
     }
     check_allow_lists(&key, p.ip, p.origin)?;
+    // Issue 15, item 3: the key's settings now, not at the exchange. An audience taken off
+    // the allowed list is refused; scopes the key lost are not granted again.
+    if !state.settings.audiences.contains(&claims.audience) {
+        return Err(Error::InvalidAudience);
+    }
     let device = state
         .cache
-        .device(&old.key_id, &old.jkt)
+        .device(&claims.key_id, &claims.jkt)
         .await?
+        .filter(|d| d.device_id == claims.device_id)
         .ok_or(Error::InvalidRefreshToken)?;
     if device.status == DeviceStatus::Revoked {
         return Err(Error::DeviceRevoked);
     }
+    // The fingerprint was checked at the exchange; a refresh re-scores history and network.
     // Contract section 8: a key that requires attestation issues nothing to a device without
     // one on record, refreshes included (the policy may have changed since the exchange).
     if key.attestation == AttestationPolicy::Required && device.attestation.is_none() {
@@ -286,38 +327,179 @@ pub async fn refresh(
         p.ip,
         now,
     )?;
-    let scope: Vec<String> = old.scope.split_whitespace().map(str::to_owned).collect();
+    let scope: Vec<String> = claims
+        .scope
+        .split_whitespace()
+        .filter(|s| key.scopes.iter().any(|k| k == s))
+        .map(str::to_owned)
+        .collect();
     let granted = grant_scopes(&key, &scope, decision.level);
+    let trust = GrantedTrust::try_from(decision.level).map_err(|_| Error::DeviceUntrusted)?;
+    let successor = RefreshClaims {
+        generation: claims.generation + 1,
+        scope: granted.join(" "),
+        issued_at: now,
+        expires_at: refresh_expiry(state, claims.family_created_at, now),
+        ..claims.clone()
+    };
+    let token = state.refresh_sealer.seal(&successor);
+    let grace = state.settings.refresh_reuse_grace_secs;
+    let next = FamilyRecord {
+        family_id: claims.family_id.clone(),
+        key_id: claims.key_id.clone(),
+        device_id: claims.device_id.clone(),
+        jkt: claims.jkt.clone(),
+        generation: successor.generation,
+        created_at: claims.family_created_at,
+        rotated_at: now,
+        expires_at: successor.expires_at,
+        revoked_at: None,
+        grace_token: (grace > 0).then(|| {
+            state
+                .refresh_sealer
+                .seal_successor(&claims.family_id, token.expose_secret())
+        }),
+        grace_until: (grace > 0).then_some(now + grace),
+    };
+    // The one durable write of a refresh, before the answer. `keybound bench --overhead`
+    // alone turns it off, to measure what durability costs.
+    let advanced = !state.switches.writes()
+        || state
+            .store
+            .advance_refresh_family(claims.generation, &next)
+            .await?;
     let device = Arc::new(device);
-    issue(
-        state,
-        &key,
-        &device,
-        &proof.jkt,
-        &granted,
-        &old.audience,
-        &decision,
-        old.family_id.clone(),
-        Some(&old),
-        p.ip,
-        now,
-    )
-    .await
+    if !advanced {
+        // Spent already (or its family revoked): a retry within the grace window gets the
+        // same successor again; anything else is reuse.
+        let successor = spent_presentation(state, &claims, p.ip, now).await?;
+        let kept = state
+            .refresh_sealer
+            .open(successor.expose_secret())
+            .ok_or_else(|| Error::internal("a kept successor does not open"))?;
+        state.record_device(device.clone()).await;
+        return Ok(answer(
+            state, &key, &device, &kept, successor, &decision, trust, now,
+        ));
+    }
+    state.record_device(device.clone()).await;
+    Ok(answer(
+        state, &key, &device, &successor, token, &decision, trust, now,
+    ))
+}
+
+/// A token whose generation was spent, presented by its own device key: within the grace
+/// window of contract 9.2 the successor issued then (sealed for the window), else reuse.
+async fn spent_presentation(
+    state: &AppState,
+    claims: &RefreshClaims,
+    ip: IpAddr,
+    now: i64,
+) -> Result<SecretString> {
+    let family = state.store.get_refresh_family(&claims.family_id).await?;
+    let Some(family) = family else {
+        // Purged: every token of the family has expired.
+        return Err(Error::InvalidRefreshToken);
+    };
+    if family.revoked_at.is_some() || family.generation <= claims.generation {
+        return Err(Error::InvalidRefreshToken);
+    }
+    if let Some(kept) = in_grace(&family, claims, now)
+        && let Some(successor) = state.refresh_sealer.open_successor(&family.family_id, kept)
+    {
+        return Ok(successor);
+    }
+    Err(reuse_detected(state, &family, ip, now).await)
+}
+
+/// The sealed successor when `claims`' token is the one spent last (a successor that was
+/// itself used ends the grace) and the window is still open.
+fn in_grace<'f>(family: &'f FamilyRecord, claims: &RefreshClaims, now: i64) -> Option<&'f [u8]> {
+    let open = family.generation == claims.generation + 1
+        && family.grace_until.is_some_and(|until| now <= until);
+    family.grace_token.as_deref().filter(|_| open)
+}
+
+/// A token presented with another device's proof. Refused as unknown, without touching
+/// storage, unless a grace window is configured: then a token spent within the window is
+/// reuse (contract 9.2: "presented by any other key … it is reuse"), which revokes the family.
+async fn foreign_presentation(
+    state: &AppState,
+    claims: &RefreshClaims,
+    ip: IpAddr,
+    now: i64,
+) -> Error {
+    if state.settings.refresh_reuse_grace_secs == 0 {
+        return Error::InvalidRefreshToken;
+    }
+    match state.store.get_refresh_family(&claims.family_id).await {
+        Ok(Some(family))
+            if family.revoked_at.is_none() && in_grace(&family, claims, now).is_some() =>
+        {
+            reuse_detected(state, &family, ip, now).await
+        }
+        Ok(_) => Error::InvalidRefreshToken,
+        Err(e) => e,
+    }
+}
+
+/// Expiry of a token issued at `now` in a family begun at `created_at`: the idle lifetime,
+/// capped by the family's absolute one.
+fn refresh_expiry(state: &AppState, created_at: i64, now: i64) -> i64 {
+    (now + state.settings.refresh_ttl_secs)
+        .min(created_at + state.settings.refresh_family_max_age_secs)
 }
 
 /// Spent token presented again: the family is compromised (RFC 9700 section 4.14.2).
-async fn reuse_detected(state: &AppState, old: &RefreshRecord, ip: IpAddr, now: i64) -> Error {
-    if let Err(e) = state.store.revoke_refresh_family(&old.family_id, now).await {
+async fn reuse_detected(state: &AppState, family: &FamilyRecord, ip: IpAddr, now: i64) -> Error {
+    if let Err(e) = state.store.revoke_refresh_family(family, now).await {
         return e;
     }
     state.alerts.raise(
         AlertKind::RefreshTokenReused,
-        Some(&old.key_id),
-        Some(&old.device_id),
+        Some(&family.key_id),
+        Some(&family.device_id),
         Some(ip),
-        json!({"family_id": old.family_id}),
+        json!({"family_id": family.family_id}),
     );
     Error::RefreshTokenReused
+}
+
+/// `POST /v1/token/revoke` (contract 9.3, RFC 7009): signs a device out of one session by
+/// revoking the refresh family of `token`. Only a proof by the token's own device key revokes
+/// anything; every token answer is the same (`Ok`), whether the token was live, spent,
+/// expired, unknown or another device's, so the endpoint tells nobody anything about a token.
+pub async fn revoke(state: &AppState, p: Presented<'_>, token: &str) -> Result<()> {
+    let now = crate::state::now();
+    let proof = parse_proof(state, p.proof, p.path, now)?;
+    let Some(claims) = state.refresh_sealer.open(token) else {
+        return Ok(());
+    };
+    if !bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) {
+        return Ok(());
+    }
+    check_proof(state, &proof, now, Some(&claims.key_id), p.ip).await?;
+    if claims.expires_at <= now {
+        return Ok(());
+    }
+    // A spent token of the family signs its device out too: only that device's key could
+    // present it, and it asks to end the session.
+    let family = FamilyRecord {
+        family_id: claims.family_id.clone(),
+        key_id: claims.key_id.clone(),
+        device_id: claims.device_id.clone(),
+        jkt: claims.jkt.clone(),
+        generation: claims.generation,
+        created_at: claims.family_created_at,
+        rotated_at: claims.issued_at,
+        // The row outlives every token of the family (at most the family's age).
+        expires_at: claims.family_created_at + state.settings.refresh_family_max_age_secs,
+        revoked_at: None,
+        grace_token: None,
+        grace_until: None,
+    };
+    state.store.revoke_refresh_family(&family, now).await?;
+    Ok(())
 }
 
 /// Whether `ip` is inside one of the key's CIDRs, compared in canonical form
@@ -352,6 +534,19 @@ async fn verify_proof(
     key_id: Option<&str>,
     ip: IpAddr,
 ) -> Result<VerifiedProof> {
+    let verified = parse_proof(state, proof, path, now)?;
+    check_proof(state, &verified, now, key_id, ip).await?;
+    Ok(verified)
+}
+
+/// The proof's own checks (RFC 9449 section 4.3: header, signature, `htm`, `htu`, `iat`), with
+/// no state touched.
+fn parse_proof(
+    state: &AppState,
+    proof: std::result::Result<Option<&str>, ()>,
+    path: &str,
+    now: i64,
+) -> Result<VerifiedProof> {
     let proof = match proof {
         Ok(Some(p)) => p,
         Ok(None) => return Err(Error::InvalidDpopProof("the DPoP header is missing".into())),
@@ -362,14 +557,29 @@ async fn verify_proof(
         }
     };
     let htu = format!("{}{}", state.settings.issuer, path);
-    let verified = dpop::verify_proof(proof, "POST", &htu, now, &state.dpop_options)
-        .map_err(|e| Error::InvalidDpopProof(e.to_string()))?;
+    dpop::verify_proof(proof, "POST", &htu, now, &state.dpop_options)
+        .map_err(|e| Error::InvalidDpopProof(e.to_string()))
+}
+
+/// The nonce when required, then the replay store: the proof's `jti` must be new.
+async fn check_proof(
+    state: &AppState,
+    verified: &VerifiedProof,
+    now: i64,
+    key_id: Option<&str>,
+    ip: IpAddr,
+) -> Result<()> {
     if state.settings.require_dpop_nonce
         && !verified
             .nonce
             .as_deref()
             .is_some_and(|n| state.nonces.is_valid(n, now))
     {
+        // A nonce challenge is protocol, not a failure, so it does not spend the failure
+        // budget; an endless stream of them from one address spends this softer one.
+        if state.switches.rate_limits() && state.nonce_challenges.record_failure(ip).await? {
+            state.nonce_challenges.check(ip).await?;
+        }
         return Err(Error::UseDpopNonce {
             nonce: state.nonces.issue(now),
         });
@@ -380,16 +590,24 @@ async fn verify_proof(
         .await
         .map_err(Error::unavailable)?;
     if !fresh {
-        state.alerts.raise(
-            AlertKind::DpopReplay,
-            key_id,
-            None,
-            Some(ip),
-            json!({"jkt": verified.jkt}),
-        );
+        let details = json!({"jkt": verified.jkt});
+        match key_id {
+            Some(_) => state
+                .alerts
+                .raise(AlertKind::DpopReplay, key_id, None, Some(ip), details),
+            // No key context: at most one alert per address per quiet period (a minute), so
+            // replays without a credential cannot flood the alert table.
+            None => state.alerts.raise_once(
+                AlertKind::DpopReplay,
+                &format!("ip:{ip}"),
+                None,
+                Some(ip),
+                details,
+            ),
+        }
         return Err(Error::DpopReplay);
     }
-    Ok(verified)
+    Ok(())
 }
 
 /// What the exchange body says about the device.
@@ -698,7 +916,8 @@ fn score_and_record(
     device.trust_factors = JsonText::of(&decision.factors);
     device.last_seen_at = now;
     if decision.level == TrustLevel::Denied {
-        state.record_device(device);
+        let state = state.clone();
+        tokio::spawn(async move { state.record_device(Arc::new(device)).await });
         return Err(Error::DeviceUntrusted);
     }
     // Only token exchanges count towards earned trust (history H and the earning rule).
@@ -751,94 +970,48 @@ fn grant_scopes(key: &KeyRecord, requested: &[String], level: TrustLevel) -> Vec
     }
 }
 
-/// Signs the access token and makes the refresh token durable before answering.
+/// Signs the access token and builds the answer around the refresh token `refresh` (whose
+/// claims are `claims`).
 #[allow(clippy::too_many_arguments)]
-async fn issue(
+fn answer(
     state: &AppState,
     key: &KeyRecord,
-    device: &Arc<DeviceRecord>,
-    jkt: &str,
-    scopes: &[String],
-    audience: &str,
+    device: &DeviceRecord,
+    claims: &RefreshClaims,
+    refresh: SecretString,
     decision: &TrustDecision,
-    family_id: String,
-    spent: Option<&RefreshRecord>,
-    ip: IpAddr,
+    trust: GrantedTrust,
     now: i64,
-) -> Result<TokenResponse> {
-    let granted = GrantedTrust::try_from(decision.level).map_err(|_| Error::DeviceUntrusted)?;
-    let scope = scopes.join(" ");
-    let claims = AccessClaims::new(
+) -> TokenResponse {
+    let access = AccessClaims::new(
         &AccessGrant {
             issuer: &state.settings.issuer,
             key_id: &key.key_id,
-            audience,
-            scope: &scope,
-            jkt,
+            audience: &claims.audience,
+            scope: &claims.scope,
+            jkt: &claims.jkt,
             device_id: &device.device_id,
-            trust: granted,
+            trust,
             att: attested_format(key, device),
             ttl_seconds: state.settings.access_ttl_secs as u64,
             status_idx: device.status_idx,
         },
         now as u64,
     );
-    let access_token = claims.sign(&state.keyring.active());
-    let (refresh_plain, refresh_hash) = tokens::new_refresh_token();
-    let record = RefreshRecord {
-        token_hash: refresh_hash.to_vec(),
-        family_id,
-        key_id: key.key_id.clone(),
-        device_id: device.device_id.clone(),
-        jkt: jkt.to_owned(),
-        scope: scope.clone(),
-        audience: audience.to_owned(),
-        issued_at: now,
-        expires_at: now + state.settings.refresh_ttl_secs,
-        spent_at: None,
-        revoked_at: None,
-    };
-    // The refresh token and the device's history are written together (the store batches
-    // concurrent writes into one transaction) and are durable before we answer.
-    let write_refresh = async {
-        match spent {
-            None => state.store.insert_refresh(&record).await.map(|()| true),
-            Some(old) => {
-                state
-                    .store
-                    .rotate_refresh(&old.token_hash, &record, now)
-                    .await
-            }
-        }
-    };
-    let rotated = if state.switches.writes() {
-        tokio::try_join!(
-            write_refresh,
-            state.store.update_device_usage(device.clone())
-        )?
-        .0
-    } else {
-        // `keybound bench --overhead` only: what the exchange costs without durability.
-        true
-    };
-    if let (false, Some(old)) = (rotated, spent) {
-        // Lost a race with another presentation of the same token: that is reuse.
-        return Err(reuse_detected(state, old, ip, now).await);
-    }
-    Ok(TokenResponse {
-        access_token,
+    TokenResponse {
+        access_token: access.sign(&state.keyring.active()),
         token_type: "DPoP",
-        expires_in: claims.expires_in(),
-        scope,
-        refresh_token: refresh_plain.expose_secret().to_owned(),
-        refresh_expires_in: state.settings.refresh_ttl_secs,
+        expires_in: access.expires_in(),
+        scope: claims.scope.clone(),
+        refresh_token: refresh.expose_secret().to_owned(),
+        refresh_expires_in: (claims.expires_at - now).max(0),
         device_id: device.device_id.clone(),
         trust: TrustSummary {
             score: decision.score,
-            level: granted,
+            level: trust,
             attested: attested_format(key, device),
         },
-    })
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,32 @@ impl std::fmt::Debug for RefreshRequest {
     }
 }
 
+/// `POST /v1/token/revoke` body (contract 9.3, RFC 7009 section 2.1), form-encoded or JSON.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RevokeRequest {
+    /// The refresh token whose family to revoke.
+    #[schema(value_type = String)]
+    #[serde(deserialize_with = "secret_string")]
+    pub token: secrecy::SecretString,
+    /// `refresh_token` or `access_token`; a hint only (RFC 7009), ignored.
+    pub token_type_hint: Option<String>,
+}
+
+impl std::fmt::Debug for RevokeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevokeRequest")
+            .field("token", &"[REDACTED]")
+            .field("token_type_hint", &self.token_type_hint)
+            .finish()
+    }
+}
+
+fn secret_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<secrecy::SecretString, D::Error> {
+    String::deserialize(d).map(secrecy::SecretString::from)
+}
+
 /// The contract's limits on `attributes`, as JSON Schema.
 fn attributes_schema() -> utoipa::openapi::Object {
     use utoipa::openapi::{ObjectBuilder, Type};

@@ -457,6 +457,9 @@ async fn list_devices(
     State(st): State<AppState>,
     Path(key_id): Path<String>,
 ) -> Result<JsonResponse> {
+    // This instance's batched device history first, so an operator sees every exchange it
+    // answered (`AppState::record_device`).
+    st.flush_devices().await;
     let devices = service::list_devices(&*st.store, &key_id).await?;
     Ok(axum::Json(json!({ "devices": devices })))
 }
@@ -502,7 +505,12 @@ async fn change_device(
     device_id: &str,
     change: DeviceChange,
 ) -> Result<axum::Json<DeviceRecord>> {
+    // History queued before the change is written first, and none queued since is kept: an
+    // approval resets the fingerprint baseline, which a later flush of history read before it
+    // must not put back.
+    st.flush_devices().await;
     let d = service::set_device_status(&*st.store, device_id, change, &actor(ip), now()).await?;
+    st.forget_device_history(&d.device_id);
     Ok(axum::Json(d))
 }
 
@@ -551,6 +559,7 @@ async fn key_usage(
         .store
         .usage_summary(&key.key_id, bucket, buckets_since)
         .await?;
+    st.flush_devices().await;
     let devices = st.store.list_devices(&key_id).await?;
     let since = now() - 86_400;
     let alerts = st

@@ -47,7 +47,7 @@ pub struct SwitchesBody {
     pub rate_limits: bool,
     /// Record usage events.
     pub usage: bool,
-    /// Write the refresh token and the device's history before answering (default on).
+    /// Write a refresh's family row and queue the device's history (default on).
     #[serde(default = "on")]
     pub writes: bool,
 }

@@ -348,6 +348,7 @@ mod tests {
             ("/openapi.json", "get"),
             ("/v1/token", "post"),
             ("/v1/token/refresh", "post"),
+            ("/v1/token/revoke", "post"),
             ("/v1/token/introspect", "post"),
             ("/.well-known/jwks.json", "get"),
             ("/.well-known/oauth-authorization-server", "get"),

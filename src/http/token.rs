@@ -1,6 +1,7 @@
-//! `POST /v1/token` and `POST /v1/token/refresh`: header extraction and the per-IP failure
-//! budget around [`crate::exchange`]. A form-encoded `POST /v1/token` (contract 9.1) goes to
-//! [`super::oauth`], which parses it into the same requests and shares [`guarded`].
+//! `POST /v1/token`, `POST /v1/token/refresh` and `POST /v1/token/revoke`: header extraction
+//! and the per-IP failure budget around [`crate::exchange`]. A form-encoded `POST /v1/token`
+//! (contract 9.1) goes to [`super::oauth`], which parses it into the same requests and shares
+//! [`guarded`].
 
 use axum::Router;
 use axum::extract::{FromRequest, Request, State};
@@ -9,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Serialize;
 
+use secrecy::ExposeSecret as _;
+
 use super::cors;
-use super::extract::{ClientIp, Json, bearer, is_form};
+use super::extract::{ClientIp, FormOrJson, Json, bearer, is_form};
 use super::oauth;
 use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
@@ -24,11 +27,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(exchange::TOKEN_PATH, cors::token_endpoint(post(token)))
         .route(exchange::REFRESH_PATH, cors::token_endpoint(post(refresh)))
+        .route(exchange::REVOKE_PATH, cors::token_endpoint(post(revoke)))
 }
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(token, refresh))]
+#[openapi(paths(token, refresh, revoke))]
 pub(super) struct Doc;
 
 /// What a token request sent to `path` presents: the API key (`X-API-Key`, else a bearer
@@ -145,6 +149,45 @@ async fn refresh(
         (None, result)
     };
     guarded(&state, ip, exchange::REFRESH_PATH, &headers, work).await
+}
+
+/// Signs a device out of one session (contract 9.3, RFC 7009): revokes the refresh family of
+/// `token` when the proof is by the device the token was issued to. The answer is `{}` for
+/// every token, live or not, and for a proof by another key (nothing is revoked then).
+#[utoipa::path(post, path = "/v1/token/revoke", tag = "token",
+    request_body(content = exchange::RevokeRequest,
+                 description = "Form-encoded (`token=…&token_type_hint=refresh_token`) or JSON.",
+                 content_type = "application/x-www-form-urlencoded"),
+    security(("dpop" = [])),
+    responses(
+        (status = 200, description = "`{}`, whether or not anything was revoked."),
+        (status = 400, description = "`INVALID_REQUEST` (no `token`), `USE_DPOP_NONCE`.", body = ErrorBody),
+        (status = 401, description = "`INVALID_DPOP_PROOF`, `DPOP_REPLAY`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`; `Retry-After` is set.", body = ErrorBody),
+        (status = 503, description = "`UNAVAILABLE`: nothing was revoked.", body = ErrorBody),
+    ))]
+async fn revoke(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: Result<FormOrJson<exchange::RevokeRequest>>,
+) -> Result<Response> {
+    let work = async {
+        let result = match body {
+            Ok(FormOrJson(body)) => exchange::revoke(
+                &state,
+                presented(&headers, ip, exchange::REVOKE_PATH),
+                body.token.expose_secret(),
+            )
+            .await
+            .map(|()| serde_json::json!({})),
+            Err(e) => Err(e),
+        };
+        (None, result)
+    };
+    guarded(&state, ip, exchange::REVOKE_PATH, &headers, work).await
 }
 
 /// What [`guarded`] needs to know of a refusal, whichever writer answers it: the JSON

@@ -100,8 +100,13 @@ pub struct KeyLimits {
 impl KeyLimits {
     /// Limits kept in `backend`, for up to `capacity` keys in process.
     pub fn new(backend: Backend, capacity: u64) -> KeyLimits {
+        KeyLimits::with_prefix(backend, "keybound:rate:key", capacity)
+    }
+
+    /// Limits for another kind of subject (e.g. devices), kept under `prefix` in Redis.
+    pub fn with_prefix(backend: Backend, prefix: &'static str, capacity: u64) -> KeyLimits {
         KeyLimits {
-            buckets: Buckets::new(backend, "keybound:rate:key", capacity),
+            buckets: Buckets::new(backend, prefix, capacity),
         }
     }
 

@@ -7,6 +7,7 @@
 //! instances (through Redis) evict theirs too. Unknown key ids are cached as absent, so a flood
 //! of made-up ids does not reach the database.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,9 +46,77 @@ pub struct CachedStore {
     /// eviction of [`apply`](Self::apply)): what was derived from records before a bump (the
     /// token status lists) is out of date after it.
     generation: Arc<AtomicU64>,
+    /// Device histories remembered but not yet written, by device id (see
+    /// [`remember_device_usage`](Self::remember_device_usage)).
+    pending: Mutex<HashMap<String, Arc<DeviceRecord>>>,
 }
 
 impl CachedStore {
+    /// The store behind the cache (writes that need no cache update).
+    pub fn inner_store(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    /// Puts a device's new history into the cached record, so this instance serves it before
+    /// it is written (`AppState::record_device`) — but never the lifecycle fields: `device` was
+    /// read before this exchange, and an operator may have revoked (or approved) the device
+    /// since. So only an entry that is still cached is updated (a revocation evicts it), and
+    /// its status, approval and revocation time are kept from the cached record, which a
+    /// revocation re-read from storage.
+    ///
+    /// The history also waits in a queue for [`take_pending`](Self::take_pending); a device
+    /// read from storage before it is written gets it laid over the stored history, so an
+    /// eviction (enrollment, a revocation elsewhere, the TTL) loses none of it.
+    pub async fn remember_device_usage(&self, device: Arc<DeviceRecord>) {
+        self.pending_lock()
+            .insert(device.device_id.clone(), device.clone());
+        let key = (device.key_id.clone(), device.jkt.clone());
+        let Some(Some(slot)) = self.devices.get(&key).await else {
+            return;
+        };
+        let mut cached = slot.lock();
+        *cached = if (cached.status, cached.approved, cached.revoked_at)
+            == (device.status, device.approved, device.revoked_at)
+        {
+            device
+        } else {
+            let mut d = (*device).clone();
+            d.status = cached.status;
+            d.approved = cached.approved;
+            d.revoked_at = cached.revoked_at;
+            Arc::new(d)
+        };
+    }
+
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<DeviceRecord>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The remembered device histories not written yet, emptying the queue.
+    pub fn take_pending(&self) -> Vec<Arc<DeviceRecord>> {
+        self.pending_lock().drain().map(|(_, d)| d).collect()
+    }
+
+    /// Forgets a device's unwritten history (after an operator changed the device).
+    pub fn forget_pending(&self, device_id: &str) {
+        self.pending_lock().remove(device_id);
+    }
+
+    /// `stored` with the history this instance remembered for it and has not written yet;
+    /// its lifecycle fields (status, approval, revocation) stay as stored.
+    fn with_pending(&self, stored: DeviceRecord) -> DeviceRecord {
+        match self.pending_lock().get(&stored.device_id) {
+            Some(p) => DeviceRecord {
+                status: stored.status,
+                approved: stored.approved,
+                revoked_at: stored.revoked_at,
+                name: stored.name,
+                ..(**p).clone()
+            },
+            None => stored,
+        }
+    }
+
     /// Wraps `inner` with caches of `capacity` entries each.
     pub fn new(inner: Arc<dyn Store>, capacity: u64) -> CachedStore {
         let (changes, _) = broadcast::channel(1024);
@@ -63,6 +132,7 @@ impl CachedStore {
                 .build(),
             changes,
             generation: Arc::default(),
+            pending: Mutex::default(),
         }
     }
 
@@ -145,10 +215,9 @@ impl CachedStore {
         let slot = self
             .devices
             .try_get_with((key_id.to_owned(), jkt.to_owned()), async move {
-                inner
-                    .get_device_by_jkt(key_id, jkt)
-                    .await
-                    .map(|d| d.map(|d| Arc::new(DeviceSlot(Mutex::new(Arc::new(d))))))
+                inner.get_device_by_jkt(key_id, jkt).await.map(|d| {
+                    d.map(|d| Arc::new(DeviceSlot(Mutex::new(Arc::new(self.with_pending(d))))))
+                })
             })
             .await
             .map_err(unshare)?;
@@ -332,27 +401,7 @@ impl Store for CachedStore {
     }
     async fn update_device_usage(&self, device: Arc<DeviceRecord>) -> Result<()> {
         self.inner.update_device_usage(device.clone()).await?;
-        // Write-through, so this instance keeps serving the history it just wrote — but never
-        // the lifecycle fields: `device` was read before this exchange, and an operator may
-        // have revoked (or approved) the device since. So only an entry that is still cached
-        // is updated (a revocation evicts it), and its status, approval and revocation time
-        // are kept from the cached record, which a revocation re-read from storage.
-        let key = (device.key_id.clone(), device.jkt.clone());
-        let Some(Some(slot)) = self.devices.get(&key).await else {
-            return Ok(());
-        };
-        let mut cached = slot.lock();
-        *cached = if (cached.status, cached.approved, cached.revoked_at)
-            == (device.status, device.approved, device.revoked_at)
-        {
-            device
-        } else {
-            let mut d = (*device).clone();
-            d.status = cached.status;
-            d.approved = cached.approved;
-            d.revoked_at = cached.revoked_at;
-            Arc::new(d)
-        };
+        self.remember_device_usage(device).await;
         Ok(())
     }
     async fn set_device_status(
@@ -372,20 +421,14 @@ impl Store for CachedStore {
         }
         Ok(r)
     }
-    async fn insert_refresh(&self, token: &RefreshRecord) -> Result<()> {
-        self.inner.insert_refresh(token).await
+    async fn advance_refresh_family(&self, from: i64, next: &FamilyRecord) -> Result<bool> {
+        self.inner.advance_refresh_family(from, next).await
     }
-    async fn get_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>> {
-        self.inner.get_refresh(token_hash).await
+    async fn get_refresh_family(&self, family_id: &str) -> Result<Option<FamilyRecord>> {
+        self.inner.get_refresh_family(family_id).await
     }
-    async fn spend_refresh(&self, token_hash: &[u8], at: i64) -> Result<bool> {
-        self.inner.spend_refresh(token_hash, at).await
-    }
-    async fn rotate_refresh(&self, old_hash: &[u8], new: &RefreshRecord, at: i64) -> Result<bool> {
-        self.inner.rotate_refresh(old_hash, new, at).await
-    }
-    async fn revoke_refresh_family(&self, family_id: &str, at: i64) -> Result<u64> {
-        self.inner.revoke_refresh_family(family_id, at).await
+    async fn revoke_refresh_family(&self, family: &FamilyRecord, at: i64) -> Result<u64> {
+        self.inner.revoke_refresh_family(family, at).await
     }
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         self.inner.list_signing_keys().await
@@ -431,6 +474,9 @@ impl Store for CachedStore {
     }
     async fn purge_expired_refresh(&self, before: i64) -> Result<u64> {
         self.inner.purge_expired_refresh(before).await
+    }
+    async fn clear_refresh_grace(&self, before: i64) -> Result<u64> {
+        self.inner.clear_refresh_grace(before).await
     }
     async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
         self.inner.append_revocation(kind, id, at).await

@@ -396,31 +396,34 @@ pub enum Enrollment {
     BudgetSpent,
 }
 
-/// A refresh token's stored record (the token itself is never stored, only its hash).
+/// A refresh family's stored row (contract 3.2; `docs/design.md`, "Refresh tokens"). Written at
+/// the family's first refresh: until then its one token (generation 0) is self-contained. No
+/// token is stored, only which generation is live.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RefreshRecord {
-    /// SHA-256 of the opaque token.
-    pub token_hash: Vec<u8>,
-    /// All tokens descending from one exchange share a family.
+pub struct FamilyRecord {
+    /// `rf_…`: every token descending from one exchange.
     pub family_id: String,
-    /// Key it was issued under.
+    /// Key the family was issued under.
     pub key_id: String,
     /// Device it was issued to.
     pub device_id: String,
     /// Thumbprint of the device key it is bound to.
     pub jkt: String,
-    /// Scope granted at the exchange (space separated).
-    pub scope: String,
-    /// Audience granted at the exchange.
-    pub audience: String,
-    /// Issue time.
-    pub issued_at: i64,
-    /// Expiry time.
+    /// The generation whose token is live; every other generation is spent.
+    pub generation: i64,
+    /// When the family began (its exchange).
+    pub created_at: i64,
+    /// When the live generation was issued, i.e. the one before it spent.
+    pub rotated_at: i64,
+    /// The latest expiry of any token of the family: once past, the row cannot matter.
     pub expires_at: i64,
-    /// When it was exchanged for a new one.
-    pub spent_at: Option<i64>,
-    /// When its family was revoked.
+    /// When the family was revoked (reuse or sign-out).
     pub revoked_at: Option<i64>,
+    /// Contract 9.2: the live token, sealed under a master-derived key, kept only for the
+    /// grace window so a lost answer can be answered again.
+    pub grace_token: Option<Vec<u8>>,
+    /// End of the grace window.
+    pub grace_until: Option<i64>,
 }
 
 /// A JWT signing key: the public half in the clear, the private half sealed by the master key.
@@ -645,21 +648,18 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> Result<Option<DeviceRecord>>;
 
-    // ---- refresh tokens ----
-    /// Stores a new refresh token.
-    async fn insert_refresh(&self, token: &RefreshRecord) -> Result<()>;
-    /// One refresh token by hash.
-    async fn get_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>>;
-    /// Marks the token spent if it was not; `true` when this call spent it (exactly one
-    /// concurrent caller wins).
-    async fn spend_refresh(&self, token_hash: &[u8], at: i64) -> Result<bool>;
-    /// Atomically spends `old` and inserts `new`; `false` (and nothing inserted) if `old`
-    /// was already spent or revoked.
-    async fn rotate_refresh(&self, old_hash: &[u8], new: &RefreshRecord, at: i64) -> Result<bool>;
-    /// Revokes every token of a family and appends it to the revocation feed; returns how
-    /// many tokens were revoked.
-    async fn revoke_refresh_family(&self, family_id: &str, at: i64) -> Result<u64>;
-
+    // ---- refresh families ----
+    /// Makes `next` (generation `from + 1`) the family's live generation, durable before it
+    /// returns: from generation 0 by inserting the row if absent, later by one conditional
+    /// update that needs generation `from` live and the family not revoked. `true` when this
+    /// call advanced it (exactly one concurrent caller wins); `false` means the token of
+    /// generation `from` was already spent, or its family revoked.
+    async fn advance_refresh_family(&self, from: i64, next: &FamilyRecord) -> Result<bool>;
+    /// One family row.
+    async fn get_refresh_family(&self, family_id: &str) -> Result<Option<FamilyRecord>>;
+    /// Revokes a family (inserting its row, revoked, when it has none yet) and appends it to
+    /// the revocation feed; returns 1 when this call revoked it, 0 when it already was.
+    async fn revoke_refresh_family(&self, family: &FamilyRecord, at: i64) -> Result<u64>;
     // ---- signing keys ----
     /// All signing keys, newest first.
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
@@ -705,9 +705,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<UsageBucket>>;
     /// Deletes usage events older than `before`; returns how many went.
     async fn purge_usage(&self, before: i64) -> Result<u64>;
-    /// Deletes refresh tokens that expired before `before` (spent, revoked or not), a bounded
-    /// number per statement so the write lock is never held for long; returns how many went.
+    /// Deletes refresh families whose every token expired before `before` (revoked or not), a
+    /// bounded number per statement so the write lock is never held for long; returns how
+    /// many went.
     async fn purge_expired_refresh(&self, before: i64) -> Result<u64>;
+    /// Forgets the sealed successors whose grace window ended before `before`.
+    async fn clear_refresh_grace(&self, before: i64) -> Result<u64>;
 
     // ---- revocation feed ----
     /// Appends an entry to the revocation feed (used for things without their own method).

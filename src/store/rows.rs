@@ -43,7 +43,7 @@ macro_rules! decode_rows {
             use $crate::store::rows::{from_json, from_name};
             use $crate::store::{
                 AlertRecord, AttestationPolicy, AuditEntry, AuditRow, DeviceAttestation,
-                DeviceRecord, DeviceStatus, KeyRecord, KeyStatus, RefreshRecord, RevocationRecord,
+                DeviceRecord, DeviceStatus, FamilyRecord, KeyRecord, KeyStatus, RevocationRecord,
                 SigningKeyRecord,
             };
 
@@ -131,20 +131,20 @@ macro_rules! decode_rows {
                 }
             }
 
-            impl sqlx::FromRow<'_, DbRow> for RefreshRecord {
+            impl sqlx::FromRow<'_, DbRow> for FamilyRecord {
                 fn from_row(r: &DbRow) -> sqlx::Result<Self> {
-                    Ok(RefreshRecord {
-                        token_hash: r.try_get("token_hash")?,
+                    Ok(FamilyRecord {
                         family_id: r.try_get("family_id")?,
                         key_id: r.try_get("key_id")?,
                         device_id: r.try_get("device_id")?,
                         jkt: r.try_get("jkt")?,
-                        scope: r.try_get("scope")?,
-                        audience: r.try_get("audience")?,
-                        issued_at: r.try_get("issued_at")?,
+                        generation: r.try_get("generation")?,
+                        created_at: r.try_get("created_at")?,
+                        rotated_at: r.try_get("rotated_at")?,
                         expires_at: r.try_get("expires_at")?,
-                        spent_at: r.try_get("spent_at")?,
                         revoked_at: r.try_get("revoked_at")?,
+                        grace_token: r.try_get("grace_token")?,
+                        grace_until: r.try_get("grace_until")?,
                     })
                 }
             }

@@ -74,7 +74,7 @@ macro_rules! sql_store {
             use $crate::store::writer::{Batch, BatchError, WriteOp};
             use $crate::store::{
                 AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceAttestation, DeviceChange,
-                DeviceRecord, EnrollLimits, Enrollment, KeyRecord, KeyStatus, RefreshRecord,
+                DeviceRecord, EnrollLimits, Enrollment, FamilyRecord, KeyRecord, KeyStatus,
                 RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageEvent,
             };
 
@@ -223,7 +223,7 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// Devices and refresh tokens go with their key by `ON DELETE CASCADE`.
+            /// Devices go with their key by `ON DELETE CASCADE`.
             async fn delete_keys_expired_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
                 let done = sqlx::query("DELETE FROM api_keys WHERE expires_at < $1")
                     .bind(before)
@@ -437,68 +437,89 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            // ---- statements: refresh tokens ----
+            // ---- statements: refresh families ----
 
-            async fn insert_refresh_token(conn: &mut Conn, t: &RefreshRecord) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (token_hash, family_id, key_id, device_id, jkt, \
-                     scope, audience, issued_at, expires_at, spent_at, revoked_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&t.token_hash)
-                .bind(&t.family_id)
-                .bind(&t.key_id)
-                .bind(&t.device_id)
-                .bind(&t.jkt)
-                .bind(&t.scope)
-                .bind(&t.audience)
-                .bind(t.issued_at)
-                .bind(t.expires_at)
-                .bind(t.spent_at)
-                .bind(t.revoked_at)
-                .execute(conn)
-                .await?;
-                Ok(())
-            }
-
-            async fn select_refresh_token(
-                pool: &sqlx::Pool<Db>,
-                token_hash: &[u8],
-            ) -> Result<Option<RefreshRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM refresh_tokens WHERE token_hash = $1")
-                    .bind(token_hash)
-                    .fetch_optional(pool)
-                    .await?)
-            }
-
-            /// One conditional update, so of concurrent spenders exactly one sees a row
-            /// change: the database, not a read-then-write in our code, decides the winner.
-            async fn spend_refresh_token<'c>(
-                ex: impl sqlx::Executor<'c, Database = Db>,
-                token_hash: &[u8],
-                at: i64,
-            ) -> Result<bool> {
+            /// The family's first refresh: the row appears at generation 1. An existing row
+            /// means generation 0 was spent already (or the family revoked): nothing inserted.
+            async fn insert_family_if_absent(conn: &mut Conn, f: &FamilyRecord) -> Result<bool> {
                 let done = sqlx::query(
-                    "UPDATE refresh_tokens SET spent_at = $2 \
-                     WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL",
+                    "INSERT INTO refresh_families (family_id, key_id, device_id, jkt, generation, \
+                     created_at, rotated_at, expires_at, revoked_at, grace_token, grace_until) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (family_id) DO NOTHING",
                 )
-                .bind(token_hash)
-                .bind(at)
-                .execute(ex)
+                .bind(&f.family_id)
+                .bind(&f.key_id)
+                .bind(&f.device_id)
+                .bind(&f.jkt)
+                .bind(f.generation)
+                .bind(f.created_at)
+                .bind(f.rotated_at)
+                .bind(f.expires_at)
+                .bind(f.revoked_at)
+                .bind(&f.grace_token)
+                .bind(f.grace_until)
+                .execute(conn)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn revoke_family_tokens(
-                conn: &mut Conn,
+            /// One conditional update, so of concurrent refreshes of one generation exactly one
+            /// sees a row change: the database, not a read-then-write in our code, decides the
+            /// winner.
+            async fn advance_family(conn: &mut Conn, from: i64, f: &FamilyRecord) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE refresh_families SET generation = $3, rotated_at = $4, \
+                     expires_at = $5, grace_token = $6, grace_until = $7 \
+                     WHERE family_id = $1 AND generation = $2 AND revoked_at IS NULL",
+                )
+                .bind(&f.family_id)
+                .bind(from)
+                .bind(f.generation)
+                .bind(f.rotated_at)
+                .bind(f.expires_at)
+                .bind(&f.grace_token)
+                .bind(f.grace_until)
+                .execute(conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn select_family(
+                pool: &sqlx::Pool<Db>,
                 family_id: &str,
+            ) -> Result<Option<FamilyRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM refresh_families WHERE family_id = $1")
+                    .bind(family_id)
+                    .fetch_optional(pool)
+                    .await?)
+            }
+
+            /// Revokes a family, inserting its row (revoked) when its first token was never
+            /// refreshed. Counts 1 only when this statement revoked it.
+            async fn upsert_family_revoked(
+                conn: &mut Conn,
+                f: &FamilyRecord,
                 at: i64,
             ) -> Result<u64> {
                 let done = sqlx::query(
-                    "UPDATE refresh_tokens SET revoked_at = $2 \
-                     WHERE family_id = $1 AND revoked_at IS NULL",
+                    "INSERT INTO refresh_families (family_id, key_id, device_id, jkt, generation, \
+                     created_at, rotated_at, expires_at, revoked_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (family_id) DO UPDATE SET revoked_at = excluded.revoked_at, \
+                     grace_token = NULL, grace_until = NULL, \
+                     expires_at = CASE WHEN refresh_families.expires_at < excluded.expires_at \
+                     THEN excluded.expires_at ELSE refresh_families.expires_at END \
+                     WHERE refresh_families.revoked_at IS NULL",
                 )
-                .bind(family_id)
+                .bind(&f.family_id)
+                .bind(&f.key_id)
+                .bind(&f.device_id)
+                .bind(&f.jkt)
+                .bind(f.generation)
+                .bind(f.created_at)
+                .bind(f.rotated_at)
+                .bind(f.expires_at)
                 .bind(at)
                 .execute(conn)
                 .await?;
@@ -721,8 +742,8 @@ macro_rules! sql_store {
                 let mut total = 0;
                 loop {
                     let n = sqlx::query(
-                        "DELETE FROM refresh_tokens WHERE token_hash IN \
-                         (SELECT token_hash FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)",
+                        "DELETE FROM refresh_families WHERE family_id IN \
+                         (SELECT family_id FROM refresh_families WHERE expires_at < $1 LIMIT $2)",
                     )
                     .bind(before)
                     .bind(PURGE_ROWS)
@@ -734,6 +755,17 @@ macro_rules! sql_store {
                         return Ok(total);
                     }
                 }
+            }
+
+            async fn clear_grace_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
+                Ok(sqlx::query(
+                    "UPDATE refresh_families SET grace_token = NULL, grace_until = NULL \
+                     WHERE grace_until < $1",
+                )
+                .bind(before)
+                .execute(pool)
+                .await?
+                .rows_affected())
             }
 
             // ---- statements: revocation feed ----
@@ -964,7 +996,7 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            // The token path's statements (key and device reads, refresh tokens, device
+            // The token path's statements (key and device reads, refresh families, device
             // history) get debug-level spans: at the default info level they cost nothing,
             // where an info span per statement was a measurable share of an exchange.
             #[async_trait]
@@ -1221,44 +1253,28 @@ macro_rules! sql_store {
                     Ok(Some(device))
                 }
 
-                #[tracing::instrument(level = "debug",
-                    skip_all,
-                    fields(family_id = %token.family_id, device_id = %token.device_id)
-                )]
-                async fn insert_refresh(&self, token: &RefreshRecord) -> Result<()> {
-                    self.writer.submit(WriteOp::InsertRefresh(token.clone())).await?;
-                    Ok(())
-                }
-
-                #[tracing::instrument(level = "debug", skip_all)]
-                async fn get_refresh(&self, token_hash: &[u8]) -> Result<Option<RefreshRecord>> {
-                    select_refresh_token(&self.pool, token_hash).await
-                }
-
-                #[tracing::instrument(skip_all)]
-                async fn spend_refresh(&self, token_hash: &[u8], at: i64) -> Result<bool> {
-                    spend_refresh_token(&self.pool, token_hash, at).await
-                }
-
-                #[tracing::instrument(level = "debug", skip_all, fields(family_id = %new.family_id))]
-                async fn rotate_refresh(
+                #[tracing::instrument(level = "debug", skip_all, fields(family_id = %next.family_id))]
+                async fn advance_refresh_family(
                     &self,
-                    old_hash: &[u8],
-                    new: &RefreshRecord,
-                    at: i64,
+                    from: i64,
+                    next: &FamilyRecord,
                 ) -> Result<bool> {
-                    let old_hash = old_hash.to_vec();
-                    let op = WriteOp::RotateRefresh { old_hash, new: new.clone(), at };
+                    let op = WriteOp::AdvanceFamily { from, next: next.clone() };
                     self.writer.submit(op).await
                 }
 
-                #[tracing::instrument(skip_all, fields(family_id = %family_id))]
-                async fn revoke_refresh_family(&self, family_id: &str, at: i64) -> Result<u64> {
+                #[tracing::instrument(level = "debug", skip_all, fields(family_id = %family_id))]
+                async fn get_refresh_family(&self, family_id: &str) -> Result<Option<FamilyRecord>> {
+                    select_family(&self.pool, family_id).await
+                }
+
+                #[tracing::instrument(skip_all, fields(family_id = %family.family_id))]
+                async fn revoke_refresh_family(&self, family: &FamilyRecord, at: i64) -> Result<u64> {
                     let mut tx = self.begin_ordered().await?;
-                    let revoked = revoke_family_tokens(&mut tx, family_id, at).await?;
+                    let revoked = upsert_family_revoked(&mut tx, family, at).await?;
                     // A family revoked before (a second reuse) is already in the feed.
                     if revoked > 0 {
-                        insert_revocation(&mut tx, "refresh_family", family_id, at).await?;
+                        insert_revocation(&mut tx, "refresh_family", &family.family_id, at).await?;
                     }
                     tx.commit().await?;
                     Ok(revoked)
@@ -1363,6 +1379,11 @@ macro_rules! sql_store {
                     delete_refresh_expired_before(&self.pool, before).await
                 }
 
+                #[tracing::instrument(skip_all)]
+                async fn clear_refresh_grace(&self, before: i64) -> Result<u64> {
+                    clear_grace_before(&self.pool, before).await
+                }
+
                 #[tracing::instrument(skip_all, fields(kind = %kind))]
                 async fn append_revocation(&self, kind: &str, id: &str, at: i64) -> Result<()> {
                     let mut tx = self.begin_ordered().await?;
@@ -1430,13 +1451,12 @@ macro_rules! sql_store {
 
             /// The group-commit writer's transactions (see [`writer`]($crate::store::writer)).
             ///
-            /// The token hot path's two writes, a new refresh token and a device's history, go
-            /// in one multi-row statement each for the whole batch rather than a statement per
-            /// op: each statement is a round trip to the database (for SQLite, to sqlx's worker
+            /// The device histories and usage events go in one multi-row statement each for the
+            /// whole batch rather than a statement per op: each statement is a round trip to the database (for SQLite, to sqlx's worker
             /// thread), and at thousands of exchanges a second those round trips, not the rows,
             /// were what a batch spent its time on. A device used several times in one batch is
             /// written once, with the last state queued. The other ops run one by one, in order,
-            /// before them: they need their own answers (`rotate_refresh`) or are rare.
+            /// before them: they need their own answers (`advance_refresh_family`) or are rare.
             #[async_trait]
             impl Batch for sqlx::Pool<Db> {
                 async fn run(&self, ops: &[WriteOp]) -> Result<Vec<bool>, BatchError> {
@@ -1445,19 +1465,14 @@ macro_rules! sql_store {
                         .map_err(BatchError::Transaction)?;
                     let mut answers = vec![true; ops.len()];
                     let written = async {
-                        let mut tokens = Vec::new();
                         let mut usage = Vec::new();
                         let mut events = Vec::new();
                         for (op, answer) in ops.iter().zip(answers.iter_mut()) {
                             match op {
-                                WriteOp::InsertRefresh(t) => tokens.push(t),
                                 WriteOp::UpdateDeviceUsage(d) => usage.push(&**d),
                                 WriteOp::InsertUsage(e) => events.extend(e),
                                 other => *answer = apply(&mut tx, other).await?,
                             }
-                        }
-                        for rows in prepared_chunks(&tokens) {
-                            insert_refresh_tokens_bulk(&mut tx, rows).await?;
                         }
                         let usage = last_per_device(usage);
                         for rows in prepared_chunks(&usage) {
@@ -1513,34 +1528,6 @@ macro_rules! sql_store {
                 last
             }
 
-            /// `INSERT INTO refresh_tokens (…) VALUES (…), (…), …`; the statement text depends
-            /// only on the number of rows, every value is a bind.
-            async fn insert_refresh_tokens_bulk(
-                conn: &mut Conn,
-                rows: &[&RefreshRecord],
-            ) -> Result<()> {
-                let mut q = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO refresh_tokens (token_hash, family_id, key_id, device_id, jkt, \
-                     scope, audience, issued_at, expires_at, spent_at, revoked_at) ",
-                );
-                q.push_values(rows, |mut b, t| {
-                    b.push_bind(&t.token_hash[..])
-                        .push_bind(t.family_id.as_str())
-                        .push_bind(t.key_id.as_str())
-                        .push_bind(t.device_id.as_str())
-                        .push_bind(t.jkt.as_str())
-                        .push_bind(t.scope.as_str())
-                        .push_bind(t.audience.as_str())
-                        .push_bind(t.issued_at)
-                        .push_bind(t.expires_at)
-                        .push_bind(t.spent_at)
-                        .push_bind(t.revoked_at);
-                });
-                // Kept prepared: called with the few sizes of `prepared_chunks` only.
-                q.build().execute(conn).await?;
-                Ok(())
-            }
-
             /// [`update_device_history`] for many devices in one statement: the new values in
             /// a `VALUES` list named by a CTE, joined by device id (`UPDATE … FROM`, which
             /// both databases accept in this form).
@@ -1570,19 +1557,19 @@ macro_rules! sql_store {
                      attributes = v.attributes, mismatch_fingerprint = v.mismatch_fingerprint \
                      FROM v WHERE devices.device_id = v.device_id",
                 );
-                // Kept prepared, like the refresh token INSERT.
+                // Kept prepared: called with the few sizes of `prepared_chunks` only.
                 q.build().execute(conn).await?;
                 Ok(())
             }
 
             async fn apply(conn: &mut Conn, op: &WriteOp) -> Result<bool> {
                 match op {
-                    WriteOp::InsertRefresh(token) => insert_refresh_token(conn, token).await?,
-                    WriteOp::RotateRefresh { old_hash, new, at } => {
-                        if !spend_refresh_token(&mut *conn, old_hash, *at).await? {
-                            return Ok(false);
-                        }
-                        insert_refresh_token(conn, new).await?;
+                    WriteOp::AdvanceFamily { from, next } => {
+                        return if *from == 0 {
+                            insert_family_if_absent(conn, next).await
+                        } else {
+                            advance_family(conn, *from, next).await
+                        };
                     }
                     WriteOp::UpdateDeviceUsage(device) => {
                         update_device_history(conn, device).await?

@@ -15,7 +15,7 @@
 //!   bad op fails only its own caller.
 //! - The database is unreachable, or `COMMIT` itself fails: every caller of the batch gets the
 //!   error. A failed commit may in fact have committed, so the ops are not run again (a second
-//!   `rotate_refresh` would find its token spent and look like a reuse).
+//!   `advance_refresh_family` would find its generation spent and look like a reuse).
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DeviceRecord, RefreshRecord, UsageEvent};
+use super::{DeviceRecord, FamilyRecord, UsageEvent};
 use crate::error::{Error, Result};
 
 /// Most ops in one transaction. Large enough that a batch covers every request in flight at
@@ -36,16 +36,12 @@ const QUEUE: usize = 4096;
 /// A write that goes through the group-commit queue.
 #[derive(Debug)]
 pub(super) enum WriteOp {
-    /// `Store::insert_refresh`.
-    InsertRefresh(RefreshRecord),
-    /// `Store::rotate_refresh`.
-    RotateRefresh {
-        /// Hash of the token being spent.
-        old_hash: Vec<u8>,
-        /// Its successor.
-        new: RefreshRecord,
-        /// Spend time.
-        at: i64,
+    /// `Store::advance_refresh_family`.
+    AdvanceFamily {
+        /// The generation being spent.
+        from: i64,
+        /// The family at its next generation.
+        next: FamilyRecord,
     },
     /// `Store::update_device_usage`.
     UpdateDeviceUsage(Arc<DeviceRecord>),
@@ -68,7 +64,7 @@ pub(super) enum BatchError {
 #[async_trait]
 pub(super) trait Batch: Send + Sync + 'static {
     /// Runs `ops` in order in one transaction and commits it. Each op's answer is a boolean:
-    /// `rotate_refresh`'s result, `true` for the others.
+    /// `advance_refresh_family`'s result, `true` for the others.
     async fn run(&self, ops: &[WriteOp]) -> Result<Vec<bool>, BatchError>;
 }
 

@@ -4,7 +4,7 @@
 //! Secrets are kept out of logs structurally (typed secrets, spans without headers or bodies);
 //! this filter exists for what structure cannot promise: a dependency's debug log quoting a
 //! header, a future `?value` that formats a struct holding a token, a panic message. It knows
-//! only the shapes (contract section 2 for keys, `rt_` + 43 base64url characters for refresh
+//! only the shapes (contract section 2 for keys, `rt_` + at least 43 base64url characters for refresh
 //! tokens, three base64url parts starting `eyJ` for JWTs, which covers access tokens and DPoP
 //! proofs), not the values, so it needs no access to secrets itself. Secrets without a shape
 //! (admin token, master key) are covered only by their types.
@@ -23,7 +23,7 @@ use tracing_subscriber::fmt::MakeWriter;
 static SECRET: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"(sk_(?:prod|test|dev)_)[0-9A-Za-z]{61}",
-        r"|(rt_)[A-Za-z0-9_-]{43}",
+        r"|(rt_)[A-Za-z0-9_-]{43,}",
         r"|(eyJ)[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
     ))
     .expect("static pattern")

@@ -5,8 +5,8 @@
 //!   master key that seals private keys for storage.
 //! * [`access`](crate::tokens::access) — access token claims (contract section 4), signed
 //!   as `at+jwt`.
-//! * [`refresh`](crate::tokens::refresh) — opaque `rt_…` refresh tokens and the hash storage
-//!   keeps of them.
+//! * [`refresh`](crate::tokens::refresh) — sealed `rt_…` refresh tokens (XChaCha20-Poly1305
+//!   under a key derived from the master key).
 //! * [`status_list`](crate::tokens::status_list) — the token status lists (contract section
 //!   10) every access token points into.
 
@@ -17,7 +17,7 @@ pub mod signing;
 pub mod status_list;
 
 pub use access::{AccessClaims, AccessGrant, Cnf, DeviceDenied, GrantedTrust, new_jti};
-pub use refresh::{hash_refresh_token, is_well_formed_refresh_token, new_refresh_token};
+pub use refresh::{RefreshClaims, RefreshSealer, is_well_formed_refresh_token};
 pub use signing::{
     Jwks, KeyError, MasterKey, PublicJwk, SigningKey, ed25519_jwk_thumbprint, jwks_json,
 };

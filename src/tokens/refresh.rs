@@ -1,183 +1,274 @@
-//! Opaque refresh tokens: `rt_` followed by 43 base64url characters (32 bytes: a UUIDv7, whose
-//! 48-bit millisecond time comes first, then 16 bytes from the CSPRNG; 202 random bits in all).
+//! Sealed refresh tokens: `rt_` followed by the base64url of an XChaCha20-Poly1305 seal of the
+//! token's claims ([`RefreshClaims`]) under a key derived from the master key
+//! (`keybound/refresh/v1`).
 //!
-//! Storage keeps only [`hash_refresh_token`]'s lookup key: the token's first 16 bytes (the
-//! UUIDv7) followed by the first 16 bytes of the SHA-256 of the whole token. The time-ordered
-//! front is for the database: new tokens land at the end of the primary-key index, on pages
-//! already in memory, instead of on a random page of an index that grows with every exchange
-//! (a random key costs a page read and a page write per insert once the index outgrows the
-//! cache). It reveals only when the token was issued. The digest half is what makes the key
-//! worthless without the token: matching a stored key means finding a second preimage of 128
-//! bits of SHA-256. (Tokens issued before this key format are not found: their holders fall
-//! back to an exchange with their API key.)
+//! Why sealed rather than random-and-stored: a random token is worth something only once a
+//! row names it, so every exchange had to make a row durable before it could answer (a disk
+//! flush on the answer path, 65–100 µs of server CPU per exchange, `docs/benchmarks.md`). A
+//! sealed token carries what the refresh needs (family, generation, key, device, device key
+//! thumbprint, scope, audience, times) and proves by its tag that this server issued it, so an
+//! exchange writes nothing for it. What a single-use token still needs from storage is one
+//! fact: which generation of its family is the live one. The family's row holds that, written
+//! at the family's first refresh (see `docs/design.md`, "Refresh tokens").
 //!
-//! Why a fast hash is right here, when
-//! passwords need a slow one: a slow hash (Argon2, bcrypt) exists to make guessing a
-//! *low-entropy* secret from its stolen hash expensive. A refresh token carries 256 bits from
-//! the CSPRNG; nobody can enumerate 2^256 candidates however cheap each guess is, so slowness
-//! buys nothing and would only make every refresh (and a flood of bogus ones) cost the server
-//! milliseconds of CPU. SHA-256 is preimage resistant, so a leaked table of hashes yields no
-//! usable token. The digest is also deterministic, so storage can look a token up by it with a
-//! unique index instead of comparing secrets one by one.
+//! Only the server can read or make one: the key never leaves the process, so a database
+//! writer cannot mint refresh tokens (issue 15, item 8), and the client sees only ciphertext.
+//! A token that fails to open (forged, tampered, cut, or sealed under another master key) is
+//! refused without touching storage.
+//!
+//! The nonce is 24 random bytes (XChaCha20's nonce is long enough that random nonces never
+//! collide in practice); the associated data names the format version, so a blob sealed for
+//! another purpose under a related key can never open as a refresh token.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use secrecy::SecretString;
-use sha2::{Digest as _, Sha256};
-use zeroize::Zeroizing;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// The prefix that makes a refresh token recognisable to log redaction and secret scanners.
 pub const REFRESH_TOKEN_PREFIX: &str = "rt_";
 
-/// Bytes in a refresh token.
-const RANDOM_BYTES: usize = 32;
+/// The label of the sealing key derived from the master key.
+pub const REFRESH_KEY_LABEL: &str = "keybound/refresh/v1";
 
-/// Leading bytes of a token (its UUIDv7) that also lead its lookup key.
-const ORDER_BYTES: usize = 16;
+/// The label of the key that seals a successor kept for the grace window (contract 9.2).
+pub const GRACE_KEY_LABEL: &str = "keybound/refresh-grace/v1";
 
-/// Base64url characters that decode to the first 18 bytes (whole 4-character groups).
-const ORDER_CHARS: usize = 24;
+/// Associated data of every refresh token seal (the format version).
+const AAD: &[u8] = b"keybound refresh token v1";
 
-/// Length of the base64url body: 32 bytes → 43 characters without padding.
-const BODY_LEN: usize = 43;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
 
-/// Total length of a refresh token.
-pub const REFRESH_TOKEN_LEN: usize = REFRESH_TOKEN_PREFIX.len() + BODY_LEN;
+/// Fewest base64url characters after the prefix: a nonce, a tag and a few bytes of claims.
+pub const MIN_BODY_LEN: usize = 80;
 
-/// A fresh refresh token and the SHA-256 digest storage keeps.
-///
-/// The plaintext goes to the client once and is never stored; it is a `SecretString`, so it
-/// cannot reach a log through `Debug` and is zeroized when dropped.
-pub fn new_refresh_token() -> (SecretString, [u8; 32]) {
-    let mut random = Zeroizing::new([0u8; RANDOM_BYTES]);
-    OsRng.fill_bytes(random.as_mut());
-    random[..ORDER_BYTES].copy_from_slice(uuid::Uuid::now_v7().as_bytes());
-    // Exact capacity: `SecretString::from(String)` goes through `into_boxed_str`, which would
-    // reallocate (leaving an unzeroized copy behind) if capacity exceeded length.
-    let mut token = String::with_capacity(REFRESH_TOKEN_LEN);
-    token.push_str(REFRESH_TOKEN_PREFIX);
-    URL_SAFE_NO_PAD.encode_string(random.as_ref(), &mut token);
-    debug_assert_eq!(token.len(), token.capacity());
-    let hash = hash_refresh_token(&token);
-    (SecretString::from(token), hash)
+/// Most characters after the prefix. Claims are bounded (ids, a thumbprint, the key's scopes
+/// and an audience), and anything longer is refused before any work.
+pub const MAX_BODY_LEN: usize = 4096;
+
+/// What a refresh token says. Short field names: the token travels with every refresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshClaims {
+    /// Family id (`rf_…`): every token descending from one exchange.
+    #[serde(rename = "f")]
+    pub family_id: String,
+    /// Generation in the family: 0 for the exchange's token, +1 per refresh.
+    #[serde(rename = "g")]
+    pub generation: i64,
+    /// The API key it was issued under.
+    #[serde(rename = "k")]
+    pub key_id: String,
+    /// The device it was issued to.
+    #[serde(rename = "d")]
+    pub device_id: String,
+    /// RFC 7638 thumbprint of the device key it is bound to.
+    #[serde(rename = "j")]
+    pub jkt: String,
+    /// Scope granted at the exchange (space separated).
+    #[serde(rename = "s")]
+    pub scope: String,
+    /// Audience granted at the exchange.
+    #[serde(rename = "a")]
+    pub audience: String,
+    /// When the family began (the exchange): its absolute lifetime counts from here.
+    #[serde(rename = "c")]
+    pub family_created_at: i64,
+    /// Issue time of this token.
+    #[serde(rename = "i")]
+    pub issued_at: i64,
+    /// Expiry of this token.
+    #[serde(rename = "e")]
+    pub expires_at: i64,
 }
 
-/// The storage lookup key of a presented refresh token: its first 16 bytes, then the first 16
-/// bytes of its SHA-256 (see the module docs for why, and why SHA-256 suffices). Anything not
-/// in the token format gets the digest's other half in front instead, a key no issued token
-/// has.
-pub fn hash_refresh_token(token: &str) -> [u8; 32] {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut key = [0u8; 32];
-    let front = token
-        .strip_prefix(REFRESH_TOKEN_PREFIX)
-        .and_then(|body| body.get(..ORDER_CHARS))
-        .and_then(|chars| URL_SAFE_NO_PAD.decode(chars).ok());
-    match front {
-        Some(bytes) => key[..ORDER_BYTES].copy_from_slice(&bytes[..ORDER_BYTES]),
-        None => key[..ORDER_BYTES].copy_from_slice(&digest[ORDER_BYTES..]),
+/// Seals and opens refresh tokens with the key derived from the master key.
+pub struct RefreshSealer {
+    cipher: XChaCha20Poly1305,
+    grace: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for RefreshSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshSealer(..)")
     }
-    key[ORDER_BYTES..].copy_from_slice(&digest[..ORDER_BYTES]);
-    key
 }
 
-/// Whether `token` has the refresh token format (`rt_` + 43 base64url characters). Lets the
-/// server refuse garbage without touching storage; says nothing about validity.
+impl RefreshSealer {
+    /// A sealer from the two derived keys ([`REFRESH_KEY_LABEL`], [`GRACE_KEY_LABEL`]).
+    pub fn new(token_key: &[u8; 32], grace_key: &[u8; 32]) -> RefreshSealer {
+        RefreshSealer {
+            cipher: XChaCha20Poly1305::new(Key::from_slice(token_key)),
+            grace: XChaCha20Poly1305::new(Key::from_slice(grace_key)),
+        }
+    }
+
+    /// The token for `claims`. The plaintext goes to the client; it is never stored.
+    pub fn seal(&self, claims: &RefreshClaims) -> SecretString {
+        let plain = Zeroizing::new(serde_json::to_vec(claims).expect("claims always serialize"));
+        let blob = seal_with(&self.cipher, &plain, AAD);
+        let mut token = String::with_capacity(
+            REFRESH_TOKEN_PREFIX.len() + base64::encoded_len(blob.len(), false).unwrap_or(0),
+        );
+        token.push_str(REFRESH_TOKEN_PREFIX);
+        URL_SAFE_NO_PAD.encode_string(&blob, &mut token);
+        // Exact capacity, so `SecretString::from` does not reallocate and leave a copy behind.
+        token.shrink_to_fit();
+        SecretString::from(token)
+    }
+
+    /// The claims of a token this server sealed; `None` for anything else (malformed, cut,
+    /// tampered, or sealed under another master key). Expiry is the caller's check.
+    pub fn open(&self, token: &str) -> Option<RefreshClaims> {
+        if !is_well_formed_refresh_token(token) {
+            return None;
+        }
+        let blob = URL_SAFE_NO_PAD
+            .decode(&token[REFRESH_TOKEN_PREFIX.len()..])
+            .ok()?;
+        let plain = open_with(&self.cipher, &blob, AAD)?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// Seals the successor `token` of `family_id` for the grace window (contract 9.2): storage
+    /// keeps only this ciphertext, bound to its family, never the token itself.
+    pub fn seal_successor(&self, family_id: &str, token: &str) -> Vec<u8> {
+        seal_with(&self.grace, token.as_bytes(), family_id.as_bytes())
+    }
+
+    /// The successor token sealed by [`seal_successor`](Self::seal_successor) for `family_id`.
+    pub fn open_successor(&self, family_id: &str, sealed: &[u8]) -> Option<SecretString> {
+        let plain = open_with(&self.grace, sealed, family_id.as_bytes())?;
+        let text = String::from_utf8(plain.to_vec()).ok()?;
+        Some(SecretString::from(text))
+    }
+}
+
+fn seal_with(cipher: &XChaCha20Poly1305, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let sealed = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+        .expect("XChaCha20-Poly1305 encrypts any plaintext we seal");
+    let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
+    blob.extend_from_slice(&nonce);
+    blob.extend_from_slice(&sealed);
+    blob
+}
+
+fn open_with(cipher: &XChaCha20Poly1305, blob: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if blob.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let (nonce, sealed) = blob.split_at(NONCE_LEN);
+    let mut plain = cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+        .ok()?;
+    let out = Zeroizing::new(plain.clone());
+    plain.zeroize();
+    Some(out)
+}
+
+/// Whether `token` has the refresh token shape (`rt_` + 80 to 4096 base64url characters). Lets
+/// the server refuse garbage before any work; says nothing about validity.
 pub fn is_well_formed_refresh_token(token: &str) -> bool {
-    token.len() == REFRESH_TOKEN_LEN
-        && token.starts_with(REFRESH_TOKEN_PREFIX)
-        && token.as_bytes()[REFRESH_TOKEN_PREFIX.len()..]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    let Some(body) = token.strip_prefix(REFRESH_TOKEN_PREFIX) else {
+        return false;
+    };
+    (MIN_BODY_LEN..=MAX_BODY_LEN).contains(&body.len())
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use secrecy::ExposeSecret as _;
 
     use super::*;
 
-    #[test]
-    fn new_tokens_have_the_format_and_their_hash() {
-        let (token, hash) = new_refresh_token();
-        let plain = token.expose_secret();
-        assert!(plain.starts_with("rt_"), "{plain}");
-        assert_eq!(plain.len(), REFRESH_TOKEN_LEN);
-        assert!(is_well_formed_refresh_token(plain));
-        assert_eq!(
-            URL_SAFE_NO_PAD.decode(&plain[3..]).unwrap().len(),
-            32,
-            "256 bits"
-        );
-        assert_eq!(hash, hash_refresh_token(plain));
+    fn sealer(seed: u8) -> RefreshSealer {
+        RefreshSealer::new(&[seed; 32], &[seed ^ 0xff; 32])
     }
 
-    // FIPS 180-2 example: SHA-256("abc").
-    const SHA256_ABC: [u8; 32] = [
-        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22,
-        0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00,
-        0x15, 0xad,
-    ];
-
-    #[test]
-    fn the_key_is_the_tokens_front_then_half_its_sha256() {
-        let (token, key) = new_refresh_token();
-        let plain = token.expose_secret();
-        let bytes = URL_SAFE_NO_PAD.decode(&plain[3..]).unwrap();
-        assert_eq!(key[..16], bytes[..16], "the token's UUIDv7");
-        let digest = Sha256::digest(plain.as_bytes());
-        assert_eq!(key[16..], digest[..16], "the SHA-256 of the whole token");
-        let uuid = uuid::Uuid::from_slice(&bytes[..16]).unwrap();
-        assert_eq!(uuid.get_version_num(), 7);
-
-        // Not a token: the digest's halves, swapped (a known vector for the digest itself).
-        let mut expected = [0u8; 32];
-        expected[..16].copy_from_slice(&SHA256_ABC[16..]);
-        expected[16..].copy_from_slice(&SHA256_ABC[..16]);
-        assert_eq!(hash_refresh_token("abc"), expected);
-    }
-
-    #[test]
-    fn keys_of_later_tokens_sort_later() {
-        let keys: Vec<[u8; 32]> = (0..2_000).map(|_| new_refresh_token().1).collect();
-        // The millisecond time (first 6 bytes) never goes back.
-        assert!(keys.windows(2).all(|w| w[0][..6] <= w[1][..6]));
-        let (_, later) = {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            new_refresh_token()
-        };
-        assert!(keys.iter().all(|k| *k < later));
-    }
-
-    #[test]
-    fn a_token_with_another_secret_half_gets_another_key() {
-        let (token, key) = new_refresh_token();
-        let mut bytes = URL_SAFE_NO_PAD.decode(&token.expose_secret()[3..]).unwrap();
-        bytes[31] ^= 1;
-        let forged = format!("rt_{}", URL_SAFE_NO_PAD.encode(&bytes));
-        let forged_key = hash_refresh_token(&forged);
-        assert_eq!(forged_key[..16], key[..16], "same front");
-        assert_ne!(forged_key, key, "a different key: storage does not find it");
-    }
-
-    #[test]
-    fn tokens_and_hashes_never_repeat() {
-        let mut tokens = HashSet::new();
-        let mut hashes = HashSet::new();
-        for _ in 0..10_000 {
-            let (token, hash) = new_refresh_token();
-            assert!(tokens.insert(token.expose_secret().to_owned()));
-            assert!(hashes.insert(hash));
+    fn claims() -> RefreshClaims {
+        RefreshClaims {
+            family_id: "rf_0190a1b2c3d4e5f60718293a4b5c6d7e".into(),
+            generation: 0,
+            key_id: "ak_test_0123456789ab".into(),
+            device_id: "dev_0190a1b2c3d4e5f60718293a4b5c6d7e".into(),
+            jkt: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into(),
+            scope: "read:users write:orders".into(),
+            audience: "https://api.example.com".into(),
+            family_created_at: 1_700_000_000,
+            issued_at: 1_700_000_000,
+            expires_at: 1_700_086_400,
         }
     }
 
     #[test]
+    fn a_sealed_token_opens_to_its_claims_and_has_the_shape() {
+        let s = sealer(1);
+        let token = s.seal(&claims());
+        let plain = token.expose_secret();
+        assert!(plain.starts_with("rt_"), "{plain}");
+        assert!(is_well_formed_refresh_token(plain), "{plain}");
+        assert_eq!(s.open(plain), Some(claims()));
+        // The client sees ciphertext only.
+        assert!(!plain.contains("ak_test") && !plain.contains("read:users"));
+    }
+
+    #[test]
+    fn two_seals_of_the_same_claims_differ() {
+        let s = sealer(1);
+        assert_ne!(
+            s.seal(&claims()).expose_secret(),
+            s.seal(&claims()).expose_secret()
+        );
+    }
+
+    #[test]
+    fn tampered_cut_and_foreign_tokens_do_not_open() {
+        let s = sealer(1);
+        let token = s.seal(&claims()).expose_secret().to_owned();
+        let mut blob = URL_SAFE_NO_PAD.decode(&token[3..]).unwrap();
+        for i in [0, NONCE_LEN, blob.len() / 2, blob.len() - 1] {
+            blob[i] ^= 1;
+            let forged = format!("rt_{}", URL_SAFE_NO_PAD.encode(&blob));
+            assert_eq!(s.open(&forged), None, "byte {i} flipped");
+            blob[i] ^= 1;
+        }
+        let cut = format!("rt_{}", URL_SAFE_NO_PAD.encode(&blob[..blob.len() - 1]));
+        assert_eq!(s.open(&cut), None, "cut");
+        // Sealed under another master key: same shape, does not open here.
+        let foreign = sealer(2).seal(&claims());
+        assert!(is_well_formed_refresh_token(foreign.expose_secret()));
+        assert_eq!(s.open(foreign.expose_secret()), None, "another master key");
+    }
+
+    #[test]
+    fn a_successor_is_sealed_to_its_family() {
+        let s = sealer(1);
+        let token = s.seal(&claims());
+        let kept = s.seal_successor("rf_a", token.expose_secret());
+        assert!(!String::from_utf8_lossy(&kept).contains("rt_"));
+        let back = s.open_successor("rf_a", &kept).unwrap();
+        assert_eq!(back.expose_secret(), token.expose_secret());
+        assert!(s.open_successor("rf_b", &kept).is_none(), "another family");
+        assert!(sealer(2).open_successor("rf_a", &kept).is_none());
+        // The grace key is not the token key: a kept successor never opens as a token.
+        let as_token = format!("rt_{}", URL_SAFE_NO_PAD.encode(&kept));
+        assert_eq!(s.open(&as_token), None);
+    }
+
+    #[test]
     fn debug_hides_the_plaintext() {
-        let (token, _) = new_refresh_token();
+        let token = sealer(1).seal(&claims());
         let shown = format!("{token:?}");
         assert!(!shown.contains(token.expose_secret()), "{shown}");
         assert!(!shown.contains("rt_"), "{shown}");
@@ -185,21 +276,22 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_recognised() {
-        let (token, _) = new_refresh_token();
+        let token = sealer(1).seal(&claims());
         let good = token.expose_secret();
         let body = &good[3..];
         for (bad, why) in [
             (String::new(), "empty"),
             (body.to_owned(), "no prefix"),
             (format!("rx_{body}"), "wrong prefix"),
-            (format!("rt_{}", &body[1..]), "too short"),
-            (format!("{good}A"), "too long"),
+            (format!("rt_{}", &body[..MIN_BODY_LEN - 1]), "too short"),
+            (format!("rt_{}", "A".repeat(MAX_BODY_LEN + 1)), "too long"),
             (format!("rt_{}+", &body[1..]), "standard base64 character"),
             (format!("rt_{}=", &body[1..]), "padding"),
             (format!("rt_{}é", &body[2..]), "non-ASCII"),
             (format!("sk_{body}"), "API key prefix"),
         ] {
             assert!(!is_well_formed_refresh_token(&bad), "{why}: {bad}");
+            assert_eq!(sealer(1).open(&bad), None, "{why}");
         }
     }
 }

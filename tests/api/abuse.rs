@@ -641,9 +641,10 @@ async fn bench_switches_turn_rate_limits_and_usage_off_and_on_and_exist_only_on_
     }
 }
 
-/// `keybound bench --overhead`'s floor turns off the token path's durable writes: the answer's
-/// refresh token is then never stored (refused as unknown), and with writes on again the next
-/// one is. Only the bench route can do that (the route's absence elsewhere is checked above).
+/// `keybound bench --overhead`'s floor turns off the token path's durable writes: a refresh
+/// then does not advance its family, so the token it spent is still live (no reuse is
+/// detected), and with writes on again a second presentation is reuse. Only the bench route
+/// can do that (the route's absence elsewhere is checked above).
 #[tokio::test]
 async fn bench_writes_switch_skips_the_refresh_token_write_and_only_while_off() {
     let db = TestDb::sqlite().await;
@@ -661,18 +662,20 @@ async fn bench_writes_switch_skips_the_refresh_token_write_and_only_while_off() 
     switch(false).await;
     let unstored =
         token_of(expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await);
-    expect_error(
-        refresh(&app, &dev, &unstored).await,
-        StatusCode::UNAUTHORIZED,
-        "INVALID_REFRESH_TOKEN",
-        "a refresh token issued with writes off was never stored",
-    )
-    .await;
+    expect_json(refresh(&app, &dev, &unstored).await, StatusCode::OK).await;
+    expect_json(refresh(&app, &dev, &unstored).await, StatusCode::OK).await;
 
     switch(true).await;
     let stored =
         token_of(expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await);
     expect_json(refresh(&app, &dev, &stored).await, StatusCode::OK).await;
+    expect_error(
+        refresh(&app, &dev, &stored).await,
+        StatusCode::UNAUTHORIZED,
+        "REFRESH_TOKEN_REUSED",
+        "with writes on, a refresh is durable and its token spent",
+    )
+    .await;
     app.stop().await;
 }
 

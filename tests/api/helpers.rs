@@ -310,6 +310,11 @@ impl TestApp {
         .await
     }
 
+    /// The running server's state (its refresh sealer, settings, store).
+    pub fn state(&self) -> &keybound::state::AppState {
+        &self.running.as_ref().expect("running").state
+    }
+
     /// Stops the server gracefully (the database stays).
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {

@@ -31,6 +31,7 @@ mod openapi;
 mod persistence;
 mod proofs;
 mod redaction;
+mod refresh_tokens;
 mod scan;
 mod sdk;
 mod secrets;

@@ -508,7 +508,7 @@ async fn a_broken_database_is_server_error() {
     let app = spawn_app(&db).await;
     let (key, _) = new_key(&app, json!({})).await;
     let dev = Device::new();
-    db.execute("DROP TABLE refresh_tokens").await;
+    db.execute("DROP TABLE devices").await;
     expect_oauth_error(
         form_exchange(&app, &dev, &key, &[]).await,
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,6 +13,7 @@
 
 mod client;
 mod outage;
+mod transport;
 mod verifier;
 
 // The example is compiled into this test as a module, so `cargo test` runs exactly the code

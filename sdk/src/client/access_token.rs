@@ -21,6 +21,7 @@ struct Inner {
     device_id: String,
     trust_level: TrustLevel,
     trust_score: f64,
+    attested: Option<String>,
 }
 
 impl AccessToken {
@@ -31,6 +32,7 @@ impl AccessToken {
         device_id: String,
         trust_level: TrustLevel,
         trust_score: f64,
+        attested: Option<String>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -40,6 +42,7 @@ impl AccessToken {
                 device_id,
                 trust_level,
                 trust_score,
+                attested,
             }),
         }
     }
@@ -75,6 +78,12 @@ impl AccessToken {
     pub fn trust_score(&self) -> f64 {
         self.inner.trust_score
     }
+
+    /// The platform attestation keybound has on record for this device key
+    /// (`"apple-appattest"`, `"android-key"`), if any (contract section 8).
+    pub fn attested(&self) -> Option<&str> {
+        self.inner.attested.as_deref()
+    }
 }
 
 impl fmt::Debug for AccessToken {
@@ -85,6 +94,7 @@ impl fmt::Debug for AccessToken {
             .field("scope", &self.inner.scope)
             .field("device_id", &self.inner.device_id)
             .field("trust_level", &self.inner.trust_level)
+            .field("attested", &self.inner.attested)
             .finish()
     }
 }

@@ -2,15 +2,21 @@
 //! builds the headers for calls to resource servers.
 
 mod access_token;
+mod attestation;
+mod defaults;
 mod retry;
+mod session;
 
 pub use access_token::AccessToken;
+pub use attestation::AttestationProvider;
 pub use retry::RetryPolicy;
+pub use session::{FileSessionStore, Session, SessionStore};
 
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +27,7 @@ use crate::device_key::DeviceKey;
 use crate::dpop::DpopProofBuilder;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{error_from_response, parse_service_url};
+use crate::tls::{SpkiPin, parse_pem_certificates, parse_pin};
 use crate::trust::TrustLevel;
 
 /// The DPoP header (RFC 9449 section 4.1).
@@ -74,11 +81,20 @@ struct Inner {
     http: reqwest::Client,
     token_url: Url,
     refresh_url: Url,
+    revoke_url: Url,
+    challenge_url: Url,
     api_key: SecretString,
     device_key: Arc<dyn DeviceKey>,
+    /// The device key's RFC 7638 thumbprint, computed once.
+    jkt: String,
     exchange_body: Value,
     retry: RetryPolicy,
     cached: Mutex<Option<Cached>>,
+    /// What outlives the process (refresh token, device id, attestation, install id); the
+    /// store, when there is one, gets every change.
+    session: Mutex<Session>,
+    store: Option<Arc<dyn SessionStore>>,
+    attestation: Option<Arc<dyn AttestationProvider>>,
     /// Held while a token is being obtained, so concurrent callers share one request; holds
     /// the outcome of the last renewal for those who waited on it.
     renewing: tokio::sync::Mutex<Option<Result<AccessToken>>>,
@@ -92,7 +108,6 @@ struct Cached {
     token: AccessToken,
     obtained: Instant,
     lifetime: Duration,
-    refresh: Option<(SecretString, Instant)>,
 }
 
 impl Cached {
@@ -107,6 +122,18 @@ enum Endpoint {
     Exchange,
     /// `POST /v1/token/refresh`: refresh token + proof.
     Refresh,
+    /// `POST /v1/token/revoke`: refresh token + proof (sign-out, contract 9.3).
+    Revoke,
+    /// `POST /v1/attestation/challenge`: no credentials (contract 8).
+    Challenge,
+}
+
+impl Endpoint {
+    /// Whether a failed attempt may be sent again. A refresh must not be: if the first one
+    /// arrived, the second presents a spent token, which revokes the whole family.
+    fn idempotent(self) -> bool {
+        self != Endpoint::Refresh
+    }
 }
 
 /// The success body of both token endpoints (contract 3.1).
@@ -127,6 +154,15 @@ struct TokenResponse {
 struct TrustWire {
     score: f64,
     level: TrustLevel,
+    /// Contract section 8: the attestation format on record, `null` when none.
+    #[serde(default)]
+    attested: Option<String>,
+}
+
+/// `POST /v1/attestation/challenge`'s answer.
+#[derive(Deserialize)]
+struct ChallengeResponse {
+    challenge: String,
 }
 
 impl Client {
@@ -145,6 +181,11 @@ impl Client {
             request_timeout: Duration::from_secs(15),
             retry: RetryPolicy::default(),
             allow_insecure_http: false,
+            default_attributes: true,
+            store: None,
+            attestation: None,
+            pins: Vec::new(),
+            roots: Vec::new(),
         }
     }
 
@@ -190,7 +231,8 @@ impl Client {
         let token = self.token().await?;
         let proof = DpopProofBuilder::new(&*self.inner.device_key, method, url)
             .access_token(token.expose_secret())
-            .sign()?;
+            .sign_async()
+            .await?;
         let mut headers = HeaderMap::with_capacity(2);
         headers.insert(
             AUTHORIZATION,
@@ -198,6 +240,30 @@ impl Client {
         );
         headers.insert(DPOP, sensitive(&proof)?);
         Ok(headers)
+    }
+
+    /// Signs out: revokes the refresh token and every token of its family at the server
+    /// (`POST /v1/token/revoke`, contract 9.3), and forgets the access and refresh tokens
+    /// here and in the [`SessionStore`]. The next [`token`](Self::token) makes a full
+    /// exchange.
+    ///
+    /// What describes the install rather than the sign-in stays: the device key, the install
+    /// id and the attestation record. The local tokens are forgotten even when the server
+    /// cannot be reached (the error is returned); the refresh token then dies at its expiry.
+    /// Waits for a renewal in flight, so it cannot hand out a token from before the sign-out.
+    pub async fn sign_out(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let mut last = inner.renewing.lock().await;
+        *last = None;
+        *inner.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let refresh_token = inner.update_session(|session| {
+            session.refresh_expires_at = None;
+            session.refresh_token.take()
+        });
+        match refresh_token {
+            Some(token) => inner.revoke(&token).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -257,18 +323,20 @@ fn is_transient(kind: &ErrorKind) -> bool {
 impl Inner {
     /// Renews the token: refresh first, full exchange when the refresh token is dead.
     async fn renew(&self) -> Result<AccessToken> {
-        let (current, refresh) = {
+        let current = {
             let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-            match cached.as_ref() {
-                Some(c) => (
-                    (c.left() >= MIN_USABLE_LIFE).then(|| c.token.clone()),
-                    c.refresh
-                        .as_ref()
-                        .filter(|(_, until)| Instant::now() < *until)
-                        .map(|(secret, _)| secret.clone()),
-                ),
-                None => (None, None),
-            }
+            cached
+                .as_ref()
+                .filter(|c| c.left() >= MIN_USABLE_LIFE)
+                .map(|c| c.token.clone())
+        };
+        let refresh = {
+            let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            session.refresh_token.clone().filter(|_| {
+                session
+                    .refresh_expires_at
+                    .is_none_or(|t| SystemTime::now() < t)
+            })
         };
 
         let renewed = match refresh {
@@ -277,7 +345,10 @@ impl Inner {
                     tracing::debug!(error = %e, "refresh failed; exchanging the API key instead");
                     // The refresh token is dead or possibly spent: presenting it again would
                     // only look like reuse to the server, even if the exchange fails too.
-                    self.forget_refresh_token();
+                    self.update_session(|session| {
+                        session.refresh_token = None;
+                        session.refresh_expires_at = None;
+                    });
                     self.exchange().await
                 }
                 other => other,
@@ -293,26 +364,91 @@ impl Inner {
         }
     }
 
-    fn forget_refresh_token(&self) {
-        if let Some(cached) = self
-            .cached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            cached.refresh = None;
-        }
-    }
-
     fn fresh_token(&self) -> Option<AccessToken> {
         let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         let cached = cached.as_ref()?;
         (cached.left() > cached.lifetime.mul_f64(RENEW_WHEN_LEFT)).then(|| cached.token.clone())
     }
 
+    /// Changes the session and hands the new one to the store. A store that cannot save is
+    /// cleared instead: a stale refresh token presented after a relaunch would be taken for
+    /// a stolen one and revoke the family.
+    fn update_session<T>(&self, change: impl FnOnce(&mut Session) -> T) -> T {
+        let (out, snapshot) = {
+            let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            let out = change(&mut session);
+            (out, self.store.is_some().then(|| session.clone()))
+        };
+        if let (Some(store), Some(snapshot)) = (&self.store, snapshot)
+            && let Err(e) = store.save(&snapshot)
+        {
+            tracing::warn!(error = %e, "cannot save the session; clearing the stored one");
+            if let Err(e) = store.clear() {
+                tracing::warn!(error = %e, "cannot clear the stored session either");
+            }
+        }
+        out
+    }
+
+    /// A full exchange of the API key, with an attestation when this device key has never
+    /// had a token yet (or the server demands one).
     async fn exchange(&self) -> Result<AccessToken> {
-        let body = self.exchange_body.clone();
+        let attest = self.attestation.is_some() && {
+            let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            session.attested.is_none() && session.device_id.is_none()
+        };
+        match self.exchange_once(attest).await {
+            // The key's policy became `required` after this device enrolled: attest now.
+            Err(e)
+                if e.kind() == &ErrorKind::AttestationRequired
+                    && !attest
+                    && self.attestation.is_some()
+                    && self.session_attested().is_none() =>
+            {
+                self.exchange_once(true).await
+            }
+            other => other,
+        }
+    }
+
+    fn session_attested(&self) -> Option<String> {
+        let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        session.attested.clone()
+    }
+
+    async fn exchange_once(&self, attest: bool) -> Result<AccessToken> {
+        let mut body = self.exchange_body.clone();
+        if attest {
+            let attestation = self.attest().await?;
+            let device = body
+                .as_object_mut()
+                .expect("the exchange body is an object")
+                .entry("device")
+                .or_insert_with(|| json!({}));
+            device["attestation"] = attestation;
+        }
         self.obtain(Endpoint::Exchange, &body).await
+    }
+
+    /// Contract section 8: a fresh challenge, the provider's attestation of the client data
+    /// `<challenge>.<jkt>`, and the `attestation` member with the challenge filled in.
+    async fn attest(&self) -> Result<Value> {
+        let provider = self.attestation.as_ref().expect("checked by the caller");
+        let challenge: ChallengeResponse = self
+            .request_with_retries(Endpoint::Challenge, &Value::Null)
+            .await?;
+        let client_data = format!("{}.{}", challenge.challenge, self.jkt);
+        let mut attestation = provider.attest(client_data.as_bytes()).await?;
+        match attestation.as_object_mut() {
+            Some(member) if member.get("format").is_some_and(Value::is_string) => {
+                member.insert("challenge".into(), challenge.challenge.into());
+            }
+            _ => {
+                return Err(Error::new(ErrorKind::Attestation)
+                    .with_message("the attestation provider returned no object with a format"));
+            }
+        }
+        Ok(attestation)
     }
 
     async fn refresh(&self, refresh_token: &SecretString) -> Result<AccessToken> {
@@ -320,44 +456,66 @@ impl Inner {
         self.obtain(Endpoint::Refresh, &body).await
     }
 
-    /// One token request, retried per the policy, and the result cached.
+    /// Contract 9.3: the server answers 200 `{}` whatever it revoked.
+    async fn revoke(&self, refresh_token: &SecretString) -> Result<()> {
+        let body = json!({
+            "token": refresh_token.expose_secret(),
+            "token_type_hint": "refresh_token",
+        });
+        let _: Value = self.request_with_retries(Endpoint::Revoke, &body).await?;
+        Ok(())
+    }
+
+    /// One token request, retried per the policy; the token cached and the session saved.
     async fn obtain(&self, endpoint: Endpoint, body: &Value) -> Result<AccessToken> {
         let started = Instant::now();
-        let response = self.request_with_retries(endpoint, body).await?;
+        let started_wall = SystemTime::now();
+        let response: TokenResponse = self.request_with_retries(endpoint, body).await?;
         if !response.token_type.eq_ignore_ascii_case("DPoP") {
             // A Bearer token would work for anyone who steals it; do not use one.
             return Err(Error::new(ErrorKind::UnexpectedResponse { status: 200 })
                 .with_message("token_type is not DPoP"));
         }
         let lifetime = Duration::from_secs(response.expires_in);
-        let token = AccessToken::new(
-            response.access_token,
-            SystemTime::now() + lifetime,
-            response.scope,
-            response.device_id,
-            response.trust.level,
-            response.trust.score,
-        );
+        let attested = response.trust.attested.clone();
         // Lifetimes count from before the request was sent, so clock time spent in transit
         // only makes us renew early.
-        let refresh = response.refresh_token.map(|secret| {
-            let life = Duration::from_secs(response.refresh_expires_in.unwrap_or(0));
-            (SecretString::from(secret), started + life)
+        let token = AccessToken::new(
+            response.access_token,
+            started_wall + lifetime,
+            response.scope,
+            response.device_id.clone(),
+            response.trust.level,
+            response.trust.score,
+            attested.clone(),
+        );
+        let refresh_expires_at = response
+            .refresh_token
+            .as_ref()
+            .map(|_| started_wall + Duration::from_secs(response.refresh_expires_in.unwrap_or(0)));
+        self.update_session(|session| {
+            session.refresh_token = response.refresh_token.map(SecretString::from);
+            session.refresh_expires_at = refresh_expires_at;
+            session.device_id = Some(response.device_id);
+            session.key_thumbprint = Some(self.jkt.clone());
+            // Once attested, always attested: the server keeps the record for the key's life.
+            if attested.is_some() {
+                session.attested = attested;
+            }
         });
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
             token: token.clone(),
             obtained: started,
             lifetime,
-            refresh,
         });
         Ok(token)
     }
 
-    async fn request_with_retries(
+    async fn request_with_retries<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         body: &Value,
-    ) -> Result<TokenResponse> {
+    ) -> Result<T> {
         let mut attempt = 0;
         let mut nonce_retried = false;
         loop {
@@ -380,7 +538,7 @@ impl Inner {
                     if last_attempt || wait > self.retry.max_retry_after {
                         return Err(e);
                     }
-                    tracing::debug!(error = %e, attempt, ?wait, "token request failed; retrying");
+                    tracing::debug!(error = %e, attempt, ?wait, "request failed; retrying");
                     wait
                 }
                 Err(Failure::Final(e)) => return Err(e),
@@ -389,19 +547,27 @@ impl Inner {
         }
     }
 
-    async fn send_once(&self, endpoint: Endpoint, body: &Value) -> Result<TokenResponse, Failure> {
+    async fn send_once<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        body: &Value,
+    ) -> Result<T, Failure> {
         let url = match endpoint {
             Endpoint::Exchange => &self.token_url,
             Endpoint::Refresh => &self.refresh_url,
+            Endpoint::Revoke => &self.revoke_url,
+            Endpoint::Challenge => &self.challenge_url,
         };
-        let nonce = self.nonce.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut proof = DpopProofBuilder::new(&*self.device_key, "POST", url.as_str());
-        if let Some(nonce) = nonce.as_deref() {
-            proof = proof.nonce(nonce);
+        let mut request = self.http.post(url.clone());
+        if endpoint != Endpoint::Challenge {
+            let nonce = self.nonce.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut proof = DpopProofBuilder::new(&*self.device_key, "POST", url.as_str());
+            if let Some(nonce) = nonce.as_deref() {
+                proof = proof.nonce(nonce);
+            }
+            let proof = proof.sign_async().await.map_err(Failure::Final)?;
+            request = request.header(DPOP, proof).json(body);
         }
-        let proof = proof.sign().map_err(Failure::Final)?;
-
-        let mut request = self.http.post(url.clone()).header(DPOP, proof).json(body);
         if endpoint == Endpoint::Exchange {
             let mut key = HeaderValue::from_str(self.api_key.expose_secret()).map_err(|_| {
                 Failure::Final(Error::config("the API key is not a valid header value"))
@@ -413,11 +579,11 @@ impl Inner {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
-                // A refresh must not be sent twice: if the first one arrived, the second
-                // presents a spent token and revokes the whole family. Only a failure to
-                // connect proves it did not arrive.
-                let retry = endpoint == Endpoint::Exchange || e.is_connect();
+                // Only a failure to connect proves a refresh did not arrive.
+                let retry = endpoint.idempotent() || e.is_connect();
                 let error = Error::from_http(e);
+                // A pin mismatch is not passing: the same server answers the same way.
+                let retry = retry && error.kind() != &ErrorKind::CertificatePinMismatch;
                 return Err(if retry {
                     Failure::Retryable(error, None)
                 } else {
@@ -446,7 +612,7 @@ impl Inner {
                         status: status.as_u16(),
                     })
                     .with_status(status.as_u16())
-                    .with_message("token response does not have the contract's shape"),
+                    .with_message("the answer does not have the contract's shape"),
                 )
             });
         }
@@ -458,7 +624,7 @@ impl Inner {
             ErrorKind::RateLimited { retry_after } => Failure::Retryable(error, retry_after),
             // 503 means the server failed closed and issued nothing: safe to repeat.
             ErrorKind::Unavailable => Failure::Retryable(error, None),
-            _ if status.is_server_error() && endpoint == Endpoint::Exchange => {
+            _ if status.is_server_error() && endpoint.idempotent() => {
                 Failure::Retryable(error, None)
             }
             _ => Failure::Final(error),
@@ -491,6 +657,11 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     retry: RetryPolicy,
     allow_insecure_http: bool,
+    default_attributes: bool,
+    store: Option<Arc<dyn SessionStore>>,
+    attestation: Option<Arc<dyn AttestationProvider>>,
+    pins: Vec<SpkiPin>,
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -578,6 +749,53 @@ impl ClientBuilder {
         self
     }
 
+    /// Where the session (refresh token, device id, attestation record, install id) is kept
+    /// between launches, so a relaunch refreshes instead of exchanging the API key again.
+    /// Default: none, the session lives in memory and every launch starts with an exchange.
+    pub fn session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Attests the device key with the platform (contract section 8) before its first
+    /// exchange; see [`AttestationProvider`]. Default: none, no attestation is sent.
+    pub fn attestation_provider(mut self, provider: Arc<dyn AttestationProvider>) -> Self {
+        self.attestation = Some(provider);
+        self
+    }
+
+    /// Whether the client fills in the device attributes it can find itself, for any not set
+    /// with [`device_attribute`](Self::device_attribute): `platform` (the operating system:
+    /// `ios`, `android`, `macos`, `windows`, `linux`, …), `model` (on Linux, the DMI product
+    /// name when there is one), and, with a [`session_store`](Self::session_store), an
+    /// `install_id` made once and persisted (without a store there is none: a new id on every
+    /// launch would look like a different device). keybound weighs these stable attributes
+    /// heavily, so a copied device key presented with other ones loses trust. Default: on.
+    pub fn default_device_attributes(mut self, enabled: bool) -> Self {
+        self.default_attributes = enabled;
+        self
+    }
+
+    /// Pins the server's public key: the TLS handshake fails, before anything is sent,
+    /// unless the SHA-256 of the server certificate's DER SubjectPublicKeyInfo is one of the
+    /// pins. `pin` is standard base64, optionally prefixed `sha256/` (OkHttp's format; `openssl
+    /// x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary |
+    /// base64` prints it). Call once per key: the current one and a backup. The chain is still
+    /// verified against the trusted roots first. Only the server's own key is compared, not
+    /// its CA's. A mismatch is [`ErrorKind::CertificatePinMismatch`]. Default: no pins.
+    pub fn pin_spki_sha256(mut self, pin: &str) -> Result<Self> {
+        self.pins.push(parse_pin(pin)?);
+        Ok(self)
+    }
+
+    /// Trusts the certificates of `pem` (one or more `CERTIFICATE` blocks) as roots
+    /// **instead of** the built-in Mozilla set, for a server under a private PKI. A CA the
+    /// user installed on the device is never trusted either way. Default: the built-in set.
+    pub fn add_root_certificates_pem(mut self, pem: &[u8]) -> Result<Self> {
+        self.roots.extend(parse_pem_certificates(pem)?);
+        Ok(self)
+    }
+
     /// Accepts a plain-`http` base URL that is not a loopback address. Default: refused, since
     /// the API key would cross the network readable by anyone on the path.
     pub fn danger_allow_insecure_http(mut self) -> Self {
@@ -596,18 +814,40 @@ impl ClientBuilder {
         let device_key = self
             .device_key
             .ok_or_else(|| Error::config("a device key is required"))?;
-        check_attributes(&self.attributes)?;
 
         let endpoint = |path: &str| {
             Url::parse(&format!("{}{path}", base.as_str().trim_end_matches('/')))
                 .map_err(|e| Error::config(format!("invalid base URL: {e}")))
         };
+        let jkt = device_key.thumbprint()?;
+        let mut session = load_session(self.store.as_deref(), &jkt)?;
+        let mut attributes = self.attributes;
+        if self.default_attributes {
+            defaults::fill_platform_and_model(&mut attributes);
+            if let Some(store) = &self.store
+                && !attributes.contains_key("install_id")
+            {
+                let install_id = match &session.install_id {
+                    Some(id) => id.clone(),
+                    None => {
+                        // Saved before it is first sent, so every launch sends the same one.
+                        let id = defaults::new_install_id();
+                        session.install_id = Some(id.clone());
+                        store.save(&session)?;
+                        id
+                    }
+                };
+                attributes.insert("install_id".into(), install_id);
+            }
+        }
+        check_attributes(&attributes)?;
+
         let mut device = Map::new();
         if let Some(name) = self.device_name {
             device.insert("name".into(), name.into());
         }
-        if !self.attributes.is_empty() {
-            device.insert("attributes".into(), json!(self.attributes));
+        if !attributes.is_empty() {
+            device.insert("attributes".into(), json!(attributes));
         }
         let mut body = Map::new();
         if let Some(scope) = self.scope {
@@ -620,11 +860,15 @@ impl ClientBuilder {
             body.insert("device".into(), device.into());
         }
 
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             // Credentials go to the configured server only.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if !self.pins.is_empty() || !self.roots.is_empty() {
+            http = http.use_preconfigured_tls(crate::tls::client_config(&self.roots, &self.pins)?);
+        }
+        let http = http
             .build()
             .map_err(|e| Error::config("cannot build the HTTP client").with_source(e))?;
 
@@ -633,16 +877,42 @@ impl ClientBuilder {
                 http,
                 token_url: endpoint("/v1/token")?,
                 refresh_url: endpoint("/v1/token/refresh")?,
+                revoke_url: endpoint("/v1/token/revoke")?,
+                challenge_url: endpoint("/v1/attestation/challenge")?,
                 api_key,
                 device_key,
+                jkt,
                 exchange_body: Value::Object(body),
                 retry: self.retry,
                 cached: Mutex::new(None),
+                session: Mutex::new(session),
+                store: self.store,
+                attestation: self.attestation,
                 renewing: tokio::sync::Mutex::new(None),
                 renewals: AtomicU64::new(0),
                 nonce: Mutex::new(None),
             }),
         })
+    }
+}
+
+/// The stored session for the device key `jkt`. One stored for another key is cleared: its
+/// refresh token is bound to that key and its attestation record is that key's.
+fn load_session(store: Option<&dyn SessionStore>, jkt: &str) -> Result<Session> {
+    let Some(store) = store else {
+        return Ok(Session::default());
+    };
+    match store.load()? {
+        Some(session) if session.key_thumbprint.as_deref() == Some(jkt) => Ok(session),
+        Some(session) if session.key_thumbprint.is_none() && session.refresh_token.is_none() => {
+            Ok(session)
+        }
+        Some(_) => {
+            tracing::info!("the stored session belongs to another device key; starting afresh");
+            store.clear()?;
+            Ok(Session::default())
+        }
+        None => Ok(Session::default()),
     }
 }
 
@@ -706,6 +976,19 @@ mod tests {
         assert!(check_attributes(&attrs).is_err());
         let many: BTreeMap<_, _> = (0..33).map(|i| (i.to_string(), String::new())).collect();
         assert!(check_attributes(&many).is_err());
+    }
+
+    #[test]
+    fn the_sample_token_response_vector_parses() {
+        let vector: Value =
+            serde_json::from_str(include_str!("../../tests/vectors/token-response.json")).unwrap();
+        let response: TokenResponse = serde_json::from_value(vector["response"].clone()).unwrap();
+        assert_eq!(response.token_type, "DPoP");
+        assert_eq!(response.expires_in, 300);
+        assert_eq!(response.refresh_expires_in, Some(86400));
+        assert_eq!(response.trust.level, TrustLevel::Limited);
+        assert_eq!(response.trust.attested, None);
+        assert_eq!(response.device_id, "dev_01JEXAMPLE");
     }
 
     #[test]

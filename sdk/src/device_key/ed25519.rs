@@ -5,8 +5,9 @@ use serde_json::{Value, json};
 use std::fmt;
 use std::path::Path;
 
-use super::{DeviceKey, file};
+use super::{DeviceKey, Signing};
 use crate::error::{Error, Result};
+use crate::file;
 use crate::jose::b64_encode;
 
 /// An Ed25519 device key held in memory; the default [`DeviceKey`].
@@ -23,6 +24,14 @@ impl Ed25519DeviceKey {
     pub fn generate() -> Self {
         Self {
             signing_key: SigningKey::generate(&mut OsRng),
+        }
+    }
+
+    /// The key with this 32-byte seed (RFC 8032 private key), for test vectors.
+    #[cfg(test)]
+    pub(crate) fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            signing_key: SigningKey::from_bytes(seed),
         }
     }
 
@@ -59,12 +68,12 @@ impl DeviceKey for Ed25519DeviceKey {
         })
     }
 
-    fn alg(&self) -> &'static str {
+    fn alg(&self) -> &str {
         "EdDSA"
     }
 
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        Ok(self.signing_key.sign(message).to_bytes().to_vec())
+    fn sign<'a>(&'a self, message: &'a [u8]) -> Signing<'a> {
+        Signing::ready(Ok(self.signing_key.sign(message).to_bytes().to_vec()))
     }
 }
 

@@ -4,8 +4,7 @@ use rand::rngs::OsRng;
 use serde_json::{Value, json};
 use std::fmt;
 
-use super::DeviceKey;
-use crate::error::Result;
+use super::{DeviceKey, Signing};
 use crate::jose::b64_encode;
 
 /// A P-256 (ES256) device key held in memory.
@@ -26,6 +25,16 @@ impl Es256DeviceKey {
     }
 }
 
+impl Es256DeviceKey {
+    /// The key with this 32-byte private scalar, for test vectors.
+    #[cfg(test)]
+    pub(crate) fn from_scalar(d: &[u8]) -> Self {
+        Self {
+            signing_key: SigningKey::from_slice(d).expect("a valid P-256 scalar"),
+        }
+    }
+}
+
 impl DeviceKey for Es256DeviceKey {
     fn public_jwk(&self) -> Value {
         let point = self.signing_key.verifying_key().to_encoded_point(false);
@@ -37,14 +46,15 @@ impl DeviceKey for Es256DeviceKey {
         })
     }
 
-    fn alg(&self) -> &'static str {
+    fn alg(&self) -> &str {
         "ES256"
     }
 
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        // RFC 7518 section 3.4: the JWS signature is the fixed-size r || s, not DER.
+    fn sign<'a>(&'a self, message: &'a [u8]) -> Signing<'a> {
+        // RFC 7518 section 3.4: the JWS signature is the fixed-size r || s, not DER. The
+        // nonce is RFC 6979's deterministic one, so the same message gives the same signature.
         let signature: Signature = self.signing_key.sign(message);
-        Ok(signature.to_bytes().to_vec())
+        Signing::ready(Ok(signature.to_bytes().to_vec()))
     }
 }
 

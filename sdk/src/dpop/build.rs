@@ -61,35 +61,74 @@ impl<'a> DpopProofBuilder<'a> {
     }
 
     /// Signs the proof and returns it in compact form, ready for the `DPoP` header.
+    ///
+    /// For keys that sign at once (the in-memory [`Ed25519DeviceKey`](crate::Ed25519DeviceKey)
+    /// and [`Es256DeviceKey`](crate::Es256DeviceKey)). A key that signs asynchronously (a
+    /// keystore that prompts, a foreign-language signer) is refused with
+    /// [`ErrorKind::DeviceKey`](crate::ErrorKind::DeviceKey): use
+    /// [`sign_async`](Self::sign_async) for those.
     pub fn sign(self) -> Result<String> {
+        let input = self.signing_input(&fresh_jti(), unix_now())?;
+        let signature = self.key.sign(input.as_bytes()).now()?;
+        Ok(format!("{input}.{}", b64_encode(signature)))
+    }
+
+    /// Signs the proof with any [`DeviceKey`], awaiting its signature, and returns it in
+    /// compact form.
+    pub async fn sign_async(self) -> Result<String> {
+        let input = self.signing_input(&fresh_jti(), unix_now())?;
+        let signature = self.key.sign(input.as_bytes()).await?;
+        Ok(format!("{input}.{}", b64_encode(signature)))
+    }
+
+    /// `base64url(header) "." base64url(claims)`, the JWS signing input (RFC 7515 section
+    /// 5.1). serde_json writes object members in lexicographic order, so the text is fixed for
+    /// given inputs (the test vectors under `tests/vectors/` rely on that).
+    pub(crate) fn signing_input(&self, jti: &str, iat: u64) -> Result<String> {
         let jwk = self.key.public_jwk();
         // A faulty DeviceKey that puts its private key in the JWK would publish it in every
         // request header; refuse instead.
         if PRIVATE_JWK_MEMBERS.iter().any(|m| jwk.get(m).is_some()) {
             return Err(Error::device_key("public JWK contains private key members"));
         }
-        let header = json!({ "typ": PROOF_TYP, "alg": self.key.alg(), "jwk": jwk });
+        // Members are inserted in lexicographic order, so the text is the same whether
+        // serde_json keeps insertion order (feature `preserve_order`) or sorts.
+        let header = json!({ "alg": self.key.alg(), "jwk": sorted(jwk), "typ": PROOF_TYP });
 
-        let mut jti = [0u8; 16];
-        OsRng.fill_bytes(&mut jti);
         let mut claims = Map::new();
-        claims.insert("jti".into(), b64_encode(jti).into());
-        claims.insert("htm".into(), self.method.into());
-        claims.insert("htu".into(), htu(self.url)?.into());
-        claims.insert("iat".into(), unix_now().into());
-        if let Some(nonce) = self.nonce {
-            claims.insert("nonce".into(), nonce.into());
-        }
         if let Some(token) = self.access_token {
             claims.insert("ath".into(), sha256_b64(token).into());
         }
-
-        let signing_input = format!(
+        claims.insert("htm".into(), self.method.into());
+        claims.insert("htu".into(), htu(self.url)?.into());
+        claims.insert("iat".into(), iat.into());
+        claims.insert("jti".into(), jti.into());
+        if let Some(nonce) = self.nonce {
+            claims.insert("nonce".into(), nonce.into());
+        }
+        Ok(format!(
             "{}.{}",
             b64_encode(header.to_string()),
             b64_encode(Value::Object(claims).to_string())
-        );
-        let signature = self.key.sign(signing_input.as_bytes())?;
-        Ok(format!("{signing_input}.{}", b64_encode(signature)))
+        ))
     }
+}
+
+/// `jwk` with its members in lexicographic order.
+fn sorted(jwk: Value) -> Value {
+    match jwk {
+        Value::Object(members) => {
+            let mut members: Vec<_> = members.into_iter().collect();
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(members.into_iter().collect())
+        }
+        other => other,
+    }
+}
+
+/// 128 random bits, base64url: unique per proof (RFC 9449 section 4.2 `jti`).
+fn fresh_jti() -> String {
+    let mut jti = [0u8; 16];
+    OsRng.fill_bytes(&mut jti);
+    b64_encode(jti)
 }

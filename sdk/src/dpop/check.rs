@@ -158,7 +158,7 @@ mod tests {
             b64_encode(header.to_string()),
             b64_encode(claims.to_string())
         );
-        let signature = key.sign(input.as_bytes()).unwrap();
+        let signature = key.sign(input.as_bytes()).now().unwrap();
         format!("{input}.{}", b64_encode(signature))
     }
 

@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use keybound_sdk::{
-    Client, DeviceKey, Ed25519DeviceKey, ErrorKind, RetryPolicy, TrustLevel, Verifier,
-    jwk_thumbprint,
+    Client, ClientBuilder, DeviceKey, Ed25519DeviceKey, ErrorKind, RetryPolicy, TrustLevel,
+    Verifier, jwk_thumbprint,
 };
 use serde_json::{Value, json};
 use std::collections::{HashSet, VecDeque};
@@ -19,19 +19,19 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-fn api_key() -> String {
+pub fn api_key() -> String {
     format!("sk_test_{}", "A".repeat(61))
 }
 
 /// An answer the fake gives instead of issuing a token.
 #[derive(Clone)]
-struct Scripted {
+pub struct Scripted {
     status: StatusCode,
     code: &'static str,
     retry_after: Option<&'static str>,
 }
 
-fn scripted(status: u16, code: &'static str) -> Scripted {
+pub fn scripted(status: u16, code: &'static str) -> Scripted {
     Scripted {
         status: StatusCode::from_u16(status).unwrap(),
         code,
@@ -40,25 +40,30 @@ fn scripted(status: u16, code: &'static str) -> Scripted {
 }
 
 #[derive(Default)]
-struct Fake {
-    base: String,
-    signer: Option<TestIssuer>,
+pub struct Fake {
+    pub base: String,
+    pub signer: Option<TestIssuer>,
     /// Requests that reached each endpoint, whatever the answer.
-    exchanges: AtomicUsize,
-    refreshes: AtomicUsize,
-    arrivals: Mutex<Vec<Instant>>,
+    pub exchanges: AtomicUsize,
+    pub refreshes: AtomicUsize,
+    pub arrivals: Mutex<Vec<Instant>>,
     /// Answers to give, in order, before behaving normally.
-    exchange_script: Mutex<VecDeque<Scripted>>,
-    refresh_script: Mutex<VecDeque<Scripted>>,
-    expires_in: AtomicU64,
+    pub exchange_script: Mutex<VecDeque<Scripted>>,
+    pub refresh_script: Mutex<VecDeque<Scripted>>,
+    pub expires_in: AtomicU64,
     /// Slows every exchange down, so concurrent callers overlap.
-    delay_ms: AtomicU64,
-    require_nonce: AtomicBool,
-    nonce_demands: AtomicUsize,
-    live_refresh_tokens: Mutex<HashSet<String>>,
-    refresh_bodies: Mutex<Vec<Value>>,
-    exchange_bodies: Mutex<Vec<Value>>,
-    issued: AtomicUsize,
+    pub delay_ms: AtomicU64,
+    pub require_nonce: AtomicBool,
+    pub nonce_demands: AtomicUsize,
+    pub live_refresh_tokens: Mutex<HashSet<String>>,
+    pub refresh_bodies: Mutex<Vec<Value>>,
+    pub exchange_bodies: Mutex<Vec<Value>>,
+    pub issued: AtomicUsize,
+    /// What the fake answers as `trust.attested`.
+    pub attested: Mutex<Option<&'static str>>,
+    pub challenges: AtomicUsize,
+    /// `(body, proof claims)` of each `POST /v1/token/revoke`.
+    pub revocations: Mutex<Vec<(Value, Value)>>,
 }
 
 const NONCE: &str = "server-nonce-1";
@@ -76,6 +81,15 @@ impl Fake {
     /// Checks the proof like the server would (shape, htm, htu, nonce) and returns the
     /// thumbprint of its key, or the error answer to give.
     fn check_proof(&self, headers: &HeaderMap, path: &str) -> Result<String, Scripted> {
+        self.check_proof_claims(headers, path).map(|(jkt, _)| jkt)
+    }
+
+    /// As `check_proof`, also returning the proof's claims.
+    fn check_proof_claims(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Result<(String, Value), Scripted> {
         let proof = headers
             .get("dpop")
             .and_then(|v| v.to_str().ok())
@@ -97,7 +111,7 @@ impl Fake {
             self.nonce_demands.fetch_add(1, Ordering::SeqCst);
             return Err(scripted(400, "USE_DPOP_NONCE"));
         }
-        Ok(jwk_thumbprint(&header["jwk"]).unwrap())
+        Ok((jwk_thumbprint(&header["jwk"]).unwrap(), claims))
     }
 
     fn issue(&self, jkt: &str) -> Response {
@@ -118,7 +132,8 @@ impl Fake {
         let body = json!({
             "access_token": token, "token_type": "DPoP", "expires_in": expires_in,
             "scope": "read:users", "refresh_token": refresh_token, "refresh_expires_in": 86400,
-            "device_id": "dev_1", "trust": {"score": 0.62, "level": "limited"},
+            "device_id": "dev_1",
+            "trust": {"score": 0.62, "level": "limited", "attested": *self.attested.lock().unwrap()},
         });
         ([("cache-control", "no-store")], Json(body)).into_response()
     }
@@ -186,7 +201,34 @@ async fn refresh(
     with_nonce(&fake, response)
 }
 
-async fn fake_keybound() -> Arc<Fake> {
+async fn challenge(State(fake): State<Arc<Fake>>, body: axum::body::Bytes) -> Response {
+    assert!(body.is_empty(), "the challenge request has no body");
+    let n = fake.challenges.fetch_add(1, Ordering::SeqCst) + 1;
+    Json(json!({"challenge": format!("challenge-{n}"), "expires_in": 300})).into_response()
+}
+
+async fn revoke(
+    State(fake): State<Arc<Fake>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let response = match fake.check_proof_claims(&headers, "/v1/token/revoke") {
+        Ok((_, claims)) => {
+            fake.revocations
+                .lock()
+                .unwrap()
+                .push((body.clone(), claims));
+            if let Some(token) = body["token"].as_str() {
+                fake.live_refresh_tokens.lock().unwrap().remove(token);
+            }
+            Json(json!({})).into_response()
+        }
+        Err(s) => error(&s),
+    };
+    with_nonce(&fake, response)
+}
+
+pub async fn fake_keybound() -> Arc<Fake> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let fake = Arc::new(Fake {
@@ -198,19 +240,25 @@ async fn fake_keybound() -> Arc<Fake> {
     let router = Router::new()
         .route("/v1/token", post(exchange))
         .route("/v1/token/refresh", post(refresh))
+        .route("/v1/token/revoke", post(revoke))
+        .route("/v1/attestation/challenge", post(challenge))
         .with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     fake
 }
 
-fn fast_retries() -> RetryPolicy {
+pub fn fast_retries() -> RetryPolicy {
     RetryPolicy::default()
         .max_attempts(4)
         .initial_backoff(Duration::from_millis(20))
         .max_backoff(Duration::from_millis(100))
 }
 
-fn client(fake: &Fake, device: Arc<dyn DeviceKey>) -> Client {
+pub fn client(fake: &Fake, device: Arc<dyn DeviceKey>) -> Client {
+    builder(fake, device).build().unwrap()
+}
+
+pub fn builder(fake: &Fake, device: Arc<dyn DeviceKey>) -> ClientBuilder {
     Client::builder(&fake.base)
         .api_key(api_key().into())
         .device_key(device)
@@ -218,18 +266,19 @@ fn client(fake: &Fake, device: Arc<dyn DeviceKey>) -> Client {
         .device_attributes([("platform", "linux"), ("install_id", "i-1")])
         .scope("read:users")
         .retry_policy(fast_retries())
-        .build()
-        .unwrap()
 }
 
-fn device() -> Arc<dyn DeviceKey> {
+pub fn device() -> Arc<dyn DeviceKey> {
     Arc::new(Ed25519DeviceKey::generate())
 }
 
 #[tokio::test]
 async fn the_exchange_sends_the_contract_request_and_caches_the_token() {
     let fake = fake_keybound().await;
-    let client = client(&fake, device());
+    let client = builder(&fake, device())
+        .default_device_attributes(false)
+        .build()
+        .unwrap();
 
     let first = client.token().await.unwrap();
     let second = client.token().await.unwrap();

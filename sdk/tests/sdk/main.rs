@@ -7,6 +7,7 @@ mod helpers;
 mod extractor;
 
 mod client;
+mod client_session;
 mod revocations;
 mod status;
 mod verifier;

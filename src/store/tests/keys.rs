@@ -209,16 +209,17 @@ pub(super) async fn rotation_links_keys_and_never_extends_the_old_one(db: &mut T
     assert_eq!(all_audit(store).await.len(), 3);
 }
 
-/// A purged key takes its devices along; its refresh tokens, unusable without the key, are not
-/// looked for (that needs an index written on every exchange) and go with the purge of expired
-/// tokens.
-pub(super) async fn purge_takes_devices_along_and_leaves_tokens_to_their_expiry(db: &mut TestDb) {
+/// A purged key takes its devices along; its refresh families, unusable without the key, are
+/// not looked for (that needs an index by key) and go with the purge of expired families.
+pub(super) async fn purge_takes_devices_along_and_leaves_families_to_their_expiry(db: &mut TestDb) {
     let store = &*db.store;
     let (mut expired, d) = key_with_device(store, 'e').await;
-    store
-        .insert_refresh(&refresh(&d, "fam-e", 1))
-        .await
-        .unwrap();
+    assert!(
+        store
+            .advance_refresh_family(0, &family(&d, "fam-e", 1))
+            .await
+            .unwrap()
+    );
     expired.expires_at = Some(T0 + 100);
     store
         .update_key(&expired, &audit("key.update", None))
@@ -226,9 +227,9 @@ pub(super) async fn purge_takes_devices_along_and_leaves_tokens_to_their_expiry(
         .unwrap();
 
     let (_, live_device) = key_with_device(store, 'l').await;
-    let mut live_token = refresh(&live_device, "fam-l", 2);
-    live_token.expires_at = T0 + 2 * 86_400;
-    store.insert_refresh(&live_token).await.unwrap();
+    let mut live_family = family(&live_device, "fam-l", 1);
+    live_family.expires_at = T0 + 2 * 86_400;
+    assert!(store.advance_refresh_family(0, &live_family).await.unwrap());
     let mut forever = key(&key_id('f'));
     forever.expires_at = None;
     store
@@ -245,8 +246,8 @@ pub(super) async fn purge_takes_devices_along_and_leaves_tokens_to_their_expiry(
     assert_eq!(store.get_key(&expired.key_id).await.unwrap(), None);
     assert_eq!(store.get_device(&d.device_id).await.unwrap(), None);
     assert!(
-        store.get_refresh(&[1; 32]).await.unwrap().is_some(),
-        "the purged key's token waits for its own expiry"
+        store.get_refresh_family("fam-e").await.unwrap().is_some(),
+        "the purged key's family waits for its own expiry"
     );
 
     assert!(store.get_key(&forever.key_id).await.unwrap().is_some());
@@ -257,12 +258,12 @@ pub(super) async fn purge_takes_devices_along_and_leaves_tokens_to_their_expiry(
             .unwrap()
             .is_some()
     );
-    assert!(store.get_refresh(&[2; 32]).await.unwrap().is_some());
+    assert!(store.get_refresh_family("fam-l").await.unwrap().is_some());
 
-    // The expiry purge takes the orphaned token (expired at T0 + 86 400), not the live one.
+    // The expiry purge takes the orphaned family (expired at T0 + 86 400), not the live one.
     assert_eq!(store.purge_expired_refresh(T0 + 86_401).await.unwrap(), 1);
-    assert_eq!(store.get_refresh(&[1; 32]).await.unwrap(), None);
-    assert!(store.get_refresh(&[2; 32]).await.unwrap().is_some());
+    assert_eq!(store.get_refresh_family("fam-e").await.unwrap(), None);
+    assert!(store.get_refresh_family("fam-l").await.unwrap().is_some());
 }
 
 pub(super) async fn touch_only_moves_last_use_forward(db: &mut TestDb) {

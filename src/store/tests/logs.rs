@@ -240,8 +240,8 @@ pub(super) async fn revocation_feed_pages_by_cursor(db: &mut TestDb) {
 
 pub(super) async fn data_survives_reopen(db: &mut TestDb) {
     let (k, d) = key_with_device(&*db.store, 'p').await;
-    let t = refresh(&d, "fam-p", 1);
-    db.store.insert_refresh(&t).await.unwrap();
+    let f = family(&d, "fam-p", 1);
+    assert!(db.store.advance_refresh_family(0, &f).await.unwrap());
     db.store
         .append_revocation("key", &k.key_id, T0)
         .await
@@ -251,7 +251,7 @@ pub(super) async fn data_survives_reopen(db: &mut TestDb) {
     let store = &*db.store;
     assert_eq!(store.get_key(&k.key_id).await.unwrap(), Some(k));
     assert_eq!(store.get_device(&d.device_id).await.unwrap(), Some(d));
-    assert_eq!(store.get_refresh(&t.token_hash).await.unwrap(), Some(t));
+    assert_eq!(store.get_refresh_family("fam-p").await.unwrap(), Some(f));
     assert_eq!(store.list_revocations(0, 10).await.unwrap().len(), 1);
     let verdict = audit::verify(store).await.unwrap();
     assert!(

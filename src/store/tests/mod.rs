@@ -135,17 +135,17 @@ conformance!(
     key_updates_are_audited,
     status_changes_are_audited_and_fed_to_verifiers,
     rotation_links_keys_and_never_extends_the_old_one,
-    purge_takes_devices_along_and_leaves_tokens_to_their_expiry,
+    purge_takes_devices_along_and_leaves_families_to_their_expiry,
     touch_only_moves_last_use_forward,
     enrollment_new_existing_and_limit,
     concurrent_enrollments_respect_the_limit,
     concurrent_enrollments_get_distinct_status_indexes,
     device_revoke_and_approve,
     device_usage_is_saved,
-    refresh_tokens_spend_once,
-    expired_refresh_tokens_are_purged,
-    concurrent_spends_have_one_winner,
-    rotation_spends_once_and_inserts_the_successor,
+    refresh_families_advance_once,
+    expired_refresh_families_are_purged,
+    concurrent_first_refreshes_have_one_winner,
+    revoked_families_do_not_advance,
     concurrent_rotations_have_one_winner,
     family_revocation_is_fed_once,
     one_bad_write_fails_only_its_caller,
@@ -222,19 +222,19 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
     }
 }
 
-fn refresh(d: &DeviceRecord, family: &str, n: u8) -> RefreshRecord {
-    RefreshRecord {
-        token_hash: vec![n; 32],
+fn family(d: &DeviceRecord, family: &str, generation: i64) -> FamilyRecord {
+    FamilyRecord {
         family_id: family.to_owned(),
         key_id: d.key_id.clone(),
         device_id: d.device_id.clone(),
         jkt: d.jkt.clone(),
-        scope: "read:users".into(),
-        audience: "https://api.example.com".into(),
-        issued_at: T0,
+        generation,
+        created_at: T0,
+        rotated_at: T0,
         expires_at: T0 + 86_400,
-        spent_at: None,
         revoked_at: None,
+        grace_token: None,
+        grace_until: None,
     }
 }
 

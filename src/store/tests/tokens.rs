@@ -1,50 +1,78 @@
-//! Refresh tokens (spend, rotate, family revocation, group commit) and signing keys.
+//! Refresh families (advance, revocation, purge, group commit) and signing keys.
 
 use super::*;
 
-pub(super) async fn refresh_tokens_spend_once(db: &mut TestDb) {
+pub(super) async fn refresh_families_advance_once(db: &mut TestDb) {
     let store = &*db.store;
     let (_, d) = key_with_device(store, 'k').await;
-    let t = refresh(&d, "fam-1", 1);
-    store.insert_refresh(&t).await.unwrap();
+    assert_eq!(store.get_refresh_family("fam-1").await.unwrap(), None);
+    // Generation 0 is spent by writing the row (at generation 1); once only.
+    let first = family(&d, "fam-1", 1);
+    assert!(store.advance_refresh_family(0, &first).await.unwrap());
     assert_eq!(
-        store.get_refresh(&t.token_hash).await.unwrap(),
-        Some(t.clone())
+        store.get_refresh_family("fam-1").await.unwrap(),
+        Some(first.clone())
     );
-    assert_eq!(store.get_refresh(&[9; 32]).await.unwrap(), None);
-
-    assert!(store.spend_refresh(&t.token_hash, T0 + 5).await.unwrap());
-    assert!(!store.spend_refresh(&t.token_hash, T0 + 6).await.unwrap());
+    let again = FamilyRecord {
+        rotated_at: T0 + 6,
+        ..first.clone()
+    };
+    assert!(!store.advance_refresh_family(0, &again).await.unwrap());
     assert_eq!(
-        store
-            .get_refresh(&t.token_hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .spent_at,
-        Some(T0 + 5)
+        store.get_refresh_family("fam-1").await.unwrap(),
+        Some(first.clone()),
+        "a refused spend changes nothing"
     );
+    // Then each generation once.
+    let second = FamilyRecord {
+        rotated_at: T0 + 10,
+        expires_at: T0 + 10 + 86_400,
+        grace_token: Some(vec![7; 40]),
+        grace_until: Some(T0 + 20),
+        ..family(&d, "fam-1", 2)
+    };
+    assert!(store.advance_refresh_family(1, &second).await.unwrap());
+    assert!(!store.advance_refresh_family(1, &second).await.unwrap());
     assert!(
-        !store.spend_refresh(&[9; 32], T0).await.unwrap(),
-        "unknown tokens are not spent"
+        !store
+            .advance_refresh_family(3, &family(&d, "fam-1", 4))
+            .await
+            .unwrap(),
+        "not the live generation"
     );
+    assert_eq!(
+        store.get_refresh_family("fam-1").await.unwrap(),
+        Some(second)
+    );
+    // The sealed successor is forgotten when its window ends, not before.
+    assert_eq!(store.clear_refresh_grace(T0 + 20).await.unwrap(), 0);
+    assert_eq!(store.clear_refresh_grace(T0 + 21).await.unwrap(), 1);
+    let cleared = store.get_refresh_family("fam-1").await.unwrap().unwrap();
+    assert_eq!((cleared.grace_token, cleared.grace_until), (None, None));
+    assert!(
+        !store
+            .advance_refresh_family(1, &family(&d, "fam-unknown", 2))
+            .await
+            .unwrap(),
+        "an unknown family past generation 0 is not advanced"
+    );
+    assert_eq!(store.get_refresh_family("fam-unknown").await.unwrap(), None);
 }
 
-pub(super) async fn expired_refresh_tokens_are_purged(db: &mut TestDb) {
+pub(super) async fn expired_refresh_families_are_purged(db: &mut TestDb) {
     let store = &*db.store;
     let (_, d) = key_with_device(store, 'x').await;
     // More than one purge statement's worth, half of them expired.
-    let tokens: Vec<RefreshRecord> = (0..12_000u32)
-        .map(|i| RefreshRecord {
-            token_hash: <sha2::Sha256 as sha2::Digest>::digest(i.to_be_bytes()).to_vec(),
+    let families: Vec<FamilyRecord> = (0..12_000u32)
+        .map(|i| FamilyRecord {
             expires_at: T0 + i64::from(i % 2) * 1_000,
-            spent_at: (i % 3 == 0).then_some(T0 - 10),
-            ..refresh(&d, &format!("fam-x{i}"), 0)
+            revoked_at: (i % 3 == 0).then_some(T0 - 10),
+            ..family(&d, &format!("fam-x{i}"), 1)
         })
         .collect();
-    let writes = tokens.iter().map(|t| store.insert_refresh(t));
+    let writes = families.iter().map(|f| store.advance_refresh_family(0, f));
     for w in futures::future::join_all(writes).await {
-        w.unwrap();
+        assert!(w.unwrap());
     }
     assert_eq!(
         store.purge_expired_refresh(T0).await.unwrap(),
@@ -52,20 +80,26 @@ pub(super) async fn expired_refresh_tokens_are_purged(db: &mut TestDb) {
         "none yet"
     );
     assert_eq!(store.purge_expired_refresh(T0 + 1).await.unwrap(), 6_000);
-    for t in &tokens {
-        let kept = store.get_refresh(&t.token_hash).await.unwrap().is_some();
-        assert_eq!(kept, t.expires_at > T0, "{t:?}");
+    for f in &families {
+        let kept = store
+            .get_refresh_family(&f.family_id)
+            .await
+            .unwrap()
+            .is_some();
+        assert_eq!(kept, f.expires_at > T0, "{f:?}");
     }
     assert_eq!(store.purge_expired_refresh(T0 + 1).await.unwrap(), 0);
 }
 
-pub(super) async fn concurrent_spends_have_one_winner(db: &mut TestDb) {
+pub(super) async fn concurrent_first_refreshes_have_one_winner(db: &mut TestDb) {
     let (_, d) = key_with_device(&*db.store, 'w').await;
-    let t = refresh(&d, "fam-w", 1);
-    db.store.insert_refresh(&t).await.unwrap();
     let spends = (0..10).map(|i| {
         let store = db.store.clone();
-        tokio::spawn(async move { store.spend_refresh(&[1; 32], T0 + i).await })
+        let next = FamilyRecord {
+            rotated_at: T0 + i,
+            ..family(&d, "fam-w", 1)
+        };
+        tokio::spawn(async move { store.advance_refresh_family(0, &next).await })
     });
     let mut wins = 0;
     for s in spends.collect::<Vec<_>>() {
@@ -74,115 +108,118 @@ pub(super) async fn concurrent_spends_have_one_winner(db: &mut TestDb) {
     assert_eq!(wins, 1);
 }
 
-pub(super) async fn rotation_spends_once_and_inserts_the_successor(db: &mut TestDb) {
+pub(super) async fn revoked_families_do_not_advance(db: &mut TestDb) {
     let store = &*db.store;
     let (_, d) = key_with_device(store, 'g').await;
-    let first = refresh(&d, "fam-g", 1);
-    store.insert_refresh(&first).await.unwrap();
-
-    let second = refresh(&d, "fam-g", 2);
     assert!(
         store
-            .rotate_refresh(&first.token_hash, &second, T0 + 10)
+            .advance_refresh_family(0, &family(&d, "fam-g", 1))
             .await
             .unwrap()
     );
     assert_eq!(
         store
-            .get_refresh(&first.token_hash)
+            .revoke_refresh_family(&family(&d, "fam-g", 1), T0 + 12)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        !store
+            .advance_refresh_family(1, &family(&d, "fam-g", 2))
             .await
             .unwrap()
-            .unwrap()
-            .spent_at,
-        Some(T0 + 10)
     );
+    let row = store.get_refresh_family("fam-g").await.unwrap().unwrap();
+    assert_eq!((row.generation, row.revoked_at), (1, Some(T0 + 12)));
+
+    // A family revoked before its first refresh gets its row, revoked: its first token (of
+    // generation 0) cannot be spent afterwards.
+    let unrefreshed = FamilyRecord {
+        generation: 0,
+        ..family(&d, "fam-h", 0)
+    };
     assert_eq!(
-        store.get_refresh(&second.token_hash).await.unwrap(),
-        Some(second.clone())
+        store
+            .revoke_refresh_family(&unrefreshed, T0 + 13)
+            .await
+            .unwrap(),
+        1
     );
-
-    // The spent token cannot be rotated again, and its would-be successor is not stored.
-    let stray = refresh(&d, "fam-g", 3);
     assert!(
         !store
-            .rotate_refresh(&first.token_hash, &stray, T0 + 11)
+            .advance_refresh_family(0, &family(&d, "fam-h", 1))
             .await
             .unwrap()
     );
-    assert_eq!(store.get_refresh(&stray.token_hash).await.unwrap(), None);
-
-    // Nor can a revoked one.
-    store.revoke_refresh_family("fam-g", T0 + 12).await.unwrap();
-    assert!(
-        !store
-            .rotate_refresh(&second.token_hash, &stray, T0 + 13)
-            .await
-            .unwrap()
-    );
-    assert_eq!(store.get_refresh(&stray.token_hash).await.unwrap(), None);
+    let row = store.get_refresh_family("fam-h").await.unwrap().unwrap();
+    assert_eq!((row.generation, row.revoked_at), (0, Some(T0 + 13)));
 }
 
 pub(super) async fn concurrent_rotations_have_one_winner(db: &mut TestDb) {
     let (_, d) = key_with_device(&*db.store, 'y').await;
-    db.store
-        .insert_refresh(&refresh(&d, "fam-y", 1))
-        .await
-        .unwrap();
-    let rotations = (0..10u8).map(|i| {
-        let (store, next) = (db.store.clone(), refresh(&d, "fam-y", 10 + i));
-        tokio::spawn(async move { store.rotate_refresh(&[1; 32], &next, T0).await })
+    assert!(
+        db.store
+            .advance_refresh_family(0, &family(&d, "fam-y", 1))
+            .await
+            .unwrap()
+    );
+    let rotations = (0..10i64).map(|i| {
+        let store = db.store.clone();
+        let next = FamilyRecord {
+            rotated_at: T0 + 100 + i,
+            ..family(&d, "fam-y", 2)
+        };
+        tokio::spawn(async move { store.advance_refresh_family(1, &next).await })
     });
     let mut wins = 0;
     for r in rotations.collect::<Vec<_>>() {
         wins += usize::from(r.await.unwrap().unwrap());
     }
     assert_eq!(wins, 1);
-    let mut successors = 0;
-    for i in 0..10u8 {
-        successors += usize::from(db.store.get_refresh(&[10 + i; 32]).await.unwrap().is_some());
-    }
-    assert_eq!(successors, 1, "only the winner's successor is stored");
+    let row = db.store.get_refresh_family("fam-y").await.unwrap().unwrap();
+    assert_eq!(row.generation, 2, "advanced once");
 }
 
 pub(super) async fn family_revocation_is_fed_once(db: &mut TestDb) {
     let store = &*db.store;
     let (_, d) = key_with_device(store, 'm').await;
-    for n in 1..=3 {
-        store
-            .insert_refresh(&refresh(&d, "fam-m", n))
-            .await
-            .unwrap();
+    for f in ["fam-m", "fam-other"] {
+        assert!(
+            store
+                .advance_refresh_family(0, &family(&d, f, 1))
+                .await
+                .unwrap()
+        );
     }
-    store
-        .insert_refresh(&refresh(&d, "fam-other", 4))
-        .await
-        .unwrap();
-
-    assert_eq!(
-        store.revoke_refresh_family("fam-m", T0 + 7).await.unwrap(),
-        3
-    );
     assert_eq!(
         store
-            .get_refresh(&[2; 32])
+            .revoke_refresh_family(&family(&d, "fam-m", 1), T0 + 7)
+            .await
+            .unwrap(),
+        1
+    );
+    let revoked_at = |f: &'static str| async move {
+        store
+            .get_refresh_family(f)
             .await
             .unwrap()
             .unwrap()
-            .revoked_at,
-        Some(T0 + 7)
-    );
+            .revoked_at
+    };
+    assert_eq!(revoked_at("fam-m").await, Some(T0 + 7));
+    assert_eq!(revoked_at("fam-other").await, None);
     assert_eq!(
         store
-            .get_refresh(&[4; 32])
+            .revoke_refresh_family(&family(&d, "fam-m", 1), T0 + 8)
             .await
-            .unwrap()
-            .unwrap()
-            .revoked_at,
-        None
-    );
-    assert_eq!(
-        store.revoke_refresh_family("fam-m", T0 + 8).await.unwrap(),
+            .unwrap(),
         0
+    );
+    assert_eq!(
+        revoked_at("fam-m").await,
+        Some(T0 + 7),
+        "the first revocation stays"
     );
     assert_eq!(
         all_revocations(store).await,
@@ -190,42 +227,48 @@ pub(super) async fn family_revocation_is_fed_once(db: &mut TestDb) {
     );
 }
 
+/// A family write that breaks a constraint (a negative generation) among concurrent ones.
+fn bad_family(d: &DeviceRecord, id: &str) -> FamilyRecord {
+    FamilyRecord {
+        generation: -1,
+        ..family(d, id, 1)
+    }
+}
+
 pub(super) async fn one_bad_write_fails_only_its_caller(db: &mut TestDb) {
     let (_, d) = key_with_device(&*db.store, 'j').await;
-    // Token 17 exists already, in another family.
-    db.store
-        .insert_refresh(&refresh(&d, "fam-before", 17))
-        .await
-        .unwrap();
-    // 40 concurrent inserts, most likely sharing transactions; the 17th repeats a primary key.
-    let inserts = (0..40u8).map(|n| {
+    // 40 concurrent first refreshes, most likely sharing transactions; the 17th breaks a
+    // constraint.
+    let writes = (0..40u8).map(|n| {
         let store = db.store.clone();
-        let t = refresh(&d, "fam-j", n);
-        tokio::spawn(async move { store.insert_refresh(&t).await })
+        let f = if n == 17 {
+            bad_family(&d, &format!("fam-j{n}"))
+        } else {
+            family(&d, &format!("fam-j{n}"), 1)
+        };
+        tokio::spawn(async move { store.advance_refresh_family(0, &f).await })
     });
-    for (n, i) in inserts.collect::<Vec<_>>().into_iter().enumerate() {
-        let result = i.await.unwrap();
-        assert_eq!(result.is_err(), n == 17, "insert {n}: {result:?}");
-        let stored = db.store.get_refresh(&[n as u8; 32]).await.unwrap();
-        let family = stored.map(|t| t.family_id);
-        let expected = if n == 17 { "fam-before" } else { "fam-j" };
+    for (n, w) in writes.collect::<Vec<_>>().into_iter().enumerate() {
+        let result = w.await.unwrap();
+        assert_eq!(result.is_err(), n == 17, "write {n}: {result:?}");
+        let stored = db
+            .store
+            .get_refresh_family(&format!("fam-j{n}"))
+            .await
+            .unwrap();
         assert_eq!(
-            family.as_deref(),
-            Some(expected),
-            "insert {n}: acknowledged means stored, refused means unchanged"
+            stored.is_some(),
+            n != 17,
+            "write {n}: acknowledged means stored, refused means unchanged"
         );
     }
 }
 
-/// Usage batches written next to concurrent token writes (through the same group commit) come
-/// out whole, with sizes that cross the writer's statement chunks, and a bad token write in
+/// Usage batches written next to concurrent family writes (through the same group commit) come
+/// out whole, with sizes that cross the writer's statement chunks, and a bad family write in
 /// their transaction neither loses nor fails them.
 pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
     let (k, d) = key_with_device(&*db.store, 'u').await;
-    db.store
-        .insert_refresh(&refresh(&d, "fam-before", 17))
-        .await
-        .unwrap();
     let event = |i: usize| UsageEvent {
         key_id: k.key_id.clone(),
         // Two minutes: T0 (bucket start) and T0 + 60.
@@ -246,13 +289,20 @@ pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
         ));
         for n in 0..14u8 {
             let store = db.store.clone();
-            let t = refresh(&d, "fam-u", batch as u8 * 14 + n);
-            writes.push(tokio::spawn(async move { store.insert_refresh(&t).await }));
+            let n = batch as u8 * 14 + n;
+            let f = if n == 17 {
+                bad_family(&d, &format!("fam-u{n}"))
+            } else {
+                family(&d, &format!("fam-u{n}"), 1)
+            };
+            writes.push(tokio::spawn(async move {
+                store.advance_refresh_family(0, &f).await.map(drop)
+            }));
         }
     }
     for (i, w) in writes.into_iter().enumerate() {
         let result = w.await.unwrap();
-        // Write 19 is the token with hash 17 (usage at 0, tokens 0..=13 at 1..=14, usage at
+        // Write 19 is the bad family write, number 17 (usage at 0, tokens 0..=13 at 1..=14, usage at
         // 15, tokens 14.. from 16).
         assert_eq!(result.is_err(), i == 19, "write {i}: {result:?}");
     }

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 /// Reads the key at `path`, or stores the one `create` makes there and returns it.
-pub(super) fn load_or_create(
+pub(crate) fn load_or_create(
     path: &Path,
     create: impl FnOnce() -> Result<Zeroizing<Vec<u8>>>,
 ) -> Result<Zeroizing<Vec<u8>>> {
@@ -47,7 +47,7 @@ fn file_error(path: &Path, e: io::Error) -> Error {
 }
 
 /// A name in the same directory, so the final link or rename stays on one filesystem.
-fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(|| "device-key".into(), |n| n.to_string_lossy());
@@ -57,7 +57,7 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{suffix}.tmp"))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -70,7 +70,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
-fn read_private(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn read_private(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
     let mut file = File::open(path)?;
     #[cfg(unix)]
     {
@@ -90,7 +90,7 @@ fn read_private(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
 
 /// Makes the new directory entry durable; best effort, as not every platform can open a
 /// directory.
-fn sync_parent(path: &Path) {
+pub(crate) fn sync_parent(path: &Path) {
     if let Some(parent) = path.parent() {
         let parent = if parent.as_os_str().is_empty() {
             Path::new(".")

@@ -1,0 +1,232 @@
+//! The foreign bindings, generated from the built library the way an app's build does it
+//! (uniffi's library mode), and the Python ones run against real keybound servers.
+//!
+//! - Kotlin and Swift are generated on every run, so a change that breaks their generation
+//!   fails here; they cannot be compiled on this machine (no Kotlin or Swift toolchain).
+//! - Python is generated, loaded with the cdylib, and `tests/python/test_keybound.py` runs
+//!   against three servers started in this process. It needs `python3` with `cryptography`
+//!   (found, or installed into a throwaway venv from PyPI). Without `python3` the test is
+//!   skipped, except under `CI=true`, where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use camino::Utf8PathBuf;
+use keybound::config::ServeArgs;
+use keybound::server::Running;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+const ADMIN_TOKEN: &str = "binding-tests-admin-token-0123456789abcdef";
+
+/// The cdylib cargo built for this test (next to the test binary, or one level up).
+fn cdylib() -> PathBuf {
+    let name = format!(
+        "{}keybound_ffi{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir");
+    [
+        deps.join(&name),
+        deps.parent().expect("profile dir").join(&name),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("{name} not found near {}", deps.display()))
+}
+
+fn generate(language: uniffi::TargetLanguage, out: &Path) {
+    uniffi::generate(uniffi::GenerateOptions {
+        languages: vec![language.clone()],
+        source: Utf8PathBuf::from_path_buf(cdylib()).expect("UTF-8 path"),
+        out_dir: Utf8PathBuf::from_path_buf(out.to_owned()).expect("UTF-8 path"),
+        config_override: None,
+        // No ktlint/swiftformat here; formatting is cosmetic.
+        format: false,
+        crate_filter: None,
+        metadata_no_deps: true,
+    })
+    .unwrap_or_else(|e| panic!("{language:?} bindings: {e:#}"));
+}
+
+fn read_all(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in walk(dir) {
+        text.push_str(&std::fs::read_to_string(entry).unwrap_or_default());
+    }
+    text
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("out dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn kotlin_and_swift_bindings_generate_with_the_whole_surface() {
+    let out = tempfile::tempdir().unwrap();
+    generate(uniffi::TargetLanguage::Kotlin, &out.path().join("kotlin"));
+    generate(uniffi::TargetLanguage::Swift, &out.path().join("swift"));
+
+    let kotlin = read_all(&out.path().join("kotlin"));
+    let swift = read_all(&out.path().join("swift"));
+    for name in [
+        "KeyboundClient",
+        "DeviceSigner",
+        "SessionStore",
+        "AttestationProvider",
+        "StoredSession",
+        "ClientConfig",
+        "KeyboundException",
+    ] {
+        assert!(kotlin.contains(name), "Kotlin lacks {name}");
+    }
+    for name in [
+        "KeyboundClient",
+        "DeviceSigner",
+        "SessionStore",
+        "AttestationProvider",
+        "StoredSession",
+        "ClientConfig",
+        "KeyboundError",
+    ] {
+        assert!(swift.contains(name), "Swift lacks {name}");
+    }
+    assert!(
+        kotlin.contains("suspend fun `sign`"),
+        "Kotlin: sign is a suspend function"
+    );
+    assert!(
+        swift.contains("func sign(message: Data) async throws"),
+        "Swift: sign is async"
+    );
+    assert!(
+        walk(&out.path().join("swift"))
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "modulemap")),
+        "Swift needs its module map"
+    );
+}
+
+/// `python3` with `cryptography`: the system one if it has it, else a venv in `scratch`.
+fn python(scratch: &Path) -> Option<PathBuf> {
+    let works = |python: &Path, code: &str| {
+        Command::new(python)
+            .args(["-c", code])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let system = PathBuf::from("python3");
+    if !works(&system, "import sys") {
+        return None;
+    }
+    if works(&system, "import cryptography") {
+        return Some(system);
+    }
+    let venv = scratch.join("venv");
+    let status = Command::new(&system)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(status.success(), "cannot create a venv");
+    let python = venv.join("bin").join("python3");
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "cryptography"])
+        .status()
+        .expect("pip");
+    assert!(status.success(), "cannot install cryptography from PyPI");
+    Some(python)
+}
+
+async fn server(scratch: &Path, name: &str, configure: impl FnOnce(&mut ServeArgs)) -> Running {
+    let dir = scratch.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = keybound::store::open(&format!("sqlite://{}", dir.join("keybound.db").display()))
+        .await
+        .expect("store");
+    let mut args = ServeArgs::for_tests();
+    args.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+    configure(&mut args);
+    keybound::server::start(args, store)
+        .await
+        .expect("server starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_bindings_pass_their_suite_against_real_servers() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(python) = python(scratch.path()) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is missing and CI=true: the Python binding tests must run"
+        );
+        eprintln!("skipped: python3 not found");
+        return;
+    };
+
+    // The bindings and the library they load, side by side.
+    let bindings = scratch.path().join("bindings");
+    generate(uniffi::TargetLanguage::Python, &bindings);
+    let library = cdylib();
+    std::fs::copy(&library, bindings.join(library.file_name().unwrap())).unwrap();
+
+    // Three servers: short tokens (a refresh comes within the test), nonces, and HTTPS.
+    let plain = server(scratch.path(), "plain", |a| a.access_ttl_seconds = 3).await;
+    let nonce = server(scratch.path(), "nonce", |a| a.require_dpop_nonce = true).await;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (
+        scratch.path().join("tls.crt"),
+        scratch.path().join("tls.key"),
+    );
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    // The pin from rcgen's own encoding of the key, not from the SDK's certificate parsing.
+    let pin = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(
+        rcgen::PublicKeyData::subject_public_key_info(&cert.signing_key),
+    ));
+    let tls = server(scratch.path(), "tls", |a| {
+        a.tls_cert = Some(cert_path.clone());
+        a.tls_key = Some(key_path.clone());
+    })
+    .await;
+
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_keybound.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(&suite)
+        .env("PYTHONPATH", &bindings)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("KB_URL", format!("http://{}", plain.addr))
+        .env("KB_NONCE_URL", format!("http://{}", nonce.addr))
+        .env("KB_TLS_URL", format!("https://{}", tls.addr))
+        .env("KB_TLS_CA", &cert_path)
+        .env("KB_TLS_PIN", &pin)
+        .env("KB_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .expect("python3 runs");
+    let report = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{report}");
+    for server in [plain, nonce, tls] {
+        server.stop().await;
+    }
+    assert!(
+        output.status.success(),
+        "the Python suite failed:\n{report}"
+    );
+    assert!(
+        report.contains("Ran 7 tests"),
+        "every Python test was collected:\n{report}"
+    );
+}
