@@ -1,14 +1,14 @@
-//! Small JOSE helpers shared by the proof builder, the verifier and the client: base64url,
-//! compact-JWS splitting, RFC 7638 thumbprints and the clock.
+//! Small JOSE helpers shared by the proof builder, the verifier and the client: base64url and
+//! the clock. Compact-JWS splitting, RFC 7638 thumbprints and the DPoP proof checks are the
+//! `keybound-jose` crate's, shared with the server.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// JWS uses base64url without padding everywhere (RFC 7515 section 2).
 pub(crate) fn b64_encode(bytes: impl AsRef<[u8]>) -> String {
@@ -31,46 +31,7 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A compact JWS cut into its parts, with the header and payload decoded as JSON. Decoding
-/// says nothing about validity: callers check the header before trusting anything else.
-pub(crate) struct CompactJws<'a> {
-    pub(crate) header: Value,
-    pub(crate) payload_b64: &'a str,
-    pub(crate) signing_input: &'a str,
-    pub(crate) signature: Vec<u8>,
-}
-
-impl<'a> CompactJws<'a> {
-    /// `None` unless the text is exactly three base64url parts with a JSON-object header.
-    pub(crate) fn split(token: &'a str) -> Option<Self> {
-        let mut parts = token.split('.');
-        let (header_b64, payload_b64, signature_b64) =
-            (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let header: Value = serde_json::from_slice(&b64_decode(header_b64)?).ok()?;
-        if !header.is_object() {
-            return None;
-        }
-        Some(Self {
-            header,
-            payload_b64,
-            signing_input: &token[..header_b64.len() + 1 + payload_b64.len()],
-            signature: b64_decode(signature_b64)?,
-        })
-    }
-
-    /// A string member of the header.
-    pub(crate) fn header_str(&self, name: &str) -> Option<&str> {
-        self.header.get(name).and_then(Value::as_str)
-    }
-
-    /// The payload decoded into `T`; only call once the signature has been verified.
-    pub(crate) fn claims<T: DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_slice(&b64_decode(self.payload_b64)?).ok()
-    }
-}
+pub(crate) use keybound_jose::CompactJws;
 
 /// The RFC 7638 JWK thumbprint (SHA-256, base64url) of a public JWK.
 ///
@@ -90,78 +51,29 @@ impl<'a> CompactJws<'a> {
 /// );
 /// ```
 pub fn jwk_thumbprint(jwk: &Value) -> Result<String> {
-    let member = |name: &str| -> Result<String> {
-        let value = jwk.get(name).and_then(Value::as_str).ok_or_else(|| {
-            Error::new(ErrorKind::Config).with_message(format!("JWK lacks a string `{name}`"))
-        })?;
-        // serde_json writes a JSON string with the minimal escaping RFC 7638 section 3.3 asks for.
-        Ok(serde_json::to_string(value).expect("a string always serializes"))
-    };
-    let canonical = match jwk.get("kty").and_then(Value::as_str) {
-        Some("OKP") => format!(
-            r#"{{"crv":{},"kty":"OKP","x":{}}}"#,
-            member("crv")?,
-            member("x")?
-        ),
-        Some("EC") => format!(
-            r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
-            member("crv")?,
-            member("x")?,
-            member("y")?
-        ),
-        Some("RSA") => format!(
-            r#"{{"e":{},"kty":"RSA","n":{}}}"#,
-            member("e")?,
-            member("n")?
-        ),
-        _ => return Err(Error::config("JWK has no supported `kty`")),
-    };
-    Ok(sha256_b64(canonical))
+    keybound_jose::jwk_thumbprint(jwk).map_err(|e| Error::config(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use serde_json::json;
 
+    // The RFC 7638 and RFC 8037 vectors run in `keybound-jose`; here only the SDK's mapping.
     #[test]
-    fn thumbprint_matches_rfc7638_rsa_example() {
-        // RFC 7638 section 3.1.
-        let jwk = json!({
-            "kty": "RSA",
-            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
-            "e": "AQAB",
-            "alg": "RS256",
-            "kid": "2011-04-29",
-        });
+    fn thumbprint_errors_are_config_errors() {
+        for jwk in [
+            json!({"kty": "OKP", "crv": "Ed25519"}),
+            json!({"kty": "oct", "k": "c2VjcmV0"}),
+        ] {
+            let err = jwk_thumbprint(&jwk).unwrap_err();
+            assert_eq!(err.kind(), &ErrorKind::Config, "{jwk}");
+        }
+        let rsa = json!({"kty": "RSA", "e": "AQAB", "n": "0vx7"});
         assert_eq!(
-            jwk_thumbprint(&jwk).unwrap(),
-            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+            jwk_thumbprint(&rsa).unwrap(),
+            keybound_jose::jwk_thumbprint(&rsa).unwrap()
         );
-    }
-
-    #[test]
-    fn thumbprint_ignores_optional_members_and_order() {
-        let a = json!({"kty": "OKP", "crv": "Ed25519", "x": "abc"});
-        let b = json!({"x": "abc", "use": "sig", "crv": "Ed25519", "kty": "OKP", "kid": "k1"});
-        assert_eq!(jwk_thumbprint(&a).unwrap(), jwk_thumbprint(&b).unwrap());
-    }
-
-    #[test]
-    fn thumbprint_refuses_incomplete_keys() {
-        assert!(jwk_thumbprint(&json!({"kty": "OKP", "crv": "Ed25519"})).is_err());
-        assert!(jwk_thumbprint(&json!({"kty": "oct", "k": "c2VjcmV0"})).is_err());
-    }
-
-    #[test]
-    fn split_refuses_wrong_shapes() {
-        assert!(CompactJws::split("a.b").is_none());
-        assert!(CompactJws::split("a.b.c.d").is_none());
-        assert!(CompactJws::split("!!.e30.").is_none());
-        let header = b64_encode(br#"{"alg":"EdDSA"}"#);
-        let jws = format!("{header}.e30.");
-        let parsed = CompactJws::split(&jws).unwrap();
-        assert_eq!(parsed.header_str("alg"), Some("EdDSA"));
-        assert_eq!(parsed.signing_input, format!("{header}.e30"));
     }
 }

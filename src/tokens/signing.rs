@@ -24,7 +24,7 @@ use ed25519_dalek::{Signer as _, VerifyingKey};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// The JWS `typ` of access tokens (RFC 9068 section 2.1).
@@ -65,17 +65,9 @@ pub enum KeyError {
     KidMismatch,
 }
 
-/// The RFC 7638 JWK thumbprint (SHA-256, base64url without padding) of an Ed25519 public key.
-///
-/// RFC 7638 section 3.2 hashes only the required members, in lexicographic order and without
-/// whitespace; for an OKP key those are `crv`, `kty`, `x` (RFC 8037 section 2). Building the
-/// string by hand is safe because every member is base64url or a fixed ASCII name, so nothing
-/// needs JSON escaping.
-pub fn ed25519_jwk_thumbprint(public_key: &[u8; 32]) -> String {
-    let x = URL_SAFE_NO_PAD.encode(public_key);
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-}
+/// The RFC 7638 JWK thumbprint (SHA-256, base64url without padding) of an Ed25519 public
+/// key: the signing keys' `kid`. Written once, in `keybound-jose`, for the server and the SDK.
+pub use keybound_jose::ed25519_thumbprint as ed25519_jwk_thumbprint;
 
 fn unix_now() -> u64 {
     SystemTime::now()

@@ -1,18 +1,17 @@
 //! Checking a DPoP proof at a resource server (RFC 9449 section 4.3, with the `ath` and key
 //! binding checks of section 7.1).
+//!
+//! The section 4.3 checks are `keybound-jose`'s, the same code the server runs at its token
+//! endpoints. What is here is the resource server's own: the `ath` binding to the access
+//! token, the cache of proof keys, and the mapping to [`InvalidTokenReason`].
 
-use ed25519_dalek::{Signature as EdSignature, VerifyingKey as EdVerifyingKey};
-use p256::EncodedPoint;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature as EcSignature, VerifyingKey as EcVerifyingKey};
-use serde::Deserialize;
-use serde_json::Value;
+use keybound_jose::dpop::{DEFAULT_MAX_PROOF_BYTES, KeyCache, ProofCheck, verify_proof};
+use keybound_jose::{CheckedJwk, Curve, PublicKey};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{PRIVATE_JWK_MEMBERS, PROOF_ALGS, PROOF_TYP, htu};
 use crate::error::InvalidTokenReason;
-use crate::jose::{CompactJws, b64_decode, jwk_thumbprint, sha256_b64};
+use crate::jose::sha256_b64;
 
 /// What the request says a proof must match.
 pub(crate) struct ProofExpectations<'a> {
@@ -34,71 +33,46 @@ pub(crate) struct CheckedProof {
     /// The RFC 7638 thumbprint of the proof's key; the caller compares it with `cnf.jkt`.
     pub(crate) jkt: String,
     pub(crate) jti: String,
-    pub(crate) iat: u64,
+    pub(crate) iat: i64,
 }
 
-#[derive(Deserialize)]
-struct ProofClaims {
-    jti: String,
-    htm: String,
-    htu: String,
-    iat: u64,
-    ath: Option<String>,
-}
-
-/// Checks `proof` in the order of RFC 9449 section 4.3: shape, `typ`, `alg`, key, signature,
-/// then the claims. The replay check is the caller's, done last so that refused proofs never
-/// fill the replay cache.
+/// Checks `proof` in the order of RFC 9449 section 4.3 (size, shape, `alg`, `typ`, `crit`,
+/// key, signature, then `jti`, `htm`, `htu`, `iat`), then `ath`. The replay check is the
+/// caller's, done last so that refused proofs never fill the replay cache.
 pub(crate) fn check_proof(
     proof: &str,
     keys: &ProofKeys,
     expect: &ProofExpectations<'_>,
 ) -> Result<CheckedProof, InvalidTokenReason> {
-    use InvalidTokenReason::*;
-    let jws = CompactJws::split(proof).ok_or(InvalidProof)?;
-    if jws.header_str("typ") != Some(PROOF_TYP) {
-        return Err(InvalidProof);
-    }
-    // The allow list comes before any use of the key, so `none` or an HMAC "signature" made
-    // with the public key as the secret never reach a verifier.
-    let alg = jws.header_str("alg").ok_or(InvalidProof)?;
-    if !PROOF_ALGS.contains(&alg) {
-        return Err(InvalidProof);
-    }
-    let jwk = jws
-        .header
-        .get("jwk")
-        .filter(|j| j.is_object())
-        .ok_or(InvalidProof)?;
-    if PRIVATE_JWK_MEMBERS.iter().any(|m| jwk.get(m).is_some()) {
-        return Err(InvalidProof);
-    }
-    let jkt = keys
-        .verify(alg, jwk, jws.signing_input.as_bytes(), &jws.signature)
-        .ok_or(InvalidProof)?;
-
-    let claims: ProofClaims = jws.claims().ok_or(InvalidProof)?;
-    if claims.jti.is_empty() {
-        return Err(InvalidProof);
-    }
-    if claims.htm != expect.method {
-        return Err(ProofMethodMismatch);
-    }
-    // Clients normally send the normalised form already; parsing is the slow path.
-    if claims.htu != expect.htu && htu(&claims.htu).ok().as_deref() != Some(expect.htu) {
-        return Err(ProofUrlMismatch);
-    }
-    if claims.iat.abs_diff(expect.now) > expect.window {
-        return Err(ProofTimeInvalid);
-    }
-    if claims.ath.as_deref() != Some(sha256_b64(expect.access_token).as_str()) {
-        return Err(ProofTokenHashMismatch);
+    let check = ProofCheck {
+        htm: expect.method,
+        htu: expect.htu,
+        now: i64::try_from(expect.now).unwrap_or(i64::MAX),
+        iat_leeway_secs: expect.window,
+        max_proof_bytes: DEFAULT_MAX_PROOF_BYTES,
+    };
+    let verified = verify_proof(proof, &check, keys).map_err(|e| reason(&e))?;
+    if verified.ath.as_deref() != Some(sha256_b64(expect.access_token).as_str()) {
+        return Err(InvalidTokenReason::ProofTokenHashMismatch);
     }
     Ok(CheckedProof {
-        jkt,
-        jti: claims.jti,
-        iat: claims.iat,
+        jkt: verified.jkt,
+        jti: verified.jti,
+        iat: verified.iat,
     })
+}
+
+/// The SDK's reason for a refusal of the core. Only the request-binding checks have reasons of
+/// their own; everything else says the proof is not a valid proof at all.
+fn reason(error: &keybound_jose::Error) -> InvalidTokenReason {
+    use keybound_jose::Error;
+    match error {
+        Error::HtmMismatch => InvalidTokenReason::ProofMethodMismatch,
+        // An expected URL the core cannot normalise can match no proof but its exact copy.
+        Error::HtuMismatch | Error::InvalidExpectedHtu => InvalidTokenReason::ProofUrlMismatch,
+        Error::IatOutsideWindow => InvalidTokenReason::ProofTimeInvalid,
+        _ => InvalidTokenReason::InvalidProof,
+    }
 }
 
 /// Most Ed25519 proof keys remembered; the map is emptied when it is full.
@@ -107,59 +81,37 @@ const PROOF_KEYS_CAPACITY: usize = 10_000;
 /// Ed25519 proof keys seen recently, decompressed, with their thumbprints. A device signs all
 /// its proofs with one key, and decompressing the point and hashing the thumbprint cost about
 /// a tenth of checking the signature: with this they are paid once per device rather than once
-/// per request. Only keys whose signature verified are remembered, and the map is bounded, so
+/// per request. The core hands over only keys whose signature verified, and asks only about
+/// JWKs without private members whose type fits the proof's `alg`; the map is bounded, so
 /// made-up keys cannot grow it.
 #[derive(Default)]
 pub(crate) struct ProofKeys {
-    ed25519: Mutex<HashMap<String, (EdVerifyingKey, String)>>,
+    ed25519: Mutex<HashMap<String, PublicKey>>,
+}
+
+impl KeyCache for ProofKeys {
+    fn get(&self, jwk: &CheckedJwk<'_>) -> Option<PublicKey> {
+        // For Ed25519 the key is a function of `x` alone.
+        if jwk.curve() != Curve::Ed25519 {
+            return None;
+        }
+        self.lock().get(jwk.member("x")?).cloned()
+    }
+
+    fn put(&self, jwk: &CheckedJwk<'_>, key: &PublicKey) {
+        let (Curve::Ed25519, Some(x)) = (jwk.curve(), jwk.member("x")) else {
+            return;
+        };
+        let mut keys = self.lock();
+        if keys.len() >= PROOF_KEYS_CAPACITY {
+            keys.clear();
+        }
+        keys.insert(x.to_owned(), key.clone());
+    }
 }
 
 impl ProofKeys {
-    /// The RFC 7638 thumbprint of `jwk` when `signature` over `message` verifies with it under
-    /// `alg` and the key type fits the algorithm (an EC key cannot be used with `EdDSA`, nor
-    /// the reverse); `None` otherwise.
-    fn verify(&self, alg: &str, jwk: &Value, message: &[u8], signature: &[u8]) -> Option<String> {
-        let member = |name: &str| jwk.get(name).and_then(Value::as_str);
-        match (alg, member("kty")?, member("crv")?) {
-            ("EdDSA" | "Ed25519", "OKP", "Ed25519") => {
-                let x = member("x")?;
-                let signature = EdSignature::from_slice(signature).ok()?;
-                let known = self.lock().get(x).cloned();
-                let (key, jkt) = match &known {
-                    Some(known) => known.clone(),
-                    None => {
-                        let bytes: [u8; 32] = b64_decode(x)?.try_into().ok()?;
-                        (
-                            EdVerifyingKey::from_bytes(&bytes).ok()?,
-                            jwk_thumbprint(jwk).ok()?,
-                        )
-                    }
-                };
-                // verify_strict also refuses small-order keys and non-canonical signatures.
-                key.verify_strict(message, &signature).ok()?;
-                if known.is_none() {
-                    let mut keys = self.lock();
-                    if keys.len() >= PROOF_KEYS_CAPACITY {
-                        keys.clear();
-                    }
-                    keys.insert(x.to_owned(), (key, jkt.clone()));
-                }
-                Some(jkt)
-            }
-            ("ES256", "EC", "P-256") => {
-                let x: [u8; 32] = b64_decode(member("x")?)?.try_into().ok()?;
-                let y: [u8; 32] = b64_decode(member("y")?)?.try_into().ok()?;
-                let point = EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
-                let key = EcVerifyingKey::from_encoded_point(&point).ok()?;
-                let signature = EcSignature::from_slice(signature).ok()?;
-                key.verify(message, &signature).ok()?;
-                jwk_thumbprint(jwk).ok()
-            }
-            _ => None,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (EdVerifyingKey, String)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, PublicKey>> {
         self.ed25519.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -169,9 +121,9 @@ mod tests {
     use super::*;
     use crate::device_key::{DeviceKey, Ed25519DeviceKey, Es256DeviceKey};
     use crate::dpop::DpopProofBuilder;
-    use crate::jose::{b64_encode, unix_now};
+    use crate::jose::{CompactJws, b64_decode, b64_encode, unix_now};
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const URL: &str = "https://api.example.com/v1/things";
     const TOKEN: &str = "header.payload.signature";
@@ -198,8 +150,8 @@ mod tests {
     fn resign(key: &dyn DeviceKey, edit: impl FnOnce(&mut Value, &mut Value)) -> String {
         let original = proof(key);
         let jws = CompactJws::split(&original).unwrap();
-        let mut header = jws.header.clone();
-        let mut claims: Value = jws.claims().unwrap();
+        let mut header = Value::Object(jws.header().clone());
+        let mut claims = Value::Object(jws.payload().unwrap());
         edit(&mut header, &mut claims);
         let input = format!(
             "{}.{}",
@@ -258,10 +210,10 @@ mod tests {
             .unwrap();
         let a = CompactJws::split(&a).unwrap();
         let b = CompactJws::split(&b).unwrap();
-        assert_eq!(a.header["jwk"], key.public_jwk());
+        assert_eq!(a.header()["jwk"], key.public_jwk());
         assert_eq!(a.header_str("alg"), Some("EdDSA"));
-        let a: Value = a.claims().unwrap();
-        let b: Value = b.claims().unwrap();
+        let a = a.payload().unwrap();
+        let b = b.payload().unwrap();
         assert_ne!(a["jti"], b["jti"], "every proof has its own jti");
         assert_eq!(b64_decode(a["jti"].as_str().unwrap()).unwrap().len(), 16);
         assert_eq!(b["nonce"], "n-1");
@@ -286,9 +238,9 @@ mod tests {
                 {
                     let p = proof(&key);
                     let jws = CompactJws::split(&p).unwrap();
-                    let mut h = jws.header.clone();
+                    let mut h = Value::Object(jws.header().clone());
                     h["alg"] = "none".into();
-                    format!("{}.{}.", b64_encode(h.to_string()), jws.payload_b64)
+                    format!("{}.{}.", b64_encode(h.to_string()), jws.payload_b64())
                 },
                 InvalidProof,
             ),
@@ -389,8 +341,13 @@ mod tests {
     #[test]
     fn remembered_keys_are_bounded() {
         let keys = ProofKeys::default();
+        let filler = PublicKey::from_jwk(
+            &Ed25519DeviceKey::generate().public_jwk(),
+            keybound_jose::dpop::ProofAlg::EdDsa,
+        )
+        .unwrap();
         for i in 0..PROOF_KEYS_CAPACITY {
-            keys.lock().insert(format!("key-{i}"), Default::default());
+            keys.lock().insert(format!("key-{i}"), filler.clone());
         }
         let key = Ed25519DeviceKey::generate();
         check_proof(&proof(&key), &keys, &expect(unix_now())).unwrap();
@@ -404,5 +361,38 @@ mod tests {
             c["htu"] = "HTTPS://API.example.com:443/v1/things".into()
         });
         assert!(check_proof(&p, &ProofKeys::default(), &expect(unix_now())).is_ok());
+    }
+
+    /// The SDK refuses a proof whose `jwk` carries any private member of RFC 7518 section 6
+    /// and RFC 8037, the same list the server refuses (`src/dpop/tests.rs`,
+    /// `refuses_private_key_material_in_jwk`). Before the shared core the SDK's list lacked
+    /// `oth`. Each proof is otherwise valid and signed by its key, and the core names the
+    /// private member as the cause, so the refusal is for that reason and no other.
+    #[test]
+    fn every_private_jwk_member_is_refused_as_the_server_refuses_it() {
+        let key = Es256DeviceKey::generate();
+        let now = unix_now();
+        for member in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
+            let leaky = resign(&key, |h, _| h["jwk"][member] = "AQAB".into());
+            let keys = ProofKeys::default();
+            assert_eq!(
+                check_proof(&leaky, &keys, &expect(now)).unwrap_err(),
+                InvalidTokenReason::InvalidProof,
+                "{member}"
+            );
+            let check = ProofCheck {
+                htm: "GET",
+                htu: URL,
+                now: now as i64,
+                iat_leeway_secs: 60,
+                max_proof_bytes: DEFAULT_MAX_PROOF_BYTES,
+            };
+            assert_eq!(
+                verify_proof(&leaky, &check, &keys).unwrap_err(),
+                keybound_jose::Error::PrivateKeyInJwk,
+                "{member}"
+            );
+        }
+        check_proof(&proof(&key), &ProofKeys::default(), &expect(now)).unwrap();
     }
 }

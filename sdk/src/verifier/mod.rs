@@ -327,7 +327,7 @@ impl Shared {
         rules: &ClaimRules,
     ) -> Result<T, InvalidTokenReason> {
         use InvalidTokenReason::*;
-        let jws = CompactJws::split(token).ok_or(Malformed)?;
+        let jws = CompactJws::split(token).map_err(|_| Malformed)?;
         if jws.header_str("alg") != Some(TOKEN_ALG) {
             return Err(AlgorithmNotAllowed);
         }
@@ -336,13 +336,13 @@ impl Shared {
         }
         let kid = jws.header_str("kid").ok_or(UnknownKeyId)?;
         let key = self.jwks.key(&self.http, kid).await.ok_or(UnknownKeyId)?;
-        let signature = Signature::from_slice(&jws.signature).map_err(|_| BadSignature)?;
+        let signature = Signature::from_slice(jws.signature()).map_err(|_| BadSignature)?;
         // verify_strict (RFC 8032 section 5.1.7 with the checks RFC 8037 leaves implicit):
         // refuses non-canonical encodings and small-order points, so a signature has exactly
         // one valid form.
-        key.verify_strict(jws.signing_input.as_bytes(), &signature)
+        key.verify_strict(jws.signing_input().as_bytes(), &signature)
             .map_err(|_| BadSignature)?;
-        let payload = b64_decode(jws.payload_b64).ok_or(Malformed)?;
+        let payload = b64_decode(jws.payload_b64()).ok_or(Malformed)?;
         rules.check(&payload, unix_now())?;
         serde_json::from_slice(&payload).map_err(|_| Malformed)
     }

@@ -1,4 +1,4 @@
-//! `htu` comparison (RFC 9449 §4.3 check 9).
+//! `htu` comparison (RFC 9449 §4.3 check 9), for [`dpop::verify_proof`](crate::dpop::verify_proof).
 //!
 //! The check is "the `htu` claim matches the HTTP URI value for the HTTP request in which the
 //! JWT was received, ignoring any query and fragment parts", and servers "SHOULD employ
@@ -29,7 +29,7 @@
 
 /// Returns the normalised form of an absolute `http`/`https` URI, without query or fragment,
 /// or `None` when `uri` is not one we accept.
-pub(crate) fn normalize(uri: &str) -> Option<String> {
+pub fn normalize(uri: &str) -> Option<String> {
     if !uri.bytes().all(|b| b.is_ascii_graphic()) {
         return None;
     }
