@@ -65,7 +65,12 @@ async fn exchange_from(app: &TestApp, origin: &str, key: &str, dev: &Device) -> 
 async fn token_endpoints_answer_preflights_for_any_origin() {
     let db = TestDb::sqlite().await;
     let app = spawn_app(&db).await;
-    for path in ["/v1/token", "/v1/token/refresh"] {
+    for path in [
+        "/v1/token",
+        "/v1/token/refresh",
+        "/v1/token/revoke",
+        "/v1/attestation/challenge",
+    ] {
         for origin in [ORIGIN, "http://localhost:3000"] {
             let res = app
                 .client
@@ -179,10 +184,18 @@ async fn nonce_challenges_are_readable_cross_origin() {
 async fn public_documents_are_readable_from_anywhere_and_admin_never() {
     let db = TestDb::sqlite().await;
     let app = spawn_app(&db).await;
+    // One device, so that status list 0 exists.
+    let (key, _) = new_key(&app, json!({})).await;
+    expect_json(
+        exchange_from(&app, ORIGIN, &key, &Device::new()).await,
+        StatusCode::OK,
+    )
+    .await;
     for path in [
         "/.well-known/jwks.json",
         "/.well-known/oauth-authorization-server",
         "/v1/revocations",
+        "/v1/status-lists/0",
     ] {
         let res = app
             .client

@@ -372,6 +372,24 @@ class BindingsTest(unittest.TestCase):
             with self.assertRaises(E.Config):
                 client(key, Es256Signer(), spki_pins=["not a pin"])
 
+            # Contract section 8: a key that requires attestation gives a device without one
+            # nothing; an attestation that does not verify is refused for its check.
+            required = create_key(attestation="required")
+            await expect(E.AttestationRequired, lambda: client(required, Es256Signer()),
+                         "no attestation under required")
+
+            class BogusAttestation(kb.AttestationProvider):
+                async def attest(self, client_data):
+                    return json.dumps({"format": "android-key", "certificate_chain": ["AAAA"]})
+
+            invalid = await expect(
+                E.InvalidAttestation,
+                lambda: kb.KeyboundClient(
+                    kb.ClientConfig(base_url=URL, api_key=required["key"]),
+                    Es256Signer(), None, BogusAttestation()),
+                "an attestation that does not verify")
+            self.assertIn("android-key", invalid.message)
+
             closed = "http://127.0.0.1:9"  # discard port: nothing listens on loopback
             await expect(E.Network, lambda: client(key, Es256Signer(), base=closed, max_attempts=1),
                          "unreachable")
