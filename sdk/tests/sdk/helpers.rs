@@ -141,6 +141,24 @@ pub async fn offline_verifier(issuer: &TestIssuer) -> Verifier {
         .unwrap()
 }
 
+/// One request for [`RESOURCE`] with `token` and a fresh proof by `device`.
+pub async fn call(
+    verifier: &Verifier,
+    device: &dyn DeviceKey,
+    token: &str,
+) -> keybound_sdk::Result<()> {
+    let proof = proof(device, "GET", RESOURCE, token);
+    verifier
+        .verify_request(
+            "GET",
+            RESOURCE,
+            Some(&format!("DPoP {token}")),
+            Some(&proof),
+        )
+        .await
+        .map(|_| ())
+}
+
 pub fn proof(key: &dyn DeviceKey, method: &str, url: &str, token: &str) -> String {
     DpopProofBuilder::new(key, method, url)
         .access_token(token)

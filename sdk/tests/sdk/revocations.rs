@@ -121,24 +121,6 @@ async fn polling_verifier(server: &FeedServer) -> Verifier {
         .unwrap()
 }
 
-/// One request with `token` and a fresh proof by `device`.
-async fn call(
-    verifier: &Verifier,
-    device: &dyn DeviceKey,
-    token: &str,
-) -> keybound_sdk::Result<()> {
-    let proof = proof(device, "GET", RESOURCE, token);
-    verifier
-        .verify_request(
-            "GET",
-            RESOURCE,
-            Some(&format!("DPoP {token}")),
-            Some(&proof),
-        )
-        .await
-        .map(|_| ())
-}
-
 #[tokio::test]
 async fn a_revoked_key_is_refused_within_the_poll_interval() {
     // Arrange: a valid token, accepted.

@@ -142,23 +142,6 @@ async fn verifier(issuer: &Issuer) -> Verifier {
         .unwrap()
 }
 
-async fn call(
-    verifier: &Verifier,
-    device: &dyn DeviceKey,
-    token: &str,
-) -> keybound_sdk::Result<()> {
-    let proof = proof(device, "GET", RESOURCE, token);
-    verifier
-        .verify_request(
-            "GET",
-            RESOURCE,
-            Some(&format!("DPoP {token}")),
-            Some(&proof),
-        )
-        .await
-        .map(|_| ())
-}
-
 #[tokio::test]
 async fn a_revoked_device_is_refused_through_the_status_list_with_the_feed_unreachable() {
     // Arrange: the list may be cached for 1 s; a valid token at index 7.
