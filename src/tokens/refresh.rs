@@ -22,13 +22,13 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use rand::RngCore as _;
-use rand::rngs::OsRng;
+use chacha20poly1305::aead::KeyInit;
+use chacha20poly1305::{Key, XChaCha20Poly1305};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize as _, Zeroizing};
+
+use super::signing::{aead_open, aead_seal};
+use zeroize::Zeroizing;
 
 /// The prefix that makes a refresh token recognisable to log redaction and secret scanners.
 pub const REFRESH_TOKEN_PREFIX: &str = "rt_";
@@ -41,9 +41,6 @@ pub const GRACE_KEY_LABEL: &str = "keybound/refresh-grace/v1";
 
 /// Associated data of every refresh token seal (the format version).
 const AAD: &[u8] = b"keybound refresh token v1";
-
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
 
 /// Fewest base64url characters after the prefix: a nonce, a tag and a few bytes of claims.
 pub const MIN_BODY_LEN: usize = 80;
@@ -111,7 +108,7 @@ impl RefreshSealer {
     /// The token for `claims`. The plaintext goes to the client; it is never stored.
     pub fn seal(&self, claims: &RefreshClaims) -> SecretString {
         let plain = Zeroizing::new(serde_json::to_vec(claims).expect("claims always serialize"));
-        let blob = seal_with(&self.cipher, &plain, AAD);
+        let blob = aead_seal(&self.cipher, &plain, AAD);
         let mut token = String::with_capacity(
             REFRESH_TOKEN_PREFIX.len() + base64::encoded_len(blob.len(), false).unwrap_or(0),
         );
@@ -131,47 +128,22 @@ impl RefreshSealer {
         let blob = URL_SAFE_NO_PAD
             .decode(&token[REFRESH_TOKEN_PREFIX.len()..])
             .ok()?;
-        let plain = open_with(&self.cipher, &blob, AAD)?;
+        let plain = aead_open(&self.cipher, &blob, AAD)?;
         serde_json::from_slice(&plain).ok()
     }
 
     /// Seals the successor `token` of `family_id` for the grace window (contract 9.2): storage
     /// keeps only this ciphertext, bound to its family, never the token itself.
     pub fn seal_successor(&self, family_id: &str, token: &str) -> Vec<u8> {
-        seal_with(&self.grace, token.as_bytes(), family_id.as_bytes())
+        aead_seal(&self.grace, token.as_bytes(), family_id.as_bytes())
     }
 
     /// The successor token sealed by [`seal_successor`](Self::seal_successor) for `family_id`.
     pub fn open_successor(&self, family_id: &str, sealed: &[u8]) -> Option<SecretString> {
-        let plain = open_with(&self.grace, sealed, family_id.as_bytes())?;
+        let plain = aead_open(&self.grace, sealed, family_id.as_bytes())?;
         let text = String::from_utf8(plain.to_vec()).ok()?;
         Some(SecretString::from(text))
     }
-}
-
-fn seal_with(cipher: &XChaCha20Poly1305, plain: &[u8], aad: &[u8]) -> Vec<u8> {
-    let mut nonce = [0u8; NONCE_LEN];
-    OsRng.fill_bytes(&mut nonce);
-    let sealed = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
-        .expect("XChaCha20-Poly1305 encrypts any plaintext we seal");
-    let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
-    blob.extend_from_slice(&nonce);
-    blob.extend_from_slice(&sealed);
-    blob
-}
-
-fn open_with(cipher: &XChaCha20Poly1305, blob: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if blob.len() < NONCE_LEN + TAG_LEN {
-        return None;
-    }
-    let (nonce, sealed) = blob.split_at(NONCE_LEN);
-    let mut plain = cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-        .ok()?;
-    let out = Zeroizing::new(plain.clone());
-    plain.zeroize();
-    Some(out)
 }
 
 /// Whether `token` has the refresh token shape (`rt_` + 80 to 4096 base64url characters). Lets
@@ -237,7 +209,12 @@ mod tests {
         let s = sealer(1);
         let token = s.seal(&claims()).expose_secret().to_owned();
         let mut blob = URL_SAFE_NO_PAD.decode(&token[3..]).unwrap();
-        for i in [0, NONCE_LEN, blob.len() / 2, blob.len() - 1] {
+        for i in [
+            0,
+            super::super::signing::NONCE_LEN,
+            blob.len() / 2,
+            blob.len() - 1,
+        ] {
             blob[i] ^= 1;
             let forged = format!("rt_{}", URL_SAFE_NO_PAD.encode(&blob));
             assert_eq!(s.open(&forged), None, "byte {i} flipped");

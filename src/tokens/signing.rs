@@ -295,7 +295,7 @@ const MASTER_KEY_LEN: usize = 32;
 const SEAL_VERSION: u8 = 1;
 /// XChaCha20's 192-bit nonce: large enough that random nonces never collide in practice
 /// (unlike ChaCha20-Poly1305's 96 bits), so no nonce counter needs to be stored.
-const NONCE_LEN: usize = 24;
+pub(crate) const NONCE_LEN: usize = 24;
 /// Poly1305 tag length.
 const TAG_LEN: usize = 16;
 
@@ -421,22 +421,8 @@ impl MasterKey {
     /// which is what binds a blob to its row (pass the row's id, e.g. the kid).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let cipher = XChaCha20Poly1305::new(Key::from_slice(self.0.as_ref()));
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let ciphertext = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            // Encryption fails only for plaintexts beyond 2^38 bytes.
-            .expect("XChaCha20-Poly1305 encrypts any plaintext we seal");
-        let mut sealed = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
-        sealed.push(SEAL_VERSION);
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(&ciphertext);
+        let mut sealed = vec![SEAL_VERSION];
+        sealed.extend_from_slice(&aead_seal(&cipher, plaintext, aad));
         sealed
     }
 
@@ -455,22 +441,57 @@ impl MasterKey {
         let Some((&version, rest)) = sealed.split_first() else {
             return Err(KeyError::Unseal);
         };
-        if version != SEAL_VERSION || rest.len() < NONCE_LEN + TAG_LEN {
+        if version != SEAL_VERSION {
             return Err(KeyError::Unseal);
         }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let cipher = XChaCha20Poly1305::new(Key::from_slice(self.0.as_ref()));
-        cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| KeyError::Unseal)
+        aead_open(&cipher, rest, aad).ok_or(KeyError::Unseal)
     }
+}
+
+/// XChaCha20-Poly1305 under a fresh random nonce: `nonce (24) || ciphertext || tag (16)`.
+/// The one sealing routine of the crate: [`MasterKey::seal`] (signing keys at rest) and the
+/// refresh tokens (under keys derived from the master key) both use it.
+pub(crate) fn aead_seal(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let ciphertext = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        // Encryption fails only for plaintexts beyond 2^38 bytes.
+        .expect("XChaCha20-Poly1305 encrypts any plaintext we seal");
+    let mut blob = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    blob.extend_from_slice(&nonce);
+    blob.extend_from_slice(&ciphertext);
+    blob
+}
+
+/// Opens a blob of [`aead_seal`] with the same `aad`; `None` when it is too short or does not
+/// authenticate. The plaintext is wiped when dropped.
+pub(crate) fn aead_open(
+    cipher: &XChaCha20Poly1305,
+    blob: &[u8],
+    aad: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    if blob.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
+    cipher
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
 }
 
 /// A temporary file removed on drop unless it was renamed away.
