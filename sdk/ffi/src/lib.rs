@@ -74,13 +74,15 @@ pub enum KeyboundError {
         /// What went wrong.
         message: String,
     },
-    /// `INVALID_REFRESH_TOKEN` (401).
+    /// `INVALID_REFRESH_TOKEN` (401). [`KeyboundClient::token`] does not return it: the
+    /// client replaces a dead refresh token with a new exchange.
     #[error("INVALID_REFRESH_TOKEN: {message}")]
     InvalidRefreshToken {
         /// What went wrong.
         message: String,
     },
-    /// `REFRESH_TOKEN_REUSED` (401).
+    /// `REFRESH_TOKEN_REUSED` (401). [`KeyboundClient::token`] does not return it: the
+    /// client replaces a dead refresh token with a new exchange.
     #[error("REFRESH_TOKEN_REUSED: {message}")]
     RefreshTokenReused {
         /// What went wrong.

@@ -4,18 +4,24 @@
 //! - Kotlin and Swift are generated on every run, so a change that breaks their generation
 //!   fails here; they cannot be compiled on this machine (no Kotlin or Swift toolchain).
 //! - Python is generated, loaded with the cdylib, and `tests/python/test_keybound.py` runs
-//!   against three servers started in this process. It needs `python3` with `cryptography`
-//!   (found, or installed into a throwaway venv from PyPI). Without `python3` the test is
-//!   skipped, except under `CI=true`, where it fails.
+//!   against real servers started in this process: three reached directly, two behind the
+//!   suite's own man-in-the-middle proxy, and, with `KEYBOUND_TEST_POSTGRES_URL`, one whose
+//!   PostgreSQL database is gone. It needs `python3` with `cryptography` (found, or installed
+//!   into a throwaway venv from PyPI). Without `python3` the test is skipped, except under
+//!   `CI=true`, where it fails (as it does then without PostgreSQL).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use camino::Utf8PathBuf;
 use keybound::config::ServeArgs;
+use keybound::keys::service::{self, Actor};
 use keybound::server::Running;
+use keybound::store::{Store, testing};
 use secrecy::SecretString;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 const ADMIN_TOKEN: &str = "binding-tests-admin-token-0123456789abcdef";
@@ -156,6 +162,10 @@ async fn server(scratch: &Path, name: &str, configure: impl FnOnce(&mut ServeArg
     let store = keybound::store::open(&format!("sqlite://{}", dir.join("keybound.db").display()))
         .await
         .expect("store");
+    start(store, configure).await
+}
+
+async fn start(store: Arc<dyn Store>, configure: impl FnOnce(&mut ServeArgs)) -> Running {
     let mut args = ServeArgs::for_tests();
     args.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     configure(&mut args);
@@ -164,8 +174,33 @@ async fn server(scratch: &Path, name: &str, configure: impl FnOnce(&mut ServeArg
         .expect("server starts")
 }
 
+/// A server on a PostgreSQL database of its own, with one API key, and then the database
+/// dropped under it (as `tests/api/health.rs` does): the suite's exchanges meet a server that
+/// has lost its storage and must fail closed with 503 `UNAVAILABLE`. The key is made here
+/// because nothing can be created once the database is gone. `None` without
+/// `KEYBOUND_TEST_POSTGRES_URL`, which panics under `CI=true` instead.
+async fn server_without_its_database() -> Option<(Running, String)> {
+    let base = testing::postgres_test_url()?;
+    let url = testing::fresh_postgres_url(&base).await;
+    let store = keybound::store::open(&url).await.expect("PostgreSQL store");
+    let settings = serde_json::from_value(json!({
+        "name": "python", "env": "test", "scopes": ["read:users"], "trust_on_enroll": true,
+    }))
+    .expect("key settings");
+    let created = service::create(&*store, settings, &Actor::cli(), keybound::state::now())
+        .await
+        .expect("key created");
+    let server = start(store, |_| {}).await;
+    testing::drop_postgres_database(&url).await;
+    Some((server, created.key.expose().to_owned()))
+}
+
+// Unix only: the proxy's socket is passed as a file descriptor (and the venv layout is Unix's).
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_bindings_pass_their_suite_against_real_servers() {
+    use std::os::fd::OwnedFd;
+
     let scratch = tempfile::tempdir().unwrap();
     let Some(python) = python(scratch.path()) else {
         assert!(
@@ -182,7 +217,8 @@ async fn the_python_bindings_pass_their_suite_against_real_servers() {
     let library = cdylib();
     std::fs::copy(&library, bindings.join(library.file_name().unwrap())).unwrap();
 
-    // Three servers: short tokens (a refresh comes within the test), nonces, and HTTPS.
+    // Three servers reached directly: short tokens (a refresh comes within the test), nonces,
+    // and HTTPS.
     let plain = server(scratch.path(), "plain", |a| a.access_ttl_seconds = 3).await;
     let nonce = server(scratch.path(), "nonce", |a| a.require_dpop_nonce = true).await;
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
@@ -202,8 +238,38 @@ async fn the_python_bindings_pass_their_suite_against_real_servers() {
     })
     .await;
 
+    // Two servers behind the suite's man-in-the-middle proxy (a plain one and one demanding
+    // nonces), which the suite reaches under the path prefixes `/plain` and `/nonce`. A proof's
+    // `htu` is the URL the client used, so their issuers are the proxy's URLs, whose port must
+    // be known before they start: the listening socket is bound here and handed to Python as
+    // its stdin (inetd's way; the one descriptor std passes to a child without unsafe code),
+    // so no other process can take the port in between.
+    let mitm_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", mitm_listener.local_addr().unwrap());
+    let mitm = server(scratch.path(), "mitm", |a| {
+        a.issuer = Some(format!("{proxy}/plain"));
+    })
+    .await;
+    let mitm_nonce = server(scratch.path(), "mitm-nonce", |a| {
+        a.issuer = Some(format!("{proxy}/nonce"));
+        a.require_dpop_nonce = true;
+    })
+    .await;
+    let upstreams = json!({
+        "plain": format!("http://{}", mitm.addr),
+        "nonce": format!("http://{}", mitm_nonce.addr),
+    });
+
+    let down = server_without_its_database().await;
+
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_keybound.py");
-    let output = tokio::process::Command::new(&python)
+    let mut command = tokio::process::Command::new(&python);
+    if let Some((server, key)) = &down {
+        command
+            .env("KB_DOWN_URL", format!("http://{}", server.addr))
+            .env("KB_DOWN_KEY", key);
+    }
+    let output = command
         .arg(&suite)
         .env("PYTHONPATH", &bindings)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -213,12 +279,17 @@ async fn the_python_bindings_pass_their_suite_against_real_servers() {
         .env("KB_TLS_CA", &cert_path)
         .env("KB_TLS_PIN", &pin)
         .env("KB_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KB_MITM_UPSTREAMS", upstreams.to_string())
+        .stdin(Stdio::from(OwnedFd::from(mitm_listener)))
         .output()
         .await
         .expect("python3 runs");
     let report = String::from_utf8_lossy(&output.stderr);
     eprintln!("{report}");
-    for server in [plain, nonce, tls] {
+    for server in [plain, nonce, tls, mitm, mitm_nonce]
+        .into_iter()
+        .chain(down.map(|(server, _)| server))
+    {
         server.stop().await;
     }
     assert!(
@@ -226,7 +297,7 @@ async fn the_python_bindings_pass_their_suite_against_real_servers() {
         "the Python suite failed:\n{report}"
     );
     assert!(
-        report.contains("Ran 7 tests"),
+        report.contains("Ran 10 tests"),
         "every Python test was collected:\n{report}"
     );
 }
