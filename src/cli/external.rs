@@ -4,8 +4,9 @@
 //! start the server in-process), so this binary cannot link them: it would depend on itself.
 //! Instead these subcommands hand over to the sibling binary, found next to the running
 //! executable first (where `cargo build --workspace` and a release archive put it), then on
-//! `PATH`. Every argument after the subcommand goes through unchanged; a `--database-url`
-//! given to `keybound` itself goes as `KEYBOUND_DATABASE_URL`, which both read.
+//! `PATH`. Every argument after the subcommand goes through unchanged, except `--database-url`:
+//! a global option of `keybound`, which clap takes wherever it stands, so it goes on as
+//! `KEYBOUND_DATABASE_URL`, which the bench reads like its own `--database-url`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
