@@ -9,7 +9,9 @@
 # KEYBOUND_BENCH_REDIS_URL (default redis://127.0.0.1:6379). Only loopback addresses are used.
 # A fresh database `kb_bench_cluster_<time>` is created and dropped afterwards. With one
 # instance the ceiling phases (/healthz, sign-only) run too; with more they are skipped (the
-# generators would measure each other). Reports go to target/bench-cluster/.
+# generators would measure each other). The instances are `keybound-bench serve-target`: the
+# keybound server built from the library plus the ceiling routes (`keybound serve` has none),
+# with `keybound serve`'s options. Reports go to target/bench-cluster/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,9 @@ REDIS="${KEYBOUND_BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 OUT=target/bench-cluster
 mkdir -p "$OUT"
 
-cargo build --release --quiet --bin keybound
+cargo build --release --quiet -p keybound -p keybound-bench
 BIN=target/release/keybound
+TARGET=target/release/keybound-bench
 
 DB="kb_bench_cluster_$(date +%s)_$$"
 ADMIN="bench-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -40,8 +43,8 @@ cleanup() {
 trap cleanup EXIT
 
 start() { # port index
-  "$BIN" --database-url "$PG/$DB" serve --listen "127.0.0.1:$1" --issuer "$ISSUER" \
-    --redis-url "$REDIS" --master-key "$MASTER" --admin-token "$ADMIN" --bench-routes \
+  "$TARGET" --database-url "$PG/$DB" serve-target --listen "127.0.0.1:$1" --issuer "$ISSUER" \
+    --redis-url "$REDIS" --master-key "$MASTER" --admin-token "$ADMIN" \
     --ip-failure-budget 100000000 --log-format json >"$OUT/serve-$2.log" 2>&1 &
   PIDS+=("$!")
   for _ in $(seq 1 200); do

@@ -66,10 +66,22 @@ pub enum Command {
     /// Find keybound API keys in files (or stdin with `-`); exit 1 if any is found.
     Scan(ScanArgs),
     /// Attack keybound's own defenses and measure them (loopback targets only); exit 1 if a
-    /// defense failed an assertion.
-    Lab(Box<LabArgs>),
-    /// Load generator: measures exchanges/s and latency against this machine's ceiling.
-    Bench(Box<BenchArgs>),
+    /// defense failed an assertion. Runs the `keybound-lab` binary (`keybound lab --help`).
+    #[command(disable_help_flag = true)]
+    Lab(Passthrough),
+    /// Load generator: measures exchanges/s and latency against this machine's ceiling. Runs
+    /// the `keybound-bench` binary (`keybound bench --help`).
+    #[command(disable_help_flag = true)]
+    Bench(Passthrough),
+}
+
+/// The arguments of a subcommand another binary implements (`lab`, `bench`), handed to it
+/// unchanged: `keybound bench --help` prints the load generator's own help.
+#[derive(Debug, Clone, Args)]
+pub struct Passthrough {
+    /// Arguments for the other binary.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Deployment profile.
@@ -327,12 +339,6 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYBOUND_STALE_DEVICE_DAYS", default_value_t = 7,
           value_parser = clap::value_parser!(i64).range(1..=3650))]
     pub stale_device_days: i64,
-    /// Adds the benchmark-only routes `POST /bench/sign` (signs a token, checks nothing),
-    /// `POST /bench/verify-sign` (one hash, one signature check, one signature) and
-    /// `PUT /bench/switches`, which `keybound bench` uses to measure this machine's ceiling. Hidden, and deliberately not
-    /// settable from the environment, so no deployment turns it on by accident.
-    #[arg(long, hide = true)]
-    pub bench_routes: bool,
 }
 
 impl ServeArgs {
@@ -538,64 +544,6 @@ pub fn secrets_on_command_line(argv: impl IntoIterator<Item = String>) -> Vec<&'
     found
 }
 
-/// `keybound bench` options. Every target is on this machine: `--url` must be a loopback
-/// address.
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// A running keybound to load (loopback only), e.g. `http://127.0.0.1:8080`. Default:
-    /// start keybound in this process on a fresh database (`--database-url`, else a temporary
-    /// SQLite file).
-    #[arg(long)]
-    pub url: Option<String>,
-    /// The admin token of the `--url` server (to create the benchmark's keys).
-    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<SecretString>,
-    /// Pid of the `--url` server, to report its peak RSS.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Run the server as a child process (`keybound serve`) instead of in this process, so its
-    /// peak RSS is its own and not the load generator's too.
-    #[arg(long, conflicts_with = "url")]
-    pub spawn: bool,
-    /// Concurrent keep-alive HTTP/1.1 connections.
-    #[arg(long, default_value_t = 128)]
-    pub connections: usize,
-    /// Seconds each phase runs (the exchange phase may stop earlier when its pre-built proofs
-    /// run out).
-    #[arg(long, default_value_t = 10)]
-    pub duration: u64,
-    /// Exchanges to send (instead of a duration for the exchange phase).
-    #[arg(long)]
-    pub requests: Option<usize>,
-    /// Simulated devices (one DPoP key each) sending the exchanges, round robin.
-    #[arg(long, default_value_t = 1000)]
-    pub devices: usize,
-    /// API keys the devices are spread over (device i uses key i mod keys).
-    #[arg(long, default_value_t = 100)]
-    pub keys: usize,
-    /// Fill the database up to this many API keys in all (the extra ones are never used),
-    /// inserted in bulk before the run.
-    #[arg(long, default_value_t = 0)]
-    pub seed_keys: usize,
-    /// Fill the database up to this many devices in all; the simulated devices are enrolled
-    /// first (so the run measures warm exchanges), the rest spread over every key.
-    #[arg(long, default_value_t = 0)]
-    pub seed_devices: usize,
-    /// Skip the ceiling phases (`/healthz` and sign-only).
-    #[arg(long)]
-    pub no_ceiling: bool,
-    /// After the exchange phase, measure what rate limiting and usage tracking cost: exchange
-    /// phases with each turned off, with both off and with both on, and the floor (both off
-    /// and no durable write of the refresh token and device history), interleaved over three
-    /// rounds of `--duration` seconds each (needs a server with `--bench-routes`: `--spawn` or
-    /// in process).
-    #[arg(long, conflicts_with = "requests")]
-    pub overhead: bool,
-    /// Print one JSON object instead of the report.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// Shared `--json` flag.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct OutputArgs {
@@ -789,56 +737,6 @@ pub enum AuditCommand {
 pub struct ScanArgs {
     /// Files or directories to scan (`-` for stdin; default: the current directory).
     pub paths: Vec<PathBuf>,
-}
-
-/// `keybound lab` options. Sizes default to the figures; tests pass small ones.
-#[derive(Debug, Clone, Args)]
-pub struct LabArgs {
-    /// Attack a running server instead of starting one in-process (loopback addresses only).
-    #[arg(long, requires = "admin_token")]
-    pub url: Option<String>,
-    /// The admin token of the server at `--url`.
-    #[arg(long, env = "KEYBOUND_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<SecretString>,
-    /// Also write the report as Markdown to this file.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    /// Run only these scenarios (letters A–M, P for the population study; comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub only: Vec<String>,
-    /// C: exchanges made before the server's memory is read.
-    #[arg(long, default_value_t = 200)]
-    pub exchanges: usize,
-    /// G: HTTP requests per timing class.
-    #[arg(long, default_value_t = 5000)]
-    pub timing_samples: usize,
-    /// G: in-process samples per class for the secret comparison (each times a batch).
-    #[arg(long, default_value_t = 100_000)]
-    pub compare_samples: usize,
-    /// F: verification attempts timed to measure the guessing rate.
-    #[arg(long, default_value_t = 200_000)]
-    pub verify_iterations: u64,
-    /// I: keys generated for the statistical tests.
-    #[arg(long, default_value_t = 100_000)]
-    pub keys: usize,
-    /// K: keys mutated to measure the checksum's detection rate.
-    #[arg(long, default_value_t = 10_000)]
-    pub typo_keys: usize,
-    /// P: simulated devices.
-    #[arg(long, default_value_t = 10_000)]
-    pub devices: usize,
-    /// P: simulated days.
-    #[arg(long, default_value_t = 30)]
-    pub days: u32,
-    /// P: cloned device keys tried per attacker kind.
-    #[arg(long, default_value_t = 10_000)]
-    pub clones: usize,
-    /// P: share of phones whose app attests its device key at enrollment (0 to 1).
-    #[arg(long, default_value_t = 0.8)]
-    pub attested_share: f64,
-    /// P: seed of the simulation's random stream (the same seed gives the same figures).
-    #[arg(long, default_value_t = 6)]
-    pub seed: u64,
 }
 
 #[cfg(test)]

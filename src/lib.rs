@@ -15,8 +15,6 @@ pub mod alloc;
 pub mod attestation;
 /// The tamper-evident, hash-chained audit log.
 pub mod audit;
-/// The load generator (`keybound bench`); not on any request path.
-pub mod bench;
 /// Command-line subcommands.
 pub mod cli;
 /// Cluster mode: the Redis connection several instances share state through.
@@ -38,8 +36,6 @@ pub mod fuzzing;
 pub mod http;
 /// API key format and lifecycle.
 pub mod keys;
-/// `keybound lab`: attacks on keybound's own defenses, measured (out of the request path).
-pub mod lab;
 /// Rate limits and failure budgets.
 pub mod limits;
 /// Client addresses in canonical form: trust, allow lists, budget buckets.

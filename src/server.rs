@@ -59,7 +59,18 @@ impl Running {
 /// Builds the state and starts serving on `args.listen` in a background task: HTTPS when
 /// `--tls-cert`/`--tls-key` are set, plain HTTP otherwise; with `--admin-listen`, the admin
 /// API on that address alone (same scheme).
-pub async fn start(mut args: ServeArgs, store: Arc<dyn Store>) -> Result<Running> {
+pub async fn start(args: ServeArgs, store: Arc<dyn Store>) -> Result<Running> {
+    start_with(args, store, axum::Router::new()).await
+}
+
+/// [`start`], with `extra` routes on the public listener ([`http::app_with`]): the hook the
+/// load generator's own loopback server uses for its ceiling routes. `keybound serve` never
+/// calls it.
+pub async fn start_with(
+    mut args: ServeArgs,
+    store: Arc<dyn Store>,
+    extra: axum::Router<AppState>,
+) -> Result<Running> {
     crate::telemetry::metrics();
     args.load_admin_token_file()
         .map_err(Error::InvalidRequest)?;
@@ -93,7 +104,7 @@ pub async fn start(mut args: ServeArgs, store: Arc<dyn Store>) -> Result<Running
     };
     let mut tasks = vec![serve_on(
         listener,
-        http::app_for(state.clone(), surface),
+        http::app_with(state.clone(), surface, extra),
         tls.as_ref(),
         &limits,
         handle.clone(),

@@ -64,8 +64,6 @@ pub struct Settings {
     pub usage_retention_days: i64,
     /// Days alerts are kept.
     pub alert_retention_days: i64,
-    /// Serve the benchmark-only routes (`--bench-routes`).
-    pub bench_routes: bool,
     /// How long a request body may take to arrive (in full, and between chunks).
     pub body_read_timeout: std::time::Duration,
     /// New devices per key per hour (`--enrollments-per-hour`); `None`: the key's
@@ -98,9 +96,6 @@ impl Settings {
             profile: args.profile,
             usage_retention_days: args.usage_retention_days,
             alert_retention_days: args.alert_retention_days,
-            // Contract section 7: a prod server has no benchmark route or switch, whatever
-            // flags it is given (`serve` warns when the flag is dropped).
-            bench_routes: args.bench_routes && args.profile != Profile::Prod,
             body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout_seconds),
             enrollments_per_hour: args.enrollments_per_hour,
             stale_device_secs: args.stale_device_days * 86_400,
@@ -165,7 +160,7 @@ pub struct Services {
     touched: Arc<Mutex<HashMap<String, i64>>>,
     /// Whether storage answered the last probe (see [`STORAGE_PROBE_INTERVAL`]).
     storage_up: Arc<AtomicBool>,
-    /// Benchmark switches; only the `--bench-routes` route turns anything off.
+    /// Benchmark switches: all on, except in a server `keybound-bench` starts itself.
     pub switches: Switches,
     /// The token status lists (contract section 10).
     pub status_lists: Arc<StatusLists>,
@@ -175,9 +170,10 @@ pub struct Services {
     pub challenges: Challenges,
 }
 
-/// What `keybound bench --overhead` turns off to measure its cost, through the bench-only
-/// route `PUT /bench/switches` (so only on a server started with `--bench-routes`). All are
-/// on in every other server, and nothing else can change them.
+/// What `keybound bench --overhead` turns off to measure its cost, through `PUT
+/// /bench/switches`, a route only the load generator's own loopback server has
+/// (`keybound-bench`, which calls [`Switches::set`]). `keybound serve` has no route or flag
+/// that reaches them: they stay on.
 #[derive(Debug)]
 pub struct Switches {
     rate_limits: AtomicBool,
@@ -213,7 +209,7 @@ impl Switches {
         self.writes.load(Ordering::Relaxed)
     }
 
-    /// Sets all three (bench route only).
+    /// Sets all three (the load generator's route only).
     pub fn set(&self, rate_limits: bool, usage: bool, writes: bool) {
         self.rate_limits.store(rate_limits, Ordering::Relaxed);
         self.usage.store(usage, Ordering::Relaxed);

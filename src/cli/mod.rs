@@ -10,6 +10,8 @@
 pub mod audit;
 /// `keybound devices …`
 pub mod devices;
+/// `keybound lab` and `keybound bench`: the sibling binaries that implement them.
+pub mod external;
 /// `keybound keys …`
 pub mod keys;
 /// Tables, `key value` blocks and JSON.
@@ -32,7 +34,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let url = cli.database_url();
     // The benchmark fills a database of its own: only an explicit `--database-url` (never the
     // default file or `DATABASE_URL`) may name one.
-    let bench_url = cli.database_url.as_ref().map(|u| u.as_str().to_owned());
+    let explicit_url = cli.database_url.as_ref().map(|u| u.as_str().to_owned());
     let subject = subject(&cli.command);
     let result = match cli.command {
         Command::Serve(args) => {
@@ -46,12 +48,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let store = crate::store::open(&url).await?;
             if args.profile == crate::config::Profile::Prod {
-                if args.bench_routes {
-                    tracing::warn!(
-                        "--bench-routes is ignored under --profile prod: a production server has \
-                         no benchmark route or switch"
-                    );
-                }
                 for path in crate::store::loose_permissions(&url) {
                     tracing::warn!(
                         path,
@@ -71,9 +67,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         // The scanner runs in pre-commit hooks and CI jobs that have no database: it must
         // not open (and so create) one.
         Command::Scan(args) => Ok(scan::run(args)),
-        Command::Bench(args) => crate::bench::run(*args, bench_url).await,
+        Command::Bench(p) => external::run("keybound-bench", p.args, explicit_url.as_deref()),
         // The lab makes its own temporary databases; it never opens the configured one.
-        Command::Lab(args) => crate::lab::run(*args).await,
+        Command::Lab(p) => external::run("keybound-lab", p.args, None),
         Command::SigningKeys(cmd) => {
             signing_keys::run(&*crate::store::open(&url).await?, cmd).await
         }

@@ -2,7 +2,6 @@
 
 pub mod admin;
 pub mod attestation;
-pub mod bench;
 pub mod cors;
 pub mod discovery;
 pub mod extract;
@@ -43,13 +42,18 @@ pub fn app(state: AppState) -> Router {
 
 /// The HTTP application for one listener.
 pub fn app_for(state: AppState, surface: Surface) -> Router {
+    app_with(state, surface, Router::new())
+}
+
+/// The HTTP application for one listener, with `extra` routes beside the public ones, behind
+/// the same middleware. `keybound serve` passes none; only the load generator
+/// (`keybound-bench`) adds its ceiling routes, to a server it starts itself on loopback.
+pub fn app_with(state: AppState, surface: Surface, extra: Router<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let mut routes = Router::new();
     if surface != Surface::Admin {
-        if state.settings.bench_routes {
-            routes = routes.merge(bench::router());
-        }
         routes = routes
+            .merge(extra)
             .merge(health::router())
             .merge(openapi::router())
             .merge(token::router())

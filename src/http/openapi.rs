@@ -98,7 +98,8 @@ is refused with 400 `API_KEY_IN_URL` before routing; a wrong method on a known p
 `METHOD_NOT_ALLOWED`; an unknown path is 404 `NOT_FOUND`. (`POST /bench/sign` and \
 `POST /bench/verify-sign`, the load generator's ceiling routes, and `PUT /bench/switches`, which \
 turns rate limiting, usage tracking and the token path's writes off to measure their cost, exist \
-only on a server started with the hidden `--bench-routes` flag and are not part of the API.)",
+only in the server the load generator starts itself (`keybound-bench`), never in `keybound serve`, \
+and are not part of the API.)",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(openapi_json),

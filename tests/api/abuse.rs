@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{TestDb, expect_error, expect_json, spawn_app_args};
 use crate::proofs::Device;
-use crate::token::{exchange, new_key, refresh, verify_with_jwks};
+use crate::token::{exchange, new_key};
 
 /// An exchange from `ip`, as a trusted proxy on loopback reports it in `X-Forwarded-For`.
 async fn exchange_from(
@@ -307,7 +307,7 @@ async fn a_429_from_the_key_id_budget_still_spends_the_addresss_budget() {
     let (key, _) = new_key(&app, json!({})).await;
     let dev = Device::new();
     let attacker = "203.0.113.9";
-    let wrong = keybound::lab::leaks::forge_same_id(&key);
+    let wrong = crate::token::forge_same_id(&key);
     for i in 0..3 {
         let res = exchange_from(&app, attacker, &wrong, &dev).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "wrong secret {i}");
@@ -560,152 +560,6 @@ async fn new_network_usage_spike_and_many_devices_are_alerted() {
     assert!(alert["details"]["exchanges_this_minute"].as_u64().unwrap() > 5);
 }
 
-/// `PUT /bench/switches` with `body`, which must be accepted.
-async fn set_switches(app: &crate::helpers::TestApp, body: serde_json::Value) {
-    let res = app
-        .client
-        .put(app.url("/bench/switches"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-}
-
-/// `keybound bench --overhead` measures rate limiting and usage tracking by turning them off
-/// through the bench-only `PUT /bench/switches`; the figures mean something only if the
-/// switches really do that, and the route must not exist on a normal server.
-#[tokio::test]
-async fn bench_switches_turn_rate_limits_and_usage_off_and_on_and_exist_only_on_bench_servers() {
-    let db = TestDb::sqlite().await;
-    let normal = spawn_app_args(&db, |_| {}).await;
-    let res = normal
-        .client
-        .put(normal.url("/bench/switches"))
-        .json(&json!({"rate_limits": false, "usage": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    normal.stop().await;
-
-    let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
-    let switch = |rate_limits: bool, usage: bool| {
-        set_switches(&app, json!({"rate_limits": rate_limits, "usage": usage}))
-    };
-    let (key, key_id) = new_key(&app, json!({"rate_limit_per_minute": 5})).await;
-    let dev = Device::new();
-    switch(false, false).await;
-    for i in 0..8 {
-        let res = exchange(&app, &key, &dev, json!({})).await;
-        assert_eq!(res.status(), StatusCode::OK, "exchange {i} with limits off");
-    }
-    // Usage is written within ~200 ms of a request; give it well over that.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let requests = |usage: serde_json::Value| -> i64 {
-        usage["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["requests"].as_i64().unwrap())
-            .sum()
-    };
-    let usage_path = format!("/keys/{key_id}/usage?bucket=minute");
-    let usage = expect_json(app.admin_get(&usage_path).await, StatusCode::OK).await;
-    assert_eq!(requests(usage), 0, "usage tracking was off");
-
-    switch(true, true).await;
-    // Exchanges with limits off spent nothing: the key gets its 5 a minute, then 429.
-    for i in 0..5 {
-        let res = exchange(&app, &key, &dev, json!({})).await;
-        assert_eq!(res.status(), StatusCode::OK, "exchange {i} with limits on");
-    }
-    expect_error(
-        exchange(&app, &key, &dev, json!({})).await,
-        StatusCode::TOO_MANY_REQUESTS,
-        "RATE_LIMITED",
-        "6th over 5/min with limits on again",
-    )
-    .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let usage = expect_json(app.admin_get(&usage_path).await, StatusCode::OK).await;
-        if requests(usage.clone()) == 6 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "usage tracking on again records all 6: {usage}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-/// `keybound bench --overhead`'s floor turns off the token path's durable writes: a refresh
-/// then does not advance its family, so the token it spent is still live (no reuse is
-/// detected), and with writes on again a second presentation is reuse. Only the bench route
-/// can do that (the route's absence elsewhere is checked above).
-#[tokio::test]
-async fn bench_writes_switch_skips_the_refresh_token_write_and_only_while_off() {
-    let db = TestDb::sqlite().await;
-    let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
-    let switch = |writes: bool| {
-        set_switches(
-            &app,
-            json!({"rate_limits": true, "usage": true, "writes": writes}),
-        )
-    };
-    let (key, _) = new_key(&app, json!({})).await;
-    let dev = Device::new();
-    let token_of = |body: serde_json::Value| body["refresh_token"].as_str().unwrap().to_owned();
-
-    switch(false).await;
-    let unstored =
-        token_of(expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await);
-    expect_json(refresh(&app, &dev, &unstored).await, StatusCode::OK).await;
-    expect_json(refresh(&app, &dev, &unstored).await, StatusCode::OK).await;
-
-    switch(true).await;
-    let stored =
-        token_of(expect_json(exchange(&app, &key, &dev, json!({})).await, StatusCode::OK).await);
-    expect_json(refresh(&app, &dev, &stored).await, StatusCode::OK).await;
-    expect_error(
-        refresh(&app, &dev, &stored).await,
-        StatusCode::UNAUTHORIZED,
-        "REFRESH_TOKEN_REUSED",
-        "with writes on, a refresh is durable and its token spent",
-    )
-    .await;
-    app.stop().await;
-}
-
-/// The load generator's ceiling routes answer with a token really signed by the server's key
-/// (else the ceiling would measure less than an exchange does), and exist only on bench
-/// servers.
-#[tokio::test]
-async fn bench_ceiling_routes_sign_real_tokens_and_exist_only_on_bench_servers() {
-    let paths = ["/bench/sign", "/bench/verify-sign"];
-    let db = TestDb::sqlite().await;
-    let normal = spawn_app_args(&db, |_| {}).await;
-    for path in paths {
-        let res = normal.client.post(normal.url(path)).send().await.unwrap();
-        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
-    }
-    normal.stop().await;
-
-    let app = spawn_app_args(&db, |a| a.bench_routes = true).await;
-    // The signature is what matters here; the claims are the bench's fixed ones.
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    validation.validate_aud = false;
-    for path in paths {
-        let res = app.client.post(app.url(path)).send().await.unwrap();
-        let body = expect_json(res, StatusCode::OK).await;
-        let token = body["access_token"].as_str().unwrap();
-        let (header, _) = verify_with_jwks(&app, token, &validation).await;
-        assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA, "{path}");
-    }
-}
-
 crate::on_both_backends!(
     leak_reports_are_behind_the_address_budget,
     a_suspended_key_can_be_rotated_and_stays_suspended,
@@ -829,30 +683,134 @@ async fn a_suspended_key_can_be_rotated_and_stays_suspended(db: TestDb) {
     .await;
 }
 
+/// Every flag `keybound serve` knows that takes no value: hidden ones (none are left; any new
+/// one is turned on here) and the ones meant for tests (`--attestation-allow-development`,
+/// `--attestation-allow-custom-root`, …), from the real command-line definition.
+fn every_serve_switch() -> Vec<String> {
+    use clap::CommandFactory;
+    let mut cli = keybound::config::Cli::command();
+    // Settles each argument's action and value count (unset before a build).
+    cli.build();
+    let serve = cli.find_subcommand("serve").expect("serve");
+    let mut switches = Vec::new();
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+        assert!(
+            !arg.is_hide_set() || !takes_value,
+            "--{long} is hidden and takes a value: give it one here"
+        );
+        assert!(!long.contains("bench"), "--{long}: serve has no bench flag");
+        if !takes_value && long != "help" && long != "version" {
+            switches.push(format!("--{long}"));
+        }
+    }
+    switches
+}
+
 /// Contract section 7: a `--profile prod` server has no benchmark route or switch, whatever
-/// flags it is given. `--bench-routes` under prod starts the server without them.
+/// flags it is given. The real binary, `keybound serve --profile prod` behind a trusted proxy,
+/// with every switch it knows turned on: each bench route answers 404. `--bench-routes` itself
+/// is gone (an unknown argument): the routes live only in `keybound-bench`'s own server.
 #[tokio::test]
-async fn a_prod_server_has_no_bench_route_or_switch_even_with_the_flag() {
+async fn a_prod_server_has_no_bench_route_or_switch_whatever_its_flags() {
     let db = TestDb::sqlite().await;
-    let app = spawn_app_args(&db, |a| {
-        a.profile = keybound::config::Profile::Prod;
-        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
-        a.bench_routes = true;
-    })
-    .await;
+    let bench_flag = crate::helpers::cli(&db, &["serve", "--bench-routes"]).await;
+    assert_eq!(bench_flag.code, 2, "{bench_flag:?}");
+    assert!(
+        bench_flag
+            .stderr
+            .contains("unexpected argument '--bench-routes'"),
+        "{bench_flag:?}"
+    );
+
+    let switches = every_serve_switch();
+    for expected in [
+        "--attestation-allow-development",
+        "--attestation-allow-custom-root",
+    ] {
+        assert!(
+            switches.iter().any(|s| s == expected),
+            "{expected}: {switches:?}"
+        );
+    }
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybound"))
+        .args(["--database-url", &db.url, "serve", "--profile", "prod"])
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--trusted-proxy",
+            "127.0.0.1/32",
+        ])
+        .args(&switches)
+        .env("KEYBOUND_MASTER_KEY", db.master_key())
+        .env("KEYBOUND_ADMIN_TOKEN", crate::helpers::ADMIN_TOKEN)
+        .current_dir(db.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("keybound serve starts");
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(Some(status)) = server.try_wait() {
+            let out = server.wait_with_output().await.unwrap();
+            panic!(
+                "the prod server exited ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the prod server answers /healthz");
     for (method, path) in [
         (reqwest::Method::POST, "/bench/sign"),
         (reqwest::Method::POST, "/bench/verify-sign"),
         (reqwest::Method::PUT, "/bench/switches"),
+        (reqwest::Method::GET, "/bench/switches"),
     ] {
-        let res = app
-            .client
-            .request(method, app.url(path))
+        let res = client
+            .request(method, format!("{base}{path}"))
             .json(&json!({"rate_limits": false, "usage": false, "writes": false}))
             .send()
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
     }
+    server.kill().await.unwrap();
+}
+
+/// The same in process, where the switches can be read: after the attempts to reach them,
+/// rate limits, usage tracking and writes are all still on.
+#[tokio::test]
+async fn a_prod_servers_switches_stay_on() {
+    let db = TestDb::sqlite().await;
+    let app = spawn_app_args(&db, |a| {
+        a.profile = keybound::config::Profile::Prod;
+        a.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let res = app
+        .client
+        .put(app.url("/bench/switches"))
+        .json(&json!({"rate_limits": false, "usage": false, "writes": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let switches = &app.state().switches;
+    assert!(switches.rate_limits() && switches.usage() && switches.writes());
     app.stop().await;
 }

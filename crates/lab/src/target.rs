@@ -12,9 +12,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::config::ServeArgs;
-use crate::error::{Error, Result};
-use crate::server::Running;
+use keybound::config::ServeArgs;
+use keybound::error::{Error, Result};
+use keybound::server::Running;
 
 /// Where the lab sends its requests, and how it administers the server.
 pub struct Target {
@@ -66,7 +66,7 @@ impl Reply {
 fn random_token(prefix: &str) -> SecretString {
     use rand::Rng;
     let s: String = (0..40)
-        .map(|_| crate::keys::format::BASE62[rand::rngs::OsRng.gen_range(0..62)] as char)
+        .map(|_| keybound::keys::format::BASE62[rand::rngs::OsRng.gen_range(0..62)] as char)
         .collect();
     SecretString::from(format!("{prefix}{s}"))
 }
@@ -114,13 +114,13 @@ impl Target {
     pub async fn in_process_with(configure: impl FnOnce(&mut ServeArgs)) -> Result<Target> {
         let dir = tempfile::tempdir().map_err(Error::internal)?;
         let url = format!("sqlite://{}", dir.path().join("lab.db").display());
-        let store = crate::store::open(&url).await?;
+        let store = keybound::store::open(&url).await?;
         let admin_token = random_token("lab-admin-");
         let mut args = ServeArgs::for_tests();
         args.admin_token = Some(admin_token.clone());
         args.trusted_proxy = vec!["127.0.0.1/32".parse().expect("a valid CIDR")];
         configure(&mut args);
-        let running = crate::server::start(args, store).await?;
+        let running = keybound::server::start(args, store).await?;
         Ok(Target {
             base: format!("http://{}", running.addr),
             admin_token,
@@ -161,7 +161,7 @@ impl Target {
     async fn detect_forwarded_for(&self) -> Result<bool> {
         // A key-in-URL alert records the client IP the server believed.
         let ip: IpAddr = Ipv4Addr::new(127, 0, 253, 1).into();
-        let fake = crate::keys::ApiKey::generate(crate::keys::KeyEnv::Test);
+        let fake = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
         let _ = self
             .client
             .get(self.url(&format!("/healthz?k={}", fake.expose())))

@@ -13,9 +13,9 @@ use subtle::ConstantTimeEq;
 use super::report::{Outcome, Section, pct, sci, thousands};
 use super::stats::{chi_square_uniform, serial_correlation};
 use super::target::Target;
-use crate::error::Result;
-use crate::keys::format::{BASE62, CHECKSUM_LEN, ID_LEN, SECRET_LEN};
-use crate::keys::{ApiKey, KeyEnv};
+use keybound::error::Result;
+use keybound::keys::format::{BASE62, CHECKSUM_LEN, ID_LEN, SECRET_LEN};
+use keybound::keys::{ApiKey, KeyEnv};
 
 const SECONDS_PER_YEAR: f64 = 365.25 * 86_400.0;
 

@@ -1,4 +1,5 @@
-//! The benchmark's ceiling routes, served only with `--bench-routes`.
+//! The benchmark's ceiling routes, served only by a server this crate starts itself on
+//! loopback ([`crate::server`]); `keybound serve` has none of them.
 //!
 //! - `POST /bench/sign` does what an exchange does last and nothing before: build access-token
 //!   claims and sign them with the active key, behind the same middleware as every route.
@@ -20,8 +21,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::state::AppState;
-use crate::tokens::{AccessClaims, AccessGrant, GrantedTrust};
+use keybound::state::AppState;
+use keybound::tokens::{AccessClaims, AccessGrant, GrantedTrust};
 
 /// Path of the sign-only route.
 pub const SIGN_PATH: &str = "/bench/sign";
@@ -121,7 +122,7 @@ async fn sign(State(state): State<AppState>) -> Response {
             ttl_seconds: s.access_ttl_secs as u64,
             status_idx: 0,
         },
-        crate::state::now() as u64,
+        keybound::state::now() as u64,
     );
     let token = claims.sign(&state.keyring.active());
     let mut res = Json(json!({"access_token": token, "token_type": "DPoP",

@@ -1,14 +1,15 @@
 //! `keybound bench`: how fast the token exchange is on this machine, next to this machine's
-//! ceiling measured in the same run.
+//! ceiling measured in the same run. The `keybound-bench` binary; `keybound bench …` runs it
+//! with the same arguments.
 //!
 //! A run has five phases, all over the same `--connections` keep-alive connections:
 //! 1. warm-up: one exchange per simulated device (enrolls the devices not seeded, fills the
 //!    validation cache), then a short calibration run that sizes the proof batches;
 //! 2. `GET /healthz`: what the HTTP stack and the load generator cost, with no work;
 //! 3. `POST /bench/sign`: one access token signed per request, no checks, no storage (the
-//!    route exists only with `serve --bench-routes`);
+//!    route exists only in a server this crate starts: [`server`]);
 //! 4. `POST /bench/verify-sign`: the same, after a SHA-256 and one Ed25519 `verify_strict` (the
-//!    two signature operations no exchange can do without; `--bench-routes` too);
+//!    two signature operations no exchange can do without; the same);
 //! 5. `POST /v1/token`: the full exchange, each request with a fresh DPoP proof built before
 //!    the phase started.
 //!
@@ -16,8 +17,11 @@
 //! figure for both together; the ratios between phases are what carries over to another
 //! machine. The server's peak RSS is read from `/proc/<pid>/status` (`VmHWM`).
 
+pub mod args;
 mod devices;
 mod load;
+pub mod routes;
+pub mod server;
 mod target;
 
 use std::collections::BTreeMap;
@@ -31,9 +35,9 @@ use http_body_util::Full;
 use hyper::Request;
 use serde_json::json;
 
-use crate::config::BenchArgs;
-use crate::error::{Error, Result};
+use crate::args::BenchArgs;
 use devices::{Prepared, SimDevice, build_proofs};
+use keybound::error::{Error, Result};
 use load::{MakeRequest, Outcome, drive};
 use target::{Target, peak_rss};
 
@@ -158,7 +162,7 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
                 .ok()
         })
     };
-    let iat = || crate::state::now() + IAT_AHEAD;
+    let iat = || keybound::state::now() + IAT_AHEAD;
 
     eprintln!("warm-up: one exchange per device…");
     let proofs = build_proofs(&devices, &t.token_url, iat(), 0, devices.len());
@@ -201,15 +205,18 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
             t.addr,
             conns,
             phase,
-            simple(Method::POST, crate::http::bench::SIGN_PATH, &t.host),
+            simple(Method::POST, crate::routes::SIGN_PATH, &t.host),
             t.pid,
         )
         .await;
         let (s, vs) = if s.ok == 0 {
-            eprintln!("note: no sign-only route (start the server with --bench-routes)");
+            eprintln!(
+                "note: no sign-only route (a plain `keybound serve` has none; --no-ceiling skips \
+                 these phases)"
+            );
             (None, None)
         } else {
-            let path = crate::http::bench::VERIFY_SIGN_PATH;
+            let path = crate::routes::VERIFY_SIGN_PATH;
             eprintln!("ceiling: POST {path} for {} s…", phase.as_secs());
             let vs = drive(
                 t.addr,

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use super::report::{Outcome, Section, thousands};
 use super::target::{LabDevice, Reply, SpawnedServer, Target, phone};
 use super::tokens::ResourceServer;
-use crate::devices::trust::{self, DeviceHistory, NetworkSignals, TrustInputs};
-use crate::error::{Error, Result};
-use crate::keys::ApiKey;
+use keybound::devices::trust::{self, DeviceHistory, NetworkSignals, TrustInputs};
+use keybound::error::{Error, Result};
+use keybound::keys::ApiKey;
 
 // ---- A: source leak ----
 
@@ -242,7 +242,7 @@ async fn auto_contained_clone(
     attacker_attrs: &Value,
 ) -> Result<(Option<Duration>, String)> {
     let t = Target::in_process_with(|a| {
-        a.auto_suspend_on = vec![crate::alerts::AlertKind::FingerprintMismatch];
+        a.auto_suspend_on = vec![keybound::alerts::AlertKind::FingerprintMismatch];
     })
     .await?;
     let (key, _) = t.create_key(json!({})).await?;
@@ -458,7 +458,7 @@ impl Secrets {
             let secret = &plaintext[plaintext.len() - 49..plaintext.len() - 6];
             self.add("API key secret part", secret);
             let h = k.secret_hash();
-            self.add("API key hash (hex)", &crate::audit::to_hex(&h));
+            self.add("API key hash (hex)", &keybound::audit::to_hex(&h));
             self.add(
                 "API key hash (base64url)",
                 &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h),
@@ -669,11 +669,11 @@ async fn drive_traffic(server: &SpawnedServer) -> Result<(Secrets, usize)> {
 
 /// The same key id with a different (random) secret and a correct checksum.
 pub fn forge_same_id(key: &str) -> String {
-    let other = ApiKey::generate(crate::keys::KeyEnv::Test);
+    let other = ApiKey::generate(keybound::keys::KeyEnv::Test);
     let o = other.expose();
     let prefix_len = key.len() - 6 - 43;
     let body = format!("{}{}", &key[..prefix_len], &o[o.len() - 49..o.len() - 6]);
-    let sum = crate::keys::format::checksum(body.as_bytes());
+    let sum = keybound::keys::format::checksum(body.as_bytes());
     format!("{body}{sum}")
 }
 
@@ -1039,7 +1039,7 @@ mod tests {
 
     #[test]
     fn forged_keys_keep_the_id_and_pass_the_checksum() {
-        let k = ApiKey::generate(crate::keys::KeyEnv::Test);
+        let k = ApiKey::generate(keybound::keys::KeyEnv::Test);
         let f = forge_same_id(k.expose());
         let parsed = ApiKey::parse(&f).expect("checksum recomputed");
         assert_eq!(parsed.id(), k.id());

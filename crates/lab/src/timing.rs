@@ -14,9 +14,9 @@ use subtle::ConstantTimeEq;
 use super::report::{Outcome, Section, thousands};
 use super::stats::{Dudect, T_THRESHOLD};
 use super::target::Target;
-use crate::error::Result;
-use crate::keys::{ApiKey, KeyEnv};
-use crate::limits::KeyIdFailures;
+use keybound::error::Result;
+use keybound::keys::{ApiKey, KeyEnv};
+use keybound::limits::KeyIdFailures;
 
 /// One dudect comparison.
 #[derive(Debug, Clone)]
@@ -94,7 +94,7 @@ impl SlotBudget {
         let slot = KeyIdFailures::slot_of(&Self::key_id(key));
         let recent = self.0.entry(slot).or_default();
         recent.retain(|t| t.elapsed() < Self::WINDOW);
-        recent.len() + failures <= crate::state::KEY_FAILURE_BUDGET as usize
+        recent.len() + failures <= keybound::state::KEY_FAILURE_BUDGET as usize
     }
 
     /// Counts one wrong secret for `key`'s id.
@@ -271,7 +271,7 @@ async fn http_test(
                 budget.spend(&presented);
                 let _ = send(next_ip())
                     .await
-                    .map_err(crate::Error::internal)?
+                    .map_err(keybound::Error::internal)?
                     .bytes()
                     .await;
             }
@@ -285,7 +285,7 @@ async fn http_test(
         budget.spend(&presented);
         let req = send(next_ip());
         let started = Instant::now();
-        let res = req.await.map_err(crate::Error::internal)?;
+        let res = req.await.map_err(keybound::Error::internal)?;
         let status = res.status().as_u16();
         let _ = res.bytes().await;
         let elapsed = started.elapsed().as_nanos() as f64 / 1e3;

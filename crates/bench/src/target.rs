@@ -12,11 +12,12 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::devices::SimDevice;
-use crate::config::{BenchArgs, ServeArgs};
-use crate::error::{Error, Result};
-use crate::keys::{ApiKey, KeyEnv};
-use crate::server::Running;
-use crate::store::{self, DeviceRecord, DeviceStatus, KeyRecord, KeyStatus};
+use crate::args::BenchArgs;
+use keybound::config::ServeArgs;
+use keybound::error::{Error, Result};
+use keybound::keys::{ApiKey, KeyEnv};
+use keybound::server::Running;
+use keybound::store::{self, DeviceRecord, DeviceStatus, KeyRecord, KeyStatus};
 
 /// Scopes of the benchmark's keys.
 const SCOPES: [&str; 2] = ["read:bench", "write:bench"];
@@ -53,9 +54,9 @@ pub struct Target {
 
 impl Target {
     /// Turns rate limiting, usage tracking and the token path's writes on or off
-    /// (`PUT /bench/switches`; the server must run with `--bench-routes`).
+    /// (`PUT /bench/switches`; only a server this run started has it).
     pub async fn set_switches(&self, rate_limits: bool, usage: bool, writes: bool) -> Result<()> {
-        let body = crate::http::bench::SwitchesBody {
+        let body = crate::routes::SwitchesBody {
             rate_limits,
             usage,
             writes,
@@ -64,7 +65,7 @@ impl Target {
             .put(format!(
                 "http://{}{}",
                 self.addr,
-                crate::http::bench::SWITCHES_PATH
+                crate::routes::SWITCHES_PATH
             ))
             .json(&body)
             .send()
@@ -72,8 +73,8 @@ impl Target {
             .map_err(Error::unavailable)?;
         if !res.status().is_success() {
             return Err(Error::InvalidRequest(format!(
-                "--overhead needs a server with --bench-routes (PUT {} answered {})",
-                crate::http::bench::SWITCHES_PATH,
+                "--overhead needs a server this command starts, not --url (PUT {} answered {})",
+                crate::routes::SWITCHES_PATH,
                 res.status()
             )));
         }
@@ -165,7 +166,7 @@ async fn local(
             ));
         }
     }
-    let now = crate::state::now();
+    let now = keybound::state::now();
     let (records, plaintexts) = bench_keys(args.keys, now);
     let key_ids: Vec<String> = records.iter().map(|k| k.key_id.clone()).collect();
     let (keys, seeded) = seed_rows(args, records, &key_ids, devices, now);
@@ -186,8 +187,7 @@ async fn local(
     drop(keys);
     drop(seeded);
 
-    let mut serve = ServeArgs::for_tests();
-    serve.bench_routes = true;
+    let serve = ServeArgs::for_tests();
     let (addr, server, pid, mode) = if args.spawn {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -197,7 +197,7 @@ async fn local(
         let log = std::fs::File::create(dir.path().join("server.log")).map_err(Error::internal)?;
         let master = serve.master_key.as_ref().expect("for_tests sets one");
         let child = Command::new(std::env::current_exe().map_err(Error::internal)?)
-            .args(["serve", "--bench-routes", "--listen", &addr.to_string()])
+            .args([crate::server::SUBCOMMAND, "--listen", &addr.to_string()])
             .arg("--database-url")
             .arg(&url)
             .env("KEYBOUND_MASTER_KEY", master.expose_secret())
@@ -210,7 +210,7 @@ async fn local(
         wait_ready(addr).await?;
         (addr, Server::Child(child), Some(pid), "child process")
     } else {
-        crate::telemetry::init(serve.log_format);
+        keybound::telemetry::init(serve.log_format);
         let running = crate::server::start(serve, store::open(&url).await?).await?;
         (
             running.addr,
@@ -277,7 +277,7 @@ async fn external(
         } else {
             "sqlite"
         };
-        let now = crate::state::now();
+        let now = keybound::state::now();
         let (keys, seeded) = seed_rows(args, vec![], &key_ids, devices, now);
         store::seed(&db, &keys, &seeded).await?;
     }
@@ -373,7 +373,7 @@ fn key_record(key_id: String, secret_hash: Vec<u8>, name: String, now: i64) -> K
         allowed_origins: vec![],
         max_devices: 100_000,
         trust_on_enroll: false,
-        attestation: crate::store::AttestationPolicy::Preferred,
+        attestation: keybound::store::AttestationPolicy::Preferred,
         status: KeyStatus::Active,
         status_reason: None,
         status_changed_at: None,
@@ -463,7 +463,7 @@ fn device_row(
         networks: vec!["127.0.0.0/24".into()],
         trust_score: 0.9,
         trust_level: "trusted".into(),
-        trust_factors: crate::store::JsonText::empty_list(),
+        trust_factors: keybound::store::JsonText::empty_list(),
         revoked_at: None,
         // The store allocates it.
         status_idx: 0,

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::report::{Outcome, Section, pct, thousands};
-use crate::devices::trust::{
+use keybound::devices::trust::{
     self, Attributes, DeviceHistory, NetworkSignals, TrustDecision, TrustInputs, TrustLevel,
 };
 

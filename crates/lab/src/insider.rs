@@ -10,9 +10,9 @@ use sqlx::{Column, Connection, Row, SqliteConnection};
 
 use super::report::{Outcome, Section};
 use super::target::{LabDevice, Target, phone};
-use crate::audit::{self, Verdict};
-use crate::error::{Error, Result};
-use crate::keys::ApiKey;
+use keybound::audit::{self, Verdict};
+use keybound::error::{Error, Result};
+use keybound::keys::ApiKey;
 
 /// One tampering attempt on the audit log.
 #[derive(Debug, Clone)]
@@ -284,7 +284,7 @@ async fn exec(c: &mut SqliteConnection, sql: &str, seq: i64) -> Result<()> {
 /// Edits, deletes and truncates audit rows behind keybound's back, asks `audit verify` each
 /// time (the library, and the CLI when there is a binary), and puts every row back after.
 async fn tamper(db: &str, binary: Option<&Path>) -> Result<Vec<Tamper>> {
-    let store = crate::store::open(db).await?;
+    let store = keybound::store::open(db).await?;
     let (rows, head) = match audit::verify(&*store).await? {
         Verdict::Intact { rows, head_hash } => (rows, head_hash),
         Verdict::Broken { seq, reason } => {
@@ -363,8 +363,8 @@ async fn tamper(db: &str, binary: Option<&Path>) -> Result<Vec<Tamper>> {
 /// Writes a key row straight into the database with a secret the insider chose: does the
 /// server accept it, and does `audit verify` notice? The row is removed afterwards.
 async fn mint_key(t: &Target, db: &str, _device: &str) -> Result<(bool, bool)> {
-    let store = crate::store::open(db).await?;
-    let minted = ApiKey::generate(crate::keys::KeyEnv::Test);
+    let store = keybound::store::open(db).await?;
+    let minted = ApiKey::generate(keybound::keys::KeyEnv::Test);
     let (_, template) = t.create_key(json!({"trust_on_enroll": true})).await?;
     let mut c = SqliteConnection::connect(db)
         .await

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::report::{Outcome, Section};
 use super::target::{LabDevice, Reply, Target, phone};
-use crate::error::{Error, Result};
+use keybound::error::{Error, Result};
 
 /// A resource server protected by the SDK's verifier, on its own loopback port.
 pub struct ResourceServer {

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 
 use super::report::{Outcome, Section};
 use super::target::{LabDevice, Reply, Target, phone};
-use crate::devices::trust::{self, DeviceHistory, NetworkSignals, TrustInputs};
-use crate::error::{Error, Result};
+use keybound::devices::trust::{self, DeviceHistory, NetworkSignals, TrustInputs};
+use keybound::error::{Error, Result};
 
-#[path = "../attestation/testing.rs"]
+#[path = "../../../src/attestation/testing.rs"]
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 mod generator;
 

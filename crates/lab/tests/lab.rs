@@ -3,12 +3,37 @@
 
 use std::path::Path;
 
-use keybound::lab::{self, Target, population, stats::T_THRESHOLD};
+use keybound_lab::{self as lab, Target, population, stats::T_THRESHOLD};
 
-use crate::helpers::{TestDb, run_binary};
+#[path = "support/keybound_binary.rs"]
+mod keybound_binary;
 
+/// The real server binary, for the scenarios that attack a server process (B, C, H).
 fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_keybound"))
+    keybound_binary::keybound_binary()
+}
+
+/// What a run of `keybound-lab` printed.
+#[derive(Debug)]
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `keybound-lab ARGS…` (what `keybound lab ARGS…` runs) in `cwd`.
+fn run_lab(cwd: &Path, args: &[&str]) -> Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keybound-lab"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("keybound-lab runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 async fn target() -> Target {
@@ -227,14 +252,13 @@ fn the_population_study_is_reproducible_and_catches_foreign_clones() {
     );
 }
 
-#[tokio::test]
-async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
-    let db = TestDb::sqlite().await;
-    let report = db.dir.path().join("report.md");
-    let out = run_binary(
-        db.dir.path(),
+#[test]
+fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.md");
+    let out = run_lab(
+        dir.path(),
         &[
-            "lab",
             "--only",
             "F,I,K,P",
             "--keys",
@@ -250,19 +274,16 @@ async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
             "--report",
             report.to_str().unwrap(),
         ],
-        None,
-    )
-    .await;
+    );
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("F reverse engineering"), "{out:?}");
     let md = std::fs::read_to_string(&report).unwrap();
     assert!(md.contains("| scenario | attack | defense | outcome | figure |"));
     assert!(md.contains("## P population study"));
 
-    let refused = run_binary(
-        db.dir.path(),
+    let refused = run_lab(
+        dir.path(),
         &[
-            "lab",
             "--url",
             "http://10.1.2.3:8080",
             "--admin-token",
@@ -270,9 +291,7 @@ async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
             "--only",
             "A",
         ],
-        None,
-    )
-    .await;
+    );
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(refused.stderr.contains("loopback"), "{refused:?}");
 }
@@ -280,7 +299,7 @@ async fn the_lab_command_writes_a_report_and_refuses_non_loopback_targets() {
 /// A timing measurement: meaningful only on a quiet machine, so it is not part of the default
 /// run (CI runs the whole suite in parallel on two cores, where scheduling noise is larger
 /// than the gap it looks for). Run it alone:
-/// `cargo test --test api -- --ignored lab::unknown_ids_and_wrong_secrets_take_as_long_over_http`.
+/// `cargo test -p keybound-lab --test lab -- --ignored unknown_ids_and_wrong_secrets_take_as_long_over_http`.
 #[tokio::test]
 #[ignore = "timing measurement: run alone on a quiet machine"]
 async fn unknown_ids_and_wrong_secrets_take_as_long_over_http() {
@@ -327,4 +346,20 @@ async fn a_leaked_key_earns_nothing_against_attestation_refreshes_and_the_enroll
     assert!(m.cycle_alerted);
     let section = m.section();
     assert!(section.holds, "{:#?}", section.notes);
+}
+
+/// `keybound lab …` runs this binary with the same arguments: `--help` is the lab's own.
+#[test]
+fn keybound_lab_runs_this_binary_with_the_same_arguments() {
+    // Both are built into target/<profile>/: the dispatcher finds this one next to itself.
+    let out = std::process::Command::new(binary())
+        .args(["lab", "--help"])
+        .output()
+        .expect("keybound runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("Usage: keybound lab"), "{stdout}");
+    for option in ["--only", "--report", "--keybound-binary"] {
+        assert!(stdout.contains(option), "{option}: {stdout}");
+    }
 }

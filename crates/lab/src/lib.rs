@@ -1,4 +1,5 @@
 //! `keybound lab`: attacks keybound's own defenses and measures how well they hold (issue 6).
+//! The `keybound-lab` binary; `keybound lab …` runs it with the same arguments.
 //!
 //! The lab starts keybound in-process on a fresh SQLite database (or targets a running
 //! server on a loopback address with `--url` and `--admin-token`), runs the scenarios below,
@@ -21,6 +22,7 @@
 //! itself as a report [`Section`].
 
 pub mod abuse;
+pub mod args;
 pub mod attested;
 pub mod insider;
 pub mod keyspace;
@@ -38,8 +40,8 @@ use std::process::ExitCode;
 pub use report::{Finding, Outcome, Report, Section};
 pub use target::{LabDevice, Reply, SpawnedServer, Target};
 
-use crate::config::LabArgs;
-use crate::error::{Error, Result};
+use crate::args::LabArgs;
+use keybound::error::{Error, Result};
 
 /// Every scenario letter, in report order.
 pub const SCENARIOS: &[&str] = &[
@@ -47,9 +49,9 @@ pub const SCENARIOS: &[&str] = &[
 ];
 
 /// Runs the lab as `keybound lab` does: exit 0 when every scenario held, 1 when one did not.
-pub async fn run(args: LabArgs) -> Result<ExitCode> {
-    let binary = std::env::current_exe().map_err(Error::internal)?;
-    let report = run_scenarios(&args, Some(binary)).await?;
+/// `binary` is the `keybound` executable scenarios B, C and H spawn (skipped without).
+pub async fn run(args: LabArgs, binary: Option<PathBuf>) -> Result<ExitCode> {
+    let report = run_scenarios(&args, binary).await?;
     print!("{}", report.to_text());
     if let Some(path) = &args.report {
         std::fs::write(path, report.to_markdown())
@@ -107,7 +109,7 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
                 "machine: {} CPUs, {}; run at unix time {}",
                 std::thread::available_parallelism().map_or(0, |n| n.get()),
                 std::env::consts::OS,
-                crate::state::now()
+                keybound::state::now()
             ),
             format!(
                 "sizes: C {} exchanges; G {} HTTP samples and {} comparison batches per class; F {} verifications; I {} keys; K {} keys; P {} devices × {} days ({:.0} % attested), {} clones per attacker kind, seed {}",
@@ -179,6 +181,6 @@ pub async fn run_scenarios(args: &LabArgs, binary: Option<PathBuf>) -> Result<Re
 fn skip_binary(skipped: &impl Fn(&str, &str) -> Section, title: &str) -> Section {
     skipped(
         title,
-        "needs the keybound binary (run through `keybound lab`)",
+        "needs the keybound binary (next to keybound-lab, or --keybound-binary)",
     )
 }

@@ -10,8 +10,8 @@ use serde_json::json;
 use super::report::{Outcome, Section, pct};
 use super::stats::median;
 use super::target::{LabDevice, Reply, Target};
-use crate::error::Result;
-use crate::limits::{IpFailures, KeyLimits};
+use keybound::error::Result;
+use keybound::limits::{IpFailures, KeyLimits};
 
 /// Scenario L's measurements.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ async fn guess_once(
         .json(&json!({}))
         .send()
         .await
-        .map_err(crate::Error::internal)?;
+        .map_err(keybound::Error::internal)?;
     Ok((res.status().as_u16(), retry_after(&res)))
 }
 
@@ -84,7 +84,7 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
     let mut evaluated = 0;
     let mut first_retry = None;
     for _ in 0..guesses {
-        let guess = crate::keys::ApiKey::generate(crate::keys::KeyEnv::Test);
+        let guess = keybound::keys::ApiKey::generate(keybound::keys::KeyEnv::Test);
         let (status, retry) = guess_once(t, guess.expose(), attacker).await?;
         if status == 429 {
             first_retry = first_retry.or(retry);
@@ -174,7 +174,7 @@ pub async fn rate_limits(t: &Target) -> Result<RateLimits> {
 /// Nanoseconds for what every token request pays: the per-IP budget check and one take from
 /// the key's rate (the failure record is paid by failures only).
 async fn limiter_cost() -> f64 {
-    use crate::limits::Backend;
+    use keybound::limits::Backend;
     let keys = KeyLimits::new(Backend::Local, 1000);
     let budget = IpFailures::new(Backend::Local, "lab", 20, 1000, 64);
     let ip: std::net::IpAddr = [127, 0, 0, 1].into();
