@@ -116,7 +116,15 @@ pub async fn run(
             None => total = Some(o),
         }
     }
-    total.expect("at least one batch ran")
+    let total = total.expect("at least one batch ran");
+    if total.errors.contains_key("RATE_LIMITED") {
+        eprintln!(
+            "refresh: note: RATE_LIMITED answers: a --url server needs a high \
+             --refresh-rate-per-device (the bench's own server runs with {})",
+            super::target::REFRESH_RATE_PER_DEVICE
+        );
+    }
+    total
 }
 
 fn iat() -> i64 {

@@ -23,7 +23,7 @@ const SCOPES: [&str; 2] = ["read:bench", "write:bench"];
 /// The benchmark's keys must not be what limits it (the admin API's upper bound).
 const RATE_LIMIT: i64 = 1_000_000;
 /// The same for the refresh phase's devices (`serve --refresh-rate-per-device`).
-const REFRESH_RATE_PER_DEVICE: u32 = 1_000_000;
+pub const REFRESH_RATE_PER_DEVICE: u32 = 1_000_000;
 
 /// How the server runs.
 enum Server {
