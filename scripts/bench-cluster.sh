@@ -45,7 +45,7 @@ trap cleanup EXIT
 start() { # port index
   "$TARGET" --database-url "$PG/$DB" serve-target --listen "127.0.0.1:$1" --issuer "$ISSUER" \
     --redis-url "$REDIS" --master-key "$MASTER" --admin-token "$ADMIN" \
-    --ip-failure-budget 100000000 --log-format json >"$OUT/serve-$2.log" 2>&1 &
+    --ip-failure-budget 100000000 --refresh-rate-per-device 1000000 --log-format json >"$OUT/serve-$2.log" 2>&1 &
   PIDS+=("$!")
   for _ in $(seq 1 200); do
     curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0

@@ -62,4 +62,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// After the closed-loop phases, send exchanges open loop at a fixed arrival rate (per
+    /// second) for `--duration` seconds, latency measured from each request's intended send
+    /// time; `auto`: two such phases, at 50 % and 80 % of the closed-loop exchange rate.
+    #[arg(long, value_name = "RATE|auto")]
+    pub rate: Option<crate::Rate>,
+    /// Skip the refresh phase (`POST /v1/token/refresh`, closed loop).
+    #[arg(long)]
+    pub no_refresh: bool,
 }

@@ -11,7 +11,10 @@
 //! 4. `POST /bench/verify-sign`: the same, after a SHA-256 and one Ed25519 `verify_strict` (the
 //!    two signature operations no exchange can do without; the same);
 //! 5. `POST /v1/token`: the full exchange, each request with a fresh DPoP proof built before
-//!    the phase started.
+//!    the phase started;
+//! 6. with `--rate`: the exchange open loop, at a fixed arrival rate ([`open_loop`]);
+//! 7. `POST /v1/token/refresh`: refresh-token rotation, closed loop ([`refresh`]; skipped with
+//!    `--no-refresh`).
 //!
 //! The server and the load generator share the machine's cores, so every figure is a
 //! figure for both together; the ratios between phases are what carries over to another
@@ -20,9 +23,17 @@
 pub mod args;
 mod devices;
 mod load;
+/// Open-loop phases (`--rate`): a fixed arrival rate, latency from intended send times.
+mod open_loop;
+/// The refresh phase: each device's refresh-token chain, in order.
+mod refresh;
 pub mod routes;
 pub mod server;
 mod target;
+#[cfg(test)]
+mod tests;
+
+pub use open_loop::Rate;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -39,6 +50,7 @@ use crate::args::BenchArgs;
 use devices::{Prepared, SimDevice, build_proofs};
 use keybound::error::{Error, Result};
 use load::{MakeRequest, Outcome, drive};
+use open_loop::OpenOutcome;
 use target::{Target, peak_rss};
 
 /// A proof is accepted while its `iat` is within 60 s of the server's clock. Proofs are
@@ -49,6 +61,10 @@ const IAT_AHEAD: i64 = 30;
 const MAX_BATCH_SECS: u64 = 45;
 /// Most proofs held at once (about 450 bytes each).
 const MAX_PROOFS: usize = 1_500_000;
+
+/// Proofs for the calibration run (it ends early when they run out). The smoke test's
+/// debug build signs them ~50× slower, and needs only a few.
+const CALIBRATION_PROOFS: usize = if cfg!(test) { 2_000 } else { 60_000 };
 
 /// `--overhead` rounds; each case's figure is the median over them.
 const OVERHEAD_ROUNDS: usize = 3;
@@ -124,6 +140,10 @@ struct Report {
     sign: Option<Outcome>,
     verify_sign: Option<Outcome>,
     exchange: Outcome,
+    /// `--rate`: the open-loop exchange phases.
+    open_loop: Vec<OpenOutcome>,
+    /// `POST /v1/token/refresh` (not with `--no-refresh`).
+    refresh: Option<Outcome>,
     /// `--overhead`: per (rate limits, usage tracking, writes) case, one outcome per round.
     overhead: Vec<((bool, bool, bool), Vec<Outcome>)>,
 }
@@ -184,7 +204,7 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
     }
     // A short exchange run sizes the proof batches (and warms the server further).
     let calibration = Duration::from_secs(2);
-    let proofs = build_proofs(&devices, &t.token_url, iat(), 0, 60_000);
+    let proofs = build_proofs(&devices, &t.token_url, iat(), 0, CALIBRATION_PROOFS);
     let calibrated = drive(t.addr, conns, calibration, exchange_batch(proofs), t.pid).await;
     let expected_rate = calibrated.rate().max(1000.0);
 
@@ -274,6 +294,27 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         }
         None => run_exchange(phase.as_secs()).await,
     };
+    let mut open = Vec::new();
+    for (rate, fraction) in open_loop::rates(args.rate, exchange.ok_rate()) {
+        let batch = |n| exchange_batch(build_proofs(&devices, &t.token_url, iat(), 0, n));
+        let mut o = open_loop::phase(t, conns, rate, phase.as_secs(), batch).await;
+        o.fraction = fraction;
+        open.push(o);
+    }
+    let refresh = if args.no_refresh {
+        None
+    } else {
+        Some(
+            refresh::run(
+                t,
+                &devices,
+                conns,
+                phase.as_secs(),
+                expected_rate.max(exchange.ok_rate()),
+            )
+            .await,
+        )
+    };
     let mut overhead = Vec::new();
     if args.overhead {
         for round in 1..=OVERHEAD_ROUNDS {
@@ -305,6 +346,8 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         sign,
         verify_sign,
         exchange,
+        open_loop: open,
+        refresh,
         overhead,
     })
 }
@@ -346,6 +389,12 @@ fn mib(bytes: u64) -> f64 {
 impl Report {
     fn ratio(&self, of: Option<&Outcome>) -> Option<f64> {
         of.map(|o| self.exchange.ok_rate() / o.rate().max(1e-9))
+    }
+
+    /// Refreshes answered ÷ sign-only (issue 18's refresh target).
+    fn refresh_ratio(&self) -> Option<f64> {
+        let (r, s) = (self.refresh.as_ref()?, self.sign.as_ref()?);
+        Some(r.ok_rate() / s.rate().max(1e-9))
     }
 
     fn print(&self, args: &BenchArgs, rss: Option<u64>, pid_note: &str) {
@@ -402,6 +451,12 @@ impl Report {
             row("POST /bench/verify-sign", s);
         }
         row("POST /v1/token", &self.exchange);
+        for o in &self.open_loop {
+            row(&o.name(), &o.outcome);
+        }
+        if let Some(r) = &self.refresh {
+            row("POST /v1/token/refresh", r);
+        }
         println!();
         let over = |a: Option<&Outcome>, b: Option<&Outcome>| Some(a?.rate() / b?.rate().max(1e-9));
         let (sign, verify_sign, healthz) = (
@@ -416,6 +471,11 @@ impl Report {
                 "  (target ≥ 0.40)",
             ),
             ("exchange / verify-sign", self.ratio(verify_sign), ""),
+            (
+                "refresh / sign-only",
+                self.refresh_ratio(),
+                "  (target ≥ 0.30)",
+            ),
             (
                 "verify-sign / sign-only",
                 over(verify_sign, sign),
@@ -434,6 +494,9 @@ impl Report {
             self.exchange.ms(0.99),
             args.connections
         );
+        for o in &self.open_loop {
+            o.print();
+        }
         if !self.overhead.is_empty() {
             self.print_overhead();
         }
@@ -531,6 +594,13 @@ impl Report {
             "exchange_over_sign_only": self.ratio(self.sign.as_ref()),
             "exchange_over_verify_sign": self.ratio(self.verify_sign.as_ref()),
             "exchange_over_healthz": self.ratio(self.healthz.as_ref()),
+            "open_loop": self.open_loop.iter().map(|o| {
+                let mut v = phase(&o.outcome);
+                v["generator"] = o.json();
+                v
+            }).collect::<Vec<_>>(),
+            "refresh": self.refresh.as_ref().map(phase),
+            "refresh_over_sign_only": self.refresh_ratio(),
             "overhead": self.overhead_rows(),
             "peak_rss_bytes": rss,
         })

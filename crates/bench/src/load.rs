@@ -36,7 +36,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn empty() -> Outcome {
+    pub(super) fn empty() -> Outcome {
         Outcome {
             done: 0,
             ok: 0,
@@ -111,9 +111,9 @@ pub async fn drive(
     total
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub(super) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+pub(super) async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -184,7 +184,7 @@ async fn connection(
 }
 
 /// The contract's `error.code`, or `HTTP_<status>` for a body without one.
-fn error_code(status: hyper::StatusCode, body: &[u8]) -> String {
+pub(super) fn error_code(status: hyper::StatusCode, body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))

@@ -23,6 +23,8 @@ use keybound::store::{self, DeviceRecord, DeviceStatus, KeyRecord, KeyStatus};
 const SCOPES: [&str; 2] = ["read:bench", "write:bench"];
 /// The benchmark's keys must not be what limits it (the admin API's upper bound).
 const RATE_LIMIT: i64 = 1_000_000;
+/// The same for the refresh phase's devices (`serve --refresh-rate-per-device`).
+pub const REFRESH_RATE_PER_DEVICE: u32 = 1_000_000;
 
 /// How the server runs.
 enum Server {
@@ -187,7 +189,10 @@ async fn local(
     drop(keys);
     drop(seeded);
 
-    let serve = ServeArgs::for_tests();
+    let mut serve = ServeArgs::for_tests();
+    // The refresh phase refreshes each device far more often than a real one: its per-device
+    // limit stays checked, but must not be what stops it.
+    serve.refresh_rate_per_device = REFRESH_RATE_PER_DEVICE;
     let (addr, server, pid, mode) = if args.spawn {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -198,6 +203,8 @@ async fn local(
         let master = serve.master_key.as_ref().expect("for_tests sets one");
         let child = Command::new(std::env::current_exe().map_err(Error::internal)?)
             .args([crate::server::SUBCOMMAND, "--listen", &addr.to_string()])
+            .arg("--refresh-rate-per-device")
+            .arg(REFRESH_RATE_PER_DEVICE.to_string())
             .arg("--database-url")
             .arg(&url)
             .env("KEYBOUND_MASTER_KEY", master.expose_secret())

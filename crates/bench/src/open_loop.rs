@@ -1,0 +1,505 @@
+//! Open-loop load (`--rate`): exchanges sent at a fixed arrival rate whatever the server's
+//! answers do, the way clients that do not wait for each other arrive.
+//!
+//! A closed loop (the other phases) sends the next request only when an answer came back, so
+//! a server that stalls is sent less while it stalls, and the requests that would have arrived
+//! during the stall are never timed: "coordinated omission". Here every request has an
+//! intended send time fixed before the phase starts (request `i` at `start + i / rate`), and
+//! its latency is measured from that time to the end of its answer, as wrk2 does: a request
+//! that had to wait for a free connection, or behind a stall, is charged for the wait.
+//!
+//! The schedule is kept by one OS thread that sleeps until each request is due and then
+//! releases it (tokio's timers have a resolution of 1 ms, too coarse at thousands of
+//! requests a second). Released requests are taken in order by whichever of the
+//! `--connections` keep-alive connections is free. The report says whether the generator
+//! kept up: how late the schedule thread released requests, how many were in flight at most
+//! (all connections busy means requests waited for a connection inside the generator, which
+//! their latency includes), and the rate actually sent.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+
+use super::load::{MakeRequest, Outcome, Sender, connect, error_code};
+use super::target::Target;
+
+/// `--rate`: a fixed arrival rate, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    /// Two phases, at 50 % and 80 % of the closed-loop exchange rate measured in the same run.
+    Auto,
+    /// Exchanges a second.
+    Fixed(f64),
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rate, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Rate::Auto);
+        }
+        match s.parse::<f64>() {
+            Ok(r) if (1.0..=10_000_000.0).contains(&r) => Ok(Rate::Fixed(r)),
+            _ => Err("expected requests per second (1 to 10 000 000) or `auto`".into()),
+        }
+    }
+}
+
+/// The fractions of the closed-loop exchange rate `--rate auto` runs at.
+pub const AUTO_FRACTIONS: [f64; 2] = [0.5, 0.8];
+
+/// Answers still outstanding this long after the last intended send time are counted as
+/// `TIMEOUT` and the phase ends.
+const DRAIN: Duration = Duration::from_secs(30);
+/// Time given to the connections to open before the first request is due.
+const CONNECT_AHEAD: Duration = Duration::from_millis(200);
+
+/// The phases `rate` asks for, as (rate, fraction of `saturation` or `None` for a fixed rate).
+pub fn rates(rate: Option<Rate>, saturation: f64) -> Vec<(f64, Option<f64>)> {
+    match rate {
+        None => vec![],
+        Some(Rate::Fixed(r)) => vec![(r, None)],
+        Some(Rate::Auto) => AUTO_FRACTIONS
+            .iter()
+            .map(|&f| ((saturation * f).max(1.0), Some(f)))
+            .collect(),
+    }
+}
+
+/// What one open-loop phase measured.
+pub struct OpenOutcome {
+    /// The arrival rate asked for.
+    pub rate: f64,
+    /// The fraction of the closed-loop rate it is (`--rate auto`).
+    pub fraction: Option<f64>,
+    /// Answers, errors and latency measured from the intended send times; `elapsed` runs
+    /// from the first intended send time to the last answer.
+    pub outcome: Outcome,
+    /// Requests scheduled.
+    pub scheduled: u64,
+    /// Requests actually sent (the rest were still waiting when the phase ended).
+    pub sent: u64,
+    /// From the first intended send time to the last actual send.
+    pub send_span: Duration,
+    /// How late the schedule thread released each request, in microseconds (the generator's
+    /// own lag; a connection's wait is not in it).
+    pub release_lag: Histogram<u64>,
+    /// From the intended send time to the moment the request was handed to its connection,
+    /// in microseconds: release lag plus any wait for a free connection.
+    pub send_lag: Histogram<u64>,
+    /// Most requests in flight at once.
+    pub peak_in_flight: usize,
+    /// Connections available.
+    pub connections: usize,
+}
+
+impl OpenOutcome {
+    /// Requests sent a second.
+    pub fn sent_rate(&self) -> f64 {
+        self.sent as f64 / self.send_span.as_secs_f64().max(1e-9)
+    }
+
+    /// Whether the generator kept to the schedule: nearly every request sent, at the asked
+    /// rate, released on time and never short of a connection.
+    pub fn kept_up(&self) -> bool {
+        self.shortfall().is_empty()
+    }
+
+    /// Why the generator did not keep up, for the report (empty when it did).
+    pub fn shortfall(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.peak_in_flight >= self.connections {
+            why.push(format!(
+                "all {} connections were busy at times (requests waited for one; their \
+                 latency includes the wait; raise --connections)",
+                self.connections
+            ));
+        }
+        let lag = self.release_lag.value_at_quantile(0.99) as f64 / 1000.0;
+        if lag > 1.0 {
+            why.push(format!(
+                "the schedule thread released requests late (p99 {lag:.2} ms): the machine \
+                 is short of CPU for the generator"
+            ));
+        }
+        if (self.sent as f64) < self.scheduled as f64 * 0.999 || self.sent_rate() < self.rate * 0.98
+        {
+            why.push(format!(
+                "sent {} of {} requests at {:.0}/s against {:.0}/s asked",
+                self.sent,
+                self.scheduled,
+                self.sent_rate(),
+                self.rate
+            ));
+        }
+        why
+    }
+
+    /// The phase's name in the report.
+    pub fn name(&self) -> String {
+        match self.fraction {
+            Some(f) => format!("open {:.0}% {:.0}/s", f * 100.0, self.rate),
+            None => format!("open {:.0}/s", self.rate),
+        }
+    }
+
+    /// The report's lines for this phase, below the table.
+    pub fn print(&self) {
+        let o = &self.outcome;
+        let target = match self.fraction {
+            Some(f) if f <= 0.5 => "  (target p99 ≤ 5 ms, p99.9 ≤ 15 ms)",
+            Some(_) => "  (target p99 ≤ 15 ms)",
+            None => "",
+        };
+        println!(
+            "{:<24} {:.0}/s asked, {:.0}/s answered ok; p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms              from the intended send times{target}",
+            format!("{}:", self.name()),
+            self.rate,
+            o.ok_rate(),
+            o.ms(0.5),
+            o.ms(0.99),
+            o.ms(0.999),
+        );
+        let why = self.shortfall();
+        let lag = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
+        println!(
+            "{:<24} {}: sent {:.0}/s, release lag p99 {:.2} ms, send lag p99 {:.2} ms,              peak {} in flight of {} connections",
+            "",
+            if why.is_empty() {
+                "generator kept up"
+            } else {
+                "generator DID NOT keep up"
+            },
+            self.sent_rate(),
+            lag(&self.release_lag),
+            lag(&self.send_lag),
+            self.peak_in_flight,
+            self.connections
+        );
+        for w in why {
+            println!("{:<24} - {w}", "");
+        }
+    }
+
+    /// The generator's side of the phase, for `--json`.
+    pub fn json(&self) -> serde_json::Value {
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        serde_json::json!({
+            "rate_asked": self.rate,
+            "fraction_of_closed_loop": self.fraction,
+            "scheduled": self.scheduled,
+            "sent": self.sent,
+            "sent_per_second": self.sent_rate(),
+            "release_lag_p99_ms": ms(&self.release_lag, 0.99),
+            "release_lag_max_ms": self.release_lag.max() as f64 / 1000.0,
+            "send_lag_p50_ms": ms(&self.send_lag, 0.5),
+            "send_lag_p99_ms": ms(&self.send_lag, 0.99),
+            "peak_in_flight": self.peak_in_flight,
+            "connections": self.connections,
+            "kept_up": self.kept_up(),
+            "shortfall": self.shortfall(),
+        })
+    }
+
+    /// Folds a later batch of the same phase into this one.
+    pub fn merge(&mut self, other: OpenOutcome) {
+        self.outcome.merge(other.outcome);
+        self.scheduled += other.scheduled;
+        self.sent += other.sent;
+        self.send_span += other.send_span;
+        self.release_lag
+            .add(&other.release_lag)
+            .expect("same bounds");
+        self.send_lag.add(&other.send_lag).expect("same bounds");
+        self.peak_in_flight = self.peak_in_flight.max(other.peak_in_flight);
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
+/// Shared between the connections of one phase.
+struct Schedule {
+    /// Released requests not yet taken (one permit each).
+    due: Semaphore,
+    /// The next request index to take.
+    next: AtomicUsize,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    start: Instant,
+    /// Nanoseconds between two intended send times.
+    interval_ns: f64,
+    count: usize,
+    /// Past this, nothing more is sent and outstanding answers are abandoned.
+    deadline: Instant,
+}
+
+impl Schedule {
+    fn intended(&self, i: usize) -> Instant {
+        self.start + Duration::from_nanos((i as f64 * self.interval_ns) as u64)
+    }
+}
+
+/// One open-loop phase of `secs` seconds at `rate`, in batches of at most
+/// [`MAX_BATCH_SECS`](super::MAX_BATCH_SECS) (a batch's proofs expire); `batch(n)` builds the
+/// requests of a batch of `n`.
+pub async fn phase(
+    t: &Target,
+    connections: usize,
+    rate: f64,
+    secs: u64,
+    batch: impl Fn(usize) -> Arc<MakeRequest>,
+) -> OpenOutcome {
+    let mut total: Option<OpenOutcome> = None;
+    // Shorter batches above the rate whose batch would hold more than MAX_PROOFS.
+    let most = ((super::MAX_PROOFS as f64 / rate) as u64).clamp(1, super::MAX_BATCH_SECS);
+    let mut left = secs.max(1);
+    while left > 0 {
+        let secs = left.min(most);
+        left -= secs;
+        let n = (rate * secs as f64).ceil() as usize;
+        eprintln!("open loop: building {n} proofs for {rate:.0}/s over {secs} s…");
+        let make = batch(n);
+        eprintln!("open loop: {rate:.0} exchanges/s for {secs} s…");
+        let o = drive_at_rate(
+            t.addr,
+            connections,
+            rate,
+            Duration::from_secs(secs),
+            make,
+            t.pid,
+        )
+        .await;
+        match &mut total {
+            Some(t) => t.merge(o),
+            None => total = Some(o),
+        }
+    }
+    total.expect("at least one batch ran")
+}
+
+/// Sends `make(0)`, `make(1)`, … `make(count - 1)` at `rate` a second over `connections`
+/// connections to `addr`; `count` is `rate × duration`.
+async fn drive_at_rate(
+    addr: SocketAddr,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+    make: Arc<MakeRequest>,
+    pid: Option<u32>,
+) -> OpenOutcome {
+    let count = ((rate * duration.as_secs_f64()).round() as usize).max(1);
+    let start = Instant::now() + CONNECT_AHEAD;
+    let s = Arc::new(Schedule {
+        due: Semaphore::new(0),
+        next: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        peak_in_flight: AtomicUsize::new(0),
+        start,
+        interval_ns: 1e9 / rate,
+        count,
+        deadline: start + duration + DRAIN,
+    });
+    let cpu_before = pid.and_then(super::target::cpu_seconds);
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(connection(addr, s.clone(), make.clone())))
+        .collect();
+    let releaser = {
+        let s = s.clone();
+        std::thread::spawn(move || release(&s, connections))
+    };
+    let mut total = Outcome::empty();
+    let mut send_lag = histogram();
+    let mut sent = 0u64;
+    let mut last_send = start;
+    for t in tasks {
+        if let Ok(c) = t.await {
+            total.merge(c.outcome);
+            send_lag.add(&c.send_lag).expect("same bounds");
+            sent += c.sent;
+            last_send = last_send.max(c.last_send);
+        }
+    }
+    let release_lag = releaser.join().unwrap_or_else(|_| histogram());
+    total.elapsed = Instant::now().saturating_duration_since(start);
+    let cpu_after = pid.and_then(super::target::cpu_seconds);
+    total.server_cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    let unsent = count as u64 - sent.min(count as u64);
+    if unsent > 0 {
+        *total.errors.entry("UNSENT".into()).or_default() += unsent;
+    }
+    OpenOutcome {
+        rate,
+        fraction: None,
+        outcome: total,
+        scheduled: count as u64,
+        sent,
+        send_span: last_send.saturating_duration_since(start),
+        release_lag,
+        send_lag,
+        peak_in_flight: s.peak_in_flight.load(Ordering::Relaxed),
+        connections,
+    }
+}
+
+/// The schedule thread: releases each request at its intended time (every request already
+/// due at once when it wakes late), then one permit per connection to let them all stop.
+fn release(s: &Schedule, connections: usize) -> Histogram<u64> {
+    let mut lag = histogram();
+    let mut released = 0;
+    while released < s.count {
+        let now = Instant::now();
+        if now > s.deadline {
+            break;
+        }
+        let due = s.intended(released);
+        if due > now {
+            // nanosleep: accurate to tens of microseconds, unlike tokio's 1 ms timer wheel.
+            std::thread::sleep(due - now);
+            continue;
+        }
+        let mut n = 0;
+        while released < s.count && s.intended(released) <= now {
+            let late = now.saturating_duration_since(s.intended(released));
+            let _ = lag.record(late.as_micros().max(1) as u64);
+            released += 1;
+            n += 1;
+        }
+        s.due.add_permits(n);
+    }
+    // Requests past `count` make the connections stop.
+    s.due.add_permits(connections);
+    lag
+}
+
+struct Connection {
+    outcome: Outcome,
+    send_lag: Histogram<u64>,
+    sent: u64,
+    last_send: Instant,
+}
+
+/// One connection: takes the next released request when free, sends it, times it from its
+/// intended send time.
+async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) -> Connection {
+    let mut c = Connection {
+        outcome: Outcome::empty(),
+        send_lag: histogram(),
+        sent: 0,
+        last_send: s.start,
+    };
+    let mut sender: Option<Sender> = connect(addr).await.ok();
+    loop {
+        let Ok(permit) = s.due.acquire().await else {
+            break;
+        };
+        permit.forget();
+        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        if i >= s.count || Instant::now() > s.deadline {
+            break;
+        }
+        let intended = s.intended(i);
+        let Some(req) = make(i) else {
+            break;
+        };
+        if let Some(x) = &mut sender
+            && x.ready().await.is_err()
+        {
+            sender = None;
+        }
+        let x = match &mut sender {
+            Some(x) => x,
+            None => match connect(addr).await {
+                Ok(x) => sender.insert(x),
+                Err(_) => {
+                    // Counted as answered with an error: it was sent as far as the schedule
+                    // goes, and the next free connection takes the next request.
+                    c.sent += 1;
+                    *c.outcome.errors.entry("IO".into()).or_default() += 1;
+                    continue;
+                }
+            },
+        };
+        let now = Instant::now();
+        let _ = c
+            .send_lag
+            .record(now.saturating_duration_since(intended).as_micros().max(1) as u64);
+        c.sent += 1;
+        c.last_send = c.last_send.max(now);
+        let flying = s.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        s.peak_in_flight.fetch_max(flying, Ordering::Relaxed);
+        let exchange = async {
+            let res = x.send_request(req).await?;
+            let status = res.status();
+            res.into_body()
+                .collect()
+                .await
+                .map(|b| (status, b.to_bytes()))
+        };
+        let answer = tokio::time::timeout_at(s.deadline.into(), exchange).await;
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let micros = Instant::now()
+            .saturating_duration_since(intended)
+            .as_micros()
+            .max(1) as u64;
+        match answer {
+            Ok(Ok((status, body))) => {
+                c.outcome.done += 1;
+                let _ = c.outcome.latency.record(micros);
+                if status.is_success() {
+                    c.outcome.ok += 1;
+                } else {
+                    *c.outcome
+                        .errors
+                        .entry(error_code(status, &body))
+                        .or_default() += 1;
+                }
+            }
+            Ok(Err(_)) => {
+                *c.outcome.errors.entry("IO".into()).or_default() += 1;
+                sender = None;
+            }
+            Err(_) => {
+                *c.outcome.errors.entry("TIMEOUT".into()).or_default() += 1;
+                break;
+            }
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_parses_auto_and_numbers_only() {
+        assert_eq!("auto".parse::<Rate>(), Ok(Rate::Auto));
+        assert_eq!("2500".parse::<Rate>(), Ok(Rate::Fixed(2500.0)));
+        assert_eq!("12.5".parse::<Rate>(), Ok(Rate::Fixed(12.5)));
+        for bad in ["", "0", "-5", "0.5", "nan", "inf", "fast"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn auto_runs_at_half_and_four_fifths_of_saturation() {
+        assert_eq!(
+            rates(Some(Rate::Auto), 10_000.0),
+            vec![(5_000.0, Some(0.5)), (8_000.0, Some(0.8))]
+        );
+        assert_eq!(
+            rates(Some(Rate::Fixed(300.0)), 10_000.0),
+            vec![(300.0, None)]
+        );
+        assert!(rates(None, 10_000.0).is_empty());
+    }
+}

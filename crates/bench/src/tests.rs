@@ -1,0 +1,119 @@
+//! A smoke test of the load generator, so that it cannot rot: every phase of one tiny run
+//! against a server in this process reports answers and no errors. Not a timing test: how
+//! fast anything is gets measured by `keybound bench` itself (docs/benchmarks.md).
+
+use std::sync::Arc;
+
+use clap::Parser;
+
+use super::devices::SimDevice;
+use super::load::Outcome;
+use super::target::Target;
+use crate::args::BenchArgs;
+
+/// The bench's options, parsed as its binary would.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn args(extra: &[&str]) -> BenchArgs {
+    let base = [
+        "keybound-bench",
+        "--duration",
+        "1",
+        "--connections",
+        "4",
+        "--devices",
+        "8",
+        "--keys",
+        "2",
+        "--seed-keys",
+        "3",
+    ];
+    Cli::parse_from(base.iter().chain(extra)).bench
+}
+
+fn assert_clean(name: &str, o: &Outcome) {
+    assert!(o.ok > 0, "{name}: no successful answer");
+    assert_eq!(o.ok, o.done, "{name}: {:?}", o.errors);
+    assert!(o.errors.is_empty(), "{name}: errors {:?}", o.errors);
+    assert!(o.ok_rate() > 0.0, "{name}: no rate");
+    assert!(o.ms(0.99) > 0.0, "{name}: no latency recorded");
+    assert!(o.cpu_us().is_some(), "{name}: no server CPU reading");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_phase_of_a_short_run_answers_without_errors() {
+    let args = args(&["--rate", "auto"]);
+    let devices: Arc<Vec<SimDevice>> = Arc::new(
+        (0..args.devices)
+            .map(|i| SimDevice::new(i, i % args.keys))
+            .collect(),
+    );
+    let target = Target::start(&args, None, &devices).await.expect("server");
+    let report = super::measure(&args, &target, devices).await;
+    target.stop().await;
+    let report = report.expect("the run completes");
+
+    assert_eq!(
+        report.warmup.ok, 8,
+        "one exchange per device: {:?}",
+        report.warmup.errors
+    );
+    for (name, o) in [
+        ("healthz", report.healthz.as_ref()),
+        ("sign-only", report.sign.as_ref()),
+        ("verify-sign", report.verify_sign.as_ref()),
+        ("exchange", Some(&report.exchange)),
+        ("refresh", report.refresh.as_ref()),
+    ] {
+        assert_clean(name, o.unwrap_or_else(|| panic!("{name}: phase missing")));
+    }
+    assert_eq!(
+        report.open_loop.len(),
+        2,
+        "--rate auto runs at 50 % and 80 %"
+    );
+    for (o, f) in report.open_loop.iter().zip([0.5, 0.8]) {
+        assert_eq!(o.fraction, Some(f));
+        assert!(
+            o.rate >= 1.0 && o.scheduled > 0 && o.sent > 0,
+            "{}",
+            o.name()
+        );
+        assert_clean(&o.name(), &o.outcome);
+    }
+    let json = report.json(&args, None);
+    for ratio in ["exchange_over_sign_only", "refresh_over_sign_only"] {
+        assert!(
+            json[ratio].as_f64().unwrap_or(0.0) > 0.0,
+            "{ratio}: {}",
+            json[ratio]
+        );
+    }
+    assert_eq!(json["open_loop"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_rate_phase_sends_its_schedule() {
+    let args = args(&["--rate", "50", "--no-ceiling", "--no-refresh"]);
+    let devices: Arc<Vec<SimDevice>> = Arc::new(
+        (0..args.devices)
+            .map(|i| SimDevice::new(i, i % args.keys))
+            .collect(),
+    );
+    let target = Target::start(&args, None, &devices).await.expect("server");
+    let report = super::measure(&args, &target, devices).await;
+    target.stop().await;
+    let report = report.expect("the run completes");
+
+    assert!(report.healthz.is_none() && report.refresh.is_none());
+    let [o] = &report.open_loop[..] else {
+        panic!("one open-loop phase");
+    };
+    assert_eq!((o.rate, o.fraction, o.scheduled), (50.0, None, 50));
+    assert_eq!(o.sent, 50, "every scheduled request is sent");
+    assert_clean(&o.name(), &o.outcome);
+}
