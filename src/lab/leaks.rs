@@ -767,6 +767,8 @@ pub struct MemoryDump {
 pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> {
     let dir = tempfile::tempdir().map_err(Error::internal)?;
     let db = format!("sqlite://{}", dir.path().join("lab.db").display());
+    // The CLI and the server share the master key: creating a key wraps its hash under it.
+    let master_key = super::target::random_master_key();
     let create = |name: &str| -> Result<String> {
         let out = std::process::Command::new(binary)
             .args([
@@ -783,6 +785,7 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
                 "--trust-on-enroll",
                 "--json",
             ])
+            .env("KEYBOUND_MASTER_KEY", master_key.expose_secret())
             .current_dir(dir.path())
             .output()
             .map_err(Error::internal)?;
@@ -796,7 +799,7 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
     };
     let key = SecretString::from(create("memory")?);
     let other = SecretString::from(create("churn")?);
-    let server = SpawnedServer::start_in(binary, "info", "text", dir, db.clone())?;
+    let server = SpawnedServer::start_in(binary, "info", "text", dir, db.clone(), master_key)?;
     let pid = server.pid();
     let key_str = key.expose_secret().to_owned();
     let secret = key_str[key_str.len() - 49..key_str.len() - 6].to_owned();
