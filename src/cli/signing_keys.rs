@@ -146,7 +146,14 @@ async fn reseal(store: &dyn Store, args: &ResealArgs) -> Result<()> {
     })?;
     // The integrity root moves to the new master key with the signing keys, in the same
     // transaction: the key hashes and the audit chain it protects stay valid as they are.
-    crate::integrity::load_or_enable(store, &current, now()).await?;
+    crate::integrity::load_or_enable(store, &current, now())
+        .await
+        .map_err(|e| match e {
+            Error::InvalidRequest(why) => {
+                Error::InvalidRequest(format!("{why}; nothing was changed"))
+            }
+            other => other,
+        })?;
     let root = match store.integrity_root().await? {
         Some(sealed) => Some(crate::integrity::reseal_root(&current, &new, &sealed)?),
         None => None,

@@ -21,6 +21,7 @@ mod enrollment;
 mod envelope;
 mod fuzz;
 mod health;
+mod integrity;
 mod interop;
 mod introspect;
 mod lab;
