@@ -154,8 +154,8 @@ impl Integrity {
 fn open_root(master: &MasterKey, sealed: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
     let wrong = || {
         Error::InvalidRequest(
-            "the master key does not open this database's integrity key: use the master key \
-             the database was set up with"
+            "the master key differs from the one that protects this database (its integrity \
+             key does not open): use the master key the database was set up with"
                 .into(),
         )
     };

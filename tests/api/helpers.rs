@@ -111,6 +111,18 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("open {:?} store: {e}", self.backend))
     }
 
+    /// [`store`](Self::store) with the database's integrity keys installed, as a server or a
+    /// CLI command with the master key has them: it can write audit rows.
+    pub async fn protected_store(&self) -> Arc<dyn Store> {
+        let store = self.store().await;
+        let master = keybound::tokens::signing::MasterKey::from_base64(&self.master_key)
+            .expect("a valid master key");
+        keybound::integrity::load_or_enable(&*store, &master, now())
+            .await
+            .expect("the integrity keys load");
+        store
+    }
+
     /// A byte string as an SQL literal of this database (for [`execute`](Self::execute)).
     pub fn bytes_literal(&self, bytes: &[u8]) -> String {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
