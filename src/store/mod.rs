@@ -467,11 +467,12 @@ pub struct AuditRow {
     /// The event.
     #[serde(flatten)]
     pub entry: AuditEntry,
-    /// Hash of the previous row (32 zero bytes for the first), hex in JSON.
+    /// `hash` of the previous row (32 zero bytes for the first), hex in JSON.
     #[serde(serialize_with = "hex")]
     #[schema(value_type = String)]
     pub prev_hash: Vec<u8>,
-    /// SHA-256 over `prev_hash` and this row's canonical content, hex in JSON.
+    /// HMAC-SHA256 under the database's audit key over `prev_hash` and this row's canonical
+    /// content (a plain SHA-256 for rows before the `integrity.enable` row), hex in JSON.
     #[serde(serialize_with = "hex")]
     #[schema(value_type = String)]
     pub hash: Vec<u8>,
