@@ -52,17 +52,14 @@ pub enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Manage API keys.
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(KeysArgs),
     /// Manage devices.
-    #[command(subcommand)]
-    Devices(DevicesCommand),
+    Devices(DevicesArgs),
     /// Manage JWT signing keys.
     #[command(subcommand, name = "signing-keys")]
     SigningKeys(SigningKeysCommand),
     /// Audit log tools.
-    #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(AuditArgs),
     /// Find keybound API keys in files (or stdin with `-`); exit 1 if any is found.
     Scan(ScanArgs),
     /// Attack keybound's own defenses and measure them (loopback targets only); exit 1 if a
@@ -552,6 +549,63 @@ pub struct OutputArgs {
     pub json: bool,
 }
 
+/// The master key for CLI commands that write keys or audit rows (`keys`, `devices`,
+/// `audit`): the same key the servers use, given the same ways. It protects the key hashes
+/// and the audit chain (`crate::integrity`), so creating or rotating a key, any change that
+/// writes an audit row, and checking the audit log need it; listing and showing do not.
+#[derive(Debug, Clone, Args)]
+pub struct MasterKeyArgs {
+    /// 32-byte master key (base64), as the servers have it.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYBOUND_MASTER_KEY",
+        hide_env_values = true
+    )]
+    pub master_key: Option<SecretString>,
+    /// The master key file (the dev profile's generated one by default); never created here.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYBOUND_MASTER_KEY_FILE",
+        default_value = "keybound-data/master.key"
+    )]
+    pub master_key_file: PathBuf,
+}
+
+/// `keybound keys …` with the master key.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// The servers' master key.
+    #[command(flatten)]
+    pub master: MasterKeyArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+/// `keybound devices …` with the master key.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// The servers' master key.
+    #[command(flatten)]
+    pub master: MasterKeyArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: DevicesCommand,
+}
+
+/// `keybound audit …` with the master key.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The servers' master key.
+    #[command(flatten)]
+    pub master: MasterKeyArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
 /// `keybound keys …`
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -728,8 +782,31 @@ pub struct SigningKeyArgs {
 /// `keybound audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the audit log's hash chain; exit non-zero naming the first bad row.
-    Verify(OutputArgs),
+    /// Check the audit log's MAC chain; exit non-zero naming the first bad row, or when the
+    /// log no longer reaches a checkpoint (`--checkpoint`).
+    Verify(VerifyAuditArgs),
+    /// Verify the chain and write its head (seq and MAC) authenticated under the database's
+    /// integrity key; keep the file outside the database, to detect truncation later.
+    Checkpoint(CheckpointArgs),
+}
+
+/// `keybound audit verify` options.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyAuditArgs {
+    /// A file written by `audit checkpoint`: also fail when the log ends before its row or
+    /// that row changed.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// `keybound audit checkpoint` options.
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointArgs {
+    /// Write the checkpoint here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `keybound scan` options.

@@ -34,6 +34,8 @@ pub mod exchange;
 pub mod fuzzing;
 /// HTTP routes, extractors and error mapping.
 pub mod http;
+/// Integrity against a database writer: MAC'd key hashes, audit chain and checkpoints.
+pub mod integrity;
 /// API key format and lifecycle.
 pub mod keys;
 /// Rate limits and failure budgets.

@@ -229,6 +229,9 @@ impl AppState {
             &args.master_key_file,
             args.profile == Profile::Prod,
         )?;
+        // Before anything else touches keys or the audit log: on the first start with this
+        // version this wraps every key hash and starts the MAC'd audit chain (crate::integrity).
+        crate::integrity::load_or_enable(&*store, &master, now()).await?;
         let keyring = Arc::new(KeyRing::load(&*store, master, now()).await?);
         let redis = match &args.redis_url {
             Some(url) => Some(Arc::new(

@@ -1,25 +1,34 @@
 //! The tamper-evident audit log.
 //!
-//! Every row carries `hash = SHA-256(prev_hash || canonical(row))`, where `canonical` is the
-//! row's sequence number and content as JSON with sorted keys and no whitespace. Editing a
-//! row breaks its own hash; deleting one breaks the sequence and the next row's `prev_hash`;
-//! [`verify`] walks the chain and names the first row that does not fit.
+//! Every row carries `hash = MAC(prev_hash || canonical(row))`, where `canonical` is the row's
+//! sequence number and content as JSON with sorted keys and no whitespace, and `MAC` is
+//! HMAC-SHA256 under a key only the master key's holder has ([`crate::integrity`]). Editing a
+//! row breaks its own MAC, and without the key nobody can compute a new one; deleting a row
+//! breaks the sequence and the next row's `prev_hash`. [`verify`] walks the chain and names the
+//! first row that does not fit.
+//!
+//! Rows written before integrity protection existed (an upgraded database) carry a plain
+//! SHA-256 instead; the `integrity.enable` row that the upgrade appended is the first MAC'd
+//! row, and since its MAC covers the last plain row's hash, the older rows are protected too.
 //!
 //! What a chain cannot show on its own: someone who can write the database may delete the
-//! newest rows, or rewrite a row and every row after it. `keybound audit verify` prints the
-//! head (last sequence number and hash); an operator who records it elsewhere (a ticket, a
-//! log shipper) can later prove the log was not truncated or rewritten before that point.
+//! newest rows. `keybound audit checkpoint` writes the head (sequence number and MAC)
+//! authenticated under the integrity key; `audit verify --checkpoint FILE` then fails when the
+//! log ends before the checkpoint's row or that row changed ([`Checkpoint`]).
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::integrity::{ENABLE_ACTION, Integrity};
 use crate::store::{AuditEntry, AuditRow, Store};
 
 /// The `prev_hash` of the first row.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-/// The chain hash of a row with sequence number `seq` following a row whose hash is `prev`.
-pub fn chain_hash(prev: &[u8], seq: i64, entry: &AuditEntry) -> [u8; 32] {
+/// The canonical bytes of row `seq`: what its hash or MAC covers after `prev_hash`.
+pub fn canonical(seq: i64, entry: &AuditEntry) -> Vec<u8> {
     // serde_json's `Value` keeps object keys sorted (no `preserve_order` feature), which makes
     // this serialization canonical, nested `details` included.
     let canonical = serde_json::json!({
@@ -31,9 +40,16 @@ pub fn chain_hash(prev: &[u8], seq: i64, entry: &AuditEntry) -> [u8; 32] {
         "ip": entry.ip,
         "details": entry.details,
     });
+    serde_json::to_vec(&canonical).expect("a JSON value always serializes")
+}
+
+/// The plain chain hash (the rule before integrity protection) of a row with sequence number
+/// `seq` following a row whose hash is `prev`. Only a database that has no integrity root yet
+/// (see [`crate::integrity::load_or_enable`]) still appends rows with it.
+pub fn chain_hash(prev: &[u8], seq: i64, entry: &AuditEntry) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
-    h.update(serde_json::to_vec(&canonical).expect("a JSON value always serializes"));
+    h.update(canonical(seq, entry));
     h.finalize().into()
 }
 
@@ -56,31 +72,79 @@ pub enum Verdict {
     },
 }
 
-/// Walks the whole audit log in order and checks every link.
-pub async fn verify(store: &dyn Store) -> Result<Verdict> {
+/// Walks the whole audit log in order and checks every link, MACs under `keys`.
+pub async fn verify(store: &dyn Store, keys: &Integrity) -> Result<Verdict> {
+    verify_against(store, keys, None).await
+}
+
+/// [`verify`], and also that the log still reaches `checkpoint`'s row with the same MAC
+/// there (the checkpoint itself must already be [`Checkpoint::check`]ed).
+pub async fn verify_against(
+    store: &dyn Store,
+    keys: &Integrity,
+    checkpoint: Option<(i64, &[u8])>,
+) -> Result<Verdict> {
     const PAGE: i64 = 1000;
     let mut prev = GENESIS.to_vec();
     let mut expected_seq = 1;
+    // Plain SHA-256 rows until the upgrade row; MAC'd from it on (see the module docs).
+    let mut macd = false;
     loop {
         let rows = store.list_audit(expected_seq - 1, PAGE).await?;
         if rows.is_empty() {
             break;
         }
         for row in &rows {
-            if let Some(v) = check_row(row, expected_seq, &prev) {
+            macd |= row.entry.action == ENABLE_ACTION;
+            if let Some(v) = check_row(row, expected_seq, &prev, macd.then_some(keys)) {
                 return Ok(v);
+            }
+            if let Some((seq, head)) = checkpoint
+                && seq == row.seq
+                && !bool::from(row.hash[..].ct_eq(head))
+            {
+                return Ok(Verdict::Broken {
+                    seq,
+                    reason: "the row differs from the checkpoint's (the log was rewritten)".into(),
+                });
             }
             prev.clone_from(&row.hash);
             expected_seq += 1;
         }
     }
+    let rows = expected_seq - 1;
+    if !macd {
+        // The integrity root exists (the caller holds its keys), so the upgrade row was
+        // written: a log without it was cut back to before it, or replaced.
+        return Ok(Verdict::Broken {
+            seq: expected_seq,
+            reason: format!(
+                "the log ends at seq {rows} without its {ENABLE_ACTION} row (rows were removed)"
+            ),
+        });
+    }
+    if let Some((seq, _)) = checkpoint
+        && rows < seq
+    {
+        return Ok(Verdict::Broken {
+            seq: expected_seq,
+            reason: format!(
+                "the log ends at seq {rows}, before the checkpoint's seq {seq} (rows were removed)"
+            ),
+        });
+    }
     Ok(Verdict::Intact {
-        rows: expected_seq - 1,
+        rows,
         head_hash: to_hex(&prev),
     })
 }
 
-fn check_row(row: &AuditRow, expected_seq: i64, prev: &[u8]) -> Option<Verdict> {
+fn check_row(
+    row: &AuditRow,
+    expected_seq: i64,
+    prev: &[u8],
+    mac: Option<&Integrity>,
+) -> Option<Verdict> {
     if row.seq != expected_seq {
         return Some(Verdict::Broken {
             seq: expected_seq,
@@ -93,13 +157,83 @@ fn check_row(row: &AuditRow, expected_seq: i64, prev: &[u8]) -> Option<Verdict> 
             reason: "prev_hash does not match the previous row's hash".into(),
         });
     }
-    if row.hash != chain_hash(prev, row.seq, &row.entry) {
+    let fits = match mac {
+        Some(keys) => keys.audit_mac_matches(prev, row.seq, &row.entry, &row.hash),
+        None => row.hash == chain_hash(prev, row.seq, &row.entry),
+    };
+    if !fits {
         return Some(Verdict::Broken {
             seq: row.seq,
-            reason: "content does not match its hash (the row was edited)".into(),
+            reason: "content does not match its MAC (the row was edited, or written without \
+                     the master key)"
+                .into(),
         });
     }
     None
+}
+
+/// The head of the audit chain at one moment, authenticated under the integrity key: what
+/// `keybound audit checkpoint` writes, kept by the operator outside the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version, 1.
+    pub version: u32,
+    /// Sequence number of the last row.
+    pub seq: i64,
+    /// That row's MAC, hex.
+    pub head: String,
+    /// When the checkpoint was taken (unix seconds).
+    pub at: i64,
+    /// HMAC-SHA256 under the checkpoint key of the fields above, hex.
+    pub mac: String,
+}
+
+impl Checkpoint {
+    fn canonical(version: u32, seq: i64, head: &str, at: i64) -> Vec<u8> {
+        let v = serde_json::json!({"version": version, "seq": seq, "head": head, "at": at});
+        serde_json::to_vec(&v).expect("a JSON value always serializes")
+    }
+
+    /// The checkpoint of a chain whose last row is `seq` with MAC `head`.
+    pub fn new(keys: &Integrity, seq: i64, head: &[u8], at: i64) -> Checkpoint {
+        let head = to_hex(head);
+        let mac = to_hex(&keys.checkpoint_mac(&Self::canonical(1, seq, &head, at)));
+        Checkpoint {
+            version: 1,
+            seq,
+            head,
+            at,
+            mac,
+        }
+    }
+
+    /// The checkpoint's `(seq, head MAC)` when it was written under `keys`; an error when it
+    /// comes from another database or master key, or was edited.
+    pub fn check(&self, keys: &Integrity) -> Result<(i64, Vec<u8>)> {
+        let refused = || {
+            Error::InvalidRequest(
+                "the checkpoint was not written with this database's integrity key (another \
+                 database or master key, or an edited file)"
+                    .into(),
+            )
+        };
+        let expected = keys.checkpoint_mac(&Self::canonical(
+            self.version,
+            self.seq,
+            &self.head,
+            self.at,
+        ));
+        let given = from_hex(&self.mac).ok_or_else(refused)?;
+        if self.version != 1 || !bool::from(expected[..].ct_eq(&given)) {
+            return Err(refused());
+        }
+        Ok((self.seq, from_hex(&self.head).ok_or_else(refused)?))
+    }
+}
+
+/// Decodes lowercase or uppercase hex; `None` when it is not hex.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    hex::decode(s).ok()
 }
 
 /// Lowercase hex.
@@ -145,18 +279,18 @@ mod tests {
         let rows = chain(3);
         let mut prev = GENESIS.to_vec();
         for (i, r) in rows.iter().enumerate() {
-            assert_eq!(check_row(r, i as i64 + 1, &prev), None);
+            assert_eq!(check_row(r, i as i64 + 1, &prev, None), None);
             prev.clone_from(&r.hash);
         }
         let mut edited = rows[1].clone();
         edited.entry.actor = "someone-else".into();
         assert!(matches!(
-            check_row(&edited, 2, &rows[0].hash),
+            check_row(&edited, 2, &rows[0].hash, None),
             Some(Verdict::Broken { seq: 2, .. })
         ));
         // Deleting row 2: row 3 arrives where 2 was expected.
         assert!(matches!(
-            check_row(&rows[2], 2, &rows[0].hash),
+            check_row(&rows[2], 2, &rows[0].hash, None),
             Some(Verdict::Broken { seq: 2, .. })
         ));
     }

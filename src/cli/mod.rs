@@ -2,7 +2,8 @@
 //! audit verification and the leak scanner. They open the database directly, so they work
 //! without a running server; servers see their changes within the validation cache lifetime.
 //!
-//! Exit codes: 0 success; 1 a finding (`scan` found a key, `audit verify` found a bad row);
+//! Exit codes: 0 success; 1 a finding (`scan` found a key, `audit verify` found a bad row or a
+//! truncation past its checkpoint);
 //! 2 an error, written to stderr as `error: <message> (<CODE>)`. With `--json`, stdout holds
 //! exactly one JSON object and nothing else.
 
@@ -22,9 +23,12 @@ pub mod scan;
 pub mod signing_keys;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use crate::config::{Cli, Command, DevicesCommand, KeysCommand};
+use crate::config::{Cli, Command, DevicesCommand, KeysCommand, MasterKeyArgs};
 use crate::error::{Error, Result};
+use crate::integrity::Integrity;
+use crate::tokens::signing::MasterKey;
 
 /// Exit code for errors (`main` uses the same one for errors returned from here).
 const EXIT_ERROR: u8 = 2;
@@ -73,9 +77,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::SigningKeys(cmd) => {
             signing_keys::run(&*crate::store::open(&url).await?, cmd).await
         }
-        Command::Keys(cmd) => keys::run(&*crate::store::open(&url).await?, cmd).await,
-        Command::Devices(cmd) => devices::run(&*crate::store::open(&url).await?, cmd).await,
-        Command::Audit(cmd) => audit::run(&*crate::store::open(&url).await?, cmd).await,
+        Command::Keys(args) => {
+            let store = crate::store::open(&url).await?;
+            load_integrity(&*store, &args.master).await?;
+            keys::run(&*store, args.command).await
+        }
+        Command::Devices(args) => {
+            let store = crate::store::open(&url).await?;
+            load_integrity(&*store, &args.master).await?;
+            devices::run(&*store, args.command).await
+        }
+        Command::Audit(args) => {
+            let store = crate::store::open(&url).await?;
+            let keys = load_integrity(&*store, &args.master)
+                .await?
+                .ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "checking the audit log needs the master key: pass --master-key (or \
+                     KEYBOUND_MASTER_KEY), or --master-key-file (default {})",
+                        args.master.master_key_file.display()
+                    ))
+                })?;
+            audit::run(&*store, &keys, args.command).await
+        }
     };
     match (result, subject) {
         // `not found` alone does not say what was missing; the command line does.
@@ -87,21 +111,51 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Loads the database's integrity keys into `store` ([`crate::integrity`]) when the master
+/// key is at hand (given, or its file exists; the file is never created here: a new master key
+/// would not open the servers' database). Without it the store stays read-only in effect:
+/// listing works, while creating a key or writing an audit row fails naming the master key.
+async fn load_integrity(
+    store: &dyn crate::store::Store,
+    args: &MasterKeyArgs,
+) -> Result<Option<Arc<Integrity>>> {
+    use secrecy::ExposeSecret;
+    let master = match &args.master_key {
+        Some(b64) => MasterKey::from_base64(b64.expose_secret()).map_err(|_| {
+            Error::InvalidRequest("KEYBOUND_MASTER_KEY must be 32 bytes in base64".into())
+        })?,
+        None if args.master_key_file.is_file() => {
+            MasterKey::read_existing_file(&args.master_key_file).map_err(|e| {
+                Error::InvalidRequest(format!(
+                    "master key file {}: {e}",
+                    args.master_key_file.display()
+                ))
+            })?
+        }
+        None => return Ok(None),
+    };
+    crate::integrity::load_or_enable(store, &master, crate::state::now())
+        .await
+        .map(Some)
+}
+
 /// What a command acts on, to name it in a `NOT_FOUND` message.
 fn subject(cmd: &Command) -> Option<String> {
     let key = |id: &str| Some(format!("key {id}"));
     match cmd {
-        Command::Keys(
+        Command::Keys(args) => match &args.command {
             KeysCommand::Show { id, .. }
             | KeysCommand::Revoke { id, .. }
             | KeysCommand::Suspend { id, .. }
             | KeysCommand::Resume { id, .. }
-            | KeysCommand::Rotate { id, .. },
-        ) => key(id),
-        Command::Devices(DevicesCommand::List { key_id, .. }) => key(key_id),
-        Command::Devices(
-            DevicesCommand::Revoke { device_id, .. } | DevicesCommand::Approve { device_id, .. },
-        ) => Some(format!("device {device_id}")),
+            | KeysCommand::Rotate { id, .. } => key(id),
+            _ => None,
+        },
+        Command::Devices(args) => match &args.command {
+            DevicesCommand::List { key_id, .. } => key(key_id),
+            DevicesCommand::Revoke { device_id, .. }
+            | DevicesCommand::Approve { device_id, .. } => Some(format!("device {device_id}")),
+        },
         _ => None,
     }
 }

@@ -81,6 +81,8 @@ fn published_until(k: &SigningKeyRecord) -> Option<i64> {
 async fn rotate(store: &dyn Store, rotate: &RotateSigningKeyArgs) -> Result<()> {
     let args = &rotate.common;
     let now = now();
+    // The rotation's audit row is MAC'd like every other (crate::integrity).
+    crate::integrity::load_or_enable(store, &master_key(args)?, now).await?;
     let before = store.list_signing_keys().await?;
     let previous = before.iter().find(|k| k.retired_at.is_none());
     if previous.is_some() {
@@ -132,8 +134,8 @@ async fn rotate(store: &dyn Store, rotate: &RotateSigningKeyArgs) -> Result<()> 
     Ok(())
 }
 
-/// Master key rotation: opens every signing key with the current master key and seals it again
-/// under the new one, in one transaction with its audit row. Nothing is written unless every
+/// Master key rotation: opens every signing key and the integrity root with the current master
+/// key and seals them again under the new one, in one transaction with its audit row. Nothing is written unless every
 /// key opens, so a wrong current key changes nothing. The keys themselves (and their kids, the
 /// JWKS, every issued token) stay the same; only their sealing changes.
 async fn reseal(store: &dyn Store, args: &ResealArgs) -> Result<()> {
@@ -142,6 +144,20 @@ async fn reseal(store: &dyn Store, args: &ResealArgs) -> Result<()> {
     let new = MasterKey::from_base64(args.new_master_key.expose_secret().trim()).map_err(|_| {
         Error::InvalidRequest("the new master key must be 32 bytes in base64".into())
     })?;
+    // The integrity root moves to the new master key with the signing keys, in the same
+    // transaction: the key hashes and the audit chain it protects stay valid as they are.
+    crate::integrity::load_or_enable(store, &current, now())
+        .await
+        .map_err(|e| match e {
+            Error::InvalidRequest(why) => {
+                Error::InvalidRequest(format!("{why}; nothing was changed"))
+            }
+            other => other,
+        })?;
+    let root = match store.integrity_root().await? {
+        Some(sealed) => Some(crate::integrity::reseal_root(&current, &new, &sealed)?),
+        None => None,
+    };
     let records = store.list_signing_keys().await?;
     let mut sealed = Vec::with_capacity(records.len());
     for r in &records {
@@ -168,7 +184,9 @@ async fn reseal(store: &dyn Store, args: &ResealArgs) -> Result<()> {
         ip: None,
         details: json!({ "kids": kids }),
     };
-    store.reseal_signing_keys(&sealed, &audit).await?;
+    store
+        .reseal_signing_keys(&sealed, root.as_deref(), &audit)
+        .await?;
     if !records.is_empty() {
         // Prove the servers will open the active key with the new master key.
         KeyRing::load(store, new, now()).await?;

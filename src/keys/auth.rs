@@ -4,22 +4,22 @@
 //!
 //! What it does, in order: parse (format and checksum; no storage is touched for a malformed
 //! key, which reveals nothing), one cached lookup of the id, a constant-time compare of the
-//! secret's hash (against a fixed dummy when the id is unknown), and for a refusal the
-//! equalised cost ([`CachedStore::pay_for_refusal`]) and the key id's failure budget
-//! ([`KeyIdFailures`]). An unknown id and a wrong secret are indistinguishable, by answer
+//! secret's wrapped hash ([`crate::integrity`]; against a fixed dummy when the id is unknown),
+//! and for a refusal the equalised cost ([`CachedStore::pay_for_refusal`]) and the key id's
+//! failure budget ([`KeyIdFailures`]). An unknown id and a wrong secret are indistinguishable, by answer
 //! and by timing (contract section 5, `INVALID_API_KEY`).
 
 use std::sync::Arc;
 
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use super::ApiKey;
 use crate::alerts::{AlertKind, Alerts};
 use crate::error::{Error, Result};
+use crate::integrity::WRAPPED_HASH_LEN;
 use crate::limits::KeyIdFailures;
-use crate::store::KeyRecord;
 use crate::store::cached::CachedStore;
+use crate::store::{KeyRecord, Store as _};
 
 /// A key whose secret verified.
 #[derive(Debug, Clone)]
@@ -60,9 +60,9 @@ pub struct KeyAuth<'a> {
     pub alerts: &'a Alerts,
 }
 
-/// The hash an unknown id's presented secret is compared against, so that refusing an
-/// unknown id does the same compare as refusing a wrong secret.
-const DUMMY_HASH: [u8; 32] = [0x5a; 32];
+/// The stored hash an unknown id's presented secret is compared against, so that refusing an
+/// unknown id does the same MAC and compare as refusing a wrong secret.
+const DUMMY_HASH: [u8; WRAPPED_HASH_LEN] = [0x5a; WRAPPED_HASH_LEN];
 
 impl KeyAuth<'_> {
     /// Checks a presented key (surrounding whitespace ignored) at `now`.
@@ -80,12 +80,19 @@ impl KeyAuth<'_> {
     /// [`authenticate`](Self::authenticate) for a key already parsed.
     pub async fn verify(&self, key: &ApiKey, now: i64) -> Result<Verified> {
         let id = key.id().as_str();
+        let integrity = self
+            .cache
+            .integrity()
+            .ok_or_else(|| Error::internal("the integrity keys are not loaded"))?;
         let (record, cached) = self.cache.key_and_source(id).await?;
-        let hash = key.secret_hash();
         let stored: &[u8] = record
             .as_deref()
             .map_or(&DUMMY_HASH[..], |r| &r.secret_hash[..]);
-        let matches = bool::from(hash.ct_eq(stored)) & record.is_some();
+        // Only the wrapped form verifies: a row a database writer inserted with the bare
+        // SHA-256 of a secret they chose (or any value they could compute without the master
+        // key) is refused like a wrong secret (crate::integrity).
+        let matches = bool::from(integrity.key_hash_matches(id, &key.secret_hash(), stored))
+            & record.is_some();
         match record {
             Some(r) if matches && r.usable_at(now) => Ok(Verified::Usable(r)),
             Some(r) if matches => Ok(Verified::Unusable(r)),

@@ -392,7 +392,7 @@ pub async fn create(store: &dyn Store, new: NewKey, actor: &Actor, now: i64) -> 
         env: env.as_str().into(),
         name: new.name,
         description: new.description,
-        secret_hash: key.secret_hash().to_vec(),
+        secret_hash: stored_hash(store, &key)?,
         scopes: new.scopes,
         limited_scopes: new.limited_scopes,
         rate_limit_per_minute: positive(
@@ -422,6 +422,21 @@ pub async fn create(store: &dyn Store, new: NewKey, actor: &Actor, now: i64) -> 
     let audit = actor.entry(now, "key.create", &record.key_id, settings_json(&record));
     store.create_key(&record, &audit).await?;
     Ok(Created { key, record })
+}
+
+/// The hash storage keeps for `key`: wrapped under the database's integrity key
+/// ([`crate::integrity`]), so only a holder of the master key can make a row that verifies.
+fn stored_hash(store: &dyn Store, key: &ApiKey) -> Result<Vec<u8>> {
+    let integrity = store.integrity().ok_or_else(|| {
+        Error::InvalidRequest(
+            "creating a key needs the master key (--master-key, KEYBOUND_MASTER_KEY or \
+             --master-key-file)"
+                .into(),
+        )
+    })?;
+    Ok(integrity
+        .wrap_key_hash(key.id().as_str(), &key.secret_hash())
+        .to_vec())
 }
 
 /// The key's settings for audit details: everything but secrets and hashes.
@@ -565,7 +580,7 @@ pub async fn rotate(
     let lifetime = old.expires_at.map(|e| e - old.created_at);
     let new = KeyRecord {
         key_id: key.id().to_string(),
-        secret_hash: key.secret_hash().to_vec(),
+        secret_hash: stored_hash(store, &key)?,
         created_at: now,
         expires_at: lifetime.map(|l| now + l),
         last_used_at: None,

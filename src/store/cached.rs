@@ -439,9 +439,35 @@ impl Store for CachedStore {
     async fn reseal_signing_keys(
         &self,
         sealed: &[(String, Vec<u8>)],
+        integrity_root: Option<&[u8]>,
         audit: &AuditEntry,
     ) -> Result<()> {
-        self.inner.reseal_signing_keys(sealed, audit).await
+        self.inner
+            .reseal_signing_keys(sealed, integrity_root, audit)
+            .await
+    }
+    async fn integrity_root(&self) -> Result<Option<Vec<u8>>> {
+        self.inner.integrity_root().await
+    }
+    async fn enable_integrity(
+        &self,
+        sealed_root: &[u8],
+        keys: &crate::integrity::Integrity,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let enabled = self
+            .inner
+            .enable_integrity(sealed_root, keys, audit)
+            .await?;
+        // Every key hash may have changed: drop what the cache holds.
+        self.keys.invalidate_all();
+        Ok(enabled)
+    }
+    fn set_integrity(&self, keys: Arc<crate::integrity::Integrity>) {
+        self.inner.set_integrity(keys);
+    }
+    fn integrity(&self) -> Option<Arc<crate::integrity::Integrity>> {
+        self.inner.integrity()
     }
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow> {
         self.inner.append_audit(entry).await

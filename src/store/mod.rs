@@ -192,7 +192,8 @@ pub struct KeyRecord {
     pub name: String,
     /// Optional description.
     pub description: Option<String>,
-    /// SHA-256 of the secret part of the key.
+    /// The secret's hash as stored: `0x01 || HMAC-SHA256(k, key_id || 0x00 ||
+    /// SHA-256(secret))` ([`crate::integrity::Integrity::wrap_key_hash`]).
     #[serde(skip)]
     pub secret_hash: Vec<u8>,
     /// Scopes the key may be granted.
@@ -466,11 +467,12 @@ pub struct AuditRow {
     /// The event.
     #[serde(flatten)]
     pub entry: AuditEntry,
-    /// Hash of the previous row (32 zero bytes for the first), hex in JSON.
+    /// `hash` of the previous row (32 zero bytes for the first), hex in JSON.
     #[serde(serialize_with = "hex")]
     #[schema(value_type = String)]
     pub prev_hash: Vec<u8>,
-    /// SHA-256 over `prev_hash` and this row's canonical content, hex in JSON.
+    /// HMAC-SHA256 under the database's audit key over `prev_hash` and this row's canonical
+    /// content (a plain SHA-256 for rows before the `integrity.enable` row), hex in JSON.
     #[serde(serialize_with = "hex")]
     #[schema(value_type = String)]
     pub hash: Vec<u8>,
@@ -666,13 +668,37 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a new active signing key and retires every other active one at `at`.
     async fn insert_signing_key(&self, key: &SigningKeyRecord, at: i64) -> Result<()>;
     /// Replaces the sealed private halves of signing keys (`(kid, sealed)` pairs: a master key
-    /// rotation re-seals each under the new master key) and writes the audit row, all in one
-    /// transaction: either every key is re-sealed or none.
+    /// rotation re-seals each under the new master key) and the sealed integrity root (when
+    /// given), and writes the audit row, all in one transaction: either everything is
+    /// re-sealed or nothing.
     async fn reseal_signing_keys(
         &self,
         sealed: &[(String, Vec<u8>)],
+        integrity_root: Option<&[u8]>,
         audit: &AuditEntry,
     ) -> Result<()>;
+
+    // ---- integrity (crate::integrity) ----
+    /// The integrity root sealed under the master key, if the database has one yet.
+    async fn integrity_root(&self) -> Result<Option<Vec<u8>>>;
+    /// Starts integrity protection, in one ordered transaction: unless the database already
+    /// has an integrity root (then `false`, nothing changes), stores `sealed_root`, wraps every
+    /// bare SHA-256 key hash with `keys`, and appends `audit` (completed with how many hashes
+    /// were wrapped) as the first MAC'd audit row. Refuses (an error, nothing changes) when
+    /// the database has no root but already holds wrapped hashes or an enable row: the root
+    /// was deleted, and a new one would re-open the minting hole it closed.
+    async fn enable_integrity(
+        &self,
+        sealed_root: &[u8],
+        keys: &crate::integrity::Integrity,
+        audit: &AuditEntry,
+    ) -> Result<bool>;
+    /// Installs the integrity keys: every audit row appended from now on is MAC'd with them.
+    /// The first call wins. Until then, a store whose database has a root refuses to append
+    /// audit rows, rather than chain them with the old rule.
+    fn set_integrity(&self, keys: Arc<crate::integrity::Integrity>);
+    /// The installed integrity keys, if any.
+    fn integrity(&self) -> Option<Arc<crate::integrity::Integrity>>;
 
     // ---- audit ----
     /// Appends an audit row outside any other change (e.g. a refused admin call).

@@ -29,6 +29,8 @@ const WRITE_ORDER_LOCK: i64 = i64::from_be_bytes(*b"kbwrite\0");
 pub struct PostgresStore {
     pool: PgPool,
     writer: GroupWriter,
+    /// MACs the audit rows once installed ([`Store::set_integrity`]).
+    integrity: std::sync::OnceLock<Arc<crate::integrity::Integrity>>,
 }
 
 impl PostgresStore {
@@ -58,6 +60,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             writer: GroupWriter::spawn(pool.clone()),
             pool,
+            integrity: std::sync::OnceLock::new(),
         })
     }
 }

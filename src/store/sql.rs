@@ -68,6 +68,7 @@ macro_rules! sql_store {
 
             use super::$Store;
             use $crate::audit::{GENESIS, chain_hash};
+            use $crate::integrity::{ENABLE_ACTION, Integrity};
             use $crate::error::{Error, Result};
             use $crate::store::rows::to_json;
             use $crate::store::sql::{Backend, is_unique_violation};
@@ -566,6 +567,62 @@ macro_rules! sql_store {
                     .rows_affected())
             }
 
+            // ---- statements: integrity root ----
+
+            async fn select_integrity_root<'c>(
+                ex: impl sqlx::Executor<'c, Database = Db>,
+            ) -> Result<Option<Vec<u8>>> {
+                Ok(sqlx::query_scalar("SELECT sealed FROM integrity_keys WHERE id = 0")
+                    .fetch_optional(ex)
+                    .await?)
+            }
+
+            async fn insert_integrity_root(conn: &mut Conn, sealed: &[u8], at: i64) -> Result<()> {
+                sqlx::query("INSERT INTO integrity_keys (id, sealed, created_at) VALUES (0, $1, $2)")
+                    .bind(sealed)
+                    .bind(at)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn update_integrity_root(conn: &mut Conn, sealed: &[u8]) -> Result<u64> {
+                Ok(sqlx::query("UPDATE integrity_keys SET sealed = $1 WHERE id = 0")
+                    .bind(sealed)
+                    .execute(conn)
+                    .await?
+                    .rows_affected())
+            }
+
+            /// Rows only an enabled integrity root can have made: wrapped key hashes (any
+            /// length but a bare SHA-256's 32 bytes) and enable rows of the audit log.
+            async fn count_integrity_rows(conn: &mut Conn) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT (SELECT COUNT(*) FROM api_keys WHERE length(secret_hash) <> 32) \
+                     + (SELECT COUNT(*) FROM audit_log WHERE action = $1)",
+                )
+                .bind(ENABLE_ACTION)
+                .fetch_one(conn)
+                .await?)
+            }
+
+            async fn select_bare_key_hashes(conn: &mut Conn) -> Result<Vec<(String, Vec<u8>)>> {
+                Ok(sqlx::query_as(
+                    "SELECT key_id, secret_hash FROM api_keys WHERE length(secret_hash) = 32",
+                )
+                .fetch_all(conn)
+                .await?)
+            }
+
+            async fn update_key_hash(conn: &mut Conn, key_id: &str, hash: &[u8]) -> Result<()> {
+                sqlx::query("UPDATE api_keys SET secret_hash = $1 WHERE key_id = $2")
+                    .bind(hash)
+                    .bind(key_id)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
             // ---- statements: audit log ----
 
             async fn select_audit_head(conn: &mut Conn) -> Result<Option<(i64, Vec<u8>)>> {
@@ -606,14 +663,31 @@ macro_rules! sql_store {
                     .await?)
             }
 
-            /// Chains `entry` after the newest row. The caller holds the write-order lock
-            /// ([`Backend::lock_write_order`]), so no other appender reads the same head.
-            async fn chain_audit(conn: &mut Conn, entry: &AuditEntry) -> Result<AuditRow> {
+            /// Chains `entry` after the newest row, MAC'd under `keys`. The caller holds the
+            /// write-order lock ([`Backend::lock_write_order`]), so no other appender reads the
+            /// same head. Without keys, only a database that has no integrity root yet gets a
+            /// row (chained with the plain SHA-256 rule, which the upgrade row then covers).
+            async fn chain_audit(
+                conn: &mut Conn,
+                keys: Option<&Integrity>,
+                entry: &AuditEntry,
+            ) -> Result<AuditRow> {
                 let (seq, prev_hash) = match select_audit_head(conn).await? {
                     Some((seq, hash)) => (seq + 1, hash),
                     None => (1, GENESIS.to_vec()),
                 };
-                let hash = chain_hash(&prev_hash, seq, entry).to_vec();
+                let hash = match keys {
+                    Some(k) => k.audit_mac(&prev_hash, seq, entry).to_vec(),
+                    None if select_integrity_root(&mut *conn).await?.is_some() => {
+                        return Err(Error::InvalidRequest(
+                            "this database's audit log is protected by its integrity key: \
+                             the command needs the master key (--master-key, \
+                             KEYBOUND_MASTER_KEY or --master-key-file)"
+                                .into(),
+                        ));
+                    }
+                    None => chain_hash(&prev_hash, seq, entry).to_vec(),
+                };
                 let row = AuditRow { seq, entry: entry.clone(), prev_hash, hash };
                 insert_audit_row(conn, &row).await?;
                 Ok(row)
@@ -878,6 +952,11 @@ macro_rules! sql_store {
 
             impl $Store {
                 /// A writing transaction holding the write-order lock.
+                /// The installed integrity keys that MAC audit rows.
+                fn audit_keys(&self) -> Option<&Integrity> {
+                    self.integrity.get().map(|k| &**k)
+                }
+
                 async fn begin_ordered(&self) -> Result<Tx> {
                     let mut tx = <$Store as Backend>::begin_write(&self.pool).await?;
                     <$Store as Backend>::lock_write_order(&mut tx).await?;
@@ -1014,7 +1093,7 @@ macro_rules! sql_store {
                 async fn create_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()> {
                     let mut tx = self.begin_ordered().await?;
                     insert_key(&mut tx, key).await?;
-                    chain_audit(&mut tx, audit).await?;
+                    chain_audit(&mut tx, self.audit_keys(), audit).await?;
                     Ok(tx.commit().await?)
                 }
 
@@ -1039,7 +1118,7 @@ macro_rules! sql_store {
                     if !update_key_metadata(&mut tx, key).await? {
                         return Err(Error::NotFound);
                     }
-                    chain_audit(&mut tx, audit).await?;
+                    chain_audit(&mut tx, self.audit_keys(), audit).await?;
                     Ok(tx.commit().await?)
                 }
 
@@ -1063,7 +1142,7 @@ macro_rules! sql_store {
                     if status != KeyStatus::Active {
                         insert_revocation(&mut tx, "key", key_id, at).await?;
                     }
-                    chain_audit(&mut tx, audit).await?;
+                    chain_audit(&mut tx, self.audit_keys(), audit).await?;
                     tx.commit().await?;
                     Ok(Some(key))
                 }
@@ -1081,7 +1160,7 @@ macro_rules! sql_store {
                         return Err(Error::NotFound);
                     }
                     insert_key(&mut tx, new).await?;
-                    chain_audit(&mut tx, audit).await?;
+                    chain_audit(&mut tx, self.audit_keys(), audit).await?;
                     Ok(tx.commit().await?)
                 }
 
@@ -1248,7 +1327,7 @@ macro_rules! sql_store {
                     if change == DeviceChange::Revoke {
                         insert_revocation(&mut tx, "device", &device.jkt, at).await?;
                     }
-                    chain_audit(&mut tx, audit).await?;
+                    chain_audit(&mut tx, self.audit_keys(), audit).await?;
                     tx.commit().await?;
                     Ok(Some(device))
                 }
@@ -1297,6 +1376,7 @@ macro_rules! sql_store {
                 async fn reseal_signing_keys(
                     &self,
                     sealed: &[(String, Vec<u8>)],
+                    integrity_root: Option<&[u8]>,
                     audit: &AuditEntry,
                 ) -> Result<()> {
                     // Ordered like a rotation, so a rotation and a reseal never interleave.
@@ -1306,14 +1386,68 @@ macro_rules! sql_store {
                             return Err(crate::Error::NotFound);
                         }
                     }
-                    chain_audit(&mut tx, audit).await?;
+                    if let Some(root) = integrity_root
+                        && update_integrity_root(&mut tx, root).await? != 1
+                    {
+                        return Err(crate::Error::NotFound);
+                    }
+                    chain_audit(&mut tx, self.audit_keys(), audit).await?;
                     Ok(tx.commit().await?)
+                }
+
+                async fn integrity_root(&self) -> Result<Option<Vec<u8>>> {
+                    select_integrity_root(&self.pool).await
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn enable_integrity(
+                    &self,
+                    sealed_root: &[u8],
+                    keys: &Integrity,
+                    audit: &AuditEntry,
+                ) -> Result<bool> {
+                    let mut tx = self.begin_ordered().await?;
+                    if select_integrity_root(&mut *tx).await?.is_some() {
+                        return Ok(false);
+                    }
+                    if count_integrity_rows(&mut tx).await? > 0 {
+                        return Err(Error::InvalidRequest(
+                            "this database holds key hashes or audit rows protected by an \
+                             integrity key, but the key's row (integrity_keys) is gone: restore \
+                             it from a backup; refusing to create a new one"
+                                .into(),
+                        ));
+                    }
+                    insert_integrity_root(&mut tx, sealed_root, audit.at).await?;
+                    let bare = select_bare_key_hashes(&mut tx).await?;
+                    for (key_id, hash) in &bare {
+                        update_key_hash(&mut tx, key_id, &keys.wrap_key_hash(key_id, hash))
+                            .await?;
+                    }
+                    let mut entry = audit.clone();
+                    entry.details = serde_json::json!({ "wrapped_key_hashes": bare.len() });
+                    chain_audit(&mut tx, Some(keys), &entry).await?;
+                    tx.commit().await?;
+                    tracing::info!(
+                        wrapped_key_hashes = bare.len(),
+                        "integrity protection enabled: key hashes and the audit chain are MAC'd"
+                    );
+                    Ok(true)
+                }
+
+                fn set_integrity(&self, keys: std::sync::Arc<Integrity>) {
+                    // First call wins; a second install of the same root changes nothing.
+                    let _ = self.integrity.set(keys);
+                }
+
+                fn integrity(&self) -> Option<std::sync::Arc<Integrity>> {
+                    self.integrity.get().cloned()
                 }
 
                 #[tracing::instrument(skip_all, fields(action = %entry.action))]
                 async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow> {
                     let mut tx = self.begin_ordered().await?;
-                    let row = chain_audit(&mut tx, entry).await?;
+                    let row = chain_audit(&mut tx, self.audit_keys(), entry).await?;
                     tx.commit().await?;
                     Ok(row)
                 }

@@ -46,6 +46,8 @@ const READ_CONNECTIONS: u32 = 4;
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: GroupWriter,
+    /// MACs the audit rows once installed ([`Store::set_integrity`]).
+    integrity: std::sync::OnceLock<Arc<crate::integrity::Integrity>>,
 }
 
 impl SqliteStore {
@@ -104,6 +106,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: GroupWriter::spawn(writer),
             pool,
+            integrity: std::sync::OnceLock::new(),
         })
     }
 }

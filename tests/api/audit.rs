@@ -1,5 +1,7 @@
 //! `keybound audit verify`: intact after a series of operations from the CLI and the API;
-//! an edited or deleted row is named by its `seq` with a non-zero exit.
+//! an edited or deleted row is named by its `seq` with a non-zero exit. Row 1 is always the
+//! `integrity.enable` row the first start (server or CLI) writes; see tests/api/integrity.rs
+//! for checkpoints.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -14,7 +16,7 @@ on_both_backends!(
 );
 
 /// Creates five audit rows (create, suspend, resume, rotate, revoke) from the CLI and the
-/// API; returns the API's view of them.
+/// API after the enable row; returns the API's view of all six.
 async fn series(db: &TestDb) -> Vec<Value> {
     let app = spawn_app(db).await;
     let a = app.create_key(key_body("a")).await;
@@ -56,7 +58,10 @@ fn assert_broken_at(out: &CliOutput, seq: i64, why: &str) {
 async fn verify_passes_after_a_series_of_operations(db: TestDb) {
     let empty = cli(&db, &["audit", "verify", "--json"]).await.ok().json();
     assert_eq!(empty["intact"], true);
-    assert_eq!(empty["rows"], 0, "an empty log is intact");
+    assert_eq!(
+        empty["rows"], 1,
+        "a new log holds its integrity.enable row: {empty}"
+    );
 
     let entries = series(&db).await;
     let actions: Vec<&str> = entries
@@ -66,6 +71,7 @@ async fn verify_passes_after_a_series_of_operations(db: TestDb) {
     assert_eq!(
         actions,
         [
+            "integrity.enable",
             "key.create",
             "key.suspend",
             "key.resume",
@@ -79,44 +85,60 @@ async fn verify_passes_after_a_series_of_operations(db: TestDb) {
         .collect();
     assert_eq!(
         actors,
-        ["admin-api", "cli", "admin-api", "cli", "admin-api"]
+        [
+            "system",
+            "admin-api",
+            "cli",
+            "admin-api",
+            "cli",
+            "admin-api"
+        ]
     );
     let head = entries.last().unwrap()["hash"].as_str().unwrap();
 
     let out = cli(&db, &["audit", "verify"]).await.ok();
-    assert!(out.stdout.contains("5 rows"), "{out:?}");
-    assert!(out.stdout.contains(head), "prints the head hash: {out:?}");
+    assert!(out.stdout.contains("6 rows"), "{out:?}");
+    assert!(out.stdout.contains(head), "prints the head MAC: {out:?}");
     let v = cli(&db, &["audit", "verify", "--json"]).await.ok().json();
-    assert_eq!(v, json!({"intact": true, "rows": 5, "head_hash": head}));
+    assert_eq!(
+        v,
+        json!({"intact": true, "rows": 6, "head_hash": head, "checkpoint_seq": null})
+    );
 }
 
 async fn an_edited_row_is_named(db: TestDb) {
     let entries = series(&db).await;
-    let original_details = serde_json::to_string(&entries[3]["details"]).unwrap();
+    let original_details = serde_json::to_string(&entries[4]["details"]).unwrap();
     let edits = [
         (
-            2,
-            "UPDATE audit_log SET actor = 'mallory' WHERE seq = 2",
-            "UPDATE audit_log SET actor = 'cli' WHERE seq = 2",
+            3,
+            "UPDATE audit_log SET actor = 'mallory' WHERE seq = 3",
+            "UPDATE audit_log SET actor = 'cli' WHERE seq = 3",
             "actor",
         ),
         (
-            4,
-            "UPDATE audit_log SET details = '{\"new_key_id\": \"ak_prod_AAAAAAAAAAAA\"}' WHERE seq = 4",
-            &*format!("UPDATE audit_log SET details = '{original_details}' WHERE seq = 4"),
+            5,
+            "UPDATE audit_log SET details = '{\"new_key_id\": \"ak_prod_AAAAAAAAAAAA\"}' WHERE seq = 5",
+            &*format!("UPDATE audit_log SET details = '{original_details}' WHERE seq = 5"),
             "details",
         ),
         (
-            3,
-            "UPDATE audit_log SET at = at + 1 WHERE seq = 3",
-            "UPDATE audit_log SET at = at - 1 WHERE seq = 3",
+            4,
+            "UPDATE audit_log SET at = at + 1 WHERE seq = 4",
+            "UPDATE audit_log SET at = at - 1 WHERE seq = 4",
             "time",
         ),
         (
-            5,
-            "UPDATE audit_log SET ip = '10.9.9.9' WHERE seq = 5",
-            "UPDATE audit_log SET ip = '127.0.0.1' WHERE seq = 5",
+            6,
+            "UPDATE audit_log SET ip = '10.9.9.9' WHERE seq = 6",
+            "UPDATE audit_log SET ip = '127.0.0.1' WHERE seq = 6",
             "ip of the newest row",
+        ),
+        (
+            1,
+            "UPDATE audit_log SET action = 'key.create' WHERE seq = 1",
+            "UPDATE audit_log SET action = 'integrity.enable' WHERE seq = 1",
+            "the enable row",
         ),
     ];
     for (seq, tamper, restore, what) in edits {

@@ -121,6 +121,7 @@ async fn devices_via_api(db: TestDb) {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|e| e["action"] != "integrity.enable")
         .map(|e| {
             (
                 e["action"].as_str().unwrap().into(),
@@ -146,7 +147,7 @@ async fn devices_via_cli(db: TestDb) {
     .ok()
     .json();
     let key_id = key["key_id"].as_str().unwrap();
-    let store = db.store().await;
+    let store = db.protected_store().await;
     let d = device(key_id, 1, now());
     store
         .enroll_device(&d, EnrollLimits::max_devices(5))
@@ -186,8 +187,16 @@ async fn devices_via_cli(db: TestDb) {
 
     let audit = store.list_audit(0, 100).await.unwrap();
     let actions: Vec<&str> = audit.iter().map(|r| r.entry.action.as_str()).collect();
-    assert_eq!(actions, ["key.create", "device.approve", "device.revoke"]);
-    assert!(audit.iter().all(|r| r.entry.actor == "cli"));
+    assert_eq!(
+        actions,
+        [
+            "integrity.enable",
+            "key.create",
+            "device.approve",
+            "device.revoke"
+        ]
+    );
+    assert!(audit[1..].iter().all(|r| r.entry.actor == "cli"));
 }
 
 async fn usage_counts_devices_exchanges_and_alerts(db: TestDb) {

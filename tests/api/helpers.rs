@@ -111,6 +111,27 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("open {:?} store: {e}", self.backend))
     }
 
+    /// [`store`](Self::store) with the database's integrity keys installed, as a server or a
+    /// CLI command with the master key has them: it can write audit rows.
+    pub async fn protected_store(&self) -> Arc<dyn Store> {
+        let store = self.store().await;
+        let master = keybound::tokens::signing::MasterKey::from_base64(&self.master_key)
+            .expect("a valid master key");
+        keybound::integrity::load_or_enable(&*store, &master, now())
+            .await
+            .expect("the integrity keys load");
+        store
+    }
+
+    /// A byte string as an SQL literal of this database (for [`execute`](Self::execute)).
+    pub fn bytes_literal(&self, bytes: &[u8]) -> String {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        match self.backend {
+            Backend::Sqlite => format!("X'{hex}'"),
+            Backend::Postgres => format!("decode('{hex}', 'hex')"),
+        }
+    }
+
     /// Runs one raw SQL statement on the database, behind keybound's back (to tamper with it).
     pub async fn execute(&self, sql: &str) -> u64 {
         use sqlx::Connection;
@@ -397,19 +418,46 @@ impl CliOutput {
     }
 }
 
-/// Runs `keybound --database-url <db> ARGS…` in the test's scratch directory.
+/// Runs `keybound --database-url <db> ARGS…` in the test's scratch directory, with the
+/// database's master key (as an operator's shell would have `KEYBOUND_MASTER_KEY`).
 pub async fn cli(db: &TestDb, args: &[&str]) -> CliOutput {
+    cli_with_master_key(db, Some(&db.master_key), args).await
+}
+
+/// [`cli`] with another master key, or none at all.
+pub async fn cli_with_master_key(
+    db: &TestDb,
+    master_key: Option<&str>,
+    args: &[&str],
+) -> CliOutput {
     let mut full = vec!["--database-url", db.url.as_str()];
     full.extend_from_slice(args);
-    run_binary(db.dir.path(), &full, None).await
+    let mut env = Vec::new();
+    if let Some(k) = master_key {
+        env.push(("KEYBOUND_MASTER_KEY", k));
+    }
+    run_binary_env(db.dir.path(), &full, None, &env).await
 }
 
 /// Runs the `keybound` binary in `cwd` with no database settings from the environment,
 /// optionally feeding `stdin`.
 pub async fn run_binary(cwd: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
+    run_binary_env(cwd, args, stdin, &[]).await
+}
+
+/// [`run_binary`] with extra environment variables (and no inherited master key).
+pub async fn run_binary_env(
+    cwd: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> CliOutput {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keybound"))
         .args(args)
+        .env_remove("KEYBOUND_MASTER_KEY")
+        .env_remove("KEYBOUND_MASTER_KEY_FILE")
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .env_remove("KEYBOUND_DATABASE_URL")
         .env_remove("DATABASE_URL")

@@ -23,6 +23,7 @@ mod enrollment;
 mod envelope;
 mod fuzz;
 mod health;
+mod integrity;
 mod interop;
 mod introspect;
 mod lifecycle;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestDb, cli, expect_json, spawn_app};
+use crate::helpers::{TestDb, cli, cli_with_master_key, expect_json, spawn_app};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -49,7 +49,7 @@ async fn rotation_reaches_the_running_server(db: TestDb) {
     assert_eq!(jwks_kids(&app).await, vec![first_kid.clone()]);
 
     // No master key (and no key file in the working directory): refused, nothing changes.
-    let refused = cli(&db, &["signing-keys", "rotate"]).await;
+    let refused = cli_with_master_key(&db, None, &["signing-keys", "rotate"]).await;
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(refused.stderr.contains("no master key"), "{refused:?}");
     assert!(

@@ -159,7 +159,12 @@ async fn local(
     } else {
         "sqlite"
     };
-    {
+    let now = keybound::state::now();
+    let mut serve = ServeArgs::for_tests();
+    // The refresh phase refreshes each device far more often than a real one: its per-device
+    // limit stays checked, but must not be what stops it.
+    serve.refresh_rate_per_device = REFRESH_RATE_PER_DEVICE;
+    let integrity = {
         // Opening migrates. The run fills the database: refuse one that holds anything.
         let store = store::open(&url).await?;
         if !store.list_keys(None, 1).await?.is_empty() {
@@ -167,9 +172,14 @@ async fn local(
                 "the benchmark needs an empty database (it adds keys, devices and tokens)",
             ));
         }
-    }
-    let now = keybound::state::now();
-    let (records, plaintexts) = bench_keys(args.keys, now);
+        // Seeded keys skip the key service, so they are wrapped here as it would (the server
+        // accepts wrapped hashes only: keybound::integrity), under the server's master key.
+        let master = serve.master_key.as_ref().expect("for_tests sets one");
+        let master = keybound::tokens::signing::MasterKey::from_base64(master.expose_secret())
+            .map_err(Error::internal)?;
+        keybound::integrity::load_or_enable(&*store, &master, now).await?
+    };
+    let (records, plaintexts) = bench_keys(args.keys, now, &integrity);
     let key_ids: Vec<String> = records.iter().map(|k| k.key_id.clone()).collect();
     let (keys, seeded) = seed_rows(args, records, &key_ids, devices, now);
     if !keys.is_empty() || !seeded.is_empty() {
@@ -189,10 +199,6 @@ async fn local(
     drop(keys);
     drop(seeded);
 
-    let mut serve = ServeArgs::for_tests();
-    // The refresh phase refreshes each device far more often than a real one: its per-device
-    // limit stays checked, but must not be what stops it.
-    serve.refresh_rate_per_device = REFRESH_RATE_PER_DEVICE;
     let (addr, server, pid, mode) = if args.spawn {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -351,13 +357,19 @@ async fn wait_ready(addr: SocketAddr) -> Result<()> {
 }
 
 /// `n` usable keys for the benchmark, with their plaintexts as header values.
-fn bench_keys(n: usize, now: i64) -> (Vec<KeyRecord>, Vec<HeaderValue>) {
+fn bench_keys(
+    n: usize,
+    now: i64,
+    integrity: &keybound::integrity::Integrity,
+) -> (Vec<KeyRecord>, Vec<HeaderValue>) {
     (0..n)
         .map(|i| {
             let key = ApiKey::generate(KeyEnv::Test);
             let record = key_record(
                 key.id().to_string(),
-                key.secret_hash().to_vec(),
+                integrity
+                    .wrap_key_hash(key.id().as_str(), &key.secret_hash())
+                    .to_vec(),
                 format!("bench {i}"),
                 now,
             );
@@ -410,7 +422,7 @@ fn seed_rows(
     let mut all_ids: Vec<Arc<str>> = bench_ids.iter().map(|s| Arc::from(s.as_str())).collect();
     for i in 0..fillers {
         let id = format!("ak_test_{}", base62(&mut rng, 12));
-        let mut hash = vec![0u8; 32];
+        let mut hash = vec![0u8; keybound::integrity::WRAPPED_HASH_LEN];
         rng.fill(&mut hash[..]);
         all_ids.push(Arc::from(id.as_str()));
         keys.push(key_record(id, hash, format!("filler {i}"), now));

@@ -736,7 +736,7 @@ pub struct MemoryScan {
     pub secret_copies: usize,
     /// Copies of the whole key.
     pub key_copies: usize,
-    /// Copies of the 32-byte SHA-256 hash (the validation cache keeps it: expected).
+    /// Copies of the stored hash (the validation cache keeps it: expected).
     pub hash_copies: usize,
     /// Where the secret copies are (`[heap]`, `anonymous`, …) with counts.
     pub regions: Vec<(String, usize)>,
@@ -767,6 +767,8 @@ pub struct MemoryDump {
 pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> {
     let dir = tempfile::tempdir().map_err(Error::internal)?;
     let db = format!("sqlite://{}", dir.path().join("lab.db").display());
+    // The CLI and the server share the master key: creating a key wraps its hash under it.
+    let master_key = super::target::random_master_key();
     let create = |name: &str| -> Result<String> {
         let out = std::process::Command::new(binary)
             .args([
@@ -783,6 +785,7 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
                 "--trust-on-enroll",
                 "--json",
             ])
+            .env("KEYBOUND_MASTER_KEY", master_key.expose_secret())
             .current_dir(dir.path())
             .output()
             .map_err(Error::internal)?;
@@ -796,13 +799,21 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
     };
     let key = SecretString::from(create("memory")?);
     let other = SecretString::from(create("churn")?);
-    let server = SpawnedServer::start_in(binary, "info", "text", dir, db.clone())?;
+    let server = SpawnedServer::start_in(binary, "info", "text", dir, db.clone(), master_key)?;
     let pid = server.pid();
     let key_str = key.expose_secret().to_owned();
     let secret = key_str[key_str.len() - 49..key_str.len() - 6].to_owned();
-    let hash = ApiKey::parse(&key_str)
+    let key_id = ApiKey::parse(&key_str)
         .map_err(|_| Error::internal("the CLI printed an invalid key"))?
-        .secret_hash();
+        .id()
+        .to_string();
+    // What the validation cache holds: the stored value (the HMAC of the secret's hash).
+    let hash = keybound::store::open(&db)
+        .await?
+        .get_key(&key_id)
+        .await?
+        .ok_or_else(|| Error::internal("the CLI's key is not in the database"))?
+        .secret_hash;
     let needles = Needles {
         secret: secret.as_bytes(),
         key: key_str.as_bytes(),
@@ -984,7 +995,7 @@ impl MemoryDump {
                 "read the server's memory after {} exchanges (connection open)",
                 self.exchanges
             ),
-            "key cache holds only SHA-256 hashes; parsed keys are SecretString (zeroized on drop)",
+            "key cache holds only stored hashes (HMACs); parsed keys are SecretString (zeroized on drop)",
             outcome(&self.after_exchanges),
             line(&self.after_exchanges),
         );
@@ -1005,7 +1016,7 @@ impl MemoryDump {
         );
         s.note(
             "What remains, and why. keybound never stores the plaintext: the validation cache \
-             holds the SHA-256 of the secret (the hash copies counted), and `ApiKey` keeps the \
+             holds the stored HMAC of the secret's hash (the hash copies counted), and `ApiKey` keeps the \
              presented key in a `SecretString` that is zeroized when the request ends. The key \
              arrives in an HTTP header, though: hyper reads each request into a \
              per-connection buffer, and the header map axum hands to keybound is made of \

@@ -26,6 +26,9 @@ pub struct Target {
     pub forwarded_for: bool,
     /// The database, when the lab owns the server (insider scenarios tamper with it).
     pub database_url: Option<String>,
+    /// The master key of the server the lab owns (the insider scenario checks the audit log
+    /// with it, as the operator would).
+    master_key: Option<SecretString>,
     running: Option<Running>,
     _dir: Option<TempDir>,
 }
@@ -60,6 +63,16 @@ impl Reply {
             format!("{} {}", self.status, self.code())
         }
     }
+}
+
+/// A fresh random master key (base64) for servers the lab spawns.
+pub fn random_master_key() -> SecretString {
+    let mut k = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+    SecretString::from(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        k,
+    ))
 }
 
 /// A fresh random admin token for servers the lab owns.
@@ -120,6 +133,7 @@ impl Target {
         args.admin_token = Some(admin_token.clone());
         args.trusted_proxy = vec!["127.0.0.1/32".parse().expect("a valid CIDR")];
         configure(&mut args);
+        let master_key = args.master_key.clone();
         let running = keybound::server::start(args, store).await?;
         Ok(Target {
             base: format!("http://{}", running.addr),
@@ -127,6 +141,7 @@ impl Target {
             client: client(),
             forwarded_for: true,
             database_url: Some(url),
+            master_key,
             running: Some(running),
             _dir: Some(dir),
         })
@@ -142,6 +157,7 @@ impl Target {
             client: client(),
             forwarded_for: false,
             database_url: None,
+            master_key: None,
             running: None,
             _dir: None,
         };
@@ -197,6 +213,11 @@ impl Target {
     /// The running in-process server, if the lab started one.
     pub fn running(&self) -> Option<&Running> {
         self.running.as_ref()
+    }
+
+    /// The master key of the server the lab started (none for `--url` targets).
+    pub fn master_key(&self) -> Option<&SecretString> {
+        self.master_key.as_ref()
     }
 
     /// The admin token (the insider scenario lists what it can read with it).
@@ -436,28 +457,29 @@ impl SpawnedServer {
     pub fn start(binary: &Path, rust_log: &str, log_format: &str) -> Result<SpawnedServer> {
         let dir = tempfile::tempdir().map_err(Error::internal)?;
         let database_url = format!("sqlite://{}", dir.path().join("lab.db").display());
-        Self::start_in(binary, rust_log, log_format, dir, database_url)
+        Self::start_in(
+            binary,
+            rust_log,
+            log_format,
+            dir,
+            database_url,
+            random_master_key(),
+        )
     }
 
-    /// Like [`start`](Self::start), in an existing directory and database.
+    /// Like [`start`](Self::start), in an existing directory and database, with the master
+    /// key the database was set up with (a CLI command run before needs the same one).
     pub fn start_in(
         binary: &Path,
         rust_log: &str,
         log_format: &str,
         dir: TempDir,
         database_url: String,
+        master_key: SecretString,
     ) -> Result<SpawnedServer> {
         let log_path = dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).map_err(Error::internal)?;
         let admin_token = random_token("lab-admin-");
-        let master_key = {
-            let mut k = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
-            SecretString::from(base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                k,
-            ))
-        };
         let child = Command::new(binary)
             .arg("serve")
             .current_dir(dir.path())
@@ -520,6 +542,7 @@ impl SpawnedServer {
             client: client(),
             forwarded_for: false,
             database_url: Some(self.database_url.clone()),
+            master_key: Some(self.master_key.clone()),
             running: None,
             _dir: None,
         }

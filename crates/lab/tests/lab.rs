@@ -183,17 +183,46 @@ async fn the_secret_comparison_is_constant_time_and_the_test_can_see_a_leak() {
 }
 
 #[tokio::test]
-async fn an_insider_cannot_edit_the_audit_log_unseen_or_read_a_plaintext() {
+async fn an_insider_cannot_edit_the_audit_log_unseen_mint_a_key_or_read_a_plaintext() {
     let t = target().await;
     let h = lab::insider::insider(&t, Some(binary())).await.unwrap();
     assert_eq!(h.plaintext_found(), 0, "{:#?}", h.reads);
     assert!(h.reads.len() >= 20, "every command and endpoint was tried");
-    let (chain, head): (Vec<_>, Vec<_>) = h.tampering.iter().partition(|t| t.detected_by_chain);
-    assert_eq!(chain.len(), 3, "edits and a deletion: {:#?}", h.tampering);
-    assert!(chain.iter().all(|t| t.cli_exit == Some(1)));
-    assert_eq!(head.len(), 1, "truncation");
-    assert!(head[0].detected_by_head);
+    let (chain, checkpoint): (Vec<_>, Vec<_>) =
+        h.tampering.iter().partition(|t| t.detected_by_chain);
+    assert_eq!(
+        chain.len(),
+        4,
+        "edits, a recomputed chain and a deletion: {:#?}",
+        h.tampering
+    );
+    assert!(
+        h.tampering
+            .iter()
+            .any(|t| t.attack.contains("recompute") && t.detected_by_chain),
+        "a recomputed plain-hash chain fails the MACs: {:#?}",
+        h.tampering
+    );
+    assert_eq!(checkpoint.len(), 1, "truncation");
+    assert!(checkpoint[0].detected_by_checkpoint);
+    assert!(
+        h.tampering
+            .iter()
+            .all(|t| t.detected_by_checkpoint && t.cli_exit == Some(1)),
+        "`audit verify --checkpoint` names every one: {:#?}",
+        h.tampering
+    );
+    // Issue 15 item 8: minted key rows are refused for the right reason.
+    let minted = h.minted.as_ref().expect("the lab owns the database");
+    assert_eq!(minted.chosen_secret, "401 INVALID_API_KEY", "{minted:?}");
+    assert_eq!(minted.copied_hash, "401 INVALID_API_KEY", "{minted:?}");
     assert!(h.holds());
+    let section = h.section();
+    let text = format!("{section:?}");
+    assert!(
+        !text.contains("NotBlocked"),
+        "H reports nothing open: {text}"
+    );
 }
 
 #[tokio::test]

@@ -154,11 +154,33 @@ conformance!(
     concurrent_audit_appends_stay_chained,
     edited_audit_row_is_detected,
     deleted_audit_row_is_detected,
+    integrity_upgrade_wraps_old_key_hashes_once,
+    rewritten_and_truncated_audit_is_detected,
+    a_deleted_integrity_root_is_not_replaced,
     alerts_filter_newest_first,
     alert_batches_are_stored_together_and_purged_by_age,
     revocation_feed_pages_by_cursor,
     data_survives_reopen,
 );
+
+// ---- integrity ----
+
+/// The master key of every store in these tests (fixed, so two stores of one database agree).
+fn test_master() -> crate::tokens::signing::MasterKey {
+    use base64::Engine as _;
+    crate::tokens::signing::MasterKey::from_base64(
+        &base64::engine::general_purpose::STANDARD.encode([0x42u8; 32]),
+    )
+    .unwrap()
+}
+
+/// Installs the database's integrity keys into `store` (enabling them on first use), as a
+/// server start does.
+async fn protect(store: &dyn Store) -> Arc<crate::integrity::Integrity> {
+    crate::integrity::load_or_enable(store, &test_master(), T0)
+        .await
+        .unwrap()
+}
 
 // ---- records ----
 
