@@ -1,5 +1,7 @@
 //! Verifying one attestation of each format with the trust anchors parsed once (the server
-//! builds one `Verifier` at startup). Figures: docs/benchmarks.md.
+//! builds one `Verifier` at startup) and its cache of verified CA links warm. Also the one
+//! P-384 ECDSA check a warm App Attest verification still makes, with RustCrypto's `p384`
+//! and with `ring` (the verifier uses ring). Figures: docs/benchmarks.md.
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use keybound::attestation::{Attestation, Settings, Verifier, parse_signing_cert_sha256};
@@ -95,5 +97,33 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// One P-384 ECDSA-SHA384 verification of a 600-byte message (about a credential
+/// certificate's TBS), DER signature: RustCrypto `p384` against `ring`.
+fn p384_verify(c: &mut Criterion) {
+    use p384::ecdsa::signature::Signer;
+    use p384::ecdsa::signature::hazmat::PrehashVerifier;
+    use sha2::Digest;
+    let key = p384::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let msg = vec![0x5a; 600];
+    let sig: p384::ecdsa::Signature = key.sign(&msg);
+    let der = sig.to_der();
+    let vk = *key.verifying_key();
+    let point = vk.to_encoded_point(false);
+    let ring_key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P384_SHA384_ASN1,
+        point.as_bytes(),
+    );
+    c.bench_function("p384-verify/RustCrypto p384", |b| {
+        b.iter(|| {
+            let digest = sha2::Sha384::digest(black_box(&msg));
+            let sig = p384::ecdsa::Signature::from_der(der.as_bytes()).unwrap();
+            vk.verify_prehash(&digest, &sig).unwrap()
+        })
+    });
+    c.bench_function("p384-verify/ring", |b| {
+        b.iter(|| ring_key.verify(black_box(&msg), der.as_bytes()).unwrap())
+    });
+}
+
+criterion_group!(benches, bench, p384_verify);
 criterion_main!(benches);
