@@ -9,7 +9,7 @@
 //! revocation lists exist in these chains (Android's revocation is Google's status list,
 //! checked in `android.rs`).
 
-use sha2::{Digest, Sha256, Sha384};
+use sha2::{Digest, Sha256};
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
     OID_PKCS1_SHA256WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
@@ -24,9 +24,20 @@ pub(crate) const MAX_CHAIN: usize = 8;
 /// A public key that can verify certificate signatures.
 #[derive(Debug, Clone)]
 pub(crate) enum IssuerKey {
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
+    /// An EC key as its uncompressed SEC1 point, checked to be on its curve when parsed.
+    Ec {
+        curve: Curve,
+        point: Vec<u8>,
+    },
     Rsa(rsa::RsaPublicKey),
+}
+
+/// The curves of the attestation CAs: P-256 (Android intermediates and leaves) and P-384
+/// (Apple's CAs, Google's ECDSA roots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Curve {
+    P256,
+    P384,
 }
 
 impl IssuerKey {
@@ -43,13 +54,21 @@ impl IssuerKey {
                 .and_then(|p| p.as_oid().ok())
                 .ok_or("EC key without a named curve")?;
             let point = spki.subject_public_key.data.as_ref();
+            // RustCrypto parses the point (compressed or not) and checks it is on the curve;
+            // ring, which verifies, takes it uncompressed.
             if curve == OID_EC_P256 {
                 p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                    .map(IssuerKey::P256)
+                    .map(|k| IssuerKey::Ec {
+                        curve: Curve::P256,
+                        point: k.to_encoded_point(false).as_bytes().to_vec(),
+                    })
                     .map_err(|_| "invalid P-256 public key".to_string())
             } else if curve == OID_NIST_EC_P384 {
                 p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                    .map(IssuerKey::P384)
+                    .map(|k| IssuerKey::Ec {
+                        curve: Curve::P384,
+                        point: k.to_encoded_point(false).as_bytes().to_vec(),
+                    })
                     .map_err(|_| "invalid P-384 public key".to_string())
             } else {
                 Err("unsupported EC curve".into())
@@ -72,7 +91,13 @@ impl IssuerKey {
     /// Verifies `cert`'s signature with this key. Accepted: ECDSA with SHA-256 or SHA-384
     /// (either curve: Google's P-384 intermediates sign with SHA-256) and RSA PKCS#1 v1.5 with
     /// SHA-256 (Google's RSA root).
+    ///
+    /// ECDSA is verified with `ring` (already linked for rustls): its P-384 verification is
+    /// about 1.5 times as fast as RustCrypto's `p384`, and App Attest's credential
+    /// certificate, different for every device, is signed with P-384, so that one check is
+    /// most of an App Attest verification (docs/benchmarks.md, "Platform attestation").
     pub(crate) fn verifies(&self, cert: &X509Certificate<'_>) -> bool {
+        use ring::signature as ring_sig;
         let tbs = cert.tbs_certificate.as_ref();
         let sig = cert.signature_value.data.as_ref();
         let alg = &cert.signature_algorithm.algorithm;
@@ -81,28 +106,30 @@ impl IssuerKey {
         if *alg != cert.tbs_certificate.signature.algorithm {
             return false;
         }
-        let digest: Vec<u8> =
-            if *alg == OID_SIG_ECDSA_WITH_SHA256 || *alg == OID_PKCS1_SHA256WITHRSA {
-                Sha256::digest(tbs).to_vec()
-            } else if *alg == OID_SIG_ECDSA_WITH_SHA384 {
-                Sha384::digest(tbs).to_vec()
-            } else {
-                return false;
-            };
-        use p256::ecdsa::signature::hazmat::PrehashVerifier;
         match self {
-            IssuerKey::P256(key) if *alg != OID_PKCS1_SHA256WITHRSA => {
-                p256::ecdsa::Signature::from_der(sig)
-                    .is_ok_and(|s| key.verify_prehash(&digest, &s).is_ok())
-            }
-            IssuerKey::P384(key) if *alg != OID_PKCS1_SHA256WITHRSA => {
-                p384::ecdsa::Signature::from_der(sig)
-                    .is_ok_and(|s| key.verify_prehash(&digest, &s).is_ok())
+            IssuerKey::Ec { curve, point } => {
+                let sha256 = *alg == OID_SIG_ECDSA_WITH_SHA256;
+                if !sha256 && *alg != OID_SIG_ECDSA_WITH_SHA384 {
+                    return false;
+                }
+                let ring_alg = match (curve, sha256) {
+                    (Curve::P256, true) => &ring_sig::ECDSA_P256_SHA256_ASN1,
+                    (Curve::P256, false) => &ring_sig::ECDSA_P256_SHA384_ASN1,
+                    (Curve::P384, true) => &ring_sig::ECDSA_P384_SHA256_ASN1,
+                    (Curve::P384, false) => &ring_sig::ECDSA_P384_SHA384_ASN1,
+                };
+                ring_sig::UnparsedPublicKey::new(ring_alg, point)
+                    .verify(tbs, sig)
+                    .is_ok()
             }
             IssuerKey::Rsa(key) if *alg == OID_PKCS1_SHA256WITHRSA => key
-                .verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig)
+                .verify(
+                    rsa::Pkcs1v15Sign::new::<Sha256>(),
+                    &Sha256::digest(tbs),
+                    sig,
+                )
                 .is_ok(),
-            _ => false,
+            IssuerKey::Rsa(_) => false,
         }
     }
 }
@@ -140,20 +167,34 @@ impl Anchor {
     }
 }
 
-/// Links already verified from a CA certificate to its issuer's key: SHA-256 of the
-/// certificate's DER (signature included) and of the issuer's SubjectPublicKeyInfo.
+/// Links already verified from a CA certificate to its issuer's key, one set per
+/// [`Verifier`](super::Verifier): SHA-256 of the certificate's whole DER (signature included,
+/// length-prefixed) and of the issuer's SubjectPublicKeyInfo (a built-in or configured root,
+/// or the CA above it in the chain).
 ///
 /// Every App Attest chain goes through the same Apple intermediate, and Android chains through
 /// a few Google and manufacturer intermediates, so after the first attestation their links cost
-/// a hash instead of a P-384 or RSA-4096 signature check. Only successful checks are kept, and
-/// only for CA certificates (leaves are per device and would only evict useful entries); a
-/// hit means exactly these bytes were verified with exactly this key, so the cache cannot
-/// accept anything the check would refuse. Bounded: cleared when full.
-#[derive(Debug, Default)]
-pub(crate) struct VerifiedLinks(std::sync::Mutex<std::collections::HashSet<[u8; 32]>>);
+/// a hash instead of a P-384 or RSA-4096 signature check, and a warm App Attest verification
+/// does one P-384 check (the credential certificate's) instead of two. Only successful checks
+/// are kept, and only for CA certificates (leaves are per device and would only evict useful
+/// entries). A hit means exactly these bytes were verified with exactly this key: an
+/// intermediate that differs in any byte (another validity, another key, a forged signature)
+/// misses and is checked again, so the cache cannot accept anything the check would refuse.
+/// What it does not skip: the leaf's signature, the names, the CA flags and every
+/// certificate's validity at the verification's own `now` (`verify_chain`).
+#[derive(Debug)]
+pub(crate) struct VerifiedLinks(moka::sync::Cache<[u8; 32], ()>);
 
-/// Distinct intermediates seen in practice are a few hundred; past this the set is cleared.
-const MAX_VERIFIED_LINKS: usize = 4096;
+/// Distinct intermediates seen in practice are a few hundred (Apple: one; Android: Google's
+/// and each manufacturer's); the bound keeps a flood of self-made CAs under a configured
+/// `--attestation-root` from growing memory (least recently used first out).
+const MAX_VERIFIED_LINKS: u64 = 4096;
+
+impl Default for VerifiedLinks {
+    fn default() -> Self {
+        VerifiedLinks(moka::sync::Cache::new(MAX_VERIFIED_LINKS))
+    }
+}
 
 impl VerifiedLinks {
     fn key(cert: &X509Certificate<'_>, issuer_spki: &[u8]) -> [u8; 32] {
@@ -164,26 +205,27 @@ impl VerifiedLinks {
         h.finalize().into()
     }
 
-    /// Whether `key` verifies `cert`, answered from the set for CA certificates seen before.
+    /// Whether `key` verifies `cert`, answered from the cache for CA certificates seen before.
     fn verifies(&self, key: &IssuerKey, issuer_spki: &[u8], cert: &X509Certificate<'_>) -> bool {
         if !is_ca(cert) {
             return key.verifies(cert);
         }
         let id = Self::key(cert, issuer_spki);
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if set.contains(&id) {
+        if self.0.contains_key(&id) {
             return true;
         }
-        drop(set);
         if !key.verifies(cert) {
             return false;
         }
-        set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if set.len() >= MAX_VERIFIED_LINKS {
-            set.clear();
-        }
-        set.insert(id);
+        self.0.insert(id, ());
         true
+    }
+
+    /// How many links are cached (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u64 {
+        self.0.run_pending_tasks();
+        self.0.entry_count()
     }
 }
 

@@ -1080,3 +1080,120 @@ fn a_verified_intermediate_vouches_only_for_its_exact_bytes() {
         "android-key: certificate 2's signature does not verify with certificate 3's key",
     );
 }
+
+/// `object_b64` (an App Attest object) with `edit` applied to its x5c certificates' DER.
+fn with_edited_x5c(object_b64: &str, edit: impl FnOnce(&mut [ciborium::Value])) -> String {
+    let bytes = B64.decode(object_b64.trim()).unwrap();
+    let mut object: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
+    let att_stmt = object
+        .as_map_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some("attStmt"))
+        .map(|(_, v)| v)
+        .unwrap();
+    let x5c = att_stmt
+        .as_map_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some("x5c"))
+        .map(|(_, v)| v)
+        .unwrap();
+    edit(x5c.as_array_mut().unwrap());
+    let mut out = Vec::new();
+    ciborium::into_writer(&object, &mut out).unwrap();
+    B64.encode(out)
+}
+
+/// The intermediate with the last byte of its serial number changed: the same names and key,
+/// so the credential certificate still verifies with it, but bytes the root never signed.
+fn with_tampered_apple_intermediate(object_b64: &str) -> String {
+    with_edited_x5c(object_b64, |x5c| {
+        let der = x5c[1].as_bytes_mut().unwrap();
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        // The serial follows the version: [0] { INTEGER 2 }, INTEGER <serial>.
+        let mut pattern = vec![0xa0, 0x03, 0x02, 0x01, 0x02, 0x02];
+        let serial = cert.tbs_certificate.raw_serial();
+        pattern.push(serial.len() as u8);
+        pattern.extend_from_slice(serial);
+        let at = der
+            .windows(pattern.len())
+            .position(|w| w == pattern.as_slice())
+            .expect("a v3 certificate's serial");
+        der[at + pattern.len() - 1] ^= 1;
+    })
+}
+
+/// The credential certificate with the last byte of its signature changed.
+fn with_tampered_apple_leaf_signature(object_b64: &str) -> String {
+    with_edited_x5c(object_b64, |x5c| {
+        let der = x5c[0].as_bytes_mut().unwrap();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+    })
+}
+#[test]
+fn a_cached_app_attest_intermediate_vouches_only_for_its_exact_bytes() {
+    // Apple's real sample: the intermediate (Apple App Attestation CA 1) is checked against
+    // the built-in root once, then answered from the cache; the credential certificate's
+    // signature is checked every time.
+    let v = apple_sample_verifier();
+    let object = fixture("apple-sample.b64");
+    let run = |object: &str, now: i64| {
+        apple::verify(
+            &v.apple_policy(),
+            APPLE_SAMPLE_KEY_ID,
+            object,
+            b"test_server_challenge",
+            now,
+        )
+        .map_err(|e| e.to_string())
+    };
+    for _ in 0..2 {
+        run(object.trim(), APPLE_SAMPLE_TIME).expect("verifies, then from the cache");
+    }
+    assert_eq!(
+        v.links.len(),
+        1,
+        "one link cached: Apple's CA 1 to its root"
+    );
+    // The cache does not skip the validity check: the same object, warm, after the credential
+    // certificate expired.
+    assert_fails(
+        run(object.trim(), APPLE_SAMPLE_TIME + 4 * 86_400),
+        "apple-appattest: certificate 0 has expired",
+    );
+    // The intermediate with one byte of its serial changed (other DER, same name and key)
+    // misses the cache, is checked against the root again and refused.
+    let tampered = with_tampered_apple_intermediate(&object);
+    assert_fails(
+        run(&tampered, APPLE_SAMPLE_TIME),
+        "apple-appattest: the certificate chain does not end at a trusted root",
+    );
+    assert_eq!(v.links.len(), 1, "a failed check is not cached");
+
+    // The same with a generated object, through the server's path.
+    let root = TestRoot::new();
+    let v = verifier(settings(&root));
+    let member = apple(&root, AppleOpts::default());
+    let jwk = serde_json::json!({});
+    for _ in 0..2 {
+        check(&v, member.clone(), &client_data(), &jwk, NOW).expect("verifies");
+    }
+    let mut tampered = member.clone();
+    tampered["object"] =
+        with_tampered_apple_intermediate(member["object"].as_str().unwrap()).into();
+    assert_fails(
+        check(&v, tampered, &client_data(), &jwk, NOW),
+        "apple-appattest: the certificate chain does not end at a trusted root",
+    );
+    // Under the cached intermediate, the credential certificate's signature is still
+    // checked: one byte of it changed is refused.
+    let mut forged = member.clone();
+    forged["object"] =
+        with_tampered_apple_leaf_signature(member["object"].as_str().unwrap()).into();
+    assert_fails(
+        check(&v, forged, &client_data(), &jwk, NOW),
+        "apple-appattest: certificate 0's signature does not verify with certificate 1's key",
+    );
+}
