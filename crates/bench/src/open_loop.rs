@@ -159,7 +159,8 @@ impl OpenOutcome {
             None => "",
         };
         println!(
-            "{:<24} {:.0}/s asked, {:.0}/s answered ok; p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms              from the intended send times{target}",
+            "{:<24} {:.0}/s asked, {:.0}/s answered ok; p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms \
+             from the intended send times{target}",
             format!("{}:", self.name()),
             self.rate,
             o.ok_rate(),
@@ -170,7 +171,8 @@ impl OpenOutcome {
         let why = self.shortfall();
         let lag = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
         println!(
-            "{:<24} {}: sent {:.0}/s, release lag p99 {:.2} ms, send lag p99 {:.2} ms,              peak {} in flight of {} connections",
+            "{:<24} {}: sent {:.0}/s, release lag p99 {:.2} ms, send lag p99 {:.2} ms, \
+             peak {} in flight of {} connections",
             "",
             if why.is_empty() {
                 "generator kept up"
