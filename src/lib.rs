@@ -19,10 +19,14 @@ pub mod audit;
 pub mod bench;
 /// Command-line subcommands.
 pub mod cli;
+/// The wall clock (unix seconds).
+pub mod clock;
 /// Cluster mode: the Redis connection several instances share state through.
 pub mod cluster;
 /// Command line and configuration.
 pub mod config;
+/// Automatic containment (`--auto-suspend-on`): alerts that suspend a key or revoke a device.
+pub mod containment;
 /// Device trust scoring (contract section 6).
 pub mod devices;
 /// RFC 9449 DPoP proof verification and server nonces.
@@ -36,6 +40,8 @@ pub mod exchange;
 pub mod fuzzing;
 /// HTTP routes, extractors and error mapping.
 pub mod http;
+/// Background jobs: batched bookkeeping, the storage probe, purges.
+pub mod jobs;
 /// API key format and lifecycle.
 pub mod keys;
 /// `keybound lab`: attacks on keybound's own defenses, measured (out of the request path).
@@ -52,6 +58,8 @@ pub mod server;
 pub mod state;
 /// Storage trait with SQLite and PostgreSQL implementations.
 pub mod store;
+/// Benchmark switches (`keybound bench --overhead`), read on the token path.
+pub mod switches;
 /// Logging setup.
 pub mod telemetry;
 /// HTTPS: rustls configuration from PEM files, reloadable while serving.
@@ -62,3 +70,7 @@ pub mod tokens;
 pub mod usage;
 
 pub use error::{Error, Result};
+
+/// The check that the top-level modules above form no import cycle.
+#[cfg(test)]
+mod layering;

@@ -10,32 +10,12 @@
 //! head (last sequence number and hash); an operator who records it elsewhere (a ticket, a
 //! log shipper) can later prove the log was not truncated or rewritten before that point.
 
-use sha2::{Digest, Sha256};
-
 use crate::error::Result;
-use crate::store::{AuditEntry, AuditRow, Store};
+use crate::store::{AuditRow, Store};
 
-/// The `prev_hash` of the first row.
-pub const GENESIS: [u8; 32] = [0; 32];
-
-/// The chain hash of a row with sequence number `seq` following a row whose hash is `prev`.
-pub fn chain_hash(prev: &[u8], seq: i64, entry: &AuditEntry) -> [u8; 32] {
-    // serde_json's `Value` keeps object keys sorted (no `preserve_order` feature), which makes
-    // this serialization canonical, nested `details` included.
-    let canonical = serde_json::json!({
-        "seq": seq,
-        "at": entry.at,
-        "actor": entry.actor,
-        "action": entry.action,
-        "target": entry.target,
-        "ip": entry.ip,
-        "details": entry.details,
-    });
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(serde_json::to_vec(&canonical).expect("a JSON value always serializes"));
-    h.finalize().into()
-}
+/// The chain's format lives with the rows it links ([`crate::store::chain`]): the store
+/// computes each hash inside the transaction that appends the row.
+pub use crate::store::chain::{GENESIS, chain_hash};
 
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +90,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::AuditEntry;
 
     fn entry(action: &str) -> AuditEntry {
         AuditEntry {

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::output;
+use crate::clock::now;
 use crate::config::DevicesCommand;
 use crate::error::Result;
 use crate::keys::service::{self, Actor};
-use crate::state::now;
 use crate::store::{DeviceChange, DeviceRecord, Store};
 
 /// Runs one `devices` subcommand.

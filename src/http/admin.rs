@@ -23,10 +23,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{AdminAuth, ClientIp, Json, Query};
 use super::openapi::{AdminErrors, BodyErrors, ErrorBody};
+use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::keys::KeyId;
 use crate::keys::service::{self, Actor, KeyPatch, NewKey};
-use crate::state::{AppState, now};
+use crate::state::AppState;
 use crate::store::{AlertFilter, DeviceChange, DeviceRecord, DeviceStatus, KeyRecord, KeyStatus};
 
 /// Page size when the client gives none.

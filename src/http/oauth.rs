@@ -148,7 +148,9 @@ pub(super) async fn token(
                 let mut p = presented(headers, ip, exchange::TOKEN_PATH);
                 // RFC 8693: the key travels as the subject token, never in a header.
                 p.api_key = Some(&api_key);
-                let (key_id, result) = exchange::exchange(state, p, body).await.into_parts();
+                let (key_id, result) = exchange::exchange(&state.exchange, p, body)
+                    .await
+                    .into_parts();
                 let answer = result.map(|token| {
                     Answer::Exchange(ExchangeAnswer {
                         token,
@@ -159,7 +161,9 @@ pub(super) async fn token(
             }
             Grant::Refresh(body) => {
                 let p = presented(headers, ip, exchange::TOKEN_PATH);
-                let answer = exchange::refresh(state, p, body).await.map(Answer::Refresh);
+                let answer = exchange::refresh(&state.exchange, p, body)
+                    .await
+                    .map(Answer::Refresh);
                 (None, answer.map_err(FormRefusal::from))
             }
         }

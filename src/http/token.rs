@@ -106,7 +106,9 @@ async fn token(
         match Json::<TokenRequest>::from_request(req, &state).await {
             Ok(Json(body)) => {
                 let p = presented(&headers, ip, exchange::TOKEN_PATH);
-                exchange::exchange(&state, p, body).await.into_parts()
+                exchange::exchange(&state.exchange, p, body)
+                    .await
+                    .into_parts()
             }
             Err(e) => (None, Err(e)),
         }
@@ -142,7 +144,7 @@ async fn refresh(
         let result = match body {
             Ok(Json(body)) => {
                 let p = presented(&headers, ip, exchange::REFRESH_PATH);
-                exchange::refresh(&state, p, body).await
+                exchange::refresh(&state.exchange, p, body).await
             }
             Err(e) => Err(e),
         };
@@ -177,7 +179,7 @@ async fn revoke(
     let work = async {
         let result = match body {
             Ok(FormOrJson(body)) => exchange::revoke(
-                &state,
+                &state.exchange,
                 presented(&headers, ip, exchange::REVOKE_PATH),
                 body.token.expose_secret(),
             )
@@ -233,7 +235,7 @@ pub(super) async fn guarded<T: Serialize, E: Refusal>(
         };
         state.usage.record(UsageEvent {
             key_id,
-            at: crate::state::now(),
+            at: crate::clock::now(),
             endpoint: endpoint.into(),
             method: "POST".into(),
             status,
@@ -258,7 +260,7 @@ pub(super) async fn guarded<T: Serialize, E: Refusal>(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     if state.settings.require_dpop_nonce
-        && let Ok(v) = HeaderValue::from_str(&state.nonces.issue(crate::state::now()))
+        && let Ok(v) = HeaderValue::from_str(&state.nonces.issue(crate::clock::now()))
     {
         // RFC 9449 section 8.2: hand out the next nonce with every success.
         h.insert("dpop-nonce", v);

@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_DEVICES: i64 = 5;
 /// Default rotation grace period (contract 3.4).
 pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
 
+/// Expired keys are kept this long (for the audit trail and support questions), then purged
+/// by the hourly job ([`crate::state::jobs`]).
+pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
+
 /// Longest name, description, scope or origin we accept, so one key cannot bloat every row.
 const MAX_TEXT: usize = 256;
 const MAX_LIST: usize = 64;

@@ -8,6 +8,7 @@
 
 pub mod broadcast;
 pub mod cached;
+pub mod chain;
 mod postgres;
 mod rows;
 mod sql;

@@ -67,7 +67,7 @@ macro_rules! sql_store {
             use async_trait::async_trait;
 
             use super::$Store;
-            use $crate::audit::{GENESIS, chain_hash};
+            use $crate::store::chain::{GENESIS, chain_hash};
             use $crate::error::{Error, Result};
             use $crate::store::rows::to_json;
             use $crate::store::sql::{Backend, is_unique_violation};
