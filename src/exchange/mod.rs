@@ -7,6 +7,8 @@
 
 pub mod challenge;
 mod request;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::sync::Arc;
