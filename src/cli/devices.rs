@@ -48,7 +48,7 @@ fn device_table(devices: &[DeviceRecord]) -> String {
                 d.device_id.clone(),
                 d.name.clone().unwrap_or_else(|| "-".into()),
                 d.status.as_str().into(),
-                d.trust_level.clone(),
+                d.trust_level.as_str().to_owned(),
                 format!("{:.2}", d.trust_score),
                 if d.approved { "yes" } else { "no" }.into(),
                 match &d.attestation {

@@ -590,15 +590,10 @@ pub async fn revoke(deps: &Deps, p: Presented<'_>, token: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `ip` is inside one of the key's CIDRs, compared in canonical form
-/// ([`crate::net`]: `::ffff:10.0.0.5` is inside `10.0.0.0/8`).
-fn allowed_ip(cidrs: &[String], ip: IpAddr) -> bool {
-    let nets: Vec<ipnet::IpNet> = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
-    crate::net::any_contains(&nets, ip)
-}
-
+/// The key's allow lists. The address is compared in canonical form ([`crate::net`]:
+/// `::ffff:10.0.0.5` is inside `10.0.0.0/8`) with CIDRs the store decoded once.
 fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Result<()> {
-    if !key.allowed_ips.is_empty() && !allowed_ip(&key.allowed_ips, ip) {
+    if !key.allowed_ips.is_empty() && !crate::net::any_contains(&key.allowed_ips, ip) {
         return Err(Error::IpNotAllowed);
     }
     // No Origin header: not a browser, and the origin list restricts browsers only.
@@ -818,7 +813,7 @@ async fn enroll(
         mismatch_fingerprint: None,
         networks: vec![],
         trust_score: 0.0,
-        trust_level: "limited".into(),
+        trust_level: TrustLevel::Limited,
         trust_factors: JsonText::empty_list(),
         revoked_at: None,
         attestation,
@@ -998,7 +993,7 @@ fn score_and_record(
         }
     }
     device.trust_score = decision.score;
-    device.trust_level = decision.level.as_str().into();
+    device.trust_level = decision.level;
     device.trust_factors = JsonText::of(&decision.factors);
     device.last_seen_at = now;
     if decision.level == TrustLevel::Denied {

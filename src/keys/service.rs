@@ -288,7 +288,7 @@ pub fn validate_scopes(field: &str, scopes: &[String]) -> Result<()> {
 }
 
 /// Parses and normalises CIDRs (a bare address becomes a /32 or /128).
-pub fn parse_cidrs(list: &[String]) -> Result<Vec<String>> {
+pub fn parse_cidrs(list: &[String]) -> Result<Vec<IpNet>> {
     if list.len() > MAX_LIST {
         return Err(bad(format!("allowed_ips: at most {MAX_LIST} entries")));
     }
@@ -297,7 +297,7 @@ pub fn parse_cidrs(list: &[String]) -> Result<Vec<String>> {
         .map(|(i, s)| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(|n| n.trunc().to_string())
+                .map(|n| n.trunc())
                 .map_err(|_| bad(format!("allowed_ips[{i}] is not a CIDR or an IP address")))
         })
         .collect()

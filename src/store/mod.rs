@@ -202,8 +202,11 @@ pub struct KeyRecord {
     pub limited_scopes: Option<Vec<String>>,
     /// Token requests per minute.
     pub rate_limit_per_minute: i64,
+    // Normalised (host bits cleared) and decoded once, when the row is read: the exchange
+    // compares addresses without parsing anything.
     /// CIDR allow list; empty allows every address.
-    pub allowed_ips: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub allowed_ips: Vec<ipnet::IpNet>,
     /// Origin allow list; empty allows every origin.
     pub allowed_origins: Vec<String>,
     /// Most devices the key may enroll.
@@ -300,7 +303,7 @@ pub struct DeviceRecord {
     /// Last trust score (0..1).
     pub trust_score: f64,
     /// Last trust level (`trusted`, `limited`, `denied`).
-    pub trust_level: String,
+    pub trust_level: crate::devices::TrustLevel,
     /// The factors behind the last score, so an operator can see why.
     #[schema(value_type = Value)]
     pub trust_factors: JsonText,
