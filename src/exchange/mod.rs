@@ -363,7 +363,7 @@ pub async fn refresh(deps: &Deps, p: Presented<'_>, body: RefreshRequest) -> Res
     // A token bound to another device key is useless to whoever stole it: refuse it as
     // unknown, and do not let the thief burn the family (the owner keeps their session) —
     // except inside a grace window, where a just-spent token in other hands is reuse (9.2).
-    if !bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) {
+    if !bound_to_proof_key(&claims, &proof) {
         return Err(foreign_presentation(deps, &claims, p.ip, now).await);
     }
     check_proof(deps, &proof, now, Some(&claims.key_id), p.ip).await?;
@@ -563,7 +563,7 @@ pub async fn revoke(deps: &Deps, p: Presented<'_>, token: &str) -> Result<()> {
     let Some(claims) = deps.refresh_sealer.open(token) else {
         return Ok(());
     };
-    if !bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) {
+    if !bound_to_proof_key(&claims, &proof) {
         return Ok(());
     }
     check_proof(deps, &proof, now, Some(&claims.key_id), p.ip).await?;
@@ -606,6 +606,13 @@ fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Resul
         }
     }
     Ok(())
+}
+
+/// Whether a refresh token was issued to the proof's device key (its `jkt` is the proof
+/// key's RFC 7638 thumbprint): the one binding check of a refresh and a revocation.
+/// Compared in constant time, though a thumbprint is no secret, so no caller has to wonder.
+fn bound_to_proof_key(claims: &RefreshClaims, proof: &VerifiedProof) -> bool {
+    bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes()))
 }
 
 /// Verifies the proof, the nonce when required, and that its `jti` is new.
