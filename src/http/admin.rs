@@ -20,8 +20,8 @@ use serde::Deserialize;
 
 use utoipa::{IntoParams, ToSchema};
 
+use super::envelope::{AdminErrors, BodyErrors, ErrorBody};
 use super::extract::{AdminAuth, ClientIp, Json, Query};
-use super::openapi::{AdminErrors, BodyErrors, ErrorBody};
 use crate::clock::now;
 use crate::devices::TrustLevel;
 use crate::error::{Error, Result};

@@ -13,8 +13,8 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::cors;
+use super::envelope::ErrorBody;
 use super::extract::{ClientIp, Json, Query};
-use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
 use crate::keys::ApiKey;
@@ -291,7 +291,7 @@ async fn leaks(
         Ok(v) => Some(v.record().clone()),
         Err(e) if e.is_auth_failure() => {
             // Still 202, the same answer; the failure is counted all the same.
-            super::token::count_failure(&state, ip).await?;
+            super::guard::count_failure(&state, ip).await?;
             None
         }
         Err(e) => return Err(e),
@@ -398,7 +398,7 @@ async fn flag_key_in_url(
             Ok(v) => Some(v.record().key_id.clone()),
             Err(e) => {
                 if let (true, Some(ip)) = (e.is_auth_failure(), ip)
-                    && let Err(e) = super::token::count_failure(state, ip).await
+                    && let Err(e) = super::guard::count_failure(state, ip).await
                 {
                     tracing::warn!(error = %e, "could not count a key-in-URL failure");
                 }

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::envelope::ErrorBody;
 use super::extract::FormOrJson;
-use super::openapi::ErrorBody;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::DeviceStatus;

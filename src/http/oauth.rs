@@ -3,7 +3,7 @@
 //!
 //! One use case, two request parsers, two error writers: a form request is parsed here into
 //! the same [`TokenRequest`] / [`RefreshRequest`] the JSON parser produces and handed to the
-//! same [`crate::exchange`] functions, behind the same failure budget ([`super::token`]'s
+//! same [`crate::exchange`] functions, behind the same failure budget ([`super::guard`]'s
 //! `guarded`). Only the last step differs: a refusal is written as RFC 6749 section 5.2's
 //! `{"error", "error_description"}` ([`Error::into_oauth_response`]) instead of the
 //! contract's envelope, which is what stock OAuth clients read (and how they recognise a
@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::extract::read_form;
-use super::token::{Refusal, guarded, presented};
+use super::guard::{Refusal, guarded, presented};
 use crate::error::Error;
 use crate::exchange::{self, DeviceInfo, RefreshRequest, TokenRequest, TokenResponse};
 use crate::state::AppState;
