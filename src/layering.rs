@@ -104,18 +104,24 @@ fn non_test_code(text: &str, test_mods: &mut Vec<String>) -> String {
 
 /// Every top-level module named after `crate::` in `code`.
 fn used_modules(code: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    used_after(code, "crate::", modules)
+}
+
+/// Every module of `modules` named right after `prefix` (`crate::`, `super::`,
+/// `crate::http::`) in `code`, grouped `use` lines included.
+fn used_after(code: &str, prefix: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
     let mut used = BTreeSet::new();
     let ident = |s: &str| -> String {
         s.chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect()
     };
-    for (at, _) in code.match_indices("crate::") {
+    for (at, _) in code.match_indices(prefix) {
         let before = code[..at].chars().next_back();
-        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
             continue;
         }
-        let rest = &code[at + "crate::".len()..];
+        let rest = &code[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             // `use crate::{a::b, c, d::{e, f}}`: the names at the group's own depth.
             let mut depth = 0;
@@ -245,6 +251,51 @@ fn top_level_modules_form_no_cycle() {
             cycle.join(" -> "),
             links.join("\n")
         );
+    }
+}
+
+/// The same graph one level down: the files of `src/http/` (routers, extractors, the
+/// OpenAPI document), through `super::x` and `crate::http::x`.
+fn http_graph() -> Graph {
+    let dir = src_dir().join("http");
+    let modules: BTreeSet<String> = std::fs::read_dir(&dir)
+        .expect("src/http/ is readable")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".rs")?;
+            (stem != "mod").then(|| stem.to_owned())
+        })
+        .collect();
+    let mut graph = Graph::new();
+    for m in &modules {
+        let text = std::fs::read_to_string(dir.join(format!("{m}.rs"))).expect("readable");
+        let code = non_test_code(&text, &mut Vec::new());
+        let used = used_after(&code, "super::", &modules)
+            .into_iter()
+            .chain(used_after(&code, "crate::http::", &modules));
+        for used in used.filter(|u| u != m) {
+            graph
+                .entry(m.clone())
+                .or_default()
+                .entry(used)
+                .or_default()
+                .insert(format!("http/{m}.rs"));
+        }
+    }
+    graph
+}
+
+#[test]
+fn http_modules_form_no_cycle() {
+    let graph = http_graph();
+    assert!(
+        graph
+            .get("openapi")
+            .is_some_and(|e| e.contains_key("admin")),
+        "the scan misses openapi -> admin: {graph:#?}"
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("import cycle between http modules: {}", cycle.join(" -> "));
     }
 }
 
