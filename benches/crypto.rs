@@ -80,7 +80,7 @@ fn keys(c: &mut Criterion) {
 }
 
 fn dpop(c: &mut Criterion) {
-    let now = keybound::state::now();
+    let now = keybound::clock::now();
     let opts = VerifyOptions::default();
     let ed = ed25519_proof(now);
     let es = es256_proof(now);

@@ -40,7 +40,7 @@ impl Device {
         let mut jti = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut jti);
         let claims = json!({"jti": B64.encode(jti), "htm": "POST", "htu": htu,
-                            "iat": keybound::state::now()});
+                            "iat": keybound::clock::now()});
         let input = format!("{}.{}", self.header, B64.encode(claims.to_string()));
         let sig = self.key.sign(input.as_bytes());
         format!("{input}.{}", B64.encode(sig.to_bytes()))
@@ -56,7 +56,7 @@ async fn server() -> (tempfile::TempDir, Running, String) {
         "scopes": ["read:bench", "write:bench"], "rate_limit_per_minute": 1_000_000,
         "max_devices": 1000}))
     .unwrap();
-    let created = service::create(&*store, new, &Actor::cli(), keybound::state::now())
+    let created = service::create(&*store, new, &Actor::cli(), keybound::clock::now())
         .await
         .unwrap();
     let running = keybound::server::start(ServeArgs::for_tests(), store)
@@ -92,7 +92,7 @@ async fn exchange_once(running: &Running, key: &str, proof: &str) {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         path: exchange::TOKEN_PATH,
     };
-    exchange::exchange(&running.state, p, body())
+    exchange::exchange(&running.state.exchange, p, body())
         .await
         .result
         .expect("the exchange succeeds");

@@ -90,14 +90,8 @@ pub enum Profile {
     Prod,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format (defined by the telemetry it configures).
+pub use crate::telemetry::LogFormat;
 
 /// `keybound serve` options.
 #[derive(Debug, Clone, Args)]
@@ -237,7 +231,7 @@ pub struct ServeArgs {
     /// Alert kinds that contain at once: revoke the device (device-scoped kinds) or suspend the
     /// key (comma separated, e.g. KEY_LEAKED,REFRESH_TOKEN_REUSED).
     #[arg(long, env = "KEYBOUND_AUTO_SUSPEND_ON", value_delimiter = ',',
-          value_parser = crate::alerts::containment::parse_kind)]
+          value_parser = crate::containment::parse_kind)]
     pub auto_suspend_on: Vec<AlertKind>,
     /// Log format.
     #[arg(long, env = "KEYBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -256,7 +250,7 @@ pub struct ServeArgs {
     pub ipv6_budget_prefix: u8,
     /// Wrong secrets per minute for one key id (from all IPs together) before FAILURE_BURST;
     /// past it, wrong secrets for that id get 429 (the right secret always works).
-    #[arg(long, env = "KEYBOUND_KEY_FAILURE_BUDGET", default_value_t = crate::state::KEY_FAILURE_BUDGET)]
+    #[arg(long, env = "KEYBOUND_KEY_FAILURE_BUDGET", default_value_t = crate::limits::KEY_FAILURE_BUDGET)]
     pub key_failure_budget: u32,
     /// 32-byte master key (base64) that seals signing keys at rest. Required in `prod`.
     #[arg(long, env = "KEYBOUND_MASTER_KEY", hide_env_values = true)]

@@ -17,10 +17,14 @@ pub mod attestation;
 pub mod audit;
 /// Command-line subcommands.
 pub mod cli;
+/// The wall clock (unix seconds).
+pub mod clock;
 /// Cluster mode: the Redis connection several instances share state through.
 pub mod cluster;
 /// Command line and configuration.
 pub mod config;
+/// Automatic containment (`--auto-suspend-on`): alerts that suspend a key or revoke a device.
+pub mod containment;
 /// Device trust scoring (contract section 6).
 pub mod devices;
 /// RFC 9449 DPoP proof verification and server nonces.
@@ -36,6 +40,8 @@ pub mod fuzzing;
 pub mod http;
 /// Integrity against a database writer: MAC'd key hashes, audit chain and checkpoints.
 pub mod integrity;
+/// Background jobs: batched bookkeeping, the storage probe, purges.
+pub mod jobs;
 /// API key format and lifecycle.
 pub mod keys;
 /// Rate limits and failure budgets.
@@ -50,6 +56,8 @@ pub mod server;
 pub mod state;
 /// Storage trait with SQLite and PostgreSQL implementations.
 pub mod store;
+/// Benchmark switches (`keybound bench --overhead`), read on the token path.
+pub mod switches;
 /// Logging setup.
 pub mod telemetry;
 /// HTTPS: rustls configuration from PEM files, reloadable while serving.
@@ -60,3 +68,7 @@ pub mod tokens;
 pub mod usage;
 
 pub use error::{Error, Result};
+
+/// The check that the top-level modules above form no import cycle.
+#[cfg(test)]
+mod layering;

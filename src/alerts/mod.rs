@@ -7,10 +7,11 @@
 //!
 //! Two optional reactions hang off [`Alerts::raise`]:
 //! * [`webhook`] — every alert POSTed, signed, to `--alert-webhook` from a bounded queue;
-//! * [`containment`] — chosen kinds (`--auto-suspend-on`) suspend the key or revoke the
-//!   device at once, with an audit row.
+//! * [`crate::containment`] — chosen kinds (`--auto-suspend-on`) suspend the key or revoke
+//!   the device at once, with an audit row. It acts through key and device lifecycle code, so
+//!   it lives outside this module and hangs off [`Alerts`] as a [`Reaction`]: alerts depend on
+//!   nothing that authenticates keys, and key authentication may raise alerts.
 
-pub mod containment;
 pub mod shared;
 pub mod webhook;
 pub mod writer;
@@ -24,7 +25,6 @@ use moka::sync::Cache;
 use serde_json::Value;
 
 use crate::store::{AlertRecord, Store};
-use containment::Containment;
 use webhook::Webhook;
 use writer::AlertWriter;
 
@@ -143,6 +143,13 @@ impl Default for Thresholds {
 /// Distinct device ids and networks seen for one key.
 type Spread = (HashSet<String>, HashSet<String>);
 
+/// What else happens when an alert is raised, after it is queued (automatic containment,
+/// [`crate::containment::Containment`]). Called on the request path: it must not block.
+pub trait Reaction: Send + Sync {
+    /// Reacts to `alert` (of kind `kind`).
+    fn on_alert(&self, kind: AlertKind, alert: &AlertRecord);
+}
+
 /// Raises alerts and runs the windowed detectors.
 pub struct Alerts {
     /// Stores alerts in batches.
@@ -157,7 +164,7 @@ pub struct Alerts {
     /// Where alerts are POSTed, if configured.
     webhook: Option<Webhook>,
     /// The automatic containment policy, if configured.
-    containment: Option<Containment>,
+    containment: Option<Box<dyn Reaction>>,
     /// With `--redis-url`: the windows kept in Redis for the whole cluster, replacing
     /// `per_minute` and `spread`.
     shared: Option<shared::SharedWindows>,
@@ -201,7 +208,7 @@ impl Alerts {
     }
 
     /// Also applies the containment policy to every alert.
-    pub fn with_containment(mut self, containment: Option<Containment>) -> Alerts {
+    pub fn with_containment(mut self, containment: Option<Box<dyn Reaction>>) -> Alerts {
         self.containment = containment;
         self
     }
@@ -231,7 +238,7 @@ impl Alerts {
     ) {
         let alert = AlertRecord {
             id: format!("al_{}", uuid::Uuid::now_v7().simple()),
-            at: crate::state::now(),
+            at: crate::clock::now(),
             kind: kind.as_str().into(),
             severity: severity.into(),
             key_id: key_id.map(str::to_owned),

@@ -258,7 +258,7 @@ async fn deliver(client: &reqwest::Client, config: &WebhookConfig, alert: &Alert
     for attempt in 1..=config.max_attempts.max(1) {
         // A fresh timestamp per attempt, so a retry is not refused as stale by the receiver;
         // the same id, so the receiver can tell it is a retry.
-        let ts = crate::state::now();
+        let ts = crate::clock::now();
         let mut req = client
             .post(config.url.clone())
             .header(CONTENT_TYPE, "application/json")

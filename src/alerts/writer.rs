@@ -118,7 +118,7 @@ mod tests {
     fn alert(i: usize) -> AlertRecord {
         AlertRecord {
             id: format!("al_test_{i:04}"),
-            at: crate::state::now(),
+            at: crate::clock::now(),
             kind: "KEY_IN_URL".into(),
             severity: "critical".into(),
             key_id: None,

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::output;
+use crate::clock::now;
 use crate::config::DevicesCommand;
 use crate::error::Result;
 use crate::keys::service::{self, Actor};
-use crate::state::now;
 use crate::store::{DeviceChange, DeviceRecord, Store};
 
 /// Runs one `devices` subcommand.
@@ -48,7 +48,7 @@ fn device_table(devices: &[DeviceRecord]) -> String {
                 d.device_id.clone(),
                 d.name.clone().unwrap_or_else(|| "-".into()),
                 d.status.as_str().into(),
-                d.trust_level.clone(),
+                d.trust_level.as_str().to_owned(),
                 format!("{:.2}", d.trust_score),
                 if d.approved { "yes" } else { "no" }.into(),
                 match &d.attestation {

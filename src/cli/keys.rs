@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::output;
+use crate::clock::now;
 use crate::config::{CreateKeyArgs, KeysCommand};
 use crate::error::Result;
 use crate::keys::service::{self, Actor, Created, NewKey};
-use crate::state::now;
 use crate::store::{AttestationPolicy, KeyRecord, KeyStatus, Store};
 
 /// Page size when listing every key.

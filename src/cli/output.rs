@@ -94,7 +94,17 @@ pub fn key_fields(r: &KeyRecord, now: i64) -> String {
         ("scopes", r.scopes.join(" ")),
         ("limited_scopes", limited),
         ("rate_limit", format!("{}/min", r.rate_limit_per_minute)),
-        ("allowed_ips", list(&r.allowed_ips, ", ", "any")),
+        (
+            "allowed_ips",
+            list(
+                &r.allowed_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                ", ",
+                "any",
+            ),
+        ),
         ("allowed_origins", list(&r.allowed_origins, ", ", "any")),
         ("max_devices", r.max_devices.to_string()),
         ("trust_on_enroll", r.trust_on_enroll.to_string()),

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::output;
+use crate::clock::now;
 use crate::config::{ResealArgs, RotateSigningKeyArgs, SigningKeyArgs, SigningKeysCommand};
 use crate::error::{Error, Result};
-use crate::state::now;
 use crate::store::{AuditEntry, SigningKeyRecord, Store};
 use crate::tokens::keyring::{self, KeyRing, PUBLISH_AFTER_RETIREMENT};
 use crate::tokens::signing::MasterKey;

@@ -200,7 +200,7 @@ pub struct TrustInputs<'a> {
 }
 
 /// The trust level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrustLevel {
     /// Full scopes and TTL.
@@ -229,6 +229,16 @@ impl TrustLevel {
             Self::Trusted => "trusted",
             Self::Limited => "limited",
             Self::Denied => "denied",
+        }
+    }
+
+    /// The level named by [`TrustLevel::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "trusted" => Some(Self::Trusted),
+            "limited" => Some(Self::Limited),
+            "denied" => Some(Self::Denied),
+            _ => None,
         }
     }
 }

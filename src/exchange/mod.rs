@@ -7,6 +7,8 @@
 
 pub mod challenge;
 mod request;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,19 +20,27 @@ use subtle::ConstantTimeEq;
 
 pub use request::{DeviceInfo, RefreshRequest, RevokeRequest, TokenRequest};
 
-use crate::alerts::{AlertKind, network_of};
-use crate::attestation::Attestation;
+use crate::alerts::{AlertKind, Alerts, network_of};
+use crate::attestation::{Attestation, Verifier};
 use crate::devices::trust::{
     self, DeviceHistory, NetworkSignals, TrustDecision, TrustInputs, TrustLevel,
 };
 use crate::dpop::{self, VerifiedProof};
+use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
-use crate::state::AppState;
+use crate::jobs::{LastUsed, StorageHealth};
+use crate::limits::{IpFailures, KeyIdFailures, KeyLimits};
+use crate::replay::ReplayStore;
+use crate::store::Store;
+use crate::store::cached::CachedStore;
 use crate::store::{
     AttestationPolicy, DeviceAttestation, DeviceRecord, DeviceStatus, EnrollLimits, Enrollment,
     FamilyRecord, JsonText, KeyRecord,
 };
+use crate::switches::Switches;
+use crate::tokens::keyring::KeyRing;
 use crate::tokens::refresh::RefreshClaims;
+use crate::tokens::refresh::RefreshSealer;
 use crate::tokens::{AccessClaims, AccessGrant, GrantedTrust};
 
 /// Path of the exchange endpoint (part of every proof's `htu`).
@@ -41,6 +51,97 @@ pub const REFRESH_PATH: &str = "/v1/token/refresh";
 pub const REVOKE_PATH: &str = "/v1/token/revoke";
 /// Networks remembered per device.
 const MAX_NETWORKS: usize = 16;
+
+/// What the exchange, the refresh and the revocation use, and nothing else: the server builds
+/// one at start ([`crate::state::AppState::build`]); a test builds one around an in-memory
+/// store (see the unit tests below).
+pub struct Deps {
+    /// The settings these use cases read.
+    pub policy: Policy,
+    /// Storage, through the validation cache (the same object as `cache`).
+    pub store: Arc<dyn Store>,
+    /// The validation cache (keys and devices), which also queues device histories.
+    pub cache: Arc<CachedStore>,
+    /// Whether storage answers (nothing is issued while it does not: contract 5).
+    pub health: Arc<StorageHealth>,
+    /// Keys' `last_used_at`, batched.
+    pub last_used: Arc<LastUsed>,
+    /// Benchmark switches (all on outside `keybound bench --overhead`).
+    pub switches: Arc<Switches>,
+    /// Per-key request rates.
+    pub key_limits: Arc<KeyLimits>,
+    /// Per-device refresh rates.
+    pub device_limits: Arc<KeyLimits>,
+    /// Per-key-id failure budgets (wrong secrets for one id, from anywhere).
+    pub key_failures: Arc<KeyIdFailures>,
+    /// Per-IP budget of `USE_DPOP_NONCE` answers (issue 15, item 7).
+    pub nonce_challenges: Arc<IpFailures>,
+    /// Seals and opens refresh tokens.
+    pub refresh_sealer: Arc<RefreshSealer>,
+    /// DPoP proof checks.
+    pub dpop_options: Arc<VerifyOptions>,
+    /// Server nonces (RFC 9449 section 8).
+    pub nonces: Arc<NonceIssuer>,
+    /// Seen DPoP proofs.
+    pub replay: Arc<dyn ReplayStore>,
+    /// Anomaly alerts.
+    pub alerts: Arc<Alerts>,
+    /// Platform attestation checks (contract section 8).
+    pub verifier: Arc<Verifier>,
+    /// Attestation challenges.
+    pub challenges: Arc<challenge::Challenges>,
+    /// Signing keys (the active one signs access tokens).
+    pub keyring: Arc<KeyRing>,
+}
+
+impl Deps {
+    /// The API key check ([`crate::keys::auth`]), with these budgets.
+    pub fn key_auth(&self) -> crate::keys::KeyAuth<'_> {
+        crate::keys::KeyAuth {
+            cache: &self.cache,
+            failures: &self.key_failures,
+            alerts: &self.alerts,
+        }
+    }
+}
+
+/// The `serve` settings the token use cases read.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `iss` claim and base of every `htu`, without a trailing slash.
+    pub issuer: String,
+    /// Allowed audiences; the first is the default.
+    pub audiences: Vec<String>,
+    /// Access token lifetime for trusted devices.
+    pub access_ttl_secs: i64,
+    /// Refresh token lifetime (idle: each refresh starts it again).
+    pub refresh_ttl_secs: i64,
+    /// Absolute lifetime of a refresh family, from its exchange.
+    pub refresh_family_max_age_secs: i64,
+    /// Contract 9.2 grace window; 0 is off.
+    pub refresh_reuse_grace_secs: i64,
+    /// Refreshes per minute per device.
+    pub refresh_rate_per_device: u32,
+    /// Whether proofs must carry a server nonce.
+    pub require_dpop_nonce: bool,
+    /// New devices per key per hour; `None`: the key's `max_devices`.
+    pub enrollments_per_hour: Option<i64>,
+    /// How long a limited device must have been unused before a new one may replace it.
+    pub stale_device_secs: i64,
+}
+
+/// Remembers a device's history (counters, last seen, networks, trust) without holding up
+/// the answer: this instance's validation cache sees it at once, storage within
+/// [`crate::jobs::DEVICE_FLUSH_INTERVAL`] (and at a graceful shutdown). A crash loses at most
+/// that window of history, never anything a client holds (`docs/design.md`, "Device
+/// history").
+async fn record_device(cache: &CachedStore, switches: &Switches, device: Arc<DeviceRecord>) {
+    if !switches.writes() {
+        // `keybound bench --overhead` only: what the exchange costs without the write.
+        return;
+    }
+    cache.remember_device_usage(device).await;
+}
 
 /// What the client presented, as the HTTP layer extracted it.
 pub struct Presented<'a> {
@@ -134,21 +235,21 @@ pub struct TrustSummary {
 }
 
 /// `POST /v1/token`: the answer and, once the key verified, its id.
-pub async fn exchange(state: &AppState, p: Presented<'_>, body: TokenRequest) -> Outcome {
-    let now = crate::state::now();
-    let key = match authenticate(state, &p, &body, now).await {
+pub async fn exchange(deps: &Deps, p: Presented<'_>, body: TokenRequest) -> Outcome {
+    let now = crate::clock::now();
+    let key = match authenticate(deps, &p, &body, now).await {
         Ok(key) => key,
         Err(e) => return Outcome::anonymous(Err(e)),
     };
     Outcome {
         key_id: Some(key.key_id.clone()),
-        result: exchange_as(state, &key, p, body, now).await,
+        result: exchange_as(deps, &key, p, body, now).await,
     }
 }
 
 /// The request's checks up to a usable key: the body's limits, then the key itself.
 async fn authenticate(
-    state: &AppState,
+    deps: &Deps,
     p: &Presented<'_>,
     body: &TokenRequest,
     now: i64,
@@ -156,34 +257,33 @@ async fn authenticate(
     body.validate()?;
     // Fail closed (contract 5): nothing is issued while storage is unreachable, even though
     // an exchange with a cached key and device would not touch it.
-    if !state.storage_up() {
+    if !deps.health.up() {
         return Err(Error::unavailable("storage is unreachable"));
     }
     let presented = p.api_key.ok_or(Error::MissingApiKey)?;
-    let key = state
+    let key = deps
         .key_auth()
         .authenticate(presented, now)
         .await?
         .usable()?;
-    state.touch_key(&key.key_id, now);
+    deps.last_used.touch(&key.key_id, now);
     Ok(key)
 }
 
 /// The exchange for an authenticated `key`.
 async fn exchange_as(
-    state: &AppState,
+    deps: &Deps,
     key: &KeyRecord,
     p: Presented<'_>,
     body: TokenRequest,
     now: i64,
 ) -> Result<TokenResponse> {
     check_allow_lists(key, p.ip, p.origin)?;
-    let proof = verify_proof(state, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
+    let proof = verify_proof(deps, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
     // After the proof: a nonce challenge (or a bad proof) must not spend the key's allowance,
     // or a key limited to one exchange a minute could never get a token in nonce mode.
-    if state.switches.rate_limits() {
-        state
-            .key_limits
+    if deps.switches.rate_limits() {
+        deps.key_limits
             .check(&key.key_id, key.rate_limit_per_minute)
             .await?;
     }
@@ -196,9 +296,9 @@ async fn exchange_as(
         return Err(Error::InsufficientScope);
     }
     let audience = match &body.audience {
-        Some(a) if state.settings.audiences.contains(a) => a.clone(),
+        Some(a) if deps.policy.audiences.contains(a) => a.clone(),
         Some(_) => return Err(Error::InvalidAudience),
-        None => state.settings.audiences[0].clone(),
+        None => deps.policy.audiences[0].clone(),
     };
 
     let DeviceInfo {
@@ -207,7 +307,7 @@ async fn exchange_as(
         attestation,
     } = body.device.unwrap_or_default();
     let (device, decision) = device_and_trust(
-        state,
+        deps,
         key,
         &proof,
         Presentation {
@@ -234,14 +334,14 @@ async fn exchange_as(
         audience,
         family_created_at: now,
         issued_at: now,
-        expires_at: refresh_expiry(state, now, now),
+        expires_at: refresh_expiry(deps, now, now),
     };
-    let token = state.refresh_sealer.seal(&claims);
+    let token = deps.refresh_sealer.seal(&claims);
     let device = Arc::new(device);
     // History is bookkeeping, flushed in batches off the answer path (docs/design.md).
-    state.record_device(device.clone()).await;
+    record_device(&deps.cache, &deps.switches, device.clone()).await;
     Ok(answer(
-        state, key, &device, &claims, token, &decision, trust, now,
+        deps, key, &device, &claims, token, &decision, trust, now,
     ))
 }
 
@@ -253,39 +353,34 @@ async fn exchange_as(
 /// this device's key fills neither the replay store nor the alert table. Then the nonce, the
 /// replay store, the family's age, the device's refresh rate, the key and device state, and
 /// last the one durable write that spends the token.
-pub async fn refresh(
-    state: &AppState,
-    p: Presented<'_>,
-    body: RefreshRequest,
-) -> Result<TokenResponse> {
-    let now = crate::state::now();
-    let proof = parse_proof(state, p.proof, p.path, now)?;
-    let claims = state
+pub async fn refresh(deps: &Deps, p: Presented<'_>, body: RefreshRequest) -> Result<TokenResponse> {
+    let now = crate::clock::now();
+    let proof = parse_proof(deps, p.proof, p.path, now)?;
+    let claims = deps
         .refresh_sealer
         .open(body.refresh_token.expose_secret())
         .ok_or(Error::InvalidRefreshToken)?;
     // A token bound to another device key is useless to whoever stole it: refuse it as
     // unknown, and do not let the thief burn the family (the owner keeps their session) —
     // except inside a grace window, where a just-spent token in other hands is reuse (9.2).
-    if !bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) {
-        return Err(foreign_presentation(state, &claims, p.ip, now).await);
+    if !bound_to_proof_key(&claims, &proof) {
+        return Err(foreign_presentation(deps, &claims, p.ip, now).await);
     }
-    check_proof(state, &proof, now, Some(&claims.key_id), p.ip).await?;
+    check_proof(deps, &proof, now, Some(&claims.key_id), p.ip).await?;
     if claims.expires_at <= now
-        || claims.family_created_at + state.settings.refresh_family_max_age_secs <= now
+        || claims.family_created_at + deps.policy.refresh_family_max_age_secs <= now
     {
         return Err(Error::InvalidRefreshToken);
     }
-    if state.switches.rate_limits() {
-        state
-            .device_limits
+    if deps.switches.rate_limits() {
+        deps.device_limits
             .check(
                 &claims.device_id,
-                i64::from(state.settings.refresh_rate_per_device),
+                i64::from(deps.policy.refresh_rate_per_device),
             )
             .await?;
     }
-    let key = state
+    let key = deps
         .cache
         .key(&claims.key_id)
         .await?
@@ -296,10 +391,10 @@ pub async fn refresh(
     check_allow_lists(&key, p.ip, p.origin)?;
     // Issue 15, item 3: the key's settings now, not at the exchange. An audience taken off
     // the allowed list is refused; scopes the key lost are not granted again.
-    if !state.settings.audiences.contains(&claims.audience) {
+    if !deps.policy.audiences.contains(&claims.audience) {
         return Err(Error::InvalidAudience);
     }
-    let device = state
+    let device = deps
         .cache
         .device(&claims.key_id, &claims.jkt)
         .await?
@@ -319,7 +414,7 @@ pub async fn refresh(
     // only refreshes proves nothing new and earns no trust by it.
     let stored = device.attributes.clone();
     let (device, decision) = score_and_record(
-        state,
+        deps,
         &key,
         (*device).clone(),
         &stored,
@@ -339,11 +434,11 @@ pub async fn refresh(
         generation: claims.generation + 1,
         scope: granted.join(" "),
         issued_at: now,
-        expires_at: refresh_expiry(state, claims.family_created_at, now),
+        expires_at: refresh_expiry(deps, claims.family_created_at, now),
         ..claims.clone()
     };
-    let token = state.refresh_sealer.seal(&successor);
-    let grace = state.settings.refresh_reuse_grace_secs;
+    let token = deps.refresh_sealer.seal(&successor);
+    let grace = deps.policy.refresh_reuse_grace_secs;
     let next = FamilyRecord {
         family_id: claims.family_id.clone(),
         key_id: claims.key_id.clone(),
@@ -355,16 +450,15 @@ pub async fn refresh(
         expires_at: successor.expires_at,
         revoked_at: None,
         grace_token: (grace > 0).then(|| {
-            state
-                .refresh_sealer
+            deps.refresh_sealer
                 .seal_successor(&claims.family_id, token.expose_secret())
         }),
         grace_until: (grace > 0).then_some(now + grace),
     };
     // The one durable write of a refresh, before the answer. `keybound bench --overhead`
     // alone turns it off, to measure what durability costs.
-    let advanced = !state.switches.writes()
-        || state
+    let advanced = !deps.switches.writes()
+        || deps
             .store
             .advance_refresh_family(claims.generation, &next)
             .await?;
@@ -372,31 +466,31 @@ pub async fn refresh(
     if !advanced {
         // Spent already (or its family revoked): a retry within the grace window gets the
         // same successor again; anything else is reuse.
-        let successor = spent_presentation(state, &claims, p.ip, now).await?;
-        let kept = state
+        let successor = spent_presentation(deps, &claims, p.ip, now).await?;
+        let kept = deps
             .refresh_sealer
             .open(successor.expose_secret())
             .ok_or_else(|| Error::internal("a kept successor does not open"))?;
-        state.record_device(device.clone()).await;
+        record_device(&deps.cache, &deps.switches, device.clone()).await;
         return Ok(answer(
-            state, &key, &device, &kept, successor, &decision, trust, now,
+            deps, &key, &device, &kept, successor, &decision, trust, now,
         ));
     }
-    state.record_device(device.clone()).await;
+    record_device(&deps.cache, &deps.switches, device.clone()).await;
     Ok(answer(
-        state, &key, &device, &successor, token, &decision, trust, now,
+        deps, &key, &device, &successor, token, &decision, trust, now,
     ))
 }
 
 /// A token whose generation was spent, presented by its own device key: within the grace
 /// window of contract 9.2 the successor issued then (sealed for the window), else reuse.
 async fn spent_presentation(
-    state: &AppState,
+    deps: &Deps,
     claims: &RefreshClaims,
     ip: IpAddr,
     now: i64,
 ) -> Result<SecretString> {
-    let family = state.store.get_refresh_family(&claims.family_id).await?;
+    let family = deps.store.get_refresh_family(&claims.family_id).await?;
     let Some(family) = family else {
         // Purged: every token of the family has expired.
         return Err(Error::InvalidRefreshToken);
@@ -405,11 +499,11 @@ async fn spent_presentation(
         return Err(Error::InvalidRefreshToken);
     }
     if let Some(kept) = in_grace(&family, claims, now)
-        && let Some(successor) = state.refresh_sealer.open_successor(&family.family_id, kept)
+        && let Some(successor) = deps.refresh_sealer.open_successor(&family.family_id, kept)
     {
         return Ok(successor);
     }
-    Err(reuse_detected(state, &family, ip, now).await)
+    Err(reuse_detected(deps, &family, ip, now).await)
 }
 
 /// The sealed successor when `claims`' token is the one spent last (a successor that was
@@ -423,20 +517,15 @@ fn in_grace<'f>(family: &'f FamilyRecord, claims: &RefreshClaims, now: i64) -> O
 /// A token presented with another device's proof. Refused as unknown, without touching
 /// storage, unless a grace window is configured: then a token spent within the window is
 /// reuse (contract 9.2: "presented by any other key … it is reuse"), which revokes the family.
-async fn foreign_presentation(
-    state: &AppState,
-    claims: &RefreshClaims,
-    ip: IpAddr,
-    now: i64,
-) -> Error {
-    if state.settings.refresh_reuse_grace_secs == 0 {
+async fn foreign_presentation(deps: &Deps, claims: &RefreshClaims, ip: IpAddr, now: i64) -> Error {
+    if deps.policy.refresh_reuse_grace_secs == 0 {
         return Error::InvalidRefreshToken;
     }
-    match state.store.get_refresh_family(&claims.family_id).await {
+    match deps.store.get_refresh_family(&claims.family_id).await {
         Ok(Some(family))
             if family.revoked_at.is_none() && in_grace(&family, claims, now).is_some() =>
         {
-            reuse_detected(state, &family, ip, now).await
+            reuse_detected(deps, &family, ip, now).await
         }
         Ok(_) => Error::InvalidRefreshToken,
         Err(e) => e,
@@ -445,17 +534,16 @@ async fn foreign_presentation(
 
 /// Expiry of a token issued at `now` in a family begun at `created_at`: the idle lifetime,
 /// capped by the family's absolute one.
-fn refresh_expiry(state: &AppState, created_at: i64, now: i64) -> i64 {
-    (now + state.settings.refresh_ttl_secs)
-        .min(created_at + state.settings.refresh_family_max_age_secs)
+fn refresh_expiry(deps: &Deps, created_at: i64, now: i64) -> i64 {
+    (now + deps.policy.refresh_ttl_secs).min(created_at + deps.policy.refresh_family_max_age_secs)
 }
 
 /// Spent token presented again: the family is compromised (RFC 9700 section 4.14.2).
-async fn reuse_detected(state: &AppState, family: &FamilyRecord, ip: IpAddr, now: i64) -> Error {
-    if let Err(e) = state.store.revoke_refresh_family(family, now).await {
+async fn reuse_detected(deps: &Deps, family: &FamilyRecord, ip: IpAddr, now: i64) -> Error {
+    if let Err(e) = deps.store.revoke_refresh_family(family, now).await {
         return e;
     }
-    state.alerts.raise(
+    deps.alerts.raise(
         AlertKind::RefreshTokenReused,
         Some(&family.key_id),
         Some(&family.device_id),
@@ -469,16 +557,16 @@ async fn reuse_detected(state: &AppState, family: &FamilyRecord, ip: IpAddr, now
 /// revoking the refresh family of `token`. Only a proof by the token's own device key revokes
 /// anything; every token answer is the same (`Ok`), whether the token was live, spent,
 /// expired, unknown or another device's, so the endpoint tells nobody anything about a token.
-pub async fn revoke(state: &AppState, p: Presented<'_>, token: &str) -> Result<()> {
-    let now = crate::state::now();
-    let proof = parse_proof(state, p.proof, p.path, now)?;
-    let Some(claims) = state.refresh_sealer.open(token) else {
+pub async fn revoke(deps: &Deps, p: Presented<'_>, token: &str) -> Result<()> {
+    let now = crate::clock::now();
+    let proof = parse_proof(deps, p.proof, p.path, now)?;
+    let Some(claims) = deps.refresh_sealer.open(token) else {
         return Ok(());
     };
-    if !bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes())) {
+    if !bound_to_proof_key(&claims, &proof) {
         return Ok(());
     }
-    check_proof(state, &proof, now, Some(&claims.key_id), p.ip).await?;
+    check_proof(deps, &proof, now, Some(&claims.key_id), p.ip).await?;
     if claims.expires_at <= now {
         return Ok(());
     }
@@ -493,24 +581,19 @@ pub async fn revoke(state: &AppState, p: Presented<'_>, token: &str) -> Result<(
         created_at: claims.family_created_at,
         rotated_at: claims.issued_at,
         // The row outlives every token of the family (at most the family's age).
-        expires_at: claims.family_created_at + state.settings.refresh_family_max_age_secs,
+        expires_at: claims.family_created_at + deps.policy.refresh_family_max_age_secs,
         revoked_at: None,
         grace_token: None,
         grace_until: None,
     };
-    state.store.revoke_refresh_family(&family, now).await?;
+    deps.store.revoke_refresh_family(&family, now).await?;
     Ok(())
 }
 
-/// Whether `ip` is inside one of the key's CIDRs, compared in canonical form
-/// ([`crate::net`]: `::ffff:10.0.0.5` is inside `10.0.0.0/8`).
-fn allowed_ip(cidrs: &[String], ip: IpAddr) -> bool {
-    let nets: Vec<ipnet::IpNet> = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
-    crate::net::any_contains(&nets, ip)
-}
-
+/// The key's allow lists. The address is compared in canonical form ([`crate::net`]:
+/// `::ffff:10.0.0.5` is inside `10.0.0.0/8`) with CIDRs the store decoded once.
 fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Result<()> {
-    if !key.allowed_ips.is_empty() && !allowed_ip(&key.allowed_ips, ip) {
+    if !key.allowed_ips.is_empty() && !crate::net::any_contains(&key.allowed_ips, ip) {
         return Err(Error::IpNotAllowed);
     }
     // No Origin header: not a browser, and the origin list restricts browsers only.
@@ -525,24 +608,31 @@ fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Resul
     Ok(())
 }
 
+/// Whether a refresh token was issued to the proof's device key (its `jkt` is the proof
+/// key's RFC 7638 thumbprint): the one binding check of a refresh and a revocation.
+/// Compared in constant time, though a thumbprint is no secret, so no caller has to wonder.
+fn bound_to_proof_key(claims: &RefreshClaims, proof: &VerifiedProof) -> bool {
+    bool::from(claims.jkt.as_bytes().ct_eq(proof.jkt.as_bytes()))
+}
+
 /// Verifies the proof, the nonce when required, and that its `jti` is new.
 async fn verify_proof(
-    state: &AppState,
+    deps: &Deps,
     proof: std::result::Result<Option<&str>, ()>,
     path: &str,
     now: i64,
     key_id: Option<&str>,
     ip: IpAddr,
 ) -> Result<VerifiedProof> {
-    let verified = parse_proof(state, proof, path, now)?;
-    check_proof(state, &verified, now, key_id, ip).await?;
+    let verified = parse_proof(deps, proof, path, now)?;
+    check_proof(deps, &verified, now, key_id, ip).await?;
     Ok(verified)
 }
 
 /// The proof's own checks (RFC 9449 section 4.3: header, signature, `htm`, `htu`, `iat`), with
 /// no state touched.
 fn parse_proof(
-    state: &AppState,
+    deps: &Deps,
     proof: std::result::Result<Option<&str>, ()>,
     path: &str,
     now: i64,
@@ -556,50 +646,50 @@ fn parse_proof(
             ));
         }
     };
-    let htu = format!("{}{}", state.settings.issuer, path);
-    dpop::verify_proof(proof, "POST", &htu, now, &state.dpop_options)
+    let htu = format!("{}{}", deps.policy.issuer, path);
+    dpop::verify_proof(proof, "POST", &htu, now, &deps.dpop_options)
         .map_err(|e| Error::InvalidDpopProof(e.to_string()))
 }
 
 /// The nonce when required, then the replay store: the proof's `jti` must be new.
 async fn check_proof(
-    state: &AppState,
+    deps: &Deps,
     verified: &VerifiedProof,
     now: i64,
     key_id: Option<&str>,
     ip: IpAddr,
 ) -> Result<()> {
-    if state.settings.require_dpop_nonce
+    if deps.policy.require_dpop_nonce
         && !verified
             .nonce
             .as_deref()
-            .is_some_and(|n| state.nonces.is_valid(n, now))
+            .is_some_and(|n| deps.nonces.is_valid(n, now))
     {
         // A nonce challenge is protocol, not a failure, so it does not spend the failure
         // budget; an endless stream of them from one address spends this softer one.
         // Refused once the address has had its budget's worth of challenges this minute.
-        if state.switches.rate_limits() {
-            state.nonce_challenges.check(ip).await?;
-            state.nonce_challenges.record_failure(ip).await?;
+        if deps.switches.rate_limits() {
+            deps.nonce_challenges.check(ip).await?;
+            deps.nonce_challenges.record_failure(ip).await?;
         }
         return Err(Error::UseDpopNonce {
-            nonce: state.nonces.issue(now),
+            nonce: deps.nonces.issue(now),
         });
     }
-    let fresh = state
+    let fresh = deps
         .replay
-        .first_seen(&verified.replay_key(), state.dpop_options.replay_ttl())
+        .first_seen(&verified.replay_key(), deps.dpop_options.replay_ttl())
         .await
         .map_err(Error::unavailable)?;
     if !fresh {
         let details = json!({"jkt": verified.jkt});
         match key_id {
-            Some(_) => state
+            Some(_) => deps
                 .alerts
                 .raise(AlertKind::DpopReplay, key_id, None, Some(ip), details),
             // No key context: at most one alert per address per quiet period (a minute), so
             // replays without a credential cannot flood the alert table.
-            None => state.alerts.raise_once(
+            None => deps.alerts.raise_once(
                 AlertKind::DpopReplay,
                 &format!("ip:{ip}"),
                 None,
@@ -631,14 +721,14 @@ enum Scoring {
 /// Finds or enrolls the device, applies the key's attestation policy (contract section 8),
 /// scores it and records the exchange in its history.
 async fn device_and_trust(
-    state: &AppState,
+    deps: &Deps,
     key: &KeyRecord,
     proof: &VerifiedProof,
     mut presented: Presentation,
     ip: IpAddr,
     now: i64,
 ) -> Result<(DeviceRecord, TrustDecision)> {
-    let existing = state.cache.device(&key.key_id, &proof.jkt).await?;
+    let existing = deps.cache.device(&key.key_id, &proof.jkt).await?;
     if existing
         .as_ref()
         .is_some_and(|d| d.status == DeviceStatus::Revoked)
@@ -653,7 +743,7 @@ async fn device_and_trust(
         (_, Some(_)) if on_record => None,
         (_, Some(attestation)) => Some(
             verify_attestation(
-                state,
+                deps,
                 key,
                 existing.as_deref().map(|d| d.device_id.as_str()),
                 proof,
@@ -670,10 +760,10 @@ async fn device_and_trust(
 
     let (mut device, is_new) = match existing {
         Some(d) => ((*d).clone(), false),
-        None => match enroll(state, key, proof, &presented, verified.clone(), ip, now).await? {
+        None => match enroll(deps, key, proof, &presented, verified.clone(), ip, now).await? {
             Some(d) => (d, true),
             // Lost a race with another enrollment of the same key: that device is ours.
-            None => match state
+            None => match deps
                 .store
                 .get_device_by_jkt(&key.key_id, &proof.jkt)
                 .await?
@@ -690,14 +780,11 @@ async fn device_and_trust(
         && device.attestation.is_none()
     {
         // A device enrolled before it attested (or by a racing request) records it now.
-        state
-            .store
-            .record_attestation(&device, &attestation)
-            .await?;
+        deps.store.record_attestation(&device, &attestation).await?;
         device.attestation = Some(attestation);
     }
     score_and_record(
-        state,
+        deps,
         key,
         device,
         &presented.attributes,
@@ -710,7 +797,7 @@ async fn device_and_trust(
 /// Enrolls a new device under the key's limits: `None` when another request enrolled the same
 /// device key first.
 async fn enroll(
-    state: &AppState,
+    deps: &Deps,
     key: &KeyRecord,
     proof: &VerifiedProof,
     presented: &Presentation,
@@ -733,27 +820,24 @@ async fn enroll(
         mismatch_fingerprint: None,
         networks: vec![],
         trust_score: 0.0,
-        trust_level: "limited".into(),
+        trust_level: TrustLevel::Limited,
         trust_factors: JsonText::empty_list(),
         revoked_at: None,
         attestation,
         // The store allocates it.
         status_idx: 0,
     };
-    let per_hour = state
-        .settings
-        .enrollments_per_hour
-        .unwrap_or(key.max_devices);
+    let per_hour = deps.policy.enrollments_per_hour.unwrap_or(key.max_devices);
     let limits = EnrollLimits {
         max_devices: key.max_devices,
         per_hour,
-        stale_before: now - state.settings.stale_device_secs,
+        stale_before: now - deps.policy.stale_device_secs,
         now,
     };
     // The enrollment reads the key's other devices (is one trusted? which is stale?): their
     // batched history goes to storage first. Enrollments are rare, and synchronous anyway.
-    state.flush_devices().await;
-    match state.store.enroll_device(&d, limits).await? {
+    crate::jobs::flush_devices(&deps.cache).await;
+    match deps.store.enroll_device(&d, limits).await? {
         Enrollment::Enrolled {
             device,
             replaced,
@@ -766,7 +850,7 @@ async fn enroll(
             } else {
                 AlertKind::NewDevice.severity()
             };
-            state.alerts.raise_as(
+            deps.alerts.raise_as(
                 AlertKind::NewDevice,
                 severity,
                 Some(&key.key_id),
@@ -781,7 +865,7 @@ async fn enroll(
         Enrollment::Exists(_) => Ok(None),
         Enrollment::LimitReached => Err(Error::DeviceLimitReached),
         Enrollment::BudgetSpent => {
-            state.alerts.raise_once(
+            deps.alerts.raise_once(
                 AlertKind::EnrollmentBurst,
                 &key.key_id,
                 Some(&key.key_id),
@@ -799,7 +883,7 @@ async fn enroll(
 /// off the async runtime (about a millisecond of signature checks), then spends the challenge.
 /// A failure raises `ATTESTATION_FAILED` and answers `INVALID_ATTESTATION` naming the check.
 async fn verify_attestation(
-    state: &AppState,
+    deps: &Deps,
     key: &KeyRecord,
     device_id: Option<&str>,
     proof: &VerifiedProof,
@@ -809,7 +893,7 @@ async fn verify_attestation(
 ) -> Result<DeviceAttestation> {
     let format = attestation.format().as_str();
     let fail = |check: String| {
-        state.alerts.raise(
+        deps.alerts.raise(
             AlertKind::AttestationFailed,
             Some(&key.key_id),
             device_id,
@@ -819,13 +903,13 @@ async fn verify_attestation(
         Error::InvalidAttestation(check)
     };
     let challenge = attestation.challenge().to_owned();
-    let expires = state
+    let expires = deps
         .challenges
         .check(&challenge, now)
         .map_err(|e| fail(e.to_string()))?;
     // Contract section 8: the client data binds the attestation to this request's DPoP key.
     let client_data = format!("{challenge}.{}", proof.jkt);
-    let verifier = state.verifier.clone();
+    let verifier = deps.verifier.clone();
     let jwk = proof.jwk.clone();
     let attested = tokio::task::spawn_blocking(move || {
         verifier.verify(&attestation, client_data.as_bytes(), &jwk, now)
@@ -833,9 +917,8 @@ async fn verify_attestation(
     .await
     .map_err(Error::internal)?
     .map_err(|e| fail(e.to_string()))?;
-    state
-        .challenges
-        .spend(&*state.replay, &challenge, expires, now)
+    deps.challenges
+        .spend(&*deps.replay, &challenge, expires, now)
         .await?
         .map_err(|e| fail(e.to_string()))?;
     Ok(DeviceAttestation {
@@ -849,7 +932,7 @@ async fn verify_attestation(
 
 /// Scores a device, remembers the outcome (batched write) and raises the alerts it calls for.
 fn score_and_record(
-    state: &AppState,
+    deps: &Deps,
     key: &KeyRecord,
     mut device: DeviceRecord,
     presented: &trust::Attributes,
@@ -879,7 +962,7 @@ fn score_and_record(
         // Counted and alerted once per mismatching fingerprint (see `is_new_mismatch`); the
         // recorded attributes stay the reference either way.
         if decision.count_mismatch(&mut device.mismatch_count, &mut device.mismatch_fingerprint) {
-            state.alerts.raise(
+            deps.alerts.raise(
                 AlertKind::FingerprintMismatch,
                 Some(&key.key_id),
                 Some(&device.device_id),
@@ -903,7 +986,7 @@ fn score_and_record(
     }
     if !seen {
         if !is_new && !device.networks.is_empty() {
-            state.alerts.raise(
+            deps.alerts.raise(
                 AlertKind::NewNetwork,
                 Some(&key.key_id),
                 Some(&device.device_id),
@@ -917,20 +1000,19 @@ fn score_and_record(
         }
     }
     device.trust_score = decision.score;
-    device.trust_level = decision.level.as_str().into();
+    device.trust_level = decision.level;
     device.trust_factors = JsonText::of(&decision.factors);
     device.last_seen_at = now;
     if decision.level == TrustLevel::Denied {
-        let state = state.clone();
-        tokio::spawn(async move { state.record_device(Arc::new(device)).await });
+        let (cache, switches) = (deps.cache.clone(), deps.switches.clone());
+        tokio::spawn(async move { record_device(&cache, &switches, Arc::new(device)).await });
         return Err(Error::DeviceUntrusted);
     }
     // Only token exchanges count towards earned trust (history H and the earning rule).
     if let Scoring::Exchange { .. } = scoring {
         device.exchange_count += 1;
     }
-    state
-        .alerts
+    deps.alerts
         .observe_exchange(&key.key_id, &device.device_id, &network, now);
     Ok((device, decision))
 }
@@ -979,7 +1061,7 @@ fn grant_scopes(key: &KeyRecord, requested: &[String], level: TrustLevel) -> Vec
 /// claims are `claims`).
 #[allow(clippy::too_many_arguments)]
 fn answer(
-    state: &AppState,
+    deps: &Deps,
     key: &KeyRecord,
     device: &DeviceRecord,
     claims: &RefreshClaims,
@@ -990,7 +1072,7 @@ fn answer(
 ) -> TokenResponse {
     let access = AccessClaims::new(
         &AccessGrant {
-            issuer: &state.settings.issuer,
+            issuer: &deps.policy.issuer,
             key_id: &key.key_id,
             audience: &claims.audience,
             scope: &claims.scope,
@@ -998,13 +1080,13 @@ fn answer(
             device_id: &device.device_id,
             trust,
             att: attested_format(key, device),
-            ttl_seconds: state.settings.access_ttl_secs as u64,
+            ttl_seconds: deps.policy.access_ttl_secs as u64,
             status_idx: device.status_idx,
         },
         now as u64,
     );
     TokenResponse {
-        access_token: access.sign(&state.keyring.active()),
+        access_token: access.sign(&deps.keyring.active()),
         token_type: "DPoP",
         expires_in: access.expires_in(),
         scope: claims.scope.clone(),

@@ -17,24 +17,23 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Router, middleware};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use utoipa::{IntoParams, ToSchema};
 
+use super::envelope::{AdminErrors, BodyErrors, ErrorBody};
 use super::extract::{AdminAuth, ClientIp, Json, Query};
-use super::openapi::{AdminErrors, BodyErrors, ErrorBody};
+use crate::clock::now;
+use crate::devices::TrustLevel;
 use crate::error::{Error, Result};
 use crate::keys::KeyId;
 use crate::keys::service::{self, Actor, KeyPatch, NewKey};
-use crate::state::{AppState, now};
+use crate::state::AppState;
 use crate::store::{AlertFilter, DeviceChange, DeviceRecord, DeviceStatus, KeyRecord, KeyStatus};
 
 /// Page size when the client gives none.
 const DEFAULT_LIMIT: i64 = 100;
 /// Largest page a client may ask for.
 const MAX_LIMIT: i64 = 1000;
-
-type JsonResponse = axum::Json<Value>;
 
 /// Admin routes, nested under `/admin/v1`.
 pub fn router() -> Router<AppState> {
@@ -77,17 +76,17 @@ pub fn router() -> Router<AppState> {
 ))]
 pub(super) struct Doc;
 
-/// Shapes of the answers built with `json!`, for the OpenAPI document only.
-#[allow(dead_code)]
-mod schemas {
+/// The answers' bodies: what the handlers return is what the OpenAPI document describes.
+mod bodies {
     use std::collections::BTreeMap;
 
+    use serde::Serialize;
     use utoipa::ToSchema;
 
     use crate::store::{AlertRecord, AuditRow, DeviceRecord, KeyRecord, KeyStatus, UsageBucket};
 
     /// A created or rotated key: its record and the plaintext, shown this once.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct CreatedKey {
         #[schema(inline)]
         #[serde(flatten)]
@@ -97,7 +96,7 @@ mod schemas {
     }
 
     /// A rotated key: the new key, and when the old one stops working.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct RotatedKey {
         #[schema(inline)]
         #[serde(flatten)]
@@ -108,8 +107,11 @@ mod schemas {
         pub old_key_expires_at: Option<i64>,
     }
 
+    // Documentation only: the handler reads a `StatusBody` and checks the reason itself, so
+    // a missing one gets the contract's message rather than serde's.
     /// Body of `/revoke`: unlike `/suspend` and `/resume`, a reason is required.
     #[derive(ToSchema)]
+    #[allow(dead_code)]
     #[serde(deny_unknown_fields)]
     pub struct RevokeBody {
         /// Why (kept in the audit log).
@@ -118,7 +120,7 @@ mod schemas {
     }
 
     /// A page of keys, ordered by id.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct KeysPage {
         pub keys: Vec<KeyRecord>,
         /// Pass as `after` for the next page; `null` on the last page.
@@ -126,13 +128,13 @@ mod schemas {
     }
 
     /// A key's devices, oldest first.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct DeviceList {
         pub devices: Vec<DeviceRecord>,
     }
 
     /// A page of the audit log, oldest first.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct AuditPage {
         pub entries: Vec<AuditRow>,
         /// Pass as `after` for the next page; `null` on the last page.
@@ -140,15 +142,18 @@ mod schemas {
     }
 
     /// Alerts, newest first.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct AlertList {
         pub alerts: Vec<AlertRecord>,
         /// Pass as `after` for the next page; `null` on the last page.
         pub next: Option<String>,
     }
 
+    // Documentation only: the handler reads `?bucket=` as text and refuses other values with
+    // its own message.
     /// The size of a usage bucket.
     #[derive(ToSchema)]
+    #[allow(dead_code)]
     #[schema(rename_all = "lowercase")]
     pub enum BucketSize {
         /// Per minute, for the last hour by default.
@@ -158,7 +163,7 @@ mod schemas {
     }
 
     /// Device counts of a key.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct DeviceCounts {
         pub total: u64,
         pub active: u64,
@@ -169,7 +174,7 @@ mod schemas {
     }
 
     /// How much a key is used.
-    #[derive(ToSchema)]
+    #[derive(Serialize, ToSchema)]
     pub struct KeyUsage {
         pub key_id: String,
         pub status: KeyStatus,
@@ -187,7 +192,7 @@ mod schemas {
     }
 }
 
-use schemas::*;
+use bodies::*;
 
 async fn no_store(mut res: Response) -> Response {
     res.headers_mut()
@@ -234,9 +239,16 @@ async fn create_key(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(new): Json<NewKey>,
-) -> Result<(StatusCode, JsonResponse)> {
+) -> Result<(StatusCode, axum::Json<CreatedKey>)> {
     let created = service::create(&*st.store, new, &actor(ip), now()).await?;
-    Ok((StatusCode::CREATED, axum::Json(created.reveal())))
+    let key = created.key.expose().to_owned();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedKey {
+            record: created.record,
+            key,
+        }),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -264,7 +276,7 @@ async fn list_keys(
     _: AdminAuth,
     State(st): State<AppState>,
     Query(q): Query<KeysQuery>,
-) -> Result<JsonResponse> {
+) -> Result<axum::Json<KeysPage>> {
     let limit = page_limit(q.limit)?;
     if let Some(after) = &q.after
         && KeyId::parse(after).is_none()
@@ -275,7 +287,7 @@ async fn list_keys(
     }
     let keys = st.store.list_keys(q.after.as_deref(), limit + 1).await?;
     let (keys, next) = paginate(keys, limit, |k: &KeyRecord| k.key_id.clone());
-    Ok(axum::Json(json!({ "keys": keys, "next": next })))
+    Ok(axum::Json(KeysPage { keys, next }))
 }
 
 /// One key. Never a secret or a hash.
@@ -431,15 +443,19 @@ async fn rotate_key(
     ClientIp(ip): ClientIp,
     Path(key_id): Path<String>,
     Json(body): Json<RotateBody>,
-) -> Result<(StatusCode, JsonResponse)> {
+) -> Result<(StatusCode, axum::Json<RotatedKey>)> {
     let grace = body.grace_seconds.unwrap_or(service::DEFAULT_GRACE_SECONDS);
     let created = service::rotate(&*st.store, &key_id, grace, &actor(ip), now()).await?;
     let old = service::get(&*st.store, &key_id).await?;
-    let mut answer = created.reveal();
-    if let Some(map) = answer.as_object_mut() {
-        map.insert("old_key_expires_at".into(), json!(old.expires_at));
-    }
-    Ok((StatusCode::CREATED, axum::Json(answer)))
+    let key = created.key.expose().to_owned();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(RotatedKey {
+            record: created.record,
+            key,
+            old_key_expires_at: old.expires_at,
+        }),
+    ))
 }
 
 // ---- devices ----
@@ -456,12 +472,12 @@ async fn list_devices(
     _: AdminAuth,
     State(st): State<AppState>,
     Path(key_id): Path<String>,
-) -> Result<JsonResponse> {
+) -> Result<axum::Json<DeviceList>> {
     // This instance's batched device history first, so an operator sees every exchange it
     // answered (`AppState::record_device`).
     st.flush_devices().await;
     let devices = service::list_devices(&*st.store, &key_id).await?;
-    Ok(axum::Json(json!({ "devices": devices })))
+    Ok(axum::Json(DeviceList { devices }))
 }
 
 /// Revokes a device; in force on every instance within 1 s.
@@ -543,7 +559,7 @@ async fn key_usage(
     State(st): State<AppState>,
     Path(key_id): Path<String>,
     Query(q): Query<UsageQuery>,
-) -> Result<JsonResponse> {
+) -> Result<axum::Json<KeyUsage>> {
     let key = service::get(&*st.store, &key_id).await?;
     let (bucket, span) = match q.bucket.as_deref() {
         None | Some("minute") => (60, 3_600),
@@ -571,30 +587,32 @@ async fn key_usage(
             ..AlertFilter::default()
         })
         .await?;
-    let mut by_kind = std::collections::BTreeMap::<&str, u64>::new();
-    for a in &alerts {
-        *by_kind.entry(a.kind.as_str()).or_default() += 1;
+    let mut by_kind = std::collections::BTreeMap::<String, u64>::new();
+    for a in alerts {
+        *by_kind.entry(a.kind).or_default() += 1;
     }
-    let count = |f: &dyn Fn(&DeviceRecord) -> bool| devices.iter().filter(|d| f(d)).count();
-    Ok(axum::Json(json!({
-        "key_id": key.key_id,
-        "status": key.status,
-        "last_used_at": key.last_used_at,
-        "rate_limit_per_minute": key.rate_limit_per_minute,
-        "devices": {
-            "total": devices.len(),
-            "active": count(&|d| d.status == DeviceStatus::Active),
-            "revoked": count(&|d| d.status == DeviceStatus::Revoked),
-            "trusted": count(&|d| d.status == DeviceStatus::Active && d.trust_level == "trusted"),
-            "max": key.max_devices,
+    let count = |f: &dyn Fn(&DeviceRecord) -> bool| devices.iter().filter(|d| f(d)).count() as u64;
+    Ok(axum::Json(KeyUsage {
+        status: key.status,
+        last_used_at: key.last_used_at,
+        rate_limit_per_minute: key.rate_limit_per_minute,
+        devices: DeviceCounts {
+            total: devices.len() as u64,
+            active: count(&|d| d.status == DeviceStatus::Active),
+            revoked: count(&|d| d.status == DeviceStatus::Revoked),
+            trusted: count(&|d| {
+                d.status == DeviceStatus::Active && d.trust_level == TrustLevel::Trusted
+            }),
+            max: key.max_devices,
         },
-        "exchanges": devices.iter().map(|d| d.exchange_count).sum::<i64>(),
-        "last_device_seen_at": devices.iter().map(|d| d.last_seen_at).max(),
-        "alerts_last_24h": by_kind,
-        "bucket_seconds": bucket,
-        "since": buckets_since,
-        "buckets": buckets,
-    })))
+        exchanges: devices.iter().map(|d| d.exchange_count).sum::<i64>(),
+        last_device_seen_at: devices.iter().map(|d| d.last_seen_at).max(),
+        alerts_last_24h: by_kind,
+        bucket_seconds: bucket,
+        since: buckets_since,
+        buckets,
+        key_id: key.key_id,
+    }))
 }
 
 // ---- audit log and alerts ----
@@ -624,11 +642,14 @@ async fn list_audit(
     _: AdminAuth,
     State(st): State<AppState>,
     Query(q): Query<AuditQuery>,
-) -> Result<JsonResponse> {
+) -> Result<axum::Json<AuditPage>> {
     let limit = page_limit(q.limit)?;
     let rows = st.store.list_audit(q.after.unwrap_or(0), limit + 1).await?;
     let (rows, next) = paginate(rows, limit, |r| r.seq);
-    Ok(axum::Json(json!({ "entries": rows, "next": next })))
+    Ok(axum::Json(AuditPage {
+        entries: rows,
+        next,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -661,7 +682,7 @@ async fn list_alerts(
     _: AdminAuth,
     State(st): State<AppState>,
     Query(q): Query<AlertsQuery>,
-) -> Result<JsonResponse> {
+) -> Result<axum::Json<AlertList>> {
     let limit = page_limit(q.limit)?;
     let filter = AlertFilter {
         kind: q.kind,
@@ -672,5 +693,5 @@ async fn list_alerts(
     };
     let alerts = st.store.list_alerts(&filter).await?;
     let (alerts, next) = paginate(alerts, limit, |a| a.id.clone());
-    Ok(axum::Json(json!({ "alerts": alerts, "next": next })))
+    Ok(axum::Json(AlertList { alerts, next }))
 }

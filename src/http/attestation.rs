@@ -38,7 +38,7 @@ pub struct ChallengeResponse {
                body = ChallengeResponse)))]
 async fn challenge(State(state): State<AppState>) -> Response {
     let mut res = axum::Json(ChallengeResponse {
-        challenge: state.challenges.issue(crate::state::now()),
+        challenge: state.challenges.issue(crate::clock::now()),
         expires_in: CHALLENGE_TTL_SECS,
     })
     .into_response();

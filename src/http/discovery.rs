@@ -13,8 +13,8 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::cors;
+use super::envelope::ErrorBody;
 use super::extract::{ClientIp, Json, Query};
-use super::openapi::ErrorBody;
 use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
 use crate::keys::ApiKey;
@@ -178,7 +178,7 @@ async fn revocations(
     let next = entries.last().map_or(after, |e| e.seq);
     let claims = json!({
         "iss": state.settings.issuer,
-        "iat": crate::state::now(),
+        "iat": crate::clock::now(),
         "revocations": entries,
         "next": next.to_string(),
         "more": entries.len() as i64 == FEED_PAGE,
@@ -280,7 +280,7 @@ async fn leaks(
         .collect();
     // Behind the per-IP failure budget, like the token endpoints: a report is a key check.
     state.failures.check(ip).await?;
-    let now = crate::state::now();
+    let now = crate::clock::now();
     // The same check as the token endpoint's, so the answer's timing does not tell a live id
     // either. A key that verified is reported whatever its status.
     let verified = match state
@@ -291,7 +291,7 @@ async fn leaks(
         Ok(v) => Some(v.record().clone()),
         Err(e) if e.is_auth_failure() => {
             // Still 202, the same answer; the failure is counted all the same.
-            super::token::count_failure(&state, ip).await?;
+            super::guard::count_failure(&state, ip).await?;
             None
         }
         Err(e) => return Err(e),
@@ -394,11 +394,11 @@ async fn flag_key_in_url(
         None => true,
     };
     let verified = if within_budget {
-        match state.key_auth().verify(key, crate::state::now()).await {
+        match state.key_auth().verify(key, crate::clock::now()).await {
             Ok(v) => Some(v.record().key_id.clone()),
             Err(e) => {
                 if let (true, Some(ip)) = (e.is_auth_failure(), ip)
-                    && let Err(e) = super::token::count_failure(state, ip).await
+                    && let Err(e) = super::guard::count_failure(state, ip).await
                 {
                     tracing::warn!(error = %e, "could not count a key-in-URL failure");
                 }

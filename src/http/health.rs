@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::openapi::{ErrorCode, ErrorDetail};
+use super::envelope::{ErrorCode, ErrorDetail};
 use crate::state::AppState;
 
 /// Health routes.

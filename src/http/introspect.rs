@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::envelope::ErrorBody;
 use super::extract::FormOrJson;
-use super::openapi::ErrorBody;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::DeviceStatus;
@@ -159,7 +159,7 @@ async fn introspection(state: &AppState, token: &str) -> Result<Introspection> {
     let Some(c) = AccessClaims::verify(token.trim(), |kid| state.keyring.verifying_key(kid)) else {
         return inactive;
     };
-    let now = crate::state::now();
+    let now = crate::clock::now();
     let now_u = u64::try_from(now).unwrap_or(0);
     if c.iss != state.settings.issuer || c.exp <= now_u || c.nbf > now_u {
         return inactive;

@@ -3,7 +3,7 @@
 //!
 //! One use case, two request parsers, two error writers: a form request is parsed here into
 //! the same [`TokenRequest`] / [`RefreshRequest`] the JSON parser produces and handed to the
-//! same [`crate::exchange`] functions, behind the same failure budget ([`super::token`]'s
+//! same [`crate::exchange`] functions, behind the same failure budget ([`super::guard`]'s
 //! `guarded`). Only the last step differs: a refusal is written as RFC 6749 section 5.2's
 //! `{"error", "error_description"}` ([`Error::into_oauth_response`]) instead of the
 //! contract's envelope, which is what stock OAuth clients read (and how they recognise a
@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::extract::read_form;
-use super::token::{Refusal, guarded, presented};
+use super::guard::{Refusal, guarded, presented};
 use crate::error::Error;
 use crate::exchange::{self, DeviceInfo, RefreshRequest, TokenRequest, TokenResponse};
 use crate::state::AppState;
@@ -148,7 +148,9 @@ pub(super) async fn token(
                 let mut p = presented(headers, ip, exchange::TOKEN_PATH);
                 // RFC 8693: the key travels as the subject token, never in a header.
                 p.api_key = Some(&api_key);
-                let (key_id, result) = exchange::exchange(state, p, body).await.into_parts();
+                let (key_id, result) = exchange::exchange(&state.exchange, p, body)
+                    .await
+                    .into_parts();
                 let answer = result.map(|token| {
                     Answer::Exchange(ExchangeAnswer {
                         token,
@@ -159,7 +161,9 @@ pub(super) async fn token(
             }
             Grant::Refresh(body) => {
                 let p = presented(headers, ip, exchange::TOKEN_PATH);
-                let answer = exchange::refresh(state, p, body).await.map(Answer::Refresh);
+                let answer = exchange::refresh(&state.exchange, p, body)
+                    .await
+                    .map(Answer::Refresh);
                 (None, answer.map_err(FormRefusal::from))
             }
         }

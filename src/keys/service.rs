@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_DEVICES: i64 = 5;
 /// Default rotation grace period (contract 3.4).
 pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
 
+/// Expired keys are kept this long (for the audit trail and support questions), then purged
+/// by the hourly job ([`crate::state::jobs`]).
+pub const PURGE_AFTER_EXPIRY: i64 = 30 * 86_400;
+
 /// Longest name, description, scope or origin we accept, so one key cannot bloat every row.
 const MAX_TEXT: usize = 256;
 const MAX_LIST: usize = 64;
@@ -284,7 +288,7 @@ pub fn validate_scopes(field: &str, scopes: &[String]) -> Result<()> {
 }
 
 /// Parses and normalises CIDRs (a bare address becomes a /32 or /128).
-pub fn parse_cidrs(list: &[String]) -> Result<Vec<String>> {
+pub fn parse_cidrs(list: &[String]) -> Result<Vec<IpNet>> {
     if list.len() > MAX_LIST {
         return Err(bad(format!("allowed_ips: at most {MAX_LIST} entries")));
     }
@@ -293,7 +297,7 @@ pub fn parse_cidrs(list: &[String]) -> Result<Vec<String>> {
         .map(|(i, s)| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(|n| n.trunc().to_string())
+                .map(|n| n.trunc())
                 .map_err(|_| bad(format!("allowed_ips[{i}] is not a CIDR or an IP address")))
         })
         .collect()

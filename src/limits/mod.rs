@@ -214,6 +214,12 @@ pub struct KeyIdFailures {
 /// Buckets in the key-id failure table.
 pub const KEY_ID_SLOTS: usize = 16_384;
 
+/// Default wrong secrets per minute for one key id, from all IPs together, before a
+/// failure-burst alert (`--key-failure-budget`). Only wrong secrets are refused once it is
+/// spent: refusing the right secret too would let anyone who knows a key id (it is every
+/// token's `sub`) lock its owner out.
+pub const KEY_FAILURE_BUDGET: u32 = 10;
+
 impl KeyIdFailures {
     /// `per_minute` wrong secrets per key id, kept in `backend`.
     pub fn new(backend: Backend, per_minute: u32) -> KeyIdFailures {

@@ -452,7 +452,7 @@ impl Store for CachedStore {
     async fn enable_integrity(
         &self,
         sealed_root: &[u8],
-        keys: &crate::integrity::Integrity,
+        keys: &crate::store::integrity::Integrity,
         audit: &AuditEntry,
     ) -> Result<bool> {
         let enabled = self
@@ -463,10 +463,10 @@ impl Store for CachedStore {
         self.keys.invalidate_all();
         Ok(enabled)
     }
-    fn set_integrity(&self, keys: Arc<crate::integrity::Integrity>) {
+    fn set_integrity(&self, keys: Arc<crate::store::integrity::Integrity>) {
         self.inner.set_integrity(keys);
     }
-    fn integrity(&self) -> Option<Arc<crate::integrity::Integrity>> {
+    fn integrity(&self) -> Option<Arc<crate::store::integrity::Integrity>> {
         self.inner.integrity()
     }
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow> {

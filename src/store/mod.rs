@@ -8,6 +8,8 @@
 
 pub mod broadcast;
 pub mod cached;
+pub mod chain;
+pub mod integrity;
 mod postgres;
 mod rows;
 mod sql;
@@ -193,7 +195,7 @@ pub struct KeyRecord {
     /// Optional description.
     pub description: Option<String>,
     /// The secret's hash as stored: `0x01 || HMAC-SHA256(k, key_id || 0x00 ||
-    /// SHA-256(secret))` ([`crate::integrity::Integrity::wrap_key_hash`]).
+    /// SHA-256(secret))` ([`crate::store::integrity::Integrity::wrap_key_hash`]).
     #[serde(skip)]
     pub secret_hash: Vec<u8>,
     /// Scopes the key may be granted.
@@ -202,8 +204,11 @@ pub struct KeyRecord {
     pub limited_scopes: Option<Vec<String>>,
     /// Token requests per minute.
     pub rate_limit_per_minute: i64,
+    // Normalised (host bits cleared) and decoded once, when the row is read: the exchange
+    // compares addresses without parsing anything.
     /// CIDR allow list; empty allows every address.
-    pub allowed_ips: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub allowed_ips: Vec<ipnet::IpNet>,
     /// Origin allow list; empty allows every origin.
     pub allowed_origins: Vec<String>,
     /// Most devices the key may enroll.
@@ -300,7 +305,7 @@ pub struct DeviceRecord {
     /// Last trust score (0..1).
     pub trust_score: f64,
     /// Last trust level (`trusted`, `limited`, `denied`).
-    pub trust_level: String,
+    pub trust_level: crate::devices::TrustLevel,
     /// The factors behind the last score, so an operator can see why.
     #[schema(value_type = Value)]
     pub trust_factors: JsonText,
@@ -690,15 +695,15 @@ pub trait Store: Send + Sync + 'static {
     async fn enable_integrity(
         &self,
         sealed_root: &[u8],
-        keys: &crate::integrity::Integrity,
+        keys: &crate::store::integrity::Integrity,
         audit: &AuditEntry,
     ) -> Result<bool>;
     /// Installs the integrity keys: every audit row appended from now on is MAC'd with them.
     /// The first call wins. Until then, a store whose database has a root refuses to append
     /// audit rows, rather than chain them with the old rule.
-    fn set_integrity(&self, keys: Arc<crate::integrity::Integrity>);
+    fn set_integrity(&self, keys: Arc<crate::store::integrity::Integrity>);
     /// The installed integrity keys, if any.
-    fn integrity(&self) -> Option<Arc<crate::integrity::Integrity>>;
+    fn integrity(&self) -> Option<Arc<crate::store::integrity::Integrity>>;
 
     // ---- audit ----
     /// Appends an audit row outside any other change (e.g. a refused admin call).

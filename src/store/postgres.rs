@@ -30,7 +30,7 @@ pub struct PostgresStore {
     pool: PgPool,
     writer: GroupWriter,
     /// MACs the audit rows once installed ([`Store::set_integrity`]).
-    integrity: std::sync::OnceLock<Arc<crate::integrity::Integrity>>,
+    integrity: std::sync::OnceLock<Arc<crate::store::integrity::Integrity>>,
 }
 
 impl PostgresStore {

@@ -40,6 +40,7 @@ macro_rules! decode_rows {
         const _: () = {
             use sqlx::Row as _;
 
+            use $crate::devices::TrustLevel;
             use $crate::store::rows::{from_json, from_name};
             use $crate::store::{
                 AlertRecord, AttestationPolicy, AuditEntry, AuditRow, DeviceAttestation,
@@ -113,7 +114,11 @@ macro_rules! decode_rows {
                         mismatch_fingerprint: r.try_get("mismatch_fingerprint")?,
                         networks: json(r, "networks")?,
                         trust_score: r.try_get("trust_score")?,
-                        trust_level: r.try_get("trust_level")?,
+                        trust_level: from_name(
+                            "trust_level",
+                            r.try_get("trust_level")?,
+                            TrustLevel::parse,
+                        )?,
                         trust_factors: json(r, "trust_factors")?,
                         revoked_at: r.try_get("revoked_at")?,
                         status_idx: r.try_get("status_idx")?,

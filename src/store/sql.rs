@@ -67,8 +67,8 @@ macro_rules! sql_store {
             use async_trait::async_trait;
 
             use super::$Store;
-            use $crate::audit::{GENESIS, chain_hash};
-            use $crate::integrity::{ENABLE_ACTION, Integrity};
+            use $crate::store::chain::{GENESIS, chain_hash};
+            use $crate::store::integrity::{ENABLE_ACTION, Integrity};
             use $crate::error::{Error, Result};
             use $crate::store::rows::to_json;
             use $crate::store::sql::{Backend, is_unique_violation};
@@ -259,7 +259,7 @@ macro_rules! sql_store {
                 .bind(d.mismatch_count)
                 .bind(to_json(&d.networks))
                 .bind(d.trust_score)
-                .bind(&d.trust_level)
+                .bind(d.trust_level.as_str())
                 .bind(d.trust_factors.get())
                 .bind(d.revoked_at)
                 .bind(&d.mismatch_fingerprint)
@@ -396,7 +396,7 @@ macro_rules! sql_store {
                 .bind(d.mismatch_count)
                 .bind(to_json(&d.networks))
                 .bind(d.trust_score)
-                .bind(&d.trust_level)
+                .bind(d.trust_level.as_str())
                 .bind(d.trust_factors.get())
                 .bind(to_json(&d.attributes))
                 .bind(&d.mismatch_fingerprint)
@@ -1065,7 +1065,7 @@ macro_rules! sql_store {
                         .push_bind(d.mismatch_count)
                         .push_bind(to_json(&d.networks))
                         .push_bind(d.trust_score)
-                        .push_bind(d.trust_level.clone())
+                        .push_bind(d.trust_level.as_str())
                         .push_bind(d.trust_factors.get())
                         .push_bind(d.revoked_at)
                         .push_bind(d.mismatch_fingerprint.as_deref())

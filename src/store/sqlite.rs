@@ -47,7 +47,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     writer: GroupWriter,
     /// MACs the audit rows once installed ([`Store::set_integrity`]).
-    integrity: std::sync::OnceLock<Arc<crate::integrity::Integrity>>,
+    integrity: std::sync::OnceLock<Arc<crate::store::integrity::Integrity>>,
 }
 
 impl SqliteStore {

@@ -194,8 +194,8 @@ mod tests {
     #[test]
     fn both_log_formats_are_masked_end_to_end() {
         for format in [
-            crate::config::LogFormat::Text,
-            crate::config::LogFormat::Json,
+            crate::telemetry::LogFormat::Text,
+            crate::telemetry::LogFormat::Json,
         ] {
             let sink = Sink::default();
             let filter = tracing_subscriber::EnvFilter::new("trace");

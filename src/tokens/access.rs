@@ -17,6 +17,14 @@ use crate::devices::TrustLevel;
 /// The longest access token lifetime the contract allows (`--access-ttl-seconds` max).
 pub const MAX_ACCESS_TTL_SECONDS: u64 = 3600;
 
+/// Revocation feed entries are kept this long: the longest access token lifetime the contract
+/// allows (whatever `--access-ttl-seconds` says now, since it may have been longer before a
+/// restart) plus an hour of margin for clock skew and slow verifiers. An older entry concerns
+/// only tokens that have all expired: a revoked, suspended or expired key gets no new tokens,
+/// a revoked device neither. Verifiers that need the current state at once read the status
+/// lists (contract section 10).
+pub const REVOCATION_FEED_RETENTION: i64 = MAX_ACCESS_TTL_SECONDS as i64 + 3600;
+
 /// The longest lifetime of a token issued to a `limited` device (contract section 6): a device
 /// we are unsure of must come back soon, so its trust is re-evaluated often.
 pub const LIMITED_MAX_TTL_SECONDS: u64 = 60;

@@ -50,7 +50,7 @@ impl KeyRing {
 
     /// Re-reads storage (another process may have rotated the key).
     pub async fn reload(&self, store: &dyn Store) -> Result<()> {
-        if let Some(r) = build(store, &self.master, crate::state::now()).await? {
+        if let Some(r) = build(store, &self.master, crate::clock::now()).await? {
             *self.ring.write().expect("not poisoned") = Arc::new(r);
         }
         Ok(())

@@ -49,6 +49,12 @@ pub const MIN_BODY_LEN: usize = 80;
 /// and an audience), and anything longer is refused before any work.
 pub const MAX_BODY_LEN: usize = 4096;
 
+/// A refresh family's row is kept this long after its last token expired, then purged
+/// (hourly). It cannot matter any more: every token of the family is refused as expired
+/// before storage is asked (the row must outlive them, or a purged family's first token would
+/// open as never refreshed; `expires_at` is the latest expiry of any of its tokens).
+pub const REFRESH_PURGE_AFTER_EXPIRY: i64 = 7 * 86_400;
+
 /// What a refresh token says. Short field names: the token travels with every refresh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshClaims {

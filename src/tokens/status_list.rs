@@ -235,7 +235,7 @@ impl StatusLists {
             return Ok(None);
         };
         let generation = self.cache.generation();
-        let now = crate::state::now();
+        let now = crate::clock::now();
         let Some(snapshot) = self
             .store
             .status_snapshot(start, start + STATUS_LIST_SIZE, now)
@@ -274,7 +274,7 @@ impl StatusLists {
         let built = self.lists.lock().expect("not poisoned").get(&n).cloned()?;
         let fresh = built.generation == self.cache.generation()
             && built.built.elapsed() < max_age(self.ttl)
-            && built.next_expiry.is_none_or(|e| crate::state::now() < e);
+            && built.next_expiry.is_none_or(|e| crate::clock::now() < e);
         fresh.then(|| built.jws.clone())
     }
 }

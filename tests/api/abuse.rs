@@ -434,7 +434,7 @@ async fn wrong_secrets_for_one_key_id_from_many_ips_raise_an_alert_but_never_loc
     let dev = Device::new();
     let forged = crate::token::forge_same_id(&key);
     let mut limited = 0;
-    for i in 0..(keybound::state::KEY_FAILURE_BUDGET + 3) {
+    for i in 0..(keybound::limits::KEY_FAILURE_BUDGET + 3) {
         let res = exchange_from(&app, &format!("203.0.113.{i}"), &forged, &dev).await;
         match res.status() {
             StatusCode::UNAUTHORIZED => {}

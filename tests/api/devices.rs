@@ -32,7 +32,7 @@ fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
         mismatch_fingerprint: None,
         networks: vec!["127.0.0.0/24".into()],
         trust_score: 0.5,
-        trust_level: "limited".into(),
+        trust_level: keybound::devices::TrustLevel::Limited,
         trust_factors: keybound::store::JsonText::of(&json!({})),
         revoked_at: None,
         // The store allocates it.
@@ -216,7 +216,7 @@ async fn usage_counts_devices_exchanges_and_alerts(db: TestDb) {
     let t = now();
     let mut a = device(key_id, 1, t - 100);
     a.exchange_count = 3;
-    a.trust_level = "trusted".into();
+    a.trust_level = keybound::devices::TrustLevel::Trusted;
     let mut b = device(key_id, 2, t - 50);
     b.exchange_count = 4;
     for d in [&a, &b] {

@@ -384,7 +384,7 @@ pub fn key_body(name: &str) -> Value {
 
 /// Current unix time.
 pub fn now() -> i64 {
-    keybound::state::now()
+    keybound::clock::now()
 }
 
 // ---- the command line ----

@@ -74,7 +74,7 @@ impl Device {
             "jti": uuid::Uuid::new_v4().to_string(),
             "htm": htm,
             "htu": htu,
-            "iat": keybound::state::now(),
+            "iat": keybound::clock::now(),
         }))
     }
 
@@ -82,7 +82,7 @@ impl Device {
     pub fn proof_with_nonce(&self, htm: &str, htu: &str, nonce: &str) -> String {
         self.proof_claims(json!({
             "jti": uuid::Uuid::new_v4().to_string(),
-            "htm": htm, "htu": htu, "iat": keybound::state::now(), "nonce": nonce,
+            "htm": htm, "htu": htu, "iat": keybound::clock::now(), "nonce": nonce,
         }))
     }
 
@@ -126,5 +126,5 @@ fn thumbprint(canonical: &str) -> String {
 
 /// Fresh standard claims for a hand-built proof.
 pub fn claims(htm: &str, htu: &str) -> Value {
-    json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": htm, "htu": htu, "iat": keybound::state::now()})
+    json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": htm, "htu": htu, "iat": keybound::clock::now()})
 }

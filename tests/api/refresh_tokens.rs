@@ -13,7 +13,7 @@ use crate::proofs::Device;
 use crate::token::{claims_of, exchange, new_key, refresh};
 
 fn now() -> i64 {
-    keybound::state::now()
+    keybound::clock::now()
 }
 
 async fn first_token(app: &TestApp, key: &str, dev: &Device) -> String {

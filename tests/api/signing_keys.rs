@@ -178,7 +178,7 @@ async fn a_revoked_key_leaves_the_jwks_at_once(db: TestDb) {
         .unwrap()
         .clone();
     assert_eq!(revoked["active"], false);
-    assert!(revoked["published_until"].as_i64().unwrap() <= keybound::state::now());
+    assert!(revoked["published_until"].as_i64().unwrap() <= keybound::clock::now());
     let audit = app.store.list_audit(0, 100).await.unwrap();
     assert!(
         audit

@@ -320,7 +320,7 @@ async fn the_feed_is_pruned_keeps_cursors_valid_and_starts_at_a_time(db: TestDb)
 
     // Pruning (as the hourly task does with REVOCATION_FEED_RETENTION; here with a shorter
     // horizon) drops the old entries.
-    const { assert!(keybound::state::REVOCATION_FEED_RETENTION > 1800) };
+    const { assert!(keybound::tokens::access::REVOCATION_FEED_RETENTION > 1800) };
     let pruned = app.store.prune_revocations(now() - 600).await.unwrap();
     assert_eq!(pruned, 3);
     let (kept, next, _) = feed(&app, "since=1").await;

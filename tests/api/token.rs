@@ -298,7 +298,7 @@ async fn every_bad_proof_is_refused_with_invalid_dpop_proof() {
     let dev = Device::new();
     let other = Device::new();
     let htu = app.url("/v1/token");
-    let now = keybound::state::now();
+    let now = keybound::clock::now();
     let hdr = |alg: &str, typ: &str| json!({"alg": alg, "typ": typ, "jwk": dev.jwk});
     let hmac = {
         use base64::Engine;

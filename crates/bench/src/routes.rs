@@ -122,7 +122,7 @@ async fn sign(State(state): State<AppState>) -> Response {
             ttl_seconds: s.access_ttl_secs as u64,
             status_idx: 0,
         },
-        keybound::state::now() as u64,
+        keybound::clock::now() as u64,
     );
     let token = claims.sign(&state.keyring.active());
     let mut res = Json(json!({"access_token": token, "token_type": "DPoP",

@@ -481,7 +481,7 @@ fn device_row(
         mismatch_fingerprint: None,
         networks: vec!["127.0.0.0/24".into()],
         trust_score: 0.9,
-        trust_level: "trusted".into(),
+        trust_level: keybound::devices::TrustLevel::Trusted,
         trust_factors: keybound::store::JsonText::empty_list(),
         revoked_at: None,
         // The store allocates it.

@@ -515,7 +515,10 @@ async fn mint_key(t: &Target, db: &str, _device: &str) -> Result<Minted> {
     let fresh = ApiKey::generate(env);
     let fresh_id = &fresh.id().as_str()[format!("ak_{env}_").len()..];
     let body = format!("sk_{env}_{fresh_id}{secret}");
-    let copied_key = format!("{body}{}", keybound::keys::format::checksum(body.as_bytes()));
+    let copied_key = format!(
+        "{body}{}",
+        keybound::keys::format::checksum(body.as_bytes())
+    );
     sqlx::query(insert)
         .bind(fresh.id().as_str())
         .bind(None::<Vec<u8>>)

@@ -276,7 +276,7 @@ pub(super) async fn device_usage_is_saved(db: &mut TestDb) {
     d.mismatch_count = 3;
     d.networks.push("198.51.100.0/24".into());
     d.trust_score = 0.8125;
-    d.trust_level = "trusted".into();
+    d.trust_level = crate::devices::TrustLevel::Trusted;
     d.trust_factors = crate::store::JsonText::of(&json!({"history": 0.9, "drift": []}));
     d.attributes.insert("os_version".into(), "17.2".into());
     store

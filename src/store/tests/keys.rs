@@ -321,3 +321,46 @@ pub(super) async fn touch_only_moves_last_use_forward(db: &mut TestDb) {
         Some(T0 + 149)
     );
 }
+
+pub(super) async fn a_row_that_does_not_decode_is_a_storage_error(db: &mut TestDb) {
+    // Typed fields are decoded once, when the row is read: a value no code could have written
+    // (a hand-edited row, a bad migration) is an error naming its column, not a panic and
+    // not a silently empty allow list.
+    let id = key_id('t');
+    let k = key(&id);
+    let d = device(&id, 1);
+    db.store
+        .create_key(&k, &audit("key.create", Some(&id)))
+        .await
+        .unwrap();
+    let enrolled = match db
+        .store
+        .enroll_device(&d, EnrollLimits::max_devices(2))
+        .await
+        .unwrap()
+    {
+        Enrollment::Enrolled { device, .. } => device,
+        other => panic!("{other:?}"),
+    };
+    db.tamper(&format!(
+        "UPDATE api_keys SET allowed_ips = '[\"not a network\"]' WHERE key_id = '{id}'"
+    ))
+    .await;
+    db.tamper(&format!(
+        "UPDATE devices SET trust_level = 'sort of' WHERE device_id = '{}'",
+        enrolled.device_id
+    ))
+    .await;
+
+    let key_err = db.store.get_key(&id).await.expect_err("a bad CIDR");
+    let device_err = db
+        .store
+        .get_device(&enrolled.device_id)
+        .await
+        .expect_err("a bad trust level");
+
+    for (err, column) in [(key_err, "allowed_ips"), (device_err, "trust_level")] {
+        assert_eq!(err.code(), "INTERNAL", "{err:?}");
+        assert!(format!("{err:?}").contains(column), "{err:?}");
+    }
+}

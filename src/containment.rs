@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::AlertKind;
+use crate::alerts::{AlertKind, Reaction};
 use crate::error::Result;
 use crate::keys::service::{self, Actor};
 use crate::store::{AlertRecord, AuditEntry, DeviceChange, DeviceStatus, KeyStatus, Store};
@@ -98,17 +98,19 @@ impl Containment {
             store,
         })
     }
+}
 
-    /// Called by [`Alerts::raise`](super::Alerts::raise): contains in a background task, so
-    /// the request that raised the alert is not held up.
-    pub fn on_alert(&self, kind: AlertKind, alert: &AlertRecord) {
+impl Reaction for Containment {
+    /// Called by [`Alerts::raise`](crate::alerts::Alerts::raise): contains in a background
+    /// task, so the request that raised the alert is not held up.
+    fn on_alert(&self, kind: AlertKind, alert: &AlertRecord) {
         if !self.kinds.contains(&kind) {
             return;
         }
         let store = self.store.clone();
         let alert = alert.clone();
         tokio::spawn(async move {
-            match contain(&*store, kind, &alert, crate::state::now()).await {
+            match contain(&*store, kind, &alert, crate::clock::now()).await {
                 Ok(Action::Nothing) => {}
                 Ok(action) => tracing::warn!(
                     target: "keybound::alert",

@@ -1,0 +1,236 @@
+//! Background jobs: the bookkeeping the request path hands off so it never waits on a write,
+//! and the timers that keep storage tidy.
+//!
+//! * [`LastUsed`] — `last_used_at` of keys, batched: an exchange notes the time in memory,
+//!   a job writes the batch every [`HOUSEKEEPING_INTERVAL`].
+//! * Device history (counters, last seen, networks, trust) waits in the validation cache
+//!   ([`CachedStore::remember_device_usage`]); [`flush_devices`] writes it every
+//!   [`DEVICE_FLUSH_INTERVAL`] as one group-commit batch.
+//! * [`StorageHealth`] — a probe every [`STORAGE_PROBE_INTERVAL`], so a cached exchange fails
+//!   closed while storage is down (contract 5).
+//! * Housekeeping — signing-key reload, ended refresh grace windows, and hourly purges of
+//!   old usage events, alerts, expired keys, revocation feed entries and refresh families,
+//!   each with the retention its owner defines.
+//!
+//! Nothing here knows the HTTP layer or the application state: [`spawn`] takes the pieces.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::clock::now;
+use crate::store::Store;
+use crate::store::cached::CachedStore;
+use crate::tokens::keyring::KeyRing;
+
+/// How often storage is probed (see [`StorageHealth::up`]).
+pub const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest a device's history waits in memory before it is written.
+pub const DEVICE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the `last_used_at` batch is written, signing keys reloaded and ended grace
+/// windows cleared.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the purges run.
+const PURGE_INTERVAL_SECS: i64 = 3600;
+
+/// `last_used_at` updates waiting for the next batch.
+#[derive(Debug, Default)]
+pub struct LastUsed {
+    touched: Mutex<HashMap<String, i64>>,
+}
+
+impl LastUsed {
+    /// Notes that a key was used at `at`.
+    pub fn touch(&self, key_id: &str, at: i64) {
+        let mut t = self.touched.lock().expect("not poisoned");
+        // Allocate the key only the first time it is used in a batch.
+        match t.get_mut(key_id) {
+            Some(last) => *last = at,
+            None => {
+                t.insert(key_id.to_owned(), at);
+            }
+        }
+    }
+
+    /// Writes the pending batch.
+    pub async fn flush(&self, store: &dyn Store) {
+        let batch: Vec<(String, i64)> = {
+            let mut t = self.touched.lock().expect("not poisoned");
+            t.drain().collect()
+        };
+        if !batch.is_empty()
+            && let Err(e) = store.touch_keys(&batch).await
+        {
+            tracing::warn!(error = %e, "could not record key usage");
+        }
+    }
+}
+
+/// Whether storage answered the last probes. An exchange writes nothing, so with its key and
+/// device cached it would not notice an outage by itself; contract 5 wants it to fail closed
+/// (503) all the same.
+#[derive(Debug)]
+pub struct StorageHealth {
+    up: AtomicBool,
+}
+
+impl Default for StorageHealth {
+    fn default() -> Self {
+        StorageHealth {
+            up: AtomicBool::new(true),
+        }
+    }
+}
+
+impl StorageHealth {
+    /// Whether storage is reachable, as the last probe found.
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records a probe's verdict.
+    pub fn set(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            tracing::warn!(up, "storage reachability changed");
+        }
+    }
+}
+
+/// Writes the queued device histories (one group-commit batch).
+pub async fn flush_devices(cache: &CachedStore) {
+    let batch = cache.take_pending();
+    if batch.is_empty() {
+        return;
+    }
+    // Queued together, the writes share one group-commit transaction.
+    let store = cache.inner_store();
+    let writes = batch.into_iter().map(|d| store.update_device_usage(d));
+    if let Some(Err(e)) = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .find(Result::is_err)
+    {
+        tracing::warn!(error = %e, "could not record device usage");
+    }
+}
+
+/// How long the purges keep things (from the `serve` settings; the rest of the retentions
+/// are the owners' constants).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Days usage events are kept.
+    pub usage_days: i64,
+    /// Days alerts are kept.
+    pub alert_days: i64,
+    /// Whether refresh grace windows are on (then ended ones are cleared).
+    pub refresh_grace: bool,
+}
+
+/// What the background jobs work on.
+pub struct Jobs {
+    /// Storage, through the validation cache.
+    pub store: Arc<dyn Store>,
+    /// The validation cache, which queues device histories.
+    pub cache: Arc<CachedStore>,
+    /// Signing keys, reloaded so keys added by another instance are used and published.
+    pub keyring: Arc<KeyRing>,
+    /// The `last_used_at` batch.
+    pub last_used: Arc<LastUsed>,
+    /// The storage probe's verdict.
+    pub health: Arc<StorageHealth>,
+    /// Retention settings.
+    pub retention: Retention,
+}
+
+/// Starts the jobs on the current runtime; they run until the process ends.
+pub fn spawn(jobs: Jobs) {
+    let jobs = Arc::new(jobs);
+    // Storage probe: a round trip every 100 ms, answered within a second. Two failures in
+    // a row count as down (one slow answer on a loaded machine is not an outage), so a
+    // cached exchange fails closed within ~200 ms of storage refusing connections and
+    // within ~2 s of it going silent.
+    let j = jobs.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORAGE_PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        loop {
+            tick.tick().await;
+            let probe = tokio::time::timeout(Duration::from_secs(1), j.store.ping()).await;
+            failures = if matches!(probe, Ok(Ok(()))) {
+                0
+            } else {
+                failures + 1
+            };
+            j.health.set(failures < 2);
+        }
+    });
+    // Device history: flushed often, so a crash loses at most this much of it.
+    let j = jobs.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(DEVICE_FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            flush_devices(&j.cache).await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut last_purge = 0;
+        loop {
+            tick.tick().await;
+            jobs.last_used.flush(&*jobs.store).await;
+            if jobs.retention.refresh_grace {
+                // Contract 9.2: a sealed successor is kept for its window only.
+                if let Err(e) = jobs.store.clear_refresh_grace(now()).await {
+                    tracing::warn!(error = %e, "could not clear ended grace windows");
+                }
+            }
+            if let Err(e) = jobs.keyring.reload(&*jobs.store).await {
+                tracing::warn!(error = %e, "could not reload signing keys");
+            }
+            let t = now();
+            if t - last_purge >= PURGE_INTERVAL_SECS {
+                last_purge = t;
+                purge(&*jobs.store, jobs.retention, t).await;
+            }
+        }
+    });
+}
+
+/// The hourly purges, each logged and none stopping the others.
+async fn purge(store: &dyn Store, retention: Retention, t: i64) {
+    match store.purge_usage(t - retention.usage_days * 86_400).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "purged old usage events"),
+        Err(e) => tracing::warn!(error = %e, "could not purge usage events"),
+    }
+    match store.purge_alerts(t - retention.alert_days * 86_400).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(alerts = n, "purged old alerts"),
+        Err(e) => tracing::warn!(error = %e, "could not purge alerts"),
+    }
+    let keys_before = t - crate::keys::service::PURGE_AFTER_EXPIRY;
+    match store.purge_expired_keys(keys_before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(keys = n, "purged expired keys"),
+        Err(e) => tracing::warn!(error = %e, "could not purge expired keys"),
+    }
+    let feed_before = t - crate::tokens::access::REVOCATION_FEED_RETENTION;
+    match store.prune_revocations(feed_before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entries = n, "pruned old revocation feed entries"),
+        Err(e) => tracing::warn!(error = %e, "could not prune the revocation feed"),
+    }
+    let families_before = t - crate::tokens::refresh::REFRESH_PURGE_AFTER_EXPIRY;
+    match store.purge_expired_refresh(families_before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(families = n, "purged expired refresh families"),
+        Err(e) => tracing::warn!(error = %e, "could not purge expired refresh families"),
+    }
+}
