@@ -176,8 +176,8 @@ async fn start(store: Arc<dyn Store>, configure: impl FnOnce(&mut ServeArgs)) ->
 
 /// A server on a PostgreSQL database of its own, with one API key, and then the database
 /// dropped under it (as `tests/api/health.rs` does): the suite's exchanges meet a server that
-/// has lost its storage and must fail closed with 503 `UNAVAILABLE`. The key is made here
-/// because nothing can be created once the database is gone. `None` without
+/// has lost its storage and must fail closed with 503 `UNAVAILABLE`. The key is made before
+/// the drop because nothing can be created once the database is gone. `None` without
 /// `KEYBOUND_TEST_POSTGRES_URL`, which panics under `CI=true` instead.
 async fn server_without_its_database() -> Option<(Running, String)> {
     let base = testing::postgres_test_url()?;
@@ -187,10 +187,12 @@ async fn server_without_its_database() -> Option<(Running, String)> {
         "name": "python", "env": "test", "scopes": ["read:users"], "trust_on_enroll": true,
     }))
     .expect("key settings");
+    // The server enables integrity protection on the store it is given (key hashes are stored
+    // MAC'd under keys sealed by its master key), so the key is made after it started.
+    let server = start(store.clone(), |_| {}).await;
     let created = service::create(&*store, settings, &Actor::cli(), keybound::state::now())
         .await
         .expect("key created");
-    let server = start(store, |_| {}).await;
     testing::drop_postgres_database(&url).await;
     Some((server, created.key.expose().to_owned()))
 }
