@@ -18,16 +18,5 @@ static ALLOCATOR: keybound::alloc::ClearLargeOnFree<mimalloc::MiMalloc> =
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match keybound::cli::run(cli).await {
-        Ok(code) => code,
-        Err(e) => {
-            // The operator at the terminal also gets the cause that an HTTP client never sees
-            // (a 5xx body says nothing internal; here nobody else is listening).
-            match std::error::Error::source(&e) {
-                Some(cause) => eprintln!("error: {e}: {cause} ({})", e.code()),
-                None => eprintln!("error: {e} ({})", e.code()),
-            }
-            ExitCode::from(2)
-        }
-    }
+    keybound::cli::exit_status(keybound::cli::run(cli).await)
 }

@@ -33,6 +33,23 @@ use crate::tokens::signing::MasterKey;
 /// Exit code for errors (`main` uses the same one for errors returned from here).
 const EXIT_ERROR: u8 = 2;
 
+/// The exit status of a command's result, for the `main` of every binary (`keybound`,
+/// `keybound-lab`, `keybound-bench`): an error is printed to stderr with its cause and code,
+/// and exits 2. The operator at the terminal gets the cause an HTTP client never sees (a 5xx
+/// body says nothing internal; here nobody else is listening).
+pub fn exit_status(result: Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            match std::error::Error::source(&e) {
+                Some(cause) => eprintln!("error: {e}: {cause} ({})", e.code()),
+                None => eprintln!("error: {e} ({})", e.code()),
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let url = cli.database_url();

@@ -208,17 +208,9 @@ async fn a_checkpoint_from_another_master_key_is_refused(db: TestDb) {
     let head = keybound::audit::from_hex(&written.head).unwrap();
     let foreign = keybound::audit::Checkpoint::new(&other, written.seq, &head, written.at);
     let foreign_file = db.dir.path().join("foreign.json");
+    let foreign_path = foreign_file.to_str().unwrap();
     std::fs::write(&foreign_file, serde_json::to_vec(&foreign).unwrap()).unwrap();
-    let out = cli(
-        &db,
-        &[
-            "audit",
-            "verify",
-            "--checkpoint",
-            foreign_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let out = cli(&db, &["audit", "verify", "--checkpoint", foreign_path]).await;
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
         out.stderr
@@ -230,16 +222,7 @@ async fn a_checkpoint_from_another_master_key_is_refused(db: TestDb) {
     let mut edited = written.clone();
     edited.seq -= 1;
     std::fs::write(&foreign_file, serde_json::to_vec(&edited).unwrap()).unwrap();
-    let out = cli(
-        &db,
-        &[
-            "audit",
-            "verify",
-            "--checkpoint",
-            foreign_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let out = cli(&db, &["audit", "verify", "--checkpoint", foreign_path]).await;
     assert_eq!(out.code, 2, "{out:?}");
 
     // Another master key does not open this database's integrity key at all.

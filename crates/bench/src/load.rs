@@ -136,51 +136,74 @@ async fn connection(
         let Some(req) = make(next.fetch_add(1, Ordering::Relaxed)) else {
             break;
         };
-        if let Some(s) = &mut sender
-            && s.ready().await.is_err()
-        {
-            sender = None;
-        }
-        let s = match &mut sender {
-            Some(s) => s,
-            None => match connect(addr).await {
-                Ok(s) => sender.insert(s),
-                Err(_) => {
-                    *out.errors.entry("IO".into()).or_default() += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let sent = Instant::now();
-        let answer = match s.send_request(req).await {
-            Ok(res) => {
-                let status = res.status();
-                res.into_body()
-                    .collect()
-                    .await
-                    .map(|b| (status, b.to_bytes()))
-            }
-            Err(e) => Err(e),
-        };
-        let micros = sent.elapsed().as_micros().max(1) as u64;
-        match answer {
-            Ok((status, body)) => {
-                out.done += 1;
-                let _ = out.latency.record(micros);
-                if status.is_success() {
-                    out.ok += 1;
-                } else {
-                    *out.errors.entry(error_code(status, &body)).or_default() += 1;
-                }
-            }
-            Err(_) => {
-                *out.errors.entry("IO".into()).or_default() += 1;
-                sender = None;
+        if let Trip::Answered(status, body) = round_trip(&mut sender, addr, req, &mut out).await {
+            if status.is_success() {
+                out.ok += 1;
+            } else {
+                *out.errors.entry(error_code(status, &body)).or_default() += 1;
             }
         }
     }
     out
+}
+
+/// What one request on a kept-alive connection came to ([`round_trip`]).
+pub(super) enum Trip {
+    /// No connection could be opened, so nothing was sent (counted as `IO`).
+    NotSent,
+    /// The answer's status and body (counted in `done`, its latency recorded).
+    Answered(hyper::StatusCode, Bytes),
+    /// Sent, and the answer lost (counted as `IO`; the connection is dropped).
+    Lost,
+}
+
+/// Sends `req` over `sender`, opening a new connection first when there is none or it broke,
+/// and times it from the send to the whole body.
+pub(super) async fn round_trip(
+    sender: &mut Option<Sender>,
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+    out: &mut Outcome,
+) -> Trip {
+    if let Some(s) = sender
+        && s.ready().await.is_err()
+    {
+        *sender = None;
+    }
+    let s = match sender {
+        Some(s) => s,
+        None => match connect(addr).await {
+            Ok(s) => sender.insert(s),
+            Err(_) => {
+                *out.errors.entry("IO".into()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return Trip::NotSent;
+            }
+        },
+    };
+    let sent = Instant::now();
+    let answer = match s.send_request(req).await {
+        Ok(res) => {
+            let status = res.status();
+            res.into_body()
+                .collect()
+                .await
+                .map(|b| (status, b.to_bytes()))
+        }
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok((status, body)) => {
+            out.done += 1;
+            let _ = out.latency.record(sent.elapsed().as_micros().max(1) as u64);
+            Trip::Answered(status, body)
+        }
+        Err(_) => {
+            *out.errors.entry("IO".into()).or_default() += 1;
+            *sender = None;
+            Trip::Lost
+        }
+    }
 }
 
 /// The contract's `error.code`, or `HTTP_<status>` for a body without one.

@@ -60,14 +60,5 @@ async fn main() -> ExitCode {
         },
         None => keybound_bench::run(cli.bench, url).await,
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            match std::error::Error::source(&e) {
-                Some(cause) => eprintln!("error: {e}: {cause} ({})", e.code()),
-                None => eprintln!("error: {e} ({})", e.code()),
-            }
-            ExitCode::from(2)
-        }
-    }
+    keybound::cli::exit_status(result)
 }

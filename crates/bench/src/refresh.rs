@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, header};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::Request;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::devices::{SimDevice, build_proofs};
-use super::load::{Outcome, Sender, connect, error_code};
+use super::load::{Outcome, Sender, Trip, error_code, round_trip};
 use super::target::Target;
 use super::{IAT_AHEAD, MAX_BATCH_SECS, MAX_PROOFS};
 
@@ -266,39 +266,10 @@ async fn connection(
         let Some(req) = ctx.request(lane, proof) else {
             break;
         };
-        if let Some(s) = &mut sender
-            && s.ready().await.is_err()
-        {
-            sender = None;
-        }
-        let s = match &mut sender {
-            Some(s) => s,
-            None => match connect(ctx.addr).await {
-                Ok(s) => sender.insert(s),
-                Err(_) => {
-                    // Not sent: the lane's token is still good.
-                    *out.errors.entry("IO".into()).or_default() += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let sent = Instant::now();
-        let answer = match s.send_request(req).await {
-            Ok(res) => {
-                let status = res.status();
-                res.into_body()
-                    .collect()
-                    .await
-                    .map(|b| (status, b.to_bytes()))
-            }
-            Err(e) => Err(e),
-        };
-        let micros = sent.elapsed().as_micros().max(1) as u64;
-        match answer {
-            Ok((status, body)) => {
-                out.done += 1;
-                let _ = out.latency.record(micros);
+        match round_trip(&mut sender, ctx.addr, req, &mut out).await {
+            // Not sent: the lane's token is still good.
+            Trip::NotSent => {}
+            Trip::Answered(status, body) => {
                 if status.is_success() {
                     match serde_json::from_slice::<Answer>(&body) {
                         Ok(a) => {
@@ -321,10 +292,8 @@ async fn connection(
                     }
                 }
             }
-            Err(_) => {
+            Trip::Lost => {
                 // The answer is lost: the token may or may not be spent, so the chain ends.
-                *out.errors.entry("IO".into()).or_default() += 1;
-                sender = None;
                 lane.token = None;
                 lane.proofs.clear();
             }

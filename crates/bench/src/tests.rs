@@ -44,18 +44,23 @@ fn assert_clean(name: &str, o: &Outcome) {
     assert!(o.cpu_us().is_some(), "{name}: no server CPU reading");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_phase_of_a_short_run_answers_without_errors() {
-    let args = args(&["--rate", "auto"]);
+/// One run with `args` against a server in this process, as `keybound bench` makes it.
+async fn run(args: &BenchArgs) -> super::Report {
     let devices: Arc<Vec<SimDevice>> = Arc::new(
         (0..args.devices)
             .map(|i| SimDevice::new(i, i % args.keys))
             .collect(),
     );
-    let target = Target::start(&args, None, &devices).await.expect("server");
-    let report = super::measure(&args, &target, devices).await;
+    let target = Target::start(args, None, &devices).await.expect("server");
+    let report = super::measure(args, &target, devices).await;
     target.stop().await;
-    let report = report.expect("the run completes");
+    report.expect("the run completes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_phase_of_a_short_run_answers_without_errors() {
+    let args = args(&["--rate", "auto"]);
+    let report = run(&args).await;
 
     assert_eq!(
         report.warmup.ok, 8,
@@ -99,15 +104,7 @@ async fn every_phase_of_a_short_run_answers_without_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_rate_phase_sends_its_schedule() {
     let args = args(&["--rate", "50", "--no-ceiling", "--no-refresh"]);
-    let devices: Arc<Vec<SimDevice>> = Arc::new(
-        (0..args.devices)
-            .map(|i| SimDevice::new(i, i % args.keys))
-            .collect(),
-    );
-    let target = Target::start(&args, None, &devices).await.expect("server");
-    let report = super::measure(&args, &target, devices).await;
-    target.stop().await;
-    let report = report.expect("the run completes");
+    let report = run(&args).await;
 
     assert!(report.healthz.is_none() && report.refresh.is_none());
     let [o] = &report.open_loop[..] else {

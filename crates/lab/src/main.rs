@@ -28,14 +28,5 @@ async fn main() -> ExitCode {
         let sibling = exe.parent()?.join("keybound");
         sibling.is_file().then_some(sibling)
     });
-    match keybound_lab::run(cli.lab, binary).await {
-        Ok(code) => code,
-        Err(e) => {
-            match std::error::Error::source(&e) {
-                Some(cause) => eprintln!("error: {e}: {cause} ({})", e.code()),
-                None => eprintln!("error: {e} ({})", e.code()),
-            }
-            ExitCode::from(2)
-        }
-    }
+    keybound::cli::exit_status(keybound_lab::run(cli.lab, binary).await)
 }
