@@ -102,18 +102,24 @@ impl StorageHealth {
 
 /// Writes the queued device histories (one group-commit batch).
 pub async fn flush_devices(cache: &CachedStore) {
-    let batch = cache.take_pending();
+    let batch = cache.pending();
     if batch.is_empty() {
         return;
     }
     // Queued together, the writes share one group-commit transaction.
     let store = cache.inner_store();
-    let writes = batch.into_iter().map(|d| store.update_device_usage(d));
-    if let Some(Err(e)) = futures::future::join_all(writes)
-        .await
+    let writes = batch.iter().map(|d| store.update_device_usage(d.clone()));
+    let results = futures::future::join_all(writes).await;
+    // Only what is stored leaves the queue: until then a read from storage still gets it
+    // laid over (a refresh right after its exchange must see the device's network).
+    let stored: Vec<_> = batch
         .into_iter()
-        .find(Result::is_err)
-    {
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(d, _)| d)
+        .collect();
+    cache.written(&stored);
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
         tracing::warn!(error = %e, "could not record device usage");
     }
 }

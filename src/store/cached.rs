@@ -64,7 +64,7 @@ impl CachedStore {
     /// its status, approval and revocation time are kept from the cached record, which a
     /// revocation re-read from storage.
     ///
-    /// The history also waits in a queue for [`take_pending`](Self::take_pending); a device
+    /// The history also waits in a queue ([`pending`](Self::pending)) until it is written; a device
     /// read from storage before it is written gets it laid over the stored history, so an
     /// eviction (enrollment, a revocation elsewhere, the TTL) loses none of it.
     pub async fn remember_device_usage(&self, device: Arc<DeviceRecord>) {
@@ -92,9 +92,25 @@ impl CachedStore {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The remembered device histories not written yet, emptying the queue.
-    pub fn take_pending(&self) -> Vec<Arc<DeviceRecord>> {
-        self.pending_lock().drain().map(|(_, d)| d).collect()
+    /// The remembered device histories not written yet. They stay queued (and laid over
+    /// storage reads) until [`written`](Self::written) says they are stored, so a read between
+    /// the flush's start and its commit still sees them.
+    pub fn pending(&self) -> Vec<Arc<DeviceRecord>> {
+        self.pending_lock().values().cloned().collect()
+    }
+
+    /// Drops from the queue the histories in `stored`, unless a newer one replaced them
+    /// meanwhile (that one waits for the next flush).
+    pub fn written(&self, stored: &[Arc<DeviceRecord>]) {
+        let mut pending = self.pending_lock();
+        for d in stored {
+            if pending
+                .get(&d.device_id)
+                .is_some_and(|queued| Arc::ptr_eq(queued, d))
+            {
+                pending.remove(&d.device_id);
+            }
+        }
     }
 
     /// Forgets a device's unwritten history (after an operator changed the device).
