@@ -344,9 +344,11 @@ impl Alerts {
     fn observe_locally(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
         let minute = now / 60;
         let count = {
-            let slot = self
-                .per_minute
-                .get_with(key_id.to_owned(), || Arc::new(Mutex::new((minute, 0))));
+            // Looked up by `&str` first: the key's id is copied only the first time.
+            let slot = self.per_minute.get(key_id).unwrap_or_else(|| {
+                self.per_minute
+                    .get_with(key_id.to_owned(), || Arc::new(Mutex::new((minute, 0))))
+            });
             let mut s = slot.lock().expect("no panics while held");
             if s.0 != minute {
                 *s = (minute, 0);
@@ -365,7 +367,10 @@ impl Alerts {
             );
         }
         let (devices, networks) = {
-            let slot = self.spread.get_with(key_id.to_owned(), Default::default);
+            let slot = self
+                .spread
+                .get(key_id)
+                .unwrap_or_else(|| self.spread.get_with(key_id.to_owned(), Default::default));
             let mut s = slot.lock().expect("no panics while held");
             // Copy the ids only when new to the window: almost every exchange repeats them.
             if !s.0.contains(device_id) {

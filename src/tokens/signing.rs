@@ -453,8 +453,11 @@ impl MasterKey {
 /// The one sealing routine of the crate: [`MasterKey::seal`] (signing keys at rest) and the
 /// refresh tokens (under keys derived from the master key) both use it.
 pub(crate) fn aead_seal(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    // The thread's CSPRNG (ChaCha12, seeded and regularly reseeded from the OS): a random
+    // 192-bit nonce needs unpredictability and uniqueness, not a system call per token (every
+    // exchange and refresh seals a refresh token).
     let mut nonce = [0u8; NONCE_LEN];
-    OsRng.fill_bytes(&mut nonce);
+    rand::thread_rng().fill_bytes(&mut nonce);
     let ciphertext = cipher
         .encrypt(
             XNonce::from_slice(&nonce),

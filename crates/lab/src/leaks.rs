@@ -742,6 +742,12 @@ pub struct MemoryScan {
     pub regions: Vec<(String, usize)>,
     /// Bytes read.
     pub bytes: u64,
+    /// Whether the validation cache must still have held the key's record when the scan
+    /// ended: the record is read at the key's first exchange and kept for
+    /// [`keybound::store::cached::TTL`] from its last read, so it cannot have expired before
+    /// the first exchange plus that TTL. A scan that ends later (a slow, loaded machine) may
+    /// rightly find no hash: the entry expired and its memory was reused.
+    pub key_cached: bool,
 }
 
 /// Scenario C's measurements.
@@ -823,13 +829,20 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
     let t = server.target();
     let device = LabDevice::new();
     let ip = Target::client_ip(0, 0, 1);
+    let first_use = std::time::Instant::now();
+    let scan = |needles: &Needles<'_>| {
+        scan_memory(pid, needles).map(|mut s| {
+            s.key_cached = first_use.elapsed() < keybound::store::cached::TTL;
+            s
+        })
+    };
     for _ in 0..exchanges {
         let r = t.exchange(&key_str, &device, &json!({}), ip).await?;
         if !r.ok() {
             return Err(Error::internal(format!("exchange: {}", r.summary())));
         }
     }
-    let after_exchanges = match scan_memory(pid, &needles) {
+    let after_exchanges = match scan(&needles) {
         Ok(s) => s,
         Err(why) => {
             return Ok(MemoryDump {
@@ -846,11 +859,13 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
         t.exchange(other.expose_secret(), &other_device, &json!({}), ip)
             .await?;
     }
-    let after_other_traffic = scan_memory(pid, &needles).unwrap_or_default();
+    // The first scan worked, so a failure now is an error, not an empty scan that would pass
+    // for "no copies".
+    let after_other_traffic = scan(&needles).map_err(Error::internal)?;
     drop(t);
     // Let the server notice the closed connection and free its buffers.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after_close = scan_memory(pid, &needles).unwrap_or_default();
+    let after_close = scan(&needles).map_err(Error::internal)?;
     drop(server);
     Ok(MemoryDump {
         exchanges,
