@@ -609,10 +609,9 @@ fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Resul
     // No Origin header: not a browser, and the origin list restricts browsers only.
     if let Some(origin) = origin
         && !key.allowed_origins.is_empty()
+        && !key.allowed_origins.iter().any(|o| o.matches(origin))
     {
-        if !key.allowed_origins.iter().any(|o| o.matches(origin)) {
-            return Err(Error::OriginNotAllowed);
-        }
+        return Err(Error::OriginNotAllowed);
     }
     Ok(())
 }
@@ -1059,8 +1058,8 @@ fn grant_scopes(key: &KeyRecord, requested: &[String], level: TrustLevel) -> Vec
             .iter()
             .filter(|s| match &key.limited_scopes {
                 Some(limited) => limited.iter().any(|l| l == *s),
-                // The default limited set, `trust::limited_scopes_default`, compared in place.
-                None => s.starts_with("read:") && key.scopes.iter().any(|k| k == *s),
+                // The default limited set (`trust::limited_scopes_default`), tested in place.
+                None => trust::is_default_limited(s) && key.scopes.iter().any(|k| k == *s),
             })
             .cloned()
             .collect(),

@@ -181,7 +181,7 @@ async fn local(
         keybound::integrity::load_or_enable(&*store, &master, now).await?
     };
     let (records, plaintexts) = bench_keys(args.keys, now, &integrity);
-    let key_ids: Vec<String> = records.iter().map(|k| k.key_id.clone()).collect();
+    let key_ids: Vec<String> = records.iter().map(|k| k.key_id.to_string()).collect();
     let (keys, seeded) = seed_rows(args, records, &key_ids, devices, now);
     if !keys.is_empty() || !seeded.is_empty() {
         let started = std::time::Instant::now();

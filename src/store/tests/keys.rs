@@ -366,4 +366,47 @@ pub(super) async fn a_row_that_does_not_decode_is_a_storage_error(db: &mut TestD
         assert_eq!(err.code(), "INTERNAL", "{err:?}");
         assert!(format!("{err:?}").contains(column), "{err:?}");
     }
+
+    // The same for every value type of the records (`crate::ids`), one bad column per row.
+    let mut errors = Vec::new();
+    for (c, column, value) in [
+        ('e', "env", "'staging'"),
+        ('s', "scopes", "'[\"read:a\", \"two words\"]'"),
+        ('l', "limited_scopes", "'[\"\"]'"),
+        ('o', "allowed_origins", "'[\"ftp://example.com\"]'"),
+        ('r', "rotated_from", "'ak_nope'"),
+    ] {
+        let id = key_id(c);
+        db.store
+            .create_key(&key(&id), &audit("key.create", Some(&id)))
+            .await
+            .unwrap();
+        db.tamper(&format!(
+            "UPDATE api_keys SET {column} = {value} WHERE key_id = '{id}'"
+        ))
+        .await;
+        errors.push((db.store.get_key(&id).await.expect_err(column), column));
+    }
+    let d = device(&key_id('e'), 2);
+    let Enrollment::Enrolled { device: d, .. } = db
+        .store
+        .enroll_device(&d, EnrollLimits::max_devices(2))
+        .await
+        .unwrap()
+    else {
+        panic!("enrolled");
+    };
+    db.tamper(&format!(
+        "UPDATE devices SET jkt = 'not-a-thumbprint' WHERE device_id = '{}'",
+        d.device_id
+    ))
+    .await;
+    errors.push((
+        db.store.get_device(&d.device_id).await.expect_err("jkt"),
+        "jkt",
+    ));
+    for (err, column) in errors {
+        assert_eq!(err.code(), "INTERNAL", "{column}: {err:?}");
+        assert!(format!("{err:?}").contains(column), "{err:?}");
+    }
 }
