@@ -6,7 +6,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// `Result` with the server's [`Error`] as default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -113,6 +114,88 @@ pub enum Error {
     Internal(#[source] Cause),
 }
 
+/// Declares [`ErrorCode`] from the list of codes: each variant's name is the code it writes.
+macro_rules! error_codes {
+    ($($code:ident),* $(,)?) => {
+        // What the envelope's `code` carries, so the document's list is the server's.
+        /// Every error code of contract section 5.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        pub enum ErrorCode {
+            $($code,)*
+        }
+
+        impl ErrorCode {
+            /// The code as written in the envelope.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => stringify!($code),)*
+                }
+            }
+        }
+    };
+}
+
+error_codes!(
+    INVALID_REQUEST,
+    API_KEY_IN_URL,
+    USE_DPOP_NONCE,
+    INVALID_AUDIENCE,
+    MISSING_API_KEY,
+    INVALID_API_KEY,
+    INVALID_DPOP_PROOF,
+    DPOP_REPLAY,
+    INVALID_REFRESH_TOKEN,
+    REFRESH_TOKEN_REUSED,
+    INVALID_ADMIN_TOKEN,
+    IP_NOT_ALLOWED,
+    ORIGIN_NOT_ALLOWED,
+    INSUFFICIENT_SCOPE,
+    DEVICE_LIMIT_REACHED,
+    DEVICE_REVOKED,
+    DEVICE_UNTRUSTED,
+    ATTESTATION_REQUIRED,
+    INVALID_ATTESTATION,
+    NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    PAYLOAD_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    RATE_LIMITED,
+    INTERNAL,
+    UNAVAILABLE,
+);
+
+/// The error envelope every failure answers with (contract section 3 and 5).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The inside of the envelope.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The contract's code; each response lists the codes it can carry.
+    pub code: ErrorCode,
+    /// Human readable; never contains a secret, and says nothing internal on a 5xx.
+    pub message: String,
+}
+
+/// RFC 6749 section 5.2's error body: what a form-encoded request at `POST /v1/token` gets
+/// instead of the envelope (contract 9.1).
+#[derive(Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `unsupported_grant_type`, `invalid_grant`, `invalid_scope`,
+    /// `invalid_target`, `invalid_dpop_proof`, `use_dpop_nonce` (with `DPoP-Nonce` and
+    /// `WWW-Authenticate: DPoP error="use_dpop_nonce"`), `server_error`,
+    /// `temporarily_unavailable`, or another contract code in lower case (`rate_limited`,
+    /// `device_revoked`, …).
+    #[schema(value_type = String)]
+    pub error: std::borrow::Cow<'static, str>,
+    /// Human readable; never contains a secret.
+    pub error_description: String,
+}
+
 /// A boxed cause for 5xx errors, so they can carry any source without leaking it to clients.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -154,36 +237,41 @@ impl Error {
         }
     }
 
-    /// The contract's error code for this error.
+    /// The contract's error code for this error, as the envelope's `code` carries it.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The contract's error code for this error.
+    pub fn error_code(&self) -> ErrorCode {
         use Error::*;
         match self {
-            InvalidRequest(_) => "INVALID_REQUEST",
-            ApiKeyInUrl => "API_KEY_IN_URL",
-            UseDpopNonce { .. } => "USE_DPOP_NONCE",
-            InvalidAudience => "INVALID_AUDIENCE",
-            MissingApiKey => "MISSING_API_KEY",
-            InvalidApiKey => "INVALID_API_KEY",
-            InvalidDpopProof(_) => "INVALID_DPOP_PROOF",
-            DpopReplay => "DPOP_REPLAY",
-            InvalidRefreshToken => "INVALID_REFRESH_TOKEN",
-            RefreshTokenReused => "REFRESH_TOKEN_REUSED",
-            InvalidAdminToken => "INVALID_ADMIN_TOKEN",
-            IpNotAllowed => "IP_NOT_ALLOWED",
-            OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
-            InsufficientScope => "INSUFFICIENT_SCOPE",
-            DeviceLimitReached => "DEVICE_LIMIT_REACHED",
-            DeviceRevoked => "DEVICE_REVOKED",
-            DeviceUntrusted => "DEVICE_UNTRUSTED",
-            AttestationRequired => "ATTESTATION_REQUIRED",
-            InvalidAttestation(_) => "INVALID_ATTESTATION",
-            NotFound => "NOT_FOUND",
-            MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            RateLimited { .. } | KeyIdBudgetSpent { .. } => "RATE_LIMITED",
-            Unavailable(_) => "UNAVAILABLE",
-            Internal(_) => "INTERNAL",
+            InvalidRequest(_) => ErrorCode::INVALID_REQUEST,
+            ApiKeyInUrl => ErrorCode::API_KEY_IN_URL,
+            UseDpopNonce { .. } => ErrorCode::USE_DPOP_NONCE,
+            InvalidAudience => ErrorCode::INVALID_AUDIENCE,
+            MissingApiKey => ErrorCode::MISSING_API_KEY,
+            InvalidApiKey => ErrorCode::INVALID_API_KEY,
+            InvalidDpopProof(_) => ErrorCode::INVALID_DPOP_PROOF,
+            DpopReplay => ErrorCode::DPOP_REPLAY,
+            InvalidRefreshToken => ErrorCode::INVALID_REFRESH_TOKEN,
+            RefreshTokenReused => ErrorCode::REFRESH_TOKEN_REUSED,
+            InvalidAdminToken => ErrorCode::INVALID_ADMIN_TOKEN,
+            IpNotAllowed => ErrorCode::IP_NOT_ALLOWED,
+            OriginNotAllowed => ErrorCode::ORIGIN_NOT_ALLOWED,
+            InsufficientScope => ErrorCode::INSUFFICIENT_SCOPE,
+            DeviceLimitReached => ErrorCode::DEVICE_LIMIT_REACHED,
+            DeviceRevoked => ErrorCode::DEVICE_REVOKED,
+            DeviceUntrusted => ErrorCode::DEVICE_UNTRUSTED,
+            AttestationRequired => ErrorCode::ATTESTATION_REQUIRED,
+            InvalidAttestation(_) => ErrorCode::INVALID_ATTESTATION,
+            NotFound => ErrorCode::NOT_FOUND,
+            MethodNotAllowed => ErrorCode::METHOD_NOT_ALLOWED,
+            PayloadTooLarge => ErrorCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => ErrorCode::UNSUPPORTED_MEDIA_TYPE,
+            RateLimited { .. } | KeyIdBudgetSpent { .. } => ErrorCode::RATE_LIMITED,
+            Unavailable(_) => ErrorCode::UNAVAILABLE,
+            Internal(_) => ErrorCode::INTERNAL,
         }
     }
 
@@ -280,7 +368,10 @@ impl Error {
     pub fn into_oauth_response(self) -> Response {
         let (status, error) = self.oauth_error();
         self.log();
-        let body = json!({"error": error, "error_description": self.to_string()});
+        let body = OAuthErrorBody {
+            error,
+            error_description: self.to_string(),
+        };
         let mut res = (status, axum::Json(body)).into_response();
         self.finish(&mut res);
         if let Error::UseDpopNonce { .. } = self {
@@ -335,7 +426,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         self.log();
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.error_code(),
+                message: self.to_string(),
+            },
+        };
         let mut res = (status, axum::Json(body)).into_response();
         self.finish(&mut res);
         res
@@ -412,6 +508,41 @@ mod tests {
         ];
         for (e, status, code) in cases {
             assert_eq!(e.oauth_error(), (status, code.into()), "{}", e.code());
+        }
+    }
+
+    /// The typed envelope writes what the `json!` one did, byte for byte, and a code is
+    /// written as its name.
+    #[test]
+    fn the_envelope_is_written_as_the_contract_shows_it() {
+        let e = Error::InvalidRequest("bad \"x\"".into());
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: e.error_code(),
+                message: e.to_string(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"error":{"code":"INVALID_REQUEST","message":"bad \"x\""}}"#
+        );
+        let oauth = OAuthErrorBody {
+            error: "invalid_grant".into(),
+            error_description: "d".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&oauth).unwrap(),
+            r#"{"error":"invalid_grant","error_description":"d"}"#
+        );
+        for e in [
+            Error::DeviceUntrusted,
+            Error::AttestationRequired,
+            Error::NotFound,
+        ] {
+            assert_eq!(
+                serde_json::to_value(e.error_code()).unwrap(),
+                serde_json::Value::from(e.code())
+            );
         }
     }
 

@@ -7,7 +7,7 @@
 
 use crate::dpop::{self, VerifyOptions};
 use crate::exchange::{RefreshRequest, TokenRequest};
-use crate::keys::service::{KeyPatch, NewKey, parse_cidrs, parse_origins, validate_scopes};
+use crate::keys::service::{KeyPatch, NewKey, parse_cidrs, parse_origins, parse_scopes};
 use crate::keys::{ApiKey, KeyId, format::find_keys};
 
 /// The `htu` the DPoP target verifies against.
@@ -74,20 +74,22 @@ pub fn bodies(data: &[u8]) {
     }
     let _ = serde_json::from_slice::<RefreshRequest>(data);
     if let Ok(new) = serde_json::from_slice::<NewKey>(data) {
-        let _ = validate_scopes("scopes", &new.scopes);
+        let _ = parse_scopes("scopes", &new.scopes);
         if let Ok(cidrs) = parse_cidrs(&new.allowed_ips) {
             // Normalised CIDRs parse again to themselves.
             let text: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
             assert_eq!(parse_cidrs(&text).ok().as_ref(), Some(&cidrs));
         }
         if let Ok(origins) = parse_origins(&new.allowed_origins) {
-            assert_eq!(parse_origins(&origins).ok().as_ref(), Some(&origins));
+            // Normalised origins parse again to themselves.
+            let text: Vec<String> = origins.iter().map(ToString::to_string).collect();
+            assert_eq!(parse_origins(&text).ok().as_ref(), Some(&origins));
         }
     }
     if let Ok(patch) = serde_json::from_slice::<KeyPatch>(data)
         && let Some(scopes) = &patch.scopes
     {
-        let _ = validate_scopes("scopes", scopes);
+        let _ = parse_scopes("scopes", scopes);
     }
 }
 

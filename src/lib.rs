@@ -38,6 +38,9 @@ pub mod exchange;
 pub mod fuzzing;
 /// HTTP routes, extractors and error mapping.
 pub mod http;
+/// The values records hold, as types that parse: key ids and environments, scopes, origins,
+/// thumbprints.
+pub mod ids;
 /// Integrity against a database writer: MAC'd key hashes, audit chain and checkpoints.
 pub mod integrity;
 /// Background jobs: batched bookkeeping, the storage probe, purges.

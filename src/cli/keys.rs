@@ -119,7 +119,7 @@ fn key_table(keys: &[KeyRecord], now: i64) -> String {
         .iter()
         .map(|k| {
             vec![
-                k.key_id.clone(),
+                k.key_id.to_string(),
                 k.name.clone(),
                 output::key_status(k, now).into(),
                 k.scopes.join(" "),

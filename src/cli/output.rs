@@ -60,7 +60,7 @@ pub fn time(t: Option<i64>) -> String {
 }
 
 /// A list joined by `sep`, or `empty` when there is nothing.
-pub fn list(items: &[String], sep: &str, empty: &str) -> String {
+pub fn list<S: std::borrow::Borrow<str>>(items: &[S], sep: &str, empty: &str) -> String {
     if items.is_empty() {
         empty.into()
     } else {
@@ -83,13 +83,13 @@ pub fn key_fields(r: &KeyRecord, now: i64) -> String {
         None => "(default: the read: scopes)".into(),
     };
     let mut pairs = vec![
-        ("key_id", r.key_id.clone()),
+        ("key_id", r.key_id.to_string()),
         ("name", r.name.clone()),
         (
             "description",
             r.description.clone().unwrap_or_else(|| "-".into()),
         ),
-        ("env", r.env.clone()),
+        ("env", r.env.as_str().into()),
         ("status", key_status(r, now).into()),
         ("scopes", r.scopes.join(" ")),
         ("limited_scopes", limited),
@@ -124,10 +124,10 @@ pub fn key_fields(r: &KeyRecord, now: i64) -> String {
         pairs.push(("status_changed_at", time(r.status_changed_at)));
     }
     if let Some(from) = &r.rotated_from {
-        pairs.push(("rotated_from", from.clone()));
+        pairs.push(("rotated_from", from.to_string()));
     }
     if let Some(to) = &r.rotated_to {
-        pairs.push(("rotated_to", to.clone()));
+        pairs.push(("rotated_to", to.to_string()));
     }
     fields(&pairs)
 }

@@ -658,13 +658,19 @@ fn stable_fingerprint(presented: &Attributes) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&h.finalize()[..16])
 }
 
+/// Whether one of a key's scopes is in its default `limited_scopes`: the `read:` scopes
+/// (contract section 6).
+pub fn is_default_limited(scope: &str) -> bool {
+    scope.starts_with("read:")
+}
+
 /// The default `limited_scopes` of a key: its scopes that start with `read:` (contract
 /// section 6), in the key's order.
 pub fn limited_scopes_default<S: AsRef<str>>(key_scopes: &[S]) -> Vec<String> {
     key_scopes
         .iter()
         .map(AsRef::as_ref)
-        .filter(|scope| scope.starts_with("read:"))
+        .filter(|scope| is_default_limited(scope))
         .map(str::to_owned)
         .collect()
 }

@@ -28,6 +28,7 @@ use crate::devices::trust::{
 use crate::dpop::{self, VerifiedProof};
 use crate::dpop::{NonceIssuer, VerifyOptions};
 use crate::error::{Error, Result};
+use crate::ids::{KeyId, Thumbprint};
 use crate::jobs::{LastUsed, StorageHealth};
 use crate::limits::{IpFailures, KeyIdFailures, KeyLimits};
 use crate::replay::ReplayStore;
@@ -242,7 +243,7 @@ pub async fn exchange(deps: &Deps, p: Presented<'_>, body: TokenRequest) -> Outc
         Err(e) => return Outcome::anonymous(Err(e)),
     };
     Outcome {
-        key_id: Some(key.key_id.clone()),
+        key_id: Some(key.key_id.as_str().to_owned()),
         result: exchange_as(deps, &key, p, body, now).await,
     }
 }
@@ -290,9 +291,9 @@ async fn exchange_as(
 
     let requested = match &body.scope {
         Some(s) => s.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
-        None => key.scopes.clone(),
+        None => key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
     };
-    if requested.iter().any(|s| !key.scopes.contains(s)) {
+    if requested.iter().any(|s| !key.scopes.iter().any(|k| k == s)) {
         return Err(Error::InsufficientScope);
     }
     let audience = match &body.audience {
@@ -327,7 +328,7 @@ async fn exchange_as(
     let claims = RefreshClaims {
         family_id: format!("rf_{}", uuid::Uuid::now_v7().simple()),
         generation: 0,
-        key_id: key.key_id.clone(),
+        key_id: key.key_id.as_str().to_owned(),
         device_id: device.device_id.clone(),
         jkt: proof.jkt.clone(),
         scope: granted.join(" "),
@@ -439,11 +440,13 @@ pub async fn refresh(deps: &Deps, p: Presented<'_>, body: RefreshRequest) -> Res
     };
     let token = deps.refresh_sealer.seal(&successor);
     let grace = deps.policy.refresh_reuse_grace_secs;
+    // The key and device were read by the claims' key id and thumbprint: theirs are the same
+    // values, already typed.
     let next = FamilyRecord {
         family_id: claims.family_id.clone(),
-        key_id: claims.key_id.clone(),
+        key_id: key.key_id.clone(),
         device_id: claims.device_id.clone(),
-        jkt: claims.jkt.clone(),
+        jkt: device.jkt.clone(),
         generation: successor.generation,
         created_at: claims.family_created_at,
         rotated_at: now,
@@ -572,11 +575,18 @@ pub async fn revoke(deps: &Deps, p: Presented<'_>, token: &str) -> Result<()> {
     }
     // A spent token of the family signs its device out too: only that device's key could
     // present it, and it asks to end the session.
+    // The claims are ours (sealed by this server), so their id and thumbprint parse.
+    let (Some(key_id), Some(jkt)) = (KeyId::parse(&claims.key_id), Thumbprint::parse(&claims.jkt))
+    else {
+        return Err(Error::internal(
+            "a sealed refresh token holds a malformed key id or jkt",
+        ));
+    };
     let family = FamilyRecord {
         family_id: claims.family_id.clone(),
-        key_id: claims.key_id.clone(),
+        key_id,
         device_id: claims.device_id.clone(),
-        jkt: claims.jkt.clone(),
+        jkt,
         generation: claims.generation,
         created_at: claims.family_created_at,
         rotated_at: claims.issued_at,
@@ -599,11 +609,9 @@ fn check_allow_lists(key: &KeyRecord, ip: IpAddr, origin: Option<&str>) -> Resul
     // No Origin header: not a browser, and the origin list restricts browsers only.
     if let Some(origin) = origin
         && !key.allowed_origins.is_empty()
+        && !key.allowed_origins.iter().any(|o| o.matches(origin))
     {
-        let o = origin.trim_end_matches('/').to_ascii_lowercase();
-        if !key.allowed_origins.contains(&o) {
-            return Err(Error::OriginNotAllowed);
-        }
+        return Err(Error::OriginNotAllowed);
     }
     Ok(())
 }
@@ -805,10 +813,13 @@ async fn enroll(
     ip: IpAddr,
     now: i64,
 ) -> Result<Option<DeviceRecord>> {
+    // The thumbprint `keybound_jose` computed: its shape always holds.
+    let jkt = Thumbprint::parse(&proof.jkt)
+        .ok_or_else(|| Error::internal("a proof key's thumbprint is malformed"))?;
     let d = DeviceRecord {
         device_id: format!("dev_{}", uuid::Uuid::now_v7().simple()),
         key_id: key.key_id.clone(),
-        jkt: proof.jkt.clone(),
+        jkt,
         name: presented.name.clone(),
         attributes: presented.attributes.clone(),
         status: DeviceStatus::Active,
@@ -1043,17 +1054,15 @@ fn attested_format(key: &KeyRecord, device: &DeviceRecord) -> Option<&'static st
 fn grant_scopes(key: &KeyRecord, requested: &[String], level: TrustLevel) -> Vec<String> {
     match level {
         TrustLevel::Trusted => requested.to_vec(),
-        _ => {
-            let allowed = key
-                .limited_scopes
-                .clone()
-                .unwrap_or_else(|| trust::limited_scopes_default(&key.scopes));
-            requested
-                .iter()
-                .filter(|s| allowed.contains(s))
-                .cloned()
-                .collect()
-        }
+        _ => requested
+            .iter()
+            .filter(|s| match &key.limited_scopes {
+                Some(limited) => limited.iter().any(|l| l == *s),
+                // The default limited set (`trust::limited_scopes_default`), tested in place.
+                None => trust::is_default_limited(s) && key.scopes.iter().any(|k| k == *s),
+            })
+            .cloned()
+            .collect(),
     }
 }
 

@@ -208,3 +208,64 @@ async fn nothing_is_issued_while_storage_is_down() {
         "UNAVAILABLE"
     );
 }
+
+/// The limited grant compares scopes in place; it grants exactly what the default set
+/// (`trust::limited_scopes_default`) or the key's own limited list admits, in the requested
+/// order.
+#[test]
+fn a_limited_device_gets_the_limited_set_and_nothing_else() {
+    let scopes =
+        |l: &[&str]| -> Vec<crate::ids::Scope> { l.iter().map(|s| s.parse().unwrap()).collect() };
+    let mut key = KeyRecord {
+        key_id: "ak_test_AAAAAAAAAAAA".parse().unwrap(),
+        env: KeyEnv::Test,
+        name: "k".into(),
+        description: None,
+        secret_hash: vec![],
+        scopes: scopes(&["write:orders", "read:users", "admin", "read:orders"]),
+        limited_scopes: None,
+        rate_limit_per_minute: 1,
+        allowed_ips: vec![],
+        allowed_origins: vec![],
+        max_devices: 1,
+        trust_on_enroll: false,
+        attestation: AttestationPolicy::Preferred,
+        status: crate::store::KeyStatus::Active,
+        status_reason: None,
+        status_changed_at: None,
+        created_at: 0,
+        expires_at: None,
+        last_used_at: None,
+        rotated_from: None,
+        rotated_to: None,
+    };
+    let requested: Vec<String> = [
+        "read:orders",
+        "admin",
+        "read:users",
+        "write:orders",
+        "read:x",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let default = trust::limited_scopes_default(&key.scopes);
+    let want: Vec<String> = requested
+        .iter()
+        .filter(|s| default.contains(s))
+        .cloned()
+        .collect();
+    assert_eq!(want, ["read:orders", "read:users"]);
+    assert_eq!(grant_scopes(&key, &requested, TrustLevel::Limited), want);
+    assert_eq!(
+        grant_scopes(&key, &requested, TrustLevel::Trusted),
+        requested,
+        "a trusted device gets what it asked for (checked against the key before)"
+    );
+    key.limited_scopes = Some(scopes(&["admin"]));
+    assert_eq!(
+        grant_scopes(&key, &requested, TrustLevel::Limited),
+        ["admin"]
+    );
+    key.limited_scopes = Some(vec![]);
+    assert!(grant_scopes(&key, &requested, TrustLevel::Limited).is_empty());
+}

@@ -76,13 +76,15 @@ pub fn router() -> Router<AppState> {
 ))]
 pub(super) struct Doc;
 
-/// The answers' bodies: what the handlers return is what the OpenAPI document describes.
+/// The request and answer bodies: what the handlers read and return is what the OpenAPI
+/// document describes.
 mod bodies {
     use std::collections::BTreeMap;
 
-    use serde::Serialize;
+    use serde::{Deserialize, Serialize};
     use utoipa::ToSchema;
 
+    use crate::ids::KeyId;
     use crate::store::{AlertRecord, AuditRow, DeviceRecord, KeyRecord, KeyStatus, UsageBucket};
 
     /// A created or rotated key: its record and the plaintext, shown this once.
@@ -107,16 +109,30 @@ mod bodies {
         pub old_key_expires_at: Option<i64>,
     }
 
-    // Documentation only: the handler reads a `StatusBody` and checks the reason itself, so
-    // a missing one gets the contract's message rather than serde's.
     /// Body of `/revoke`: unlike `/suspend` and `/resume`, a reason is required.
-    #[derive(ToSchema)]
-    #[allow(dead_code)]
+    #[derive(Deserialize, ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct RevokeBody {
         /// Why (kept in the audit log).
-        #[schema(value_type = crate::keys::service::fields::Text)]
-        pub reason: String,
+        // Read as optional, documented as required: the handler refuses a missing (or
+        // `null`) reason with the contract's message rather than serde's `missing field`.
+        #[serde(default)]
+        #[schema(value_type = String, required = true, min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
+        pub reason: Option<String>,
+    }
+
+    /// Body of `/suspend` and `/resume`; may be empty.
+    #[derive(Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct StatusBody {
+        /// Why (kept in the audit log).
+        #[serde(default)]
+        #[schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+        )]
+        pub reason: Option<String>,
     }
 
     /// A page of keys, ordered by id.
@@ -124,7 +140,7 @@ mod bodies {
     pub struct KeysPage {
         pub keys: Vec<KeyRecord>,
         /// Pass as `after` for the next page; `null` on the last page.
-        pub next: Option<String>,
+        pub next: Option<KeyId>,
     }
 
     /// A key's devices, oldest first.
@@ -149,17 +165,36 @@ mod bodies {
         pub next: Option<String>,
     }
 
-    // Documentation only: the handler reads `?bucket=` as text and refuses other values with
-    // its own message.
     /// The size of a usage bucket.
-    #[derive(ToSchema)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
     #[schema(rename_all = "lowercase")]
     pub enum BucketSize {
         /// Per minute, for the last hour by default.
         Minute,
         /// Per hour, for the last day by default.
         Hour,
+    }
+
+    impl BucketSize {
+        /// `?bucket=` as given (`minute` when absent). Read from text by the handler rather
+        /// than by serde, so that another value gets the API's own message.
+        pub fn parse(bucket: Option<&str>) -> crate::error::Result<BucketSize> {
+            match bucket {
+                None | Some("minute") => Ok(BucketSize::Minute),
+                Some("hour") => Ok(BucketSize::Hour),
+                Some(_) => Err(crate::error::Error::InvalidRequest(
+                    "bucket must be minute or hour".into(),
+                )),
+            }
+        }
+
+        /// The bucket's length and the default span of a report, in seconds.
+        pub fn seconds_and_span(self) -> (i64, i64) {
+            match self {
+                BucketSize::Minute => (60, 3_600),
+                BucketSize::Hour => (3_600, 86_400),
+            }
+        }
     }
 
     /// Device counts of a key.
@@ -176,7 +211,7 @@ mod bodies {
     /// How much a key is used.
     #[derive(Serialize, ToSchema)]
     pub struct KeyUsage {
-        pub key_id: String,
+        pub key_id: KeyId,
         pub status: KeyStatus,
         pub last_used_at: Option<i64>,
         pub rate_limit_per_minute: i64,
@@ -327,17 +362,6 @@ async fn update_key(
     Ok(axum::Json(r))
 }
 
-/// Body of `/revoke` (where `reason` is required), `/suspend` and `/resume` (where the body
-/// may be empty).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct StatusBody {
-    /// Why (kept in the audit log). Required to revoke.
-    #[serde(default)]
-    #[schema(value_type = Option<crate::keys::service::fields::Text>)]
-    reason: Option<String>,
-}
-
 /// Revokes a key for good; in force on every instance within 1 s.
 #[utoipa::path(post, path = "/admin/v1/keys/{key_id}/revoke", tag = "admin",
     security(("admin_token" = [])),
@@ -353,14 +377,14 @@ async fn revoke_key(
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     Path(key_id): Path<String>,
-    Json(body): Json<StatusBody>,
+    Json(body): Json<RevokeBody>,
 ) -> Result<axum::Json<KeyRecord>> {
-    if body.reason.is_none() {
+    let Some(reason) = body.reason else {
         return Err(Error::InvalidRequest(
             "reason is required to revoke a key".into(),
         ));
-    }
-    change_status(&st, ip, &key_id, KeyStatus::Revoked, body).await
+    };
+    change_status(&st, ip, &key_id, KeyStatus::Revoked, Some(&reason)).await
 }
 
 /// Suspends a key until it is resumed; in force on every instance within 1 s.
@@ -380,7 +404,14 @@ async fn suspend_key(
     Path(key_id): Path<String>,
     Json(body): Json<StatusBody>,
 ) -> Result<axum::Json<KeyRecord>> {
-    change_status(&st, ip, &key_id, KeyStatus::Suspended, body).await
+    change_status(
+        &st,
+        ip,
+        &key_id,
+        KeyStatus::Suspended,
+        body.reason.as_deref(),
+    )
+    .await
 }
 
 /// Makes a suspended key usable again.
@@ -400,7 +431,7 @@ async fn resume_key(
     Path(key_id): Path<String>,
     Json(body): Json<StatusBody>,
 ) -> Result<axum::Json<KeyRecord>> {
-    change_status(&st, ip, &key_id, KeyStatus::Active, body).await
+    change_status(&st, ip, &key_id, KeyStatus::Active, body.reason.as_deref()).await
 }
 
 /// Moves a key to `status` on behalf of the admin API caller at `ip`.
@@ -409,9 +440,8 @@ async fn change_status(
     ip: IpAddr,
     key_id: &str,
     status: KeyStatus,
-    body: StatusBody,
+    reason: Option<&str>,
 ) -> Result<axum::Json<KeyRecord>> {
-    let reason = body.reason.as_deref();
     let r = service::set_status(&*st.store, key_id, status, reason, &actor(ip), now()).await?;
     Ok(axum::Json(r))
 }
@@ -561,15 +591,7 @@ async fn key_usage(
     Query(q): Query<UsageQuery>,
 ) -> Result<axum::Json<KeyUsage>> {
     let key = service::get(&*st.store, &key_id).await?;
-    let (bucket, span) = match q.bucket.as_deref() {
-        None | Some("minute") => (60, 3_600),
-        Some("hour") => (3_600, 86_400),
-        Some(_) => {
-            return Err(Error::InvalidRequest(
-                "bucket must be minute or hour".into(),
-            ));
-        }
-    };
+    let (bucket, span) = BucketSize::parse(q.bucket.as_deref())?.seconds_and_span();
     let buckets_since = q.since.unwrap_or_else(|| now() - span);
     let buckets = st
         .store

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::read_form;
 use super::guard::{Refusal, guarded, presented};
-use crate::error::Error;
+use crate::error::{Error, OAuthErrorBody};
 use crate::exchange::{self, DeviceInfo, RefreshRequest, TokenRequest, TokenResponse};
 use crate::state::AppState;
 
@@ -94,12 +94,12 @@ impl IntoResponse for FormRefusal {
     fn into_response(self) -> Response {
         match self {
             FormRefusal::UnsupportedGrantType => {
-                let body = serde_json::json!({
-                    "error": "unsupported_grant_type",
-                    "error_description": format!(
+                let body = OAuthErrorBody {
+                    error: "unsupported_grant_type".into(),
+                    error_description: format!(
                         "grant_type must be {TOKEN_EXCHANGE_GRANT} or {REFRESH_TOKEN_GRANT}"
                     ),
-                });
+                };
                 (
                     StatusCode::BAD_REQUEST,
                     [(axum::http::header::CACHE_CONTROL, "no-store")],

@@ -217,6 +217,8 @@ mod tests {
             crate::Error::DeviceLimitReached,
             crate::Error::DeviceRevoked,
             crate::Error::DeviceUntrusted,
+            crate::Error::AttestationRequired,
+            crate::Error::InvalidAttestation(String::new()),
             crate::Error::NotFound,
             crate::Error::MethodNotAllowed,
             crate::Error::PayloadTooLarge,

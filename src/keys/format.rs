@@ -16,59 +16,20 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+// The id and environment are values records hold, so they live below the store
+// (`crate::ids`); re-exported here, where keys are made and parsed.
+pub use crate::ids::{KeyEnv, KeyId};
+
 /// The base62 alphabet in value order: `0-9`, `A-Z`, `a-z`.
 pub const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// Length of the public id part of the body.
-pub const ID_LEN: usize = 12;
+pub use crate::ids::ID_LEN;
 /// Length of the secret part of the body.
 pub const SECRET_LEN: usize = 43;
 /// Length of the checksum part of the body.
 pub const CHECKSUM_LEN: usize = 6;
 /// Length of the whole base62 body.
 pub const BODY_LEN: usize = ID_LEN + SECRET_LEN + CHECKSUM_LEN;
-
-/// The environment a key belongs to; part of both the key and its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyEnv {
-    /// Production traffic.
-    Prod,
-    /// Test environments.
-    Test,
-    /// Development.
-    Dev,
-}
-
-impl KeyEnv {
-    /// The lowercase name used in keys and ids.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyEnv::Prod => "prod",
-            KeyEnv::Test => "test",
-            KeyEnv::Dev => "dev",
-        }
-    }
-}
-
-impl std::str::FromStr for KeyEnv {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "prod" => Ok(KeyEnv::Prod),
-            "test" => Ok(KeyEnv::Test),
-            "dev" => Ok(KeyEnv::Dev),
-            _ => Err(format!(
-                "unknown environment {s:?} (expected prod, test or dev)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for KeyEnv {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Why a presented key was refused before storage. Callers map every variant to the single
 /// `INVALID_API_KEY` answer; the variants exist for tests and the scanner.
@@ -80,46 +41,6 @@ pub enum KeyFormatError {
     /// Well-formed, but the checksum does not match.
     #[error("API key checksum mismatch")]
     BadChecksum,
-}
-
-/// A public key id, `ak_<env>_<id>`. Safe to log and show.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct KeyId(String);
-
-impl KeyId {
-    /// Parses `ak_<env>_<12 base62>`.
-    pub fn parse(s: &str) -> Option<KeyId> {
-        let rest = s.strip_prefix("ak_")?;
-        let (env, id) = rest.split_once('_')?;
-        env.parse::<KeyEnv>().ok()?;
-        (id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric()))
-            .then(|| KeyId(s.to_owned()))
-    }
-
-    fn from_parts(env: KeyEnv, id: &str) -> KeyId {
-        KeyId(format!("ak_{}_{}", env.as_str(), id))
-    }
-
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The environment encoded in the id.
-    pub fn env(&self) -> KeyEnv {
-        self.0[3..]
-            .split('_')
-            .next()
-            .and_then(|e| e.parse().ok())
-            .unwrap_or(KeyEnv::Dev)
-    }
-}
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// A syntactically valid API key with a correct checksum. Holding one says nothing about

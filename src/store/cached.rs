@@ -70,7 +70,10 @@ impl CachedStore {
     pub async fn remember_device_usage(&self, device: Arc<DeviceRecord>) {
         self.pending_lock()
             .insert(device.device_id.clone(), device.clone());
-        let key = (device.key_id.clone(), device.jkt.clone());
+        let key = (
+            device.key_id.as_str().to_owned(),
+            device.jkt.as_str().to_owned(),
+        );
         let Some(Some(slot)) = self.devices.get(&key).await else {
             return;
         };
@@ -314,7 +317,8 @@ impl Store for CachedStore {
     async fn create_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()> {
         self.inner.create_key(key, audit).await?;
         // Evict a negative entry someone may have cached for this id.
-        self.changed(Invalidation::Key(key.key_id.clone())).await;
+        self.changed(Invalidation::Key(key.key_id.as_str().to_owned()))
+            .await;
         Ok(())
     }
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>> {
@@ -329,7 +333,8 @@ impl Store for CachedStore {
     }
     async fn update_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<()> {
         self.inner.update_key(key, audit).await?;
-        self.changed(Invalidation::Key(key.key_id.clone())).await;
+        self.changed(Invalidation::Key(key.key_id.as_str().to_owned()))
+            .await;
         Ok(())
     }
     async fn set_key_status(
@@ -358,7 +363,8 @@ impl Store for CachedStore {
             .rotate_key(old_id, old_expires_at, new, audit)
             .await?;
         self.changed(Invalidation::Key(old_id.to_owned())).await;
-        self.changed(Invalidation::Key(new.key_id.clone())).await;
+        self.changed(Invalidation::Key(new.key_id.as_str().to_owned()))
+            .await;
         Ok(())
     }
     async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
@@ -388,7 +394,10 @@ impl Store for CachedStore {
     ) -> Result<Enrollment> {
         let r = self.inner.enroll_device(device, limits).await?;
         self.devices
-            .invalidate(&(device.key_id.clone(), device.jkt.clone()))
+            .invalidate(&(
+                device.key_id.as_str().to_owned(),
+                device.jkt.as_str().to_owned(),
+            ))
             .await;
         if let Enrollment::Enrolled {
             replaced: Some(old),
@@ -396,8 +405,11 @@ impl Store for CachedStore {
         } = &r
         {
             // The replaced device is revoked: in force on every instance, like a revocation.
-            self.changed(Invalidation::Device(old.key_id.clone(), old.jkt.clone()))
-                .await;
+            self.changed(Invalidation::Device(
+                old.key_id.as_str().to_owned(),
+                old.jkt.as_str().to_owned(),
+            ))
+            .await;
         }
         Ok(r)
     }
@@ -409,8 +421,8 @@ impl Store for CachedStore {
         self.inner.record_attestation(device, attestation).await?;
         // Every instance reads the attested record from storage next.
         self.changed(Invalidation::Device(
-            device.key_id.clone(),
-            device.jkt.clone(),
+            device.key_id.as_str().to_owned(),
+            device.jkt.as_str().to_owned(),
         ))
         .await;
         Ok(())
@@ -432,8 +444,11 @@ impl Store for CachedStore {
             .set_device_status(device_id, change, at, audit)
             .await?;
         if let Some(d) = &r {
-            self.changed(Invalidation::Device(d.key_id.clone(), d.jkt.clone()))
-                .await;
+            self.changed(Invalidation::Device(
+                d.key_id.as_str().to_owned(),
+                d.jkt.as_str().to_owned(),
+            ))
+            .await;
         }
         Ok(r)
     }

@@ -5,6 +5,11 @@
 //! Times are unix seconds (`i64`) everywhere, so both databases store plain integers and no
 //! timezone handling can differ between them. Lists (scopes, CIDRs, origins, attributes) are
 //! stored as JSON text.
+//!
+//! Records are typed: ids, environments, scopes, CIDRs, origins, thumbprints and trust levels
+//! are decoded once, when a row is read (`store/rows.rs`), into the types of [`crate::ids`] and their
+//! peers, and written back as the same strings; a stored value that does not decode is a
+//! storage error naming its column.
 
 pub mod broadcast;
 pub mod cached;
@@ -30,6 +35,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::Result;
+use crate::ids::{KeyEnv, KeyId, Origin, Scope, Thumbprint};
 
 /// Opens the database named by `url` (`sqlite://…` or `postgres://…`), creating it when
 /// needed, and applies the embedded migrations.
@@ -187,9 +193,9 @@ fn b64_opt<S: serde::Serializer>(
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct KeyRecord {
     /// `ak_<env>_<id>`.
-    pub key_id: String,
+    pub key_id: KeyId,
     /// `prod`, `test` or `dev`.
-    pub env: String,
+    pub env: KeyEnv,
     /// Human name.
     pub name: String,
     /// Optional description.
@@ -199,9 +205,9 @@ pub struct KeyRecord {
     #[serde(skip)]
     pub secret_hash: Vec<u8>,
     /// Scopes the key may be granted.
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
     /// Scopes for `limited` devices; `None` means the default (the `read:` scopes).
-    pub limited_scopes: Option<Vec<String>>,
+    pub limited_scopes: Option<Vec<Scope>>,
     /// Token requests per minute.
     pub rate_limit_per_minute: i64,
     // Normalised (host bits cleared) and decoded once, when the row is read: the exchange
@@ -209,8 +215,8 @@ pub struct KeyRecord {
     /// CIDR allow list; empty allows every address.
     #[schema(value_type = Vec<String>)]
     pub allowed_ips: Vec<ipnet::IpNet>,
-    /// Origin allow list; empty allows every origin.
-    pub allowed_origins: Vec<String>,
+    /// Origin allow list (normalised: lowercase, no trailing `/`); empty allows every origin.
+    pub allowed_origins: Vec<Origin>,
     /// Most devices the key may enroll.
     pub max_devices: i64,
     /// Newly enrolled devices start `trusted` instead of `limited`.
@@ -230,9 +236,9 @@ pub struct KeyRecord {
     /// Last successful use (batched, approximate).
     pub last_used_at: Option<i64>,
     /// The key this one replaced by rotation.
-    pub rotated_from: Option<String>,
+    pub rotated_from: Option<KeyId>,
     /// The key that replaced this one by rotation.
-    pub rotated_to: Option<String>,
+    pub rotated_to: Option<KeyId>,
 }
 
 impl KeyRecord {
@@ -277,9 +283,9 @@ pub struct DeviceRecord {
     /// Device id (`dev_…`), shown to operators and put in the `did` claim.
     pub device_id: String,
     /// The API key it is enrolled under.
-    pub key_id: String,
+    pub key_id: KeyId,
     /// RFC 7638 thumbprint of the device's public key.
-    pub jkt: String,
+    pub jkt: Thumbprint,
     /// Name the app gave it.
     pub name: Option<String>,
     /// Fingerprint attributes as first enrolled (and updated on accepted drift).
@@ -410,11 +416,11 @@ pub struct FamilyRecord {
     /// `rf_…`: every token descending from one exchange.
     pub family_id: String,
     /// Key the family was issued under.
-    pub key_id: String,
+    pub key_id: KeyId,
     /// Device it was issued to.
     pub device_id: String,
     /// Thumbprint of the device key it is bound to.
-    pub jkt: String,
+    pub jkt: Thumbprint,
     /// The generation whose token is live; every other generation is spent.
     pub generation: i64,
     /// When the family began (its exchange).

@@ -3,6 +3,10 @@
 //! Rows decode by column name, so `SELECT *` and `RETURNING *` read a record whatever the
 //! column order in the migrations. Lists, maps and JSON values are stored as JSON text (see
 //! [`to_json`]); a value that does not decode is a `ColumnDecode` error naming the column.
+//!
+//! This is where stored strings become types, once per row read: key ids, environments,
+//! scopes, CIDRs, origins, thumbprints, statuses and trust levels. Everything above the store
+//! (the exchange on every request) compares them without parsing anything.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +24,8 @@ pub(super) fn from_json<T: DeserializeOwned>(column: &str, text: &str) -> sqlx::
     })
 }
 
-/// A stored status name back to its enum; a decoding error names the column.
+/// A stored name or id back to its type (`parse` is the type's parser); a decoding error
+/// names the column.
 pub(super) fn from_name<T>(
     column: &str,
     name: &str,
@@ -41,6 +46,7 @@ macro_rules! decode_rows {
             use sqlx::Row as _;
 
             use $crate::devices::TrustLevel;
+            use $crate::ids::{KeyEnv, KeyId, Thumbprint};
             use $crate::store::rows::{from_json, from_name};
             use $crate::store::{
                 AlertRecord, AttestationPolicy, AuditEntry, AuditRow, DeviceAttestation,
@@ -63,13 +69,29 @@ macro_rules! decode_rows {
                     .transpose()
             }
 
+            /// A column holding a name or id, parsed into its type.
+            fn parsed<T>(r: &DbRow, column: &str, parse: fn(&str) -> Option<T>) -> sqlx::Result<T> {
+                from_name(column, r.try_get(column)?, parse)
+            }
+
+            /// A nullable column holding a name or id, parsed into its type.
+            fn parsed_opt<T>(
+                r: &DbRow,
+                column: &str,
+                parse: fn(&str) -> Option<T>,
+            ) -> sqlx::Result<Option<T>> {
+                r.try_get::<Option<&str>, _>(column)?
+                    .map(|v| from_name(column, v, parse))
+                    .transpose()
+            }
+
             // ---- rows ----
 
             impl sqlx::FromRow<'_, DbRow> for KeyRecord {
                 fn from_row(r: &DbRow) -> sqlx::Result<Self> {
                     Ok(KeyRecord {
-                        key_id: r.try_get("key_id")?,
-                        env: r.try_get("env")?,
+                        key_id: parsed(r, "key_id", KeyId::parse)?,
+                        env: parsed(r, "env", KeyEnv::parse)?,
                         name: r.try_get("name")?,
                         description: r.try_get("description")?,
                         secret_hash: r.try_get("secret_hash")?,
@@ -91,8 +113,8 @@ macro_rules! decode_rows {
                         created_at: r.try_get("created_at")?,
                         expires_at: r.try_get("expires_at")?,
                         last_used_at: r.try_get("last_used_at")?,
-                        rotated_from: r.try_get("rotated_from")?,
-                        rotated_to: r.try_get("rotated_to")?,
+                        rotated_from: parsed_opt(r, "rotated_from", KeyId::parse)?,
+                        rotated_to: parsed_opt(r, "rotated_to", KeyId::parse)?,
                     })
                 }
             }
@@ -101,8 +123,8 @@ macro_rules! decode_rows {
                 fn from_row(r: &DbRow) -> sqlx::Result<Self> {
                     Ok(DeviceRecord {
                         device_id: r.try_get("device_id")?,
-                        key_id: r.try_get("key_id")?,
-                        jkt: r.try_get("jkt")?,
+                        key_id: parsed(r, "key_id", KeyId::parse)?,
+                        jkt: parsed(r, "jkt", Thumbprint::parse)?,
                         name: r.try_get("name")?,
                         attributes: json(r, "attributes")?,
                         status: from_name("status", r.try_get("status")?, DeviceStatus::parse)?,
@@ -140,9 +162,9 @@ macro_rules! decode_rows {
                 fn from_row(r: &DbRow) -> sqlx::Result<Self> {
                     Ok(FamilyRecord {
                         family_id: r.try_get("family_id")?,
-                        key_id: r.try_get("key_id")?,
+                        key_id: parsed(r, "key_id", KeyId::parse)?,
                         device_id: r.try_get("device_id")?,
-                        jkt: r.try_get("jkt")?,
+                        jkt: parsed(r, "jkt", Thumbprint::parse)?,
                         generation: r.try_get("generation")?,
                         created_at: r.try_get("created_at")?,
                         rotated_at: r.try_get("rotated_at")?,

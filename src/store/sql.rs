@@ -94,8 +94,8 @@ macro_rules! sql_store {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
                      $16, $17, $18, $19, $20, $21)",
                 )
-                .bind(&k.key_id)
-                .bind(&k.env)
+                .bind(k.key_id.as_str())
+                .bind(k.env.as_str())
                 .bind(&k.name)
                 .bind(&k.description)
                 .bind(&k.secret_hash)
@@ -112,8 +112,8 @@ macro_rules! sql_store {
                 .bind(k.created_at)
                 .bind(k.expires_at)
                 .bind(k.last_used_at)
-                .bind(&k.rotated_from)
-                .bind(&k.rotated_to)
+                .bind(k.rotated_from.as_deref())
+                .bind(k.rotated_to.as_deref())
                 .bind(k.attestation.as_str())
                 .execute(conn)
                 .await?;
@@ -152,7 +152,7 @@ macro_rules! sql_store {
                      allowed_origins = $8, max_devices = $9, trust_on_enroll = $10, \
                      expires_at = $11, attestation = $12 WHERE key_id = $1",
                 )
-                .bind(&k.key_id)
+                .bind(k.key_id.as_str())
                 .bind(&k.name)
                 .bind(&k.description)
                 .bind(to_json(&k.scopes))
@@ -247,8 +247,8 @@ macro_rules! sql_store {
                      $16, $17, $18, $19, $20, $21, $22, $23)",
                 )
                 .bind(&d.device_id)
-                .bind(&d.key_id)
-                .bind(&d.jkt)
+                .bind(d.key_id.as_str())
+                .bind(d.jkt.as_str())
                 .bind(&d.name)
                 .bind(to_json(&d.attributes))
                 .bind(d.status.as_str())
@@ -450,9 +450,9 @@ macro_rules! sql_store {
                      ON CONFLICT (family_id) DO NOTHING",
                 )
                 .bind(&f.family_id)
-                .bind(&f.key_id)
+                .bind(f.key_id.as_str())
                 .bind(&f.device_id)
-                .bind(&f.jkt)
+                .bind(f.jkt.as_str())
                 .bind(f.generation)
                 .bind(f.created_at)
                 .bind(f.rotated_at)
@@ -514,9 +514,9 @@ macro_rules! sql_store {
                      WHERE refresh_families.revoked_at IS NULL",
                 )
                 .bind(&f.family_id)
-                .bind(&f.key_id)
+                .bind(f.key_id.as_str())
                 .bind(&f.device_id)
-                .bind(&f.jkt)
+                .bind(f.jkt.as_str())
                 .bind(f.generation)
                 .bind(f.created_at)
                 .bind(f.rotated_at)
@@ -1012,8 +1012,8 @@ macro_rules! sql_store {
                      attestation) ",
                 );
                 q.push_values(rows, |mut b, k| {
-                    b.push_bind(k.key_id.clone())
-                        .push_bind(k.env.clone())
+                    b.push_bind(k.key_id.as_str().to_owned())
+                        .push_bind(k.env.as_str())
                         .push_bind(k.name.clone())
                         .push_bind(k.description.clone())
                         .push_bind(k.secret_hash.clone())
@@ -1030,8 +1030,8 @@ macro_rules! sql_store {
                         .push_bind(k.created_at)
                         .push_bind(k.expires_at)
                         .push_bind(k.last_used_at)
-                        .push_bind(k.rotated_from.clone())
-                        .push_bind(k.rotated_to.clone())
+                        .push_bind(k.rotated_from.as_deref().map(str::to_owned))
+                        .push_bind(k.rotated_to.as_deref().map(str::to_owned))
                         .push_bind(k.attestation.as_str());
                 });
                 q.build().persistent(false).execute(conn).await?;
@@ -1053,8 +1053,8 @@ macro_rules! sql_store {
                 );
                 q.push_values(rows.iter().zip(indexes), |mut b, (d, idx)| {
                     b.push_bind(d.device_id.clone())
-                        .push_bind(d.key_id.clone())
-                        .push_bind(d.jkt.clone())
+                        .push_bind(d.key_id.as_str().to_owned())
+                        .push_bind(d.jkt.as_str().to_owned())
                         .push_bind(d.name.clone())
                         .push_bind(to_json(&d.attributes))
                         .push_bind(d.status.as_str())

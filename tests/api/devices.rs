@@ -19,8 +19,11 @@ on_both_backends!(
 fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
     DeviceRecord {
         device_id: format!("dev_{}", uuid::Uuid::new_v4().simple()),
-        key_id: key_id.into(),
-        jkt: format!("thumbprint-{n}-{}", uuid::Uuid::new_v4().simple()),
+        key_id: key_id.parse().unwrap(),
+        // 43 base64url characters, unique: the shape of a thumbprint.
+        jkt: format!("{n:011}{}", uuid::Uuid::new_v4().simple())
+            .parse()
+            .unwrap(),
         name: Some(format!("phone {n}")),
         attributes: BTreeMap::from([("platform".to_owned(), "ios".to_owned())]),
         status: DeviceStatus::Active,

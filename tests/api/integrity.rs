@@ -94,12 +94,12 @@ async fn an_old_format_row_is_upgraded_at_startup_and_keeps_working(db: TestDb) 
     let key = ApiKey::generate(KeyEnv::Test);
     let at = now();
     let record = KeyRecord {
-        key_id: key.id().to_string(),
-        env: "test".into(),
+        key_id: key.id().clone(),
+        env: KeyEnv::Test,
         name: "old".into(),
         description: None,
         secret_hash: key.secret_hash().to_vec(),
-        scopes: vec!["read:users".into()],
+        scopes: vec!["read:users".parse().unwrap()],
         limited_scopes: None,
         rate_limit_per_minute: 600,
         allowed_ips: vec![],
@@ -120,7 +120,7 @@ async fn an_old_format_row_is_upgraded_at_startup_and_keeps_working(db: TestDb) 
         at,
         actor: "cli".into(),
         action: "key.create".into(),
-        target: Some(record.key_id.clone()),
+        target: Some(record.key_id.to_string()),
         ip: None,
         details: json!({}),
     };

@@ -126,12 +126,12 @@ async fn secrets_are_absent_from_every_list_and_show_output(db: TestDb) {
 #[test]
 fn a_key_record_never_serializes_its_hash() {
     let record = KeyRecord {
-        key_id: "ak_test_AAAAAAAAAAAA".into(),
-        env: "test".into(),
+        key_id: "ak_test_AAAAAAAAAAAA".parse().unwrap(),
+        env: keybound::keys::KeyEnv::Test,
         name: "n".into(),
         description: None,
         secret_hash: vec![0xab; 32],
-        scopes: vec!["s".into()],
+        scopes: vec!["s".parse().unwrap()],
         limited_scopes: None,
         rate_limit_per_minute: 1,
         allowed_ips: vec![],

@@ -15,6 +15,7 @@ use super::devices::SimDevice;
 use crate::args::BenchArgs;
 use keybound::config::ServeArgs;
 use keybound::error::{Error, Result};
+use keybound::ids::{KeyId, Scope, Thumbprint};
 use keybound::keys::{ApiKey, KeyEnv};
 use keybound::server::Running;
 use keybound::store::{self, DeviceRecord, DeviceStatus, KeyRecord, KeyStatus};
@@ -180,7 +181,7 @@ async fn local(
         keybound::integrity::load_or_enable(&*store, &master, now).await?
     };
     let (records, plaintexts) = bench_keys(args.keys, now, &integrity);
-    let key_ids: Vec<String> = records.iter().map(|k| k.key_id.clone()).collect();
+    let key_ids: Vec<String> = records.iter().map(|k| k.key_id.to_string()).collect();
     let (keys, seeded) = seed_rows(args, records, &key_ids, devices, now);
     if !keys.is_empty() || !seeded.is_empty() {
         let started = std::time::Instant::now();
@@ -380,12 +381,14 @@ fn bench_keys(
 
 fn key_record(key_id: String, secret_hash: Vec<u8>, name: String, now: i64) -> KeyRecord {
     KeyRecord {
-        key_id,
-        env: "test".into(),
+        key_id: KeyId::parse(&key_id).expect("bench key ids are well-formed"),
+        env: KeyEnv::Test,
         name,
         description: None,
         secret_hash,
-        scopes: SCOPES.map(str::to_owned).to_vec(),
+        scopes: SCOPES
+            .map(|s| Scope::parse(s).expect("bench scopes are scopes"))
+            .to_vec(),
         limited_scopes: None,
         rate_limit_per_minute: RATE_LIMIT,
         allowed_ips: vec![],
@@ -468,8 +471,8 @@ fn device_row(
 ) -> DeviceRecord {
     DeviceRecord {
         device_id,
-        key_id,
-        jkt,
+        key_id: KeyId::parse(&key_id).expect("bench key ids are well-formed"),
+        jkt: Thumbprint::parse(&jkt).expect("bench thumbprints are base64url SHA-256"),
         name: None,
         attributes,
         status: DeviceStatus::Active,

@@ -257,7 +257,7 @@ pub(super) async fn device_revoke_and_approve(db: &mut TestDb) {
     let feed = all_revocations(store).await;
     assert_eq!(
         feed[0],
-        ("device".into(), d.jkt.clone(), T0 + 2),
+        ("device".into(), d.jkt.to_string(), T0 + 2),
         "the feed names the thumbprint"
     );
     assert!(

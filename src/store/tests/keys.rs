@@ -34,8 +34,8 @@ pub(super) async fn keys_round_trip_and_page_in_id_order(db: &mut TestDb) {
         let page = store.list_keys(after.as_deref(), 2).await.unwrap();
         assert!(page.len() <= 2);
         let Some(last) = page.last() else { break };
-        after = Some(last.key_id.clone());
-        paged.extend(page.into_iter().map(|k| k.key_id));
+        after = Some(last.key_id.to_string());
+        paged.extend(page.into_iter().map(|k| k.key_id.to_string()));
     }
     let mut sorted = ids.clone();
     sorted.sort();
@@ -59,11 +59,11 @@ pub(super) async fn key_updates_are_audited(db: &mut TestDb) {
 
     k.name = "renamed".into();
     k.description = None;
-    k.scopes = vec!["read:users".into()];
+    k.scopes = scopes(&["read:users"]);
     k.limited_scopes = None;
     k.rate_limit_per_minute = 60;
     k.allowed_ips = vec![];
-    k.allowed_origins = vec!["https://other.example.com".into()];
+    k.allowed_origins = vec!["https://other.example.com".parse().unwrap()];
     k.max_devices = 2;
     k.trust_on_enroll = true;
     k.expires_at = None;
@@ -144,8 +144,8 @@ pub(super) async fn status_changes_are_audited_and_fed_to_verifiers(db: &mut Tes
     assert_eq!(
         all_revocations(store).await,
         [
-            ("key".into(), k.key_id.clone(), T0 + 10),
-            ("key".into(), k.key_id.clone(), T0 + 30)
+            ("key".into(), k.key_id.to_string(), T0 + 10),
+            ("key".into(), k.key_id.to_string(), T0 + 30)
         ],
         "suspension and revocation are fed, resumption is not"
     );
@@ -277,11 +277,14 @@ pub(super) async fn touch_only_moves_last_use_forward(db: &mut TestDb) {
     }
     store.touch_keys(&[]).await.unwrap();
     store
-        .touch_keys(&[(a.key_id.clone(), T0 + 50), (b.key_id.clone(), T0 + 60)])
+        .touch_keys(&[
+            (a.key_id.to_string(), T0 + 50),
+            (b.key_id.to_string(), T0 + 60),
+        ])
         .await
         .unwrap();
     store
-        .touch_keys(&[(a.key_id.clone(), T0 + 40), (key_id('x'), T0)])
+        .touch_keys(&[(a.key_id.to_string(), T0 + 40), (key_id('x'), T0)])
         .await
         .unwrap();
     assert_eq!(
@@ -305,7 +308,7 @@ pub(super) async fn touch_only_moves_last_use_forward(db: &mut TestDb) {
 
     // Many concurrent touches (one group-commit batch or a few): the latest time wins.
     let touches = (0..50).map(|i| {
-        let (store, id) = (db.store.clone(), a.key_id.clone());
+        let (store, id) = (db.store.clone(), a.key_id.to_string());
         tokio::spawn(async move { store.touch_keys(&[(id, T0 + 100 + i)]).await })
     });
     for t in touches.collect::<Vec<_>>() {
@@ -361,6 +364,49 @@ pub(super) async fn a_row_that_does_not_decode_is_a_storage_error(db: &mut TestD
 
     for (err, column) in [(key_err, "allowed_ips"), (device_err, "trust_level")] {
         assert_eq!(err.code(), "INTERNAL", "{err:?}");
+        assert!(format!("{err:?}").contains(column), "{err:?}");
+    }
+
+    // The same for every value type of the records (`crate::ids`), one bad column per row.
+    let mut errors = Vec::new();
+    for (c, column, value) in [
+        ('e', "env", "'staging'"),
+        ('s', "scopes", "'[\"read:a\", \"two words\"]'"),
+        ('l', "limited_scopes", "'[\"\"]'"),
+        ('o', "allowed_origins", "'[\"ftp://example.com\"]'"),
+        ('r', "rotated_from", "'ak_nope'"),
+    ] {
+        let id = key_id(c);
+        db.store
+            .create_key(&key(&id), &audit("key.create", Some(&id)))
+            .await
+            .unwrap();
+        db.tamper(&format!(
+            "UPDATE api_keys SET {column} = {value} WHERE key_id = '{id}'"
+        ))
+        .await;
+        errors.push((db.store.get_key(&id).await.expect_err(column), column));
+    }
+    let d = device(&key_id('e'), 2);
+    let Enrollment::Enrolled { device: d, .. } = db
+        .store
+        .enroll_device(&d, EnrollLimits::max_devices(2))
+        .await
+        .unwrap()
+    else {
+        panic!("enrolled");
+    };
+    db.tamper(&format!(
+        "UPDATE devices SET jkt = 'not-a-thumbprint' WHERE device_id = '{}'",
+        d.device_id
+    ))
+    .await;
+    errors.push((
+        db.store.get_device(&d.device_id).await.expect_err("jkt"),
+        "jkt",
+    ));
+    for (err, column) in errors {
+        assert_eq!(err.code(), "INTERNAL", "{column}: {err:?}");
         assert!(format!("{err:?}").contains(column), "{err:?}");
     }
 }

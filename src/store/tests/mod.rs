@@ -192,18 +192,34 @@ fn key_id(c: char) -> String {
     format!("ak_test_{}", c.to_string().repeat(12))
 }
 
+/// Scopes from literals.
+fn scopes(list: &[&str]) -> Vec<crate::ids::Scope> {
+    list.iter()
+        .map(|s| crate::ids::Scope::parse(s).expect("a scope"))
+        .collect()
+}
+
+/// A valid thumbprint (base64url SHA-256) made from `seed`, different for every seed.
+fn thumbprint(seed: &str) -> crate::ids::Thumbprint {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(seed.as_bytes());
+    crate::ids::Thumbprint::parse(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
+        .expect("43 base64url characters")
+}
+
 fn key(id: &str) -> KeyRecord {
     KeyRecord {
-        key_id: id.to_owned(),
-        env: "test".into(),
+        key_id: crate::ids::KeyId::parse(id).expect("a key id"),
+        env: crate::ids::KeyEnv::Test,
         name: format!("key {id}"),
         description: Some("for the tests".into()),
         secret_hash: vec![7; 32],
-        scopes: vec!["read:users".into(), "write:orders".into()],
-        limited_scopes: Some(vec!["read:users".into()]),
+        scopes: scopes(&["read:users", "write:orders"]),
+        limited_scopes: Some(scopes(&["read:users"])),
         rate_limit_per_minute: 600,
         allowed_ips: vec!["10.0.0.0/8".parse().unwrap()],
-        allowed_origins: vec!["https://app.example.com".into()],
+        allowed_origins: vec![crate::ids::Origin::parse("https://app.example.com").unwrap()],
         max_devices: 5,
         trust_on_enroll: false,
         attestation: crate::store::AttestationPolicy::Preferred,
@@ -221,8 +237,8 @@ fn key(id: &str) -> KeyRecord {
 fn device(key_id: &str, n: u32) -> DeviceRecord {
     DeviceRecord {
         device_id: format!("dev_{key_id}_{n}"),
-        key_id: key_id.to_owned(),
-        jkt: format!("jkt-{key_id}-{n}"),
+        key_id: crate::ids::KeyId::parse(key_id).expect("a key id"),
+        jkt: thumbprint(&format!("jkt-{key_id}-{n}")),
         name: Some(format!("phone {n}")),
         attributes: BTreeMap::from([
             ("platform".into(), "ios".into()),

@@ -270,7 +270,7 @@ pub(super) async fn one_bad_write_fails_only_its_caller(db: &mut TestDb) {
 pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
     let (k, d) = key_with_device(&*db.store, 'u').await;
     let event = |i: usize| UsageEvent {
-        key_id: k.key_id.clone(),
+        key_id: k.key_id.to_string(),
         // Two minutes: T0 (bucket start) and T0 + 60.
         at: T0 + if i.is_multiple_of(3) { 60 } else { 5 },
         endpoint: "/v1/token".into(),
