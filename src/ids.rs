@@ -228,6 +228,13 @@ impl Scope {
                 .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
         ok.then(|| Scope(s.to_owned()))
     }
+
+    /// A scope read from storage: parsed, or, when it predates the current check, kept as
+    /// stored, so a key created under older rules keeps working as it did instead of failing
+    /// to load (`docs/design.md`, "Records are typed").
+    pub fn from_stored(s: String) -> Scope {
+        Scope::parse(&s).unwrap_or(Scope(s))
+    }
 }
 
 // Kept lowercase without a trailing `/`, so it compares with a presented `Origin` header as
@@ -250,6 +257,15 @@ impl Origin {
     pub fn parse(s: &str) -> Option<Origin> {
         let lower = s.trim_end_matches('/').to_ascii_lowercase();
         (s.len() <= MAX_ORIGIN && is_origin(&lower)).then_some(Origin(lower))
+    }
+
+    /// An origin read from storage: parsed, or, when it predates the current check (origins
+    /// were checked more loosely before 2026-11-22), kept as stored. Such an origin matches
+    /// exactly what it matched before (the header compared ignoring ASCII case) and keeps the
+    /// key's list restrictive; failing the whole key instead would refuse its non-browser
+    /// clients too, which the list never concerned.
+    pub fn from_stored(s: String) -> Origin {
+        Origin::parse(&s).unwrap_or(Origin(s))
     }
 
     /// Whether `presented` (an `Origin` header) is this origin, compared as [`Origin::parse`]

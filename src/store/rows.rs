@@ -46,7 +46,7 @@ macro_rules! decode_rows {
             use sqlx::Row as _;
 
             use $crate::devices::TrustLevel;
-            use $crate::ids::{KeyEnv, KeyId, Thumbprint};
+            use $crate::ids::{KeyEnv, KeyId, Origin, Scope, Thumbprint};
             use $crate::store::rows::{from_json, from_name};
             use $crate::store::{
                 AlertRecord, AttestationPolicy, AuditEntry, AuditRow, DeviceAttestation,
@@ -85,6 +85,12 @@ macro_rules! decode_rows {
                     .transpose()
             }
 
+            /// A list of values checked when they were stored, under the rules of their day:
+            /// each kept (see `Scope::from_stored`), none refused.
+            fn stored<T>(values: Vec<String>, decode: fn(String) -> T) -> Vec<T> {
+                values.into_iter().map(decode).collect()
+            }
+
             // ---- rows ----
 
             impl sqlx::FromRow<'_, DbRow> for KeyRecord {
@@ -95,11 +101,12 @@ macro_rules! decode_rows {
                         name: r.try_get("name")?,
                         description: r.try_get("description")?,
                         secret_hash: r.try_get("secret_hash")?,
-                        scopes: json(r, "scopes")?,
-                        limited_scopes: json_opt(r, "limited_scopes")?,
+                        scopes: stored(json(r, "scopes")?, Scope::from_stored),
+                        limited_scopes: json_opt(r, "limited_scopes")?
+                            .map(|l| stored(l, Scope::from_stored)),
                         rate_limit_per_minute: r.try_get("rate_limit_per_minute")?,
                         allowed_ips: json(r, "allowed_ips")?,
-                        allowed_origins: json(r, "allowed_origins")?,
+                        allowed_origins: stored(json(r, "allowed_origins")?, Origin::from_stored),
                         max_devices: r.try_get("max_devices")?,
                         trust_on_enroll: r.try_get("trust_on_enroll")?,
                         attestation: from_name(

@@ -371,9 +371,8 @@ pub(super) async fn a_row_that_does_not_decode_is_a_storage_error(db: &mut TestD
     let mut errors = Vec::new();
     for (c, column, value) in [
         ('e', "env", "'staging'"),
-        ('s', "scopes", "'[\"read:a\", \"two words\"]'"),
-        ('l', "limited_scopes", "'[\"\"]'"),
-        ('o', "allowed_origins", "'[\"ftp://example.com\"]'"),
+        ('s', "scopes", "'read:a'"),
+        ('o', "allowed_origins", "'{}'"),
         ('r', "rotated_from", "'ak_nope'"),
     ] {
         let id = key_id(c);
@@ -409,4 +408,31 @@ pub(super) async fn a_row_that_does_not_decode_is_a_storage_error(db: &mut TestD
         assert_eq!(err.code(), "INTERNAL", "{column}: {err:?}");
         assert!(format!("{err:?}").contains(column), "{err:?}");
     }
+
+    // Scopes and origins a key was created with under older, looser checks load as stored
+    // (`Scope::from_stored`, `Origin::from_stored`): the key keeps working as it did, and its
+    // origin list stays as restrictive as it was.
+    let id = key_id('g');
+    db.store
+        .create_key(&key(&id), &audit("key.create", Some(&id)))
+        .await
+        .unwrap();
+    db.tamper(&format!(
+        "UPDATE api_keys SET scopes = '[\"read:a\", \"caf\u{e9}\"]', \
+         limited_scopes = '[\"caf\u{e9}\"]', \
+         allowed_origins = '[\"https://b\u{fc}cher.example\"]' WHERE key_id = '{id}'"
+    ))
+    .await;
+    let legacy = db
+        .store
+        .get_key(&id)
+        .await
+        .expect("an old key still loads")
+        .unwrap();
+    let scopes: Vec<&str> = legacy.scopes.iter().map(|s| s.as_str()).collect();
+    assert_eq!(scopes, ["read:a", "caf\u{e9}"]);
+    assert_eq!(legacy.limited_scopes.as_ref().map(Vec::len), Some(1));
+    assert_eq!(legacy.allowed_origins.len(), 1);
+    assert!(legacy.allowed_origins[0].matches("https://B\u{fc}cher.example"));
+    assert!(!legacy.allowed_origins[0].matches("https://example.com"));
 }
