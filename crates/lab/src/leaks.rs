@@ -742,11 +742,12 @@ pub struct MemoryScan {
     pub regions: Vec<(String, usize)>,
     /// Bytes read.
     pub bytes: u64,
-    /// Whether the validation cache must still have held the key's record when the scan
-    /// ended: the record is read at the key's first exchange and kept for
-    /// [`keybound::store::cached::TTL`] from its last read, so it cannot have expired before
-    /// the first exchange plus that TTL. A scan that ends later (a slow, loaded machine) may
-    /// rightly find no hash: the entry expired and its memory was reused.
+    /// Whether the validation cache must still have held the key's record during the scan:
+    /// the record is read at the key's first exchange or later and kept for
+    /// [`keybound::store::cached::TTL`] from its last read, and an expired entry is dropped
+    /// only when the cache is used again, so it is surely held if the last request before the
+    /// scan came within that TTL of the first exchange. Otherwise (a slow, loaded machine) the
+    /// scan may rightly find no hash: the entry expired and its memory was reused.
     pub key_cached: bool,
 }
 
@@ -829,10 +830,13 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
     let t = server.target();
     let device = LabDevice::new();
     let ip = Target::client_ip(0, 0, 1);
+    // The cache drops an expired entry only when it is used again: the record is surely still
+    // held if no request came after its TTL ran out (counted from the key's first exchange,
+    // its earliest possible read).
     let first_use = std::time::Instant::now();
-    let scan = |needles: &Needles<'_>| {
+    let scan = |needles: &Needles<'_>, last_request: std::time::Instant| {
         scan_memory(pid, needles).map(|mut s| {
-            s.key_cached = first_use.elapsed() < keybound::store::cached::TTL;
+            s.key_cached = last_request - first_use < keybound::store::cached::TTL;
             s
         })
     };
@@ -842,7 +846,8 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
             return Err(Error::internal(format!("exchange: {}", r.summary())));
         }
     }
-    let after_exchanges = match scan(&needles) {
+    let mut last_request = std::time::Instant::now();
+    let after_exchanges = match scan(&needles, last_request) {
         Ok(s) => s,
         Err(why) => {
             return Ok(MemoryDump {
@@ -861,11 +866,12 @@ pub async fn memory_dump(binary: &Path, exchanges: usize) -> Result<MemoryDump> 
     }
     // The first scan worked, so a failure now is an error, not an empty scan that would pass
     // for "no copies".
-    let after_other_traffic = scan(&needles).map_err(Error::internal)?;
+    last_request = std::time::Instant::now();
+    let after_other_traffic = scan(&needles, last_request).map_err(Error::internal)?;
     drop(t);
     // Let the server notice the closed connection and free its buffers.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after_close = scan(&needles).map_err(Error::internal)?;
+    let after_close = scan(&needles, last_request).map_err(Error::internal)?;
     drop(server);
     Ok(MemoryDump {
         exchanges,
