@@ -14,6 +14,7 @@
 //! Rows decode into records by column name ([`rows`](super::rows)), so statements read whole
 //! records with `SELECT *` and `RETURNING *`.
 
+use super::FamilyRecord;
 use crate::error::Result;
 
 /// What the shared SQL needs from a backend.
@@ -48,6 +49,15 @@ pub(super) trait Backend {
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         n: i64,
     ) -> Result<Vec<i64>>;
+
+    /// A group-commit batch's refresh-family writes in one statement, where the backend has
+    /// one: each `(from, next)` answered as `Store::advance_refresh_family` would answer it
+    /// alone, in order. The family ids are distinct. `None`: the backend has no such
+    /// statement, and the ops run one by one.
+    async fn advance_families(
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        families: &[(i64, &FamilyRecord)],
+    ) -> Result<Option<Vec<bool>>>;
 }
 
 /// Whether `e` is a unique-constraint violation, by the database's error kind (never by its
@@ -1589,8 +1599,10 @@ macro_rules! sql_store {
             /// whole batch rather than a statement per op: each statement is a round trip to the database (for SQLite, to sqlx's worker
             /// thread), and at thousands of exchanges a second those round trips, not the rows,
             /// were what a batch spent its time on. A device used several times in one batch is
-            /// written once, with the last state queued. The other ops run one by one, in order,
-            /// before them: they need their own answers (`advance_refresh_family`) or are rare.
+            /// written once, with the last state queued. The refresh-family writes, which need
+            /// an answer each, go in one statement too where the backend has one
+            /// ([`advance_families`]). The other ops are rare and run one by one, in order,
+            /// first.
             #[async_trait]
             impl Batch for sqlx::Pool<Db> {
                 async fn run(&self, ops: &[WriteOp]) -> Result<Vec<bool>, BatchError> {
@@ -1601,13 +1613,18 @@ macro_rules! sql_store {
                     let written = async {
                         let mut usage = Vec::new();
                         let mut events = Vec::new();
-                        for (op, answer) in ops.iter().zip(answers.iter_mut()) {
+                        let mut families = Vec::new();
+                        for (i, op) in ops.iter().enumerate() {
                             match op {
                                 WriteOp::UpdateDeviceUsage(d) => usage.push(&**d),
                                 WriteOp::InsertUsage(e) => events.extend(e),
-                                other => *answer = apply(&mut tx, other).await?,
+                                WriteOp::AdvanceFamily { from, next } => {
+                                    families.push((i, *from, next))
+                                }
+                                other => answers[i] = apply(&mut tx, other).await?,
                             }
                         }
+                        advance_families(&mut tx, &families, &mut answers).await?;
                         let usage = last_per_device(usage);
                         for rows in prepared_chunks(&usage) {
                             update_devices_bulk(&mut tx, rows).await?;
@@ -1696,14 +1713,61 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// A batch's refresh-family writes: `(index in the batch, from, next)` in queue
+            /// order, each answer put at its index.
+            ///
+            /// The first write of each family goes into the backend's one statement for the
+            /// batch. A later write for a family already in it (two presenters of one token, a
+            /// retry) runs alone afterwards, in queue order, and so sees the first one's
+            /// outcome exactly as it would have one by one: of two spends of one generation one
+            /// wins. No statement then touches a row twice, which PostgreSQL refuses.
+            /// Families are independent of each other, so apart from that, order does not
+            /// matter.
+            async fn advance_families(
+                conn: &mut Conn,
+                families: &[(usize, i64, &FamilyRecord)],
+                answers: &mut [bool],
+            ) -> Result<()> {
+                if families.is_empty() {
+                    return Ok(());
+                }
+                let mut seen = std::collections::HashSet::with_capacity(families.len());
+                let (firsts, repeats): (Vec<_>, Vec<_>) = families
+                    .iter()
+                    .partition(|(_, _, f)| seen.insert(f.family_id.as_str()));
+                let bulk: Vec<_> = firsts.iter().map(|&&(_, from, f)| (from, f)).collect();
+                let Some(won) = <$Store as Backend>::advance_families(conn, &bulk).await? else {
+                    for &(i, from, f) in families {
+                        answers[i] = advance_family_alone(conn, from, f).await?;
+                    }
+                    return Ok(());
+                };
+                for (&&(i, _, _), won) in firsts.iter().zip(won) {
+                    answers[i] = won;
+                }
+                for &&(i, from, f) in &repeats {
+                    answers[i] = advance_family_alone(conn, from, f).await?;
+                }
+                Ok(())
+            }
+
+            /// `Store::advance_refresh_family` as its own statement.
+            async fn advance_family_alone(
+                conn: &mut Conn,
+                from: i64,
+                next: &FamilyRecord,
+            ) -> Result<bool> {
+                if from == 0 {
+                    insert_family_if_absent(conn, next).await
+                } else {
+                    advance_family(conn, from, next).await
+                }
+            }
+
             async fn apply(conn: &mut Conn, op: &WriteOp) -> Result<bool> {
                 match op {
                     WriteOp::AdvanceFamily { from, next } => {
-                        return if *from == 0 {
-                            insert_family_if_absent(conn, next).await
-                        } else {
-                            advance_family(conn, *from, next).await
-                        };
+                        return advance_family_alone(conn, *from, next).await;
                     }
                     WriteOp::UpdateDeviceUsage(device) => {
                         update_device_history(conn, device).await?

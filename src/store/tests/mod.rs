@@ -9,6 +9,7 @@ use serde_json::json;
 use sqlx::Connection as _;
 
 use super::testing::{drop_postgres_database, fresh_postgres_url, postgres_test_url};
+use super::writer::{Batch as _, WriteOp};
 use super::*;
 use crate::audit::{self, Verdict};
 use crate::error::Error;
@@ -90,6 +91,19 @@ impl TestDb {
         }
     }
 
+    /// Runs `ops` as one group-commit transaction on a connection pool of the store's
+    /// database, bypassing the writer's queue, so they are sure to share it.
+    async fn run_batch(&self, ops: &[WriteOp]) -> Vec<bool> {
+        let answers = if self.store.backend() == "sqlite" {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
+            pool.run(ops).await
+        } else {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            pool.run(ops).await
+        };
+        answers.unwrap_or_else(|e| panic!("batch failed: {e:?}"))
+    }
+
     /// Drops a PostgreSQL test database (only reached when the test passed, so a failed
     /// test's database stays for inspection).
     async fn finish(self) {
@@ -149,6 +163,7 @@ conformance!(
     revoked_families_do_not_advance,
     concurrent_rotations_have_one_winner,
     family_revocation_is_fed_once,
+    a_batch_answers_each_family_write_as_if_alone,
     one_bad_write_fails_only_its_caller,
     usage_batches_share_the_token_writes,
     signing_key_insert_retires_the_previous,

@@ -227,6 +227,139 @@ pub(super) async fn family_revocation_is_fed_once(db: &mut TestDb) {
     );
 }
 
+/// One group-commit transaction holding every kind of refresh-family write, run directly on
+/// the backend (through the writer, how ops share a transaction depends on timing): each op
+/// is answered, and leaves the row, as it would alone and in queue order, including two
+/// spends of one generation in the same batch.
+pub(super) async fn a_batch_answers_each_family_write_as_if_alone(db: &mut TestDb) {
+    let store = &*db.store;
+    let (_, d) = key_with_device(store, 'b').await;
+    let f = |id: &str, generation: i64, rotated: i64| FamilyRecord {
+        rotated_at: T0 + rotated,
+        expires_at: T0 + rotated + 86_400,
+        ..family(&d, id, generation)
+    };
+    // Before: live at generation 1 (b-live, b-stale, b-spent), revoked after its first refresh
+    // (b-revoked) and before it (b-revoked0), absent (the rest).
+    for id in ["b-live", "b-stale", "b-spent", "b-revoked"] {
+        assert!(store.advance_refresh_family(0, &f(id, 1, 0)).await.unwrap());
+    }
+    assert!(
+        store
+            .advance_refresh_family(1, &f("b-stale", 2, 1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .revoke_refresh_family(&f("b-revoked", 1, 0), T0 + 2)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .revoke_refresh_family(&f("b-revoked0", 0, 0), T0 + 2)
+            .await
+            .unwrap(),
+        1
+    );
+    let mut untouched = Vec::new();
+    for id in ["b-stale", "b-spent", "b-revoked", "b-revoked0"] {
+        untouched.push((id, store.get_refresh_family(id).await.unwrap()));
+    }
+
+    let advanced = FamilyRecord {
+        grace_token: Some(vec![9; 40]),
+        grace_until: Some(T0 + 13),
+        ..f("b-live", 2, 3)
+    };
+    let cases: Vec<(i64, FamilyRecord, bool, &str)> = vec![
+        (0, f("b-new", 1, 3), true, "a first refresh writes the row"),
+        (1, advanced.clone(), true, "the live generation advances"),
+        (1, f("b-stale", 2, 3), false, "a spent generation does not"),
+        (
+            0,
+            f("b-spent", 1, 3),
+            false,
+            "generation 0 of an existing row is spent",
+        ),
+        (
+            1,
+            f("b-revoked", 2, 3),
+            false,
+            "a revoked family does not advance",
+        ),
+        (
+            0,
+            f("b-revoked0", 1, 3),
+            false,
+            "nor is a revoked family's first token spent",
+        ),
+        (
+            1,
+            f("b-unknown", 2, 3),
+            false,
+            "an unknown family past generation 0",
+        ),
+        (
+            0,
+            f("b-twice", 1, 3),
+            true,
+            "of two first refreshes, the first wins",
+        ),
+        (
+            1,
+            FamilyRecord {
+                rotated_at: T0 + 4,
+                ..advanced.clone()
+            },
+            false,
+            "a second spend loses",
+        ),
+        (
+            0,
+            f("b-twice", 1, 4),
+            false,
+            "and the second first refresh loses",
+        ),
+        (
+            1,
+            f("b-new", 2, 4),
+            true,
+            "a generation written earlier in the batch advances",
+        ),
+        (2, f("b-new", 3, 5), true, "and again"),
+        (2, f("b-new", 3, 6), false, "but once"),
+    ];
+    let mut ops: Vec<WriteOp> = cases
+        .iter()
+        .map(|(from, next, _, _)| WriteOp::AdvanceFamily {
+            from: *from,
+            next: next.clone(),
+        })
+        .collect();
+    // The other kinds of op ride along, as in the server's batches.
+    ops.insert(3, WriteOp::UpdateDeviceUsage(Arc::new(d.clone())));
+    ops.push(WriteOp::TouchKeys(vec![(d.key_id.clone(), T0 + 3)]));
+    let mut answers = db.run_batch(&ops).await;
+    assert_eq!(answers.len(), ops.len());
+    assert_eq!(answers.pop(), Some(true), "touch");
+    assert!(answers.remove(3), "device usage");
+    for ((from, next, want, why), got) in cases.iter().zip(answers) {
+        assert_eq!(got, *want, "{why}: {} from {from}", next.family_id);
+    }
+
+    let stored = |id: &'static str| store.get_refresh_family(id);
+    assert_eq!(stored("b-live").await.unwrap(), Some(advanced));
+    assert_eq!(stored("b-new").await.unwrap(), Some(f("b-new", 3, 5)));
+    assert_eq!(stored("b-twice").await.unwrap(), Some(f("b-twice", 1, 3)));
+    assert_eq!(stored("b-unknown").await.unwrap(), None);
+    for (id, row) in untouched {
+        assert_eq!(stored(id).await.unwrap(), row, "{id} is unchanged");
+    }
+}
+
 /// A family write that breaks a constraint (a negative generation) among concurrent ones.
 fn bad_family(d: &DeviceRecord, id: &str) -> FamilyRecord {
     FamilyRecord {
