@@ -122,6 +122,11 @@ async fn refresh(
     guarded(&state, ip, exchange::REFRESH_PATH, &headers, work).await
 }
 
+/// The answer to a sign-out: an empty object, the same for every token (RFC 7009 section 2.2
+/// gives the body no content; `{}` keeps it JSON like every other answer here).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SignedOut {}
+
 /// Signs a device out of one session (contract 9.3, RFC 7009): revokes the refresh family of
 /// `token` when the proof is by the device the token was issued to. The answer is `{}` for
 /// every token, live or not, and for a proof by another key (nothing is revoked then).
@@ -131,7 +136,7 @@ async fn refresh(
                  content_type = "application/x-www-form-urlencoded"),
     security(("dpop" = [])),
     responses(
-        (status = 200, description = "`{}`, whether or not anything was revoked."),
+        (status = 200, description = "`{}`, whether or not anything was revoked.", body = SignedOut),
         (status = 400, description = "`INVALID_REQUEST` (no `token`), `USE_DPOP_NONCE`.", body = ErrorBody),
         (status = 401, description = "`INVALID_DPOP_PROOF`, `DPOP_REPLAY`.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
@@ -153,7 +158,7 @@ async fn revoke(
                 body.token.expose_secret(),
             )
             .await
-            .map(|()| serde_json::json!({})),
+            .map(|()| SignedOut {}),
             Err(e) => Err(e),
         };
         (None, result)
