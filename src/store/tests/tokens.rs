@@ -341,7 +341,7 @@ pub(super) async fn a_batch_answers_each_family_write_as_if_alone(db: &mut TestD
         .collect();
     // The other kinds of op ride along, as in the server's batches.
     ops.insert(3, WriteOp::UpdateDeviceUsage(Arc::new(d.clone())));
-    ops.push(WriteOp::TouchKeys(vec![(d.key_id.clone(), T0 + 3)]));
+    ops.push(WriteOp::TouchKeys(vec![(d.key_id.to_string(), T0 + 3)]));
     let mut answers = db.run_batch(&ops).await;
     assert_eq!(answers.len(), ops.len());
     assert_eq!(answers.pop(), Some(true), "touch");
