@@ -17,8 +17,6 @@ use crate::store::{Store, UsageEvent};
 pub const QUEUE: usize = 65_536;
 /// Most events per write.
 const BATCH: usize = 1_000;
-/// How long the writer waits after a first event for others to join its batch.
-const LINGER: Duration = Duration::from_millis(200);
 
 /// Hands usage events to the writer task.
 #[derive(Clone)]
@@ -33,20 +31,21 @@ impl UsageRecorder {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
-                // Wait for the first event, then linger so a busy server writes few, large
-                // batches. The task sleeps through the linger instead of taking each event as
-                // it comes: a request queues its event without waking anything (a wake-up per
-                // event cost the token path a cross-thread hand-off each time).
-                if rx.recv_many(&mut batch, BATCH).await == 0 {
-                    return;
+                // Wait for the first event, then take whatever else is queued (up to BATCH),
+                // lingering briefly so a busy server writes few, large batches.
+                match rx.recv().await {
+                    Some(e) => batch.push(e),
+                    None => return,
                 }
-                if batch.len() < BATCH {
-                    tokio::time::sleep(LINGER).await;
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(e) => batch.push(e),
-                            Err(_) => break,
-                        }
+                let linger = tokio::time::sleep(Duration::from_millis(200));
+                tokio::pin!(linger);
+                while batch.len() < BATCH {
+                    tokio::select! {
+                        e = rx.recv() => match e {
+                            Some(e) => batch.push(e),
+                            None => break,
+                        },
+                        _ = &mut linger => break,
                     }
                 }
                 let events = batch.len();
