@@ -344,10 +344,8 @@ impl Alerts {
     fn observe_locally(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
         let minute = now / 60;
         let count = {
-            // Looked up by `&str` first: the key's id is copied only the first time.
-            let slot = self.per_minute.get(key_id).unwrap_or_else(|| {
-                self.per_minute
-                    .get_with(key_id.to_owned(), || Arc::new(Mutex::new((minute, 0))))
+            let slot = window(&self.per_minute, key_id, || {
+                Arc::new(Mutex::new((minute, 0)))
             });
             let mut s = slot.lock().expect("no panics while held");
             if s.0 != minute {
@@ -367,10 +365,7 @@ impl Alerts {
             );
         }
         let (devices, networks) = {
-            let slot = self
-                .spread
-                .get(key_id)
-                .unwrap_or_else(|| self.spread.get_with(key_id.to_owned(), Default::default));
+            let slot = window(&self.spread, key_id, Default::default);
             let mut s = slot.lock().expect("no panics while held");
             // Copy the ids only when new to the window: almost every exchange repeats them.
             if !s.0.contains(device_id) {
@@ -392,6 +387,18 @@ impl Alerts {
             );
         }
     }
+}
+
+/// A key's entry in an anomaly window, looked up by `&str` first: the key's id is copied only
+/// when the entry is new.
+fn window<V: Clone + Send + Sync + 'static>(
+    cache: &Cache<String, V>,
+    key_id: &str,
+    init: impl FnOnce() -> V,
+) -> V {
+    cache
+        .get(key_id)
+        .unwrap_or_else(|| cache.get_with(key_id.to_owned(), init))
 }
 
 /// The network an IP belongs to, for "new network" signals: its /24 (IPv4) or /64 (IPv6).

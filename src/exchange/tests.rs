@@ -217,27 +217,9 @@ fn a_limited_device_gets_the_limited_set_and_nothing_else() {
     let scopes =
         |l: &[&str]| -> Vec<crate::ids::Scope> { l.iter().map(|s| s.parse().unwrap()).collect() };
     let mut key = KeyRecord {
-        key_id: "ak_test_AAAAAAAAAAAA".parse().unwrap(),
-        env: KeyEnv::Test,
-        name: "k".into(),
-        description: None,
-        secret_hash: vec![],
         scopes: scopes(&["write:orders", "read:users", "admin", "read:orders"]),
         limited_scopes: None,
-        rate_limit_per_minute: 1,
-        allowed_ips: vec![],
-        allowed_origins: vec![],
-        max_devices: 1,
-        trust_on_enroll: false,
-        attestation: AttestationPolicy::Preferred,
-        status: crate::store::KeyStatus::Active,
-        status_reason: None,
-        status_changed_at: None,
-        created_at: 0,
-        expires_at: None,
-        last_used_at: None,
-        rotated_from: None,
-        rotated_to: None,
+        ..crate::store::tests::key("ak_test_AAAAAAAAAAAA")
     };
     let requested: Vec<String> = [
         "read:orders",

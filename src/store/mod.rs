@@ -22,7 +22,7 @@ mod sqlite;
 #[doc(hidden)]
 pub mod testing;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod writer;
 
 use std::collections::BTreeMap;

@@ -223,7 +223,9 @@ fn thumbprint(seed: &str) -> crate::ids::Thumbprint {
         .expect("43 base64url characters")
 }
 
-fn key(id: &str) -> KeyRecord {
+/// A key record with every field set (a limited set, an allow list of each kind); other
+/// modules' unit tests start from it too.
+pub(crate) fn key(id: &str) -> KeyRecord {
     KeyRecord {
         key_id: crate::ids::KeyId::parse(id).expect("a key id"),
         env: crate::ids::KeyEnv::Test,
