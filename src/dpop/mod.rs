@@ -30,7 +30,8 @@ pub use keybound_jose::dpop::{DPOP_TYP, MAX_JTI_BYTES, ProofAlg};
 pub use keybound_jose::jwk_thumbprint;
 pub use nonce::NonceIssuer;
 
-use keybound_jose::dpop::{NoCache, ProofCheck};
+use keybound_jose::dpop::{KeyCache, NoCache, ProofCheck};
+use keybound_jose::{CheckedJwk, Curve, PublicKey};
 use std::time::Duration;
 
 /// Settings of [`verify_proof`]. `Default` gives the secure defaults documented per field.
@@ -111,6 +112,18 @@ pub fn verify_proof(
     now_unix: i64,
     opts: &VerifyOptions,
 ) -> Result<VerifiedProof, DpopError> {
+    verify_proof_with(proof, htm, htu, now_unix, opts, &NoCache)
+}
+
+/// [`verify_proof`], with decoded proof keys kept in `keys` (see [`ProofKeys`]).
+pub fn verify_proof_with(
+    proof: &str,
+    htm: &str,
+    htu: &str,
+    now_unix: i64,
+    opts: &VerifyOptions,
+    keys: &dyn KeyCache,
+) -> Result<VerifiedProof, DpopError> {
     let check = ProofCheck {
         htm,
         htu,
@@ -118,6 +131,60 @@ pub fn verify_proof(
         iat_leeway_secs: u64::try_from(opts.iat_leeway_secs).unwrap_or(0),
         max_proof_bytes: opts.max_proof_bytes,
     };
-    // No key cache: a token endpoint sees a device once per token, not once per request.
-    keybound_jose::dpop::verify_proof(proof, &check, &NoCache).map(VerifiedProof)
+    keybound_jose::dpop::verify_proof(proof, &check, keys).map(VerifiedProof)
+}
+
+/// Ed25519 proof keys whose proofs verified lately, decoded: a device signs every proof of its
+/// session with one key (its exchange, then a refresh every access-token lifetime), so a key
+/// seen again is not decompressed (a field square root), re-encoded and hashed into its
+/// thumbprint again. About 4 % of an exchange's server CPU (`docs/benchmarks.md`, tenth
+/// session).
+///
+/// Keyed by the JWK's `x` exactly as presented (for a given curve, the key depends on nothing
+/// else); [`keybound_jose::dpop::verify_proof`] asks only after the JWK's checks (public only,
+/// `OKP`/`Ed25519` for `EdDSA`) and stores a key only after its signature verified, so a
+/// made-up key never enters and every proof's signature is still verified. P-256 keys are not
+/// kept: their uncompressed point costs no square root. Bounded in entries, and an entry not
+/// used for [`PROOF_KEY_IDLE`] goes.
+pub struct ProofKeys(moka::sync::Cache<String, PublicKey>);
+
+/// Proof keys kept at most (about 0.8 KB each).
+pub const PROOF_KEYS: u64 = 10_000;
+/// A proof key unused this long is dropped: two access-token lifetimes.
+pub const PROOF_KEY_IDLE: Duration = Duration::from_secs(600);
+
+impl ProofKeys {
+    /// An empty cache of at most `capacity` keys.
+    pub fn new(capacity: u64) -> ProofKeys {
+        ProofKeys(
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(PROOF_KEY_IDLE)
+                .build(),
+        )
+    }
+
+    fn x<'a>(jwk: &CheckedJwk<'a>) -> Option<&'a str> {
+        (jwk.curve() == Curve::Ed25519)
+            .then(|| jwk.member("x"))
+            .flatten()
+    }
+}
+
+impl Default for ProofKeys {
+    fn default() -> Self {
+        ProofKeys::new(PROOF_KEYS)
+    }
+}
+
+impl KeyCache for ProofKeys {
+    fn get(&self, jwk: &CheckedJwk<'_>) -> Option<PublicKey> {
+        self.0.get(Self::x(jwk)?)
+    }
+
+    fn put(&self, jwk: &CheckedJwk<'_>, key: &PublicKey) {
+        if let Some(x) = Self::x(jwk) {
+            self.0.insert(x.to_owned(), key.clone());
+        }
+    }
 }

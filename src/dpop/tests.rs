@@ -754,3 +754,86 @@ proptest! {
         prop_assert!(verify(&proof).is_err());
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The proof-key cache (`ProofKeys`)
+
+impl ProofKeys {
+    fn len(&self) -> u64 {
+        self.0.run_pending_tasks();
+        self.0.entry_count()
+    }
+}
+
+fn verify_cached(proof: &str, keys: &ProofKeys) -> Result<VerifiedProof, DpopError> {
+    verify_proof_with(proof, "POST", HTU, NOW, &VerifyOptions::default(), keys)
+}
+
+#[test]
+fn a_proof_key_is_kept_only_once_its_signature_verified() {
+    let keys = ProofKeys::default();
+    let key = DeviceKeyPair::ed25519();
+    let other = DeviceKeyPair::ed25519();
+    // Signed by another key: refused, and the presented key is not kept.
+    let forged = other.proof_with_header(&key.header(), &claims());
+    assert_eq!(verify_cached(&forged, &keys), Err(DpopError::BadSignature));
+    assert_eq!(keys.len(), 0);
+
+    let uncached = verify(&key.proof(&claims())).unwrap();
+    let first = verify_cached(&key.proof(&claims()), &keys).unwrap();
+    assert_eq!(keys.len(), 1);
+    let again = verify_cached(&key.proof(&claims()), &keys).unwrap();
+    assert_eq!(keys.len(), 1);
+    // From the cache or not, the same thumbprint and JWK.
+    for v in [&first, &again] {
+        assert_eq!((&v.jkt, &v.jwk), (&uncached.jkt, &uncached.jwk));
+    }
+}
+
+#[test]
+fn a_kept_proof_key_still_needs_each_proof_signed_and_its_jwk_checked() {
+    let keys = ProofKeys::default();
+    let signing = ed25519_dalek::SigningKey::generate(&mut OsRng);
+    let key = DeviceKeyPair::ed25519_from(&signing);
+    verify_cached(&key.proof(&claims()), &keys).unwrap();
+    assert_eq!(keys.len(), 1);
+
+    // The kept key, presented with a proof someone else signed: the signature is checked.
+    let forged = DeviceKeyPair::ed25519().proof_with_header(&key.header(), &claims());
+    assert_eq!(verify_cached(&forged, &keys), Err(DpopError::BadSignature));
+    // A valid proof whose signature was then altered.
+    let proof = key.proof(&claims());
+    let (input, sig) = proof.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    sig[0] ^= 1;
+    let altered = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig));
+    assert_eq!(verify_cached(&altered, &keys), Err(DpopError::BadSignature));
+    // The same `x` with private material, or under another `alg`, is refused before the
+    // cache is asked.
+    let mut header = key.header();
+    header["jwk"]["d"] = json!(URL_SAFE_NO_PAD.encode(signing.to_bytes()));
+    assert_eq!(
+        verify_cached(&key.proof_with_header(&header, &claims()), &keys),
+        Err(DpopError::PrivateKeyInJwk)
+    );
+    let mut header = key.header();
+    header["alg"] = json!("ES256");
+    assert_eq!(
+        verify_cached(&key.proof_with_header(&header, &claims()), &keys),
+        Err(DpopError::KeyAlgMismatch)
+    );
+    // The claims are still checked too.
+    assert_eq!(
+        verify_cached(&key.proof(&claims_with(json!({"htm": "GET"}))), &keys),
+        Err(DpopError::HtmMismatch)
+    );
+}
+
+#[test]
+fn p256_proof_keys_are_not_kept() {
+    let keys = ProofKeys::default();
+    let key = DeviceKeyPair::p256();
+    verify_cached(&key.proof(&claims()), &keys).unwrap();
+    verify_cached(&key.proof(&claims()), &keys).unwrap();
+    assert_eq!(keys.len(), 0);
+}

@@ -81,6 +81,8 @@ pub struct Deps {
     pub refresh_sealer: Arc<RefreshSealer>,
     /// DPoP proof checks.
     pub dpop_options: Arc<VerifyOptions>,
+    /// Decoded proof keys of recent proofs.
+    pub proof_keys: Arc<dpop::ProofKeys>,
     /// Server nonces (RFC 9449 section 8).
     pub nonces: Arc<NonceIssuer>,
     /// Seen DPoP proofs.
@@ -655,8 +657,15 @@ fn parse_proof(
         }
     };
     let htu = format!("{}{}", deps.policy.issuer, path);
-    dpop::verify_proof(proof, "POST", &htu, now, &deps.dpop_options)
-        .map_err(|e| Error::InvalidDpopProof(e.to_string()))
+    dpop::verify_proof_with(
+        proof,
+        "POST",
+        &htu,
+        now,
+        &deps.dpop_options,
+        &*deps.proof_keys,
+    )
+    .map_err(|e| Error::InvalidDpopProof(e.to_string()))
 }
 
 /// The nonce when required, then the replay store: the proof's `jti` must be new.

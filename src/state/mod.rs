@@ -201,6 +201,7 @@ impl AppState {
                 iat_leeway_secs: settings.dpop_iat_window_secs,
                 ..VerifyOptions::default()
             }),
+            proof_keys: Arc::default(),
             nonces: nonces.clone(),
             replay: replay.clone(),
             alerts: alerts.clone(),
