@@ -269,7 +269,7 @@ pub struct ServeArgs {
     /// MANY_DEVICES_OR_NETWORKS alert.
     #[arg(long, env = "KEYBOUND_MANY_PER_HOUR", default_value_t = 20)]
     pub many_per_hour: usize,
-    /// Days per-request usage events are kept before an hourly task deletes them.
+    /// Days usage totals (per key and minute) are kept before an hourly task deletes them.
     #[arg(long, env = "KEYBOUND_USAGE_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(i64).range(1..=3650))]
     pub usage_retention_days: i64,

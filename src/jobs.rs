@@ -6,10 +6,12 @@
 //! * Device history (counters, last seen, networks, trust) waits in the validation cache
 //!   ([`CachedStore::remember_device_usage`]); [`flush_devices`] writes it every
 //!   [`DEVICE_FLUSH_INTERVAL`] as one group-commit batch.
+//! * Usage totals per key and minute wait in the [`UsageRecorder`]; a job adds them to storage
+//!   every [`usage::FLUSH_INTERVAL`](crate::usage::FLUSH_INTERVAL).
 //! * [`StorageHealth`] — a probe every [`STORAGE_PROBE_INTERVAL`], so a cached exchange fails
 //!   closed while storage is down (contract 5).
 //! * Housekeeping — signing-key reload, ended refresh grace windows, and hourly purges of
-//!   old usage events, alerts, expired keys, revocation feed entries and refresh families,
+//!   old usage minutes, alerts, expired keys, revocation feed entries and refresh families,
 //!   each with the retention its owner defines.
 //!
 //! Nothing here knows the HTTP layer or the application state: [`spawn`] takes the pieces.
@@ -23,6 +25,7 @@ use crate::clock::now;
 use crate::store::Store;
 use crate::store::cached::CachedStore;
 use crate::tokens::keyring::KeyRing;
+use crate::usage::UsageRecorder;
 
 /// How often storage is probed (see [`StorageHealth::up`]).
 pub const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -128,7 +131,7 @@ pub async fn flush_devices(cache: &CachedStore) {
 /// are the owners' constants).
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Days usage events are kept.
+    /// Days usage is kept.
     pub usage_days: i64,
     /// Days alerts are kept.
     pub alert_days: i64,
@@ -146,6 +149,8 @@ pub struct Jobs {
     pub keyring: Arc<KeyRing>,
     /// The `last_used_at` batch.
     pub last_used: Arc<LastUsed>,
+    /// Usage totals waiting to be written.
+    pub usage: Arc<UsageRecorder>,
     /// The storage probe's verdict.
     pub health: Arc<StorageHealth>,
     /// Retention settings.
@@ -185,6 +190,16 @@ pub fn spawn(jobs: Jobs) {
             flush_devices(&j.cache).await;
         }
     });
+    // Usage totals: a crash loses at most this much of the usage report.
+    let j = jobs.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::usage::FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            j.usage.flush(&*j.store).await;
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut last_purge = 0;
@@ -213,8 +228,8 @@ pub fn spawn(jobs: Jobs) {
 async fn purge(store: &dyn Store, retention: Retention, t: i64) {
     match store.purge_usage(t - retention.usage_days * 86_400).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(events = n, "purged old usage events"),
-        Err(e) => tracing::warn!(error = %e, "could not purge usage events"),
+        Ok(n) => tracing::info!(minutes = n, "purged old usage"),
+        Err(e) => tracing::warn!(error = %e, "could not purge usage"),
     }
     match store.purge_alerts(t - retention.alert_days * 86_400).await {
         Ok(0) => {}

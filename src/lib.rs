@@ -67,7 +67,7 @@ pub mod telemetry;
 pub mod tls;
 /// Signing keys, access tokens, refresh tokens.
 pub mod tokens;
-/// Per-request usage records, written in batches.
+/// Usage per key and minute, counted in memory and written in batches.
 pub mod usage;
 
 pub use error::{Error, Result};

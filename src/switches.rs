@@ -29,7 +29,7 @@ impl Switches {
         self.rate_limits.load(Ordering::Relaxed)
     }
 
-    /// Whether usage events are recorded.
+    /// Whether usage is counted.
     pub fn usage(&self) -> bool {
         self.usage.load(Ordering::Relaxed)
     }

@@ -573,8 +573,9 @@ struct UsageQuery {
     since: Option<i64>,
 }
 
-/// How much a key is used: token requests per minute or hour (from the usage events, written
-/// in batches, so up to a second behind), its devices and their exchanges, recent alerts.
+/// How much a key is used: token requests per minute or hour (per-minute totals; this
+/// instance's are written first, another instance's up to a second behind; `since` counts from
+/// the start of its minute), its devices and their exchanges, recent alerts.
 #[utoipa::path(get, path = "/admin/v1/keys/{key_id}/usage", tag = "admin",
     security(("admin_token" = [])),
     params(("key_id" = String, Path, description = "`ak_<env>_<id>`"), UsageQuery),
@@ -593,6 +594,7 @@ async fn key_usage(
     let key = service::get(&*st.store, &key_id).await?;
     let (bucket, span) = BucketSize::parse(q.bucket.as_deref())?.seconds_and_span();
     let buckets_since = q.since.unwrap_or_else(|| now() - span);
+    st.usage.flush(&*st.store).await;
     let buckets = st
         .store
         .usage_summary(&key.key_id, bucket, buckets_since)

@@ -3,7 +3,7 @@
 //! per-IP failure budget, usage records and the `no-store` answer headers. The leak report
 //! and the key-in-URL guard spend the same failure budget ([`count_failure`]).
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -12,7 +12,6 @@ use crate::alerts::AlertKind;
 use crate::error::{Error, Result};
 use crate::exchange::Presented;
 use crate::state::AppState;
-use crate::store::UsageEvent;
 
 /// What a token request sent to `path` presents: the API key (`X-API-Key`, else a bearer
 /// token), the proof, the origin and the client IP.
@@ -46,17 +45,11 @@ pub fn presented<'a>(
 /// What [`guarded`] needs to know of a refusal, whichever writer answers it: the JSON
 /// requests' [`Error`] (the envelope) or a form request's refusal (RFC 6749 section 5.2).
 pub(super) trait Refusal: From<Error> {
-    /// The HTTP status (recorded in usage).
-    fn status(&self) -> StatusCode;
     /// Whether it counts against the client IP's failure budget.
     fn is_auth_failure(&self) -> bool;
 }
 
 impl Refusal for Error {
-    fn status(&self) -> StatusCode {
-        Error::status(self)
-    }
-
     fn is_auth_failure(&self) -> bool {
         Error::is_auth_failure(self)
     }
@@ -68,8 +61,6 @@ impl Refusal for Error {
 pub(super) async fn guarded<T: Serialize, E: Refusal>(
     state: &AppState,
     ip: std::net::IpAddr,
-    endpoint: &'static str,
-    headers: &HeaderMap,
     work: impl Future<Output = (Option<String>, Result<T, E>)>,
 ) -> Result<Response, E> {
     if state.switches.rate_limits() {
@@ -80,23 +71,12 @@ pub(super) async fn guarded<T: Serialize, E: Refusal>(
     let elapsed = started.elapsed();
     metrics::histogram!("keybound_exchange_seconds").record(elapsed.as_secs_f64());
     if let Some(key_id) = key_id.filter(|_| state.switches.usage()) {
-        let status = match &result {
-            Ok(_) => 200,
-            Err(e) => i64::from(e.status().as_u16()),
-        };
-        state.usage.record(UsageEvent {
-            key_id,
-            at: crate::clock::now(),
-            endpoint: endpoint.into(),
-            method: "POST".into(),
-            status,
-            latency_us: elapsed.as_micros() as i64,
-            ip: Some(ip.to_string()),
-            user_agent: headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|ua| ua.chars().take(256).collect()),
-        });
+        state.usage.record(
+            &key_id,
+            crate::clock::now(),
+            result.is_err(),
+            elapsed.as_micros() as i64,
+        );
     }
     let mut res = match result {
         Ok(body) => axum::Json(body).into_response(),

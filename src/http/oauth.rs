@@ -78,13 +78,6 @@ impl From<Error> for FormRefusal {
 }
 
 impl Refusal for FormRefusal {
-    fn status(&self) -> StatusCode {
-        match self {
-            FormRefusal::UnsupportedGrantType => StatusCode::BAD_REQUEST,
-            FormRefusal::Contract(e) => e.status(),
-        }
-    }
-
     fn is_auth_failure(&self) -> bool {
         matches!(self, FormRefusal::Contract(e) if e.is_auth_failure())
     }
@@ -168,7 +161,7 @@ pub(super) async fn token(
             }
         }
     };
-    match guarded(state, ip, exchange::TOKEN_PATH, headers, work).await {
+    match guarded(state, ip, work).await {
         Ok(res) => res,
         Err(refusal) => refusal.into_response(),
     }

@@ -82,7 +82,7 @@ async fn token(
             Err(e) => (None, Err(e)),
         }
     };
-    guarded(&state, ip, exchange::TOKEN_PATH, &headers, work).await
+    guarded(&state, ip, work).await
 }
 
 /// Rotates a refresh token: the old one is spent, a new pair is issued (contract 3.2). The
@@ -119,7 +119,7 @@ async fn refresh(
         };
         (None, result)
     };
-    guarded(&state, ip, exchange::REFRESH_PATH, &headers, work).await
+    guarded(&state, ip, work).await
 }
 
 /// The answer to a sign-out: an empty object, the same for every token (RFC 7009 section 2.2
@@ -163,5 +163,5 @@ async fn revoke(
         };
         (None, result)
     };
-    guarded(&state, ip, exchange::REVOKE_PATH, &headers, work).await
+    guarded(&state, ip, work).await
 }

@@ -81,8 +81,8 @@ pub struct Services {
     pub admin_failures: Arc<IpFailures>,
     /// Anomaly alerts.
     pub alerts: Arc<Alerts>,
-    /// Usage events, written in batches.
-    pub usage: UsageRecorder,
+    /// Per-minute usage totals, written in batches.
+    pub usage: Arc<UsageRecorder>,
     /// Benchmark switches: all on, except in a server `keybound-bench` starts itself.
     pub switches: Arc<Switches>,
     /// The token status lists (contract section 10).
@@ -133,7 +133,7 @@ impl AppState {
         };
         // Derived from the master key, so a nonce issued by one instance is valid on all.
         let nonce_secret = keyring.derive("keybound/dpop-nonce/v1");
-        let usage = UsageRecorder::start(store.clone());
+        let usage = Arc::new(UsageRecorder::default());
         let last_used = Arc::new(LastUsed::default());
         let health = Arc::new(StorageHealth::default());
         let status_lists = Arc::new(StatusLists::new(
@@ -214,6 +214,7 @@ impl AppState {
             cache: cache.clone(),
             keyring: keyring.clone(),
             last_used: last_used.clone(),
+            usage: usage.clone(),
             health,
             retention: Retention {
                 usage_days: settings.usage_retention_days,
@@ -275,10 +276,11 @@ impl AppState {
         self.cache.forget_pending(device_id);
     }
 
-    /// What a graceful shutdown writes before the process ends: queued device histories and
-    /// key last-use times.
+    /// What a graceful shutdown writes before the process ends: queued device histories,
+    /// key last-use times and usage totals.
     pub async fn flush_bookkeeping(&self) {
         self.flush_devices().await;
+        self.usage.flush(&*self.store).await;
         self.last_used.flush(&*self.store).await;
     }
 }

@@ -40,7 +40,7 @@ pub struct Settings {
     pub admin_failure_budget: u32,
     /// Deployment profile.
     pub profile: Profile,
-    /// Days usage events are kept.
+    /// Days usage totals are kept.
     pub usage_retention_days: i64,
     /// Days alerts are kept.
     pub alert_retention_days: i64,

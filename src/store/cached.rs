@@ -515,8 +515,8 @@ impl Store for CachedStore {
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
         self.inner.list_alerts(filter).await
     }
-    async fn insert_usage(&self, events: Vec<UsageEvent>) -> Result<()> {
-        self.inner.insert_usage(events).await
+    async fn add_usage(&self, minutes: Vec<UsageMinute>) -> Result<()> {
+        self.inner.add_usage(minutes).await
     }
     async fn usage_summary(
         &self,

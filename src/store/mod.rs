@@ -730,17 +730,19 @@ pub trait Store: Send + Sync + 'static {
     async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
 
     // ---- usage ----
-    /// Stores a batch of usage events in one transaction (the SQL stores: in a group-commit
-    /// transaction of the token path, so usage never holds the write lock on its own).
-    async fn insert_usage(&self, events: Vec<UsageEvent>) -> Result<()>;
-    /// A key's usage since `since`, in buckets of `bucket_secs`, oldest first.
+    /// Adds per-minute usage totals to what is stored for those keys and minutes, in one
+    /// transaction (the SQL stores: in a group-commit transaction of the token path, so usage
+    /// never holds the write lock on its own).
+    async fn add_usage(&self, minutes: Vec<UsageMinute>) -> Result<()>;
+    /// A key's usage since `since` (from the start of the minute it falls in), in buckets of
+    /// `bucket_secs` (a multiple of 60), oldest first.
     async fn usage_summary(
         &self,
         key_id: &str,
         bucket_secs: i64,
         since: i64,
     ) -> Result<Vec<UsageBucket>>;
-    /// Deletes usage events older than `before`; returns how many went.
+    /// Deletes usage minutes that started before `before`; returns how many went.
     async fn purge_usage(&self, before: i64) -> Result<u64>;
     /// Deletes refresh families whose every token expired before `before` (revoked or not), a
     /// bounded number per statement so the write lock is never held for long; returns how
@@ -773,25 +775,48 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<StatusSnapshot>>;
 }
 
-/// One request by a key, for usage reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UsageEvent {
+/// A key's token requests in one minute: what the usage recorder adds to storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageMinute {
     /// The key.
     pub key_id: String,
-    /// Unix seconds.
-    pub at: i64,
-    /// The matched route, e.g. `/v1/token`.
-    pub endpoint: String,
-    /// HTTP method.
-    pub method: String,
-    /// Response status.
-    pub status: i64,
-    /// Time spent answering, in microseconds.
-    pub latency_us: i64,
-    /// Client IP.
-    pub ip: Option<String>,
-    /// `User-Agent`, cut to 256 characters.
-    pub user_agent: Option<String>,
+    /// Start of the minute, unix seconds (a multiple of 60).
+    pub minute: i64,
+    /// Requests answered.
+    pub requests: i64,
+    /// Of which answered with a 4xx or 5xx status.
+    pub errors: i64,
+    /// Sum of their latencies, in microseconds.
+    pub latency_sum_us: i64,
+    /// The slowest, in microseconds.
+    pub latency_max_us: i64,
+}
+
+impl UsageMinute {
+    /// Adds `other` (the same key and minute) to this one.
+    pub fn add(&mut self, other: &UsageMinute) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.latency_sum_us += other.latency_sum_us;
+        self.latency_max_us = self.latency_max_us.max(other.latency_max_us);
+    }
+}
+
+/// `minutes` with the rows of the same key and minute added into one, in first-seen order (one
+/// multi-row upsert must not name the same row twice).
+pub fn merge_usage<'a>(minutes: impl IntoIterator<Item = &'a UsageMinute>) -> Vec<UsageMinute> {
+    let mut at = std::collections::HashMap::<(&str, i64), usize>::new();
+    let mut merged: Vec<UsageMinute> = Vec::new();
+    for m in minutes {
+        match at.entry((m.key_id.as_str(), m.minute)) {
+            std::collections::hash_map::Entry::Occupied(i) => merged[*i.get()].add(m),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(merged.len());
+                merged.push(m.clone());
+            }
+        }
+    }
+    merged
 }
 
 /// Usage of one key in one time bucket.

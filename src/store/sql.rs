@@ -60,6 +60,20 @@ pub(super) trait Backend {
     ) -> Result<Option<Vec<bool>>>;
 }
 
+/// `rows` in chunks of a power of two rows up to `max` (a power of two), largest first: the
+/// few sizes a multi-row statement then comes in each stay prepared.
+pub(super) fn power_of_two_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let n = (1usize << rows.len().ilog2()).min(max);
+        let (chunk, rest) = rows.split_at(n);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
 /// Whether `e` is a unique-constraint violation, by the database's error kind (never by its
 /// message text, which varies with version and locale).
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -86,7 +100,7 @@ macro_rules! sql_store {
             use $crate::store::{
                 AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceAttestation, DeviceChange,
                 DeviceRecord, EnrollLimits, Enrollment, FamilyRecord, KeyRecord, KeyStatus,
-                RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageEvent,
+                RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageMinute,
             };
 
             type Db = <$Store as Backend>::Db;
@@ -753,24 +767,32 @@ macro_rules! sql_store {
 
             // ---- statements: usage ----
 
-            /// Usage events in one multi-row `INSERT`: a statement per event would be a round
-            /// trip each (for SQLite, to sqlx's worker thread) inside the group commit's
-            /// transaction, which holds the write lock.
-            async fn insert_usage_rows(conn: &mut Conn, rows: &[&UsageEvent]) -> Result<()> {
+            /// Usage minutes in one multi-row upsert, each added to its stored minute: a
+            /// statement per row would be a round trip each (for SQLite, to sqlx's worker
+            /// thread) inside the group commit's transaction, which holds the write lock. The
+            /// rows must name distinct minutes ([`merge_usage`](crate::store::merge_usage)).
+            async fn upsert_usage_rows(conn: &mut Conn, rows: &[UsageMinute]) -> Result<()> {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO usage_events (key_id, at, endpoint, method, status, latency_us, \
-                     ip, user_agent) ",
+                    "INSERT INTO usage_minutes (key_id, minute, requests, errors, \
+                     latency_sum_us, latency_max_us) ",
                 );
                 q.push_values(rows, |mut b, u| {
                     b.push_bind(u.key_id.as_str())
-                        .push_bind(u.at)
-                        .push_bind(u.endpoint.as_str())
-                        .push_bind(u.method.as_str())
-                        .push_bind(u.status)
-                        .push_bind(u.latency_us)
-                        .push_bind(u.ip.as_deref())
-                        .push_bind(u.user_agent.as_deref());
+                        .push_bind(u.minute)
+                        .push_bind(u.requests)
+                        .push_bind(u.errors)
+                        .push_bind(u.latency_sum_us)
+                        .push_bind(u.latency_max_us);
                 });
+                q.push(
+                    " ON CONFLICT (key_id, minute) DO UPDATE SET \
+                     requests = usage_minutes.requests + excluded.requests, \
+                     errors = usage_minutes.errors + excluded.errors, \
+                     latency_sum_us = usage_minutes.latency_sum_us + excluded.latency_sum_us, \
+                     latency_max_us = CASE WHEN excluded.latency_max_us > \
+                     usage_minutes.latency_max_us THEN excluded.latency_max_us \
+                     ELSE usage_minutes.latency_max_us END",
+                );
                 // Kept prepared: called with the few sizes of `prepared_chunks` only.
                 q.build().execute(conn).await?;
                 Ok(())
@@ -783,16 +805,17 @@ macro_rules! sql_store {
                 since: i64,
             ) -> Result<Vec<UsageBucket>> {
                 let rows: Vec<(i64, i64, i64, f64, i64)> = sqlx::query_as(
-                    "SELECT (at / $2) * $2 AS start, COUNT(*) AS requests, \
-                     SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors, \
-                     CAST(AVG(latency_us) AS DOUBLE PRECISION) AS mean_latency_us, \
-                     MAX(latency_us) AS max_latency_us \
-                     FROM usage_events WHERE key_id = $1 AND at >= $3 \
-                     GROUP BY (at / $2) * $2 ORDER BY start",
+                    "SELECT (minute / $2) * $2 AS start, CAST(SUM(requests) AS BIGINT), \
+                     CAST(SUM(errors) AS BIGINT), \
+                     CAST(SUM(latency_sum_us) AS DOUBLE PRECISION) \
+                     / CAST(SUM(requests) AS DOUBLE PRECISION) AS mean_latency_us, \
+                     MAX(latency_max_us) AS max_latency_us \
+                     FROM usage_minutes WHERE key_id = $1 AND minute >= $3 \
+                     GROUP BY (minute / $2) * $2 ORDER BY start",
                 )
                 .bind(key_id)
-                .bind(bucket_secs.max(1))
-                .bind(since)
+                .bind(bucket_secs.max(60) / 60 * 60)
+                .bind(since.div_euclid(60) * 60)
                 .fetch_all(pool)
                 .await?;
                 Ok(rows
@@ -808,7 +831,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_usage_before(pool: &sqlx::Pool<Db>, before: i64) -> Result<u64> {
-                Ok(sqlx::query("DELETE FROM usage_events WHERE at < $1")
+                Ok(sqlx::query("DELETE FROM usage_minutes WHERE minute < $1")
                     .bind(before)
                     .execute(pool)
                     .await?
@@ -1494,12 +1517,12 @@ macro_rules! sql_store {
                 /// times a second; SQLite's writer then slept in its busy handler (1 ms, 2, 5,
                 /// …), and each usage commit emptied the writer connection's page cache
                 /// (`docs/benchmarks.md`, change 20).
-                #[tracing::instrument(skip_all, fields(events = events.len()))]
-                async fn insert_usage(&self, events: Vec<UsageEvent>) -> Result<()> {
-                    if events.is_empty() {
+                #[tracing::instrument(skip_all, fields(minutes = minutes.len()))]
+                async fn add_usage(&self, minutes: Vec<UsageMinute>) -> Result<()> {
+                    if minutes.is_empty() {
                         return Ok(());
                     }
-                    self.writer.submit(WriteOp::InsertUsage(events)).await?;
+                    self.writer.submit(WriteOp::AddUsage(minutes)).await?;
                     Ok(())
                 }
 
@@ -1595,7 +1618,7 @@ macro_rules! sql_store {
 
             /// The group-commit writer's transactions (see [`writer`]($crate::store::writer)).
             ///
-            /// The device histories and usage events go in one multi-row statement each for the
+            /// The device histories and usage minutes go in one multi-row statement each for the
             /// whole batch rather than a statement per op: each statement is a round trip to the database (for SQLite, to sqlx's worker
             /// thread), and at thousands of exchanges a second those round trips, not the rows,
             /// were what a batch spent its time on. A device used several times in one batch is
@@ -1612,12 +1635,12 @@ macro_rules! sql_store {
                     let mut answers = vec![true; ops.len()];
                     let written = async {
                         let mut usage = Vec::new();
-                        let mut events = Vec::new();
+                        let mut minutes = Vec::new();
                         let mut families = Vec::new();
                         for (i, op) in ops.iter().enumerate() {
                             match op {
                                 WriteOp::UpdateDeviceUsage(d) => usage.push(&**d),
-                                WriteOp::InsertUsage(e) => events.extend(e),
+                                WriteOp::AddUsage(m) => minutes.extend(m),
                                 WriteOp::AdvanceFamily { from, next } => {
                                     families.push((i, *from, next))
                                 }
@@ -1629,8 +1652,9 @@ macro_rules! sql_store {
                         for rows in prepared_chunks(&usage) {
                             update_devices_bulk(&mut tx, rows).await?;
                         }
-                        for rows in prepared_chunks(&events) {
-                            insert_usage_rows(&mut tx, rows).await?;
+                        let minutes = crate::store::merge_usage(minutes);
+                        for rows in prepared_chunks(&minutes) {
+                            upsert_usage_rows(&mut tx, rows).await?;
                         }
                         Ok::<(), Error>(())
                     }
@@ -1655,16 +1679,8 @@ macro_rules! sql_store {
             /// anew every batch: for SQLite that was 3 % of the server's CPU at full load, more
             /// than the one to seven statements a batch now runs instead of one cost in round
             /// trips.
-            fn prepared_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-                std::iter::from_fn(move || {
-                    if rows.is_empty() {
-                        return None;
-                    }
-                    let n = (1usize << rows.len().ilog2()).min(PREPARED_ROWS);
-                    let (chunk, rest) = rows.split_at(n);
-                    rows = rest;
-                    Some(chunk)
-                })
+            fn prepared_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+                $crate::store::sql::power_of_two_chunks(rows, PREPARED_ROWS)
             }
 
             /// The last queued history of each device, in queue order.
@@ -1777,10 +1793,9 @@ macro_rules! sql_store {
                             touch_key(conn, key_id, *at).await?;
                         }
                     }
-                    WriteOp::InsertUsage(events) => {
-                        let events: Vec<_> = events.iter().collect();
-                        for rows in prepared_chunks(&events) {
-                            insert_usage_rows(conn, rows).await?;
+                    WriteOp::AddUsage(minutes) => {
+                        for rows in prepared_chunks(minutes) {
+                            upsert_usage_rows(conn, rows).await?;
                         }
                     }
                 }

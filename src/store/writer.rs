@@ -1,7 +1,7 @@
 //! Group commit for the token hot path.
 //!
 //! Every exchange and refresh writes a refresh token, a device's history and the key's last use;
-//! the usage recorder's batches of usage events ride along in the same transactions.
+//! the usage recorder's per-minute totals ride along in the same transactions.
 //! Durability means a commit waits for the disk (SQLite `synchronous=FULL`, PostgreSQL
 //! `synchronous_commit=on`), and a disk flush costs the same for one row as for hundreds. So
 //! those writes do not each get a transaction: callers put them on a queue, one task takes
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DeviceRecord, FamilyRecord, UsageEvent};
+use super::{DeviceRecord, FamilyRecord, UsageMinute};
 use crate::error::{Error, Result};
 
 /// Most ops in one transaction. Large enough that a batch covers every request in flight at
@@ -47,8 +47,8 @@ pub(super) enum WriteOp {
     UpdateDeviceUsage(Arc<DeviceRecord>),
     /// `Store::touch_keys`.
     TouchKeys(Vec<(String, i64)>),
-    /// `Store::insert_usage`: one batch of the usage recorder.
-    InsertUsage(Vec<UsageEvent>),
+    /// `Store::add_usage`: one flush of the usage recorder.
+    AddUsage(Vec<UsageMinute>),
 }
 
 /// Why a batch failed.

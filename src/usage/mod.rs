@@ -1,68 +1,195 @@
-//! Usage tracking: one event per token request by an authenticated key, written in batches
-//! by a background task so the request path never waits on it. The SQL stores write each
-//! batch inside one of the token path's group-commit transactions (`Store::insert_usage`).
+//! Usage tracking: per key and minute, how many token requests a key made, how many were
+//! refused, and their latency (sum and maximum) — everything `GET
+//! /admin/v1/keys/{key_id}/usage` reports. A request adds to a total in memory; a background
+//! job ([`crate::jobs`]) adds the totals to storage every [`FLUSH_INTERVAL`] and at shutdown, in
+//! one of the token path's group-commit transactions (`Store::add_usage`). The request path
+//! takes a lock for a few additions and never allocates for a key and minute already counted.
 //!
-//! The queue is bounded: under overload, events are dropped and counted
-//! (`keybound_usage_dropped_total`) rather than slowing down token issuance. Only requests that
-//! got as far as a valid key are recorded, so a flood of made-up keys cannot fill the table.
+//! Memory is bounded: at most [`MAX_PENDING`] key-minutes wait for the next write; beyond that
+//! (a store down for long) requests go uncounted, and `keybound_usage_dropped_total` says how
+//! many. Only requests that got as far as a valid key are recorded, so a flood of made-up keys
+//! cannot fill the table.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use crate::store::{Store, UsageMinute};
 
-use crate::store::{Store, UsageEvent};
+/// Longest a request's usage waits in memory before it is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Key-minutes waiting to be written before requests go uncounted.
+pub const MAX_PENDING: usize = 65_536;
 
-/// Events waiting to be written before new ones are dropped.
-pub const QUEUE: usize = 65_536;
-/// Most events per write.
-const BATCH: usize = 1_000;
+/// One key's requests in one minute, not yet written.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: i64,
+    errors: i64,
+    latency_sum_us: i64,
+    latency_max_us: i64,
+}
 
-/// Hands usage events to the writer task.
-#[derive(Clone)]
+/// Key-minutes waiting for the next write: minute start → key id → tally.
+type Pending = HashMap<i64, HashMap<String, Tally>>;
+
+/// Counts each key's requests per minute in memory, for the usage job to write.
+#[derive(Debug, Default)]
 pub struct UsageRecorder {
-    tx: mpsc::Sender<UsageEvent>,
+    pending: Mutex<(Pending, usize)>,
 }
 
 impl UsageRecorder {
-    /// Starts the writer task for `store`.
-    pub fn start(store: Arc<dyn Store>) -> UsageRecorder {
-        let (tx, mut rx) = mpsc::channel::<UsageEvent>(QUEUE);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            loop {
-                // Wait for the first event, then take whatever else is queued (up to BATCH),
-                // lingering briefly so a busy server writes few, large batches.
-                match rx.recv().await {
-                    Some(e) => batch.push(e),
-                    None => return,
-                }
-                let linger = tokio::time::sleep(Duration::from_millis(200));
-                tokio::pin!(linger);
-                while batch.len() < BATCH {
-                    tokio::select! {
-                        e = rx.recv() => match e {
-                            Some(e) => batch.push(e),
-                            None => break,
-                        },
-                        _ = &mut linger => break,
-                    }
-                }
-                let events = batch.len();
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                if let Err(e) = store.insert_usage(full).await {
-                    metrics::counter!("keybound_usage_dropped_total").increment(events as u64);
-                    tracing::warn!(error = %e, events, "could not store usage events");
-                }
+    /// Counts one request by `key_id` at `at` (unix seconds).
+    pub fn record(&self, key_id: &str, at: i64, error: bool, latency_us: i64) {
+        let mut guard = self.pending.lock().expect("not poisoned");
+        let (pending, len) = &mut *guard;
+        let keys = pending.entry(at.div_euclid(60) * 60).or_default();
+        let tally = match keys.get_mut(key_id) {
+            Some(t) => t,
+            None if *len >= MAX_PENDING => {
+                drop(guard);
+                metrics::counter!("keybound_usage_dropped_total").increment(1);
+                return;
             }
-        });
-        UsageRecorder { tx }
+            None => {
+                *len += 1;
+                keys.entry(key_id.to_owned()).or_default()
+            }
+        };
+        tally.requests += 1;
+        tally.errors += i64::from(error);
+        tally.latency_sum_us += latency_us;
+        tally.latency_max_us = tally.latency_max_us.max(latency_us);
     }
 
-    /// Queues an event; drops (and counts) it when the queue is full.
-    pub fn record(&self, event: UsageEvent) {
-        if self.tx.try_send(event).is_err() {
-            metrics::counter!("keybound_usage_dropped_total").increment(1);
+    /// Adds what is counted to `store`. What could not be written is counted again for the
+    /// next flush (a failed commit whose outcome is unknown may then be counted twice; usage
+    /// is a report, and losing a minute of it would be worse).
+    pub async fn flush(&self, store: &dyn Store) {
+        let minutes: Vec<UsageMinute> = {
+            let mut guard = self.pending.lock().expect("not poisoned");
+            let (pending, len) = &mut *guard;
+            *len = 0;
+            pending
+                .drain()
+                .flat_map(|(minute, keys)| {
+                    keys.into_iter().map(move |(key_id, t)| UsageMinute {
+                        key_id,
+                        minute,
+                        requests: t.requests,
+                        errors: t.errors,
+                        latency_sum_us: t.latency_sum_us,
+                        latency_max_us: t.latency_max_us,
+                    })
+                })
+                .collect()
+        };
+        if minutes.is_empty() {
+            return;
         }
+        let count = minutes.len();
+        if let Err(e) = store.add_usage(minutes.clone()).await {
+            tracing::warn!(error = %e, minutes = count, "could not store usage; kept for the next flush");
+            self.put_back(minutes);
+        }
+    }
+
+    /// Counts `minutes` again (after a failed write), as far as there is room.
+    fn put_back(&self, minutes: Vec<UsageMinute>) {
+        let mut guard = self.pending.lock().expect("not poisoned");
+        let (pending, len) = &mut *guard;
+        for m in minutes {
+            let keys = pending.entry(m.minute).or_default();
+            let tally = match keys.get_mut(&m.key_id) {
+                Some(t) => t,
+                None if *len >= MAX_PENDING => {
+                    metrics::counter!("keybound_usage_dropped_total")
+                        .increment(m.requests.unsigned_abs());
+                    continue;
+                }
+                None => {
+                    *len += 1;
+                    keys.entry(m.key_id).or_default()
+                }
+            };
+            tally.requests += m.requests;
+            tally.errors += m.errors;
+            tally.latency_sum_us += m.latency_sum_us;
+            tally.latency_max_us = tally.latency_max_us.max(m.latency_max_us);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(r: &UsageRecorder) -> Vec<(i64, String, i64, i64, i64, i64)> {
+        let guard = r.pending.lock().unwrap();
+        let mut rows: Vec<_> = guard
+            .0
+            .iter()
+            .flat_map(|(m, keys)| {
+                keys.iter().map(|(k, t)| {
+                    (
+                        *m,
+                        k.clone(),
+                        t.requests,
+                        t.errors,
+                        t.latency_sum_us,
+                        t.latency_max_us,
+                    )
+                })
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn requests_add_up_per_key_and_minute() {
+        let r = UsageRecorder::default();
+        r.record("ak_a", 120, false, 10);
+        r.record("ak_a", 179, true, 30);
+        r.record("ak_a", 180, false, 5);
+        r.record("ak_b", 125, false, 7);
+        assert_eq!(
+            pending(&r),
+            vec![
+                (120, "ak_a".into(), 2, 1, 40, 30),
+                (120, "ak_b".into(), 1, 0, 7, 7),
+                (180, "ak_a".into(), 1, 0, 5, 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_recorder_drops_new_key_minutes_but_still_counts_known_ones() {
+        let r = UsageRecorder::default();
+        for i in 0..MAX_PENDING {
+            r.record(&format!("ak_{i}"), 60, false, 1);
+        }
+        r.record("ak_new", 60, false, 1);
+        r.record("ak_0", 60, false, 1);
+        let rows = pending(&r);
+        assert_eq!(rows.len(), MAX_PENDING);
+        assert!(!rows.iter().any(|row| row.1 == "ak_new"));
+        assert!(rows.contains(&(60, "ak_0".into(), 2, 0, 2, 1)));
+    }
+
+    #[test]
+    fn what_could_not_be_written_is_counted_again() {
+        let r = UsageRecorder::default();
+        r.record("ak_a", 60, false, 10);
+        r.put_back(vec![UsageMinute {
+            key_id: "ak_a".into(),
+            minute: 60,
+            requests: 3,
+            errors: 1,
+            latency_sum_us: 30,
+            latency_max_us: 20,
+        }]);
+        assert_eq!(pending(&r), vec![(60, "ak_a".into(), 4, 1, 40, 20)]);
     }
 }

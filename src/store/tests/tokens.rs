@@ -397,29 +397,32 @@ pub(super) async fn one_bad_write_fails_only_its_caller(db: &mut TestDb) {
     }
 }
 
-/// Usage batches written next to concurrent family writes (through the same group commit) come
-/// out whole, with sizes that cross the writer's statement chunks, and a bad family write in
-/// their transaction neither loses nor fails them.
+/// Usage totals written next to concurrent family writes (through the same group commit) come
+/// out whole, with sizes that cross the writer's statement chunks: totals for the same key and
+/// minute add up (within one batch and across batches, the maximum latency the larger), and a
+/// bad family write in their transaction neither loses nor fails them.
 pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
     let (k, d) = key_with_device(&*db.store, 'u').await;
-    let event = |i: usize| UsageEvent {
-        key_id: k.key_id.to_string(),
-        // Two minutes: T0 (bucket start) and T0 + 60.
-        at: T0 + if i.is_multiple_of(3) { 60 } else { 5 },
-        endpoint: "/v1/token".into(),
-        method: "POST".into(),
-        status: if i.is_multiple_of(10) { 429 } else { 200 },
-        latency_us: 100 + i as i64,
-        ip: Some("127.0.0.1".into()),
-        user_agent: None,
+    let (first, second) = (T0 / 60 * 60, (T0 + 60) / 60 * 60);
+    // Row `i` of a batch: minute `first` or `second`, or another key's minute (to cross the
+    // statement chunks).
+    let row = |batch: i64, i: i64| UsageMinute {
+        key_id: match i {
+            0 => k.key_id.to_string(),
+            1 => k.key_id.to_string(),
+            i => format!("ak_test_other{i}"),
+        },
+        minute: if i == 1 { second } else { first },
+        requests: 10 + batch,
+        errors: batch,
+        latency_sum_us: 1_000 * (batch + 1),
+        latency_max_us: 100 * (batch + 1) + i,
     };
     let mut writes = Vec::new();
-    for (batch, size) in [(0, 300), (1, 1), (2, 131)] {
+    for (batch, size) in [(0, 300), (1, 2), (2, 131)] {
         let store = db.store.clone();
-        let events: Vec<_> = (0..size).map(|i| event(batch * 1000 + i)).collect();
-        writes.push(tokio::spawn(
-            async move { store.insert_usage(events).await },
-        ));
+        let rows: Vec<_> = (0..size).map(|i| row(batch, i)).collect();
+        writes.push(tokio::spawn(async move { store.add_usage(rows).await }));
         for n in 0..14u8 {
             let store = db.store.clone();
             let n = batch as u8 * 14 + n;
@@ -439,24 +442,12 @@ pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
         // 15, tokens 14.. from 16).
         assert_eq!(result.is_err(), i == 19, "write {i}: {result:?}");
     }
+    // The same key and minute twice in one call adds up too.
+    db.store
+        .add_usage(vec![row(3, 0), row(4, 0)])
+        .await
+        .unwrap();
 
-    let events: Vec<_> = [
-        (0..300).collect::<Vec<_>>(),
-        vec![1000],
-        (2000..2131).collect(),
-    ]
-    .concat()
-    .into_iter()
-    .map(event)
-    .collect();
-    let expect = |minute: i64| {
-        let e: Vec<_> = events.iter().filter(|e| e.at / 60 * 60 == minute).collect();
-        (
-            e.len() as i64,
-            e.iter().filter(|e| e.status >= 400).count() as i64,
-            e.iter().map(|e| e.latency_us).max().unwrap(),
-        )
-    };
     let buckets = db
         .store
         .usage_summary(&k.key_id, 60, T0 - 60)
@@ -464,11 +455,57 @@ pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
         .unwrap();
     let got: Vec<_> = buckets
         .iter()
-        .map(|b| (b.start, (b.requests, b.errors, b.max_latency_us)))
+        .map(|b| {
+            (
+                b.start,
+                b.requests,
+                b.errors,
+                b.mean_latency_us,
+                b.max_latency_us,
+            )
+        })
         .collect();
-    let (first, second) = (T0 / 60 * 60, (T0 + 60) / 60 * 60);
-    assert_eq!(got, vec![(first, expect(first)), (second, expect(second))]);
-    assert_eq!(got.iter().map(|(_, (n, _, _))| n).sum::<i64>(), 432);
+    // Minute `first`: batches 0..=4 (requests 10..=14, errors 0..=4, latency sums 1..=5 ms).
+    // Minute `second`: batches 0..=2 (row 1).
+    assert_eq!(
+        got,
+        vec![
+            (first, 60, 10, 15_000.0 / 60.0, 500),
+            (second, 33, 3, 6_000.0 / 33.0, 301),
+        ]
+    );
+    // An hour bucket sums its minutes; the other keys' rows stay theirs.
+    let hour = db
+        .store
+        .usage_summary(&k.key_id, 3_600, T0 - 3_600)
+        .await
+        .unwrap();
+    assert_eq!(hour.len(), (first / 3_600 != second / 3_600) as usize + 1);
+    assert_eq!(hour.iter().map(|b| b.requests).sum::<i64>(), 93);
+    let other = db
+        .store
+        .usage_summary("ak_test_other130", 60, T0 - 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .iter()
+            .map(|b| (b.start, b.requests))
+            .collect::<Vec<_>>(),
+        vec![(first, 10 + 12)]
+    );
+    // The purge takes whole minutes that started before its bound: `first` of this key and of
+    // the others (`other2` to `other299`).
+    assert_eq!(db.store.purge_usage(second).await.unwrap(), 1 + 298);
+    let left = db
+        .store
+        .usage_summary(&k.key_id, 60, T0 - 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|b| b.start).collect::<Vec<_>>(),
+        vec![second]
+    );
 }
 
 // ---- signing keys ----
