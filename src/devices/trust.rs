@@ -72,6 +72,7 @@
 //! rounding), so a stored decision explains itself. The function is pure: the same inputs
 //! always give the same decision.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -123,15 +124,16 @@ enum Class {
     Version,
 }
 
-/// The attributes the score looks at, with their weights, in the order factors are listed.
-const ATTRIBUTES: [(&str, Class, f64); 7] = [
-    ("platform", Class::Stable, 3.0),
-    ("model", Class::Stable, 3.0),
-    ("install_id", Class::Stable, 4.0),
-    ("os_version", Class::Version, 0.5),
-    ("app_version", Class::Version, 0.5),
-    ("locale", Class::Medium, 1.0),
-    ("timezone", Class::Medium, 1.0),
+/// The attributes the score looks at, with their weights and factor names, in the order
+/// factors are listed.
+const ATTRIBUTES: [(&str, Class, f64, &str); 7] = [
+    ("platform", Class::Stable, 3.0, "attribute:platform"),
+    ("model", Class::Stable, 3.0, "attribute:model"),
+    ("install_id", Class::Stable, 4.0, "attribute:install_id"),
+    ("os_version", Class::Version, 0.5, "attribute:os_version"),
+    ("app_version", Class::Version, 0.5, "attribute:app_version"),
+    ("locale", Class::Medium, 1.0, "attribute:locale"),
+    ("timezone", Class::Medium, 1.0, "attribute:timezone"),
 ];
 
 /// The device's track record, as storage knows it before this exchange.
@@ -247,11 +249,11 @@ impl TrustLevel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrustFactor {
     /// e.g. `attribute:platform`, `history`, `network`, `rule:approved`.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// What this step added to (or, negative, took from) the score, to four decimals.
     pub contribution: f64,
     /// Why, for an operator. Never contains attribute values.
-    pub detail: String,
+    pub detail: Cow<'static, str>,
 }
 
 /// The outcome: store it with the exchange, alert on `stable_mismatch`.
@@ -287,12 +289,13 @@ enum Comparison {
     Enrolled,
 }
 
-fn normalized(attributes: &Attributes, name: &str) -> Option<String> {
+/// An attribute's value as compared: trimmed, absent when empty, and compared ASCII
+/// case-insensitively (so nothing is copied on the exchange path).
+fn normalized<'a>(attributes: &'a Attributes, name: &str) -> Option<&'a str> {
     attributes
         .get(name)
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
-        .map(str::to_ascii_lowercase)
 }
 
 fn compare(inputs: &TrustInputs<'_>, name: &str, class: Class) -> Option<Comparison> {
@@ -302,8 +305,8 @@ fn compare(inputs: &TrustInputs<'_>, name: &str, class: Class) -> Option<Compari
     }
     match (normalized(inputs.stored, name), presented) {
         (None, None) => None,
-        (Some(s), Some(p)) if s == p => Some(Comparison::Same),
-        (Some(s), Some(p)) if class == Class::Version && is_upgrade(&s, &p) => {
+        (Some(s), Some(p)) if s.eq_ignore_ascii_case(p) => Some(Comparison::Same),
+        (Some(s), Some(p)) if class == Class::Version && is_upgrade(s, p) => {
             Some(Comparison::Upgraded)
         }
         (Some(_), Some(_)) => Some(Comparison::Changed),
@@ -312,12 +315,12 @@ fn compare(inputs: &TrustInputs<'_>, name: &str, class: Class) -> Option<Compari
     }
 }
 
-/// Dotted version components (`"17.1.2"` or `"v17.1.2"` → `[17, 1, 2]`), reading each
+/// Dotted version components (`"17.1.2"`, `"v17.1.2"` or `"V17.1.2"` → `[17, 1, 2]`), reading each
 /// component's leading digits (`"3-beta"` → 3); `None` when a component has none, so odd
 /// schemes never compare.
 fn version_components(version: &str) -> Option<Vec<u64>> {
     version
-        .strip_prefix('v')
+        .strip_prefix(['v', 'V'])
         .unwrap_or(version)
         .split('.')
         .map(|part| {
@@ -374,7 +377,12 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn add(&mut self, name: impl Into<String>, contribution: f64, detail: impl Into<String>) {
+    fn add(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        contribution: f64,
+        detail: impl Into<Cow<'static, str>>,
+    ) {
         self.score += contribution;
         self.factors.push(TrustFactor {
             name: name.into(),
@@ -385,7 +393,13 @@ impl Ledger {
 
     /// Moves the score into `low..=high`, recording the move (even when it is zero, so the
     /// explanation names every rule that applied).
-    fn bound(&mut self, name: &str, low: f64, high: f64, detail: impl Into<String>) {
+    fn bound(
+        &mut self,
+        name: &'static str,
+        low: f64,
+        high: f64,
+        detail: impl Into<Cow<'static, str>>,
+    ) {
         let bounded = self.score.clamp(low, high);
         let delta = bounded - self.score;
         self.add(name, delta, detail);
@@ -402,13 +416,13 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
     };
 
     // A: attribute agreement.
-    let compared: Vec<(&str, Class, f64, Comparison)> = ATTRIBUTES
+    let compared: Vec<(&str, Class, f64, Comparison, &'static str)> = ATTRIBUTES
         .iter()
-        .filter_map(|&(name, class, weight)| {
-            compare(inputs, name, class).map(|c| (name, class, weight, c))
+        .filter_map(|&(name, class, weight, factor)| {
+            compare(inputs, name, class).map(|c| (name, class, weight, c, factor))
         })
         .collect();
-    let total_weight: f64 = compared.iter().map(|&(_, _, w, _)| w).sum();
+    let total_weight: f64 = compared.iter().map(|&(_, _, w, ..)| w).sum();
     if compared.is_empty() {
         ledger.add(
             "attributes",
@@ -416,22 +430,18 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
             "no known attributes on either side: neutral",
         );
     }
-    for &(name, class, weight, comparison) in &compared {
+    for &(_, class, weight, comparison, factor) in &compared {
         let contribution = WEIGHT_ATTRIBUTES * weight * credit(class, comparison) / total_weight;
-        ledger.add(
-            format!("attribute:{name}"),
-            contribution,
-            describe(comparison),
-        );
+        ledger.add(factor, contribution, describe(comparison));
     }
     let changed: Vec<&str> = compared
         .iter()
-        .filter(|&&(_, class, _, c)| class == Class::Stable && c == Comparison::Changed)
+        .filter(|&&(_, class, _, c, _)| class == Class::Stable && c == Comparison::Changed)
         .map(|&(name, ..)| name)
         .collect();
     let withheld: Vec<&str> = compared
         .iter()
-        .filter(|&&(_, class, _, c)| class == Class::Stable && c == Comparison::Withheld)
+        .filter(|&&(_, class, _, c, _)| class == Class::Stable && c == Comparison::Withheld)
         .map(|&(name, ..)| name)
         .collect();
 
@@ -441,19 +451,19 @@ pub fn evaluate(inputs: &TrustInputs<'_>) -> TrustDecision {
     let (h, h_detail) = if vouched {
         (
             1.0,
-            "vouched for (approved, attested or trust_on_enroll)".to_owned(),
+            Cow::Borrowed("vouched for (approved, attested or trust_on_enroll)"),
         )
     } else if inputs.is_new {
-        (0.0, "new device: no history".to_owned())
+        (0.0, Cow::Borrowed("new device: no history"))
     } else {
         let usage = (history.successful_exchanges as f64 / EARN_MIN_EXCHANGES as f64).min(1.0);
         let tenure = (history.age_seconds as f64 / EARN_MIN_AGE_SECONDS as f64).min(1.0);
         (
             0.5 * usage + 0.5 * tenure,
-            format!(
+            Cow::Owned(format!(
                 "{} earlier exchanges, enrolled {} s ago",
                 history.successful_exchanges, history.age_seconds
-            ),
+            )),
         )
     };
     ledger.add("history", WEIGHT_HISTORY * h, h_detail);
@@ -642,10 +652,10 @@ fn stable_fingerprint(presented: &Attributes) -> String {
     use base64::Engine;
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for (name, class, _) in ATTRIBUTES {
+    for (name, class, ..) in ATTRIBUTES {
         if class == Class::Stable {
             h.update(name.as_bytes());
-            match normalized(presented, name) {
+            match normalized(presented, name).map(str::to_ascii_lowercase) {
                 Some(v) => {
                     h.update([1]);
                     h.update((v.len() as u64).to_be_bytes());
@@ -1188,6 +1198,35 @@ mod tests {
         ] {
             assert_eq!(TrustLevel::from_score(score), level, "score {score}");
         }
+    }
+
+    #[test]
+    fn attribute_factors_are_named_after_their_attribute() {
+        for (name, _, _, factor) in ATTRIBUTES {
+            assert_eq!(factor, format!("attribute:{name}"));
+        }
+    }
+
+    #[test]
+    fn values_compare_trimmed_and_ascii_case_insensitively() {
+        let mut presented = phone();
+        for v in presented.values_mut() {
+            *v = format!("  {}\t", v.to_ascii_uppercase());
+        }
+        let d = run(&established(
+            "shouted",
+            presented,
+            TrustLevel::Trusted,
+            false,
+        ));
+        assert!(!d.stable_mismatch, "{d:?}");
+        assert!(
+            d.factors
+                .iter()
+                .filter(|f| f.name.starts_with("attribute:"))
+                .all(|f| f.detail == "same as recorded"),
+            "{d:?}"
+        );
     }
 
     #[test]
