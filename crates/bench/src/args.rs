@@ -31,8 +31,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// Exchanges to send (instead of a duration for the exchange phase).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rounds")]
     pub requests: Option<usize>,
+    /// Run the sign-only, verify-sign, exchange and refresh phases this many times,
+    /// interleaved, `--duration` seconds each. The ratios are then also reported per round and
+    /// as the median of the rounds: the phases of one round are seconds apart, so on a shared
+    /// machine whose speed drifts from one minute to the next they hold up better than one
+    /// ratio of phases a minute apart.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
     /// Simulated devices (one DPoP key each) sending the exchanges, round robin.
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,

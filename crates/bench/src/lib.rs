@@ -16,6 +16,9 @@
 //! 7. `POST /v1/token/refresh`: refresh-token rotation, closed loop ([`refresh`]; skipped with
 //!    `--no-refresh`).
 //!
+//! With `--rounds N`, phases 3, 4, 5 and 7 run N times, interleaved, and each ratio is also
+//! reported per round and as the median of the rounds.
+//!
 //! The server and the load generator share the machine's cores, so every figure is a
 //! figure for both together; the ratios between phases are what carries over to another
 //! machine. The server's peak RSS is read from `/proc/<pid>/status` (`VmHWM`).
@@ -146,6 +149,66 @@ struct Report {
     refresh: Option<Outcome>,
     /// `--overhead`: per (rate limits, usage tracking, writes) case, one outcome per round.
     overhead: Vec<((bool, bool, bool), Vec<Outcome>)>,
+    /// `--rounds`: each round's ratios (one entry without it).
+    rounds: Vec<Ratios>,
+}
+
+/// The target ratios of one round (or of pooled phases).
+#[derive(Debug, Clone, Copy, Default)]
+struct Ratios {
+    exchange_over_sign_only: Option<f64>,
+    exchange_over_verify_sign: Option<f64>,
+    refresh_over_sign_only: Option<f64>,
+}
+
+impl Ratios {
+    fn of(
+        sign: Option<&Outcome>,
+        verify_sign: Option<&Outcome>,
+        exchange: &Outcome,
+        refresh: Option<&Outcome>,
+    ) -> Ratios {
+        let over = |a: f64, b: Option<&Outcome>| b.map(|b| a / b.rate().max(1e-9));
+        Ratios {
+            exchange_over_sign_only: over(exchange.ok_rate(), sign),
+            exchange_over_verify_sign: over(exchange.ok_rate(), verify_sign),
+            refresh_over_sign_only: refresh.and_then(|r| over(r.ok_rate(), sign)),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"exchange_over_sign_only": self.exchange_over_sign_only,
+               "exchange_over_verify_sign": self.exchange_over_verify_sign,
+               "refresh_over_sign_only": self.refresh_over_sign_only})
+    }
+}
+
+/// One of the ratios of [`Ratios`].
+type RatioOf = fn(&Ratios) -> Option<f64>;
+
+/// Median of the values `f` has over `rounds`, and the values in round order.
+fn median_of(rounds: &[Ratios], f: impl Fn(&Ratios) -> Option<f64>) -> Option<(f64, Vec<f64>)> {
+    let values: Vec<f64> = rounds.iter().filter_map(&f).collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.clone();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let m = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    Some((m, values))
+}
+
+/// Folds `o` into `into`.
+fn pool(into: &mut Option<Outcome>, o: Outcome) {
+    match into {
+        Some(p) => p.merge(o),
+        None => *into = Some(o),
+    }
 }
 
 async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> Result<Report> {
@@ -208,49 +271,6 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
     let calibrated = drive(t.addr, conns, calibration, exchange_batch(proofs), t.pid).await;
     let expected_rate = calibrated.rate().max(1000.0);
 
-    let (healthz, sign, verify_sign) = if args.no_ceiling {
-        (None, None, None)
-    } else {
-        eprintln!("ceiling: GET /healthz for {} s…", phase.as_secs());
-        let h = drive(
-            t.addr,
-            conns,
-            phase,
-            simple(Method::GET, "/healthz", &t.host),
-            t.pid,
-        )
-        .await;
-        eprintln!("ceiling: POST /bench/sign for {} s…", phase.as_secs());
-        let s = drive(
-            t.addr,
-            conns,
-            phase,
-            simple(Method::POST, crate::routes::SIGN_PATH, &t.host),
-            t.pid,
-        )
-        .await;
-        let (s, vs) = if s.ok == 0 {
-            eprintln!(
-                "note: no sign-only route (a plain `keybound serve` has none; --no-ceiling skips \
-                 these phases)"
-            );
-            (None, None)
-        } else {
-            let path = crate::routes::VERIFY_SIGN_PATH;
-            eprintln!("ceiling: POST {path} for {} s…", phase.as_secs());
-            let vs = drive(
-                t.addr,
-                conns,
-                phase,
-                simple(Method::POST, path, &t.host),
-                t.pid,
-            )
-            .await;
-            (Some(s), (vs.ok > 0).then_some(vs))
-        };
-        (Some(h), s, vs)
-    };
-
     let mut next_device = 0;
     let mut run_exchange = async |secs: u64| -> Outcome {
         let mut exchange: Option<Outcome> = None;
@@ -278,22 +298,101 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         }
         exchange.expect("at least one batch ran")
     };
-    let exchange = match args.requests {
-        Some(n) => {
-            eprintln!("exchange: building {n} proofs…");
-            let proofs = build_proofs(&devices, &t.token_url, iat(), 0, n);
-            eprintln!("exchange: sending {n}…");
-            drive(
+    let (mut healthz, mut sign, mut verify_sign) = (None, None, None);
+    let (mut exchange, mut refresh) = (None, None);
+    let mut ratios = Vec::new();
+    let mut has_sign_route = !args.no_ceiling;
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            eprintln!("round {round} of {}", args.rounds);
+        }
+        let (mut s, mut vs) = (None, None);
+        if has_sign_route {
+            if round == 1 {
+                eprintln!("ceiling: GET /healthz for {} s…", phase.as_secs());
+                let h = drive(
+                    t.addr,
+                    conns,
+                    phase,
+                    simple(Method::GET, "/healthz", &t.host),
+                    t.pid,
+                )
+                .await;
+                healthz = Some(h);
+            }
+            eprintln!("ceiling: POST /bench/sign for {} s…", phase.as_secs());
+            let o = drive(
                 t.addr,
                 conns,
-                Duration::from_secs(90),
-                exchange_batch(proofs),
+                phase,
+                simple(Method::POST, crate::routes::SIGN_PATH, &t.host),
                 t.pid,
             )
-            .await
+            .await;
+            if o.ok == 0 {
+                eprintln!(
+                    "note: no sign-only route (a plain `keybound serve` has none; --no-ceiling \
+                     skips these phases)"
+                );
+                has_sign_route = false;
+            } else {
+                let path = crate::routes::VERIFY_SIGN_PATH;
+                eprintln!("ceiling: POST {path} for {} s…", phase.as_secs());
+                let v = drive(
+                    t.addr,
+                    conns,
+                    phase,
+                    simple(Method::POST, path, &t.host),
+                    t.pid,
+                )
+                .await;
+                s = Some(o);
+                vs = (v.ok > 0).then_some(v);
+            }
         }
-        None => run_exchange(phase.as_secs()).await,
-    };
+        let e = match args.requests {
+            Some(n) => {
+                eprintln!("exchange: building {n} proofs…");
+                let proofs = build_proofs(&devices, &t.token_url, iat(), 0, n);
+                eprintln!("exchange: sending {n}…");
+                drive(
+                    t.addr,
+                    conns,
+                    Duration::from_secs(90),
+                    exchange_batch(proofs),
+                    t.pid,
+                )
+                .await
+            }
+            None => run_exchange(phase.as_secs()).await,
+        };
+        let r = if args.no_refresh {
+            None
+        } else {
+            Some(
+                refresh::run(
+                    t,
+                    &devices,
+                    conns,
+                    phase.as_secs(),
+                    expected_rate.max(e.ok_rate()),
+                )
+                .await,
+            )
+        };
+        ratios.push(Ratios::of(s.as_ref(), vs.as_ref(), &e, r.as_ref()));
+        if let Some(s) = s {
+            pool(&mut sign, s);
+        }
+        if let Some(vs) = vs {
+            pool(&mut verify_sign, vs);
+        }
+        pool(&mut exchange, e);
+        if let Some(r) = r {
+            pool(&mut refresh, r);
+        }
+    }
+    let exchange = exchange.expect("at least one round ran");
     let mut open = Vec::new();
     for (rate, fraction) in open_loop::rates(args.rate, exchange.ok_rate()) {
         let batch = |n| exchange_batch(build_proofs(&devices, &t.token_url, iat(), 0, n));
@@ -301,20 +400,6 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         o.fraction = fraction;
         open.push(o);
     }
-    let refresh = if args.no_refresh {
-        None
-    } else {
-        Some(
-            refresh::run(
-                t,
-                &devices,
-                conns,
-                phase.as_secs(),
-                expected_rate.max(exchange.ok_rate()),
-            )
-            .await,
-        )
-    };
     let mut overhead = Vec::new();
     if args.overhead {
         for round in 1..=OVERHEAD_ROUNDS {
@@ -349,6 +434,7 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         open_loop: open,
         refresh,
         overhead,
+        rounds: ratios,
     })
 }
 
@@ -489,6 +575,28 @@ impl Report {
                 println!("{:<24} {r:.2}{note}", format!("{name}:"));
             }
         }
+        if self.rounds.len() > 1 {
+            println!(
+                "{} interleaved rounds; the ratios above pool them. Each ratio's median over the \
+                 rounds:",
+                self.rounds.len()
+            );
+            let medians: [(&str, RatioOf); 3] = [
+                ("exchange / sign-only", |r| r.exchange_over_sign_only),
+                ("exchange / verify-sign", |r| r.exchange_over_verify_sign),
+                ("refresh / sign-only", |r| r.refresh_over_sign_only),
+            ];
+            for (name, f) in medians {
+                if let Some((m, values)) = median_of(&self.rounds, f) {
+                    let each: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+                    println!(
+                        "  {:<24} median {m:.3}  (rounds: {})",
+                        format!("{name}:"),
+                        each.join(" ")
+                    );
+                }
+            }
+        }
         println!(
             "exchange p99:            {:.2} ms at {} connections (target < 10 ms)",
             self.exchange.ms(0.99),
@@ -602,6 +710,12 @@ impl Report {
             "refresh": self.refresh.as_ref().map(phase),
             "refresh_over_sign_only": self.refresh_ratio(),
             "overhead": self.overhead_rows(),
+            "rounds": self.rounds.iter().map(Ratios::json).collect::<Vec<_>>(),
+            "median_of_rounds": {
+                "exchange_over_sign_only": median_of(&self.rounds, |r| r.exchange_over_sign_only).map(|m| m.0),
+                "exchange_over_verify_sign": median_of(&self.rounds, |r| r.exchange_over_verify_sign).map(|m| m.0),
+                "refresh_over_sign_only": median_of(&self.rounds, |r| r.refresh_over_sign_only).map(|m| m.0),
+            },
             "peak_rss_bytes": rss,
         })
     }

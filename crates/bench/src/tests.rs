@@ -114,3 +114,43 @@ async fn a_fixed_rate_phase_sends_its_schedule() {
     assert_eq!(o.sent, 50, "every scheduled request is sent");
     assert_clean(&o.name(), &o.outcome);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_rounds_report_each_rounds_ratios_and_their_median() {
+    let args = args(&["--rounds", "3"]);
+    let report = run(&args).await;
+
+    assert_eq!(report.rounds.len(), 3);
+    for (i, r) in report.rounds.iter().enumerate() {
+        for (name, v) in [
+            ("exchange / sign-only", r.exchange_over_sign_only),
+            ("exchange / verify-sign", r.exchange_over_verify_sign),
+            ("refresh / sign-only", r.refresh_over_sign_only),
+        ] {
+            assert!(v.is_some_and(|v| v > 0.0), "round {i}: {name} {v:?}");
+        }
+    }
+    // The phases pool every round's answers; /healthz runs once.
+    for (name, o) in [
+        ("sign-only", report.sign.as_ref()),
+        ("exchange", Some(&report.exchange)),
+        ("refresh", report.refresh.as_ref()),
+    ] {
+        let o = o.unwrap_or_else(|| panic!("{name}: phase missing"));
+        assert_clean(name, o);
+        assert!(o.elapsed.as_secs_f64() >= 2.5, "{name}: {:?}", o.elapsed);
+    }
+    assert!(report.healthz.as_ref().unwrap().elapsed.as_secs_f64() < 2.5);
+    let json = report.json(&args, None);
+    assert_eq!(json["rounds"].as_array().map(Vec::len), Some(3));
+    let mut values: Vec<f64> = report
+        .rounds
+        .iter()
+        .map(|r| r.exchange_over_sign_only.unwrap())
+        .collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(
+        json["median_of_rounds"]["exchange_over_sign_only"].as_f64(),
+        Some(values[1])
+    );
+}
