@@ -384,3 +384,149 @@ async fn an_unknown_url_scheme_is_refused() {
     let err = open("mysql://localhost/x").await.err().unwrap();
     assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
 }
+
+// ---- the usage migration (20261205000100) ----
+
+/// The migrator of `all` up to (not including) `version`.
+fn migrations_before(all: &sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
+    let mut before = sqlx::migrate::Migrator {
+        migrations: all
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.set_locking(false);
+    before
+}
+
+/// Usage events as the old table held them: (key, at, status, latency µs).
+const OLD_EVENTS: [(&str, i64, i64, i64); 5] = [
+    ("ak_test_a", 120, 200, 10),
+    ("ak_test_a", 179, 429, 30),
+    ("ak_test_a", 180, 200, 5),
+    ("ak_test_b", 125, 200, 7),
+    ("ak_test_b", 126, 500, 9),
+];
+
+/// What `usage_minutes` must hold after the migration: (key, minute, requests, errors,
+/// latency sum, latency max).
+fn folded() -> Vec<(String, i64, i64, i64, i64, i64)> {
+    [
+        ("ak_test_a", 120, 2, 1, 40, 30),
+        ("ak_test_a", 180, 1, 0, 5, 5),
+        ("ak_test_b", 120, 2, 1, 16, 9),
+    ]
+    .into_iter()
+    .map(|(k, m, r, e, s, x)| (k.to_owned(), m, r, e, s, x))
+    .collect()
+}
+
+const FOLDED: &str = "SELECT key_id, minute, requests, errors, latency_sum_us, latency_max_us \
+                      FROM usage_minutes ORDER BY key_id, minute";
+const INSERT_EVENT: &str = "INSERT INTO usage_events (key_id, at, endpoint, method, status, \
+                            latency_us, ip, user_agent) \
+                            VALUES ($1, $2, '/v1/token', 'POST', $3, $4, '127.0.0.1', 'app/1')";
+
+#[tokio::test]
+async fn the_usage_migration_folds_old_events_into_their_minutes_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let all = sqlx::migrate!("migrations/sqlite");
+    migrations_before(&all, 20261205000100)
+        .run(&pool)
+        .await
+        .unwrap();
+    for (key, at, status, latency) in OLD_EVENTS {
+        sqlx::query(INSERT_EVENT)
+            .bind(key)
+            .bind(at)
+            .bind(status)
+            .bind(latency)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    all.run(&pool).await.unwrap();
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> =
+        sqlx::query_as(FOLDED).fetch_all(&pool).await.unwrap();
+    assert_eq!(rows, folded());
+    assert!(
+        sqlx::query("SELECT 1 FROM usage_events")
+            .fetch_all(&pool)
+            .await
+            .is_err(),
+        "the per-request table is gone"
+    );
+    pool.close().await;
+    // The store reads the folded minutes as the report always showed them.
+    let store = open(&format!("sqlite://{}", dir.path().join("old.db").display()))
+        .await
+        .unwrap();
+    let buckets = store.usage_summary("ak_test_a", 60, 0).await.unwrap();
+    let got: Vec<_> = buckets
+        .iter()
+        .map(|b| {
+            (
+                b.start,
+                b.requests,
+                b.errors,
+                b.mean_latency_us,
+                b.max_latency_us,
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(120, 2, 1, 20.0, 30), (180, 1, 0, 5.0, 5)]);
+}
+
+#[tokio::test]
+async fn the_usage_migration_folds_old_events_into_their_minutes_postgres() {
+    let Some(base) = postgres_test_url() else {
+        println!("skipped: KEYBOUND_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let _slot = POSTGRES_SLOTS.acquire().await.unwrap();
+    let url = fresh_postgres_url(&base).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let all = sqlx::migrate!("migrations/postgres");
+    migrations_before(&all, 20261205000100)
+        .run(&pool)
+        .await
+        .unwrap();
+    for (key, at, status, latency) in OLD_EVENTS {
+        sqlx::query(INSERT_EVENT)
+            .bind(key)
+            .bind(at)
+            .bind(status)
+            .bind(latency)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    all.run(&pool).await.unwrap();
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> =
+        sqlx::query_as(FOLDED).fetch_all(&pool).await.unwrap();
+    assert_eq!(rows, folded());
+    pool.close().await;
+    let store = open(&url).await.unwrap();
+    let buckets = store.usage_summary("ak_test_b", 3_600, 0).await.unwrap();
+    let got: Vec<_> = buckets
+        .iter()
+        .map(|b| {
+            (
+                b.start,
+                b.requests,
+                b.errors,
+                b.mean_latency_us,
+                b.max_latency_us,
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(0, 2, 1, 8.0, 9)]);
+    drop(store);
+    drop_postgres_database(&url).await;
+}
