@@ -282,7 +282,7 @@ async fn exchange_as(
     now: i64,
 ) -> Result<TokenResponse> {
     check_allow_lists(key, p.ip, p.origin)?;
-    let proof = verify_proof(deps, p.proof, TOKEN_PATH, now, Some(&key.key_id), p.ip).await?;
+    let proof = verify_proof(deps, p.proof, TOKEN_PATH, now, key.key_id.as_str(), p.ip).await?;
     // After the proof: a nonce challenge (or a bad proof) must not spend the key's allowance,
     // or a key limited to one exchange a minute could never get a token in nonce mode.
     if deps.switches.rate_limits() {
@@ -369,7 +369,7 @@ pub async fn refresh(deps: &Deps, p: Presented<'_>, body: RefreshRequest) -> Res
     if !bound_to_proof_key(&claims, &proof) {
         return Err(foreign_presentation(deps, &claims, p.ip, now).await);
     }
-    check_proof(deps, &proof, now, Some(&claims.key_id), p.ip).await?;
+    check_proof(deps, &proof, now, &claims.key_id, p.ip).await?;
     if claims.expires_at <= now
         || claims.family_created_at + deps.policy.refresh_family_max_age_secs <= now
     {
@@ -571,7 +571,7 @@ pub async fn revoke(deps: &Deps, p: Presented<'_>, token: &str) -> Result<()> {
     if !bound_to_proof_key(&claims, &proof) {
         return Ok(());
     }
-    check_proof(deps, &proof, now, Some(&claims.key_id), p.ip).await?;
+    check_proof(deps, &proof, now, &claims.key_id, p.ip).await?;
     if claims.expires_at <= now {
         return Ok(());
     }
@@ -631,7 +631,7 @@ async fn verify_proof(
     proof: std::result::Result<Option<&str>, ()>,
     path: &str,
     now: i64,
-    key_id: Option<&str>,
+    key_id: &str,
     ip: IpAddr,
 ) -> Result<VerifiedProof> {
     let verified = parse_proof(deps, proof, path, now)?;
@@ -668,12 +668,14 @@ fn parse_proof(
     .map_err(|e| Error::InvalidDpopProof(e.to_string()))
 }
 
-/// The nonce when required, then the replay store: the proof's `jti` must be new.
+/// The nonce when required, then the replay store: the proof's `jti` must be new. Every caller
+/// knows the key the request is for (the exchange's API key, the refresh or sign-out token's
+/// sealed key id), so a replay's alert names it.
 async fn check_proof(
     deps: &Deps,
     verified: &VerifiedProof,
     now: i64,
-    key_id: Option<&str>,
+    key_id: &str,
     ip: IpAddr,
 ) -> Result<()> {
     if deps.policy.require_dpop_nonce
@@ -699,21 +701,13 @@ async fn check_proof(
         .await
         .map_err(Error::unavailable)?;
     if !fresh {
-        let details = json!({"jkt": verified.jkt});
-        match key_id {
-            Some(_) => deps
-                .alerts
-                .raise(AlertKind::DpopReplay, key_id, None, Some(ip), details),
-            // No key context: at most one alert per address per quiet period (a minute), so
-            // replays without a credential cannot flood the alert table.
-            None => deps.alerts.raise_once(
-                AlertKind::DpopReplay,
-                &format!("ip:{ip}"),
-                None,
-                Some(ip),
-                details,
-            ),
-        }
+        deps.alerts.raise(
+            AlertKind::DpopReplay,
+            Some(key_id),
+            None,
+            Some(ip),
+            json!({"jkt": verified.jkt}),
+        );
         return Err(Error::DpopReplay);
     }
     Ok(())

@@ -522,6 +522,10 @@ async fn refresh_checks_the_token_before_the_replay_store_and_limits_each_device
         "now it is a replay",
     )
     .await;
+    // Its alert names the key sealed in the refresh token.
+    let alert = crate::alerts::wait_for_alert(&app, "DPOP_REPLAY").await;
+    let parsed = keybound::keys::ApiKey::parse(&key).unwrap();
+    assert_eq!(alert["key_id"], parsed.id().as_str(), "{alert}");
     rt = next;
     // Rate: 3 a minute for this device (one spent above, the replay refused before it).
     for _ in 0..2 {
