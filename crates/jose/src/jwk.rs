@@ -171,14 +171,18 @@ impl<'a> CheckedJwk<'a> {
             }
         };
         let jkt = jwk_thumbprint(&jwk)?;
-        Ok(PublicKey { key, jwk, jkt })
+        Ok(PublicKey(std::sync::Arc::new(Decoded { key, jwk, jkt })))
     }
 }
 
 /// A proof key decoded from its JWK and validated: the point is on its curve, and an Ed25519
-/// key is not of small order.
+/// key is not of small order. Shared, so a [`KeyCache`](crate::dpop::KeyCache) hands out a
+/// copy without copying the JWK.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicKey {
+pub struct PublicKey(std::sync::Arc<Decoded>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Decoded {
     key: VerifyingKey,
     jwk: Value,
     jkt: String,
@@ -201,17 +205,17 @@ impl PublicKey {
     /// `y`). Optional members (`kid`, `use`, ...) are dropped so a client cannot make a
     /// verifier store arbitrary data with the device.
     pub fn jwk(&self) -> &Value {
-        &self.jwk
+        &self.0.jwk
     }
 
     /// The RFC 7638 SHA-256 thumbprint of [`jwk`](Self::jwk).
     pub fn thumbprint(&self) -> &str {
-        &self.jkt
+        &self.0.jkt
     }
 
     /// Verifies a JWS signature (RFC 7515 §5.2) over `signing_input` = `header.payload`.
     pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> Result<(), Error> {
-        match &self.key {
+        match &self.0.key {
             // verify_strict rather than verify: it also refuses non-canonical R encodings and
             // small-order keys, so every (message, key) has exactly one valid signature
             // encoding (RFC 8032 §5.1.7 leaves these checks to the implementation).
