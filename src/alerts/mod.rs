@@ -279,12 +279,25 @@ impl Alerts {
         ip: Option<IpAddr>,
         details: Value,
     ) {
+        self.raise_once_with(kind, subject, key_id, ip, || details);
+    }
+
+    /// [`raise_once`](Self::raise_once), building the details only when the alert is raised:
+    /// a key over its spike threshold passes here on every exchange of that minute.
+    fn raise_once_with(
+        &self,
+        kind: AlertKind,
+        subject: &str,
+        key_id: Option<&str>,
+        ip: Option<IpAddr>,
+        details: impl FnOnce() -> Value,
+    ) {
         let k = (kind, subject.to_owned());
         if self.quiet.contains_key(&k) {
             return;
         }
         self.quiet.insert(k, ());
-        self.raise(kind, key_id, None, ip, details);
+        self.raise(kind, key_id, None, ip, details());
     }
 
     /// Feeds the windowed detectors with one successful exchange. With shared windows, one
@@ -355,14 +368,10 @@ impl Alerts {
             s.1
         };
         if count > self.thresholds.usage_spike_per_minute {
-            self.raise_once(
-                AlertKind::UsageSpike,
-                key_id,
-                Some(key_id),
-                None,
+            self.raise_once_with(AlertKind::UsageSpike, key_id, Some(key_id), None, || {
                 serde_json::json!({"exchanges_this_minute": count,
-                                   "threshold": self.thresholds.usage_spike_per_minute}),
-            );
+                                   "threshold": self.thresholds.usage_spike_per_minute})
+            });
         }
         let (devices, networks) = {
             let slot = window(&self.spread, key_id, Default::default);
@@ -377,13 +386,16 @@ impl Alerts {
             (s.0.len(), s.1.len())
         };
         if devices > self.thresholds.many_per_hour || networks > self.thresholds.many_per_hour {
-            self.raise_once(
+            self.raise_once_with(
                 AlertKind::ManyDevicesOrNetworks,
                 key_id,
                 Some(key_id),
                 None,
-                serde_json::json!({"devices_last_hour": devices, "networks_last_hour": networks,
-                                   "threshold": self.thresholds.many_per_hour}),
+                || {
+                    serde_json::json!({"devices_last_hour": devices,
+                                       "networks_last_hour": networks,
+                                       "threshold": self.thresholds.many_per_hour})
+                },
             );
         }
     }
