@@ -154,16 +154,6 @@ pub const PROOF_KEYS: u64 = 10_000;
 pub const PROOF_KEY_IDLE: Duration = Duration::from_secs(600);
 
 impl ProofKeys {
-    /// An empty cache of at most `capacity` keys.
-    pub fn new(capacity: u64) -> ProofKeys {
-        ProofKeys(
-            moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(PROOF_KEY_IDLE)
-                .build(),
-        )
-    }
-
     fn x<'a>(jwk: &CheckedJwk<'a>) -> Option<&'a str> {
         (jwk.curve() == Curve::Ed25519)
             .then(|| jwk.member("x"))
@@ -172,8 +162,14 @@ impl ProofKeys {
 }
 
 impl Default for ProofKeys {
+    /// An empty cache of at most [`PROOF_KEYS`] keys.
     fn default() -> Self {
-        ProofKeys::new(PROOF_KEYS)
+        ProofKeys(
+            moka::sync::Cache::builder()
+                .max_capacity(PROOF_KEYS)
+                .time_to_idle(PROOF_KEY_IDLE)
+                .build(),
+        )
     }
 }
 

@@ -804,7 +804,9 @@ impl UsageMinute {
 
 /// `minutes` with the rows of the same key and minute added into one, in first-seen order (one
 /// multi-row upsert must not name the same row twice).
-pub fn merge_usage<'a>(minutes: impl IntoIterator<Item = &'a UsageMinute>) -> Vec<UsageMinute> {
+pub(crate) fn merge_usage<'a>(
+    minutes: impl IntoIterator<Item = &'a UsageMinute>,
+) -> Vec<UsageMinute> {
     let mut at = std::collections::HashMap::<(&str, i64), usize>::new();
     let mut merged: Vec<UsageMinute> = Vec::new();
     for m in minutes {

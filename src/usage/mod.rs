@@ -30,37 +30,53 @@ struct Tally {
     latency_max_us: i64,
 }
 
+impl Tally {
+    fn add(&mut self, requests: i64, errors: i64, latency_sum_us: i64, latency_max_us: i64) {
+        self.requests += requests;
+        self.errors += errors;
+        self.latency_sum_us += latency_sum_us;
+        self.latency_max_us = self.latency_max_us.max(latency_max_us);
+    }
+}
+
 /// Key-minutes waiting for the next write: minute start → key id → tally.
 type Pending = HashMap<i64, HashMap<String, Tally>>;
+
+/// The tally of `key_id` in `minute`, made when absent unless [`MAX_PENDING`] key-minutes
+/// already wait (`None`). A key already counted that minute costs no allocation.
+fn tally<'a>(pending: &'a mut Pending, minute: i64, key_id: &str) -> Option<&'a mut Tally> {
+    if !pending
+        .get(&minute)
+        .is_some_and(|keys| keys.contains_key(key_id))
+    {
+        if pending.values().map(HashMap::len).sum::<usize>() >= MAX_PENDING {
+            return None;
+        }
+        pending
+            .entry(minute)
+            .or_default()
+            .insert(key_id.to_owned(), Tally::default());
+    }
+    pending.get_mut(&minute)?.get_mut(key_id)
+}
 
 /// Counts each key's requests per minute in memory, for the usage job to write.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    pending: Mutex<(Pending, usize)>,
+    pending: Mutex<Pending>,
 }
 
 impl UsageRecorder {
     /// Counts one request by `key_id` at `at` (unix seconds).
     pub fn record(&self, key_id: &str, at: i64, error: bool, latency_us: i64) {
-        let mut guard = self.pending.lock().expect("not poisoned");
-        let (pending, len) = &mut *guard;
-        let keys = pending.entry(at.div_euclid(60) * 60).or_default();
-        let tally = match keys.get_mut(key_id) {
-            Some(t) => t,
-            None if *len >= MAX_PENDING => {
-                drop(guard);
-                metrics::counter!("keybound_usage_dropped_total").increment(1);
-                return;
-            }
+        let mut pending = self.pending.lock().expect("not poisoned");
+        match tally(&mut pending, at.div_euclid(60) * 60, key_id) {
+            Some(t) => t.add(1, i64::from(error), latency_us, latency_us),
             None => {
-                *len += 1;
-                keys.entry(key_id.to_owned()).or_default()
+                drop(pending);
+                metrics::counter!("keybound_usage_dropped_total").increment(1);
             }
-        };
-        tally.requests += 1;
-        tally.errors += i64::from(error);
-        tally.latency_sum_us += latency_us;
-        tally.latency_max_us = tally.latency_max_us.max(latency_us);
+        }
     }
 
     /// Adds what is counted to `store`. What could not be written is counted again for the
@@ -68,9 +84,7 @@ impl UsageRecorder {
     /// is a report, and losing a minute of it would be worse).
     pub async fn flush(&self, store: &dyn Store) {
         let minutes: Vec<UsageMinute> = {
-            let mut guard = self.pending.lock().expect("not poisoned");
-            let (pending, len) = &mut *guard;
-            *len = 0;
+            let mut pending = self.pending.lock().expect("not poisoned");
             pending
                 .drain()
                 .flat_map(|(minute, keys)| {
@@ -97,26 +111,13 @@ impl UsageRecorder {
 
     /// Counts `minutes` again (after a failed write), as far as there is room.
     fn put_back(&self, minutes: Vec<UsageMinute>) {
-        let mut guard = self.pending.lock().expect("not poisoned");
-        let (pending, len) = &mut *guard;
+        let mut pending = self.pending.lock().expect("not poisoned");
         for m in minutes {
-            let keys = pending.entry(m.minute).or_default();
-            let tally = match keys.get_mut(&m.key_id) {
-                Some(t) => t,
-                None if *len >= MAX_PENDING => {
-                    metrics::counter!("keybound_usage_dropped_total")
-                        .increment(m.requests.unsigned_abs());
-                    continue;
-                }
-                None => {
-                    *len += 1;
-                    keys.entry(m.key_id).or_default()
-                }
-            };
-            tally.requests += m.requests;
-            tally.errors += m.errors;
-            tally.latency_sum_us += m.latency_sum_us;
-            tally.latency_max_us = tally.latency_max_us.max(m.latency_max_us);
+            match tally(&mut pending, m.minute, &m.key_id) {
+                Some(t) => t.add(m.requests, m.errors, m.latency_sum_us, m.latency_max_us),
+                None => metrics::counter!("keybound_usage_dropped_total")
+                    .increment(m.requests.unsigned_abs()),
+            }
         }
     }
 }
@@ -126,9 +127,8 @@ mod tests {
     use super::*;
 
     fn pending(r: &UsageRecorder) -> Vec<(i64, String, i64, i64, i64, i64)> {
-        let guard = r.pending.lock().unwrap();
-        let mut rows: Vec<_> = guard
-            .0
+        let pending = r.pending.lock().unwrap();
+        let mut rows: Vec<_> = pending
             .iter()
             .flat_map(|(m, keys)| {
                 keys.iter().map(|(k, t)| {

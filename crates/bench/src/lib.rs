@@ -88,7 +88,11 @@ fn on_off(on: bool) -> &'static str {
 
 /// Median of `f` over `outcomes`.
 fn median(outcomes: &[Outcome], f: impl Fn(&Outcome) -> f64) -> f64 {
-    let mut v: Vec<f64> = outcomes.iter().map(f).collect();
+    median_value(outcomes.iter().map(f).collect())
+}
+
+/// Median of `v` (NaN when empty).
+fn median_value(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -153,8 +157,8 @@ struct Report {
     rounds: Vec<Ratios>,
 }
 
-/// The target ratios of one round (or of pooled phases).
-#[derive(Debug, Clone, Copy, Default)]
+/// The target ratios of one round.
+#[derive(Debug, Clone, Copy)]
 struct Ratios {
     exchange_over_sign_only: Option<f64>,
     exchange_over_verify_sign: Option<f64>,
@@ -192,15 +196,7 @@ fn median_of(rounds: &[Ratios], f: impl Fn(&Ratios) -> Option<f64>) -> Option<(f
     if values.is_empty() {
         return None;
     }
-    let mut sorted = values.clone();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let m = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
-    Some((m, values))
+    Some((median_value(values.clone()), values))
 }
 
 /// Folds `o` into `into`.
@@ -291,10 +287,7 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
                 t.pid,
             )
             .await;
-            match &mut exchange {
-                Some(e) => e.merge(o),
-                None => exchange = Some(o),
-            }
+            pool(&mut exchange, o);
         }
         exchange.expect("at least one batch ran")
     };

@@ -431,29 +431,53 @@ const INSERT_EVENT: &str = "INSERT INTO usage_events (key_id, at, endpoint, meth
                             latency_us, ip, user_agent) \
                             VALUES ($1, $2, '/v1/token', 'POST', $3, $4, '127.0.0.1', 'app/1')";
 
+/// A usage report as comparable tuples: (start, requests, errors, mean and max latency).
+fn bucket_rows(buckets: &[UsageBucket]) -> Vec<(i64, i64, i64, f64, i64)> {
+    buckets
+        .iter()
+        .map(|b| {
+            (
+                b.start,
+                b.requests,
+                b.errors,
+                b.mean_latency_us,
+                b.max_latency_us,
+            )
+        })
+        .collect()
+}
+
+/// Migrates `$pool` up to the usage migration, inserts [`OLD_EVENTS`], runs the rest of
+/// `$all` and answers what `usage_minutes` holds (one body for both pool types).
+macro_rules! migrate_old_events {
+    ($pool:expr, $all:expr) => {{
+        migrations_before(&$all, 20261205000100)
+            .run($pool)
+            .await
+            .unwrap();
+        for (key, at, status, latency) in OLD_EVENTS {
+            sqlx::query(INSERT_EVENT)
+                .bind(key)
+                .bind(at)
+                .bind(status)
+                .bind(latency)
+                .execute($pool)
+                .await
+                .unwrap();
+        }
+        $all.run($pool).await.unwrap();
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> =
+            sqlx::query_as(FOLDED).fetch_all($pool).await.unwrap();
+        rows
+    }};
+}
+
 #[tokio::test]
 async fn the_usage_migration_folds_old_events_into_their_minutes_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let all = sqlx::migrate!("migrations/sqlite");
-    migrations_before(&all, 20261205000100)
-        .run(&pool)
-        .await
-        .unwrap();
-    for (key, at, status, latency) in OLD_EVENTS {
-        sqlx::query(INSERT_EVENT)
-            .bind(key)
-            .bind(at)
-            .bind(status)
-            .bind(latency)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    all.run(&pool).await.unwrap();
-    let rows: Vec<(String, i64, i64, i64, i64, i64)> =
-        sqlx::query_as(FOLDED).fetch_all(&pool).await.unwrap();
+    let rows = migrate_old_events!(&pool, sqlx::migrate!("migrations/sqlite"));
     assert_eq!(rows, folded());
     assert!(
         sqlx::query("SELECT 1 FROM usage_events")
@@ -468,19 +492,10 @@ async fn the_usage_migration_folds_old_events_into_their_minutes_sqlite() {
         .await
         .unwrap();
     let buckets = store.usage_summary("ak_test_a", 60, 0).await.unwrap();
-    let got: Vec<_> = buckets
-        .iter()
-        .map(|b| {
-            (
-                b.start,
-                b.requests,
-                b.errors,
-                b.mean_latency_us,
-                b.max_latency_us,
-            )
-        })
-        .collect();
-    assert_eq!(got, vec![(120, 2, 1, 20.0, 30), (180, 1, 0, 5.0, 5)]);
+    assert_eq!(
+        bucket_rows(&buckets),
+        vec![(120, 2, 1, 20.0, 30), (180, 1, 0, 5.0, 5)]
+    );
 }
 
 #[tokio::test]
@@ -492,41 +507,12 @@ async fn the_usage_migration_folds_old_events_into_their_minutes_postgres() {
     let _slot = POSTGRES_SLOTS.acquire().await.unwrap();
     let url = fresh_postgres_url(&base).await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let all = sqlx::migrate!("migrations/postgres");
-    migrations_before(&all, 20261205000100)
-        .run(&pool)
-        .await
-        .unwrap();
-    for (key, at, status, latency) in OLD_EVENTS {
-        sqlx::query(INSERT_EVENT)
-            .bind(key)
-            .bind(at)
-            .bind(status)
-            .bind(latency)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    all.run(&pool).await.unwrap();
-    let rows: Vec<(String, i64, i64, i64, i64, i64)> =
-        sqlx::query_as(FOLDED).fetch_all(&pool).await.unwrap();
+    let rows = migrate_old_events!(&pool, sqlx::migrate!("migrations/postgres"));
     assert_eq!(rows, folded());
     pool.close().await;
     let store = open(&url).await.unwrap();
     let buckets = store.usage_summary("ak_test_b", 3_600, 0).await.unwrap();
-    let got: Vec<_> = buckets
-        .iter()
-        .map(|b| {
-            (
-                b.start,
-                b.requests,
-                b.errors,
-                b.mean_latency_us,
-                b.max_latency_us,
-            )
-        })
-        .collect();
-    assert_eq!(got, vec![(0, 2, 1, 8.0, 9)]);
+    assert_eq!(bucket_rows(&buckets), vec![(0, 2, 1, 8.0, 9)]);
     drop(store);
     drop_postgres_database(&url).await;
 }

@@ -453,18 +453,7 @@ pub(super) async fn usage_batches_share_the_token_writes(db: &mut TestDb) {
         .usage_summary(&k.key_id, 60, T0 - 60)
         .await
         .unwrap();
-    let got: Vec<_> = buckets
-        .iter()
-        .map(|b| {
-            (
-                b.start,
-                b.requests,
-                b.errors,
-                b.mean_latency_us,
-                b.max_latency_us,
-            )
-        })
-        .collect();
+    let got = bucket_rows(&buckets);
     // Minute `first`: batches 0..=4 (requests 10..=14, errors 0..=4, latency sums 1..=5 ms).
     // Minute `second`: batches 0..=2 (row 1).
     assert_eq!(
