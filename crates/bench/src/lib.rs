@@ -470,6 +470,12 @@ impl Report {
         of.map(|o| self.exchange.ok_rate() / o.rate().max(1e-9))
     }
 
+    /// Sign-only's server CPU per request ÷ `of`'s: what `of ÷ sign-only` would be if only the
+    /// server's CPU bounded both (the generator on other cores).
+    fn cpu_ratio(&self, of: Option<&Outcome>) -> Option<f64> {
+        Some(self.sign.as_ref()?.cpu_us()? / of?.cpu_us()?.max(1e-9))
+    }
+
     /// Refreshes answered ÷ sign-only (issue 18's refresh target).
     fn refresh_ratio(&self) -> Option<f64> {
         let (r, s) = (self.refresh.as_ref()?, self.sign.as_ref()?);
@@ -492,8 +498,8 @@ impl Report {
         );
         println!();
         println!(
-            "{:<22} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  errors",
-            "phase", "requests", "ok/s", "p50 ms", "p99 ms", "p99.9", "max ms", "cpu µs"
+            "{:<22} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  errors",
+            "phase", "requests", "ok/s", "p50 ms", "p99 ms", "p99.9", "max ms", "cpu µs", "gen µs"
         );
         let row = |name: &str, o: &Outcome| {
             let errors = if o.errors.is_empty() {
@@ -505,9 +511,9 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(" ")
             };
-            let cpu = o.cpu_us().map_or("-".to_owned(), |c| format!("{c:.0}"));
+            let us = |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{c:.0}"));
             println!(
-                "{:<22} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}  {}",
+                "{:<22} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8}  {}",
                 name,
                 o.done,
                 o.ok_rate(),
@@ -515,7 +521,8 @@ impl Report {
                 o.ms(0.99),
                 o.ms(0.999),
                 o.latency.max() as f64 / 1000.0,
-                cpu,
+                us(o.cpu_us()),
+                us(o.generator_cpu_us()),
                 errors
             );
         };
@@ -567,6 +574,16 @@ impl Report {
             if let Some(r) = ratio {
                 println!("{:<24} {r:.2}{note}", format!("{name}:"));
             }
+        }
+        if let (Some(e), Some(r)) = (
+            self.cpu_ratio(Some(&self.exchange)),
+            self.cpu_ratio(self.refresh.as_ref()),
+        ) {
+            println!(
+                "server CPU per request, sign-only ÷ exchange {e:.2}, ÷ refresh {r:.2}: the ratios \
+                 a load generator on cores of its own would measure (the server alone CPU-bound); \
+                 the generator's own CPU (gen µs) on the shared cores raises the ratios above"
+            );
         }
         if self.rounds.len() > 1 {
             println!(
@@ -675,6 +692,7 @@ impl Report {
                    "ok_per_second": o.ok_rate(), "p50_ms": o.ms(0.5), "p99_ms": o.ms(0.99),
                    "p999_ms": o.ms(0.999), "max_ms": o.latency.max() as f64 / 1000.0,
                    "server_cpu_us_per_request": o.cpu_us(),
+                   "generator_cpu_us_per_request": o.generator_cpu_us(),
                    "errors": o.errors.iter().collect::<BTreeMap<_, _>>()})
         };
         json!({
@@ -702,6 +720,8 @@ impl Report {
             }).collect::<Vec<_>>(),
             "refresh": self.refresh.as_ref().map(phase),
             "refresh_over_sign_only": self.refresh_ratio(),
+            "server_cpu_sign_only_over_exchange": self.cpu_ratio(Some(&self.exchange)),
+            "server_cpu_sign_only_over_refresh": self.cpu_ratio(self.refresh.as_ref()),
             "overhead": self.overhead_rows(),
             "rounds": self.rounds.iter().map(Ratios::json).collect::<Vec<_>>(),
             "median_of_rounds": {

@@ -30,6 +30,9 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
     /// CPU seconds the server process used during the phase, when known.
     pub server_cpu: Option<f64>,
+    /// CPU seconds the load generator (this process) used during the phase, when the server
+    /// is another process.
+    pub generator_cpu: Option<f64>,
     /// Non-2xx answers by error code (`HTTP_<status>` when the body has none), and transport
     /// failures as `IO`.
     pub errors: BTreeMap<String, u64>,
@@ -42,6 +45,7 @@ impl Outcome {
             ok: 0,
             elapsed: Duration::ZERO,
             server_cpu: None,
+            generator_cpu: None,
             latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
             errors: BTreeMap::new(),
         }
@@ -52,10 +56,12 @@ impl Outcome {
         self.done += other.done;
         self.ok += other.ok;
         self.elapsed += other.elapsed;
-        self.server_cpu = match (self.server_cpu, other.server_cpu) {
+        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
+        self.server_cpu = add(self.server_cpu, other.server_cpu);
+        self.generator_cpu = add(self.generator_cpu, other.generator_cpu);
         self.latency.add(&other.latency).expect("same bounds");
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
@@ -77,6 +83,17 @@ impl Outcome {
         self.server_cpu.map(|c| c * 1e6 / (self.done.max(1) as f64))
     }
 
+    /// The load generator's CPU time per answered request, in microseconds.
+    pub fn generator_cpu_us(&self) -> Option<f64> {
+        self.generator_cpu
+            .map(|c| c * 1e6 / (self.done.max(1) as f64))
+    }
+
+    /// Records the CPU used since `mark` by the server `pid` and the generator.
+    pub(super) fn set_cpu(&mut self, mark: super::target::CpuMark, pid: Option<u32>) {
+        (self.server_cpu, self.generator_cpu) = mark.since(pid);
+    }
+
     /// Latency quantile in milliseconds.
     pub fn ms(&self, q: f64) -> f64 {
         self.latency.value_at_quantile(q) as f64 / 1000.0
@@ -92,7 +109,7 @@ pub async fn drive(
     make: Arc<MakeRequest>,
     pid: Option<u32>,
 ) -> Outcome {
-    let cpu_before = pid.and_then(super::target::cpu_seconds);
+    let cpu = super::target::CpuMark::now(pid);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + limit;
@@ -106,8 +123,7 @@ pub async fn drive(
         }
     }
     total.elapsed = started.elapsed();
-    let cpu_after = pid.and_then(super::target::cpu_seconds);
-    total.server_cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    total.set_cpu(cpu, pid);
     total
 }
 

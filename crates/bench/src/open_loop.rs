@@ -310,7 +310,7 @@ async fn drive_at_rate(
         count,
         deadline: start + duration + DRAIN,
     });
-    let cpu_before = pid.and_then(super::target::cpu_seconds);
+    let cpu = super::target::CpuMark::now(pid);
     let tasks: Vec<_> = (0..connections)
         .map(|_| tokio::spawn(connection(addr, s.clone(), make.clone())))
         .collect();
@@ -332,8 +332,7 @@ async fn drive_at_rate(
     }
     let release_lag = releaser.join().unwrap_or_else(|_| histogram());
     total.elapsed = Instant::now().saturating_duration_since(start);
-    let cpu_after = pid.and_then(super::target::cpu_seconds);
-    total.server_cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    total.set_cpu(cpu, pid);
     let unsent = count as u64 - sent.min(count as u64);
     if unsent > 0 {
         *total.errors.entry("UNSENT".into()).or_default() += unsent;

@@ -180,7 +180,7 @@ async fn drive_lanes(
         devices: devices.clone(),
         kind,
     });
-    let cpu_before = t.pid.and_then(super::target::cpu_seconds);
+    let cpu = super::target::CpuMark::now(t.pid);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let tasks: Vec<_> = shares
@@ -197,8 +197,7 @@ async fn drive_lanes(
         }
     }
     total.elapsed = started.elapsed();
-    let cpu_after = t.pid.and_then(super::target::cpu_seconds);
-    total.server_cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    total.set_cpu(cpu, t.pid);
     (total, back)
 }
 

@@ -129,6 +129,38 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time used so far by the server and by this process, the load generator, taken around
+/// a phase. The generator's figure is kept only when the server is another process (`--spawn`,
+/// `--url` with `--server-pid`): in process, the two are one figure.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    server: Option<f64>,
+    generator: Option<f64>,
+}
+
+impl CpuMark {
+    /// The CPU seconds used so far by `server` (its pid, when known) and by the generator.
+    pub fn now(server: Option<u32>) -> CpuMark {
+        let own = std::process::id();
+        CpuMark {
+            server: server.and_then(cpu_seconds),
+            generator: server
+                .filter(|&pid| pid != own)
+                .and_then(|_| cpu_seconds(own)),
+        }
+    }
+
+    /// CPU seconds (server, generator) used since `self`.
+    pub fn since(self, server: Option<u32>) -> (Option<f64>, Option<f64>) {
+        let now = CpuMark::now(server);
+        let spent = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
+        (
+            spent(self.server, now.server),
+            spent(self.generator, now.generator),
+        )
+    }
+}
+
 /// CPU time (user + system) `pid` has used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -99,6 +99,46 @@ async fn every_phase_of_a_short_run_answers_without_errors() {
         );
     }
     assert_eq!(json["open_loop"].as_array().map(Vec::len), Some(2));
+    // In process, server and generator are one process: one CPU figure, the server's.
+    assert!(json["exchange"]["server_cpu_us_per_request"].is_f64());
+    assert!(json["exchange"]["generator_cpu_us_per_request"].is_null());
+    assert!(json["server_cpu_sign_only_over_exchange"].is_f64());
+}
+
+#[test]
+fn cpu_marks_split_server_and_generator_only_across_processes() {
+    use super::target::CpuMark;
+    let own = Some(std::process::id());
+    let (server, generator) = CpuMark::now(own).since(own);
+    assert!(
+        server.is_some() && generator.is_none(),
+        "in process: one figure"
+    );
+
+    // A child that spins for half a second stands for a spawned server.
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "end=$(($(date +%s%N) + 500000000)); while [ $(date +%s%N) -lt $end ]; do :; done",
+        ])
+        .spawn()
+        .expect("sh");
+    let pid = Some(child.id());
+    let mark = CpuMark::now(pid);
+    let spun = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while std::time::Instant::now() < spun {
+        std::hint::spin_loop();
+    }
+    let (server, generator) = mark.since(pid);
+    child.wait().expect("child ends");
+    assert!(
+        server.is_some_and(|s| s > 0.0),
+        "the child's CPU: {server:?}"
+    );
+    assert!(
+        generator.is_some_and(|g| g > 0.0),
+        "this process spun too: {generator:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
