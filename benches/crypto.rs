@@ -146,5 +146,35 @@ fn tokens(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, keys, dpop, tokens);
+/// What checking proof signatures in batches saves (`ed25519_dalek::verify_batch`: a random
+/// linear combination, one multiscalar multiplication; the server's `dpop::SignatureBatcher`)
+/// against one `verify_strict` per proof. A batch's time covers all its signatures.
+fn ed25519_batch(c: &mut Criterion) {
+    const N: usize = 64;
+    let mut rng = rand::rngs::OsRng;
+    let keys: Vec<ed25519_dalek::SigningKey> = (0..N)
+        .map(|_| ed25519_dalek::SigningKey::generate(&mut rng))
+        .collect();
+    // Proof-sized messages: a DPoP proof's signing input is about 400 bytes.
+    let msgs: Vec<Vec<u8>> = (0..N)
+        .map(|i| format!("{i:04}{}", "x".repeat(400)).into_bytes())
+        .collect();
+    let sigs: Vec<ed25519_dalek::Signature> =
+        keys.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
+    let vks: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
+    c.bench_function("ed25519/verify_strict", |b| {
+        b.iter(|| vks[0].verify_strict(black_box(&msgs[0]), &sigs[0]).unwrap())
+    });
+    for batch in [8, 32, 64] {
+        let m: Vec<&[u8]> = msgs[..batch].iter().map(Vec::as_slice).collect();
+        // Per batch: divide by `batch` for the cost of one signature.
+        c.bench_function(&format!("ed25519/verify_batch_{batch}"), |b| {
+            b.iter(|| {
+                ed25519_dalek::verify_batch(black_box(&m), &sigs[..batch], &vks[..batch]).unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(benches, keys, dpop, tokens, ed25519_batch);
 criterion_main!(benches);

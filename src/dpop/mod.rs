@@ -21,9 +21,12 @@
 //! What is accepted, and why, is in the comments of `keybound_jose::dpop::verify_proof`; URI
 //! comparison is in `keybound_jose::htu`.
 
+mod batch;
 mod nonce;
 #[cfg(test)]
 mod tests;
+
+pub use batch::SignatureBatcher;
 
 pub use keybound_jose::Error as DpopError;
 pub use keybound_jose::dpop::{DPOP_TYP, MAX_JTI_BYTES, ProofAlg};
@@ -124,14 +127,45 @@ pub fn verify_proof_with(
     opts: &VerifyOptions,
     keys: &dyn KeyCache,
 ) -> Result<VerifiedProof, DpopError> {
-    let check = ProofCheck {
+    let check = proof_check(htm, htu, now_unix, opts);
+    keybound_jose::dpop::verify_proof(proof, &check, keys).map(VerifiedProof)
+}
+
+/// [`verify_proof_with`], with an Ed25519 proof's signature checked by `signatures`, in a
+/// batch with the others waiting ([`SignatureBatcher`]); an ES256 proof's here, alone. The
+/// same checks in the same order, and the same errors.
+pub async fn verify_proof_batched(
+    proof: &str,
+    htm: &str,
+    htu: &str,
+    now_unix: i64,
+    opts: &VerifyOptions,
+    keys: &ProofKeys,
+    signatures: &SignatureBatcher,
+) -> Result<VerifiedProof, DpopError> {
+    let check = proof_check(htm, htu, now_unix, opts);
+    let prepared = keybound_jose::dpop::prepare_proof(proof, &check, keys)?;
+    let signed = if prepared.is_ed25519() {
+        signatures.verify(prepared.signature_job()).await?
+    } else {
+        prepared.verify_signature()?
+    };
+    prepared.finish(&check, keys, signed).map(VerifiedProof)
+}
+
+fn proof_check<'a>(
+    htm: &'a str,
+    htu: &'a str,
+    now_unix: i64,
+    opts: &VerifyOptions,
+) -> ProofCheck<'a> {
+    ProofCheck {
         htm,
         htu,
         now: now_unix,
         iat_leeway_secs: u64::try_from(opts.iat_leeway_secs).unwrap_or(0),
         max_proof_bytes: opts.max_proof_bytes,
-    };
-    keybound_jose::dpop::verify_proof(proof, &check, keys).map(VerifiedProof)
+    }
 }
 
 /// Ed25519 proof keys whose proofs verified lately, decoded: a device signs every proof of its

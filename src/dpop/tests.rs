@@ -837,3 +837,78 @@ fn p256_proof_keys_are_not_kept() {
     verify_cached(&key.proof(&claims()), &keys).unwrap();
     assert_eq!(keys.len(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Signatures checked in batches (`SignatureBatcher`)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_checked_at_once_each_get_their_own_answer() {
+    let keys = std::sync::Arc::new(ProofKeys::default());
+    let signatures = std::sync::Arc::new(SignatureBatcher::default());
+    // Sixty proofs in flight together: every fifth signed by a key other than the one it
+    // carries, a few by P-256 keys (checked alone), the rest good Ed25519 proofs.
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let key = if i % 7 == 3 {
+                DeviceKeyPair::p256()
+            } else {
+                DeviceKeyPair::ed25519()
+            };
+            let claims = claims_with(json!({"jti": format!("j-{i}")}));
+            let proof = if i % 5 == 0 {
+                DeviceKeyPair::ed25519().proof_with_header(&key.header(), &claims)
+            } else {
+                key.proof(&claims)
+            };
+            let (keys, signatures) = (keys.clone(), signatures.clone());
+            tokio::spawn(async move {
+                let opts = VerifyOptions::default();
+                let answer =
+                    verify_proof_batched(&proof, "POST", HTU, NOW, &opts, &keys, &signatures).await;
+                (i, answer)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, answer) = task.await.unwrap();
+        if i % 5 == 0 {
+            assert_eq!(answer, Err(DpopError::BadSignature), "proof {i}");
+        } else {
+            assert_eq!(answer.expect("a good proof").jti, format!("j-{i}"));
+        }
+    }
+    // Only keys whose proofs verified were kept (the Ed25519 ones among the good).
+    let kept = (0..60).filter(|i| i % 5 != 0 && i % 7 != 3).count();
+    assert_eq!(keys.len(), kept as u64);
+}
+
+#[tokio::test]
+async fn a_batched_proof_is_checked_like_one_checked_alone() {
+    let keys = ProofKeys::default();
+    let signatures = SignatureBatcher::default();
+    let key = DeviceKeyPair::ed25519();
+    let opts = VerifyOptions::default();
+    let batched = |proof: String| {
+        let (keys, signatures, opts) = (&keys, &signatures, &opts);
+        async move { verify_proof_batched(&proof, "POST", HTU, NOW, opts, keys, signatures).await }
+    };
+    let good = key.proof(&claims());
+    assert_eq!(batched(good.clone()).await, verify(&good));
+    for (proof, refused) in [
+        (
+            DeviceKeyPair::ed25519().proof_with_header(&key.header(), &claims()),
+            DpopError::BadSignature,
+        ),
+        (
+            key.proof(&claims_with(json!({"htm": "GET"}))),
+            DpopError::HtmMismatch,
+        ),
+        (
+            key.proof(&claims_with(json!({"iat": NOW - 3600}))),
+            DpopError::IatOutsideWindow,
+        ),
+    ] {
+        assert_eq!(batched(proof.clone()).await, Err(refused.clone()));
+        assert_eq!(verify(&proof), Err(refused));
+    }
+}

@@ -83,6 +83,8 @@ pub struct Deps {
     pub dpop_options: Arc<VerifyOptions>,
     /// Decoded proof keys of recent proofs.
     pub proof_keys: Arc<dpop::ProofKeys>,
+    /// Checks Ed25519 proof signatures in batches.
+    pub proof_signatures: Arc<dpop::SignatureBatcher>,
     /// Server nonces (RFC 9449 section 8).
     pub nonces: Arc<NonceIssuer>,
     /// Seen DPoP proofs.
@@ -358,7 +360,7 @@ async fn exchange_as(
 /// last the one durable write that spends the token.
 pub async fn refresh(deps: &Deps, p: Presented<'_>, body: RefreshRequest) -> Result<TokenResponse> {
     let now = crate::clock::now();
-    let proof = parse_proof(deps, p.proof, p.path, now)?;
+    let proof = parse_proof(deps, p.proof, p.path, now).await?;
     let claims = deps
         .refresh_sealer
         .open(body.refresh_token.expose_secret())
@@ -564,7 +566,7 @@ async fn reuse_detected(deps: &Deps, family: &FamilyRecord, ip: IpAddr, now: i64
 /// expired, unknown or another device's, so the endpoint tells nobody anything about a token.
 pub async fn revoke(deps: &Deps, p: Presented<'_>, token: &str) -> Result<()> {
     let now = crate::clock::now();
-    let proof = parse_proof(deps, p.proof, p.path, now)?;
+    let proof = parse_proof(deps, p.proof, p.path, now).await?;
     let Some(claims) = deps.refresh_sealer.open(token) else {
         return Ok(());
     };
@@ -634,14 +636,14 @@ async fn verify_proof(
     key_id: &str,
     ip: IpAddr,
 ) -> Result<VerifiedProof> {
-    let verified = parse_proof(deps, proof, path, now)?;
+    let verified = parse_proof(deps, proof, path, now).await?;
     check_proof(deps, &verified, now, key_id, ip).await?;
     Ok(verified)
 }
 
 /// The proof's own checks (RFC 9449 section 4.3: header, signature, `htm`, `htu`, `iat`), with
 /// no state touched.
-fn parse_proof(
+async fn parse_proof(
     deps: &Deps,
     proof: std::result::Result<Option<&str>, ()>,
     path: &str,
@@ -657,14 +659,16 @@ fn parse_proof(
         }
     };
     let htu = format!("{}{}", deps.policy.issuer, path);
-    dpop::verify_proof_with(
+    dpop::verify_proof_batched(
         proof,
         "POST",
         &htu,
         now,
         &deps.dpop_options,
-        &*deps.proof_keys,
+        &deps.proof_keys,
+        &deps.proof_signatures,
     )
+    .await
     .map_err(|e| Error::InvalidDpopProof(e.to_string()))
 }
 

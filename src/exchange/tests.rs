@@ -65,6 +65,7 @@ async fn fixture() -> Fixture {
         refresh_sealer: Arc::new(RefreshSealer::new(&[1; 32], &[2; 32])),
         dpop_options: Arc::new(VerifyOptions::default()),
         proof_keys: Arc::default(),
+        proof_signatures: Arc::default(),
         nonces: Arc::new(NonceIssuer::new(&[3; 32])),
         replay: Arc::new(MemoryReplayStore::new()),
         alerts: Arc::new(Alerts::new(store.clone(), Default::default())),

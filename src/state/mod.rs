@@ -202,6 +202,7 @@ impl AppState {
                 ..VerifyOptions::default()
             }),
             proof_keys: Arc::default(),
+            proof_signatures: Arc::default(),
             nonces: nonces.clone(),
             replay: replay.clone(),
             alerts: alerts.clone(),

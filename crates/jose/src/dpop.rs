@@ -15,6 +15,12 @@ use serde_json::{Map, Value};
 use crate::jwk::{CheckedJwk, PublicKey};
 use crate::{CompactJws, Error, htu};
 
+mod signature;
+
+pub use signature::{
+    MAX_BATCH as MAX_SIGNATURE_BATCH, SignatureJob, SignatureVerified, verify_signatures,
+};
+
 /// The JWS `typ` of a DPoP proof (RFC 9449 §4.2). Compared exactly: it is what every client
 /// library sends, and the contract names it so.
 pub const DPOP_TYP: &str = "dpop+jwt";
@@ -132,11 +138,38 @@ impl KeyCache for NoCache {
 /// Checks run cheapest and most fundamental first, and nothing from the payload is trusted
 /// before the signature verifies: size, JWS shape, `alg` allow-list, `typ`, `crit`, `jwk`
 /// (public only, matching `alg`), signature, then the claims `jti`, `htm`, `htu`, `iat`.
+///
+/// The same checks in three steps, for a verifier that checks signatures in batches:
+/// [`prepare_proof`], the signature ([`PreparedProof::verify_signature`], or
+/// [`verify_signatures`] with others), then [`PreparedProof::finish`].
 pub fn verify_proof(
     proof: &str,
     check: &ProofCheck<'_>,
     keys: &dyn KeyCache,
 ) -> Result<VerifiedProof, Error> {
+    let prepared = prepare_proof(proof, check, keys)?;
+    let signed = prepared.verify_signature()?;
+    prepared.finish(check, keys, signed)
+}
+
+/// A proof whose checks up to its signature passed ([`prepare_proof`]): its signature is next,
+/// then the claims ([`finish`](Self::finish)).
+#[derive(Debug)]
+pub struct PreparedProof<'a> {
+    jws: CompactJws<'a>,
+    alg: ProofAlg,
+    key: PublicKey,
+    /// The key came from the [`KeyCache`] (else it is put there once its signature verified).
+    cached: bool,
+}
+
+/// The checks of [`verify_proof`] before the signature: size, JWS shape, `alg` allow-list,
+/// `typ`, `crit`, and the `jwk` (public only, matching `alg`), decoded or taken from `keys`.
+pub fn prepare_proof<'a>(
+    proof: &'a str,
+    check: &ProofCheck<'_>,
+    keys: &dyn KeyCache,
+) -> Result<PreparedProof<'a>, Error> {
     // Bound the work before touching the input.
     if proof.len() > check.max_proof_bytes {
         return Err(Error::TooLarge {
@@ -181,56 +214,104 @@ pub fn verify_proof(
         Some(key) => (key, true),
         None => (checked.to_key()?, false),
     };
-    key.verify(jws.signing_input().as_bytes(), jws.signature())?;
-    if !cached {
-        keys.put(&checked, &key);
-    }
-
-    let mut claims = jws.payload()?;
-
-    let jti = match claims.remove("jti") {
-        Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= MAX_JTI_BYTES => jti,
-        _ => return Err(Error::InvalidJti),
-    };
-
-    let Some(Value::String(proof_htm)) = claims.remove("htm") else {
-        return Err(Error::InvalidClaim("htm"));
-    };
-    if proof_htm != check.htm {
-        return Err(Error::HtmMismatch);
-    }
-
-    let Some(Value::String(proof_htu)) = claims.remove("htu") else {
-        return Err(Error::InvalidClaim("htu"));
-    };
-    // Clients normally send exactly the expected form; normalising both is the slow path.
-    if proof_htu != check.htu {
-        let expected = htu::normalize(check.htu).ok_or(Error::InvalidExpectedHtu)?;
-        if htu::normalize(&proof_htu).as_deref() != Some(expected.as_str()) {
-            return Err(Error::HtuMismatch);
-        }
-    }
-
-    let iat = claims
-        .get("iat")
-        .and_then(numeric_date)
-        .ok_or(Error::InvalidClaim("iat"))?;
-    if check.now.abs_diff(iat) > check.iat_leeway_secs {
-        return Err(Error::IatOutsideWindow);
-    }
-
-    let nonce = optional_string(&mut claims, "nonce")?;
-    let ath = optional_string(&mut claims, "ath")?;
-
-    Ok(VerifiedProof {
-        jkt: key.thumbprint().to_owned(),
-        jti,
-        iat,
-        nonce,
-        ath,
+    Ok(PreparedProof {
+        jws,
         alg,
-        jwk: key.jwk().clone(),
+        key,
+        cached,
     })
+}
+
+impl PreparedProof<'_> {
+    /// Verifies the signature alone (`verify_strict` for Ed25519).
+    pub fn verify_signature(&self) -> Result<SignatureVerified, Error> {
+        let (input, signature) = (self.jws.signing_input().as_bytes(), self.jws.signature());
+        self.key.verify(input, signature)?;
+        SignatureVerified::of(&self.key, input, signature)
+    }
+
+    /// The signature's check as a job of its own (owned, so another thread can run it),
+    /// for [`verify_signatures`].
+    pub fn signature_job(&self) -> SignatureJob {
+        SignatureJob::new(
+            self.key.clone(),
+            self.jws.signing_input().as_bytes(),
+            self.jws.signature(),
+        )
+    }
+
+    /// Whether the proof key is Ed25519, whose signatures [`verify_signatures`] checks in
+    /// batches (ES256 signatures are checked one by one).
+    pub fn is_ed25519(&self) -> bool {
+        self.key.ed25519().is_some()
+    }
+
+    /// The rest of [`verify_proof`], once `signed` says this proof's signature verified: the
+    /// key enters `keys`, then the claims `jti`, `htm`, `htu`, `iat`. A `signed` that is not
+    /// this proof's (another key or signature) is [`Error::BadSignature`].
+    pub fn finish(
+        self,
+        check: &ProofCheck<'_>,
+        keys: &dyn KeyCache,
+        signed: SignatureVerified,
+    ) -> Result<VerifiedProof, Error> {
+        let input = self.jws.signing_input().as_bytes();
+        if !signed.is_for(&self.key, input, self.jws.signature()) {
+            return Err(Error::BadSignature);
+        }
+        let key = self.key;
+        if !self.cached {
+            // Decoded again only here, for a key not cached yet: the checks passed before.
+            let jwk = present(self.jws.header().get("jwk")).ok_or(Error::MissingJwk)?;
+            keys.put(&CheckedJwk::check(jwk, self.alg)?, &key);
+        }
+
+        let mut claims = self.jws.payload()?;
+
+        let jti = match claims.remove("jti") {
+            Some(Value::String(jti)) if !jti.is_empty() && jti.len() <= MAX_JTI_BYTES => jti,
+            _ => return Err(Error::InvalidJti),
+        };
+
+        let Some(Value::String(proof_htm)) = claims.remove("htm") else {
+            return Err(Error::InvalidClaim("htm"));
+        };
+        if proof_htm != check.htm {
+            return Err(Error::HtmMismatch);
+        }
+
+        let Some(Value::String(proof_htu)) = claims.remove("htu") else {
+            return Err(Error::InvalidClaim("htu"));
+        };
+        // Clients normally send exactly the expected form; normalising both is the slow path.
+        if proof_htu != check.htu {
+            let expected = htu::normalize(check.htu).ok_or(Error::InvalidExpectedHtu)?;
+            if htu::normalize(&proof_htu).as_deref() != Some(expected.as_str()) {
+                return Err(Error::HtuMismatch);
+            }
+        }
+
+        let iat = claims
+            .get("iat")
+            .and_then(numeric_date)
+            .ok_or(Error::InvalidClaim("iat"))?;
+        if check.now.abs_diff(iat) > check.iat_leeway_secs {
+            return Err(Error::IatOutsideWindow);
+        }
+
+        let nonce = optional_string(&mut claims, "nonce")?;
+        let ath = optional_string(&mut claims, "ath")?;
+
+        Ok(VerifiedProof {
+            jkt: key.thumbprint().to_owned(),
+            jti,
+            iat,
+            nonce,
+            ath,
+            alg: self.alg,
+            jwk: key.jwk().clone(),
+        })
+    }
 }
 
 /// A member's value, with `null` taken as absent (as serde reads an `Option`).

@@ -213,6 +213,14 @@ impl PublicKey {
         &self.0.jkt
     }
 
+    /// The Ed25519 key, for batch verification ([`crate::dpop::verify_signatures`]).
+    pub(crate) fn ed25519(&self) -> Option<&ed25519_dalek::VerifyingKey> {
+        match &self.0.key {
+            VerifyingKey::Ed25519(key) => Some(key),
+            VerifyingKey::P256(_) => None,
+        }
+    }
+
     /// Verifies a JWS signature (RFC 7515 §5.2) over `signing_input` = `header.payload`.
     pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> Result<(), Error> {
         match &self.0.key {

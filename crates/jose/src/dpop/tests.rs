@@ -105,8 +105,8 @@ fn accepts_a_proof_and_returns_what_the_caller_checks() {
     assert_eq!(verified.jkt, jwk_thumbprint(&public_jwk(&key())).unwrap());
 }
 
-#[test]
-fn an_es256_proof_verifies() {
+/// An ES256 proof with `jti`, and its public JWK.
+fn es256_proof(jti: &str) -> (String, Value) {
     use p256::ecdsa::signature::Signer as _;
     let signing = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
     let point = signing.verifying_key().to_encoded_point(false);
@@ -114,7 +114,7 @@ fn an_es256_proof_verifies() {
                      "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
                      "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())});
     let header = json!({"typ": DPOP_TYP, "alg": "ES256", "jwk": jwk});
-    let claims = json!({"jti": "j", "htm": "POST", "htu": HTU, "iat": NOW});
+    let claims = json!({"jti": jti, "htm": "POST", "htu": HTU, "iat": NOW});
     let input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -122,6 +122,12 @@ fn an_es256_proof_verifies() {
     );
     let signature: p256::ecdsa::Signature = signing.sign(input.as_bytes());
     let proof = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+    (proof, jwk)
+}
+
+#[test]
+fn an_es256_proof_verifies() {
+    let (proof, jwk) = es256_proof("j");
     let verified = verify_proof(&proof, &check(), &NoCache).unwrap();
     assert_eq!(verified.alg, ProofAlg::Es256);
     assert_eq!(verified.jwk, jwk);
@@ -237,4 +243,109 @@ fn htu_is_matched_exactly_or_after_normalisation() {
             "{proof_htu} against {expected}: {result:?}"
         );
     }
+}
+
+/// `n` proofs, proof `i` by its own key (seed `i + 1`) with `jti` `j-i`.
+fn proofs_by(n: u8) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[i + 1; 32]);
+            let header = json!({"typ": DPOP_TYP, "alg": "EdDSA", "jwk": public_jwk(&key)});
+            let claims = json!({"jti": format!("j-{i}"), "htm": "POST", "htu": HTU, "iat": NOW});
+            sign(&key, &header, &claims)
+        })
+        .collect()
+}
+
+fn jobs(proofs: &[String]) -> Vec<SignatureJob> {
+    proofs
+        .iter()
+        .map(|p| {
+            prepare_proof(p, &check(), &NoCache)
+                .expect("prepared")
+                .signature_job()
+        })
+        .collect()
+}
+
+/// `proof` with its signature replaced by one over the same input by another key.
+fn signed_by_another_key(proof: &str) -> String {
+    let input = &proof[..proof.rfind('.').unwrap()];
+    let other = ed25519_dalek::SigningKey::from_bytes(&[200; 32]);
+    let signature = other.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+#[test]
+fn signatures_checked_together_pass_or_fail_each_on_its_own() {
+    // Batches of every size from two to past MAX_SIGNATURE_BATCH (two chunks), each with one
+    // forgery somewhere: only the forgery fails, and each answer finishes its own proof.
+    for (n, bad) in [(2u8, 0usize), (9, 4), (70, 69)] {
+        let mut proofs = proofs_by(n);
+        proofs[bad] = signed_by_another_key(&proofs[bad]);
+        let answers = verify_signatures(jobs(&proofs));
+        assert_eq!(answers.len(), proofs.len());
+        for (i, (proof, answer)) in proofs.iter().zip(answers).enumerate() {
+            let prepared = prepare_proof(proof, &check(), &NoCache).unwrap();
+            match answer {
+                Ok(signed) => {
+                    assert_ne!(i, bad, "batch of {n}: the forgery passed");
+                    let verified = prepared.finish(&check(), &NoCache, signed).unwrap();
+                    assert_eq!(verified.jti, format!("j-{i}"));
+                }
+                Err(e) => {
+                    assert_eq!((i, e), (bad, Error::BadSignature), "batch of {n}");
+                    // The same answer as the proof checked alone.
+                    assert_eq!(
+                        verify_proof(proof, &check(), &NoCache),
+                        Err(Error::BadSignature)
+                    );
+                }
+            }
+        }
+    }
+    // A batch of good signatures only: every one passes.
+    let proofs = proofs_by(16);
+    assert!(verify_signatures(jobs(&proofs)).iter().all(Result::is_ok));
+}
+
+#[test]
+fn an_es256_signature_among_ed25519_ones_is_checked_alone() {
+    let mut proofs = proofs_by(3);
+    proofs.push(es256_proof("es").0);
+    let prepared = prepare_proof(&proofs[3], &check(), &NoCache).unwrap();
+    assert!(!prepared.is_ed25519());
+    let answers = verify_signatures(jobs(&proofs));
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let signed = answers[3].clone().unwrap();
+    assert_eq!(
+        prepared.finish(&check(), &NoCache, signed).unwrap().jti,
+        "es"
+    );
+}
+
+#[test]
+fn a_verified_signature_finishes_only_its_own_proof() {
+    let proofs = proofs_by(2);
+    let first = prepare_proof(&proofs[0], &check(), &NoCache).unwrap();
+    let second = prepare_proof(&proofs[1], &check(), &NoCache).unwrap();
+    let signed = first.verify_signature().unwrap();
+    assert_eq!(
+        second.finish(&check(), &NoCache, signed.clone()),
+        Err(Error::BadSignature)
+    );
+    assert!(first.finish(&check(), &NoCache, signed).is_ok());
+}
+
+#[test]
+fn a_key_is_remembered_only_when_its_proof_is_finished() {
+    let keys = Trusting::default();
+    let proofs = proofs_by(1);
+    let prepared = prepare_proof(&proofs[0], &check(), &keys).unwrap();
+    assert!(keys.key.borrow().is_none(), "not before the signature");
+    let signed = verify_signatures(vec![prepared.signature_job()])
+        .remove(0)
+        .unwrap();
+    prepared.finish(&check(), &keys, signed).unwrap();
+    assert!(keys.key.borrow().is_some());
 }
