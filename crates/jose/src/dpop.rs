@@ -225,9 +225,7 @@ pub fn prepare_proof<'a>(
 impl PreparedProof<'_> {
     /// Verifies the signature alone (`verify_strict` for Ed25519).
     pub fn verify_signature(&self) -> Result<SignatureVerified, Error> {
-        let (input, signature) = (self.jws.signing_input().as_bytes(), self.jws.signature());
-        self.key.verify(input, signature)?;
-        SignatureVerified::of(&self.key, input, signature)
+        self.signature_job().verify()
     }
 
     /// The signature's check as a job of its own (owned, so another thread can run it),

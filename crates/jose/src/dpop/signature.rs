@@ -41,19 +41,6 @@ pub struct SignatureJob {
 pub struct SignatureVerified(SignatureJob);
 
 impl SignatureVerified {
-    /// The verdict for `signature` over `signing_input` by `key`, which has just verified.
-    pub(super) fn of(
-        key: &PublicKey,
-        signing_input: &[u8],
-        signature: &[u8],
-    ) -> Result<SignatureVerified, Error> {
-        let job = SignatureJob::new(key.clone(), signing_input, signature);
-        match job.signature {
-            Some(_) => Ok(SignatureVerified(job)),
-            None => Err(Error::BadSignature),
-        }
-    }
-
     pub(super) fn is_for(&self, key: &PublicKey, signing_input: &[u8], signature: &[u8]) -> bool {
         let job = &self.0;
         job.signature.as_ref().map(<[u8; 64]>::as_slice) == Some(signature)
