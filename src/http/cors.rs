@@ -18,9 +18,7 @@
 
 use std::time::Duration;
 
-use axum::extract::Request;
 use axum::http::{HeaderName, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::MethodRouter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -62,17 +60,29 @@ pub fn token_endpoint<S: Clone + Send + Sync + 'static>(route: MethodRouter<S>) 
     // answers every OPTIONS itself; the handler never runs.
     route
         .options(|| async { StatusCode::NO_CONTENT })
-        .layer(cors)
-        .layer(axum::middleware::from_fn(origin_refusals_and_preflights))
+        // One layer, not two: a route clones what each layer wraps on every request
+        // (`crate::http::app_with`).
+        .layer::<_, std::convert::Infallible>(
+            tower::ServiceBuilder::new()
+                .map_response(origin_refusals_and_preflights as fn(Response) -> Response)
+                .layer(cors),
+        )
 }
 
 /// What tower-http's layer does not do for us: a preflight answers 204 (contract section 11;
 /// tower-http answers 200), and a response marked [`OriginRefused`] loses every CORS header
 /// tower-http added.
-async fn origin_refusals_and_preflights(req: Request, next: Next) -> Response {
-    let preflight = req.method() == Method::OPTIONS;
-    let mut res = next.run(req).await;
-    if preflight && res.status() == StatusCode::OK {
+///
+/// A plain function of the response (a `tower` map, no boxed middleware per request): a
+/// preflight is recognised by `Access-Control-Allow-Methods`, which tower-http writes on its
+/// answers to `OPTIONS` (the layer answers every `OPTIONS` itself) and on no other response,
+/// and which no handler writes.
+fn origin_refusals_and_preflights(mut res: Response) -> Response {
+    if res.status() == StatusCode::OK
+        && res
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+    {
         *res.status_mut() = StatusCode::NO_CONTENT;
     }
     if res.extensions().get::<OriginRefused>().is_some() {

@@ -16,6 +16,7 @@ pub mod token;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -66,20 +67,15 @@ pub fn app_with(state: AppState, surface: Surface, extra: Router<AppState>) -> R
     if surface != Surface::Public {
         routes = routes.nest("/admin/v1", admin::router());
     }
-    routes
-        .fallback(|| async { Error::NotFound })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(count_requests))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        // A stalled body (no chunk for this long) fails the read: the extractor answers 400
-        // and hyper closes the connection, whose body it can no longer find the end of.
-        .layer(RequestBodyTimeoutLayer::new(
-            state.settings.body_read_timeout,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            discovery::reject_keys_in_url,
-        ))
+    // One layer made of every middleware, outermost first. `Router::layer` wraps each route
+    // on its own, and a route clones what it wraps on every request (`axum::routing::Route`):
+    // as nine layers, each request cloned the stack below each of them again, the route's
+    // service included (about 80 allocations a token request, `docs/benchmarks.md`); as one,
+    // each route holds one stack, cloned once.
+    let middleware = ServiceBuilder::new()
+        .layer(axum::middleware::map_request(drop_foreign_request_id))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
         .layer(
             // The span records method, route and request id; never headers or bodies, which
             // carry API keys, tokens and proofs.
@@ -98,9 +94,23 @@ pub fn app_with(state: AppState, surface: Surface, extra: Router<AppState>) -> R
                 tracing::info_span!("request", method = %req.method(), route, request_id = id)
             }),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::map_request(drop_foreign_request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            discovery::reject_keys_in_url,
+        ))
+        // A stalled body (no chunk for this long) fails the read: the extractor answers 400
+        // and hyper closes the connection, whose body it can no longer find the end of.
+        .layer(RequestBodyTimeoutLayer::new(
+            state.settings.body_read_timeout,
+        ))
+        // Back to axum's body type for the layers below, as `Router::layer` does between two.
+        .map_request(|req: Request<_>| req.map(axum::body::Body::new))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(count_requests));
+    routes
+        .fallback(|| async { Error::NotFound })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(middleware)
         .with_state(state)
 }
 
