@@ -828,7 +828,7 @@ async fn enroll(
         key_id: key.key_id.clone(),
         jkt,
         name: presented.name.clone(),
-        attributes: presented.attributes.clone(),
+        attributes: Arc::new(presented.attributes.clone()),
         status: DeviceStatus::Active,
         approved: false,
         created_at: now,
@@ -928,7 +928,7 @@ async fn verify_attestation(
     // Contract section 8: the client data binds the attestation to this request's DPoP key.
     let client_data = format!("{challenge}.{}", proof.jkt);
     let verifier = deps.verifier.clone();
-    let jwk = proof.jwk.clone();
+    let jwk = proof.jwk().clone();
     let attested = tokio::task::spawn_blocking(move || {
         verifier.verify(&attestation, client_data.as_bytes(), &jwk, now)
     })
@@ -998,8 +998,7 @@ fn score_and_record(
     {
         // Accepted drift (an OS or app update) becomes the new baseline. (Checked first: on
         // almost every exchange nothing changed, and rebuilding the map is not free.)
-        device
-            .attributes
+        Arc::make_mut(&mut device.attributes)
             .extend(presented.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     if !seen {

@@ -288,8 +288,11 @@ pub struct DeviceRecord {
     pub jkt: Thumbprint,
     /// Name the app gave it.
     pub name: Option<String>,
+    // Shared, not copied, when the record is cloned: each exchange clones the cached record
+    // to update its history, and the attributes rarely change (copied then, `Arc::make_mut`).
     /// Fingerprint attributes as first enrolled (and updated on accepted drift).
-    pub attributes: BTreeMap<String, String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub attributes: Arc<BTreeMap<String, String>>,
     /// Lifecycle status.
     pub status: DeviceStatus,
     /// An operator approved it: `trusted` unless its stable attributes change.

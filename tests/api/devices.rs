@@ -25,7 +25,10 @@ fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
             .parse()
             .unwrap(),
         name: Some(format!("phone {n}")),
-        attributes: BTreeMap::from([("platform".to_owned(), "ios".to_owned())]),
+        attributes: std::sync::Arc::new(BTreeMap::from([(
+            "platform".to_owned(),
+            "ios".to_owned(),
+        )])),
         status: DeviceStatus::Active,
         approved: false,
         created_at,

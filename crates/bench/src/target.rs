@@ -506,7 +506,7 @@ fn device_row(
         key_id: KeyId::parse(&key_id).expect("bench key ids are well-formed"),
         jkt: Thumbprint::parse(&jkt).expect("bench thumbprints are base64url SHA-256"),
         name: None,
-        attributes,
+        attributes: attributes.into(),
         status: DeviceStatus::Active,
         approved: false,
         created_at,

@@ -102,10 +102,17 @@ pub struct VerifiedProof {
     pub ath: Option<String>,
     /// The signature algorithm used.
     pub alg: ProofAlg,
+    /// The proof key (shared with the [`KeyCache`], not copied); its JWK is [`Self::jwk`].
+    pub key: PublicKey,
+}
+
+impl VerifiedProof {
     /// The public key, reduced to the members its thumbprint covers (`kty`, `crv`, `x` and,
     /// for EC, `y`), with their values exactly as presented. Optional members (`kid`, `use`,
     /// ...) are dropped so a client cannot make us store arbitrary data with the device.
-    pub jwk: Value,
+    pub fn jwk(&self) -> &Value {
+        self.key.jwk()
+    }
 }
 
 /// Proof keys a verifier keeps between proofs, so that a device that signs all its proofs with
@@ -307,7 +314,7 @@ impl PreparedProof<'_> {
             nonce,
             ath,
             alg: self.alg,
-            jwk: key.jwk().clone(),
+            key,
         })
     }
 }

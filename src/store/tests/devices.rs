@@ -278,7 +278,7 @@ pub(super) async fn device_usage_is_saved(db: &mut TestDb) {
     d.trust_score = 0.8125;
     d.trust_level = crate::devices::TrustLevel::Trusted;
     d.trust_factors = crate::store::JsonText::of(&json!({"history": 0.9, "drift": []}));
-    d.attributes.insert("os_version".into(), "17.2".into());
+    Arc::make_mut(&mut d.attributes).insert("os_version".into(), "17.2".into());
     store
         .update_device_usage(Arc::new(d.clone()))
         .await

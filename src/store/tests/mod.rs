@@ -257,10 +257,10 @@ fn device(key_id: &str, n: u32) -> DeviceRecord {
         key_id: crate::ids::KeyId::parse(key_id).expect("a key id"),
         jkt: thumbprint(&format!("jkt-{key_id}-{n}")),
         name: Some(format!("phone {n}")),
-        attributes: BTreeMap::from([
+        attributes: Arc::new(BTreeMap::from([
             ("platform".into(), "ios".into()),
             ("model".into(), "iPhone15,2".into()),
-        ]),
+        ])),
         status: DeviceStatus::Active,
         approved: false,
         created_at: T0 + i64::from(n),

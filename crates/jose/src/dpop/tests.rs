@@ -101,7 +101,7 @@ fn accepts_a_proof_and_returns_what_the_caller_checks() {
     assert_eq!(verified.iat, NOW);
     assert_eq!(verified.nonce.as_deref(), Some("n"));
     assert_eq!(verified.ath.as_deref(), Some("a"));
-    assert_eq!(verified.jwk, public_jwk(&key()));
+    assert_eq!(verified.jwk(), &public_jwk(&key()));
     assert_eq!(verified.jkt, jwk_thumbprint(&public_jwk(&key())).unwrap());
 }
 
@@ -130,7 +130,7 @@ fn an_es256_proof_verifies() {
     let (proof, jwk) = es256_proof("j");
     let verified = verify_proof(&proof, &check(), &NoCache).unwrap();
     assert_eq!(verified.alg, ProofAlg::Es256);
-    assert_eq!(verified.jwk, jwk);
+    assert_eq!(verified.jwk(), &jwk);
 }
 
 /// A cache that remembers every key it is given and answers for any JWK of the curve: the
