@@ -30,8 +30,11 @@ use crate::usage::UsageRecorder;
 /// How often storage is probed (see [`StorageHealth::up`]).
 pub const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Longest a device's history waits in memory before it is written.
-pub const DEVICE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest a device's history waits in memory before it is written: the bound (1 s),
+/// as for usage totals. Each flush writes every device seen since the last one, so a device
+/// in steady use costs one row update a second instead of two (`docs/benchmarks.md`, twelfth
+/// session); a crash loses at most this window of history (`docs/design.md`).
+pub const DEVICE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the `last_used_at` batch is written, signing keys reloaded and ended grace
 /// windows cleared.
