@@ -961,7 +961,7 @@ fn score_and_record(
     let is_new = scoring == Scoring::Exchange { is_new: true };
     let network = network_of(ip);
     let seen = device.networks.contains(&network);
-    let decision = trust::evaluate(&TrustInputs {
+    let mut decision = trust::evaluate(&TrustInputs {
         stored: &device.attributes,
         presented,
         history: DeviceHistory::of(
@@ -1018,7 +1018,8 @@ fn score_and_record(
     }
     device.trust_score = decision.score;
     device.trust_level = decision.level;
-    device.trust_factors = JsonText::of(&decision.factors);
+    // Encoded when the history is written (about once a second), not here.
+    device.trust_factors = JsonText::factors(std::mem::take(&mut decision.factors));
     device.last_seen_at = now;
     if decision.level == TrustLevel::Denied {
         let (cache, switches) = (deps.cache.clone(), deps.switches.clone());

@@ -331,20 +331,34 @@ pub struct DeviceRecord {
 
 /// A JSON value kept as its text (a device's trust factors).
 ///
-/// Every exchange replaces a device's factors and writes them, and the record is cloned into
-/// the cache: as a tree of `serde_json::Value`s that was a map per factor to build, copy,
-/// encode and free each time, as text it is one string. Compared by text.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JsonText(Box<serde_json::value::RawValue>);
+/// Every exchange replaces a device's factors, the record is cloned into the cache, and the
+/// history is written within a second: as a tree of `serde_json::Value`s that was a map per
+/// factor to build, copy, encode and free each time; as text it is one string. The factors an
+/// exchange scores are kept as the scoring made them ([`JsonText::factors`]) and encoded when
+/// first read ([`JsonText::get`]: the history flush, the admin API), so a device in steady use
+/// has them encoded about once a second rather than on every exchange. Compared by text.
+#[derive(Clone)]
+pub struct JsonText {
+    text: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
+    /// What `text` encodes, when it was made from trust factors and not encoded yet.
+    factors: Option<Arc<Vec<crate::devices::TrustFactor>>>,
+}
 
 impl JsonText {
     /// Encodes `value`.
     pub fn of<T: Serialize + ?Sized>(value: &T) -> JsonText {
-        JsonText(
-            serde_json::value::to_raw_value(value)
-                .expect("trust factors and JSON values always serialize"),
-        )
+        JsonText {
+            text: encode(value).into(),
+            factors: None,
+        }
+    }
+
+    /// `factors`, encoded when first read.
+    pub fn factors(factors: Vec<crate::devices::TrustFactor>) -> JsonText {
+        JsonText {
+            text: std::sync::OnceLock::new(),
+            factors: Some(Arc::new(factors)),
+        }
     }
 
     /// `[]`.
@@ -354,7 +368,42 @@ impl JsonText {
 
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        self.raw().get()
+    }
+
+    fn raw(&self) -> &serde_json::value::RawValue {
+        self.text
+            .get_or_init(|| encode(self.factors.as_deref().map_or(&[][..], Vec::as_slice)))
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(value).expect("trust factors and JSON values always serialize")
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.raw().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<JsonText, D::Error> {
+        Ok(JsonText {
+            text: Box::<serde_json::value::RawValue>::deserialize(deserializer)?.into(),
+            factors: None,
+        })
+    }
+}
+
+impl std::fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JsonText").field(&self.get()).finish()
     }
 }
 

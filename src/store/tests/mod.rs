@@ -516,3 +516,34 @@ async fn the_usage_migration_folds_old_events_into_their_minutes_postgres() {
     drop(store);
     drop_postgres_database(&url).await;
 }
+
+#[test]
+fn trust_factors_encoded_when_read_are_the_text_encoded_at_once() {
+    use crate::devices::TrustFactor;
+    let factors = vec![
+        TrustFactor {
+            name: "history".into(),
+            contribution: 0.3125,
+            detail: format!("{} earlier exchanges, enrolled {} s ago", 12, 3600).into(),
+        },
+        TrustFactor {
+            name: "network".into(),
+            contribution: -0.05,
+            detail: "a \"new\" network".into(),
+        },
+    ];
+    let at_once = JsonText::of(&factors);
+    let deferred = JsonText::factors(factors.clone());
+    assert_eq!(deferred.get(), at_once.get());
+    assert_eq!(deferred, at_once);
+    // Clones share the factors and encode the same text; serde writes the text itself.
+    let copy = JsonText::factors(factors).clone();
+    assert_eq!(
+        serde_json::to_value(&copy).unwrap(),
+        serde_json::to_value(&at_once).unwrap()
+    );
+    let back: JsonText = serde_json::from_str(at_once.get()).unwrap();
+    assert_eq!(back.get(), at_once.get());
+    assert_eq!(JsonText::factors(vec![]).get(), "[]");
+    assert_eq!(JsonText::empty_list().get(), "[]");
+}
