@@ -140,8 +140,47 @@ impl Default for Thresholds {
     }
 }
 
-/// Distinct device ids and networks seen for one key.
-type Spread = (HashSet<String>, HashSet<String>);
+/// One key's in-process anomaly windows, kept together so an exchange looks its key up once.
+#[derive(Debug, Default)]
+struct Window {
+    /// The minute being counted (Unix minutes) and its exchanges, for the spike detector.
+    minute: i64,
+    count: u64,
+    /// When the hour of `devices` and `networks` began: at the key's first exchange after the
+    /// last hour ended.
+    hour_from: i64,
+    /// Distinct device ids and networks seen for the key this hour.
+    devices: HashSet<String>,
+    networks: HashSet<String>,
+}
+
+impl Window {
+    /// Counts one exchange at `now` (Unix seconds) by `device_id` from `network`: this minute's
+    /// exchanges, and the distinct devices and networks of the hour, after it.
+    fn observe(&mut self, device_id: &str, network: &str, now: i64) -> (u64, usize, usize) {
+        let minute = now / 60;
+        if self.minute != minute {
+            (self.minute, self.count) = (minute, 0);
+        }
+        self.count += 1;
+        if now - self.hour_from >= SPREAD_WINDOW_SECS {
+            self.hour_from = now;
+            self.devices.clear();
+            self.networks.clear();
+        }
+        // Copy the ids only when new to the window: almost every exchange repeats them.
+        if !self.devices.contains(device_id) {
+            self.devices.insert(device_id.to_owned());
+        }
+        if !self.networks.contains(network) {
+            self.networks.insert(network.to_owned());
+        }
+        (self.count, self.devices.len(), self.networks.len())
+    }
+}
+
+/// How long the distinct devices and networks are counted before they start again.
+const SPREAD_WINDOW_SECS: i64 = 3600;
 
 /// What else happens when an alert is raised, after it is queued (automatic containment,
 /// [`crate::containment::Containment`]). Called on the request path: it must not block.
@@ -155,10 +194,8 @@ pub struct Alerts {
     /// Stores alerts in batches.
     writer: AlertWriter,
     thresholds: Thresholds,
-    /// Per key: (minute, count) for the spike detector.
-    per_minute: Cache<String, Arc<Mutex<(i64, u64)>>>,
-    /// Per key: distinct devices and networks seen in the last hour.
-    spread: Cache<String, Arc<Mutex<Spread>>>,
+    /// Per key: its spike count and the devices and networks of its hour.
+    windows: Cache<String, Arc<Mutex<Window>>>,
     /// Kinds already raised for a subject within the quiet period (no alert storms).
     quiet: Cache<(AlertKind, String), ()>,
     /// Where alerts are POSTed, if configured.
@@ -166,7 +203,7 @@ pub struct Alerts {
     /// The automatic containment policy, if configured.
     containment: Option<Box<dyn Reaction>>,
     /// With `--redis-url`: the windows kept in Redis for the whole cluster, replacing
-    /// `per_minute` and `spread`.
+    /// `windows`.
     shared: Option<shared::SharedWindows>,
 }
 
@@ -176,13 +213,10 @@ impl Alerts {
         Alerts {
             writer: AlertWriter::start(store),
             thresholds,
-            per_minute: Cache::builder()
+            // An idle key's windows would start again anyway: dropped after an idle hour.
+            windows: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(120))
-                .build(),
-            spread: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(3600))
+                .time_to_idle(Duration::from_secs(SPREAD_WINDOW_SECS as u64))
                 .build(),
             quiet: Cache::builder()
                 .max_capacity(100_000)
@@ -355,36 +389,16 @@ impl Alerts {
 
     /// The in-process windows (no Redis).
     fn observe_locally(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
-        let minute = now / 60;
-        let count = {
-            let slot = window(&self.per_minute, key_id, || {
-                Arc::new(Mutex::new((minute, 0)))
-            });
-            let mut s = slot.lock().expect("no panics while held");
-            if s.0 != minute {
-                *s = (minute, 0);
-            }
-            s.1 += 1;
-            s.1
-        };
+        let (count, devices, networks) = window(&self.windows, key_id, Default::default)
+            .lock()
+            .expect("no panics while held")
+            .observe(device_id, network, now);
         if count > self.thresholds.usage_spike_per_minute {
             self.raise_once_with(AlertKind::UsageSpike, key_id, Some(key_id), None, || {
                 serde_json::json!({"exchanges_this_minute": count,
                                    "threshold": self.thresholds.usage_spike_per_minute})
             });
         }
-        let (devices, networks) = {
-            let slot = window(&self.spread, key_id, Default::default);
-            let mut s = slot.lock().expect("no panics while held");
-            // Copy the ids only when new to the window: almost every exchange repeats them.
-            if !s.0.contains(device_id) {
-                s.0.insert(device_id.to_owned());
-            }
-            if !s.1.contains(network) {
-                s.1.insert(network.to_owned());
-            }
-            (s.0.len(), s.1.len())
-        };
         if devices > self.thresholds.many_per_hour || networks > self.thresholds.many_per_hour {
             self.raise_once_with(
                 AlertKind::ManyDevicesOrNetworks,
@@ -421,4 +435,24 @@ pub fn network_of(ip: IpAddr) -> String {
     };
     net.map(|n| n.trunc().to_string())
         .unwrap_or_else(|_| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    #[test]
+    fn a_window_counts_the_minute_and_the_hour_and_starts_again_after_each() {
+        let t0 = 1_800_000_000; // a minute boundary
+        let mut w = Window::default();
+        assert_eq!(w.observe("dev_a", "198.51.100.0/24", t0), (1, 1, 1));
+        assert_eq!(w.observe("dev_a", "198.51.100.0/24", t0 + 10), (2, 1, 1));
+        assert_eq!(w.observe("dev_b", "203.0.113.0/24", t0 + 59), (3, 2, 2));
+        // A new minute: the spike count starts again, the hour's devices stay.
+        assert_eq!(w.observe("dev_c", "203.0.113.0/24", t0 + 60), (1, 3, 2));
+        assert_eq!(w.observe("dev_a", "198.51.100.0/24", t0 + 3599), (1, 3, 2));
+        // An hour after the window began, devices and networks start again too.
+        assert_eq!(w.observe("dev_d", "192.0.2.0/24", t0 + 3600), (1, 1, 1));
+        assert_eq!(w.observe("dev_a", "192.0.2.0/24", t0 + 3601), (2, 2, 1));
+    }
 }
