@@ -387,9 +387,18 @@ impl Alerts {
         }
     }
 
+    /// A key's windows, looked up by `&str` first: the key's id is copied only when the entry
+    /// is new.
+    fn window(&self, key_id: &str) -> Arc<Mutex<Window>> {
+        self.windows
+            .get(key_id)
+            .unwrap_or_else(|| self.windows.get_with(key_id.to_owned(), Default::default))
+    }
+
     /// The in-process windows (no Redis).
     fn observe_locally(&self, key_id: &str, device_id: &str, network: &str, now: i64) {
-        let (count, devices, networks) = window(&self.windows, key_id, Default::default)
+        let (count, devices, networks) = self
+            .window(key_id)
             .lock()
             .expect("no panics while held")
             .observe(device_id, network, now);
@@ -413,18 +422,6 @@ impl Alerts {
             );
         }
     }
-}
-
-/// A key's entry in an anomaly window, looked up by `&str` first: the key's id is copied only
-/// when the entry is new.
-fn window<V: Clone + Send + Sync + 'static>(
-    cache: &Cache<String, V>,
-    key_id: &str,
-    init: impl FnOnce() -> V,
-) -> V {
-    cache
-        .get(key_id)
-        .unwrap_or_else(|| cache.get_with(key_id.to_owned(), init))
 }
 
 /// The network an IP belongs to, for "new network" signals: its /24 (IPv4) or /64 (IPv6).

@@ -928,9 +928,10 @@ async fn verify_attestation(
     // Contract section 8: the client data binds the attestation to this request's DPoP key.
     let client_data = format!("{challenge}.{}", proof.jkt);
     let verifier = deps.verifier.clone();
-    let jwk = proof.jwk().clone();
+    // The proof's key is shared (an `Arc`): the blocking task takes it, not a copy of its JWK.
+    let key = proof.key.clone();
     let attested = tokio::task::spawn_blocking(move || {
-        verifier.verify(&attestation, client_data.as_bytes(), &jwk, now)
+        verifier.verify(&attestation, client_data.as_bytes(), key.jwk(), now)
     })
     .await
     .map_err(Error::internal)?
@@ -949,6 +950,8 @@ async fn verify_attestation(
 }
 
 /// Scores a device, remembers the outcome (batched write) and raises the alerts it calls for.
+/// The decision's factors move into the device record (encoded when the history is written):
+/// the returned decision has none.
 fn score_and_record(
     deps: &Deps,
     key: &KeyRecord,
