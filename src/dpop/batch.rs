@@ -6,10 +6,16 @@
 //! documentation says what a batch accepts). So a request hands its proof's signature to a
 //! verifier thread and waits; the thread takes every signature waiting (up to
 //! [`MAX_SIGNATURE_BATCH`]) and checks them together, the way the group commit takes every
-//! write waiting (`store::writer`). Nothing waits on purpose: when the thread is idle a
-//! signature is checked at once, alone; under load the signatures that arrived while the last
-//! batch was checked form the next. A batch that fails is checked again signature by signature,
-//! so a bad proof fails only itself.
+//! write waiting (`store::writer`). Nothing waits on purpose: under load the signatures that
+//! arrived while the last batch was checked form the next. A batch that fails is checked again
+//! signature by signature, so a bad proof fails only itself.
+//!
+//! **A signature with none other in flight is checked where it is**, on the request's own
+//! thread: there is nothing to batch it with, and the hand-off would cost two thread wake-ups
+//! (to the verifier thread and back) for a batch of one. Below saturation that is most proofs:
+//! at half the closed-loop saturation, open loop, handing every signature over made an
+//! exchange cost 1.6 times its closed-loop server CPU, and its p99 latency three times
+//! what it is without the hand-off (`docs/benchmarks.md`, thirteenth session).
 //!
 //! The threads are plain OS threads, not Tokio tasks: a batch of 64 is about a millisecond of
 //! CPU, too long to hold a runtime worker. They start on first use, one per four cores (the
@@ -34,11 +40,30 @@ type Job = (SignatureJob, oneshot::Sender<Answer>);
 pub struct SignatureBatcher {
     lanes: OnceLock<Vec<mpsc::Sender<Job>>>,
     next: AtomicUsize,
+    /// Signatures being checked now, here or on a verifier thread.
+    in_flight: AtomicUsize,
+}
+
+/// Counts a signature in [`SignatureBatcher::in_flight`] until dropped (also when the request
+/// is cancelled while it waits).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl SignatureBatcher {
-    /// Checks `job`'s signature, with whatever other signatures are waiting.
+    /// Checks `job`'s signature: here when no other signature is in flight, else on a verifier
+    /// thread with whatever other signatures are waiting.
     pub async fn verify(&self, job: SignatureJob) -> Answer {
+        let others = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _counted = InFlight(&self.in_flight);
+        if others == 0 {
+            metrics::histogram!("keybound_dpop_signature_batch").record(1.0);
+            return job.verify();
+        }
         let lanes = self.lanes.get_or_init(start);
         let lane = &lanes[self.next.fetch_add(1, Ordering::Relaxed) % lanes.len()];
         let (reply, answer) = oneshot::channel();
@@ -51,6 +76,21 @@ impl SignatureBatcher {
             // The thread is gone: check it here rather than refuse a good proof.
             Err(mpsc::SendError((job, _))) => job.verify(),
         }
+    }
+
+    /// Counts one more signature in flight until the guard drops, as a request checking one
+    /// would: the next [`verify`](Self::verify) goes to a verifier thread.
+    #[cfg(test)]
+    pub(super) fn occupy(&self) -> impl Drop + '_ {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(&self.in_flight)
+    }
+
+    /// Whether the verifier threads have started (they start when a signature is first sent
+    /// to one).
+    #[cfg(test)]
+    pub(super) fn threads_started(&self) -> bool {
+        self.lanes.get().is_some()
     }
 }
 

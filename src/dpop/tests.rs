@@ -882,33 +882,41 @@ async fn proofs_checked_at_once_each_get_their_own_answer() {
     assert_eq!(keys.len(), kept as u64);
 }
 
+/// Each proof through both of the batcher's paths: alone (checked on the request's thread, no
+/// verifier thread started) and with another signature in flight (handed to a verifier
+/// thread), with the answers of the unbatched check.
 #[tokio::test]
 async fn a_batched_proof_is_checked_like_one_checked_alone() {
     let keys = ProofKeys::default();
-    let signatures = SignatureBatcher::default();
     let key = DeviceKeyPair::ed25519();
     let opts = VerifyOptions::default();
-    let batched = |proof: String| {
-        let (keys, signatures, opts) = (&keys, &signatures, &opts);
-        async move { verify_proof_batched(&proof, "POST", HTU, NOW, opts, keys, signatures).await }
-    };
     let good = key.proof(&claims());
-    assert_eq!(batched(good.clone()).await, verify(&good));
-    for (proof, refused) in [
+    let cases = [
+        (good.clone(), verify(&good)),
         (
             DeviceKeyPair::ed25519().proof_with_header(&key.header(), &claims()),
-            DpopError::BadSignature,
+            Err(DpopError::BadSignature),
         ),
         (
             key.proof(&claims_with(json!({"htm": "GET"}))),
-            DpopError::HtmMismatch,
+            Err(DpopError::HtmMismatch),
         ),
         (
             key.proof(&claims_with(json!({"iat": NOW - 3600}))),
-            DpopError::IatOutsideWindow,
+            Err(DpopError::IatOutsideWindow),
         ),
-    ] {
-        assert_eq!(batched(proof.clone()).await, Err(refused.clone()));
-        assert_eq!(verify(&proof), Err(refused));
+    ];
+    for crowded in [false, true] {
+        let signatures = SignatureBatcher::default();
+        let other = crowded.then(|| signatures.occupy());
+        for (proof, want) in &cases {
+            let got =
+                verify_proof_batched(proof, "POST", HTU, NOW, &opts, &keys, &signatures).await;
+            assert_eq!(&got, want, "another signature in flight: {crowded}");
+            assert_eq!(verify(proof), *want);
+        }
+        // Alone, no proof was handed to a verifier thread; crowded, every one was.
+        assert_eq!(signatures.threads_started(), crowded);
+        drop(other);
     }
 }
