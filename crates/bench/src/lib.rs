@@ -575,14 +575,16 @@ impl Report {
                 println!("{:<24} {r:.2}{note}", format!("{name}:"));
             }
         }
-        if let (Some(e), Some(r)) = (
-            self.cpu_ratio(Some(&self.exchange)),
-            self.cpu_ratio(self.refresh.as_ref()),
-        ) {
+        if let Some(e) = self.cpu_ratio(Some(&self.exchange)) {
+            // Without a refresh phase (`--no-refresh`), the exchange's ratio alone.
+            let refresh = self
+                .cpu_ratio(self.refresh.as_ref())
+                .map(|r| format!(", ÷ refresh {r:.2}"))
+                .unwrap_or_default();
             println!(
-                "server CPU per request, sign-only ÷ exchange {e:.2}, ÷ refresh {r:.2}: the ratios \
-                 a load generator on cores of its own would measure (the server alone CPU-bound); \
-                 the generator's own CPU (gen µs) on the shared cores raises the ratios above"
+                "server CPU per request, sign-only ÷ exchange {e:.2}{refresh}: the ratios a load \
+                 generator on cores of its own would measure (the server alone CPU-bound); the \
+                 generator's own CPU (gen µs) on the shared cores raises the ratios above"
             );
         }
         if self.rounds.len() > 1 {
