@@ -13,9 +13,9 @@
 //! **A signature with none other in flight is checked where it is**, on the request's own
 //! thread: there is nothing to batch it with, and the hand-off would cost two thread wake-ups
 //! (to the verifier thread and back) for a batch of one. Below saturation that is most proofs:
-//! at half the closed-loop saturation, open loop, handing every signature over made an
-//! exchange cost 1.6 times its closed-loop server CPU, and its p99 latency three times
-//! what it is without the hand-off (`docs/benchmarks.md`, thirteenth session).
+//! at half the closed-loop saturation, open loop, an exchange cost 1.6 times its closed-loop
+//! server CPU with every signature handed over, and about a tenth less without those
+//! hand-offs (`docs/benchmarks.md`, thirteenth session).
 //!
 //! The threads are plain OS threads, not Tokio tasks: a batch of 64 is about a millisecond of
 //! CPU, too long to hold a runtime worker. They start on first use, one per four cores (the
