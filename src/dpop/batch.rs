@@ -18,8 +18,9 @@
 //! hand-offs (`docs/benchmarks.md`, thirteenth session).
 //!
 //! The threads are plain OS threads, not Tokio tasks: a batch of 64 is about a millisecond of
-//! CPU, too long to hold a runtime worker. They start on first use, one per four cores (the
-//! signatures of a fully loaded machine fill about a quarter of its CPU at most).
+//! CPU, too long to hold a runtime worker. They start when a signature is first handed over,
+//! one per four cores (the signatures of a fully loaded machine fill about a quarter of its
+//! CPU at most).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
