@@ -45,9 +45,17 @@ pub struct SignatureBatcher {
     in_flight: AtomicUsize,
 }
 
-/// Counts a signature in [`SignatureBatcher::in_flight`] until dropped (also when the request
-/// is cancelled while it waits).
+/// Counts a signature in [`SignatureBatcher::in_flight`] from [`InFlight::enter`] until dropped
+/// (also when the request is cancelled while it waits).
 struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    /// Counts one more signature in `count`; with how many were in flight before it.
+    fn enter(count: &'a AtomicUsize) -> (Self, usize) {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        (InFlight(count), before)
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -59,8 +67,7 @@ impl SignatureBatcher {
     /// Checks `job`'s signature: here when no other signature is in flight, else on a verifier
     /// thread with whatever other signatures are waiting.
     pub async fn verify(&self, job: SignatureJob) -> Answer {
-        let others = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _counted = InFlight(&self.in_flight);
+        let (_counted, others) = InFlight::enter(&self.in_flight);
         if others == 0 {
             metrics::histogram!("keybound_dpop_signature_batch").record(1.0);
             return job.verify();
@@ -83,8 +90,7 @@ impl SignatureBatcher {
     /// would: the next [`verify`](Self::verify) goes to a verifier thread.
     #[cfg(test)]
     pub(super) fn occupy(&self) -> impl Drop + '_ {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(&self.in_flight)
+        InFlight::enter(&self.in_flight).0
     }
 
     /// Whether the verifier threads have started (they start when a signature is first sent
