@@ -4,8 +4,9 @@
 //! * [`LastUsed`] — `last_used_at` of keys, batched: an exchange notes the time in memory,
 //!   a job writes the batch every [`HOUSEKEEPING_INTERVAL`].
 //! * Device history (counters, last seen, networks, trust) waits in the validation cache
-//!   ([`CachedStore::remember_device_usage`]); [`flush_devices`] writes it every
-//!   [`DEVICE_FLUSH_INTERVAL`] as one group-commit batch.
+//!   ([`CachedStore::remember_device_usage`]); a job writes it once every
+//!   [`DEVICE_FLUSH_INTERVAL`], one of its [`PENDING_PARTS`] parts at a time
+//!   ([`flush_device_part`]); [`flush_devices`] writes all of it (shutdown, enrollment).
 //! * Usage totals per key and minute wait in the [`UsageRecorder`]; a job adds them to storage
 //!   every [`usage::FLUSH_INTERVAL`](crate::usage::FLUSH_INTERVAL).
 //! * [`StorageHealth`] — a probe every [`STORAGE_PROBE_INTERVAL`], so a cached exchange fails
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::now;
-use crate::store::Store;
-use crate::store::cached::CachedStore;
+use crate::store::cached::{CachedStore, PENDING_PARTS};
+use crate::store::{DeviceRecord, Store};
 use crate::tokens::keyring::KeyRing;
 use crate::usage::UsageRecorder;
 
@@ -31,9 +32,10 @@ use crate::usage::UsageRecorder;
 pub const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Longest a device's history waits in memory before it is written: the bound (1 s),
-/// as for usage totals. Each flush writes every device seen since the last one, so a device
-/// in steady use costs one row update a second instead of two (`docs/benchmarks.md`, twelfth
-/// session); a crash loses at most this window of history (`docs/design.md`).
+/// as for usage totals. Each part of the queue is written once an interval, with every
+/// device of that part seen since its last write, so a device in steady use costs one row
+/// update a second (`docs/benchmarks.md`, twelfth session); a crash loses at most this window
+/// of history (`docs/design.md`).
 pub const DEVICE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the `last_used_at` batch is written, signing keys reloaded and ended grace
@@ -108,7 +110,15 @@ impl StorageHealth {
 
 /// Writes the queued device histories (one group-commit batch).
 pub async fn flush_devices(cache: &CachedStore) {
-    let batch = cache.pending();
+    write_devices(cache, cache.pending()).await;
+}
+
+/// Writes the queued device histories of one part of the queue (of [`PENDING_PARTS`]).
+pub async fn flush_device_part(cache: &CachedStore, part: usize) {
+    write_devices(cache, cache.pending_part(part)).await;
+}
+
+async fn write_devices(cache: &CachedStore, batch: Vec<Arc<DeviceRecord>>) {
     if batch.is_empty() {
         return;
     }
@@ -183,14 +193,17 @@ pub fn spawn(jobs: Jobs) {
             j.health.set(failures < 2);
         }
     });
-    // Device history: flushed often, so a crash loses at most this much of it.
+    // Device history: each part of the queue written once every DEVICE_FLUSH_INTERVAL, so a
+    // crash loses at most that much of it. One part a tick: writing the whole queue at once
+    // took a core for milliseconds every second, and every request arriving meanwhile waited
+    // (the open-loop p99, `docs/benchmarks.md`, fourteenth session).
     let j = jobs.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(DEVICE_FLUSH_INTERVAL);
+        let mut tick = tokio::time::interval(DEVICE_FLUSH_INTERVAL / PENDING_PARTS as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for part in (0..PENDING_PARTS).cycle() {
             tick.tick().await;
-            flush_devices(&j.cache).await;
+            flush_device_part(&j.cache, part).await;
         }
     });
     // Usage totals: a crash loses at most this much of the usage report.

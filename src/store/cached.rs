@@ -21,6 +21,54 @@ use super::*;
 /// How long a cached record may be served without re-reading storage.
 pub const TTL: Duration = Duration::from_secs(5);
 
+/// The queue of unwritten device histories is kept in this many parts, by a hash of the
+/// device id, and written one part at a time (`crate::jobs`): each device is still written
+/// once a flush interval, but the work of a flush is spread over the interval instead of
+/// landing at once.
+pub const PENDING_PARTS: usize = 10;
+
+/// One part of the queue of unwritten device histories, by device id.
+type PendingPart = Mutex<HashMap<String, Arc<DeviceRecord>>>;
+
+/// How long the two caches keep an entry: [`TTL`] less up to a fifth, by a hash of its key,
+/// counted from its insert (as moka's `time_to_live`, which restarts at every insert).
+///
+/// Not the same span for every entry: entries loaded together (a warm-up, the first second of
+/// traffic) would expire together too, and every one of them would be read from storage again
+/// in the same few milliseconds, every 5 s, while requests queued behind the reads (the
+/// open-loop p99, `docs/benchmarks.md`, fourteenth session). Staggered, they expire over a
+/// second and drift apart. No entry lives longer than [`TTL`], the contract's bound.
+struct Staggered;
+
+impl Staggered {
+    fn span(key: &impl std::hash::Hash) -> Duration {
+        use std::hash::BuildHasher;
+        let h = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key);
+        TTL - TTL.mul_f64((h % 1024) as f64 / 1024.0 / 5.0)
+    }
+}
+
+impl<K: std::hash::Hash, V> moka::Expiry<K, V> for Staggered {
+    fn expire_after_create(&self, key: &K, _: &V, _: std::time::Instant) -> Option<Duration> {
+        Some(Self::span(key))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &K,
+        _: &V,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Self::span(key))
+    }
+}
+
+/// Locks a queue part; a panic while it was held left a map that is still whole.
+fn lock_part(part: &PendingPart) -> std::sync::MutexGuard<'_, HashMap<String, Arc<DeviceRecord>>> {
+    part.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An eviction to apply on every instance.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "id", rename_all = "lowercase")]
@@ -46,9 +94,9 @@ pub struct CachedStore {
     /// eviction of [`apply`](Self::apply)): what was derived from records before a bump (the
     /// token status lists) is out of date after it.
     generation: Arc<AtomicU64>,
-    /// Device histories remembered but not yet written, by device id (see
+    /// Device histories remembered but not yet written, in [`PENDING_PARTS`] parts (see
     /// [`remember_device_usage`](Self::remember_device_usage)).
-    pending: Mutex<HashMap<String, Arc<DeviceRecord>>>,
+    pending: Box<[PendingPart]>,
 }
 
 impl CachedStore {
@@ -68,7 +116,7 @@ impl CachedStore {
     /// read from storage before it is written gets it laid over the stored history, so an
     /// eviction (enrollment, a revocation elsewhere, the TTL) loses none of it.
     pub async fn remember_device_usage(&self, device: Arc<DeviceRecord>) {
-        self.pending_lock()
+        self.pending_lock(&device.device_id)
             .insert(device.device_id.clone(), device.clone());
         let key = (
             device.key_id.as_str().to_owned(),
@@ -91,22 +139,39 @@ impl CachedStore {
         };
     }
 
-    fn pending_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<DeviceRecord>>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    /// The queue part that holds `device_id`'s history.
+    fn pending_lock(
+        &self,
+        device_id: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<DeviceRecord>>> {
+        use std::hash::BuildHasher;
+        let hash = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+            .hash_one(device_id);
+        lock_part(&self.pending[hash as usize % PENDING_PARTS])
     }
 
     /// The remembered device histories not written yet. They stay queued (and laid over
     /// storage reads) until [`written`](Self::written) says they are stored, so a read between
     /// the flush's start and its commit still sees them.
     pub fn pending(&self) -> Vec<Arc<DeviceRecord>> {
-        self.pending_lock().values().cloned().collect()
+        (0..PENDING_PARTS)
+            .flat_map(|p| self.pending_part(p))
+            .collect()
+    }
+
+    /// Those of [`pending`](Self::pending) in part `part` (of [`PENDING_PARTS`]).
+    pub fn pending_part(&self, part: usize) -> Vec<Arc<DeviceRecord>> {
+        lock_part(&self.pending[part % PENDING_PARTS])
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Drops from the queue the histories in `stored`, unless a newer one replaced them
     /// meanwhile (that one waits for the next flush).
     pub fn written(&self, stored: &[Arc<DeviceRecord>]) {
-        let mut pending = self.pending_lock();
         for d in stored {
+            let mut pending = self.pending_lock(&d.device_id);
             if pending
                 .get(&d.device_id)
                 .is_some_and(|queued| Arc::ptr_eq(queued, d))
@@ -118,13 +183,13 @@ impl CachedStore {
 
     /// Forgets a device's unwritten history (after an operator changed the device).
     pub fn forget_pending(&self, device_id: &str) {
-        self.pending_lock().remove(device_id);
+        self.pending_lock(device_id).remove(device_id);
     }
 
     /// `stored` with the history this instance remembered for it and has not written yet;
     /// its lifecycle fields (status, approval, revocation) stay as stored.
     fn with_pending(&self, stored: DeviceRecord) -> DeviceRecord {
-        match self.pending_lock().get(&stored.device_id) {
+        match self.pending_lock(&stored.device_id).get(&stored.device_id) {
             Some(p) => DeviceRecord {
                 status: stored.status,
                 approved: stored.approved,
@@ -143,15 +208,15 @@ impl CachedStore {
             inner,
             keys: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(TTL)
+                .expire_after(Staggered)
                 .build(),
             devices: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(TTL)
+                .expire_after(Staggered)
                 .build(),
             changes,
             generation: Arc::default(),
-            pending: Mutex::default(),
+            pending: (0..PENDING_PARTS).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -554,5 +619,28 @@ impl Store for CachedStore {
         now: i64,
     ) -> Result<Option<StatusSnapshot>> {
         self.inner.status_snapshot(start, end, now).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No entry outlives the contract's bound, and entries spread over the last fifth of it.
+    #[test]
+    fn cache_entries_expire_within_the_ttl_and_not_all_at_once() {
+        let spans: Vec<Duration> = (0..1000)
+            .map(|n| Staggered::span(&format!("dev_{n}")))
+            .collect();
+        let (least, most) = (spans.iter().min().unwrap(), spans.iter().max().unwrap());
+        assert!(*most <= TTL, "{most:?}");
+        assert!(*least >= TTL - TTL / 5, "{least:?}");
+        assert!(
+            *most - *least >= TTL / 6,
+            "spread over {:?} only",
+            *most - *least
+        );
+        // The same key always gets the same span (a reload keeps its place).
+        assert_eq!(Staggered::span(&"dev_1"), Staggered::span(&"dev_1"));
     }
 }

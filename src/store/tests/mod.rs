@@ -547,3 +547,66 @@ fn trust_factors_encoded_when_read_are_the_text_encoded_at_once() {
     assert_eq!(JsonText::factors(vec![]).get(), "[]");
     assert_eq!(JsonText::empty_list().get(), "[]");
 }
+
+/// The queue of unwritten device histories is written a part at a time (`jobs`): the parts
+/// split it with nothing left out and nothing twice, each device always in the same part,
+/// and enough devices spread over every part.
+#[tokio::test]
+async fn pending_device_histories_are_split_into_disjoint_parts() {
+    use crate::store::cached::{CachedStore, PENDING_PARTS};
+    let dir = tempfile::tempdir().unwrap();
+    let inner = open(&format!("sqlite://{}", dir.path().join("k.db").display()))
+        .await
+        .unwrap();
+    let cache = CachedStore::new(inner, 100);
+    let k = key(&key_id('p'));
+    for n in 0..200 {
+        cache
+            .remember_device_usage(Arc::new(device(&k.key_id, n)))
+            .await;
+    }
+    // A second history of a device replaces its first, in the same part.
+    let mut again = device(&k.key_id, 7);
+    again.exchange_count = 2;
+    cache.remember_device_usage(Arc::new(again)).await;
+
+    let parts: Vec<Vec<String>> = (0..PENDING_PARTS)
+        .map(|p| {
+            let mut ids: Vec<_> = cache
+                .pending_part(p)
+                .iter()
+                .map(|d| d.device_id.clone())
+                .collect();
+            ids.sort();
+            ids
+        })
+        .collect();
+    assert!(parts.iter().all(|p| !p.is_empty()), "{parts:?}");
+    let mut all: Vec<String> = parts.concat();
+    all.sort();
+    let mut expected: Vec<String> = (0..200).map(|n| device(&k.key_id, n).device_id).collect();
+    expected.sort();
+    assert_eq!(all, expected, "every device once, in one part");
+    let mut pending: Vec<_> = cache
+        .pending()
+        .iter()
+        .map(|d| d.device_id.clone())
+        .collect();
+    pending.sort();
+    assert_eq!(pending, expected);
+    let seven = cache.pending();
+    let seven = seven
+        .iter()
+        .find(|d| d.device_id == device(&k.key_id, 7).device_id)
+        .unwrap();
+    assert_eq!(
+        seven.exchange_count, 2,
+        "the newer history replaced the older"
+    );
+
+    // Written, a part leaves the queue; the other parts stay.
+    let first = cache.pending_part(0);
+    cache.written(&first);
+    assert!(cache.pending_part(0).is_empty());
+    assert_eq!(cache.pending().len(), 200 - first.len());
+}
