@@ -329,8 +329,8 @@ type DeviceCache = Cache<(String, String), Option<Arc<DeviceSlot>>>;
 /// (moka's per-key lock, write log and housekeeping: ~4 % of an exchange's CPU). An eviction
 /// drops the slot from the cache; a write into a slot already dropped reaches no reader.
 ///
-/// Writing in place also keeps [`TTL`] counting from the storage read. moka's `time_to_live`
-/// restarts at every insert, and when the write-through replaced the entry, a device that
+/// Writing in place also keeps [`TTL`] counting from the storage read. The entry's expiry
+/// ([`Staggered`], as moka's `time_to_live` before it) restarts at every insert, and when the write-through replaced the entry, a device that
 /// exchanged at least every 5 s was never read again, so a revocation made directly in the
 /// database (the CLI) never reached it
 /// (`lifecycle::cli_device_revocation_is_in_force_while_the_device_keeps_exchanging`).
