@@ -330,9 +330,9 @@ type DeviceCache = Cache<(String, String), Option<Arc<DeviceSlot>>>;
 /// drops the slot from the cache; a write into a slot already dropped reaches no reader.
 ///
 /// Writing in place also keeps [`TTL`] counting from the storage read. The entry's expiry
-/// ([`Staggered`], as moka's `time_to_live` before it) restarts at every insert, and when the write-through replaced the entry, a device that
-/// exchanged at least every 5 s was never read again, so a revocation made directly in the
-/// database (the CLI) never reached it
+/// ([`Staggered`], as moka's `time_to_live` before it) restarts at every insert, and when the
+/// write-through replaced the entry, a device that exchanged at least every 5 s was never read
+/// again, so a revocation made directly in the database (the CLI) never reached it
 /// (`lifecycle::cli_device_revocation_is_in_force_while_the_device_keeps_exchanging`).
 struct DeviceSlot(Mutex<Arc<DeviceRecord>>);
 

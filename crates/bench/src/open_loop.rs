@@ -60,7 +60,6 @@ pub const AUTO_FRACTIONS: [f64; 2] = [0.5, 0.8];
 /// Answers still outstanding this long after the last intended send time are counted as
 /// `TIMEOUT` and the phase ends.
 const DRAIN: Duration = Duration::from_secs(30);
-/// Time given to the connections to open before the first request is due.
 /// The schedule thread sleeps at least this long between two releases, as wrk2's 1 ms timer
 /// does: at thousands of requests a second, waking it (and a runtime worker) for every request
 /// cost the generator two thread wake-ups a request, ~60 µs of CPU per exchange on the two
@@ -68,6 +67,7 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// latency, timed from its intended send time, includes that wait.
 const TICK: Duration = Duration::from_millis(1);
 
+/// Time given to the connections to open before the first request is due.
 const CONNECT_AHEAD: Duration = Duration::from_millis(200);
 
 /// The phases `rate` asks for, as (rate, fraction of `saturation` or `None` for a fixed rate).
@@ -518,7 +518,7 @@ mod tests {
     /// The schedule thread releases every request once, then one permit per connection to stop
     /// them; it releases them in ticks, not one wake-up a request.
     #[test]
-    fn the_schedule_releases_every_request_once_and_none_early() {
+    fn the_schedule_releases_every_request_once_in_ticks() {
         let count = 400;
         let start = Instant::now() + Duration::from_millis(5);
         let s = Schedule {
