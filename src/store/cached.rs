@@ -42,10 +42,15 @@ struct Staggered;
 
 impl Staggered {
     fn span(key: &impl std::hash::Hash) -> Duration {
-        use std::hash::BuildHasher;
-        let h = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key);
-        TTL - TTL.mul_f64((h % 1024) as f64 / 1024.0 / 5.0)
+        TTL - TTL.mul_f64((fixed_hash(key) % 1024) as f64 / 1024.0 / 5.0)
     }
+}
+
+/// A hash with a fixed key, the same for a value every time: an entry's span and a device's
+/// queue part never move.
+fn fixed_hash(x: &impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(x)
 }
 
 impl<K: std::hash::Hash, V> moka::Expiry<K, V> for Staggered {
@@ -144,10 +149,7 @@ impl CachedStore {
         &self,
         device_id: &str,
     ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<DeviceRecord>>> {
-        use std::hash::BuildHasher;
-        let hash = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
-            .hash_one(device_id);
-        lock_part(&self.pending[hash as usize % PENDING_PARTS])
+        lock_part(&self.pending[fixed_hash(&device_id) as usize % PENDING_PARTS])
     }
 
     /// The remembered device histories not written yet. They stay queued (and laid over

@@ -255,6 +255,20 @@ struct Schedule {
 }
 
 impl Schedule {
+    /// `count` requests at `rate` a second from `start`; nothing is sent past `deadline`.
+    fn new(start: Instant, rate: f64, count: usize, deadline: Instant) -> Schedule {
+        Schedule {
+            due: Semaphore::new(0),
+            next: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            start,
+            interval_ns: 1e9 / rate,
+            count,
+            deadline,
+        }
+    }
+
     fn intended(&self, i: usize) -> Instant {
         self.start + Duration::from_nanos((i as f64 * self.interval_ns) as u64)
     }
@@ -310,16 +324,7 @@ async fn drive_at_rate(
 ) -> OpenOutcome {
     let count = ((rate * duration.as_secs_f64()).round() as usize).max(1);
     let start = Instant::now() + CONNECT_AHEAD;
-    let s = Arc::new(Schedule {
-        due: Semaphore::new(0),
-        next: AtomicUsize::new(0),
-        in_flight: AtomicUsize::new(0),
-        peak_in_flight: AtomicUsize::new(0),
-        start,
-        interval_ns: 1e9 / rate,
-        count,
-        deadline: start + duration + DRAIN,
-    });
+    let s = Arc::new(Schedule::new(start, rate, count, start + duration + DRAIN));
     let cpu = super::target::CpuMark::now(pid);
     let tasks: Vec<_> = (0..connections)
         .map(|_| tokio::spawn(connection(addr, s.clone(), make.clone())))
@@ -521,16 +526,7 @@ mod tests {
     fn the_schedule_releases_every_request_once_in_ticks() {
         let count = 400;
         let start = Instant::now() + Duration::from_millis(5);
-        let s = Schedule {
-            due: Semaphore::new(0),
-            next: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            peak_in_flight: AtomicUsize::new(0),
-            start,
-            interval_ns: 1e9 / 20_000.0,
-            count,
-            deadline: start + Duration::from_secs(30),
-        };
+        let s = Schedule::new(start, 20_000.0, count, start + Duration::from_secs(30));
         let lag = release(&s, 3);
         assert_eq!(lag.len(), count as u64, "one release lag per request");
         assert_eq!(s.due.available_permits(), count + 3);
