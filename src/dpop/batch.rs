@@ -1,34 +1,33 @@
-//! Ed25519 proof signatures checked in batches, on threads of their own.
+//! Ed25519 proof signatures checked in batches, gathered on the runtime's own workers.
 //!
-//! The proof's signature is the largest part of an exchange's or refresh's CPU (`verify_strict`,
-//! about a third of it, `docs/benchmarks.md`). Checked together, Ed25519 signatures cost about
-//! half as much each from eight on (`keybound_jose::dpop::verify_signatures`, whose
-//! documentation says what a batch accepts). So a request hands its proof's signature to a
-//! verifier thread and waits; the thread takes every signature waiting (up to
-//! [`MAX_SIGNATURE_BATCH`]) and checks them together, the way the group commit takes every
-//! write waiting (`store::writer`). Nothing waits on purpose: under load the signatures that
-//! arrived while the last batch was checked form the next. A batch that fails is checked again
-//! signature by signature, so a bad proof fails only itself.
+//! The proof's signature is the largest part of an exchange's or refresh's CPU besides the
+//! access token's own signature (`docs/benchmarks.md`). Checked together, Ed25519 signatures
+//! cost about half as much each from eight on (`keybound_jose::dpop::verify_signatures`, whose
+//! documentation says what a batch accepts).
 //!
-//! **A signature with none other in flight is checked where it is**, on the request's own
-//! thread: there is nothing to batch it with, and the hand-off would cost two thread wake-ups
-//! (to the verifier thread and back) for a batch of one. Below saturation that is most proofs:
-//! at half the closed-loop saturation, open loop, an exchange cost 1.6 times its closed-loop
-//! server CPU with every signature handed over, and about a tenth less without those
-//! hand-offs (`docs/benchmarks.md`, thirteenth session).
+//! **How a batch forms.** A request puts its signature in the open batch. The one that opened
+//! it (found it empty) leads: it yields once to the runtime ([`tokio::task::yield_now`]), then
+//! takes the batch, checks every signature in it on its own thread and answers each. A Tokio
+//! worker runs a yielded task again only after the tasks already ready to run (and, when it
+//! runs out of them, after one poll of its I/O driver): so the batch holds the signatures of
+//! the requests that were ready on the runtime at the same moment (at most [`MAX_GATHER`]: the
+//! signature that fills a batch checks it at once), and nothing waits on purpose. Idle, a worker has nothing else to run and the leader comes back at once with a
+//! batch of one; saturated, every ready request's proof joins, and the more load, the larger
+//! and cheaper the batch. The others just wait for their answer.
 //!
-//! The threads are plain OS threads, not Tokio tasks: a batch of 64 is about a millisecond of
-//! CPU, too long to hold a runtime worker. They start when a signature is first handed over,
-//! one per four cores (the signatures of a fully loaded machine fill about a quarter of its
-//! CPU at most).
+//! Nothing leaves the runtime: an earlier design handed each signature to a verifier thread
+//! and back, two cross-thread wake-ups per signature that cost about half of what batching
+//! saves (`docs/benchmarks.md`, eleventh and fifteenth sessions). A batch holds the worker it
+//! runs on for its length (about 20 µs a signature; a batch is as large as the runtime's
+//! backlog of proofs); the other workers go on.
+//!
+//! A leader cancelled while it yields (its client hung up) still checks the batch and answers
+//! the others, as it is dropped ([`Lead`]). A batch that fails is checked again signature by
+//! signature, so a bad proof fails only itself.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError};
 
-use keybound_jose::dpop::{
-    MAX_SIGNATURE_BATCH, SignatureJob, SignatureVerified, verify_signatures,
-};
+use keybound_jose::dpop::{SignatureJob, SignatureVerified, verify_signatures};
 use tokio::sync::oneshot;
 
 use super::DpopError;
@@ -36,112 +35,104 @@ use super::DpopError;
 type Answer = Result<SignatureVerified, DpopError>;
 type Job = (SignatureJob, oneshot::Sender<Answer>);
 
+/// Signatures a batch holds at most: the request whose signature fills it checks it at once.
+/// Past 32 a signature costs no less in a batch (`docs/design.md`: 19.3 µs each in a batch of
+/// 32, 19.5 µs in one of 64), and a batch holds its worker for its whole length (~0.6 ms at 32).
+pub const MAX_GATHER: usize = 32;
+
 /// Checks proof signatures in batches ([module documentation](self)).
+///
+/// Every signature in the open batch is taken by one [`check_open`](Self::check_open): the open
+/// batch, when not empty, holds the signature of a leader that has not yet taken it, and a
+/// leader takes whatever is open when it comes back (its own signature, or a later batch's
+/// when its own was taken full).
 #[derive(Default)]
 pub struct SignatureBatcher {
-    lanes: OnceLock<Vec<mpsc::Sender<Job>>>,
-    next: AtomicUsize,
-    /// Signatures being checked now, here or on a verifier thread.
-    in_flight: AtomicUsize,
-}
-
-/// Counts a signature in [`SignatureBatcher::in_flight`] from [`InFlight::enter`] until dropped
-/// (also when the request is cancelled while it waits).
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    /// Counts one more signature in `count`; with how many were in flight before it.
-    fn enter(count: &'a AtomicUsize) -> (Self, usize) {
-        let before = count.fetch_add(1, Ordering::AcqRel);
-        (InFlight(count), before)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// The signatures waiting for their batch's leader to come back.
+    open: Mutex<Vec<Job>>,
+    /// Sizes of the batches checked (tests only).
+    #[cfg(test)]
+    sizes: Mutex<Vec<usize>>,
 }
 
 impl SignatureBatcher {
-    /// Checks `job`'s signature: here when no other signature is in flight, else on a verifier
-    /// thread with whatever other signatures are waiting.
+    /// Checks `job`'s signature together with the others ready on the runtime now.
     pub async fn verify(&self, job: SignatureJob) -> Answer {
-        let (_counted, others) = InFlight::enter(&self.in_flight);
-        if others == 0 {
-            metrics::histogram!("keybound_dpop_signature_batch").record(1.0);
-            return job.verify();
-        }
-        let lanes = self.lanes.get_or_init(start);
-        let lane = &lanes[self.next.fetch_add(1, Ordering::Relaxed) % lanes.len()];
         let (reply, answer) = oneshot::channel();
-        match lane.send((job, reply)) {
-            Ok(()) => answer.await.unwrap_or_else(|_| {
-                // The thread ended while this job waited (it panicked): fail closed.
-                tracing::error!("a proof-signature thread ended with work queued");
-                Err(DpopError::BadSignature)
-            }),
-            // The thread is gone: check it here rather than refuse a good proof.
-            Err(mpsc::SendError((job, _))) => job.verify(),
-        }
-    }
-
-    /// Counts one more signature in flight until the guard drops, as a request checking one
-    /// would: the next [`verify`](Self::verify) goes to a verifier thread.
-    #[cfg(test)]
-    pub(super) fn occupy(&self) -> impl Drop + '_ {
-        InFlight::enter(&self.in_flight).0
-    }
-
-    /// Whether the verifier threads have started (they start when a signature is first sent
-    /// to one).
-    #[cfg(test)]
-    pub(super) fn threads_started(&self) -> bool {
-        self.lanes.get().is_some()
-    }
-}
-
-/// The verifier threads: one per four cores.
-fn start() -> Vec<mpsc::Sender<Job>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut lanes: Vec<_> = (0..cores.div_ceil(4))
-        .filter_map(|i| {
-            let (tx, rx) = mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name(format!("keybound-verify-{i}"))
-                .spawn(move || run(&rx));
-            match spawned {
-                Ok(_) => Some(tx),
-                Err(e) => {
-                    tracing::error!(error = %e, "could not start a proof-signature thread");
-                    None
-                }
+        let role = {
+            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            open.push((job, reply));
+            match open.len() {
+                1 => Role::Lead,
+                MAX_GATHER => Role::Fill(std::mem::take(&mut *open)),
+                _ => Role::Join,
             }
-        })
-        .collect();
-    if lanes.is_empty() {
-        // A lane with no thread: every job sent to it is checked by its sender.
-        lanes.push(mpsc::channel().0);
-    }
-    lanes
-}
-
-/// A verifier thread: takes every job waiting, checks them together, answers each.
-fn run(jobs: &mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_SIGNATURE_BATCH);
-    while let Ok(first) = jobs.recv() {
-        batch.push(first);
-        while batch.len() < MAX_SIGNATURE_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        };
+        match role {
+            Role::Lead => {
+                let lead = Lead(self);
+                tokio::task::yield_now().await;
+                drop(lead);
             }
+            // Nothing more to wait for. Its leader, back, finds a newer batch or none.
+            Role::Fill(batch) => self.check(batch),
+            Role::Join => {}
         }
-        let (checks, replies): (Vec<SignatureJob>, Vec<_>) = batch.drain(..).unzip();
-        metrics::histogram!("keybound_dpop_signature_batch").record(checks.len() as f64);
+        // Whoever takes a batch answers every signature in it (its leader, or the request that
+        // filled it); a sender dropped unanswered means a check panicked: fail closed.
+        answer.await.unwrap_or(Err(DpopError::BadSignature))
+    }
+
+    /// Takes the open batch and [`check`](Self::check)s it.
+    fn check_open(&self) {
+        let batch = std::mem::take(&mut *self.open.lock().unwrap_or_else(PoisonError::into_inner));
+        self.check(batch);
+    }
+
+    /// Checks `batch` and answers each of its signatures.
+    fn check(&self, batch: Vec<Job>) {
+        if batch.is_empty() {
+            return;
+        }
+        metrics::histogram!("keybound_dpop_signature_batch").record(batch.len() as f64);
+        #[cfg(test)]
+        self.sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(batch.len());
+        let (checks, replies): (Vec<SignatureJob>, Vec<_>) = batch.into_iter().unzip();
         for (reply, answer) in replies.into_iter().zip(verify_signatures(checks)) {
             // The request may have gone (its client hung up): nothing to answer then.
             let _ = reply.send(answer);
         }
+    }
+
+    /// The sizes of the batches checked so far, in order.
+    #[cfg(test)]
+    pub(super) fn batch_sizes(&self) -> Vec<usize> {
+        self.sizes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// What a request does for the batch its signature went into.
+enum Role {
+    /// It opened the batch: yield, then check what is open.
+    Lead,
+    /// It filled the batch (taken here): check it now.
+    Fill(Vec<Job>),
+    /// It joined a batch someone else will check.
+    Join,
+}
+
+/// A batch's leader: checks the open batch when dropped, after its yield or if it is cancelled
+/// during it, so no signature is left waiting.
+struct Lead<'a>(&'a SignatureBatcher);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.0.check_open();
     }
 }

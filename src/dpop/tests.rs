@@ -882,9 +882,8 @@ async fn proofs_checked_at_once_each_get_their_own_answer() {
     assert_eq!(keys.len(), kept as u64);
 }
 
-/// Each proof through both of the batcher's paths: alone (checked on the request's thread, no
-/// verifier thread started) and with another signature in flight (handed to a verifier
-/// thread), with the answers of the unbatched check.
+/// Each proof alone (a batch of one) and in a batch with others, with the answers of the
+/// unbatched check.
 #[tokio::test]
 async fn a_batched_proof_is_checked_like_one_checked_alone() {
     let keys = ProofKeys::default();
@@ -906,17 +905,134 @@ async fn a_batched_proof_is_checked_like_one_checked_alone() {
             Err(DpopError::IatOutsideWindow),
         ),
     ];
-    for crowded in [false, true] {
-        let signatures = SignatureBatcher::default();
-        let other = crowded.then(|| signatures.occupy());
-        for (proof, want) in &cases {
-            let got =
-                verify_proof_batched(proof, "POST", HTU, NOW, &opts, &keys, &signatures).await;
-            assert_eq!(&got, want, "another signature in flight: {crowded}");
-            assert_eq!(verify(proof), *want);
-        }
-        // Alone, no proof was handed to a verifier thread; crowded, every one was.
-        assert_eq!(signatures.threads_started(), crowded);
-        drop(other);
+    // Alone: one after another, each its own batch of one.
+    let signatures = SignatureBatcher::default();
+    for (proof, want) in &cases {
+        let got = verify_proof_batched(proof, "POST", HTU, NOW, &opts, &keys, &signatures).await;
+        assert_eq!(&got, want);
+        assert_eq!(verify(proof), *want);
     }
+    // Every case's signature is checked (the claims after it, in the unbatched order).
+    assert_eq!(signatures.batch_sizes(), [1, 1, 1, 1]);
+    // Together: all four at once, each with three good proofs beside it in the batch.
+    let signatures = SignatureBatcher::default();
+    let others: Vec<_> = (0..3).map(|_| key.proof(&claims())).collect();
+    for (proof, want) in &cases {
+        let checks = std::iter::once(proof)
+            .chain(&others)
+            .map(|p| verify_proof_batched(p, "POST", HTU, NOW, &opts, &keys, &signatures));
+        let mut got = futures::future::join_all(checks).await.into_iter();
+        assert_eq!(&got.next().unwrap(), want);
+        assert!(got.all(|g| g.is_ok()));
+    }
+    assert_eq!(signatures.batch_sizes(), [4, 4, 4, 4]);
+}
+
+/// The signatures ready on the runtime at the same moment are checked in one batch: the first
+/// to arrive yields, and the others join it before it comes back.
+#[tokio::test]
+async fn signatures_ready_together_are_checked_in_one_batch() {
+    let keys = std::sync::Arc::new(ProofKeys::default());
+    let signatures = std::sync::Arc::new(SignatureBatcher::default());
+    let opts = VerifyOptions::default();
+    // On this test's single-threaded runtime, the spawned tasks all run (and reach their
+    // signature) before the first of them is polled again.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let proof =
+                DeviceKeyPair::ed25519().proof(&claims_with(json!({"jti": format!("j-{i}")})));
+            let (keys, signatures, opts) = (keys.clone(), signatures.clone(), opts.clone());
+            tokio::spawn(async move {
+                verify_proof_batched(&proof, "POST", HTU, NOW, &opts, &keys, &signatures).await
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(
+            task.await.unwrap().expect("a good proof").jti,
+            format!("j-{i}")
+        );
+    }
+    assert_eq!(signatures.batch_sizes(), [10]);
+}
+
+/// A batch is checked as soon as it is full, by the request whose signature filled it; its
+/// leader, back from its yield, checks what was opened since.
+#[tokio::test]
+async fn a_full_batch_is_checked_at_once() {
+    use crate::dpop::batch::MAX_GATHER;
+    let keys = std::sync::Arc::new(ProofKeys::default());
+    let signatures = std::sync::Arc::new(SignatureBatcher::default());
+    let opts = VerifyOptions::default();
+    let n = MAX_GATHER + 5;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let proof =
+                DeviceKeyPair::ed25519().proof(&claims_with(json!({"jti": format!("j-{i}")})));
+            let (keys, signatures, opts) = (keys.clone(), signatures.clone(), opts.clone());
+            tokio::spawn(async move {
+                verify_proof_batched(&proof, "POST", HTU, NOW, &opts, &keys, &signatures).await
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(
+            task.await.unwrap().expect("a good proof").jti,
+            format!("j-{i}")
+        );
+    }
+    // The full batch at once; the first leader, back, takes the five opened since (whose own
+    // leader then finds nothing open).
+    assert_eq!(signatures.batch_sizes(), [MAX_GATHER, 5]);
+}
+
+/// A batch's leader that goes away while it yields (its request cancelled) still checks the
+/// batch: the signatures that joined it get their answers.
+#[tokio::test]
+async fn a_cancelled_leader_still_answers_its_batch() {
+    use futures::FutureExt;
+    let keys = ProofKeys::default();
+    let signatures = SignatureBatcher::default();
+    let opts = VerifyOptions::default();
+    let key = DeviceKeyPair::ed25519();
+    let (first, second) = (key.proof(&claims()), key.proof(&claims()));
+    let bad = DeviceKeyPair::ed25519().proof_with_header(&key.header(), &claims());
+    let mut leader = Box::pin(verify_proof_batched(
+        &first,
+        "POST",
+        HTU,
+        NOW,
+        &opts,
+        &keys,
+        &signatures,
+    ));
+    let mut joined = Box::pin(verify_proof_batched(
+        &second,
+        "POST",
+        HTU,
+        NOW,
+        &opts,
+        &keys,
+        &signatures,
+    ));
+    let mut refused = Box::pin(verify_proof_batched(
+        &bad,
+        "POST",
+        HTU,
+        NOW,
+        &opts,
+        &keys,
+        &signatures,
+    ));
+    assert!((&mut leader).now_or_never().is_none(), "the leader yields");
+    assert!(
+        (&mut joined).now_or_never().is_none(),
+        "the others wait for it"
+    );
+    assert!((&mut refused).now_or_never().is_none());
+    assert!(signatures.batch_sizes().is_empty());
+    drop(leader);
+    assert_eq!(signatures.batch_sizes(), [3]);
+    assert!(joined.await.is_ok());
+    assert_eq!(refused.await, Err(DpopError::BadSignature));
 }
