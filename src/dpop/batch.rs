@@ -7,19 +7,20 @@
 //!
 //! **How a batch forms.** A request puts its signature in the open batch. The one that opened
 //! it (found it empty) leads: it yields once to the runtime ([`tokio::task::yield_now`]), then
-//! takes the batch, checks every signature in it on its own thread and answers each. A Tokio
+//! takes the batch, checks every signature in it on its own worker and answers each. A Tokio
 //! worker runs a yielded task again only after the tasks already ready to run (and, when it
 //! runs out of them, after one poll of its I/O driver): so the batch holds the signatures of
 //! the requests that were ready on the runtime at the same moment (at most [`MAX_GATHER`]: the
-//! signature that fills a batch checks it at once), and nothing waits on purpose. Idle, a worker has nothing else to run and the leader comes back at once with a
-//! batch of one; saturated, every ready request's proof joins, and the more load, the larger
-//! and cheaper the batch. The others just wait for their answer.
+//! signature that fills a batch checks it at once), and nothing waits on purpose. Idle, a
+//! worker has nothing else to run and the leader comes back at once with a batch of one;
+//! saturated, every ready request's proof joins, and the more load, the larger and cheaper
+//! the batch. The others just wait for their answer.
 //!
 //! Nothing leaves the runtime: an earlier design handed each signature to a verifier thread
 //! and back, two cross-thread wake-ups per signature that cost about half of what batching
 //! saves (`docs/benchmarks.md`, eleventh and fifteenth sessions). A batch holds the worker it
-//! runs on for its length (about 20 µs a signature; a batch is as large as the runtime's
-//! backlog of proofs); the other workers go on.
+//! runs on for its length (about 20 µs a signature, so at most ~0.6 ms); the other workers go
+//! on.
 //!
 //! A leader cancelled while it yields (its client hung up) still checks the batch and answers
 //! the others, as it is dropped ([`Lead`]). A batch that fails is checked again signature by

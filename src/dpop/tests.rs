@@ -928,21 +928,19 @@ async fn a_batched_proof_is_checked_like_one_checked_alone() {
     assert_eq!(signatures.batch_sizes(), [4, 4, 4, 4]);
 }
 
-/// The signatures ready on the runtime at the same moment are checked in one batch: the first
-/// to arrive yields, and the others join it before it comes back.
-#[tokio::test]
-async fn signatures_ready_together_are_checked_in_one_batch() {
+/// Spawns `n` good proofs' checks at once on the current (single-threaded) runtime, asserts
+/// each got its own answer, and gives the sizes of the batches they were checked in. The
+/// spawned tasks all run (and reach their signature) before the first is polled again.
+async fn sizes_of_batches_for(n: usize) -> Vec<usize> {
     let keys = std::sync::Arc::new(ProofKeys::default());
     let signatures = std::sync::Arc::new(SignatureBatcher::default());
-    let opts = VerifyOptions::default();
-    // On this test's single-threaded runtime, the spawned tasks all run (and reach their
-    // signature) before the first of them is polled again.
-    let tasks: Vec<_> = (0..10)
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
             let proof =
                 DeviceKeyPair::ed25519().proof(&claims_with(json!({"jti": format!("j-{i}")})));
-            let (keys, signatures, opts) = (keys.clone(), signatures.clone(), opts.clone());
+            let (keys, signatures) = (keys.clone(), signatures.clone());
             tokio::spawn(async move {
+                let opts = VerifyOptions::default();
                 verify_proof_batched(&proof, "POST", HTU, NOW, &opts, &keys, &signatures).await
             })
         })
@@ -953,7 +951,14 @@ async fn signatures_ready_together_are_checked_in_one_batch() {
             format!("j-{i}")
         );
     }
-    assert_eq!(signatures.batch_sizes(), [10]);
+    signatures.batch_sizes()
+}
+
+/// The signatures ready on the runtime at the same moment are checked in one batch: the first
+/// to arrive yields, and the others join it before it comes back.
+#[tokio::test]
+async fn signatures_ready_together_are_checked_in_one_batch() {
+    assert_eq!(sizes_of_batches_for(10).await, [10]);
 }
 
 /// A batch is checked as soon as it is full, by the request whose signature filled it; its
@@ -961,29 +966,9 @@ async fn signatures_ready_together_are_checked_in_one_batch() {
 #[tokio::test]
 async fn a_full_batch_is_checked_at_once() {
     use crate::dpop::batch::MAX_GATHER;
-    let keys = std::sync::Arc::new(ProofKeys::default());
-    let signatures = std::sync::Arc::new(SignatureBatcher::default());
-    let opts = VerifyOptions::default();
-    let n = MAX_GATHER + 5;
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let proof =
-                DeviceKeyPair::ed25519().proof(&claims_with(json!({"jti": format!("j-{i}")})));
-            let (keys, signatures, opts) = (keys.clone(), signatures.clone(), opts.clone());
-            tokio::spawn(async move {
-                verify_proof_batched(&proof, "POST", HTU, NOW, &opts, &keys, &signatures).await
-            })
-        })
-        .collect();
-    for (i, task) in tasks.into_iter().enumerate() {
-        assert_eq!(
-            task.await.unwrap().expect("a good proof").jti,
-            format!("j-{i}")
-        );
-    }
     // The full batch at once; the first leader, back, takes the five opened since (whose own
     // leader then finds nothing open).
-    assert_eq!(signatures.batch_sizes(), [MAX_GATHER, 5]);
+    assert_eq!(sizes_of_batches_for(MAX_GATHER + 5).await, [MAX_GATHER, 5]);
 }
 
 /// A batch's leader that goes away while it yields (its request cancelled) still checks the
@@ -997,33 +982,18 @@ async fn a_cancelled_leader_still_answers_its_batch() {
     let key = DeviceKeyPair::ed25519();
     let (first, second) = (key.proof(&claims()), key.proof(&claims()));
     let bad = DeviceKeyPair::ed25519().proof_with_header(&key.header(), &claims());
-    let mut leader = Box::pin(verify_proof_batched(
-        &first,
-        "POST",
-        HTU,
-        NOW,
-        &opts,
-        &keys,
-        &signatures,
-    ));
-    let mut joined = Box::pin(verify_proof_batched(
-        &second,
-        "POST",
-        HTU,
-        NOW,
-        &opts,
-        &keys,
-        &signatures,
-    ));
-    let mut refused = Box::pin(verify_proof_batched(
-        &bad,
-        "POST",
-        HTU,
-        NOW,
-        &opts,
-        &keys,
-        &signatures,
-    ));
+    let check = |proof| {
+        Box::pin(verify_proof_batched(
+            proof,
+            "POST",
+            HTU,
+            NOW,
+            &opts,
+            &keys,
+            &signatures,
+        ))
+    };
+    let (mut leader, mut joined, mut refused) = (check(&first), check(&second), check(&bad));
     assert!((&mut leader).now_or_never().is_none(), "the leader yields");
     assert!(
         (&mut joined).now_or_never().is_none(),
