@@ -43,10 +43,10 @@ pub const MAX_GATHER: usize = 32;
 
 /// Checks proof signatures in batches ([module documentation](self)).
 ///
-/// Every signature in the open batch is taken by one [`check_open`](Self::check_open): the open
-/// batch, when not empty, holds the signature of a leader that has not yet taken it, and a
-/// leader takes whatever is open when it comes back (its own signature, or a later batch's
-/// when its own was taken full).
+/// Every signature is checked exactly once: the open batch is taken whole, either by the
+/// request that fills it or by a leader coming back from its yield; when not empty it holds
+/// the signature of a leader that has not yet come back, and a leader takes whatever is open
+/// then (its own batch, or a later one when its own was taken full).
 #[derive(Default)]
 pub struct SignatureBatcher {
     /// The signatures waiting for their batch's leader to come back.
