@@ -107,6 +107,8 @@ pub struct OpenOutcome {
     pub peak_in_flight: usize,
     /// Connections available.
     pub connections: usize,
+    /// Where the slow answers were: see [`Stalls`].
+    pub stalls: Stalls,
 }
 
 impl OpenOutcome {
@@ -198,6 +200,7 @@ impl OpenOutcome {
         for w in why {
             println!("{:<24} - {w}", "");
         }
+        self.stalls.print();
     }
 
     /// The generator's side of the phase, for `--json`.
@@ -217,6 +220,7 @@ impl OpenOutcome {
             "connections": self.connections,
             "kept_up": self.kept_up(),
             "shortfall": self.shortfall(),
+            "stalls": self.stalls.json(),
         })
     }
 
@@ -231,7 +235,187 @@ impl OpenOutcome {
             .expect("same bounds");
         self.send_lag.add(&other.send_lag).expect("same bounds");
         self.peak_in_flight = self.peak_in_flight.max(other.peak_in_flight);
+        self.stalls.merge(other.stalls);
     }
+}
+
+/// An answer slower than this is part of a stall.
+const SLOW: Duration = Duration::from_millis(10);
+/// Slow answers whose intended send times are closer than this belong to one stall.
+const STALL_GAP: Duration = Duration::from_millis(20);
+/// The schedule thread woke this much later than it asked: a hiccup of the machine (the
+/// thread sleeps, so only a CPU it could not get delays it).
+const HICCUP: Duration = Duration::from_millis(2);
+/// How often the schedule thread reads the machine's stolen time.
+const STEAL_EVERY: Duration = Duration::from_millis(100);
+
+/// Where a phase's slow answers were, and what the machine did meanwhile: the schedule
+/// thread's late wake-ups (it sleeps on its own OS thread, outside both runtimes: when it
+/// wakes late, the machine, not the server, held everything up) and the time the hypervisor
+/// gave this machine's CPUs to others (`steal` in `/proc/stat`). A stall the server caused
+/// shows neither.
+#[derive(Debug, Clone, Default)]
+pub struct Stalls {
+    /// (intended send time, latency) of every answer slower than [`SLOW`].
+    slow: Vec<(Instant, Duration)>,
+    /// (when, how late) of every wake-up of the schedule thread later than [`HICCUP`].
+    hiccups: Vec<(Instant, Duration)>,
+    /// (when, stolen CPU time so far) every [`STEAL_EVERY`].
+    steal: Vec<(Instant, Duration)>,
+    /// The first intended send time.
+    start: Option<Instant>,
+    /// The same, on the wall clock (to find a stall in a trace or a log).
+    wall_start: Option<std::time::SystemTime>,
+}
+
+/// One stall: slow answers whose intended send times are close together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stall {
+    /// Seconds from the phase's first intended send time.
+    pub at: f64,
+    /// The same, on the wall clock (Unix time, seconds).
+    pub at_unix: f64,
+    /// From the first to the last slow answer's intended send time, ms.
+    pub span_ms: f64,
+    pub answers: usize,
+    pub worst_ms: f64,
+    /// The schedule thread's latest wake-up within the stall (from 100 ms before), ms.
+    pub hiccup_ms: f64,
+    /// CPU time stolen by the hypervisor around the stall (samples 100 ms apart), ms.
+    pub steal_ms: f64,
+}
+
+impl Stalls {
+    fn merge(&mut self, other: Stalls) {
+        self.slow.extend(other.slow);
+        self.hiccups.extend(other.hiccups);
+        self.steal.extend(other.steal);
+        self.start = match (self.start, other.start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.wall_start = match (self.wall_start, other.wall_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Stolen CPU time between the last sample at or before `from` and the first at or after
+    /// `to`.
+    fn steal_between(&self, from: Instant, to: Instant) -> Duration {
+        let before = self.steal.iter().rev().find(|(t, _)| *t <= from);
+        let after = self.steal.iter().find(|(t, _)| *t >= to);
+        match (before, after) {
+            (Some((_, a)), Some((_, b))) => b.saturating_sub(*a),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The stalls, in order.
+    pub fn stalls(&self) -> Vec<Stall> {
+        let Some(start) = self.start else {
+            return vec![];
+        };
+        let mut slow = self.slow.clone();
+        slow.sort_by_key(|(t, _)| *t);
+        let mut groups: Vec<Vec<(Instant, Duration)>> = vec![];
+        for s in slow {
+            match groups.last_mut() {
+                Some(g) if s.0.saturating_duration_since(g[g.len() - 1].0) < STALL_GAP => g.push(s),
+                _ => groups.push(vec![s]),
+            }
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let wall = self
+            .wall_start
+            .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        groups
+            .iter()
+            .map(|g| {
+                let (first, last) = (g[0].0, g[g.len() - 1].0);
+                let end = last + g.iter().map(|s| s.1).max().unwrap_or_default();
+                let from = first.checked_sub(STEAL_EVERY).unwrap_or(first);
+                Stall {
+                    at: first.saturating_duration_since(start).as_secs_f64(),
+                    at_unix: (wall + first.saturating_duration_since(start)).as_secs_f64(),
+                    span_ms: ms(last - first),
+                    answers: g.len(),
+                    worst_ms: ms(g.iter().map(|s| s.1).max().unwrap_or_default()),
+                    hiccup_ms: ms(self
+                        .hiccups
+                        .iter()
+                        .filter(|(t, _)| *t >= from && *t <= end)
+                        .map(|h| h.1)
+                        .max()
+                        .unwrap_or_default()),
+                    steal_ms: ms(self.steal_between(first, end)),
+                }
+            })
+            .collect()
+    }
+
+    /// Stolen CPU time over the whole phase.
+    fn total_steal(&self) -> Duration {
+        match (self.steal.first(), self.steal.last()) {
+            (Some(a), Some(b)) => b.1.saturating_sub(a.1),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The report's lines: the stalls with the slowest answers, at most five.
+    fn print(&self) {
+        let stalls = self.stalls();
+        let answers: usize = stalls.iter().map(|s| s.answers).sum();
+        println!(
+            "{:<24} stalls (answers over {} ms): {} with {answers} answers; schedule thread late \
+             > {} ms {} times; hypervisor steal {:.0} ms over the phase",
+            "",
+            SLOW.as_millis(),
+            stalls.len(),
+            HICCUP.as_millis(),
+            self.hiccups.len(),
+            self.total_steal().as_secs_f64() * 1000.0,
+        );
+        let mut worst = stalls;
+        worst.sort_by(|a, b| b.worst_ms.total_cmp(&a.worst_ms));
+        for s in worst.iter().take(5) {
+            println!(
+                "{:<24}   at {:.2} s: {:.0} ms of sends, {} answers, worst {:.1} ms; schedule \
+                 thread {:.1} ms late, steal {:.0} ms",
+                "", s.at, s.span_ms, s.answers, s.worst_ms, s.hiccup_ms, s.steal_ms
+            );
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let stalls: Vec<_> = self
+            .stalls()
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "at_s": s.at, "at_unix_s": s.at_unix, "span_ms": s.span_ms, "answers": s.answers,
+                    "worst_ms": s.worst_ms, "schedule_late_ms": s.hiccup_ms, "steal_ms": s.steal_ms,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "slow_over_ms": SLOW.as_millis() as u64,
+            "schedule_late_count": self.hiccups.len(),
+            "steal_ms": self.total_steal().as_secs_f64() * 1000.0,
+            "stalls": stalls,
+        })
+    }
+}
+
+/// CPU time the hypervisor gave to others, all CPUs together (`steal` in `/proc/stat`);
+/// `None` where that is not readable.
+fn stolen() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal, in clock ticks (100 a second).
+    let ticks: u64 = cpu.split_whitespace().nth(7)?.parse().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn histogram() -> Histogram<u64> {
@@ -324,6 +508,7 @@ async fn drive_at_rate(
 ) -> OpenOutcome {
     let count = ((rate * duration.as_secs_f64()).round() as usize).max(1);
     let start = Instant::now() + CONNECT_AHEAD;
+    let wall_start = std::time::SystemTime::now() + CONNECT_AHEAD;
     let s = Arc::new(Schedule::new(start, rate, count, start + duration + DRAIN));
     let cpu = super::target::CpuMark::now(pid);
     let tasks: Vec<_> = (0..connections)
@@ -337,15 +522,21 @@ async fn drive_at_rate(
     let mut send_lag = histogram();
     let mut sent = 0u64;
     let mut last_send = start;
+    let mut slow = vec![];
     for t in tasks {
         if let Ok(c) = t.await {
             total.merge(c.outcome);
             send_lag.add(&c.send_lag).expect("same bounds");
+            slow.extend(c.slow);
             sent += c.sent;
             last_send = last_send.max(c.last_send);
         }
     }
-    let release_lag = releaser.join().unwrap_or_else(|_| histogram());
+    let released = releaser.join().unwrap_or_else(|_| Released {
+        lag: histogram(),
+        hiccups: vec![],
+        steal: vec![],
+    });
     total.elapsed = Instant::now().saturating_duration_since(start);
     total.set_cpu(cpu, pid);
     let unsent = count as u64 - sent.min(count as u64);
@@ -359,47 +550,79 @@ async fn drive_at_rate(
         scheduled: count as u64,
         sent,
         send_span: last_send.saturating_duration_since(start),
-        release_lag,
+        release_lag: released.lag,
         send_lag,
         peak_in_flight: s.peak_in_flight.load(Ordering::Relaxed),
         connections,
+        stalls: Stalls {
+            slow,
+            hiccups: released.hiccups,
+            steal: released.steal,
+            start: Some(start),
+            wall_start: Some(wall_start),
+        },
     }
+}
+
+/// What the schedule thread saw: how late it released each request (µs), and the machine's
+/// hiccups and stolen time ([`Stalls`]).
+struct Released {
+    lag: Histogram<u64>,
+    hiccups: Vec<(Instant, Duration)>,
+    steal: Vec<(Instant, Duration)>,
 }
 
 /// The schedule thread: releases each request at its intended time, or up to a [`TICK`] later
 /// (every request already due at once when it wakes), then one permit per connection to let
 /// them all stop.
-fn release(s: &Schedule, connections: usize) -> Histogram<u64> {
-    let mut lag = histogram();
+fn release(s: &Schedule, connections: usize) -> Released {
+    let mut r = Released {
+        lag: histogram(),
+        hiccups: vec![],
+        steal: vec![],
+    };
     let mut released = 0;
+    let mut next_steal = Instant::now();
     while released < s.count {
         let now = Instant::now();
+        if now >= next_steal {
+            r.steal.extend(stolen().map(|d| (now, d)));
+            next_steal = now + STEAL_EVERY;
+        }
         if now > s.deadline {
             break;
         }
         let due = s.intended(released);
         if due > now {
             // At most one wake-up a TICK, however high the rate: see TICK.
-            std::thread::sleep((due - now).max(TICK));
+            let asked = now + (due - now).max(TICK);
+            std::thread::sleep(asked - now);
+            let late = Instant::now().saturating_duration_since(asked);
+            if late > HICCUP {
+                r.hiccups.push((asked, late));
+            }
             continue;
         }
         let mut n = 0;
         while released < s.count && s.intended(released) <= now {
             let late = now.saturating_duration_since(s.intended(released));
-            let _ = lag.record(late.as_micros().max(1) as u64);
+            let _ = r.lag.record(late.as_micros().max(1) as u64);
             released += 1;
             n += 1;
         }
         s.due.add_permits(n);
     }
+    r.steal.extend(stolen().map(|d| (Instant::now(), d)));
     // Requests past `count` make the connections stop.
     s.due.add_permits(connections);
-    lag
+    r
 }
 
 struct Connection {
     outcome: Outcome,
     send_lag: Histogram<u64>,
+    /// (intended send time, latency) of the answers slower than [`SLOW`].
+    slow: Vec<(Instant, Duration)>,
     sent: u64,
     last_send: Instant,
 }
@@ -410,6 +633,7 @@ async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) 
     let mut c = Connection {
         outcome: Outcome::empty(),
         send_lag: histogram(),
+        slow: vec![],
         sent: 0,
         last_send: s.start,
     };
@@ -463,10 +687,11 @@ async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) 
         };
         let answer = tokio::time::timeout_at(s.deadline.into(), exchange).await;
         s.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let micros = Instant::now()
-            .saturating_duration_since(intended)
-            .as_micros()
-            .max(1) as u64;
+        let took = Instant::now().saturating_duration_since(intended);
+        if took > SLOW {
+            c.slow.push((intended, took));
+        }
+        let micros = took.as_micros().max(1) as u64;
         match answer {
             Ok(Ok((status, body))) => {
                 c.outcome.done += 1;
@@ -527,7 +752,7 @@ mod tests {
         let count = 400;
         let start = Instant::now() + Duration::from_millis(5);
         let s = Schedule::new(start, 20_000.0, count, start + Duration::from_secs(30));
-        let lag = release(&s, 3);
+        let lag = release(&s, 3).lag;
         assert_eq!(lag.len(), count as u64, "one release lag per request");
         assert_eq!(s.due.available_permits(), count + 3);
         // 400 requests over 20 ms, in ticks of 1 ms: a request waits for the next tick, half
@@ -537,5 +762,46 @@ mod tests {
             "median release lag {} µs: released one by one, not in ticks",
             lag.value_at_quantile(0.5)
         );
+    }
+
+    /// Slow answers close together make one stall; the schedule thread's hiccups and the
+    /// stolen time are charged to the stall they fall in, not to the others.
+    #[test]
+    fn slow_answers_close_together_make_one_stall() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let d = Duration::from_millis;
+        let s = Stalls {
+            // One stall at 1.000-1.015 s, another at 3.000 s.
+            slow: vec![
+                (at(1_010), d(30)),
+                (at(3_000), d(12)),
+                (at(1_000), d(25)),
+                (at(1_015), d(18)),
+            ],
+            hiccups: vec![(at(1_005), d(22)), (at(2_000), d(9))],
+            steal: (0..40u64)
+                .map(|i| (at(i * 100), d(if i > 10 { 40 } else { 0 })))
+                .collect(),
+            start: Some(t0),
+            wall_start: None,
+        };
+        let stalls = s.stalls();
+        assert_eq!(stalls.len(), 2, "{stalls:?}");
+        let (a, b) = (&stalls[0], &stalls[1]);
+        assert_eq!((a.answers, b.answers), (3, 1));
+        assert!((a.at - 1.0).abs() < 1e-9 && (b.at - 3.0).abs() < 1e-9);
+        assert!((a.span_ms - 15.0).abs() < 1e-6 && (a.worst_ms - 30.0).abs() < 1e-6);
+        assert!(
+            (a.hiccup_ms - 22.0).abs() < 1e-6,
+            "the hiccup at 1.005 s is the first's"
+        );
+        assert_eq!(b.hiccup_ms, 0.0, "the hiccup at 2 s is neither's");
+        assert!(
+            (a.steal_ms - 40.0).abs() < 1e-6,
+            "40 ms stolen between 1.0 and 1.1 s"
+        );
+        assert_eq!(b.steal_ms, 0.0);
+        assert_eq!(s.total_steal(), d(40));
     }
 }
