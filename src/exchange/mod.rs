@@ -330,7 +330,7 @@ async fn exchange_as(
     // until its first refresh. Family ids are time-ordered (v7), so the rows written then
     // append to the families' index instead of landing on a random page of it.
     let claims = RefreshClaims {
-        family_id: format!("rf_{}", uuid::Uuid::now_v7().simple()),
+        family_id: format!("rf_{}", crate::ids::uuid_v7().simple()),
         generation: 0,
         key_id: key.key_id.as_str().to_owned(),
         device_id: device.device_id.clone(),

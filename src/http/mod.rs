@@ -15,9 +15,11 @@ pub mod token;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::http::{HeaderName, HeaderValue, Request};
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -74,7 +76,7 @@ pub fn app_with(state: AppState, surface: Surface, extra: Router<AppState>) -> R
     // each route holds one stack, cloned once.
     let middleware = ServiceBuilder::new()
         .layer(axum::middleware::map_request(drop_foreign_request_id))
-        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
         .layer(PropagateRequestIdLayer::new(request_id))
         .layer(
             // The span records method, route and request id; never headers or bodies, which
@@ -116,6 +118,19 @@ pub fn app_with(state: AppState, surface: Surface, extra: Router<AppState>) -> R
 
 /// Longest client `x-request-id` kept (every UUID text form fits).
 const MAX_REQUEST_ID: usize = 64;
+
+/// Gives a request without an id of ours a random UUID, as tower-http's `MakeRequestUuid`
+/// does, but from the thread's CSPRNG instead of a system call a request
+/// ([`crate::ids::uuid_v4`]).
+#[derive(Debug, Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let id = crate::ids::uuid_v4().hyphenated().to_string();
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
 
 /// Keeps a client's `x-request-id` only when it is a UUID (at most [`MAX_REQUEST_ID`]
 /// characters); otherwise it is removed and [`SetRequestIdLayer`] generates one. The id is

@@ -7,7 +7,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
-use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
 use super::signing::{SigningKey, TYP_ACCESS_TOKEN};
@@ -209,13 +208,15 @@ impl AccessClaims {
     }
 }
 
-/// A fresh JWT id: 128 bits from the operating system's CSPRNG, base64url (22 characters).
+/// A fresh JWT id: 128 bits from the thread's CSPRNG (`rand::thread_rng`: ChaCha12, seeded and
+/// regularly reseeded from the operating system; no system call a token), base64url (22
+/// characters).
 ///
 /// 128 random bits make a repeat practically impossible (birthday bound ~2^64 tokens), which is
 /// what lets a resource server use `jti` for replay detection (RFC 7519 section 4.1.7).
 pub fn new_jti() -> String {
     let mut bytes = [0u8; 16];
-    OsRng.fill_bytes(&mut bytes);
+    rand::thread_rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
