@@ -367,12 +367,15 @@ impl Stalls {
     fn print(&self) {
         let stalls = self.stalls();
         let answers: usize = stalls.iter().map(|s| s.answers).sum();
+        let found = match stalls.len() {
+            0 => "none".to_owned(),
+            n => format!("{n} with {answers} answers"),
+        };
         println!(
-            "{:<24} stalls (answers over {} ms): {} with {answers} answers; schedule thread late \
-             > {} ms {} times; hypervisor steal {:.0} ms over the phase",
+            "{:<24} stalls (answers over {} ms): {found}; schedule thread late > {} ms {} \
+             times; hypervisor steal {:.0} ms over the phase",
             "",
             SLOW.as_millis(),
-            stalls.len(),
             HICCUP.as_millis(),
             self.hiccups.len(),
             self.total_steal().as_secs_f64() * 1000.0,
