@@ -9,6 +9,9 @@
 //! Each serializes as the plain string it was parsed from (JSON and database alike), and
 //! deserializes only through its parser. Each carries its OpenAPI schema (`utoipa::ToSchema`),
 //! which states the parser's rule, so the document describes what the code accepts.
+//!
+//! It also makes the random UUIDs that name new records and requests ([`uuid_v4`],
+//! [`uuid_v7`]), from the thread's CSPRNG rather than a system call each.
 
 use std::fmt;
 use std::ops::Deref;
