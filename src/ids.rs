@@ -16,6 +16,7 @@
 use std::fmt;
 use std::ops::Deref;
 
+use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -348,7 +349,7 @@ impl Thumbprint {
 /// family's id, the `jti`: `docs/benchmarks.md`, sixteenth session). `uuid` still sets the
 /// version and variant bits.
 pub fn uuid_v4() -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(rand::Rng::r#gen(&mut rand::thread_rng())).into_uuid()
+    uuid::Builder::from_random_bytes(rand::thread_rng().r#gen()).into_uuid()
 }
 
 /// A time-ordered (version 7) UUID: the Unix time in milliseconds, then 74 bits from the
@@ -359,7 +360,7 @@ pub fn uuid_v7() -> uuid::Uuid {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let random: [u8; 10] = rand::Rng::r#gen(&mut rand::thread_rng());
+    let random: [u8; 10] = rand::thread_rng().r#gen();
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 

@@ -290,14 +290,9 @@ impl Stalls {
         self.slow.extend(other.slow);
         self.hiccups.extend(other.hiccups);
         self.steal.extend(other.steal);
-        self.start = match (self.start, other.start) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.wall_start = match (self.wall_start, other.wall_start) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // The phase starts with its first batch.
+        self.start = self.start.into_iter().chain(other.start).min();
+        self.wall_start = self.wall_start.into_iter().chain(other.wall_start).min();
     }
 
     /// Stolen CPU time between the last sample at or before `from` and the first at or after
@@ -334,14 +329,15 @@ impl Stalls {
             .iter()
             .map(|g| {
                 let (first, last) = (g[0].0, g[g.len() - 1].0);
-                let end = last + g.iter().map(|s| s.1).max().unwrap_or_default();
+                let worst = g.iter().map(|s| s.1).max().unwrap_or_default();
+                let end = last + worst;
                 let from = first.checked_sub(STEAL_EVERY).unwrap_or(first);
                 Stall {
                     at: first.saturating_duration_since(start).as_secs_f64(),
                     at_unix: (wall + first.saturating_duration_since(start)).as_secs_f64(),
                     span_ms: ms(last - first),
                     answers: g.len(),
-                    worst_ms: ms(g.iter().map(|s| s.1).max().unwrap_or_default()),
+                    worst_ms: ms(worst),
                     hiccup_ms: ms(self
                         .hiccups
                         .iter()
