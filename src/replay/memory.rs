@@ -22,9 +22,14 @@ use std::time::{Duration, Instant};
 
 use super::{ReplayError, ReplayStore, effective_ttl};
 
-/// Independent maps, so concurrent requests rarely wait on one lock (and a sweep holds one
-/// sixteenth of the entries).
-const SHARDS: usize = 16;
+/// Independent maps, so concurrent requests rarely wait on one lock, and so what one lock is
+/// held for at once stays short: a sweep, or a map growing (a `HashMap` doubles its table and
+/// moves every entry, under the shard's lock), covers 1/256 of the entries. With 16 shards a
+/// store of a million ids (10 000 proofs a second over the 126 s ttl) grew each shard from
+/// 57 k to 115 k entries within about a second, each taking its lock for milliseconds
+/// (`docs/benchmarks.md`, seventeenth session).
+const SHARD_BITS: u32 = 8;
+const SHARDS: usize = 1 << SHARD_BITS;
 
 /// A shard drops its expired entries at most this often (so an entry may stay up to this much
 /// past its expiry: it is ignored then, not trusted).
@@ -99,8 +104,8 @@ impl MemoryReplayStore {
     }
 
     fn shard(&self, fingerprint: u64) -> std::sync::MutexGuard<'_, Shard> {
-        // The low bits pick the slot inside a shard's map; the high ones pick the shard.
-        let i = (fingerprint >> 60) as usize % SHARDS;
+        // The high bits pick the shard (the map hashes the whole fingerprint again).
+        let i = (fingerprint >> (u64::BITS - SHARD_BITS)) as usize;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -309,6 +314,29 @@ mod tests {
             store.first_seen("c", Duration::from_secs(1)).await,
             Ok(true)
         );
+    }
+
+    /// Every shard takes its share: the shard index covers all of them, so no shard grows
+    /// (and holds its lock while it grows) for more than its 1/256 of the ids.
+    #[tokio::test]
+    async fn ids_spread_over_every_shard() {
+        let store = MemoryReplayStore::new();
+        let n = SHARDS * 64;
+        for i in 0..n {
+            let id = format!("jti-{i}");
+            assert_eq!(
+                store.first_seen(&id, Duration::from_secs(60)).await,
+                Ok(true)
+            );
+        }
+        let sizes: Vec<usize> = store
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().seen.len())
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), n);
+        // 64 expected a shard: a shard with under 16 or over 160 would be a skewed index.
+        assert!(sizes.iter().all(|&k| (16..=160).contains(&k)), "{sizes:?}");
     }
 
     #[tokio::test]
