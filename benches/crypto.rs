@@ -165,7 +165,7 @@ fn ed25519_batch(c: &mut Criterion) {
     c.bench_function("ed25519/verify_strict", |b| {
         b.iter(|| vks[0].verify_strict(black_box(&msgs[0]), &sigs[0]).unwrap())
     });
-    for batch in [8, 32, 64] {
+    for batch in [2, 4, 8, 16, 32, 64] {
         let m: Vec<&[u8]> = msgs[..batch].iter().map(Vec::as_slice).collect();
         // Per batch: divide by `batch` for the cost of one signature.
         c.bench_function(&format!("ed25519/verify_batch_{batch}"), |b| {
