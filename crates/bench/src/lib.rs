@@ -35,6 +35,7 @@ pub mod server;
 mod target;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 pub use open_loop::Rate;
 

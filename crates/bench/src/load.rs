@@ -129,7 +129,7 @@ pub async fn drive(
 
 pub(super) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-pub(super) async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -12,9 +12,11 @@
 //! least a millisecond ([`TICK`], the resolution of wrk2's timer), and then releases every
 //! request due by then: one wake-up a millisecond instead of one a request, each request sent
 //! up to a tick after its intended time, and timed from that time all the same. Released
-//! requests are taken in order by whichever of the
-//! `--connections` keep-alive connections is free. The report says whether the generator
-//! kept up: how late the schedule thread released requests, how many were in flight at most
+//! requests are taken in order by whichever of the `--connections` keep-alive connections is
+//! free. The connections run on a current-thread runtime of their own and speak HTTP/1.1
+//! through [`Wire`], one task a connection, so that the generator costs no more CPU an
+//! exchange here than in the closed loop whose rate the phase is a fraction of
+//! (`docs/benchmarks.md`, seventeenth session). The report says whether the generator kept up: how late the schedule thread released requests, how many were in flight at most
 //! (all connections busy means requests waited for a connection inside the generator, which
 //! their latency includes), and the rate actually sent.
 
@@ -25,11 +27,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 
-use super::load::{MakeRequest, Outcome, Sender, connect, error_code};
+use super::load::{MakeRequest, Outcome, error_code};
 use super::target::Target;
+use super::wire::Wire;
 
 /// `--rate`: a fixed arrival rate, or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -478,15 +480,27 @@ pub async fn phase(
         eprintln!("open loop: building {n} proofs for {rate:.0}/s over {secs} s…");
         let make = batch(n);
         eprintln!("open loop: {rate:.0} exchanges/s for {secs} s…");
-        let o = drive_at_rate(
-            t.addr,
-            connections,
-            rate,
-            Duration::from_secs(secs),
-            make,
-            t.pid,
-        )
-        .await;
+        // On a runtime of its own, one thread: see `wire`.
+        let (addr, pid) = (t.addr, t.pid);
+        let driver = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| {
+                    rt.block_on(drive_at_rate(
+                        addr,
+                        connections,
+                        rate,
+                        Duration::from_secs(secs),
+                        make,
+                        pid,
+                    ))
+                })
+        });
+        let o = match tokio::task::spawn_blocking(move || driver.join()).await {
+            Ok(Ok(Ok(o))) => o,
+            _ => panic!("the open loop's driver thread failed"),
+        };
         match &mut total {
             Some(t) => t.merge(o),
             None => total = Some(o),
@@ -636,7 +650,7 @@ async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) 
         sent: 0,
         last_send: s.start,
     };
-    let mut sender: Option<Sender> = connect(addr).await.ok();
+    let mut sender: Option<Wire> = Wire::connect(addr).await.ok();
     loop {
         let Ok(permit) = s.due.acquire().await else {
             break;
@@ -650,14 +664,9 @@ async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) 
         let Some(req) = make(i) else {
             break;
         };
-        if let Some(x) = &mut sender
-            && x.ready().await.is_err()
-        {
-            sender = None;
-        }
         let x = match &mut sender {
             Some(x) => x,
-            None => match connect(addr).await {
+            None => match Wire::connect(addr).await {
                 Ok(x) => sender.insert(x),
                 Err(_) => {
                     // Counted as answered with an error: it was sent as far as the schedule
@@ -676,15 +685,7 @@ async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) 
         c.last_send = c.last_send.max(now);
         let flying = s.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         s.peak_in_flight.fetch_max(flying, Ordering::Relaxed);
-        let exchange = async {
-            let res = x.send_request(req).await?;
-            let status = res.status();
-            res.into_body()
-                .collect()
-                .await
-                .map(|b| (status, b.to_bytes()))
-        };
-        let answer = tokio::time::timeout_at(s.deadline.into(), exchange).await;
+        let answer = tokio::time::timeout_at(s.deadline.into(), x.exchange(req)).await;
         s.in_flight.fetch_sub(1, Ordering::Relaxed);
         let took = Instant::now().saturating_duration_since(intended);
         if took > SLOW {
