@@ -16,9 +16,10 @@
 //! free. The connections run on a current-thread runtime of their own and speak HTTP/1.1
 //! through [`Wire`], one task a connection, so that the generator costs no more CPU an
 //! exchange here than in the closed loop whose rate the phase is a fraction of
-//! (`docs/benchmarks.md`, seventeenth session). The report says whether the generator kept up: how late the schedule thread released requests, how many were in flight at most
-//! (all connections busy means requests waited for a connection inside the generator, which
-//! their latency includes), and the rate actually sent.
+//! (`docs/benchmarks.md`, seventeenth session). The report says whether the generator kept
+//! up: how late the schedule thread released requests, how many were in flight at most (all
+//! connections busy means requests waited for a connection inside the generator, which their
+//! latency includes), and the rate actually sent.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
