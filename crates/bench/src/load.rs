@@ -129,9 +129,15 @@ pub async fn drive(
 
 pub(super) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+/// A TCP connection to `addr` with Nagle off, as every phase's connections are.
+pub(super) async fn tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+    let stream = tcp(addr).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;

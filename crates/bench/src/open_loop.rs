@@ -484,24 +484,18 @@ pub async fn phase(
         // On a runtime of its own, one thread: see `wire`.
         let (addr, pid) = (t.addr, t.pid);
         let driver = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| {
-                    rt.block_on(drive_at_rate(
-                        addr,
-                        connections,
-                        rate,
-                        Duration::from_secs(secs),
-                        make,
-                        pid,
-                    ))
-                })
+                .expect("a runtime for the open loop");
+            let secs = Duration::from_secs(secs);
+            rt.block_on(drive_at_rate(addr, connections, rate, secs, make, pid))
         });
-        let o = match tokio::task::spawn_blocking(move || driver.join()).await {
-            Ok(Ok(Ok(o))) => o,
-            _ => panic!("the open loop's driver thread failed"),
-        };
+        let o = tokio::task::spawn_blocking(move || driver.join())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .expect("the open loop's driver thread ran");
         match &mut total {
             Some(t) => t.merge(o),
             None => total = Some(o),

@@ -10,6 +10,7 @@
 //! build; answers are parsed with `httparse` (hyper's own parser) and must carry a
 //! `content-length` (keybound's do), anything else is an I/O error.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -32,10 +33,8 @@ pub(super) struct Wire {
 
 impl Wire {
     pub(super) async fn connect(addr: SocketAddr) -> std::io::Result<Wire> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
         Ok(Wire {
-            stream,
+            stream: super::load::tcp(addr).await?,
             read: BytesMut::with_capacity(8 * 1024),
             write: Vec::with_capacity(2 * 1024),
         })
@@ -65,7 +64,7 @@ impl Wire {
             w.extend_from_slice(value.as_bytes());
             w.extend_from_slice(b"\r\n");
         }
-        w.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        write!(w, "content-length: {}\r\n\r\n", body.len())?;
         w.extend_from_slice(&body);
         self.stream.write_all(w).await?;
         self.answer().await
@@ -73,8 +72,7 @@ impl Wire {
 
     async fn answer(&mut self) -> std::io::Result<(StatusCode, Bytes)> {
         loop {
-            if let Some(head) = self.head()? {
-                let (head_len, status, body_len) = head;
+            if let Some((head_len, status, body_len)) = self.head()? {
                 while self.read.len() < head_len + body_len {
                     self.fill().await?;
                 }
