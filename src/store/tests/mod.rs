@@ -610,3 +610,74 @@ async fn pending_device_histories_are_split_into_disjoint_parts() {
     assert!(cache.pending_part(0).is_empty());
     assert_eq!(cache.pending().len(), 200 - first.len());
 }
+
+/// An entry in use is read again in the background once `REFRESH_AFTER` has passed since its
+/// last read: a change made behind the cache (by the CLI, in the database) reaches lookups
+/// long before the entries' TTL, the lookup that finds an entry due is answered from the
+/// cache at once, and a device history remembered but not written yet survives the re-read.
+#[tokio::test]
+async fn the_cache_rereads_entries_in_use_before_they_expire() {
+    use crate::store::cached::{CachedStore, TTL};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let inner = open(&format!("sqlite://{}", dir.path().join("k.db").display()))
+        .await
+        .unwrap();
+    let (k, d) = key_with_device(&*inner, 'f').await;
+    let after = Duration::from_millis(200);
+    let cache = CachedStore::new(inner.clone(), 100).with_refresh_after(after);
+    let key_status = async || cache.key(&k.key_id).await.unwrap().unwrap().status;
+    let device = async || cache.device(&k.key_id, &d.jkt).await.unwrap().unwrap();
+    assert_eq!(key_status().await, KeyStatus::Active);
+    let mut used = (*device().await).clone();
+    used.exchange_count = 7;
+    cache.remember_device_usage(Arc::new(used)).await;
+
+    // Changed in storage, not through the cache: nothing is evicted.
+    inner
+        .set_key_status(
+            &k.key_id,
+            KeyStatus::Suspended,
+            Some("test"),
+            T0,
+            &audit("key.suspend", Some(&k.key_id)),
+        )
+        .await
+        .unwrap();
+    inner
+        .set_device_status(
+            &d.device_id,
+            DeviceChange::Revoke,
+            T0,
+            &audit("device.revoke", Some(&d.device_id)),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(key_status().await, KeyStatus::Active, "cached, not due");
+    assert_eq!(device().await.status, DeviceStatus::Active);
+
+    tokio::time::sleep(after + Duration::from_millis(50)).await;
+    // Due: answered from the cache (the old records), and the re-reads start.
+    let (record, from_cache) = cache.key_and_source(&k.key_id).await.unwrap();
+    assert!(from_cache);
+    assert_eq!(record.unwrap().status, KeyStatus::Active);
+    assert_eq!(device().await.status, DeviceStatus::Active);
+
+    // Well within a TTL, cached lookups show what storage holds.
+    loop {
+        let (record, from_cache) = cache.key_and_source(&k.key_id).await.unwrap();
+        let dev = device().await;
+        if record.unwrap().status == KeyStatus::Suspended && dev.status == DeviceStatus::Revoked {
+            assert!(from_cache, "re-read in the background, not by the lookup");
+            assert_eq!(dev.exchange_count, 7, "the unwritten history is kept");
+            break;
+        }
+        assert!(
+            started.elapsed() < TTL / 2,
+            "not re-read within {:?}",
+            TTL / 2
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
