@@ -112,6 +112,9 @@ pub struct OpenOutcome {
     pub connections: usize,
     /// Where the slow answers were: see [`Stalls`].
     pub stalls: Stalls,
+    /// Latency (µs) of the answers to requests due [`SETTLE`] or more after the phase's
+    /// start: the phase without its step from idle.
+    pub settled: Histogram<u64>,
 }
 
 impl OpenOutcome {
@@ -203,6 +206,18 @@ impl OpenOutcome {
         for w in why {
             println!("{:<24} - {w}", "");
         }
+        if !self.settled.is_empty() {
+            let ms = |q: f64| self.settled.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "{:<24} without its first {} s (the step from idle; wrk2 leaves out its first \
+                 10 s): p99 {:.2} / p99.9 {:.2} ms, {} answers; the target is the figure above",
+                "",
+                SETTLE.as_secs(),
+                ms(0.99),
+                ms(0.999),
+                self.settled.len()
+            );
+        }
         self.stalls.print();
     }
 
@@ -224,6 +239,10 @@ impl OpenOutcome {
             "kept_up": self.kept_up(),
             "shortfall": self.shortfall(),
             "stalls": self.stalls.json(),
+            "settled_after_s": SETTLE.as_secs(),
+            "settled_answers": self.settled.len(),
+            "settled_p99_ms": ms(&self.settled, 0.99),
+            "settled_p999_ms": ms(&self.settled, 0.999),
         })
     }
 
@@ -239,11 +258,16 @@ impl OpenOutcome {
         self.send_lag.add(&other.send_lag).expect("same bounds");
         self.peak_in_flight = self.peak_in_flight.max(other.peak_in_flight);
         self.stalls.merge(other.stalls);
+        self.settled.add(&other.settled).expect("same bounds");
     }
 }
 
 /// An answer slower than this is part of a stall.
 const SLOW: Duration = Duration::from_millis(10);
+/// The report also gives the latency of the answers due this long after a phase's start or
+/// later ([`OpenOutcome::settled`]): a phase starts from an idle server (its proofs are built
+/// between phases), and the step to the phase's rate is part of the phase's own figures.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Slow answers whose intended send times are closer than this belong to one stall.
 const STALL_GAP: Duration = Duration::from_millis(20);
 /// The schedule thread woke this much later than it asked: a hiccup of the machine (the
@@ -528,6 +552,7 @@ async fn drive_at_rate(
     };
     let mut total = Outcome::empty();
     let mut send_lag = histogram();
+    let mut settled = histogram();
     let mut sent = 0u64;
     let mut last_send = start;
     let mut slow = vec![];
@@ -535,6 +560,7 @@ async fn drive_at_rate(
         if let Ok(c) = t.await {
             total.merge(c.outcome);
             send_lag.add(&c.send_lag).expect("same bounds");
+            settled.add(&c.settled).expect("same bounds");
             slow.extend(c.slow);
             sent += c.sent;
             last_send = last_send.max(c.last_send);
@@ -562,6 +588,7 @@ async fn drive_at_rate(
         send_lag,
         peak_in_flight: s.peak_in_flight.load(Ordering::Relaxed),
         connections,
+        settled,
         stalls: Stalls {
             slow,
             hiccups: released.hiccups,
@@ -629,6 +656,8 @@ fn release(s: &Schedule, connections: usize) -> Released {
 struct Connection {
     outcome: Outcome,
     send_lag: Histogram<u64>,
+    /// See [`OpenOutcome::settled`].
+    settled: Histogram<u64>,
     /// (intended send time, latency) of the answers slower than [`SLOW`].
     slow: Vec<(Instant, Duration)>,
     sent: u64,
@@ -641,6 +670,7 @@ async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) 
     let mut c = Connection {
         outcome: Outcome::empty(),
         send_lag: histogram(),
+        settled: histogram(),
         slow: vec![],
         sent: 0,
         last_send: s.start,
@@ -691,6 +721,9 @@ async fn connection(addr: SocketAddr, s: Arc<Schedule>, make: Arc<MakeRequest>) 
             Ok(Ok((status, body))) => {
                 c.outcome.done += 1;
                 let _ = c.outcome.latency.record(micros);
+                if intended >= s.start + SETTLE {
+                    let _ = c.settled.record(micros);
+                }
                 if status.is_success() {
                     c.outcome.ok += 1;
                 } else {

@@ -150,16 +150,19 @@ fn cpu_marks_split_server_and_generator_only_across_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_rate_phase_sends_its_schedule() {
-    let args = args(&["--rate", "50", "--no-ceiling", "--no-refresh"]);
+    let mut args = args(&["--rate", "50", "--no-ceiling", "--no-refresh"]);
+    args.duration = 2;
     let report = run(&args).await;
 
     assert!(report.healthz.is_none() && report.refresh.is_none());
     let [o] = &report.open_loop[..] else {
         panic!("one open-loop phase");
     };
-    assert_eq!((o.rate, o.fraction, o.scheduled), (50.0, None, 50));
-    assert_eq!(o.sent, 50, "every scheduled request is sent");
+    assert_eq!((o.rate, o.fraction, o.scheduled), (50.0, None, 100));
+    assert_eq!(o.sent, 100, "every scheduled request is sent");
     assert_clean(&o.name(), &o.outcome);
+    // Requests 50..100 are due from the phase's second second on.
+    assert_eq!(o.settled.len(), 50, "the answers after the first second");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
