@@ -96,8 +96,13 @@ impl Outcome {
 
     /// Latency quantile in milliseconds.
     pub fn ms(&self, q: f64) -> f64 {
-        self.latency.value_at_quantile(q) as f64 / 1000.0
+        ms(&self.latency, q)
     }
+}
+
+/// Quantile `q` of a histogram of microseconds, in milliseconds.
+pub(super) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Runs `make(0)`, `make(1)`, … over `connections` connections to `addr` until `make` returns

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 
-use super::load::{MakeRequest, Outcome, error_code};
+use super::load::{MakeRequest, Outcome, error_code, ms};
 use super::target::Target;
 use super::wire::Wire;
 
@@ -139,7 +139,7 @@ impl OpenOutcome {
                 self.connections
             ));
         }
-        let lag = self.release_lag.value_at_quantile(0.99) as f64 / 1000.0;
+        let lag = ms(&self.release_lag, 0.99);
         // A release up to a TICK late is the schedule's own; a millisecond beyond it is not.
         if lag > TICK.as_secs_f64() * 1000.0 + 1.0 {
             why.push(format!(
@@ -187,7 +187,7 @@ impl OpenOutcome {
             o.ms(0.999),
         );
         let why = self.shortfall();
-        let lag = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
+        let lag = |h: &Histogram<u64>| ms(h, 0.99);
         println!(
             "{:<24} {}: sent {:.0}/s, release lag p99 {:.2} ms, send lag p99 {:.2} ms, \
              peak {} in flight of {} connections",
@@ -207,14 +207,13 @@ impl OpenOutcome {
             println!("{:<24} - {w}", "");
         }
         if !self.settled.is_empty() {
-            let ms = |q: f64| self.settled.value_at_quantile(q) as f64 / 1000.0;
             println!(
                 "{:<24} without its first {} s (the step from idle; wrk2 leaves out its first \
                  10 s): p99 {:.2} / p99.9 {:.2} ms, {} answers; the target is the figure above",
                 "",
                 SETTLE.as_secs(),
-                ms(0.99),
-                ms(0.999),
+                ms(&self.settled, 0.99),
+                ms(&self.settled, 0.999),
                 self.settled.len()
             );
         }
@@ -223,7 +222,6 @@ impl OpenOutcome {
 
     /// The generator's side of the phase, for `--json`.
     pub fn json(&self) -> serde_json::Value {
-        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         serde_json::json!({
             "rate_asked": self.rate,
             "fraction_of_closed_loop": self.fraction,
