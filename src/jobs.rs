@@ -122,20 +122,30 @@ async fn write_devices(cache: &CachedStore, batch: Vec<Arc<DeviceRecord>>) {
     if batch.is_empty() {
         return;
     }
+    let (started, generation) = (std::time::Instant::now(), cache.generation());
     // Queued together, the writes share one group-commit transaction.
     let store = cache.inner_store();
     let writes = batch.iter().map(|d| store.update_device_usage(d.clone()));
     let results = futures::future::join_all(writes).await;
-    // Only what is stored leaves the queue: until then a read from storage still gets it
-    // laid over (a refresh right after its exchange must see the device's network).
+    let mut failed = None;
     let stored: Vec<_> = batch
         .into_iter()
-        .zip(&results)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(d, _)| d)
+        .zip(results)
+        .filter_map(|(d, r)| match r {
+            Ok(lifecycle) => Some((d, lifecycle)),
+            Err(e) => {
+                failed.get_or_insert(e);
+                None
+            }
+        })
         .collect();
-    cache.written(&stored);
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+    // Only what is stored leaves the queue: until then a read from storage still gets it
+    // laid over (a refresh right after its exchange must see the device's network).
+    cache.written(stored.iter().map(|(d, _)| d));
+    // Each write answered the device's lifecycle as stored: as good as a read, so the cached
+    // entries of devices in use start their TTL again instead of being read once it ends.
+    cache.refreshed(started, generation, &stored).await;
+    if let Some(e) = failed {
         tracing::warn!(error = %e, "could not record device usage");
     }
 }

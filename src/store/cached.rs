@@ -5,15 +5,18 @@
 //! changes made by another process, such as the CLI). Changes made through this store evict
 //! the affected entries at once, and are announced on the [`Invalidations`] channel so other
 //! instances (through Redis) evict theirs too. Unknown key ids are cached as absent, so a flood
-//! of made-up ids does not reach the database.
+//! of made-up ids does not reach the database. A device in use is not read again at all: the
+//! write of its history, once a second, answers its lifecycle fields as stored, and that answer
+//! starts its entry's [`TTL`] again ([`CachedStore::refreshed`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use tokio::sync::broadcast;
 
 use super::*;
@@ -131,17 +134,67 @@ impl CachedStore {
             return;
         };
         let mut cached = slot.lock();
-        *cached = if (cached.status, cached.approved, cached.revoked_at)
-            == (device.status, device.approved, device.revoked_at)
+        cached.record = if (
+            cached.record.status,
+            cached.record.approved,
+            cached.record.revoked_at,
+        ) == (device.status, device.approved, device.revoked_at)
         {
             device
         } else {
             let mut d = (*device).clone();
-            d.status = cached.status;
-            d.approved = cached.approved;
-            d.revoked_at = cached.revoked_at;
+            d.status = cached.record.status;
+            d.approved = cached.record.approved;
+            d.revoked_at = cached.record.revoked_at;
             Arc::new(d)
         };
+    }
+
+    /// Takes what history writes found in storage ([`Store::update_device_usage`]'s answers)
+    /// as a fresh read of each device: its cached entry gets the stored lifecycle fields and
+    /// starts its [`TTL`] again, so a device in use (written once a
+    /// [`DEVICE_FLUSH_INTERVAL`](crate::jobs::DEVICE_FLUSH_INTERVAL)) is never read again,
+    /// and a change the CLI makes in storage reaches it at its next write (within about a
+    /// second) instead of at its entry's expiry. A device no longer stored is evicted.
+    ///
+    /// `started` is when the writes were sent and `generation` the [`generation`](Self::generation)
+    /// then. Nothing here can make an entry older than it was: an entry whose record was read
+    /// (or refreshed) after `started` may hold a later change, and is left alone; after any
+    /// eviction since `started` (one may have removed an entry these answers predate) all of
+    /// them are left alone. The entry is replaced only if it is still there, so an eviction
+    /// before this is not undone; one racing it is repeated after [`REEVICT_AFTER`], as for a
+    /// lookup's own read.
+    pub async fn refreshed(
+        &self,
+        started: Instant,
+        generation: u64,
+        written: &[(Arc<DeviceRecord>, Option<DeviceLifecycle>)],
+    ) {
+        for (device, stored) in written {
+            if self.generation() != generation {
+                return;
+            }
+            let key = (
+                device.key_id.as_str().to_owned(),
+                device.jkt.as_str().to_owned(),
+            );
+            let Some(stored) = stored else {
+                self.devices.invalidate(&key).await;
+                continue;
+            };
+            self.devices
+                .entry(key)
+                .and_compute_with(|entry| async move {
+                    match entry.and_then(|e| e.into_value()) {
+                        Some(slot) if slot.refresh(started, stored) => {
+                            metrics::counter!("keybound_cache_refreshes_total").increment(1);
+                            Op::Put(Some(slot))
+                        }
+                        _ => Op::Nop,
+                    }
+                })
+                .await;
+        }
     }
 
     /// The queue part that holds `device_id`'s history.
@@ -171,7 +224,7 @@ impl CachedStore {
 
     /// Drops from the queue the histories in `stored`, unless a newer one replaced them
     /// meanwhile (that one waits for the next flush).
-    pub fn written(&self, stored: &[Arc<DeviceRecord>]) {
+    pub fn written<'a>(&self, stored: impl IntoIterator<Item = &'a Arc<DeviceRecord>>) {
         for d in stored {
             let mut pending = self.pending_lock(&d.device_id);
             if pending
@@ -263,6 +316,7 @@ impl CachedStore {
         let inner = &self.inner;
         self.keys
             .try_get_with_by_ref(key_id, async move {
+                count_read("key");
                 inner.get_key(key_id).await.map(|k| k.map(Arc::new))
             })
             .await
@@ -276,7 +330,10 @@ impl CachedStore {
         let entry = self
             .keys
             .entry_by_ref(key_id)
-            .or_try_insert_with(async move { inner.get_key(key_id).await.map(|k| k.map(Arc::new)) })
+            .or_try_insert_with(async move {
+                count_read("key");
+                inner.get_key(key_id).await.map(|k| k.map(Arc::new))
+            })
             .await
             .map_err(unshare)?;
         let cached = !entry.is_fresh();
@@ -301,9 +358,11 @@ impl CachedStore {
         let slot = self
             .devices
             .try_get_with((key_id.to_owned(), jkt.to_owned()), async move {
-                inner.get_device_by_jkt(key_id, jkt).await.map(|d| {
-                    d.map(|d| Arc::new(DeviceSlot(Mutex::new(Arc::new(self.with_pending(d))))))
-                })
+                count_read("device");
+                inner
+                    .get_device_by_jkt(key_id, jkt)
+                    .await
+                    .map(|d| d.map(|d| DeviceSlot::new(self.with_pending(d))))
             })
             .await
             .map_err(unshare)?;
@@ -314,6 +373,11 @@ impl CachedStore {
     pub fn key_entries(&self) -> u64 {
         self.keys.entry_count()
     }
+}
+
+/// Counts a lookup the cache could not answer, which reads storage (`cache`: `key`, `device`).
+fn count_read(cache: &'static str) {
+    metrics::counter!("keybound_cache_reads_total", "cache" => cache).increment(1);
 }
 
 /// A key id no key can have (`none` is not an environment), read by [`CachedStore::pay_for_refusal`].
@@ -335,17 +399,60 @@ type DeviceCache = Cache<(String, String), Option<Arc<DeviceSlot>>>;
 /// ([`Staggered`], as moka's `time_to_live` before it) restarts at every insert, and when the
 /// write-through replaced the entry, a device that exchanged at least every 5 s was never read
 /// again, so a revocation made directly in the database (the CLI) never reached it
-/// (`lifecycle::cli_device_revocation_is_in_force_while_the_device_keeps_exchanging`).
-struct DeviceSlot(Mutex<Arc<DeviceRecord>>);
+/// (`lifecycle::cli_device_revocation_is_in_force_while_the_device_keeps_exchanging`). The
+/// entry is inserted again only with lifecycle fields fresh from storage
+/// ([`CachedStore::refreshed`]).
+struct DeviceSlot(Mutex<Current>);
+
+/// What a [`DeviceSlot`] holds.
+struct Current {
+    record: Arc<DeviceRecord>,
+    /// When its lifecycle fields were last read from storage (a time after the read).
+    read_at: Instant,
+}
 
 impl DeviceSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<DeviceRecord>> {
+    fn new(record: DeviceRecord) -> Arc<DeviceSlot> {
+        Arc::new(DeviceSlot(Mutex::new(Current {
+            record: Arc::new(record),
+            read_at: Instant::now(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
         // Only whole records are stored; a panic elsewhere cannot leave one half-written.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn current(&self) -> Arc<DeviceRecord> {
-        self.lock().clone()
+        self.lock().record.clone()
+    }
+
+    /// Takes `stored`, found in storage after `started`, unless the slot's own read came
+    /// after `started` (it may then be the newer one). Answers whether it took it.
+    fn refresh(&self, started: Instant, stored: &DeviceLifecycle) -> bool {
+        let mut current = self.lock();
+        if current.read_at >= started {
+            return false;
+        }
+        let r = &current.record;
+        if (r.status, r.approved, r.revoked_at, &r.name)
+            != (
+                stored.status,
+                stored.approved,
+                stored.revoked_at,
+                &stored.name,
+            )
+        {
+            let mut d = (**r).clone();
+            d.status = stored.status;
+            d.approved = stored.approved;
+            d.revoked_at = stored.revoked_at;
+            d.name.clone_from(&stored.name);
+            current.record = Arc::new(d);
+        }
+        current.read_at = Instant::now();
+        true
     }
 }
 
@@ -494,10 +601,16 @@ impl Store for CachedStore {
         .await;
         Ok(())
     }
-    async fn update_device_usage(&self, device: Arc<DeviceRecord>) -> Result<()> {
-        self.inner.update_device_usage(device.clone()).await?;
-        self.remember_device_usage(device).await;
-        Ok(())
+    async fn update_device_usage(
+        &self,
+        device: Arc<DeviceRecord>,
+    ) -> Result<Option<DeviceLifecycle>> {
+        let (started, generation) = (Instant::now(), self.generation());
+        let stored = self.inner.update_device_usage(device.clone()).await?;
+        self.remember_device_usage(device.clone()).await;
+        self.refreshed(started, generation, &[(device, stored.clone())])
+            .await;
+        Ok(stored)
     }
     async fn set_device_status(
         &self,

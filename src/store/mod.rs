@@ -277,6 +277,25 @@ impl DeviceStatus {
     }
 }
 
+/// A device's lifecycle fields as storage held them when its history was written: the answer
+/// of [`Store::update_device_usage`]. These are what an operator changes (the admin API or the
+/// CLI, which may write behind a running server's back); the history fields are the server's
+/// own. The validation cache takes them as a fresh read of the device
+/// ([`cached::CachedStore::refreshed`]), so a device in use is never read again for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceLifecycle {
+    /// The device.
+    pub device_id: String,
+    /// Its stored status.
+    pub status: DeviceStatus,
+    /// Whether an operator approved it.
+    pub approved: bool,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+    /// Its stored name.
+    pub name: Option<String>,
+}
+
 /// A device: one DPoP public key (by its RFC 7638 thumbprint) enrolled under one API key.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeviceRecord {
@@ -702,7 +721,13 @@ pub trait Store: Send + Sync + 'static {
     /// Saves the history fields of a device after an exchange (last seen, counts, networks,
     /// trust score/level/factors, attributes). Shared, not borrowed: the write queue and the
     /// validation cache keep the same record instead of a copy each.
-    async fn update_device_usage(&self, device: Arc<DeviceRecord>) -> Result<()>;
+    ///
+    /// Answers the device's lifecycle fields as the same statement found them (`None` when no
+    /// such device is stored any more): as fresh as a read made then, at no extra read.
+    async fn update_device_usage(
+        &self,
+        device: Arc<DeviceRecord>,
+    ) -> Result<Option<DeviceLifecycle>>;
     /// Revokes a device (and appends its thumbprint to the revocation feed) or approves it.
     /// Returns the updated record, `None` if unknown.
     async fn set_device_status(

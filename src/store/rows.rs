@@ -50,8 +50,8 @@ macro_rules! decode_rows {
             use $crate::store::rows::{from_json, from_name};
             use $crate::store::{
                 AlertRecord, AttestationPolicy, AuditEntry, AuditRow, DeviceAttestation,
-                DeviceRecord, DeviceStatus, FamilyRecord, KeyRecord, KeyStatus, RevocationRecord,
-                SigningKeyRecord,
+                DeviceLifecycle, DeviceRecord, DeviceStatus, FamilyRecord, KeyRecord, KeyStatus,
+                RevocationRecord, SigningKeyRecord,
             };
 
             type DbRow = $Row;
@@ -161,6 +161,18 @@ macro_rules! decode_rows {
                                 key_id: r.try_get("attestation_key_id")?,
                             }),
                         },
+                    })
+                }
+            }
+
+            impl sqlx::FromRow<'_, DbRow> for DeviceLifecycle {
+                fn from_row(r: &DbRow) -> sqlx::Result<Self> {
+                    Ok(DeviceLifecycle {
+                        device_id: r.try_get("device_id")?,
+                        status: from_name("status", r.try_get("status")?, DeviceStatus::parse)?,
+                        approved: r.try_get("approved")?,
+                        revoked_at: r.try_get("revoked_at")?,
+                        name: r.try_get("name")?,
                     })
                 }
             }

@@ -96,9 +96,10 @@ macro_rules! sql_store {
             use $crate::error::{Error, Result};
             use $crate::store::rows::to_json;
             use $crate::store::sql::{Backend, is_unique_violation};
-            use $crate::store::writer::{Batch, BatchError, WriteOp};
+            use $crate::store::writer::{Answer, Batch, BatchError, WriteOp};
             use $crate::store::{
                 AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceAttestation, DeviceChange,
+                DeviceLifecycle,
                 DeviceRecord, EnrollLimits, Enrollment, FamilyRecord, KeyRecord, KeyStatus,
                 RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageMinute,
             };
@@ -405,28 +406,6 @@ macro_rules! sql_store {
                 .bind(key_id)
                 .fetch_one(conn)
                 .await?)
-            }
-
-            async fn update_device_history(conn: &mut Conn, d: &DeviceRecord) -> Result<()> {
-                sqlx::query(
-                    "UPDATE devices SET last_seen_at = $2, exchange_count = $3, \
-                     mismatch_count = $4, networks = $5, trust_score = $6, trust_level = $7, \
-                     trust_factors = $8, attributes = $9, mismatch_fingerprint = $10 \
-                     WHERE device_id = $1",
-                )
-                .bind(&d.device_id)
-                .bind(d.last_seen_at)
-                .bind(d.exchange_count)
-                .bind(d.mismatch_count)
-                .bind(to_json(&d.networks))
-                .bind(d.trust_score)
-                .bind(d.trust_level.as_str())
-                .bind(d.trust_factors.get())
-                .bind(to_json(&d.attributes))
-                .bind(&d.mismatch_fingerprint)
-                .execute(conn)
-                .await?;
-                Ok(())
             }
 
             /// A second revocation keeps the first `revoked_at`.
@@ -1336,9 +1315,14 @@ macro_rules! sql_store {
                 }
 
                 #[tracing::instrument(level = "debug", skip_all, fields(device_id = %device.device_id))]
-                async fn update_device_usage(&self, device: std::sync::Arc<DeviceRecord>) -> Result<()> {
-                    self.writer.submit(WriteOp::UpdateDeviceUsage(device)).await?;
-                    Ok(())
+                async fn update_device_usage(
+                    &self,
+                    device: std::sync::Arc<DeviceRecord>,
+                ) -> Result<Option<DeviceLifecycle>> {
+                    match self.writer.submit(WriteOp::UpdateDeviceUsage(device)).await? {
+                        Answer::Device(stored) => Ok(stored),
+                        Answer::Done(_) => Err(Error::internal("a device write answered no device")),
+                    }
                 }
 
                 #[tracing::instrument(skip_all, fields(device_id = %device_id, change = ?change))]
@@ -1372,7 +1356,7 @@ macro_rules! sql_store {
                     next: &FamilyRecord,
                 ) -> Result<bool> {
                     let op = WriteOp::AdvanceFamily { from, next: next.clone() };
-                    self.writer.submit(op).await
+                    Ok(self.writer.submit(op).await?.won())
                 }
 
                 #[tracing::instrument(level = "debug", skip_all, fields(family_id = %family_id))]
@@ -1628,11 +1612,11 @@ macro_rules! sql_store {
             /// first.
             #[async_trait]
             impl Batch for sqlx::Pool<Db> {
-                async fn run(&self, ops: &[WriteOp]) -> Result<Vec<bool>, BatchError> {
+                async fn run(&self, ops: &[WriteOp]) -> Result<Vec<Answer>, BatchError> {
                     let mut tx = <$Store as Backend>::begin_write(self)
                         .await
                         .map_err(BatchError::Transaction)?;
-                    let mut answers = vec![true; ops.len()];
+                    let mut answers = vec![Answer::Done(true); ops.len()];
                     let written = async {
                         let mut usage = Vec::new();
                         let mut minutes = Vec::new();
@@ -1644,13 +1628,25 @@ macro_rules! sql_store {
                                 WriteOp::AdvanceFamily { from, next } => {
                                     families.push((i, *from, next))
                                 }
-                                other => answers[i] = apply(&mut tx, other).await?,
+                                WriteOp::TouchKeys(used) => {
+                                    for (key_id, at) in used {
+                                        touch_key(&mut tx, key_id, *at).await?;
+                                    }
+                                }
                             }
                         }
                         advance_families(&mut tx, &families, &mut answers).await?;
                         let usage = last_per_device(usage);
+                        let mut stored = std::collections::HashMap::with_capacity(usage.len());
                         for rows in prepared_chunks(&usage) {
-                            update_devices_bulk(&mut tx, rows).await?;
+                            for l in update_devices_bulk(&mut tx, rows).await? {
+                                stored.insert(l.device_id.clone(), l);
+                            }
+                        }
+                        for (op, answer) in ops.iter().zip(answers.iter_mut()) {
+                            if let WriteOp::UpdateDeviceUsage(d) = op {
+                                *answer = Answer::Device(stored.get(&d.device_id).cloned());
+                            }
                         }
                         let minutes = crate::store::merge_usage(minutes);
                         for rows in prepared_chunks(&minutes) {
@@ -1695,10 +1691,15 @@ macro_rules! sql_store {
                 last
             }
 
-            /// [`update_device_history`] for many devices in one statement: the new values in
+            /// Writes the history fields of many devices in one statement: the new values in
             /// a `VALUES` list named by a CTE, joined by device id (`UPDATE … FROM`, which
-            /// both databases accept in this form).
-            async fn update_devices_bulk(conn: &mut Conn, rows: &[&DeviceRecord]) -> Result<()> {
+            /// both databases accept in this form). Answers the lifecycle fields of each
+            /// device it found, as it found them (`RETURNING`): what the validation cache
+            /// would otherwise read again.
+            async fn update_devices_bulk(
+                conn: &mut Conn,
+                rows: &[&DeviceRecord],
+            ) -> Result<Vec<DeviceLifecycle>> {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "WITH v (device_id, last_seen_at, exchange_count, mismatch_count, networks, \
                      trust_score, trust_level, trust_factors, attributes, mismatch_fingerprint) \
@@ -1722,11 +1723,11 @@ macro_rules! sql_store {
                      networks = v.networks, trust_score = v.trust_score, \
                      trust_level = v.trust_level, trust_factors = v.trust_factors, \
                      attributes = v.attributes, mismatch_fingerprint = v.mismatch_fingerprint \
-                     FROM v WHERE devices.device_id = v.device_id",
+                     FROM v WHERE devices.device_id = v.device_id \
+                     RETURNING devices.device_id, status, approved, revoked_at, name",
                 );
                 // Kept prepared: called with the few sizes of `prepared_chunks` only.
-                q.build().execute(conn).await?;
-                Ok(())
+                Ok(q.build_query_as().fetch_all(conn).await?)
             }
 
             /// A batch's refresh-family writes: `(index in the batch, from, next)` in queue
@@ -1742,7 +1743,7 @@ macro_rules! sql_store {
             async fn advance_families(
                 conn: &mut Conn,
                 families: &[(usize, i64, &FamilyRecord)],
-                answers: &mut [bool],
+                answers: &mut [Answer],
             ) -> Result<()> {
                 if families.is_empty() {
                     return Ok(());
@@ -1754,15 +1755,15 @@ macro_rules! sql_store {
                 let bulk: Vec<_> = firsts.iter().map(|&&(_, from, f)| (from, f)).collect();
                 let Some(won) = <$Store as Backend>::advance_families(conn, &bulk).await? else {
                     for &(i, from, f) in families {
-                        answers[i] = advance_family_alone(conn, from, f).await?;
+                        answers[i] = Answer::Done(advance_family_alone(conn, from, f).await?);
                     }
                     return Ok(());
                 };
                 for (&&(i, _, _), won) in firsts.iter().zip(won) {
-                    answers[i] = won;
+                    answers[i] = Answer::Done(won);
                 }
                 for &&(i, from, f) in &repeats {
-                    answers[i] = advance_family_alone(conn, from, f).await?;
+                    answers[i] = Answer::Done(advance_family_alone(conn, from, f).await?);
                 }
                 Ok(())
             }
@@ -1778,28 +1779,6 @@ macro_rules! sql_store {
                 } else {
                     advance_family(conn, from, next).await
                 }
-            }
-
-            async fn apply(conn: &mut Conn, op: &WriteOp) -> Result<bool> {
-                match op {
-                    WriteOp::AdvanceFamily { from, next } => {
-                        return advance_family_alone(conn, *from, next).await;
-                    }
-                    WriteOp::UpdateDeviceUsage(device) => {
-                        update_device_history(conn, device).await?
-                    }
-                    WriteOp::TouchKeys(used) => {
-                        for (key_id, at) in used {
-                            touch_key(conn, key_id, *at).await?;
-                        }
-                    }
-                    WriteOp::AddUsage(minutes) => {
-                        for rows in prepared_chunks(minutes) {
-                            upsert_usage_rows(conn, rows).await?;
-                        }
-                    }
-                }
-                Ok(true)
             }
         }
     };

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DeviceRecord, FamilyRecord, UsageMinute};
+use super::{DeviceLifecycle, DeviceRecord, FamilyRecord, UsageMinute};
 use crate::error::{Error, Result};
 
 /// Most ops in one transaction. Large enough that a batch covers every request in flight at
@@ -51,6 +51,26 @@ pub(super) enum WriteOp {
     AddUsage(Vec<UsageMinute>),
 }
 
+/// What a committed op answers.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Answer {
+    /// `advance_refresh_family`'s result (whether this write won); `true` for the ops that
+    /// have nothing to say.
+    Done(bool),
+    /// `update_device_usage`'s: the device's lifecycle fields as the write found them.
+    Device(Option<DeviceLifecycle>),
+}
+
+impl Answer {
+    /// The answer as a boolean: `advance_refresh_family`'s result, `true` for the others.
+    pub(super) fn won(&self) -> bool {
+        match self {
+            Answer::Done(won) => *won,
+            Answer::Device(_) => true,
+        }
+    }
+}
+
 /// Why a batch failed.
 #[derive(Debug)]
 pub(super) enum BatchError {
@@ -63,14 +83,13 @@ pub(super) enum BatchError {
 /// Runs ops in one transaction; implemented by each backend's pool.
 #[async_trait]
 pub(super) trait Batch: Send + Sync + 'static {
-    /// Runs `ops` in order in one transaction and commits it. Each op's answer is a boolean:
-    /// `advance_refresh_family`'s result, `true` for the others.
-    async fn run(&self, ops: &[WriteOp]) -> Result<Vec<bool>, BatchError>;
+    /// Runs `ops` in order in one transaction and commits it, with one [`Answer`] per op.
+    async fn run(&self, ops: &[WriteOp]) -> Result<Vec<Answer>, BatchError>;
 }
 
 struct Job {
     op: WriteOp,
-    reply: oneshot::Sender<Result<bool>>,
+    reply: oneshot::Sender<Result<Answer>>,
 }
 
 /// The queue's sending side; dropping it lets the writer task finish what is queued and stop.
@@ -87,7 +106,7 @@ impl GroupWriter {
     }
 
     /// Queues `op` and waits until the transaction holding it has committed.
-    pub(super) async fn submit(&self, op: WriteOp) -> Result<bool> {
+    pub(super) async fn submit(&self, op: WriteOp) -> Result<Answer> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job { op, reply })
@@ -118,7 +137,7 @@ async fn run(batch: impl Batch, mut queue: mpsc::Receiver<Job>) {
 
 /// Commits `ops`, returning one answer per op.
 #[tracing::instrument(level = "debug", skip_all, fields(ops = ops.len()))]
-async fn commit(batch: &impl Batch, ops: &[WriteOp]) -> Vec<Result<bool>> {
+async fn commit(batch: &impl Batch, ops: &[WriteOp]) -> Vec<Result<Answer>> {
     match batch.run(ops).await {
         Ok(answers) => answers.into_iter().map(Ok).collect(),
         Err(BatchError::Statement(e)) if ops.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
@@ -129,7 +148,7 @@ async fn commit(batch: &impl Batch, ops: &[WriteOp]) -> Vec<Result<bool>> {
             let mut answers = Vec::with_capacity(ops.len());
             for op in ops {
                 let answer = match batch.run(std::slice::from_ref(op)).await {
-                    Ok(mut a) => Ok(a.pop().unwrap_or(true)),
+                    Ok(mut a) => Ok(a.pop().unwrap_or(Answer::Done(true))),
                     Err(BatchError::Statement(e) | BatchError::Transaction(e)) => Err(e),
                 };
                 answers.push(answer);
@@ -141,7 +160,7 @@ async fn commit(batch: &impl Batch, ops: &[WriteOp]) -> Vec<Result<bool>> {
 }
 
 /// One error for each of `n` callers.
-fn fan_out(e: Error, n: usize) -> Vec<Result<bool>> {
+fn fan_out(e: Error, n: usize) -> Vec<Result<Answer>> {
     if n == 1 {
         return vec![Err(e)];
     }
@@ -198,7 +217,7 @@ mod tests {
 
     #[async_trait]
     impl Batch for Arc<Fake> {
-        async fn run(&self, ops: &[WriteOp]) -> Result<Vec<bool>, BatchError> {
+        async fn run(&self, ops: &[WriteOp]) -> Result<Vec<Answer>, BatchError> {
             // Let the queue fill up behind the first op, as a disk flush would.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             self.batches.lock().unwrap().push(ops.len());
@@ -209,7 +228,7 @@ mod tests {
             if ops.iter().any(bad) {
                 return Err(BatchError::Statement(Error::internal("constraint")));
             }
-            Ok(vec![true; ops.len()])
+            Ok(vec![Answer::Done(true); ops.len()])
         }
     }
 
@@ -217,7 +236,7 @@ mod tests {
         WriteOp::TouchKeys(vec![(key.to_owned(), 1)])
     }
 
-    async fn submit_all(fake: Arc<Fake>, keys: &[&str]) -> Vec<Result<bool>> {
+    async fn submit_all(fake: Arc<Fake>, keys: &[&str]) -> Vec<Result<Answer>> {
         let writer = Arc::new(GroupWriter::spawn(fake));
         let calls = keys.iter().map(|k| {
             let (writer, op) = (writer.clone(), touch(k));
@@ -234,7 +253,7 @@ mod tests {
     async fn concurrent_writes_share_transactions() {
         let fake = Arc::new(Fake::default());
         let answers = submit_all(fake.clone(), &["k"; 100]).await;
-        assert!(answers.iter().all(|a| matches!(a, Ok(true))));
+        assert!(answers.iter().all(|a| matches!(a, Ok(Answer::Done(true)))));
         let batches = fake.batches.lock().unwrap().clone();
         assert_eq!(batches.iter().sum::<usize>(), 100);
         assert!(

@@ -186,6 +186,19 @@ pub(super) async fn concurrent_enrollments_get_distinct_status_indexes(db: &mut 
     assert_eq!(indexes.len(), 40, "no index handed out twice: {indexes:?}");
 }
 
+/// Revokes a device as an operator would (audited, fed to verifiers).
+async fn revoke(store: &dyn Store, device_id: &str, at: i64) -> Option<DeviceRecord> {
+    store
+        .set_device_status(
+            device_id,
+            DeviceChange::Revoke,
+            at,
+            &audit("device.revoke", Some(device_id)),
+        )
+        .await
+        .unwrap()
+}
+
 pub(super) async fn device_revoke_and_approve(db: &mut TestDb) {
     let store = &*db.store;
     let (k, d) = key_with_device(store, 'r').await;
@@ -203,16 +216,7 @@ pub(super) async fn device_revoke_and_approve(db: &mut TestDb) {
     assert!(approved.approved);
     assert_eq!(approved.status, DeviceStatus::Active);
 
-    let revoked = store
-        .set_device_status(
-            &d.device_id,
-            DeviceChange::Revoke,
-            T0 + 2,
-            &audit("device.revoke", Some(&d.device_id)),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let revoked = revoke(store, &d.device_id, T0 + 2).await.unwrap();
     assert_eq!(revoked.status, DeviceStatus::Revoked);
     assert_eq!(revoked.revoked_at, Some(T0 + 2));
     assert_eq!(store.get_device(&d.device_id).await.unwrap(), Some(revoked));
@@ -279,20 +283,150 @@ pub(super) async fn device_usage_is_saved(db: &mut TestDb) {
     d.trust_level = crate::devices::TrustLevel::Trusted;
     d.trust_factors = crate::store::JsonText::of(&json!({"history": 0.9, "drift": []}));
     Arc::make_mut(&mut d.attributes).insert("os_version".into(), "17.2".into());
-    store
+    let lifecycle = |d: &DeviceRecord| DeviceLifecycle {
+        device_id: d.device_id.clone(),
+        status: d.status,
+        approved: d.approved,
+        revoked_at: d.revoked_at,
+        name: d.name.clone(),
+    };
+    let answer = store
         .update_device_usage(Arc::new(d.clone()))
         .await
         .unwrap();
+    assert_eq!(answer, Some(lifecycle(&d)));
     assert_eq!(
         store.get_device(&d.device_id).await.unwrap(),
         Some(d.clone())
     );
 
-    // Not history: name, status and approval are left alone.
+    // Not history: name, status and approval are left alone, and the answer is what storage
+    // holds, not what the caller sent.
     let mut renamed = d.clone();
     renamed.name = Some("other".into());
     renamed.status = DeviceStatus::Revoked;
     renamed.approved = true;
-    store.update_device_usage(Arc::new(renamed)).await.unwrap();
-    assert_eq!(store.get_device(&d.device_id).await.unwrap(), Some(d));
+    let answer = store.update_device_usage(Arc::new(renamed)).await.unwrap();
+    assert_eq!(answer, Some(lifecycle(&d)));
+    assert_eq!(
+        store.get_device(&d.device_id).await.unwrap(),
+        Some(d.clone())
+    );
+
+    // A change made meanwhile (an operator's revocation) is in the next write's answer.
+    let revoked = revoke(store, &d.device_id, T0 + 600).await.unwrap();
+    let answer = store
+        .update_device_usage(Arc::new(d.clone()))
+        .await
+        .unwrap();
+    assert_eq!(answer, Some(lifecycle(&revoked)));
+    assert_eq!(answer.unwrap().revoked_at, Some(T0 + 600));
+
+    // A device no longer stored: nothing written, and the answer says so.
+    let gone = DeviceRecord {
+        device_id: "dev_not_stored".into(),
+        ..d
+    };
+    assert_eq!(
+        store.update_device_usage(Arc::new(gone)).await.unwrap(),
+        None
+    );
+}
+
+/// A device in use is kept current by its history writes, not by reads: each flush's answer
+/// puts the lifecycle fields storage holds into the cached entry and starts its TTL again. A
+/// revocation made behind the cache (as the CLI makes it) is in force after the next flush,
+/// long before the entry would have expired; the entry is never read again while the device
+/// keeps being written (a field changed in storage that the flush does not answer stays as
+/// first read, past the TTL); a device no longer stored is evicted.
+pub(super) async fn history_writes_keep_cached_devices_current(db: &mut TestDb) {
+    use crate::store::cached::{CachedStore, TTL};
+    use std::time::{Duration, Instant};
+    let (k, d) = key_with_device(&*db.store, 'q').await;
+    let cache = CachedStore::new(db.store.clone(), 100);
+    let cached = async || cache.device(&k.key_id, &d.jkt).await.unwrap().unwrap();
+    let read_at = Instant::now();
+    let first = cached().await;
+    assert_eq!(first.status, DeviceStatus::Active);
+
+    // Behind the cache: a revocation, and a field no flush answers (only a read would see it).
+    revoke(&*db.store, &d.device_id, T0 + 5).await;
+    db.tamper(&format!(
+        "UPDATE devices SET created_at = created_at + 1000 WHERE device_id = '{}'",
+        d.device_id
+    ))
+    .await;
+    assert_eq!(cached().await.status, DeviceStatus::Active, "cached");
+
+    // The device keeps exchanging; its history is written once a second.
+    let mut n = 0;
+    while read_at.elapsed() < TTL + Duration::from_secs(1) {
+        n += 1;
+        let mut used = (*cached().await).clone();
+        used.exchange_count = n;
+        cache.remember_device_usage(Arc::new(used)).await;
+        crate::jobs::flush_devices(&cache).await;
+        let now = cached().await;
+        assert_eq!(now.status, DeviceStatus::Revoked, "in force after a flush");
+        assert_eq!(now.revoked_at, Some(T0 + 5));
+        assert_eq!(now.exchange_count, n, "the history is the cache's own");
+        assert_eq!(now.created_at, first.created_at, "not read again");
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    assert!(n >= 6, "{n} flushes");
+
+    // A flush that finds the device gone evicts it; the next lookup reads storage.
+    let written = [(cached().await, None)];
+    cache
+        .refreshed(Instant::now(), cache.generation(), &written)
+        .await;
+    assert_eq!(
+        cached().await.created_at,
+        first.created_at + 1000,
+        "read again"
+    );
+}
+
+/// What a flush found is not taken where it may be older than the entry: an entry read after
+/// the flush started, or any entry after an eviction since then.
+pub(super) async fn older_history_answers_do_not_replace_newer_entries(db: &mut TestDb) {
+    use crate::store::cached::{CachedStore, Invalidation};
+    use std::time::Instant;
+    let (k, d) = key_with_device(&*db.store, 'r').await;
+    let cache = CachedStore::new(db.store.clone(), 100);
+    let cached = async || cache.device(&k.key_id, &d.jkt).await.unwrap().unwrap();
+    let (started, generation) = (Instant::now(), cache.generation());
+    let stale = DeviceLifecycle {
+        device_id: d.device_id.clone(),
+        status: DeviceStatus::Revoked,
+        approved: true,
+        revoked_at: Some(T0),
+        name: Some("stale".into()),
+    };
+    // Read after `started`: left alone.
+    let entry = cached().await;
+    let written = [(entry.clone(), Some(stale.clone()))];
+    cache.refreshed(started, generation, &written).await;
+    assert_eq!(cached().await, entry);
+
+    // Read before `started`, but an eviction came since: left alone.
+    let (started, generation) = (Instant::now(), cache.generation());
+    cache.apply(&Invalidation::Key(k.key_id.to_string())).await;
+    cache.refreshed(started, generation, &written).await;
+    assert_eq!(cached().await, entry);
+
+    // Read before `started`, nothing evicted since: taken.
+    let (started, generation) = (Instant::now(), cache.generation());
+    cache.refreshed(started, generation, &written).await;
+    let now = cached().await;
+    assert_eq!(
+        (
+            now.status,
+            now.approved,
+            now.revoked_at,
+            now.name.as_deref()
+        ),
+        (DeviceStatus::Revoked, true, Some(T0), Some("stale"))
+    );
+    assert_eq!(now.exchange_count, entry.exchange_count);
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::Connection as _;
 
 use super::testing::{drop_postgres_database, fresh_postgres_url, postgres_test_url};
-use super::writer::{Batch as _, WriteOp};
+use super::writer::{Answer, Batch as _, WriteOp};
 use super::*;
 use crate::audit::{self, Verdict};
 use crate::error::Error;
@@ -93,7 +93,7 @@ impl TestDb {
 
     /// Runs `ops` as one group-commit transaction on a connection pool of the store's
     /// database, bypassing the writer's queue, so they are sure to share it.
-    async fn run_batch(&self, ops: &[WriteOp]) -> Vec<bool> {
+    async fn run_batch(&self, ops: &[WriteOp]) -> Vec<Answer> {
         let answers = if self.store.backend() == "sqlite" {
             let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
             pool.run(ops).await
@@ -157,6 +157,8 @@ conformance!(
     concurrent_enrollments_get_distinct_status_indexes,
     device_revoke_and_approve,
     device_usage_is_saved,
+    history_writes_keep_cached_devices_current,
+    older_history_answers_do_not_replace_newer_entries,
     refresh_families_advance_once,
     expired_refresh_families_are_purged,
     concurrent_first_refreshes_have_one_winner,

@@ -344,10 +344,21 @@ pub(super) async fn a_batch_answers_each_family_write_as_if_alone(db: &mut TestD
     ops.push(WriteOp::TouchKeys(vec![(d.key_id.to_string(), T0 + 3)]));
     let mut answers = db.run_batch(&ops).await;
     assert_eq!(answers.len(), ops.len());
-    assert_eq!(answers.pop(), Some(true), "touch");
-    assert!(answers.remove(3), "device usage");
+    assert_eq!(answers.pop(), Some(Answer::Done(true)), "touch");
+    let Answer::Device(Some(lifecycle)) = answers.remove(3) else {
+        panic!("the device write answers the device as stored");
+    };
+    assert_eq!(
+        (lifecycle.device_id, lifecycle.status, lifecycle.approved),
+        (d.device_id.clone(), DeviceStatus::Active, false)
+    );
     for ((from, next, want, why), got) in cases.iter().zip(answers) {
-        assert_eq!(got, *want, "{why}: {} from {from}", next.family_id);
+        assert_eq!(
+            got,
+            Answer::Done(*want),
+            "{why}: {} from {from}",
+            next.family_id
+        );
     }
 
     let stored = |id: &'static str| store.get_refresh_family(id);
