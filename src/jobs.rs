@@ -2,7 +2,8 @@
 //! and the timers that keep storage tidy.
 //!
 //! * [`LastUsed`] — `last_used_at` of keys, batched: an exchange notes the time in memory,
-//!   a job writes the batch every [`HOUSEKEEPING_INTERVAL`].
+//!   a job writes the batch every [`KEY_TOUCH_INTERVAL`]; its answer keeps the keys' cache
+//!   entries current ([`CachedStore`]'s `touch_keys`).
 //! * Device history (counters, last seen, networks, trust) waits in the validation cache
 //!   ([`CachedStore::remember_device_usage`]); a job writes it once every
 //!   [`DEVICE_FLUSH_INTERVAL`], one of its [`PENDING_PARTS`] parts at a time
@@ -38,8 +39,12 @@ pub const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// of history (`docs/design.md`).
 pub const DEVICE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often the `last_used_at` batch is written, signing keys reloaded and ended grace
-/// windows cleared.
+/// How often the `last_used_at` batch is written: once a second, like device histories, so
+/// that its answer (each key in use as stored) restarts the key's validation-cache entry
+/// before the entry's 4-5 s run out, and a key in use is never read again.
+pub const KEY_TOUCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often signing keys are reloaded and ended grace windows cleared.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the purges run.
@@ -226,12 +231,20 @@ pub fn spawn(jobs: Jobs) {
             j.usage.flush(&*j.store).await;
         }
     });
+    let j = jobs.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_TOUCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            j.last_used.flush(&*j.store).await;
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut last_purge = 0;
         loop {
             tick.tick().await;
-            jobs.last_used.flush(&*jobs.store).await;
             if jobs.retention.refresh_grace {
                 // Contract 9.2: a sealed successor is kept for its window only.
                 if let Err(e) = jobs.store.clear_refresh_grace(now()).await {

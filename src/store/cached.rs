@@ -5,9 +5,10 @@
 //! changes made by another process, such as the CLI). Changes made through this store evict
 //! the affected entries at once, and are announced on the [`Invalidations`] channel so other
 //! instances (through Redis) evict theirs too. Unknown key ids are cached as absent, so a flood
-//! of made-up ids does not reach the database. A device in use is not read again at all: the
-//! write of its history, once a second, answers its lifecycle fields as stored, and that answer
-//! starts its entry's [`TTL`] again ([`CachedStore::refreshed`]).
+//! of made-up ids does not reach the database. A key or device in use is not read again at
+//! all: the write of its `last_used_at` or history, once a second, answers it as stored, and
+//! that answer starts its entry's [`TTL`] again ([`CachedStore::refreshed`],
+//! [`CachedStore::refreshed_keys`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,6 +190,43 @@ impl CachedStore {
                         Some(slot) if slot.refresh(started, stored) => {
                             metrics::counter!("keybound_cache_refreshes_total").increment(1);
                             Op::Put(Some(slot))
+                        }
+                        _ => Op::Nop,
+                    }
+                })
+                .await;
+        }
+    }
+
+    /// [`refreshed`](Self::refreshed) for keys: the `last_used_at` batch (once a second,
+    /// `crate::jobs`) answers each key in use as stored, and that answer replaces the key's
+    /// cached record and starts its [`TTL`] again, so a key in use is not read again either.
+    /// An entry is replaced only if it still holds `before` (what it held when the write was
+    /// sent: not read again since), and none after an eviction since then; a key the write did
+    /// not find is evicted.
+    pub(crate) async fn refreshed_keys(
+        &self,
+        generation: u64,
+        used: &[(String, i64)],
+        before: Vec<Option<Arc<KeyRecord>>>,
+        stored: &[KeyRecord],
+    ) {
+        for ((key_id, _), before) in used.iter().zip(before) {
+            if self.generation() != generation {
+                return;
+            }
+            let Some(before) = before else { continue };
+            let Some(record) = stored.iter().find(|k| k.key_id.as_str() == key_id) else {
+                self.keys.invalidate(key_id).await;
+                continue;
+            };
+            self.keys
+                .entry_by_ref(key_id.as_str())
+                .and_compute_with(|entry| async move {
+                    match entry.and_then(|e| e.into_value()) {
+                        Some(current) if Arc::ptr_eq(&current, &before) => {
+                            metrics::counter!("keybound_cache_refreshes_total").increment(1);
+                            Op::Put(Some(Arc::new(record.clone())))
                         }
                         _ => Op::Nop,
                     }
@@ -541,9 +579,17 @@ impl Store for CachedStore {
             .await;
         Ok(())
     }
-    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
-        // last_used_at is bookkeeping: cached records may show an older value for up to TTL.
-        self.inner.touch_keys(used).await
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<Vec<KeyRecord>> {
+        // What each key's entry held before the write: only those are replaced by the answer
+        // (an entry read since may hold a later change).
+        let generation = self.generation();
+        let mut before = Vec::with_capacity(used.len());
+        for (key_id, _) in used {
+            before.push(self.keys.get(key_id).await.flatten());
+        }
+        let stored = self.inner.touch_keys(used).await?;
+        self.refreshed_keys(generation, used, before, &stored).await;
+        Ok(stored)
     }
     async fn purge_expired_keys(&self, before: i64) -> Result<u64> {
         let n = self.inner.purge_expired_keys(before).await?;

@@ -689,8 +689,10 @@ pub trait Store: Send + Sync + 'static {
         new: &KeyRecord,
         audit: &AuditEntry,
     ) -> Result<()>;
-    /// Records last use for many keys at once (batched bookkeeping).
-    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()>;
+    /// Records last use for many keys at once (batched bookkeeping). Answers the keys as the
+    /// same statements found them (a key not stored, or whose row does not decode, is left
+    /// out): as fresh as a read made then, at no extra read.
+    async fn touch_keys(&self, used: &[(String, i64)]) -> Result<Vec<KeyRecord>>;
     /// Deletes keys expired before `before` together with their devices and refresh tokens;
     /// returns how many keys went.
     async fn purge_expired_keys(&self, before: i64) -> Result<u64>;

@@ -236,17 +236,21 @@ macro_rules! sql_store {
             }
 
             /// Moves `last_used_at` forward only, so batches applied out of order never move
-            /// it back.
-            async fn touch_key(conn: &mut Conn, key_id: &str, at: i64) -> Result<()> {
-                sqlx::query(
-                    "UPDATE api_keys SET last_used_at = $2 \
-                     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            /// it back, and answers the key as stored (`RETURNING`, so the statement always
+            /// writes the row): `None` when there is no such key, or its row does not decode
+            /// (a read reports that; a touch is bookkeeping and does not fail for it).
+            async fn touch_key(conn: &mut Conn, key_id: &str, at: i64) -> Result<Option<KeyRecord>> {
+                let row = sqlx::query(
+                    "UPDATE api_keys SET last_used_at = CASE \
+                     WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 \
+                     ELSE last_used_at END \
+                     WHERE key_id = $1 RETURNING *",
                 )
                 .bind(key_id)
                 .bind(at)
-                .execute(conn)
+                .fetch_optional(conn)
                 .await?;
-                Ok(())
+                Ok(row.and_then(|r| <KeyRecord as sqlx::FromRow<_>>::from_row(&r).ok()))
             }
 
             /// Devices go with their key by `ON DELETE CASCADE`.
@@ -1177,11 +1181,14 @@ macro_rules! sql_store {
                 }
 
                 #[tracing::instrument(level = "debug", skip_all, fields(keys = used.len()))]
-                async fn touch_keys(&self, used: &[(String, i64)]) -> Result<()> {
-                    if !used.is_empty() {
-                        self.writer.submit(WriteOp::TouchKeys(used.to_vec())).await?;
+                async fn touch_keys(&self, used: &[(String, i64)]) -> Result<Vec<KeyRecord>> {
+                    if used.is_empty() {
+                        return Ok(Vec::new());
                     }
-                    Ok(())
+                    match self.writer.submit(WriteOp::TouchKeys(used.to_vec())).await? {
+                        Answer::Keys(stored) => Ok(stored),
+                        _ => Err(Error::internal("a key touch answered no keys")),
+                    }
                 }
 
                 #[tracing::instrument(skip_all, fields(before = before))]
@@ -1321,7 +1328,7 @@ macro_rules! sql_store {
                 ) -> Result<Option<DeviceLifecycle>> {
                     match self.writer.submit(WriteOp::UpdateDeviceUsage(device)).await? {
                         Answer::Device(stored) => Ok(stored),
-                        Answer::Done(_) => Err(Error::internal("a device write answered no device")),
+                        _ => Err(Error::internal("a device write answered no device")),
                     }
                 }
 
@@ -1629,9 +1636,11 @@ macro_rules! sql_store {
                                     families.push((i, *from, next))
                                 }
                                 WriteOp::TouchKeys(used) => {
+                                    let mut stored = Vec::with_capacity(used.len());
                                     for (key_id, at) in used {
-                                        touch_key(&mut tx, key_id, *at).await?;
+                                        stored.extend(touch_key(&mut tx, key_id, *at).await?);
                                     }
+                                    answers[i] = Answer::Keys(stored);
                                 }
                             }
                         }

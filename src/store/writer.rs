@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DeviceLifecycle, DeviceRecord, FamilyRecord, UsageMinute};
+use super::{DeviceLifecycle, DeviceRecord, FamilyRecord, KeyRecord, UsageMinute};
 use crate::error::{Error, Result};
 
 /// Most ops in one transaction. Large enough that a batch covers every request in flight at
@@ -59,6 +59,8 @@ pub(super) enum Answer {
     Done(bool),
     /// `update_device_usage`'s: the device's lifecycle fields as the write found them.
     Device(Option<DeviceLifecycle>),
+    /// `touch_keys`': the keys as the write found them.
+    Keys(Vec<KeyRecord>),
 }
 
 impl Answer {
@@ -66,7 +68,7 @@ impl Answer {
     pub(super) fn won(&self) -> bool {
         match self {
             Answer::Done(won) => *won,
-            Answer::Device(_) => true,
+            Answer::Device(_) | Answer::Keys(_) => true,
         }
     }
 }
@@ -228,7 +230,7 @@ mod tests {
             if ops.iter().any(bad) {
                 return Err(BatchError::Statement(Error::internal("constraint")));
             }
-            Ok(vec![Answer::Done(true); ops.len()])
+            Ok(vec![Answer::Keys(Vec::new()); ops.len()])
         }
     }
 
@@ -253,7 +255,7 @@ mod tests {
     async fn concurrent_writes_share_transactions() {
         let fake = Arc::new(Fake::default());
         let answers = submit_all(fake.clone(), &["k"; 100]).await;
-        assert!(answers.iter().all(|a| matches!(a, Ok(Answer::Done(true)))));
+        assert!(answers.iter().all(|a| matches!(a, Ok(Answer::Keys(_)))));
         let batches = fake.batches.lock().unwrap().clone();
         assert_eq!(batches.iter().sum::<usize>(), 100);
         assert!(

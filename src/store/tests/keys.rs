@@ -283,10 +283,18 @@ pub(super) async fn touch_only_moves_last_use_forward(db: &mut TestDb) {
         ])
         .await
         .unwrap();
-    store
+    let touched = store
         .touch_keys(&[(a.key_id.to_string(), T0 + 40), (key_id('x'), T0)])
         .await
         .unwrap();
+    // The answer: each key as stored (its later time kept), an unknown id left out.
+    assert_eq!(
+        touched
+            .iter()
+            .map(|k| (k.key_id.to_string(), k.last_used_at))
+            .collect::<Vec<_>>(),
+        [(a.key_id.to_string(), Some(T0 + 50))]
+    );
     assert_eq!(
         store
             .get_key(&a.key_id)
@@ -435,4 +443,115 @@ pub(super) async fn a_row_that_does_not_decode_is_a_storage_error(db: &mut TestD
     assert_eq!(legacy.allowed_origins.len(), 1);
     assert!(legacy.allowed_origins[0].matches("https://B\u{fc}cher.example"));
     assert!(!legacy.allowed_origins[0].matches("https://example.com"));
+}
+
+/// A key with id [`key_id`]`(c)`, created in `store`.
+async fn stored_key(store: &dyn Store, c: char) -> KeyRecord {
+    let k = key(&key_id(c));
+    store
+        .create_key(&k, &audit("key.create", Some(&k.key_id)))
+        .await
+        .unwrap();
+    k
+}
+
+/// A key in use is kept current by its `last_used_at` writes, not by reads: each touch's
+/// answer replaces the cached record and starts its TTL again. A suspension made behind the
+/// cache (as the CLI makes it) is in force after the next touch, the entry is answered from
+/// the cache past its TTL, and a key the touch no longer finds is evicted.
+pub(super) async fn key_touches_keep_cached_keys_current(db: &mut TestDb) {
+    use crate::store::cached::{CachedStore, TTL};
+    use std::time::{Duration, Instant};
+    let k = stored_key(&*db.store, 'k').await;
+    let cache = CachedStore::new(db.store.clone(), 100);
+    let read_at = Instant::now();
+    let (first, from_cache) = cache.key_and_source(&k.key_id).await.unwrap();
+    assert_eq!(
+        (first.unwrap().status, from_cache),
+        (KeyStatus::Active, false)
+    );
+    db.store
+        .set_key_status(
+            &k.key_id,
+            KeyStatus::Suspended,
+            Some("test"),
+            T0,
+            &audit("key.suspend", Some(&k.key_id)),
+        )
+        .await
+        .unwrap();
+    let status = cache.key(&k.key_id).await.unwrap().unwrap().status;
+    assert_eq!(status, KeyStatus::Active, "cached");
+
+    let mut n = 0;
+    while read_at.elapsed() < TTL + Duration::from_secs(1) {
+        n += 1;
+        let touched = cache
+            .touch_keys(&[(k.key_id.to_string(), T0 + n)])
+            .await
+            .unwrap();
+        assert_eq!(touched.len(), 1);
+        let (now, from_cache) = cache.key_and_source(&k.key_id).await.unwrap();
+        let now = now.unwrap();
+        assert!(from_cache, "not read again");
+        assert_eq!(now.status, KeyStatus::Suspended, "in force after a touch");
+        assert_eq!(now.last_used_at, Some(T0 + n));
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    assert!(n >= 6, "{n} touches");
+
+    db.tamper(&format!(
+        "DELETE FROM api_keys WHERE key_id = '{}'",
+        k.key_id
+    ))
+    .await;
+    let touched = cache
+        .touch_keys(&[(k.key_id.to_string(), T0 + 100)])
+        .await
+        .unwrap();
+    assert!(touched.is_empty());
+    let (gone, from_cache) = cache.key_and_source(&k.key_id).await.unwrap();
+    assert_eq!((gone, from_cache), (None, false), "evicted, read again");
+}
+
+/// What a touch found is not taken where it may be older than the entry: an entry read again
+/// since the touch was sent, or any entry after an eviction since then.
+pub(super) async fn older_touch_answers_do_not_replace_newer_keys(db: &mut TestDb) {
+    use crate::store::cached::{CachedStore, Invalidation};
+    let k = stored_key(&*db.store, 'l').await;
+    let cache = CachedStore::new(db.store.clone(), 100);
+    let used = [(k.key_id.to_string(), T0)];
+    let stale = KeyRecord {
+        status: KeyStatus::Revoked,
+        ..k.clone()
+    };
+    let cached = async || cache.key(&k.key_id).await.unwrap().unwrap();
+
+    // Read again after the touch was sent: left alone.
+    let before = cached().await;
+    cache.apply(&Invalidation::Key(k.key_id.to_string())).await;
+    let generation = cache.generation();
+    let reread = cached().await;
+    let answer = std::slice::from_ref(&stale);
+    cache
+        .refreshed_keys(generation, &used, vec![Some(before)], answer)
+        .await;
+    assert!(Arc::ptr_eq(&cached().await, &reread));
+
+    // The same entry, but an eviction since the touch was sent: left alone.
+    let generation = cache.generation();
+    cache
+        .apply(&Invalidation::Device("x".into(), "y".into()))
+        .await;
+    cache
+        .refreshed_keys(generation, &used, vec![Some(reread.clone())], answer)
+        .await;
+    assert!(Arc::ptr_eq(&cached().await, &reread));
+
+    // The same entry, nothing evicted since: taken.
+    let generation = cache.generation();
+    cache
+        .refreshed_keys(generation, &used, vec![Some(reread)], answer)
+        .await;
+    assert_eq!(cached().await.status, KeyStatus::Revoked);
 }

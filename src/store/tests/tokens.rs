@@ -344,7 +344,13 @@ pub(super) async fn a_batch_answers_each_family_write_as_if_alone(db: &mut TestD
     ops.push(WriteOp::TouchKeys(vec![(d.key_id.to_string(), T0 + 3)]));
     let mut answers = db.run_batch(&ops).await;
     assert_eq!(answers.len(), ops.len());
-    assert_eq!(answers.pop(), Some(Answer::Done(true)), "touch");
+    let Some(Answer::Keys(touched)) = answers.pop() else {
+        panic!("the touch answers the keys as stored");
+    };
+    assert_eq!(
+        touched.iter().map(|k| &k.key_id).collect::<Vec<_>>(),
+        [&d.key_id]
+    );
     let Answer::Device(Some(lifecycle)) = answers.remove(3) else {
         panic!("the device write answers the device as stored");
     };
