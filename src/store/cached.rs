@@ -211,12 +211,14 @@ impl CachedStore {
         before: Vec<Option<Arc<KeyRecord>>>,
         stored: &[KeyRecord],
     ) {
+        let stored: HashMap<&str, &KeyRecord> =
+            stored.iter().map(|k| (k.key_id.as_str(), k)).collect();
         for ((key_id, _), before) in used.iter().zip(before) {
             if self.generation() != generation {
                 return;
             }
             let Some(before) = before else { continue };
-            let Some(record) = stored.iter().find(|k| k.key_id.as_str() == key_id) else {
+            let Some(&record) = stored.get(key_id.as_str()) else {
                 self.keys.invalidate(key_id).await;
                 continue;
             };

@@ -99,9 +99,9 @@ macro_rules! sql_store {
             use $crate::store::writer::{Answer, Batch, BatchError, WriteOp};
             use $crate::store::{
                 AlertFilter, AlertRecord, AuditEntry, AuditRow, DeviceAttestation, DeviceChange,
-                DeviceLifecycle,
-                DeviceRecord, EnrollLimits, Enrollment, FamilyRecord, KeyRecord, KeyStatus,
-                RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket, UsageMinute,
+                DeviceLifecycle, DeviceRecord, EnrollLimits, Enrollment, FamilyRecord, KeyRecord,
+                KeyStatus, RevocationRecord, SigningKeyRecord, StatusSnapshot, Store, UsageBucket,
+                UsageMinute,
             };
 
             type Db = <$Store as Backend>::Db;
@@ -1363,7 +1363,10 @@ macro_rules! sql_store {
                     next: &FamilyRecord,
                 ) -> Result<bool> {
                     let op = WriteOp::AdvanceFamily { from, next: next.clone() };
-                    Ok(self.writer.submit(op).await?.won())
+                    match self.writer.submit(op).await? {
+                        Answer::Done(won) => Ok(won),
+                        _ => Err(Error::internal("a family write answered no verdict")),
+                    }
                 }
 
                 #[tracing::instrument(level = "debug", skip_all, fields(family_id = %family_id))]

@@ -63,16 +63,6 @@ pub(super) enum Answer {
     Keys(Vec<KeyRecord>),
 }
 
-impl Answer {
-    /// The answer as a boolean: `advance_refresh_family`'s result, `true` for the others.
-    pub(super) fn won(&self) -> bool {
-        match self {
-            Answer::Done(won) => *won,
-            Answer::Device(_) | Answer::Keys(_) => true,
-        }
-    }
-}
-
 /// Why a batch failed.
 #[derive(Debug)]
 pub(super) enum BatchError {
