@@ -831,6 +831,7 @@ async fn enroll(
         attributes: Arc::new(presented.attributes.clone()),
         status: DeviceStatus::Active,
         approved: false,
+        baseline: 0,
         created_at: now,
         last_seen_at: now,
         exchange_count: 0,

@@ -139,14 +139,22 @@ impl CachedStore {
             cached.record.status,
             cached.record.approved,
             cached.record.revoked_at,
-        ) == (device.status, device.approved, device.revoked_at)
-        {
+            cached.record.baseline,
+        ) == (
+            device.status,
+            device.approved,
+            device.revoked_at,
+            device.baseline,
+        ) {
             device
         } else {
             let mut d = (*device).clone();
             d.status = cached.record.status;
             d.approved = cached.record.approved;
             d.revoked_at = cached.record.revoked_at;
+            // Scored against a fingerprint an approval has replaced since: the approval's
+            // stays.
+            d.keep_baseline_of(&cached.record);
             Arc::new(d)
         };
     }
@@ -187,11 +195,16 @@ impl CachedStore {
                 .entry(key)
                 .and_compute_with(|entry| async move {
                     match entry.and_then(|e| e.into_value()) {
-                        Some(slot) if slot.refresh(started, stored) => {
-                            metrics::counter!("keybound_cache_refreshes_total").increment(1);
-                            Op::Put(Some(slot))
-                        }
-                        _ => Op::Nop,
+                        Some(slot) => match slot.refresh(started, stored) {
+                            Refresh::Taken => {
+                                metrics::counter!("keybound_cache_refreshes_total").increment(1);
+                                Op::Put(Some(slot))
+                            }
+                            // Approved since it was read: its fingerprint is read again.
+                            Refresh::Rebaselined => Op::Remove,
+                            Refresh::Left => Op::Nop,
+                        },
+                        None => Op::Nop,
                     }
                 })
                 .await;
@@ -282,16 +295,21 @@ impl CachedStore {
     }
 
     /// `stored` with the history this instance remembered for it and has not written yet;
-    /// its lifecycle fields (status, approval, revocation) stay as stored.
+    /// its lifecycle fields (status, approval, revocation) stay as stored, and so does its
+    /// fingerprint when an approval re-baselined it after that history was scored.
     fn with_pending(&self, stored: DeviceRecord) -> DeviceRecord {
         match self.pending_lock(&stored.device_id).get(&stored.device_id) {
-            Some(p) => DeviceRecord {
-                status: stored.status,
-                approved: stored.approved,
-                revoked_at: stored.revoked_at,
-                name: stored.name,
-                ..(**p).clone()
-            },
+            Some(p) => {
+                let mut d = DeviceRecord {
+                    status: stored.status,
+                    approved: stored.approved,
+                    revoked_at: stored.revoked_at,
+                    name: stored.name.clone(),
+                    ..(**p).clone()
+                };
+                d.keep_baseline_of(&stored);
+                d
+            }
             None => stored,
         }
     }
@@ -469,11 +487,16 @@ impl DeviceSlot {
     }
 
     /// Takes `stored`, found in storage after `started`, unless the slot's own read came
-    /// after `started` (it may then be the newer one). Answers whether it took it.
-    fn refresh(&self, started: Instant, stored: &DeviceLifecycle) -> bool {
+    /// after `started` (it may then be the newer one), or an approval re-baselined the
+    /// device's fingerprint since the slot's record was read (the answer does not carry the
+    /// new fingerprint: the entry must be read again).
+    fn refresh(&self, started: Instant, stored: &DeviceLifecycle) -> Refresh {
         let mut current = self.lock();
         if current.read_at >= started {
-            return false;
+            return Refresh::Left;
+        }
+        if stored.baseline > current.record.baseline {
+            return Refresh::Rebaselined;
         }
         let r = &current.record;
         if (r.status, r.approved, r.revoked_at, &r.name)
@@ -492,8 +515,18 @@ impl DeviceSlot {
             current.record = Arc::new(d);
         }
         current.read_at = Instant::now();
-        true
+        Refresh::Taken
     }
+}
+
+/// What [`DeviceSlot::refresh`] did with a history write's answer.
+enum Refresh {
+    /// Took it as a fresh read.
+    Taken,
+    /// Left the slot alone: it was read after the write was sent.
+    Left,
+    /// The device was approved since the slot's record was read: evict it.
+    Rebaselined,
 }
 
 async fn evict(keys: &KeyCache, devices: &DeviceCache, inv: &Invalidation) {

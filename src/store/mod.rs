@@ -294,6 +294,8 @@ pub struct DeviceLifecycle {
     pub revoked_at: Option<i64>,
     /// Its stored name.
     pub name: Option<String>,
+    /// Its stored fingerprint baseline ([`DeviceRecord::baseline`]).
+    pub baseline: i64,
 }
 
 /// A device: one DPoP public key (by its RFC 7638 thumbprint) enrolled under one API key.
@@ -316,6 +318,13 @@ pub struct DeviceRecord {
     pub status: DeviceStatus,
     /// An operator approved it: `trusted` unless its stable attributes change.
     pub approved: bool,
+    /// How many times an operator re-baselined its fingerprint (approved it, which blanks
+    /// `attributes` and forgives mismatches). A history is written with the baseline it was
+    /// scored against, and one scored against an earlier baseline leaves the fingerprint
+    /// fields (`attributes`, `mismatch_count`, `mismatch_fingerprint`) as stored: a history
+    /// queued before an approval cannot undo it. Internal, not shown.
+    #[serde(skip)]
+    pub baseline: i64,
     /// Enrollment time.
     pub created_at: i64,
     /// Last successful exchange or refresh.
@@ -346,6 +355,21 @@ pub struct DeviceRecord {
     pub status_idx: i64,
     /// Its platform attestation, when one verified (contract section 8).
     pub attestation: Option<DeviceAttestation>,
+}
+
+impl DeviceRecord {
+    /// Takes `other`'s fingerprint (attributes, mismatch count and fingerprint) with its
+    /// baseline, when `other` holds a later baseline: what an approval set stays, whatever a
+    /// history scored against the earlier baseline says ([`DeviceRecord::baseline`]).
+    pub fn keep_baseline_of(&mut self, other: &DeviceRecord) {
+        if other.baseline > self.baseline {
+            self.baseline = other.baseline;
+            self.attributes = other.attributes.clone();
+            self.mismatch_count = other.mismatch_count;
+            self.mismatch_fingerprint
+                .clone_from(&other.mismatch_fingerprint);
+        }
+    }
 }
 
 /// A JSON value kept as its text (a device's trust factors).

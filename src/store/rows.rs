@@ -136,6 +136,7 @@ macro_rules! decode_rows {
                         attributes: json(r, "attributes")?,
                         status: from_name("status", r.try_get("status")?, DeviceStatus::parse)?,
                         approved: r.try_get("approved")?,
+                        baseline: r.try_get("baseline")?,
                         created_at: r.try_get("created_at")?,
                         last_seen_at: r.try_get("last_seen_at")?,
                         exchange_count: r.try_get("exchange_count")?,
@@ -173,6 +174,7 @@ macro_rules! decode_rows {
                         approved: r.try_get("approved")?,
                         revoked_at: r.try_get("revoked_at")?,
                         name: r.try_get("name")?,
+                        baseline: r.try_get("baseline")?,
                     })
                 }
             }

@@ -434,10 +434,12 @@ macro_rules! sql_store {
             ) -> Result<Option<DeviceRecord>> {
                 // Approval re-baselines the fingerprint: an operator vouching for a device
                 // (say, after a reinstall changed its install_id) makes the attributes it
-                // presents next the new reference, and forgives earlier mismatches.
+                // presents next the new reference, and forgives earlier mismatches. A new
+                // baseline number keeps histories scored before it from writing the old
+                // fingerprint back (`update_devices_bulk`).
                 Ok(sqlx::query_as(
                     "UPDATE devices SET approved = TRUE, attributes = '{}', mismatch_count = 0, \
-                     mismatch_fingerprint = NULL \
+                     mismatch_fingerprint = NULL, baseline = baseline + 1 \
                      WHERE device_id = $1 RETURNING *",
                 )
                 .bind(device_id)
@@ -1714,8 +1716,8 @@ macro_rules! sql_store {
             ) -> Result<Vec<DeviceLifecycle>> {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "WITH v (device_id, last_seen_at, exchange_count, mismatch_count, networks, \
-                     trust_score, trust_level, trust_factors, attributes, mismatch_fingerprint) \
-                     AS (",
+                     trust_score, trust_level, trust_factors, attributes, mismatch_fingerprint, \
+                     baseline) AS (",
                 );
                 q.push_values(rows, |mut b, d| {
                     b.push_bind(d.device_id.as_str())
@@ -1727,16 +1729,26 @@ macro_rules! sql_store {
                         .push_bind(d.trust_level.as_str())
                         .push_bind(d.trust_factors.get())
                         .push_bind(to_json(&d.attributes))
-                        .push_bind(d.mismatch_fingerprint.as_deref());
+                        .push_bind(d.mismatch_fingerprint.as_deref())
+                        .push_bind(d.baseline);
                 });
+                // The fingerprint fields only from a history scored against the stored
+                // baseline: one queued before an approval (CLI, another instance) leaves the
+                // approval's blank fingerprint and forgiven mismatches alone.
                 q.push(
                     ") UPDATE devices SET last_seen_at = v.last_seen_at, \
-                     exchange_count = v.exchange_count, mismatch_count = v.mismatch_count, \
-                     networks = v.networks, trust_score = v.trust_score, \
-                     trust_level = v.trust_level, trust_factors = v.trust_factors, \
-                     attributes = v.attributes, mismatch_fingerprint = v.mismatch_fingerprint \
+                     exchange_count = v.exchange_count, networks = v.networks, \
+                     trust_score = v.trust_score, trust_level = v.trust_level, \
+                     trust_factors = v.trust_factors, \
+                     attributes = CASE WHEN devices.baseline = v.baseline \
+                       THEN v.attributes ELSE devices.attributes END, \
+                     mismatch_count = CASE WHEN devices.baseline = v.baseline \
+                       THEN v.mismatch_count ELSE devices.mismatch_count END, \
+                     mismatch_fingerprint = CASE WHEN devices.baseline = v.baseline \
+                       THEN v.mismatch_fingerprint ELSE devices.mismatch_fingerprint END \
                      FROM v WHERE devices.device_id = v.device_id \
-                     RETURNING devices.device_id, status, approved, revoked_at, name",
+                     RETURNING devices.device_id, status, approved, revoked_at, name, \
+                     devices.baseline",
                 );
                 // Kept prepared: called with the few sizes of `prepared_chunks` only.
                 Ok(q.build_query_as().fetch_all(conn).await?)

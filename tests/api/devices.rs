@@ -31,6 +31,7 @@ fn device(key_id: &str, n: u32, created_at: i64) -> DeviceRecord {
         )])),
         status: DeviceStatus::Active,
         approved: false,
+        baseline: 0,
         created_at,
         last_seen_at: created_at,
         exchange_count: 1,

@@ -1,7 +1,8 @@
 //! Key lifecycle as the token endpoint sees it: a rotated key works until its grace period
 //! ends; suspension and revocation through the API are in force at once, through the CLI
 //! (another process, behind the validation cache) within 5 s; a key made by the CLI works at
-//! once; a device revoked by the CLI is refused within 5 s even while it keeps exchanging.
+//! once; a device revoked by the CLI is refused within 5 s even while it keeps exchanging, and
+//! one approved by the CLI is trusted, its fingerprint re-baselined, however busy it is.
 
 use std::time::{Duration, Instant};
 
@@ -11,12 +12,13 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, TestDb, cli, expect_json, key_body, spawn_app, spawn_app_args};
 use crate::on_both_backends;
 use crate::proofs::Device;
-use crate::token::exchange;
+use crate::token::{exchange, ios};
 
 on_both_backends!(
     rotation_grace_period,
     status_changes_are_in_force,
-    cli_device_revocation_is_in_force_while_the_device_keeps_exchanging
+    cli_device_revocation_is_in_force_while_the_device_keeps_exchanging,
+    cli_approval_of_a_device_in_use_is_kept
 );
 
 /// The status of a token exchange with `key` (a fresh proof each time).
@@ -227,4 +229,58 @@ async fn cli_device_revocation_is_in_force_while_the_device_keeps_exchanging(db:
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A device approved by the CLI while it keeps exchanging gets what approval promises: it is
+/// trusted, and the fingerprint it presents next is its new reference. The server still holds
+/// the history it scored against the old fingerprint (in its validation cache, and queued for
+/// its next write): neither may undo the approval, by writing the old fingerprint back or by
+/// scoring against it.
+async fn cli_approval_of_a_device_in_use_is_kept(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let created = app.create_key(key_body("device approved by the CLI")).await;
+    let (key, key_id) = (
+        created["key"].as_str().unwrap(),
+        created["key_id"].as_str().unwrap(),
+    );
+    let dev = Device::new();
+    let level = async |install_id: &str| -> Value {
+        let res = exchange(&app, key, &dev, json!({"device": ios(install_id)})).await;
+        expect_json(res, StatusCode::OK).await["trust"]["level"].clone()
+    };
+    assert_eq!(level("a").await, "limited", "a new device");
+    // Reinstalled: its install id changed, a stable-attribute mismatch.
+    assert_eq!(level("b").await, "limited");
+    let listed = cli(&db, &["devices", "list", key_id, "--json"])
+        .await
+        .ok()
+        .json();
+    let device_id = listed["devices"][0]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    cli(&db, &["devices", "approve", &device_id]).await.ok();
+    let approved = Instant::now();
+    while level("b").await != "trusted" {
+        assert!(
+            approved.elapsed() < Duration::from_secs(7),
+            "the approved device is still scored against its old fingerprint 7 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Past the server's next history writes: the new reference is stored, the old one gone,
+    // the mismatch forgiven; and the device stays trusted.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(level("b").await, "trusted");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let listed = cli(&db, &["devices", "list", key_id, "--json"])
+        .await
+        .ok()
+        .json();
+    let d = &listed["devices"][0];
+    assert_eq!(d["approved"], true);
+    assert_eq!(d["attributes"]["install_id"], "b", "{d}");
+    assert_eq!(d["mismatch_count"], 0, "{d}");
+    assert_eq!(d["trust_level"], "trusted", "{d}");
 }

@@ -509,6 +509,7 @@ fn device_row(
         attributes: attributes.into(),
         status: DeviceStatus::Active,
         approved: false,
+        baseline: 0,
         created_at,
         last_seen_at: created_at,
         exchange_count: 50,

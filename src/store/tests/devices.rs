@@ -187,14 +187,28 @@ pub(super) async fn concurrent_enrollments_get_distinct_status_indexes(db: &mut 
 }
 
 /// Revokes a device as an operator would (audited, fed to verifiers).
+async fn approve(store: &dyn Store, device_id: &str, at: i64) -> DeviceRecord {
+    change(store, device_id, DeviceChange::Approve, at)
+        .await
+        .expect("stored")
+}
+
 async fn revoke(store: &dyn Store, device_id: &str, at: i64) -> Option<DeviceRecord> {
+    change(store, device_id, DeviceChange::Revoke, at).await
+}
+
+async fn change(
+    store: &dyn Store,
+    device_id: &str,
+    change: DeviceChange,
+    at: i64,
+) -> Option<DeviceRecord> {
+    let action = match change {
+        DeviceChange::Approve => "device.approve",
+        DeviceChange::Revoke => "device.revoke",
+    };
     store
-        .set_device_status(
-            device_id,
-            DeviceChange::Revoke,
-            at,
-            &audit("device.revoke", Some(device_id)),
-        )
+        .set_device_status(device_id, change, at, &audit(action, Some(device_id)))
         .await
         .unwrap()
 }
@@ -289,6 +303,7 @@ pub(super) async fn device_usage_is_saved(db: &mut TestDb) {
         approved: d.approved,
         revoked_at: d.revoked_at,
         name: d.name.clone(),
+        baseline: d.baseline,
     };
     let answer = store
         .update_device_usage(Arc::new(d.clone()))
@@ -402,6 +417,7 @@ pub(super) async fn older_history_answers_do_not_replace_newer_entries(db: &mut 
         approved: true,
         revoked_at: Some(T0),
         name: Some("stale".into()),
+        baseline: d.baseline,
     };
     // Read after `started`: left alone.
     let entry = cached().await;
@@ -429,4 +445,136 @@ pub(super) async fn older_history_answers_do_not_replace_newer_entries(db: &mut 
         (DeviceStatus::Revoked, true, Some(T0), Some("stale"))
     );
     assert_eq!(now.exchange_count, entry.exchange_count);
+}
+
+/// An approval re-baselines the fingerprint (blank attributes, mismatches forgiven) and starts
+/// a new baseline. A history scored before it (queued on a server when the CLI or another
+/// instance approved) still writes its counters, last use and networks, but leaves the
+/// approval's fingerprint alone; one scored against the new baseline writes its own.
+pub(super) async fn history_queued_before_an_approval_keeps_its_fingerprint(db: &mut TestDb) {
+    let store = &*db.store;
+    let (_, d) = key_with_device(store, 's').await;
+    assert_eq!(d.baseline, 0);
+    let mut stale = d.clone();
+    stale.exchange_count = 7;
+    stale.last_seen_at = T0 + 70;
+    stale.mismatch_count = 2;
+    stale.mismatch_fingerprint = Some("fp-old".into());
+    Arc::make_mut(&mut stale.attributes).insert("install_id".into(), "old".into());
+
+    let approved = approve(store, &d.device_id, T0 + 60).await;
+    assert_eq!(approved.baseline, 1);
+    assert!(approved.attributes.is_empty());
+    let answer = store
+        .update_device_usage(Arc::new(stale.clone()))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(
+        (answer.baseline, answer.approved),
+        (1, true),
+        "the stored baseline"
+    );
+    let stored = store.get_device(&d.device_id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.exchange_count, stored.last_seen_at),
+        (7, T0 + 70),
+        "history written"
+    );
+    assert!(stored.attributes.is_empty(), "{:?}", stored.attributes);
+    assert_eq!(
+        (
+            stored.mismatch_count,
+            stored.mismatch_fingerprint.as_deref()
+        ),
+        (0, None),
+        "the approval's fingerprint stays"
+    );
+
+    // Scored against the new baseline: its fingerprint is the device's.
+    let mut current = stored.clone();
+    current.exchange_count = 8;
+    Arc::make_mut(&mut current.attributes).insert("install_id".into(), "new".into());
+    store
+        .update_device_usage(Arc::new(current.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.get_device(&d.device_id).await.unwrap(), Some(current));
+
+    // Approving again starts another baseline.
+    assert_eq!(approve(store, &d.device_id, T0 + 80).await.baseline, 2);
+}
+
+/// The same through a server's validation cache, with the approval made behind it (the CLI):
+/// the history the device goes on queuing against its old fingerprint is written without
+/// that fingerprint, and the cached entry is read again once a write finds the new baseline.
+/// A record scored against the old baseline that is laid over the new one (queued history
+/// merged into a read, an exchange that read before the approval ending after it) keeps the
+/// new fingerprint too.
+pub(super) async fn approvals_behind_the_cache_are_not_undone(db: &mut TestDb) {
+    use crate::store::cached::{CachedStore, Invalidation};
+    let (k, d) = key_with_device(&*db.store, 't').await;
+    let cache = CachedStore::new(db.store.clone(), 100);
+    let cached = async || cache.device(&k.key_id, &d.jkt).await.unwrap().unwrap();
+    let old = |n: i64| {
+        let mut used = d.clone();
+        used.exchange_count = n;
+        used.mismatch_count = 1;
+        Arc::make_mut(&mut used.attributes).insert("install_id".into(), "old".into());
+        Arc::new(used)
+    };
+    assert_eq!(cached().await.baseline, 0);
+    cache.remember_device_usage(old(1)).await;
+    approve(&*db.store, &d.device_id, T0 + 5).await;
+
+    // Evicted (say, by another instance's invalidation) before the history is written: the
+    // read lays the queued history over the stored record, but not its fingerprint.
+    cache
+        .apply(&Invalidation::Device(
+            k.key_id.to_string(),
+            d.jkt.as_str().to_owned(),
+        ))
+        .await;
+    let read = cached().await;
+    assert_eq!(
+        (read.exchange_count, read.baseline, read.approved),
+        (1, 1, true)
+    );
+    assert!(
+        read.attributes.is_empty() && read.mismatch_count == 0,
+        "{read:?}"
+    );
+
+    // An exchange that read the old record finishes now: its history goes into the entry
+    // without its fingerprint.
+    cache.remember_device_usage(old(2)).await;
+    let now = cached().await;
+    assert_eq!((now.exchange_count, now.baseline), (2, 1));
+    assert!(
+        now.attributes.is_empty() && now.mismatch_count == 0,
+        "{now:?}"
+    );
+    crate::jobs::flush_devices(&cache).await;
+    let stored = db.store.get_device(&d.device_id).await.unwrap().unwrap();
+    assert_eq!(stored.exchange_count, 2);
+    assert!(
+        stored.attributes.is_empty() && stored.mismatch_count == 0,
+        "{stored:?}"
+    );
+
+    // Cached, then approved again behind the cache: the next write's answer evicts the entry
+    // (it does not carry the fingerprint), and the lookup after it reads the new one.
+    let before = cached().await;
+    let mut used = (*before).clone();
+    used.exchange_count = 3;
+    Arc::make_mut(&mut used.attributes).insert("install_id".into(), "b".into());
+    cache.remember_device_usage(Arc::new(used)).await;
+    approve(&*db.store, &d.device_id, T0 + 9).await;
+    assert_eq!(cached().await.baseline, 1, "cached");
+    crate::jobs::flush_devices(&cache).await;
+    let now = cached().await;
+    assert_eq!((now.baseline, now.exchange_count), (2, 3));
+    assert!(now.attributes.is_empty(), "{now:?}");
+    let stored = db.store.get_device(&d.device_id).await.unwrap().unwrap();
+    assert!(stored.attributes.is_empty(), "{stored:?}");
 }
