@@ -80,6 +80,7 @@ fn has_code(e: &sqlx::Error, code: &str) -> bool {
 impl Backend for PostgresStore {
     type Db = Postgres;
     const NAME: &'static str = "postgres";
+    const RETURNING_KEY_ROWS: &'static str = "api_keys.*";
 
     async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
         Ok(pool.begin().await?)

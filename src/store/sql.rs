@@ -25,6 +25,11 @@ pub(super) trait Backend {
     /// `Store::backend`'s answer.
     const NAME: &'static str;
 
+    /// What an `UPDATE api_keys … FROM v` returns to answer the keys it wrote: every column
+    /// of `api_keys` and none of `v`'s (SQLite's `*` is the updated table's alone, and it
+    /// refuses `table.*` there; PostgreSQL's `*` takes `v`'s columns too).
+    const RETURNING_KEY_ROWS: &'static str;
+
     /// Starts a transaction that will write.
     async fn begin_write(
         pool: &sqlx::Pool<Self::Db>,
@@ -235,22 +240,35 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            /// Moves `last_used_at` forward only, so batches applied out of order never move
-            /// it back, and answers the key as stored (`RETURNING`, so the statement always
-            /// writes the row): `None` when there is no such key, or its row does not decode
-            /// (a read reports that; a touch is bookkeeping and does not fail for it).
-            async fn touch_key(conn: &mut Conn, key_id: &str, at: i64) -> Result<Option<KeyRecord>> {
-                let row = sqlx::query(
-                    "UPDATE api_keys SET last_used_at = CASE \
-                     WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 \
-                     ELSE last_used_at END \
-                     WHERE key_id = $1 RETURNING *",
-                )
-                .bind(key_id)
-                .bind(at)
-                .fetch_optional(conn)
-                .await?;
-                Ok(row.and_then(|r| <KeyRecord as sqlx::FromRow<_>>::from_row(&r).ok()))
+            /// Moves each key's `last_used_at` forward only, so batches applied out of order
+            /// never move it back, in one statement for the rows (the new times in a `VALUES`
+            /// list named by a CTE, joined by key id, as [`update_devices_bulk`]), and answers
+            /// each key found as stored (`RETURNING`, so the statement always writes the row).
+            /// A key not stored, or whose row does not decode, is left out of the answer (a
+            /// read reports that; a touch is bookkeeping and does not fail for it).
+            async fn touch_keys_bulk(
+                conn: &mut Conn,
+                rows: &[(String, i64)],
+            ) -> Result<Vec<KeyRecord>> {
+                let mut q =
+                    sqlx::QueryBuilder::<Db>::new("WITH v (key_id, last_used_at) AS (");
+                q.push_values(rows, |mut b, (key_id, at)| {
+                    b.push_bind(key_id.as_str()).push_bind(*at);
+                });
+                q.push(
+                    ") UPDATE api_keys SET last_used_at = CASE \
+                     WHEN api_keys.last_used_at IS NULL \
+                       OR api_keys.last_used_at < v.last_used_at THEN v.last_used_at \
+                     ELSE api_keys.last_used_at END \
+                     FROM v WHERE api_keys.key_id = v.key_id RETURNING ",
+                );
+                q.push(<$Store as Backend>::RETURNING_KEY_ROWS);
+                // Kept prepared: called with the few sizes of `prepared_chunks` only.
+                let rows = q.build().fetch_all(conn).await?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| <KeyRecord as sqlx::FromRow<_>>::from_row(r).ok())
+                    .collect())
             }
 
             /// Devices go with their key by `ON DELETE CASCADE`.
@@ -1642,8 +1660,8 @@ macro_rules! sql_store {
                                 }
                                 WriteOp::TouchKeys(used) => {
                                     let mut stored = Vec::with_capacity(used.len());
-                                    for (key_id, at) in used {
-                                        stored.extend(touch_key(&mut tx, key_id, *at).await?);
+                                    for rows in prepared_chunks(&last_per_key(used)) {
+                                        stored.extend(touch_keys_bulk(&mut tx, rows).await?);
                                     }
                                     answers[i] = Answer::Keys(stored);
                                 }
@@ -1691,6 +1709,17 @@ macro_rules! sql_store {
             /// trips.
             fn prepared_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
                 $crate::store::sql::power_of_two_chunks(rows, PREPARED_ROWS)
+            }
+
+            /// Each key once, at its latest time: no statement updates a row twice (which
+            /// PostgreSQL does with one of the matches, unspecified which).
+            fn last_per_key(used: &[(String, i64)]) -> Vec<(String, i64)> {
+                let mut latest = std::collections::HashMap::with_capacity(used.len());
+                for (key_id, at) in used {
+                    let t = latest.entry(key_id.as_str()).or_insert(*at);
+                    *t = (*t).max(*at);
+                }
+                latest.into_iter().map(|(k, at)| (k.to_owned(), at)).collect()
             }
 
             /// The last queued history of each device, in queue order.

@@ -168,6 +168,7 @@ pub fn loose_permissions(url: &str) -> Vec<String> {
 impl Backend for SqliteStore {
     type Db = Sqlite;
     const NAME: &'static str = "sqlite";
+    const RETURNING_KEY_ROWS: &'static str = "*";
 
     async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
         // A plain (deferred) BEGIN takes the write lock only at the first write; if another

@@ -555,3 +555,39 @@ pub(super) async fn older_touch_answers_do_not_replace_newer_keys(db: &mut TestD
         .await;
     assert_eq!(cached().await.status, KeyStatus::Revoked);
 }
+
+/// A touch of more keys than one statement holds (chunks of 128, 64, …), with a key named
+/// twice: every key written and answered once, at its latest time.
+pub(super) async fn touches_of_many_keys_are_each_written_once(db: &mut TestDb) {
+    let store = &*db.store;
+    let ids: Vec<String> = (0..200).map(|i| format!("ak_test_k{i:011}")).collect();
+    for id in &ids {
+        store
+            .create_key(&key(id), &audit("key.create", None))
+            .await
+            .unwrap();
+    }
+    let mut used: Vec<(String, i64)> = (0..200).map(|i| (ids[i].clone(), T0 + i as i64)).collect();
+    used.push((ids[0].clone(), T0 + 500));
+    used.push((ids[1].clone(), T0 - 500));
+    let touched = store.touch_keys(&used).await.unwrap();
+    let mut answered: Vec<(String, Option<i64>)> = touched
+        .iter()
+        .map(|k| (k.key_id.to_string(), k.last_used_at))
+        .collect();
+    answered.sort();
+    let mut want: Vec<(String, Option<i64>)> = (0..200)
+        .map(|i| {
+            (
+                ids[i].clone(),
+                Some(T0 + if i == 0 { 500 } else { i as i64 }),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(answered, want);
+    for (id, at) in &want {
+        let stored = store.get_key(id).await.unwrap().unwrap();
+        assert_eq!(&stored.last_used_at, at, "{id}");
+    }
+}

@@ -151,6 +151,7 @@ conformance!(
     rotation_links_keys_and_never_extends_the_old_one,
     purge_takes_devices_along_and_leaves_families_to_their_expiry,
     touch_only_moves_last_use_forward,
+    touches_of_many_keys_are_each_written_once,
     key_touches_keep_cached_keys_current,
     older_touch_answers_do_not_replace_newer_keys,
     a_row_that_does_not_decode_is_a_storage_error,
