@@ -113,6 +113,23 @@ impl StorageHealth {
     }
 }
 
+/// Runs `job` every `period`, a run at a time (a late one delays the next rather than
+/// bunching them up).
+fn every<F, Fut>(period: Duration, mut job: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            job().await;
+        }
+    });
+}
+
 /// Writes the queued device histories (one group-commit batch).
 pub async fn flush_devices(cache: &CachedStore) {
     write_devices(cache, cache.pending()).await;
@@ -223,22 +240,14 @@ pub fn spawn(jobs: Jobs) {
     });
     // Usage totals: a crash loses at most this much of the usage report.
     let j = jobs.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::usage::FLUSH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            j.usage.flush(&*j.store).await;
-        }
+    every(crate::usage::FLUSH_INTERVAL, move || {
+        let j = j.clone();
+        async move { j.usage.flush(&*j.store).await }
     });
     let j = jobs.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(KEY_TOUCH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            j.last_used.flush(&*j.store).await;
-        }
+    every(KEY_TOUCH_INTERVAL, move || {
+        let j = j.clone();
+        async move { j.last_used.flush(&*j.store).await }
     });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);

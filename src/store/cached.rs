@@ -300,15 +300,15 @@ impl CachedStore {
     fn with_pending(&self, stored: DeviceRecord) -> DeviceRecord {
         match self.pending_lock(&stored.device_id).get(&stored.device_id) {
             Some(p) => {
-                let mut d = DeviceRecord {
+                let mut history = (**p).clone();
+                history.keep_baseline_of(&stored);
+                DeviceRecord {
                     status: stored.status,
                     approved: stored.approved,
                     revoked_at: stored.revoked_at,
-                    name: stored.name.clone(),
-                    ..(**p).clone()
-                };
-                d.keep_baseline_of(&stored);
-                d
+                    name: stored.name,
+                    ..history
+                }
             }
             None => stored,
         }

@@ -248,12 +248,12 @@ macro_rules! sql_store {
             /// read reports that; a touch is bookkeeping and does not fail for it).
             async fn touch_keys_bulk(
                 conn: &mut Conn,
-                rows: &[(String, i64)],
+                rows: &[(&str, i64)],
             ) -> Result<Vec<KeyRecord>> {
                 let mut q =
                     sqlx::QueryBuilder::<Db>::new("WITH v (key_id, last_used_at) AS (");
-                q.push_values(rows, |mut b, (key_id, at)| {
-                    b.push_bind(key_id.as_str()).push_bind(*at);
+                q.push_values(rows, |mut b, &(key_id, at)| {
+                    b.push_bind(key_id).push_bind(at);
                 });
                 q.push(
                     ") UPDATE api_keys SET last_used_at = CASE \
@@ -1713,13 +1713,13 @@ macro_rules! sql_store {
 
             /// Each key once, at its latest time: no statement updates a row twice (which
             /// PostgreSQL does with one of the matches, unspecified which).
-            fn last_per_key(used: &[(String, i64)]) -> Vec<(String, i64)> {
+            fn last_per_key(used: &[(String, i64)]) -> Vec<(&str, i64)> {
                 let mut latest = std::collections::HashMap::with_capacity(used.len());
                 for (key_id, at) in used {
                     let t = latest.entry(key_id.as_str()).or_insert(*at);
                     *t = (*t).max(*at);
                 }
-                latest.into_iter().map(|(k, at)| (k.to_owned(), at)).collect()
+                latest.into_iter().collect()
             }
 
             /// The last queued history of each device, in queue order.

@@ -186,29 +186,31 @@ pub(super) async fn concurrent_enrollments_get_distinct_status_indexes(db: &mut 
     assert_eq!(indexes.len(), 40, "no index handed out twice: {indexes:?}");
 }
 
-/// Revokes a device as an operator would (audited, fed to verifiers).
+/// Approves a device as an operator would (audited).
 async fn approve(store: &dyn Store, device_id: &str, at: i64) -> DeviceRecord {
     change(store, device_id, DeviceChange::Approve, at)
         .await
         .expect("stored")
 }
 
+/// Revokes a device as an operator would (audited, fed to verifiers).
 async fn revoke(store: &dyn Store, device_id: &str, at: i64) -> Option<DeviceRecord> {
     change(store, device_id, DeviceChange::Revoke, at).await
 }
 
+/// `set_device_status` with the audit row an operator's change writes.
 async fn change(
     store: &dyn Store,
     device_id: &str,
-    change: DeviceChange,
+    what: DeviceChange,
     at: i64,
 ) -> Option<DeviceRecord> {
-    let action = match change {
+    let action = match what {
         DeviceChange::Approve => "device.approve",
         DeviceChange::Revoke => "device.revoke",
     };
     store
-        .set_device_status(device_id, change, at, &audit(action, Some(device_id)))
+        .set_device_status(device_id, what, at, &audit(action, Some(device_id)))
         .await
         .unwrap()
 }
