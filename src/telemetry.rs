@@ -61,6 +61,14 @@ where
     }
 }
 
+/// A histogram without labels, registered once with [`metrics`]' recorder (installed first):
+/// for a handle kept in a `static` on a hot path, where the macro would look its key up on
+/// every call.
+pub fn histogram(name: &'static str) -> metrics::Histogram {
+    metrics();
+    metrics::histogram!(name)
+}
+
 /// How often histogram samples are folded into their buckets.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
 

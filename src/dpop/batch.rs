@@ -95,7 +95,11 @@ impl SignatureBatcher {
         if batch.is_empty() {
             return;
         }
-        metrics::histogram!("keybound_dpop_signature_batch").record(batch.len() as f64);
+        static BATCH_SIZES: std::sync::LazyLock<metrics::Histogram> =
+            std::sync::LazyLock::new(|| {
+                crate::telemetry::histogram("keybound_dpop_signature_batch")
+            });
+        BATCH_SIZES.record(batch.len() as f64);
         #[cfg(test)]
         self.sizes
             .lock()

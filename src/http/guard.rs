@@ -69,7 +69,9 @@ pub(super) async fn guarded<T: Serialize, E: Refusal>(
     let started = std::time::Instant::now();
     let (key_id, result) = work.await;
     let elapsed = started.elapsed();
-    metrics::histogram!("keybound_exchange_seconds").record(elapsed.as_secs_f64());
+    static EXCHANGE_SECONDS: std::sync::LazyLock<metrics::Histogram> =
+        std::sync::LazyLock::new(|| crate::telemetry::histogram("keybound_exchange_seconds"));
+    EXCHANGE_SECONDS.record(elapsed.as_secs_f64());
     if let Some(key_id) = key_id.filter(|_| state.switches.usage()) {
         state.usage.record(
             &key_id,

@@ -82,17 +82,16 @@ pub fn app_with(state: AppState, surface: Surface, extra: Router<AppState>) -> R
             // The span records method, route and request id; never headers or bodies, which
             // carry API keys, tokens and proofs.
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                // Borrowed: a span records its fields when it is made.
                 let id = req
                     .headers()
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-")
-                    .to_owned();
+                    .unwrap_or("-");
                 let route = req
                     .extensions()
                     .get::<axum::extract::MatchedPath>()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_else(|| "unmatched".into());
+                    .map_or("unmatched", axum::extract::MatchedPath::as_str);
                 tracing::info_span!("request", method = %req.method(), route, request_id = id)
             }),
         )
@@ -127,8 +126,9 @@ struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let id = crate::ids::uuid_v4().hyphenated().to_string();
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        let mut text = uuid::Uuid::encode_buffer();
+        let id = crate::ids::uuid_v4().hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 
@@ -162,16 +162,70 @@ async fn count_requests(
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+        .cloned();
     let started = std::time::Instant::now();
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("keybound_http_requests_total", "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("keybound_http_request_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    REQUEST_METRICS.record(
+        route.as_ref().map_or("unmatched", |p| p.as_str()),
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     res
+}
+
+/// The request counter and timer of each route and status, registered once: a `metrics`
+/// macro with labels allocates, hashes and looks up its key on every call. Bounded as the
+/// labels are: routes are the matched patterns, statuses three digits.
+static REQUEST_METRICS: std::sync::LazyLock<RequestMetrics> =
+    std::sync::LazyLock::new(RequestMetrics::default);
+
+#[derive(Default)]
+struct RequestMetrics {
+    routes: std::sync::RwLock<std::collections::HashMap<String, RouteMetrics>>,
+}
+
+/// One route's timer, and its counter for each status seen.
+struct RouteMetrics {
+    seconds: metrics::Histogram,
+    requests: std::collections::HashMap<u16, metrics::Counter>,
+}
+
+impl RequestMetrics {
+    /// Counts one request to `route` answered with `status` in `seconds`.
+    fn record(&self, route: &str, status: u16, seconds: f64) {
+        use std::sync::PoisonError;
+        {
+            let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(r) = routes.get(route)
+                && let Some(requests) = r.requests.get(&status)
+            {
+                requests.increment(1);
+                r.seconds.record(seconds);
+                return;
+            }
+        }
+        // The first request of a route and status: register its handles with the
+        // process-wide recorder (installed first, so they are never the no-op ones).
+        crate::telemetry::metrics();
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let r = routes
+            .entry(route.to_owned())
+            .or_insert_with(|| RouteMetrics {
+                seconds: metrics::histogram!("keybound_http_request_seconds", "route" => route.to_owned()),
+                requests: std::collections::HashMap::new(),
+            });
+        r.requests
+            .entry(status)
+            .or_insert_with(|| {
+                metrics::counter!(
+                    "keybound_http_requests_total",
+                    "route" => route.to_owned(),
+                    "status" => status.to_string()
+                )
+            })
+            .increment(1);
+        r.seconds.record(seconds);
+    }
 }
 
 #[cfg(test)]
@@ -191,5 +245,43 @@ mod tests {
             assert_eq!(super::is_request_id(id), want, "{id:?}");
         }
         assert!(!super::is_request_id(&"a".repeat(65)));
+    }
+
+    /// The handles kept for a route and status count every request, the first (which
+    /// registers them) and the ones after, with the process-wide recorder that `/metrics`
+    /// renders.
+    #[test]
+    fn request_metrics_count_every_request() {
+        let route = "/test/request-metrics";
+        for (status, seconds) in [(418, 0.0001), (418, 0.003), (429, 0.02)] {
+            super::REQUEST_METRICS.record(route, status, seconds);
+        }
+        let text = crate::telemetry::metrics().render();
+        let value = |prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .to_owned()
+        };
+        let requests = |status: u16| {
+            value(&format!(
+                "keybound_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"
+            ))
+        };
+        assert_eq!(requests(418), "2");
+        assert_eq!(requests(429), "1");
+        assert_eq!(
+            value(&format!(
+                "keybound_http_request_seconds_count{{route=\"{route}\"}}"
+            )),
+            "3"
+        );
+        assert_eq!(
+            value(&format!(
+                "keybound_http_request_seconds_bucket{{route=\"{route}\",le=\"0.005\"}}"
+            )),
+            "2"
+        );
     }
 }

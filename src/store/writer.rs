@@ -114,10 +114,11 @@ fn stopped() -> Error {
 
 async fn run(batch: impl Batch, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let sizes = crate::telemetry::histogram("keybound_store_batch_ops");
     // recv_many waits for one job, then takes whatever else is already queued.
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         // Ops per transaction, for operators (and benchmarks): how much group commit gathers.
-        metrics::histogram!("keybound_store_batch_ops").record(jobs.len() as f64);
+        sizes.record(jobs.len() as f64);
         let (ops, replies): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
         for (reply, answer) in replies.into_iter().zip(commit(&batch, &ops).await) {
             // A caller that stopped waiting (its request was cancelled) needs no answer; its
