@@ -145,6 +145,10 @@ impl Backend for PostgresStore {
                 .collect(),
         ))
     }
+
+    fn one_family_statement(_: &[(i64, &FamilyRecord)]) -> bool {
+        true
+    }
 }
 
 /// One field of each family, as an array to bind.

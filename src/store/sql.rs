@@ -63,6 +63,10 @@ pub(super) trait Backend {
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         families: &[(i64, &FamilyRecord)],
     ) -> Result<Option<Vec<bool>>>;
+
+    /// Whether [`advance_families`](Self::advance_families) writes `families` (distinct) in
+    /// one statement, which the database can then commit on its own.
+    fn one_family_statement(families: &[(i64, &FamilyRecord)]) -> bool;
 }
 
 /// `rows` in chunks of a power of two rows up to `max` (a power of two), largest first: the
@@ -77,6 +81,25 @@ pub(super) fn power_of_two_chunks<T>(mut rows: &[T], max: usize) -> impl Iterato
         rows = rest;
         Some(chunk)
     })
+}
+
+/// Whether `e` is a statement refused for breaking a constraint (unique, foreign key, not
+/// null, check), which the database aborts before writing anything.
+pub(super) fn broke_a_constraint(e: &crate::error::Error) -> bool {
+    use crate::error::Error;
+    let (Error::Internal(cause) | Error::Unavailable(cause)) = e else {
+        return false;
+    };
+    cause
+        .downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
+        .is_some_and(|d| {
+            use sqlx::error::ErrorKind::*;
+            matches!(
+                d.kind(),
+                UniqueViolation | ForeignKeyViolation | NotNullViolation | CheckViolation
+            )
+        })
 }
 
 /// Whether `e` is a unique-constraint violation, by the database's error kind (never by its
@@ -1643,6 +1666,27 @@ macro_rules! sql_store {
             #[async_trait]
             impl Batch for sqlx::Pool<Db> {
                 async fn run(&self, ops: &[WriteOp]) -> Result<Vec<Answer>, BatchError> {
+                    if let Some(families) = lone_family_statement(ops) {
+                        let mut conn = self
+                            .acquire()
+                            .await
+                            .map_err(|e| BatchError::Transaction(e.into()))?;
+                        // The database commits a statement outside a transaction on its own,
+                        // as durably as a `COMMIT`. A broken constraint aborts the statement
+                        // before anything is written, so its ops can run again one by one; any
+                        // other failure may come after the commit reached the disk, as a failed
+                        // `COMMIT` may: the outcome is unknown, and the ops are not run again
+                        // (a spent generation would look like a reuse).
+                        match <$Store as Backend>::advance_families(&mut *conn, &families).await {
+                            Ok(Some(won)) => return Ok(won.into_iter().map(Answer::Done).collect()),
+                            // Nothing ran: the backend has no such statement after all.
+                            Ok(None) => {}
+                            Err(e) if $crate::store::sql::broke_a_constraint(&e) => {
+                                return Err(BatchError::Statement(e));
+                            }
+                            Err(e) => return Err(BatchError::Transaction(e)),
+                        }
+                    }
                     let mut tx = <$Store as Backend>::begin_write(self)
                         .await
                         .map_err(BatchError::Transaction)?;
@@ -1695,6 +1739,27 @@ macro_rules! sql_store {
                     tx.commit().await.map_err(|e| BatchError::Transaction(e.into()))?;
                     Ok(answers)
                 }
+            }
+
+            /// A batch of refresh-family writes and nothing else, each family once, that the
+            /// backend writes in one statement: the refresh path's usual batch. Run outside a
+            /// transaction, it is one round trip to the database where `BEGIN`, the statement
+            /// and `COMMIT` were three (for SQLite, each a message to sqlx's SQLite thread and a
+            /// wake-up both ways, while the write lock is held).
+            fn lone_family_statement(ops: &[WriteOp]) -> Option<Vec<(i64, &FamilyRecord)>> {
+                let mut seen = std::collections::HashSet::with_capacity(ops.len());
+                let families = ops
+                    .iter()
+                    .map(|op| match op {
+                        WriteOp::AdvanceFamily { from, next }
+                            if seen.insert(next.family_id.as_str()) =>
+                        {
+                            Some((*from, next))
+                        }
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                <$Store as Backend>::one_family_statement(&families).then_some(families)
             }
 
             /// Largest chunk of [`prepared_chunks`]: at most 11 binds a row, far below both

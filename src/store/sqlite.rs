@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use super::sql::{Backend, invalid_url, migrate_error, power_of_two_chunks};
+use super::sql::{Backend, invalid_url, migrate_error};
 use super::writer::GroupWriter;
 use super::{FamilyRecord, Store};
 use crate::error::{Error, Result};
@@ -199,12 +199,13 @@ impl Backend for SqliteStore {
         Ok((first..first + n).collect())
     }
 
-    /// Two multi-row statements per slice of [`FAMILY_ROWS`]: the conditional update of
-    /// every spent generation (`UPDATE … FROM` a `VALUES` list) and the insert-if-absent of
-    /// every first refresh, each answering with the ids it wrote. SQLite binds no arrays, so
-    /// the rows are a `VALUES` list, sliced to a few fixed sizes so the statements stay
-    /// prepared. One statement per op was a round trip each to sqlx's SQLite thread (a message
-    /// and a wake-up both ways) inside the transaction that holds the write lock.
+    /// One multi-row statement for the spent generations (a conditional `UPDATE … FROM` a
+    /// `VALUES` list) and one for the first refreshes (an insert-if-absent), each answering
+    /// with the ids it wrote. SQLite binds no arrays, so the rows are a `VALUES` list, padded
+    /// with rows of `NULL`s (which match no family and insert nothing) to a power of two, so
+    /// the statements come in a few sizes that stay prepared. One statement per op was a round
+    /// trip each to sqlx's SQLite thread (a message and a wake-up both ways) inside the
+    /// transaction that holds the write lock; slices of exact powers of two were up to eight.
     async fn advance_families(
         conn: &mut SqliteConnection,
         families: &[(i64, &FamilyRecord)],
@@ -212,19 +213,20 @@ impl Backend for SqliteStore {
         let (inserts, updates): (Vec<_>, Vec<_>) =
             families.iter().partition(|&&(from, _)| from == 0);
         let mut won = HashSet::with_capacity(families.len());
-        for rows in power_of_two_chunks(&updates, FAMILY_ROWS) {
+        for rows in updates.chunks(FAMILY_ROWS) {
             let mut q = sqlx::QueryBuilder::<Sqlite>::new(
                 "WITH op (family_id, spent, generation, rotated_at, expires_at, grace_token, \
                  grace_until) AS (",
             );
-            q.push_values(rows, |mut b, &&(from, f)| {
-                b.push_bind(f.family_id.as_str())
-                    .push_bind(from)
-                    .push_bind(f.generation)
-                    .push_bind(f.rotated_at)
-                    .push_bind(f.expires_at)
-                    .push_bind(f.grace_token.as_deref())
-                    .push_bind(f.grace_until);
+            q.push_values(padded(rows), |mut b, row| {
+                let f = row.map(|&&(_, f)| f);
+                b.push_bind(f.map(|f| f.family_id.as_str()))
+                    .push_bind(row.map(|&&(from, _)| from))
+                    .push_bind(f.map(|f| f.generation))
+                    .push_bind(f.map(|f| f.rotated_at))
+                    .push_bind(f.map(|f| f.expires_at))
+                    .push_bind(f.and_then(|f| f.grace_token.as_deref()))
+                    .push_bind(f.and_then(|f| f.grace_until));
             });
             q.push(
                 ") UPDATE refresh_families SET generation = op.generation, \
@@ -238,25 +240,33 @@ impl Backend for SqliteStore {
             let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
             won.extend(ids);
         }
-        for rows in power_of_two_chunks(&inserts, FAMILY_ROWS) {
+        for rows in inserts.chunks(FAMILY_ROWS) {
             let mut q = sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO refresh_families (family_id, key_id, device_id, jkt, generation, \
-                 created_at, rotated_at, expires_at, revoked_at, grace_token, grace_until) ",
+                "WITH op (family_id, key_id, device_id, jkt, generation, created_at, \
+                 rotated_at, expires_at, revoked_at, grace_token, grace_until) AS (",
             );
-            q.push_values(rows, |mut b, &&(_, f)| {
-                b.push_bind(f.family_id.as_str())
-                    .push_bind(f.key_id.as_str())
-                    .push_bind(f.device_id.as_str())
-                    .push_bind(f.jkt.as_str())
-                    .push_bind(f.generation)
-                    .push_bind(f.created_at)
-                    .push_bind(f.rotated_at)
-                    .push_bind(f.expires_at)
-                    .push_bind(f.revoked_at)
-                    .push_bind(f.grace_token.as_deref())
-                    .push_bind(f.grace_until);
+            q.push_values(padded(rows), |mut b, row| {
+                let f = row.map(|&&(_, f)| f);
+                b.push_bind(f.map(|f| f.family_id.as_str()))
+                    .push_bind(f.map(|f| f.key_id.as_str()))
+                    .push_bind(f.map(|f| f.device_id.as_str()))
+                    .push_bind(f.map(|f| f.jkt.as_str()))
+                    .push_bind(f.map(|f| f.generation))
+                    .push_bind(f.map(|f| f.created_at))
+                    .push_bind(f.map(|f| f.rotated_at))
+                    .push_bind(f.map(|f| f.expires_at))
+                    .push_bind(f.and_then(|f| f.revoked_at))
+                    .push_bind(f.and_then(|f| f.grace_token.as_deref()))
+                    .push_bind(f.and_then(|f| f.grace_until));
             });
-            q.push(" ON CONFLICT (family_id) DO NOTHING RETURNING family_id");
+            // The `WHERE` leaves the padding out, and is what SQLite needs to parse an upsert
+            // after a `SELECT`.
+            q.push(
+                ") INSERT INTO refresh_families (family_id, key_id, device_id, jkt, generation, \
+                 created_at, rotated_at, expires_at, revoked_at, grace_token, grace_until) \
+                 SELECT * FROM op WHERE family_id IS NOT NULL \
+                 ON CONFLICT (family_id) DO NOTHING RETURNING family_id",
+            );
             let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
             won.extend(ids);
         }
@@ -267,10 +277,26 @@ impl Backend for SqliteStore {
                 .collect(),
         ))
     }
+
+    fn one_family_statement(families: &[(i64, &FamilyRecord)]) -> bool {
+        // All updates or all inserts (a batch holds at most `FAMILY_ROWS`).
+        families.len() <= FAMILY_ROWS
+            && (families.iter().all(|&(from, _)| from == 0)
+                || families.iter().all(|&(from, _)| from != 0))
+    }
 }
 
-/// Most family writes in one statement (11 values each, far below SQLite's 32 766).
-const FAMILY_ROWS: usize = 64;
+/// `rows`, then `None` up to the next power of two.
+fn padded<T>(rows: &[T]) -> impl Iterator<Item = Option<&T>> {
+    rows.iter()
+        .map(Some)
+        .chain(std::iter::repeat(None))
+        .take(rows.len().next_power_of_two())
+}
+
+/// Most family writes in one statement (11 values each, far below SQLite's 32 766): as many
+/// as a group-commit batch holds, so a batch's updates (or first refreshes) are one statement.
+const FAMILY_ROWS: usize = super::writer::MAX_BATCH;
 
 super::rows::decode_rows!(sqlx::sqlite::SqliteRow);
 super::sql::sql_store!(SqliteStore);

@@ -7,7 +7,9 @@
 //! those writes do not each get a transaction: callers put them on a queue, one task takes
 //! everything queued (up to [`MAX_BATCH`]), runs it in a single transaction, commits, and only
 //! then answers each caller. While one batch commits the next one queues up, so the number of
-//! flushes per second stays constant as the request rate grows.
+//! flushes per second stays constant as the request rate grows. (A batch that the database
+//! writes in one statement, the refresh path's usual one, needs no explicit transaction: see
+//! the backends' `Batch` implementation in `store::sql`.)
 //!
 //! Failure handling:
 //! - A statement fails (a constraint, a deadlock with another instance): the transaction is
@@ -28,7 +30,7 @@ use crate::error::{Error, Result};
 
 /// Most ops in one transaction. Large enough that a batch covers every request in flight at
 /// high concurrency, small enough that one transaction stays short.
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 
 /// Queued ops at most; beyond that callers wait for room (backpressure instead of memory).
 const QUEUE: usize = 4096;

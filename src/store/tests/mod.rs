@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::Connection as _;
 
 use super::testing::{drop_postgres_database, fresh_postgres_url, postgres_test_url};
-use super::writer::{Answer, Batch as _, WriteOp};
+use super::writer::{Answer, Batch as _, BatchError, WriteOp};
 use super::*;
 use crate::audit::{self, Verdict};
 use crate::error::Error;
@@ -94,14 +94,20 @@ impl TestDb {
     /// Runs `ops` as one group-commit transaction on a connection pool of the store's
     /// database, bypassing the writer's queue, so they are sure to share it.
     async fn run_batch(&self, ops: &[WriteOp]) -> Vec<Answer> {
-        let answers = if self.store.backend() == "sqlite" {
+        self.try_batch(ops)
+            .await
+            .unwrap_or_else(|e| panic!("batch failed: {e:?}"))
+    }
+
+    /// [`run_batch`](Self::run_batch), answering how the batch failed.
+    async fn try_batch(&self, ops: &[WriteOp]) -> Result<Vec<Answer>, BatchError> {
+        if self.store.backend() == "sqlite" {
             let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
             pool.run(ops).await
         } else {
             let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
             pool.run(ops).await
-        };
-        answers.unwrap_or_else(|e| panic!("batch failed: {e:?}"))
+        }
     }
 
     /// Drops a PostgreSQL test database (only reached when the test passed, so a failed
@@ -171,6 +177,7 @@ conformance!(
     concurrent_rotations_have_one_winner,
     family_revocation_is_fed_once,
     a_batch_answers_each_family_write_as_if_alone,
+    batches_of_family_writes_alone_answer_each,
     one_bad_write_fails_only_its_caller,
     usage_batches_share_the_token_writes,
     signing_key_insert_retires_the_previous,

@@ -377,6 +377,93 @@ pub(super) async fn a_batch_answers_each_family_write_as_if_alone(db: &mut TestD
     }
 }
 
+/// The refresh path's usual batch, family writes and nothing else (run outside a
+/// transaction, as one statement): batches of spends only and of first refreshes only, of
+/// sizes that pad to the next power of two (3 to 4, 5 to 8) and of exact ones, each answered
+/// as it would be alone; a batch breaking a constraint fails before writing anything, so that
+/// the writer can run its ops again one by one.
+pub(super) async fn batches_of_family_writes_alone_answer_each(db: &mut TestDb) {
+    let store = &*db.store;
+    let (_, d) = key_with_device(store, 'p').await;
+    let at = |id: String, generation: i64, rotated: i64| FamilyRecord {
+        rotated_at: T0 + rotated,
+        expires_at: T0 + rotated + 86_400,
+        ..family(&d, &id, generation)
+    };
+    let advance = |from: i64, next: &FamilyRecord| WriteOp::AdvanceFamily {
+        from,
+        next: next.clone(),
+    };
+    assert!(
+        store
+            .advance_refresh_family(0, &at("p-taken".into(), 1, 0))
+            .await
+            .unwrap()
+    );
+    for size in [1usize, 3, 4, 5] {
+        // First refreshes: `p-taken`'s generation 0 is spent already, the others are new.
+        let firsts: Vec<FamilyRecord> = (0..size)
+            .map(|i| at(format!("p{size}-{i}"), 1, 1))
+            .chain(std::iter::once(at("p-taken".into(), 1, 1)))
+            .collect();
+        let ops: Vec<_> = firsts.iter().map(|f| advance(0, f)).collect();
+        let mut want = vec![Answer::Done(true); size];
+        want.push(Answer::Done(false));
+        assert_eq!(db.run_batch(&ops).await, want, "{size} first refreshes");
+        for f in &firsts[..size] {
+            assert_eq!(
+                store
+                    .get_refresh_family(&f.family_id)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(f)
+            );
+        }
+        // Spends of those: the live generation advances, a spent one, an unknown family's and
+        // a revoked family's do not.
+        store
+            .revoke_refresh_family(&firsts[0], T0 + 2)
+            .await
+            .unwrap();
+        let cases: Vec<(i64, FamilyRecord, bool)> = (0..size)
+            .map(|i| (1, at(format!("p{size}-{i}"), 2, 3), i > 0))
+            .chain([
+                (5, at(format!("p{size}-unknown"), 6, 3), false),
+                (2, at("p-taken".into(), 3, 3), false),
+            ])
+            .collect();
+        let ops: Vec<_> = cases.iter().map(|(from, f, _)| advance(*from, f)).collect();
+        let want: Vec<_> = cases.iter().map(|c| Answer::Done(c.2)).collect();
+        assert_eq!(db.run_batch(&ops).await, want, "{size} spends");
+        for (_, f, won) in &cases {
+            let stored = store.get_refresh_family(&f.family_id).await.unwrap();
+            assert_eq!(
+                stored.as_ref().map(|s| s.generation),
+                match f.family_id.as_str() {
+                    "p-taken" => Some(1),
+                    id if id.ends_with("unknown") => None,
+                    _ => Some(if *won { 2 } else { 1 }),
+                },
+                "{}",
+                f.family_id
+            );
+        }
+    }
+    // A constraint broken in the statement: nothing of the batch is written, and the failure
+    // is the statement's (run again op by op), not an unknown outcome.
+    let ops = [
+        advance(0, &at("p-ok".into(), 1, 4)),
+        advance(0, &bad_family(&d, "p-bad")),
+    ];
+    let failed = db.try_batch(&ops).await;
+    assert!(
+        matches!(failed, Err(BatchError::Statement(_))),
+        "{failed:?}"
+    );
+    assert_eq!(store.get_refresh_family("p-ok").await.unwrap(), None);
+}
+
 /// A family write that breaks a constraint (a negative generation) among concurrent ones.
 fn bad_family(d: &DeviceRecord, id: &str) -> FamilyRecord {
     FamilyRecord {
