@@ -417,12 +417,12 @@ pub async fn refresh(deps: &Deps, p: Presented<'_>, body: RefreshRequest) -> Res
     // The fingerprint was checked at the exchange; a refresh re-scores history and network.
     // It does not count as an exchange: a refresh carries no attributes, so a device that
     // only refreshes proves nothing new and earns no trust by it.
-    let stored = device.attributes.clone();
+    // Presented: the stored attributes themselves, borrowed from the cached record.
     let (device, decision) = score_and_record(
         deps,
         &key,
         (*device).clone(),
-        &stored,
+        &device.attributes,
         Scoring::Refresh,
         p.ip,
         now,
