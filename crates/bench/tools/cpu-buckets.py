@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Server CPU a request, by bucket of symbols, for the three profiles phase-profile.sh made.
+"""Server CPU a request, by bucket of symbols, for the profiles phase-profile.sh made.
 
-    crates/bench/tools/cpu-buckets.py OUT_DIR SIGN_RATE VERIFY_SIGN_RATE EXCHANGE_RATE
+    crates/bench/tools/cpu-buckets.py OUT_DIR SIGN_RATE VERIFY_SIGN_RATE EXCHANGE_RATE [REFRESH_RATE]
 
-The rates are the phases' ok/s from OUT_DIR/out.txt. Each sample is a millisecond of CPU
+The rates are the phases' ok/s from OUT_DIR/out.txt; with REFRESH_RATE, a refresh column too. Each sample is a millisecond of CPU
 (999 Hz); a bucket's µs a request is its samples over the 5 s profile, divided by the rate.
 """
 import collections
@@ -49,14 +49,15 @@ def profile(path):
 
 def main():
     out_dir = sys.argv[1]
-    rates = dict(zip(("sign", "vsign", "exch"), map(float, sys.argv[2:5])))
+    rates = dict(zip(("sign", "vsign", "exch", "refr"), map(float, sys.argv[2:6])))
     counts = {p: profile(f"{out_dir}/{p}.data") for p in rates}
     per = lambda p, n: n / 999 / 5 / rates[p] * 1e6
     names = sorted({b for c in counts.values() for b in c}, key=lambda b: -counts["exch"][b])
-    print(f"{'µs a request':24}{'sign-only':>11}{'verify-sign':>13}{'exchange':>10}")
+    titles = {"sign": "sign-only", "vsign": "verify-sign", "exch": "exchange", "refr": "refresh"}
+    print(f"{'µs a request':24}" + "".join(f"{titles[p]:>13}" for p in counts))
     for b in names + ["total"]:
         row = [per(p, sum(c.values()) if b == "total" else c[b]) for p, c in counts.items()]
-        print(f"{b:24}{row[0]:11.1f}{row[1]:13.1f}{row[2]:10.1f}")
+        print(f"{b:24}" + "".join(f"{v:13.1f}" for v in row))
 
 
 if __name__ == "__main__":
