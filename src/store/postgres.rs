@@ -120,7 +120,7 @@ impl Backend for PostgresStore {
     async fn advance_families(
         conn: &mut PgConnection,
         families: &[(i64, &FamilyRecord)],
-    ) -> Result<Option<Vec<bool>>> {
+    ) -> Result<Vec<bool>> {
         let spent: Vec<i64> = families.iter().map(|&(from, _)| from).collect();
         let won: Vec<String> = sqlx::query_scalar(ADVANCE_FAMILIES)
             .bind(spent)
@@ -138,12 +138,10 @@ impl Backend for PostgresStore {
             .fetch_all(conn)
             .await?;
         let won: HashSet<&str> = won.iter().map(String::as_str).collect();
-        Ok(Some(
-            families
-                .iter()
-                .map(|(_, f)| won.contains(f.family_id.as_str()))
-                .collect(),
-        ))
+        Ok(families
+            .iter()
+            .map(|(_, f)| won.contains(f.family_id.as_str()))
+            .collect())
     }
 
     fn one_family_statement(_: &[(i64, &FamilyRecord)]) -> bool {

@@ -55,14 +55,13 @@ pub(super) trait Backend {
         n: i64,
     ) -> Result<Vec<i64>>;
 
-    /// A group-commit batch's refresh-family writes in one statement, where the backend has
-    /// one: each `(from, next)` answered as `Store::advance_refresh_family` would answer it
-    /// alone, in order. The family ids are distinct. `None`: the backend has no such
-    /// statement, and the ops run one by one.
+    /// A group-commit batch's refresh-family writes in as few statements as the backend can:
+    /// each `(from, next)` answered as `Store::advance_refresh_family` would answer it alone,
+    /// in order. The family ids are distinct.
     async fn advance_families(
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         families: &[(i64, &FamilyRecord)],
-    ) -> Result<Option<Vec<bool>>>;
+    ) -> Result<Vec<bool>>;
 
     /// Whether [`advance_families`](Self::advance_families) writes `families` (distinct) in
     /// one statement, which the database can then commit on its own.
@@ -1677,15 +1676,13 @@ macro_rules! sql_store {
                         // other failure may come after the commit reached the disk, as a failed
                         // `COMMIT` may: the outcome is unknown, and the ops are not run again
                         // (a spent generation would look like a reuse).
-                        match <$Store as Backend>::advance_families(&mut *conn, &families).await {
-                            Ok(Some(won)) => return Ok(won.into_iter().map(Answer::Done).collect()),
-                            // Nothing ran: the backend has no such statement after all.
-                            Ok(None) => {}
+                        return match <$Store as Backend>::advance_families(&mut *conn, &families).await {
+                            Ok(won) => Ok(won.into_iter().map(Answer::Done).collect()),
                             Err(e) if $crate::store::sql::broke_a_constraint(&e) => {
-                                return Err(BatchError::Statement(e));
+                                Err(BatchError::Statement(e))
                             }
-                            Err(e) => return Err(BatchError::Transaction(e)),
-                        }
+                            Err(e) => Err(BatchError::Transaction(e)),
+                        };
                     }
                     let mut tx = <$Store as Backend>::begin_write(self)
                         .await
@@ -1871,12 +1868,7 @@ macro_rules! sql_store {
                     .iter()
                     .partition(|(_, _, f)| seen.insert(f.family_id.as_str()));
                 let bulk: Vec<_> = firsts.iter().map(|&&(_, from, f)| (from, f)).collect();
-                let Some(won) = <$Store as Backend>::advance_families(conn, &bulk).await? else {
-                    for &(i, from, f) in families {
-                        answers[i] = Answer::Done(advance_family_alone(conn, from, f).await?);
-                    }
-                    return Ok(());
-                };
+                let won = <$Store as Backend>::advance_families(conn, &bulk).await?;
                 for (&&(i, _, _), won) in firsts.iter().zip(won) {
                     answers[i] = Answer::Done(won);
                 }

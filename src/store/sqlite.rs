@@ -18,6 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
@@ -209,26 +210,26 @@ impl Backend for SqliteStore {
     async fn advance_families(
         conn: &mut SqliteConnection,
         families: &[(i64, &FamilyRecord)],
-    ) -> Result<Option<Vec<bool>>> {
+    ) -> Result<Vec<bool>> {
         let (inserts, updates): (Vec<_>, Vec<_>) =
             families.iter().partition(|&&(from, _)| from == 0);
         let mut won = HashSet::with_capacity(families.len());
         for rows in updates.chunks(FAMILY_ROWS) {
-            let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            let ids = padded_statement(
+                conn,
+                rows,
                 "WITH op (family_id, spent, generation, rotated_at, expires_at, grace_token, \
                  grace_until) AS (",
-            );
-            q.push_values(padded(rows), |mut b, row| {
-                let f = row.map(|&&(_, f)| f);
-                b.push_bind(f.map(|f| f.family_id.as_str()))
-                    .push_bind(row.map(|&&(from, _)| from))
-                    .push_bind(f.map(|f| f.generation))
-                    .push_bind(f.map(|f| f.rotated_at))
-                    .push_bind(f.map(|f| f.expires_at))
-                    .push_bind(f.and_then(|f| f.grace_token.as_deref()))
-                    .push_bind(f.and_then(|f| f.grace_until));
-            });
-            q.push(
+                |mut b, row| {
+                    let f = row.map(|(_, f)| f);
+                    b.push_bind(f.map(|f| f.family_id.as_str()))
+                        .push_bind(row.map(|(from, _)| from))
+                        .push_bind(f.map(|f| f.generation))
+                        .push_bind(f.map(|f| f.rotated_at))
+                        .push_bind(f.map(|f| f.expires_at))
+                        .push_bind(f.and_then(|f| f.grace_token.as_deref()))
+                        .push_bind(f.and_then(|f| f.grace_until));
+                },
                 ") UPDATE refresh_families SET generation = op.generation, \
                  rotated_at = op.rotated_at, expires_at = op.expires_at, \
                  grace_token = op.grace_token, grace_until = op.grace_until \
@@ -236,46 +237,44 @@ impl Backend for SqliteStore {
                  AND refresh_families.generation = op.spent \
                  AND refresh_families.revoked_at IS NULL \
                  RETURNING refresh_families.family_id",
-            );
-            let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
+            )
+            .await?;
             won.extend(ids);
         }
         for rows in inserts.chunks(FAMILY_ROWS) {
-            let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            let ids = padded_statement(
+                conn,
+                rows,
                 "WITH op (family_id, key_id, device_id, jkt, generation, created_at, \
                  rotated_at, expires_at, revoked_at, grace_token, grace_until) AS (",
-            );
-            q.push_values(padded(rows), |mut b, row| {
-                let f = row.map(|&&(_, f)| f);
-                b.push_bind(f.map(|f| f.family_id.as_str()))
-                    .push_bind(f.map(|f| f.key_id.as_str()))
-                    .push_bind(f.map(|f| f.device_id.as_str()))
-                    .push_bind(f.map(|f| f.jkt.as_str()))
-                    .push_bind(f.map(|f| f.generation))
-                    .push_bind(f.map(|f| f.created_at))
-                    .push_bind(f.map(|f| f.rotated_at))
-                    .push_bind(f.map(|f| f.expires_at))
-                    .push_bind(f.and_then(|f| f.revoked_at))
-                    .push_bind(f.and_then(|f| f.grace_token.as_deref()))
-                    .push_bind(f.and_then(|f| f.grace_until));
-            });
-            // The `WHERE` leaves the padding out, and is what SQLite needs to parse an upsert
-            // after a `SELECT`.
-            q.push(
+                |mut b, row| {
+                    let f = row.map(|(_, f)| f);
+                    b.push_bind(f.map(|f| f.family_id.as_str()))
+                        .push_bind(f.map(|f| f.key_id.as_str()))
+                        .push_bind(f.map(|f| f.device_id.as_str()))
+                        .push_bind(f.map(|f| f.jkt.as_str()))
+                        .push_bind(f.map(|f| f.generation))
+                        .push_bind(f.map(|f| f.created_at))
+                        .push_bind(f.map(|f| f.rotated_at))
+                        .push_bind(f.map(|f| f.expires_at))
+                        .push_bind(f.and_then(|f| f.revoked_at))
+                        .push_bind(f.and_then(|f| f.grace_token.as_deref()))
+                        .push_bind(f.and_then(|f| f.grace_until));
+                },
+                // The `WHERE` leaves the padding out, and is what SQLite needs to parse an
+                // upsert after a `SELECT`.
                 ") INSERT INTO refresh_families (family_id, key_id, device_id, jkt, generation, \
                  created_at, rotated_at, expires_at, revoked_at, grace_token, grace_until) \
                  SELECT * FROM op WHERE family_id IS NOT NULL \
                  ON CONFLICT (family_id) DO NOTHING RETURNING family_id",
-            );
-            let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
+            )
+            .await?;
             won.extend(ids);
         }
-        Ok(Some(
-            families
-                .iter()
-                .map(|(_, f)| won.contains(f.family_id.as_str()))
-                .collect(),
-        ))
+        Ok(families
+            .iter()
+            .map(|(_, f)| won.contains(f.family_id.as_str()))
+            .collect())
     }
 
     fn one_family_statement(families: &[(i64, &FamilyRecord)]) -> bool {
@@ -286,12 +285,21 @@ impl Backend for SqliteStore {
     }
 }
 
-/// `rows`, then `None` up to the next power of two.
-fn padded<T>(rows: &[T]) -> impl Iterator<Item = Option<&T>> {
-    rows.iter()
-        .map(Some)
-        .chain(std::iter::repeat(None))
-        .take(rows.len().next_power_of_two())
+/// One statement of [`SqliteStore::advance_families`]: `head`, a `VALUES` list of `rows`
+/// padded with rows of `NULL`s to the next power of two (`bind` binds one row, `None` for the
+/// padding), then `tail`; answers the family ids the statement returns.
+async fn padded_statement<'r>(
+    conn: &mut SqliteConnection,
+    rows: &[&(i64, &'r FamilyRecord)],
+    head: &str,
+    bind: impl FnMut(Separated<'_, 'r, Sqlite, &'static str>, Option<(i64, &'r FamilyRecord)>),
+    tail: &str,
+) -> Result<Vec<String>> {
+    let padding = std::iter::repeat_n(None, rows.len().next_power_of_two() - rows.len());
+    let mut q = sqlx::QueryBuilder::<Sqlite>::new(head);
+    q.push_values(rows.iter().map(|&&row| Some(row)).chain(padding), bind);
+    q.push(tail);
+    Ok(q.build_query_scalar().fetch_all(conn).await?)
 }
 
 /// Most family writes in one statement (11 values each, far below SQLite's 32 766): as many
