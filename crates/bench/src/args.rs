@@ -72,6 +72,8 @@ pub struct BenchArgs {
     /// After the closed-loop phases, send exchanges open loop at a fixed arrival rate (per
     /// second) for `--duration` seconds, latency measured from each request's intended send
     /// time; `auto`: two such phases, at 50 % and 80 % of the closed-loop exchange rate.
+    /// With `--rounds N`, each open-loop phase runs N times and pools their answers, and the
+    /// report adds each round's percentiles and their median.
     #[arg(long, value_name = "RATE|auto")]
     pub rate: Option<crate::Rate>,
     /// Skip the refresh phase (`POST /v1/token/refresh`, closed loop).

@@ -12,12 +12,14 @@
 //!    two signature operations no exchange can do without; the same);
 //! 5. `POST /v1/token`: the full exchange, each request with a fresh DPoP proof built before
 //!    the phase started;
-//! 6. with `--rate`: the exchange open loop, at a fixed arrival rate ([`open_loop`]);
-//! 7. `POST /v1/token/refresh`: refresh-token rotation, closed loop ([`refresh`]; skipped with
-//!    `--no-refresh`).
+//! 6. `POST /v1/token/refresh`: refresh-token rotation, closed loop ([`refresh`]; skipped with
+//!    `--no-refresh`);
+//! 7. with `--rate`: the exchange open loop, at a fixed arrival rate ([`open_loop`]; `auto`:
+//!    at 50 % and 80 % of phase 5's rate).
 //!
-//! With `--rounds N`, phases 3, 4, 5 and 7 run N times, interleaved, and each ratio is also
-//! reported per round and as the median of the rounds.
+//! With `--rounds N`, phases 3 to 6 run N times, interleaved, and each ratio is also reported
+//! per round and as the median of the rounds; then phase 7 runs N times, each of its phases
+//! pooling the rounds' answers and reporting each round's percentiles and their median.
 //!
 //! The server and the load generator share the machine's cores, so every figure is a
 //! figure for both together; the ratios between phases are what carries over to another
@@ -387,12 +389,26 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
         }
     }
     let exchange = exchange.expect("at least one round ran");
-    let mut open = Vec::new();
-    for (rate, fraction) in open_loop::rates(args.rate, exchange.ok_rate()) {
-        let batch = |n| exchange_batch(build_proofs(&devices, &t.token_url, iat(), 0, n));
-        let mut o = open_loop::phase(t, conns, rate, phase.as_secs(), batch).await;
-        o.fraction = fraction;
-        open.push(o);
+    // The open loop at fractions of the closed-loop rate pooled over every round (a 5 s
+    // phase alone can catch the machine 20 % faster or slower than its minute), one phase
+    // of each fraction a round, pooled in turn.
+    let mut open: Vec<OpenOutcome> = Vec::new();
+    for round in 1..=args.rounds {
+        for (i, (rate, fraction)) in open_loop::rates(args.rate, exchange.ok_rate())
+            .into_iter()
+            .enumerate()
+        {
+            if args.rounds > 1 && i == 0 {
+                eprintln!("open loop: round {round} of {}", args.rounds);
+            }
+            let batch = |n| exchange_batch(build_proofs(&devices, &t.token_url, iat(), 0, n));
+            let mut o = open_loop::phase(t, conns, rate, phase.as_secs(), batch).await;
+            o.fraction = fraction;
+            match open.get_mut(i) {
+                Some(pooled) => pooled.merge_round(o),
+                None => open.push(o),
+            }
+        }
     }
     let mut overhead = Vec::new();
     if args.overhead {

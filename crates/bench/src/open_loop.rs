@@ -115,6 +115,43 @@ pub struct OpenOutcome {
     /// Latency (µs) of the answers to requests due [`SETTLE`] or more after the phase's
     /// start: the phase without its step from idle.
     pub settled: Histogram<u64>,
+    /// With `--rounds`, each round's phase at this fraction on its own (one entry without);
+    /// the fields above pool them.
+    pub rounds: Vec<RoundFigures>,
+}
+
+/// One round's open-loop phase at one fraction, on its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundFigures {
+    /// The arrival rate asked for (the fraction of that round's closed-loop exchange rate).
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// Its errors (answers that were not 2xx, and requests never answered or never sent).
+    pub errors: u64,
+    pub kept_up: bool,
+}
+
+impl RoundFigures {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"rate_asked": self.rate, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+                           "p999_ms": self.p999_ms, "errors": self.errors, "kept_up": self.kept_up})
+    }
+}
+
+/// Issue 18's latency target at `fraction` of the closed-loop rate: the most p99 and p99.9
+/// may be, in ms (`None`: no bound).
+fn target(fraction: Option<f64>) -> Option<(f64, Option<f64>)> {
+    match fraction? {
+        f if f <= 0.5 => Some((5.0, Some(15.0))),
+        _ => Some((15.0, None)),
+    }
+}
+
+/// Whether `p99` and `p999` meet `target`.
+fn meets(target: (f64, Option<f64>), p99: f64, p999: f64) -> bool {
+    p99 <= target.0 && target.1.is_none_or(|t| p999 <= t)
 }
 
 impl OpenOutcome {
@@ -160,6 +197,37 @@ impl OpenOutcome {
         why
     }
 
+    /// The median over the rounds of their p99 and p99.9, ms.
+    pub fn median_of_rounds(&self) -> (f64, f64) {
+        let median =
+            |f: fn(&RoundFigures) -> f64| super::median_value(self.rounds.iter().map(f).collect());
+        (median(|r| r.p99_ms), median(|r| r.p999_ms))
+    }
+
+    /// In how many rounds the phase met its target on its own (`None`: no target).
+    pub fn rounds_met(&self) -> Option<usize> {
+        let t = target(self.fraction)?;
+        Some(
+            self.rounds
+                .iter()
+                .filter(|r| r.errors == 0 && meets(t, r.p99_ms, r.p999_ms))
+                .count(),
+        )
+    }
+
+    /// This phase's figures as one round of a series.
+    fn figures(&self) -> RoundFigures {
+        let o = &self.outcome;
+        RoundFigures {
+            rate: self.rate,
+            p50_ms: o.ms(0.5),
+            p99_ms: o.ms(0.99),
+            p999_ms: o.ms(0.999),
+            errors: o.errors.values().sum(),
+            kept_up: self.kept_up(),
+        }
+    }
+
     /// The phase's name in the report.
     pub fn name(&self) -> String {
         match self.fraction {
@@ -171,21 +239,45 @@ impl OpenOutcome {
     /// The report's lines for this phase, below the table.
     pub fn print(&self) {
         let o = &self.outcome;
-        let target = match self.fraction {
-            Some(f) if f <= 0.5 => "  (target p99 ≤ 5 ms, p99.9 ≤ 15 ms)",
-            Some(_) => "  (target p99 ≤ 15 ms)",
-            None => "",
+        let target = match target(self.fraction) {
+            Some((p99, Some(p999))) => format!("  (target p99 ≤ {p99} ms, p99.9 ≤ {p999} ms)"),
+            Some((p99, None)) => format!("  (target p99 ≤ {p99} ms)"),
+            None => String::new(),
         };
+        let rounds = self.rounds.len();
         println!(
-            "{:<24} {:.0}/s asked, {:.0}/s answered ok; p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms \
-             from the intended send times{target}",
+            "{:<24} {:.0}/s asked{}, {:.0}/s answered ok; p50 {:.2} / p99 {:.2} / p99.9 {:.2} \
+             ms from the intended send times{target}",
             format!("{}:", self.name()),
             self.rate,
+            if rounds > 1 {
+                format!(" (mean of {rounds} rounds; every answer of them pooled)")
+            } else {
+                String::new()
+            },
             o.ok_rate(),
             o.ms(0.5),
             o.ms(0.99),
             o.ms(0.999),
         );
+        if rounds > 1 {
+            let each: Vec<String> = self
+                .rounds
+                .iter()
+                .map(|r| format!("{:.0}/s {:.2}/{:.2}", r.rate, r.p99_ms, r.p999_ms))
+                .collect();
+            let (p99, p999) = self.median_of_rounds();
+            let met = match self.rounds_met() {
+                Some(n) => format!("; the target met in {n} of {rounds}"),
+                None => String::new(),
+            };
+            println!(
+                "{:<24} each round, asked and p99/p99.9 ms: {}; median p99 {p99:.2}, p99.9 \
+                 {p999:.2}{met}",
+                "",
+                each.join(", ")
+            );
+        }
         let why = self.shortfall();
         let lag = |h: &Histogram<u64>| ms(h, 0.99);
         println!(
@@ -241,6 +333,10 @@ impl OpenOutcome {
             "settled_answers": self.settled.len(),
             "settled_p99_ms": ms(&self.settled, 0.99),
             "settled_p999_ms": ms(&self.settled, 0.999),
+            "rounds": self.rounds.iter().map(RoundFigures::json).collect::<Vec<_>>(),
+            "median_of_rounds_p99_ms": self.median_of_rounds().0,
+            "median_of_rounds_p999_ms": self.median_of_rounds().1,
+            "rounds_met": self.rounds_met(),
         })
     }
 
@@ -257,6 +353,17 @@ impl OpenOutcome {
         self.peak_in_flight = self.peak_in_flight.max(other.peak_in_flight);
         self.stalls.merge(other.stalls);
         self.settled.add(&other.settled).expect("same bounds");
+    }
+
+    /// Pools a later round's phase at the same fraction into this one: its answers join
+    /// the pooled figures, its own figures the rounds, and the rate becomes the rounds' mean.
+    pub fn merge_round(&mut self, mut other: OpenOutcome) {
+        let rounds = std::mem::take(&mut other.rounds);
+        let starts = std::mem::take(&mut other.stalls.starts);
+        self.merge(other);
+        self.stalls.starts.extend(starts);
+        self.rounds.extend(rounds);
+        self.rate = self.rounds.iter().map(|r| r.rate).sum::<f64>() / self.rounds.len() as f64;
     }
 }
 
@@ -287,15 +394,16 @@ pub struct Stalls {
     hiccups: Vec<(Instant, Duration)>,
     /// (when, stolen CPU time so far) every [`STEAL_EVERY`].
     steal: Vec<(Instant, Duration)>,
-    /// The first intended send time.
-    start: Option<Instant>,
-    /// The same, on the wall clock (to find a stall in a trace or a log).
-    wall_start: Option<std::time::SystemTime>,
+    /// The first intended send time, and the same on the wall clock (to find a stall in a
+    /// trace or a log): one for each round pooled ([`OpenOutcome::merge_round`]).
+    starts: Vec<(Instant, std::time::SystemTime)>,
 }
 
 /// One stall: slow answers whose intended send times are close together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stall {
+    /// The round it was in (1 without `--rounds`).
+    pub round: usize,
     /// Seconds from the phase's first intended send time.
     pub at: f64,
     /// The same, on the wall clock (Unix time, seconds).
@@ -315,9 +423,10 @@ impl Stalls {
         self.slow.extend(other.slow);
         self.hiccups.extend(other.hiccups);
         self.steal.extend(other.steal);
-        // The phase starts with its first batch.
-        self.start = self.start.into_iter().chain(other.start).min();
-        self.wall_start = self.wall_start.into_iter().chain(other.wall_start).min();
+        // A phase starts with its first batch.
+        if self.starts.is_empty() {
+            self.starts = other.starts;
+        }
     }
 
     /// Stolen CPU time between the last sample at or before `from` and the first at or after
@@ -333,9 +442,9 @@ impl Stalls {
 
     /// The stalls, in order.
     pub fn stalls(&self) -> Vec<Stall> {
-        let Some(start) = self.start else {
+        if self.starts.is_empty() {
             return vec![];
-        };
+        }
         let mut slow = self.slow.clone();
         slow.sort_by_key(|(t, _)| *t);
         let mut groups: Vec<Vec<(Instant, Duration)>> = vec![];
@@ -346,10 +455,6 @@ impl Stalls {
             }
         }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let wall = self
-            .wall_start
-            .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
-            .unwrap_or_default();
         groups
             .iter()
             .map(|g| {
@@ -357,7 +462,14 @@ impl Stalls {
                 let worst = g.iter().map(|s| s.1).max().unwrap_or_default();
                 let end = last + worst;
                 let from = first.checked_sub(STEAL_EVERY).unwrap_or(first);
+                // The round it belongs to: the last to start at or before it.
+                let round = self.starts.iter().rposition(|s| s.0 <= first).unwrap_or(0);
+                let (start, wall) = self.starts[round];
+                let wall = wall
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 Stall {
+                    round: round + 1,
                     at: first.saturating_duration_since(start).as_secs_f64(),
                     at_unix: (wall + first.saturating_duration_since(start)).as_secs_f64(),
                     span_ms: ms(last - first),
@@ -376,12 +488,14 @@ impl Stalls {
             .collect()
     }
 
-    /// Stolen CPU time over the whole phase.
+    /// Stolen CPU time over the phase: its batches and rounds, not the time between them
+    /// (samples more than a second apart straddle such a gap).
     fn total_steal(&self) -> Duration {
-        match (self.steal.first(), self.steal.last()) {
-            (Some(a), Some(b)) => b.1.saturating_sub(a.1),
-            _ => Duration::ZERO,
-        }
+        self.steal
+            .windows(2)
+            .filter(|w| w[1].0.saturating_duration_since(w[0].0) <= Duration::from_secs(1))
+            .map(|w| w[1].1.saturating_sub(w[0].1))
+            .sum()
     }
 
     /// The report's lines: the stalls with the slowest answers, at most five.
@@ -404,9 +518,14 @@ impl Stalls {
         let mut worst = stalls;
         worst.sort_by(|a, b| b.worst_ms.total_cmp(&a.worst_ms));
         for s in worst.iter().take(5) {
+            let round = if self.starts.len() > 1 {
+                format!("round {}, ", s.round)
+            } else {
+                String::new()
+            };
             println!(
-                "{:<24}   at {:.2} s: {:.0} ms of sends, {} answers, worst {:.1} ms; schedule \
-                 thread {:.1} ms late, steal {:.0} ms",
+                "{:<24}   {round}at {:.2} s: {:.0} ms of sends, {} answers, worst {:.1} ms; \
+                 schedule thread {:.1} ms late, steal {:.0} ms",
                 "", s.at, s.span_ms, s.answers, s.worst_ms, s.hiccup_ms, s.steal_ms
             );
         }
@@ -523,7 +642,9 @@ pub async fn phase(
             None => total = Some(o),
         }
     }
-    total.expect("at least one batch ran")
+    let mut total = total.expect("at least one batch ran");
+    total.rounds = vec![total.figures()];
+    total
 }
 
 /// Sends `make(0)`, `make(1)`, … `make(count - 1)` at `rate` a second over `connections`
@@ -587,12 +708,12 @@ async fn drive_at_rate(
         peak_in_flight: s.peak_in_flight.load(Ordering::Relaxed),
         connections,
         settled,
+        rounds: vec![],
         stalls: Stalls {
             slow,
             hiccups: released.hiccups,
             steal: released.steal,
-            start: Some(start),
-            wall_start: Some(wall_start),
+            starts: vec![(start, wall_start)],
         },
     }
 }
@@ -809,8 +930,7 @@ mod tests {
             steal: (0..40u64)
                 .map(|i| (at(i * 100), d(if i > 10 { 40 } else { 0 })))
                 .collect(),
-            start: Some(t0),
-            wall_start: None,
+            starts: vec![(t0, std::time::UNIX_EPOCH)],
         };
         let stalls = s.stalls();
         assert_eq!(stalls.len(), 2, "{stalls:?}");
@@ -829,5 +949,60 @@ mod tests {
         );
         assert_eq!(b.steal_ms, 0.0);
         assert_eq!(s.total_steal(), d(40));
+    }
+
+    /// Pooled rounds: a stall is placed in its own round, timed from that round's start, and
+    /// the time stolen between two rounds is not the phase's.
+    #[test]
+    fn a_stall_is_timed_from_its_own_rounds_start() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let d = Duration::from_millis;
+        let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut first = Stalls {
+            slow: vec![(at(500), d(11))],
+            steal: vec![(at(0), d(0)), (at(100), d(10)), (at(200), d(10))],
+            starts: vec![(t0, wall)],
+            ..Stalls::default()
+        };
+        // The second round starts 20 s later; 500 ms were stolen in between.
+        let second = Stalls {
+            slow: vec![(at(20_250), d(13))],
+            steal: vec![(at(20_000), d(510)), (at(20_100), d(530))],
+            starts: vec![(at(20_000), wall + d(20_000))],
+            ..Stalls::default()
+        };
+        let starts = second.starts.clone();
+        first.merge(Stalls {
+            starts: vec![],
+            ..second
+        });
+        first.starts.extend(starts);
+        let stalls = first.stalls();
+        assert_eq!(stalls.len(), 2, "{stalls:?}");
+        assert_eq!((stalls[0].round, stalls[1].round), (1, 2));
+        assert!((stalls[0].at - 0.5).abs() < 1e-9);
+        assert!((stalls[1].at - 0.25).abs() < 1e-9, "{}", stalls[1].at);
+        assert!((stalls[1].at_unix - 1_020.25).abs() < 1e-6);
+        assert_eq!(
+            first.total_steal(),
+            d(30),
+            "10 + 20 ms, not the 500 between"
+        );
+    }
+
+    #[test]
+    fn each_fraction_has_its_target_and_rounds_count_against_it() {
+        assert_eq!(target(Some(0.5)), Some((5.0, Some(15.0))));
+        assert_eq!(target(Some(0.8)), Some((15.0, None)));
+        assert_eq!(target(None), None);
+        let t = target(Some(0.5)).unwrap();
+        assert!(meets(t, 5.0, 15.0));
+        assert!(!meets(t, 5.1, 6.0), "p99 over");
+        assert!(!meets(t, 3.0, 15.1), "p99.9 over");
+        assert!(
+            meets(target(Some(0.8)).unwrap(), 14.9, 90.0),
+            "no p99.9 bound at 80 %"
+        );
     }
 }

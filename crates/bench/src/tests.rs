@@ -166,6 +166,44 @@ async fn a_fixed_rate_phase_sends_its_schedule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_rounds_pool_their_answers_and_keep_their_own_figures() {
+    let mut args = args(&[
+        "--rounds",
+        "2",
+        "--rate",
+        "50",
+        "--no-ceiling",
+        "--no-refresh",
+    ]);
+    args.duration = 2;
+    let report = run(&args).await;
+
+    let [o] = &report.open_loop[..] else {
+        panic!("one open-loop phase, pooled over the rounds");
+    };
+    assert_eq!(o.rounds.len(), 2, "one entry a round");
+    assert_eq!((o.rate, o.scheduled, o.sent), (50.0, 200, 200));
+    assert_clean(&o.name(), &o.outcome);
+    assert_eq!(o.outcome.done, 200, "both rounds' answers are pooled");
+    // Each round's second second, counted from that round's own start.
+    assert_eq!(o.settled.len(), 100);
+    for r in &o.rounds {
+        assert_eq!((r.rate, r.errors), (50.0, 0));
+        assert!(r.p50_ms > 0.0 && r.p99_ms >= r.p50_ms && r.p999_ms >= r.p99_ms);
+    }
+    assert_eq!(o.rounds_met(), None, "a fixed rate has no target");
+    let json = report.json(&args, None);
+    let g = &json["open_loop"][0]["generator"];
+    assert_eq!(g["rounds"].as_array().map(Vec::len), Some(2));
+    let mut p99: Vec<f64> = o.rounds.iter().map(|r| r.p99_ms).collect();
+    p99.sort_by(f64::total_cmp);
+    assert_eq!(
+        g["median_of_rounds_p99_ms"].as_f64(),
+        Some((p99[0] + p99[1]) / 2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_rounds_report_each_rounds_ratios_and_their_median() {
     let args = args(&["--rounds", "3"]);
     let report = run(&args).await;
