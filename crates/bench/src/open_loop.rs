@@ -131,12 +131,15 @@ pub struct RoundFigures {
     /// Its errors (answers that were not 2xx, and requests never answered or never sent).
     pub errors: u64,
     pub kept_up: bool,
+    /// CPU time the hypervisor gave to others during it, ms (see [`Stalls`]).
+    pub steal_ms: f64,
 }
 
 impl RoundFigures {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({"rate_asked": self.rate, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-                           "p999_ms": self.p999_ms, "errors": self.errors, "kept_up": self.kept_up})
+                           "p999_ms": self.p999_ms, "errors": self.errors, "kept_up": self.kept_up,
+                           "steal_ms": self.steal_ms})
     }
 }
 
@@ -225,6 +228,7 @@ impl OpenOutcome {
             p999_ms: o.ms(0.999),
             errors: o.errors.values().sum(),
             kept_up: self.kept_up(),
+            steal_ms: self.stalls.total_steal().as_secs_f64() * 1000.0,
         }
     }
 
@@ -264,7 +268,12 @@ impl OpenOutcome {
             let each: Vec<String> = self
                 .rounds
                 .iter()
-                .map(|r| format!("{:.0}/s {:.2}/{:.2}", r.rate, r.p99_ms, r.p999_ms))
+                .map(|r| {
+                    format!(
+                        "{:.0}/s {:.2}/{:.2} ({:.0} ms)",
+                        r.rate, r.p99_ms, r.p999_ms, r.steal_ms
+                    )
+                })
                 .collect();
             let (p99, p999) = self.median_of_rounds();
             let met = match self.rounds_met() {
@@ -272,8 +281,8 @@ impl OpenOutcome {
                 None => String::new(),
             };
             println!(
-                "{:<24} each round, asked and p99/p99.9 ms: {}; median p99 {p99:.2}, p99.9 \
-                 {p999:.2}{met}",
+                "{:<24} each round, asked, p99/p99.9 ms (hypervisor steal): {}; median p99 \
+                 {p99:.2}, p99.9 {p999:.2}{met}",
                 "",
                 each.join(", ")
             );

@@ -195,6 +195,7 @@ async fn open_loop_rounds_pool_their_answers_and_keep_their_own_figures() {
     let json = report.json(&args, None);
     let g = &json["open_loop"][0]["generator"];
     assert_eq!(g["rounds"].as_array().map(Vec::len), Some(2));
+    assert!(g["rounds"][1]["steal_ms"].is_f64(), "{}", g["rounds"][1]);
     let mut p99: Vec<f64> = o.rounds.iter().map(|r| r.p99_ms).collect();
     p99.sort_by(f64::total_cmp);
     assert_eq!(
