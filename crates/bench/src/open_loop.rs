@@ -123,7 +123,7 @@ pub struct OpenOutcome {
 /// One round's open-loop phase at one fraction, on its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoundFigures {
-    /// The arrival rate asked for (the fraction of that round's closed-loop exchange rate).
+    /// The arrival rate asked for.
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -207,7 +207,8 @@ impl OpenOutcome {
         (median(|r| r.p99_ms), median(|r| r.p999_ms))
     }
 
-    /// In how many rounds the phase met its target on its own (`None`: no target).
+    /// In how many rounds the phase met its target on its own, with no errors (`None`: no
+    /// target).
     pub fn rounds_met(&self) -> Option<usize> {
         let t = target(self.fraction)?;
         Some(
@@ -413,7 +414,7 @@ pub struct Stalls {
 pub struct Stall {
     /// The round it was in (1 without `--rounds`).
     pub round: usize,
-    /// Seconds from the phase's first intended send time.
+    /// Seconds from its round's first intended send time.
     pub at: f64,
     /// The same, on the wall clock (Unix time, seconds).
     pub at_unix: f64,
