@@ -393,11 +393,9 @@ async fn measure(args: &BenchArgs, t: &Target, devices: Arc<Vec<SimDevice>>) -> 
     // phase alone can catch the machine 20 % faster or slower than its minute), one phase
     // of each fraction a round, pooled in turn.
     let mut open: Vec<OpenOutcome> = Vec::new();
+    let rates = open_loop::rates(args.rate, exchange.ok_rate());
     for round in 1..=args.rounds {
-        for (i, (rate, fraction)) in open_loop::rates(args.rate, exchange.ok_rate())
-            .into_iter()
-            .enumerate()
-        {
+        for (i, &(rate, fraction)) in rates.iter().enumerate() {
             if args.rounds > 1 && i == 0 {
                 eprintln!("open loop: round {round} of {}", args.rounds);
             }

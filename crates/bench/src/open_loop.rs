@@ -324,6 +324,7 @@ impl OpenOutcome {
 
     /// The generator's side of the phase, for `--json`.
     pub fn json(&self) -> serde_json::Value {
+        let (median_p99, median_p999) = self.median_of_rounds();
         serde_json::json!({
             "rate_asked": self.rate,
             "fraction_of_closed_loop": self.fraction,
@@ -344,8 +345,8 @@ impl OpenOutcome {
             "settled_p99_ms": ms(&self.settled, 0.99),
             "settled_p999_ms": ms(&self.settled, 0.999),
             "rounds": self.rounds.iter().map(RoundFigures::json).collect::<Vec<_>>(),
-            "median_of_rounds_p99_ms": self.median_of_rounds().0,
-            "median_of_rounds_p999_ms": self.median_of_rounds().1,
+            "median_of_rounds_p99_ms": median_p99,
+            "median_of_rounds_p999_ms": median_p999,
             "rounds_met": self.rounds_met(),
         })
     }
@@ -368,11 +369,9 @@ impl OpenOutcome {
     /// Pools a later round's phase at the same fraction into this one: its answers join
     /// the pooled figures, its own figures the rounds, and the rate becomes the rounds' mean.
     pub fn merge_round(&mut self, mut other: OpenOutcome) {
-        let rounds = std::mem::take(&mut other.rounds);
-        let starts = std::mem::take(&mut other.stalls.starts);
+        self.rounds.append(&mut other.rounds);
+        self.stalls.merge_round(std::mem::take(&mut other.stalls));
         self.merge(other);
-        self.stalls.starts.extend(starts);
-        self.rounds.extend(rounds);
         self.rate = self.rounds.iter().map(|r| r.rate).sum::<f64>() / self.rounds.len() as f64;
     }
 }
@@ -437,6 +436,13 @@ impl Stalls {
         if self.starts.is_empty() {
             self.starts = other.starts;
         }
+    }
+
+    /// Pools a later round's stalls: the round keeps its own start.
+    fn merge_round(&mut self, mut other: Stalls) {
+        let starts = std::mem::take(&mut other.starts);
+        self.merge(other);
+        self.starts.extend(starts);
     }
 
     /// Stolen CPU time between the last sample at or before `from` and the first at or after
@@ -982,12 +988,7 @@ mod tests {
             starts: vec![(at(20_000), wall + d(20_000))],
             ..Stalls::default()
         };
-        let starts = second.starts.clone();
-        first.merge(Stalls {
-            starts: vec![],
-            ..second
-        });
-        first.starts.extend(starts);
+        first.merge_round(second);
         let stalls = first.stalls();
         assert_eq!(stalls.len(), 2, "{stalls:?}");
         assert_eq!((stalls[0].round, stalls[1].round), (1, 2));
